@@ -1,0 +1,27 @@
+"""grpo_jax: which KL does GRPO really optimise, and when does that choice matter?"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="grpo_jax",
+    version="0.1.0",
+    description="A JAX research framework for GRPO and its KL penalty.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["grpo_jax", "grpo_jax.*"]),
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10.0",
+        "optax>=0.2.3",
+        "chex>=0.1.87",
+        "absl-py>=2.1.0",
+        "ml-collections>=0.1.1",
+        "orbax-checkpoint>=0.6.4",
+        "matplotlib>=3.8",
+        "numpy>=1.26",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0"],
+    },
+)
