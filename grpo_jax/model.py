@@ -1,0 +1,333 @@
+"""A small Llama-style decoder-only transformer in flax.nnx, with a KV cache.
+
+Architecture (DESIGN.md §5): token embedding -> ``num_layers`` pre-norm blocks
+``x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x))`` -> RMSNorm -> untied linear head.
+RMSNorm eps 1e-6, rotary position embeddings (theta 10000, rotate-half form), SiLU-gated
+MLP ``W_down(silu(W_gate x) * W_up x)``, no biases anywhere, every weight initialised
+N(0, 0.02^2) (RMSNorm scales start at 1).
+
+Parameters are always float32; ``config.dtype`` is the *compute* dtype ("float32" or
+"bfloat16"). Attention scores, softmax and the returned logits are float32.
+
+Two ways to use it:
+
+* the nnx module ``Transformer(config, rngs)``: ``model(tokens)`` (teacher-forced) and
+  ``model.decode(tokens, cache, index)`` (cached);
+* the functional API, which carries the parameters as a plain pytree (an ``nnx.State``)
+  through ``jax.jit`` / ``jax.vmap`` / ``jax.grad`` / ``lax.scan``::
+
+      params = init(config, key)                      # jax.vmap(init, (None, 0)) -> population
+      logits = forward(config, params, tokens)        # [B, L, V] float32
+      logits = completion_logits(config, params, prompts, completions)   # [B, T, V]
+      logp = token_logprobs(logits, completions)      # [B, T]
+
+  The graph definition is rebuilt from the (hashable, static) config by ``graphdef(config)``;
+  no module object is stored anywhere.
+
+KV cache: a tuple with one ``{"k", "v"}`` dict per layer, each ``[B, S, H, Dh]`` in the compute
+dtype. Slot ``s`` holds position ``s``; ``decode(tokens [B, L], cache, index)`` writes the new
+keys/values at slots ``index .. index+L-1`` and attends causally to slots ``<= position``, so
+slots not yet written are never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = ("float32", "bfloat16")
+
+Cache = tuple  # tuple[dict[str, jax.Array], ...], one {"k", "v"} per layer.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Size of the transformer. Frozen and hashable, so it can be a static jit argument.
+
+    Attributes:
+      vocab_size: V, including special tokens.
+      num_layers: number of decoder blocks.
+      width: model width D (= num_heads * head_dim).
+      num_heads: H attention heads; head_dim = width // num_heads must be even (RoPE).
+      mlp_width: hidden width of the SiLU-gated MLP.
+      max_len: longest sequence (prompt + completion) the model accepts.
+      dtype: compute dtype, one of ``DTYPES``; parameters are float32 regardless.
+      rope_theta: rotary embedding base.
+    """
+
+    vocab_size: int
+    num_layers: int
+    width: int
+    num_heads: int
+    mlp_width: int
+    max_len: int
+    dtype: str = "float32"
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Unknown dtype {self.dtype!r}; valid dtypes: {DTYPES}.")
+        for name in ("vocab_size", "num_layers", "width", "num_heads", "mlp_width", "max_len"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"width ({self.width}) must be divisible by num_heads ({self.num_heads}).")
+        if (self.width // self.num_heads) % 2:
+            raise ValueError(f"head_dim = width // num_heads = {self.width // self.num_heads} "
+                             "must be even for rotary embeddings.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+def _init(std: float = 0.02):
+    return nnx.initializers.normal(stddev=std)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, rotate-half form (Su et al. 2021; Llama).
+
+    ``x [B, L, H, Dh]``, ``positions [B, L]`` (int) -> ``[B, L, H, Dh]`` in x's dtype.
+    With ``f_i = theta^(-2i/Dh)``, ``a = pos * f``:
+    ``out = [x1 cos a - x2 sin a, x2 cos a + x1 sin a]`` for the halves ``x = [x1, x2]``.
+    """
+    half = x.shape[-1] // 2
+    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])  # [Dh/2]
+    angle = positions.astype(jnp.float32)[:, :, None, None] * freq[None, None, None, :]
+    cos, sin = jnp.cos(angle), jnp.sin(angle)  # [B, L, 1, Dh/2]
+    xf = x.astype(jnp.float32)
+    x1, x2 = xf[..., :half], xf[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head causal self-attention with RoPE, no biases."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.config = config
+        kw = dict(use_bias=False, kernel_init=_init(), dtype=config.compute_dtype,
+                  param_dtype=jnp.float32, rngs=rngs)
+        d = config.width
+        self.q = nnx.Linear(d, d, **kw)
+        self.k = nnx.Linear(d, d, **kw)
+        self.v = nnx.Linear(d, d, **kw)
+        self.o = nnx.Linear(d, d, **kw)
+
+    def __call__(self, x: jax.Array, positions: jax.Array,
+                 kv: dict | None = None, index: jax.Array | int = 0):
+        """``x [B, L, D]``, ``positions [B, L]``.
+
+        Without ``kv``: causal attention within x. With ``kv`` (``{"k", "v"}: [B, S, H, Dh]``):
+        write this step's keys/values at slots ``index .. index+L-1`` and attend to all slots
+        whose position is ``<=`` the query's. Returns ``(y [B, L, D], new kv or None)``.
+        """
+        c = self.config
+        b, l, _ = x.shape
+        q = rope(self.q(x).reshape(b, l, c.num_heads, c.head_dim), positions, c.rope_theta)
+        k = rope(self.k(x).reshape(b, l, c.num_heads, c.head_dim), positions, c.rope_theta)
+        v = self.v(x).reshape(b, l, c.num_heads, c.head_dim)
+        if kv is None:
+            k_all, v_all, key_pos = k, v, positions  # [B, L, H, Dh], [B, L]
+            new_kv = None
+        else:
+            start = (0, index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(kv["k"], k.astype(kv["k"].dtype), start)
+            v_all = jax.lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), start)
+            new_kv = {"k": k_all, "v": v_all}
+            s = k_all.shape[1]
+            key_pos = jnp.broadcast_to(jnp.arange(s, dtype=positions.dtype)[None, :], (b, s))
+        scores = jnp.einsum("blhd,bshd->bhls", q, k_all.astype(q.dtype),
+                            preferred_element_type=jnp.float32) / jnp.sqrt(
+                                jnp.float32(c.head_dim))
+        allowed = key_pos[:, None, None, :] <= positions[:, None, :, None]  # [B, 1, L, S]
+        scores = jnp.where(allowed, scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
+        y = jnp.einsum("bhls,bshd->blhd", probs, v_all.astype(c.compute_dtype))
+        return self.o(y.reshape(b, l, c.width)), new_kv
+
+
+class MLP(nnx.Module):
+    """SiLU-gated MLP: ``W_down(silu(W_gate x) * W_up x)``, no biases."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        kw = dict(use_bias=False, kernel_init=_init(), dtype=config.compute_dtype,
+                  param_dtype=jnp.float32, rngs=rngs)
+        self.gate = nnx.Linear(config.width, config.mlp_width, **kw)
+        self.up = nnx.Linear(config.width, config.mlp_width, **kw)
+        self.down = nnx.Linear(config.mlp_width, config.width, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder block: ``x + Attn(norm(x))``, then ``x + MLP(norm(x))``."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        kw = dict(epsilon=1e-6, dtype=config.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.attn_norm = nnx.RMSNorm(config.width, **kw)
+        self.attn = Attention(config, rngs)
+        self.mlp_norm = nnx.RMSNorm(config.width, **kw)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x, positions, kv=None, index=0):
+        h, new_kv = self.attn(self.attn_norm(x), positions, kv, index)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, new_kv
+
+
+class Transformer(nnx.Module):
+    """Llama-style decoder-only transformer (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.config = config
+        self.embed = nnx.Embed(config.vocab_size, config.width, embedding_init=_init(),
+                               dtype=config.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
+        self.final_norm = nnx.RMSNorm(config.width, epsilon=1e-6, dtype=config.compute_dtype,
+                                      param_dtype=jnp.float32, rngs=rngs)
+        self.head = nnx.Linear(config.width, config.vocab_size, use_bias=False,
+                               kernel_init=_init(), dtype=config.compute_dtype,
+                               param_dtype=jnp.float32, rngs=rngs)
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        return self.head(self.final_norm(x)).astype(jnp.float32)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """Teacher-forced: ``tokens [B, L]`` int -> logits ``[B, L, V]`` float32; row l
+        predicts token l+1."""
+        _check_tokens(tokens, self.config)
+        b, l = tokens.shape
+        positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32)[None, :], (b, l))
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x, _ = block(x, positions)
+        return self._logits(x)
+
+    def decode(self, tokens: jax.Array, cache: Cache, index: jax.Array | int):
+        """Cached step: ``tokens [B, L]`` at positions ``index .. index+L-1`` (L = prompt
+        length for a prefill, 1 for a decode step) -> ``(logits [B, L, V] float32, cache)``.
+
+        ``index`` may be traced (inside ``lax.scan``); the caller keeps
+        ``index + L <= cache length``.
+        """
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}.")
+        if len(cache) != self.config.num_layers:
+            raise ValueError(f"cache has {len(cache)} layers, model has "
+                             f"{self.config.num_layers}.")
+        b, l = tokens.shape
+        index = jnp.asarray(index, jnp.int32)
+        positions = jnp.broadcast_to(
+            (index + jnp.arange(l, dtype=jnp.int32))[None, :], (b, l))
+        x = self.embed(tokens)
+        new_cache = []
+        for block, kv in zip(self.blocks, cache):
+            x, kv = block(x, positions, kv, index)
+            new_cache.append(kv)
+        return self._logits(x), tuple(new_cache)
+
+
+def _check_tokens(tokens: jax.Array, config: ModelConfig) -> None:
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}.")
+    if tokens.shape[1] > config.max_len:
+        raise ValueError(f"tokens length {tokens.shape[1]} exceeds config.max_len "
+                         f"{config.max_len}.")
+
+
+# ----------------------------------------------------------------------------------------
+# Functional API: parameters as a plain pytree (nnx.State of float32 arrays).
+# ----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def graphdef(config: ModelConfig) -> nnx.GraphDef:
+    """The static graph definition for ``config``, built abstractly (no FLOPs, no memory)."""
+    abstract = nnx.eval_shape(lambda: Transformer(config, nnx.Rngs(0)))
+    return nnx.split(abstract)[0]
+
+
+def init(config: ModelConfig, key: jax.Array) -> nnx.State:
+    """Fresh parameters (float32 pytree). ``jax.vmap(init, in_axes=(None, 0))(keys)`` stacks a
+    population along a leading axis."""
+    return nnx.split(Transformer(config, nnx.Rngs(params=key)))[1]
+
+
+def abstract_params(config: ModelConfig) -> nnx.State:
+    """``jax.ShapeDtypeStruct`` pytree of the parameters (for shardings / checkpoints)."""
+    return nnx.split(nnx.eval_shape(lambda: Transformer(config, nnx.Rngs(0))))[1]
+
+
+def num_params(params: Any) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def module(config: ModelConfig, params: nnx.State) -> Transformer:
+    """The nnx module for ``params`` (read-only use inside pure functions)."""
+    return nnx.merge(graphdef(config), params)
+
+
+def forward(config: ModelConfig, params: nnx.State, tokens: jax.Array) -> jax.Array:
+    """Teacher-forced logits: ``tokens [B, L]`` -> ``[B, L, V]`` float32, row l predicting
+    token l+1. Pure: jit (config static) / vmap / grad over params."""
+    return module(config, params)(tokens)
+
+
+def completion_logits(config: ModelConfig, params: nnx.State, prompts: jax.Array,
+                      completions: jax.Array) -> jax.Array:
+    """Logits ``[B, T, V]`` (float32) whose row t predicts ``completions[:, t]``.
+
+    ``prompts [B, P]`` (P >= 1), ``completions [B, T]``; one forward pass over the
+    concatenation, rows ``P-1 .. P+T-2``.
+    """
+    if prompts.ndim != 2 or completions.ndim != 2 or prompts.shape[0] != completions.shape[0]:
+        raise ValueError(f"prompts [B, P] and completions [B, T] must share B; got prompts "
+                         f"{prompts.shape}, completions {completions.shape}.")
+    if prompts.shape[1] < 1:
+        raise ValueError("prompts must have at least one token (P >= 1).")
+    p, t = prompts.shape[1], completions.shape[1]
+    tokens = jnp.concatenate([prompts, completions.astype(prompts.dtype)], axis=1)
+    return forward(config, params, tokens)[:, p - 1:p + t - 1]
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """``log softmax(logits)[..., tokens]``: logits ``[..., V]``, tokens ``[...]`` -> ``[...]``
+    float32."""
+    if logits.shape[:-1] != tokens.shape:
+        raise ValueError(f"logits [..., V] and tokens [...] disagree: logits {logits.shape}, "
+                         f"tokens {tokens.shape}.")
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def init_cache(config: ModelConfig, batch: int, length: int) -> Cache:
+    """Empty KV cache: one ``{"k", "v"}`` per layer, each ``[batch, length, H, Dh]`` zeros in
+    the compute dtype."""
+    if length > config.max_len:
+        raise ValueError(f"cache length {length} exceeds config.max_len {config.max_len}.")
+    shape = (batch, length, config.num_heads, config.head_dim)
+    return tuple({"k": jnp.zeros(shape, config.compute_dtype),
+                  "v": jnp.zeros(shape, config.compute_dtype)}
+                 for _ in range(config.num_layers))
+
+
+def decode(config: ModelConfig, params: nnx.State, tokens: jax.Array, cache: Cache,
+           index: jax.Array | int):
+    """Cached forward of ``tokens [B, L]`` at positions ``index ..`` ->
+    ``(logits [B, L, V] float32, new cache)``. See ``Transformer.decode``."""
+    return module(config, params).decode(tokens, cache, index)

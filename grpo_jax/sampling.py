@@ -1,0 +1,197 @@
+"""Jitted autoregressive sampling with a KV cache (flax gemma / tunix sampler pattern).
+
+One ``jax.jit``: prefill the prompt ``[B, P]`` into a KV cache of length ``P + T - 1``, sample
+the first token from the last prompt row, then ``lax.scan`` over ``T - 1`` decode steps with
+the cache in the carry (XLA updates it in place; the cache is created inside the jit, so
+there is nothing for the caller to donate).
+
+Sampling distribution at each step, from the raw model logits ``z [B, V]`` (float32):
+
+1. banned tokens: ``z_i = -inf``;
+2. temperature: ``z / tau`` (``tau <= 0`` means greedy: a point mass on ``argmax z``);
+3. top-k: keep the k largest (ties at the k-th value are kept);
+4. top-p (nucleus, Holtzman et al. 2020): keep the smallest prefix of the sorted
+   distribution whose mass reaches p (always at least the most likely token);
+5. ``pi = softmax`` of what is left; ``y ~ pi``, ``logp = log pi(y)`` (0 for greedy).
+
+``logp`` is thus the log-prob under the distribution actually sampled from; for
+``temperature=1`` with no top-k/top-p/bans it equals the model's teacher-forced log-prob
+(``model.token_logprobs(model.completion_logits(...), tokens)``).
+
+EOS: once a row has produced ``eos_id``, every later token is ``eos_id`` (fed back as is, so
+teacher-forced recomputation on the returned tokens sees exactly what the sampler saw), its
+``logp`` is 0 and its mask is 0. ``mask[b, t] = 1`` up to and including the first EOS.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from grpo_jax import model as model_lib
+
+
+class SampleOutput(NamedTuple):
+    """Result of ``sample``.
+
+    Attributes:
+      tokens: ``[B, T]`` int32 completions (``eos_id`` after the first EOS).
+      logp: ``[B, T]`` float32 log-probs under the sampling distribution (0 where mask is 0).
+      mask: ``[B, T]`` float32, 1 up to and including the first EOS, 0 after.
+      logits: ``[B, T, V]`` float32 raw model logits at each sampled position (row t is the
+        model's prediction for ``tokens[:, t]``), or None unless ``return_logits``.
+    """
+
+    tokens: jax.Array
+    logp: jax.Array
+    mask: jax.Array
+    logits: jax.Array | None
+
+
+def sampling_logits(logits: jax.Array, temperature: jax.Array | float = 1.0,
+                    top_k: int | None = None, top_p: jax.Array | float | None = None,
+                    banned_tokens: tuple[int, ...] = ()) -> jax.Array:
+    """Logits of the distribution actually sampled from (steps 1-4 of the module doc).
+
+    ``logits [..., V]`` -> ``[..., V]`` float32, ``-inf`` for excluded tokens; ``softmax`` of
+    the result is the sampling distribution. For ``temperature <= 0`` this returns the
+    (masked) logits unscaled; ``sample`` then takes the argmax.
+    """
+    z = logits.astype(jnp.float32)
+    v = z.shape[-1]
+    if banned_tokens:
+        banned = jnp.zeros((v,), bool).at[jnp.asarray(banned_tokens, jnp.int32)].set(True)
+        z = jnp.where(banned, -jnp.inf, z)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    z = jnp.where(temperature > 0, z / jnp.where(temperature > 0, temperature, 1.0), z)
+    if top_k is not None:
+        kth = jax.lax.top_k(z, top_k)[0][..., -1:]  # [..., 1]
+        z = jnp.where(z >= kth, z, -jnp.inf)
+    if top_p is not None:
+        sorted_z = -jnp.sort(-z, axis=-1)  # descending
+        probs = jax.nn.softmax(sorted_z, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep = mass_before < jnp.asarray(top_p, jnp.float32)
+        keep = keep.at[..., 0].set(True)
+        cutoff = jnp.min(jnp.where(keep, sorted_z, jnp.inf), axis=-1, keepdims=True)
+        z = jnp.where(z >= cutoff, z, -jnp.inf)
+    return z
+
+
+def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens):
+    if not isinstance(config, model_lib.ModelConfig):
+        raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}.")
+    if prompts.ndim != 2 or prompts.shape[1] < 1:
+        raise ValueError(f"prompts must be [B, P] with P >= 1, got shape {prompts.shape}.")
+    if int(max_new_tokens) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if prompts.shape[1] + max_new_tokens > config.max_len:
+        raise ValueError(f"prompt length {prompts.shape[1]} + max_new_tokens {max_new_tokens} "
+                         f"exceeds config.max_len {config.max_len}.")
+    v = config.vocab_size
+    if top_k is not None and not 1 <= top_k <= v:
+        raise ValueError(f"top_k must be in [1, vocab_size={v}], got {top_k}.")
+    if eos_id is not None and not 0 <= eos_id < v:
+        raise ValueError(f"eos_id must be in [0, {v}), got {eos_id}.")
+    if any(not 0 <= t < v for t in banned_tokens):
+        raise ValueError(f"banned_tokens must be in [0, {v}), got {banned_tokens}.")
+    if len(set(banned_tokens)) >= v:
+        raise ValueError("banned_tokens exclude the whole vocabulary.")
+
+
+def sample(config: model_lib.ModelConfig, params, prompts: jax.Array, key: jax.Array, *,
+           max_new_tokens: int, temperature: jax.Array | float = 1.0,
+           top_k: int | None = None, top_p: jax.Array | float | None = None,
+           eos_id: int | None = None, banned_tokens: tuple[int, ...] = (),
+           return_logits: bool = False) -> SampleOutput:
+    """Sample ``T = max_new_tokens`` tokens after ``prompts [B, P]`` with a KV cache.
+
+    Args:
+      config: the model's ``ModelConfig`` (static).
+      params: parameter pytree from ``model.init``.
+      prompts: ``[B, P]`` int tokens; all rows share the length P (no padding).
+      key: PRNG key; the same key gives the same output.
+      max_new_tokens: T (static); every row runs the full T steps.
+      temperature: scalar; ``<= 0`` is greedy decoding (logp 0).
+      top_k: keep the k most likely tokens (static), or None.
+      top_p: nucleus mass in (0, 1], or None.
+      eos_id: end-of-sequence id (static), or None.
+      banned_tokens: tuple of ids never sampled (static), e.g. special tokens.
+      return_logits: also return the raw logits ``[B, T, V]`` (static).
+
+    Returns:
+      ``SampleOutput(tokens [B, T] int32, logp [B, T] f32, mask [B, T] f32, logits)``.
+    Pure and jitted; vmappable over (params, key), and the batch may be sharded.
+    """
+    banned_tokens = tuple(sorted(set(int(t) for t in banned_tokens)))
+    _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens)
+    return _sample(config, params, prompts, key, max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
+                   banned_tokens=banned_tokens, return_logits=return_logits)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("config", "max_new_tokens", "top_k", "eos_id", "banned_tokens",
+                     "return_logits"))
+def _sample(config, params, prompts, key, *, max_new_tokens, temperature, top_k, top_p,
+            eos_id, banned_tokens, return_logits) -> SampleOutput:
+    """The jitted body of ``sample`` (arguments already validated)."""
+    b, p = prompts.shape
+    t_len = max_new_tokens
+    model = model_lib.module(config, params)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    greedy = temperature <= 0
+
+    def choose(raw, step_key, done):
+        """raw [B, V] -> (token [B] int32, logp [B] f32, done [B] bool) for one step."""
+        z = sampling_logits(raw, temperature, top_k, top_p, banned_tokens)
+        logpi = jax.nn.log_softmax(z, axis=-1)
+        sampled = jax.random.categorical(step_key, z, axis=-1)
+        tok = jnp.where(greedy, jnp.argmax(z, axis=-1), sampled).astype(jnp.int32)
+        lp = jnp.take_along_axis(logpi, tok[:, None], axis=-1)[:, 0]
+        lp = jnp.where(greedy, 0.0, lp)
+        if eos_id is not None:
+            tok = jnp.where(done, eos_id, tok)
+            lp = jnp.where(done, 0.0, lp)
+            done = done | (tok == eos_id)
+        return tok, lp, done
+
+    keys = jax.random.split(key, t_len)
+    cache = model_lib.init_cache(config, b, p + t_len - 1)
+    prefill_logits, cache = model.decode(prompts.astype(jnp.int32), cache, 0)
+    raw0 = prefill_logits[:, -1]  # [B, V]
+    done0 = jnp.zeros((b,), bool)
+    tok0, lp0, done0 = choose(raw0, keys[0], done0)
+
+    def step(carry, xs):
+        cache, tok, done = carry
+        index, step_key = xs
+        logits, cache = model.decode(tok[:, None], cache, index)
+        raw = logits[:, 0]
+        tok, lp, done = choose(raw, step_key, done)
+        out = (tok, lp, raw if return_logits else None)
+        return (cache, tok, done), out
+
+    indices = p + jnp.arange(t_len - 1, dtype=jnp.int32)
+    _, (toks, lps, raws) = jax.lax.scan(step, (cache, tok0, done0), (indices, keys[1:]))
+    tokens = jnp.concatenate([tok0[:, None], toks.T], axis=1)  # [B, T]
+    logp = jnp.concatenate([lp0[:, None], lps.T], axis=1)
+    logits = None
+    if return_logits:
+        logits = jnp.concatenate([raw0[:, None], jnp.swapaxes(raws, 0, 1)], axis=1)
+    mask = completion_mask(tokens, eos_id)
+    return SampleOutput(tokens=tokens, logp=logp, mask=mask, logits=logits)
+
+
+def completion_mask(tokens: jax.Array, eos_id: int | None) -> jax.Array:
+    """``[B, T]`` float32: 1 up to and including the first ``eos_id`` in each row, 0 after
+    (all ones if ``eos_id`` is None)."""
+    if eos_id is None:
+        return jnp.ones(tokens.shape, jnp.float32)
+    is_eos = (tokens == eos_id).astype(jnp.int32)
+    eos_before = jnp.cumsum(is_eos, axis=-1) - is_eos  # number of EOS strictly before t
+    return (eos_before == 0).astype(jnp.float32)
