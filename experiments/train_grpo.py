@@ -1,0 +1,31 @@
+"""Train GRPO on a synthetic task.
+
+  python experiments/train_grpo.py --config configs/grpo.py:task=bandit \
+      --config.loss.kl_estimator=k2 --workdir runs/bandit-k2
+
+Writes <workdir>/metrics.jsonl, TensorBoard events under <workdir>/tb, checkpoints under
+<workdir>/checkpoints (a re-run resumes from the last one) and <workdir>/summary.json.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from grpo_jax import runner  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/grpo.py", "GRPO config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+
+
+def main(argv):
+    del argv
+    runner.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

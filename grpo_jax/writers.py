@@ -1,0 +1,113 @@
+"""Metric writers: the one place (with checkpoint.py) where training touches files.
+
+`MetricWriter` appends one JSON line per step to `<workdir>/metrics.jsonl` and mirrors every
+scalar to TensorBoard event files (tensorboardX, no TensorFlow needed). `Progress` is a tqdm
+bar with ETA that shows the latest metrics. Nothing here runs under jit: the host loop hands
+over already-fetched NumPy values between chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+
+def _to_python(value: Any) -> Any:
+    """NumPy / JAX scalars and arrays -> JSON-serialisable Python values (NaN kept as NaN)."""
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return arr.item()
+    return arr.tolist()
+
+
+def unstack_steps(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`{name: [K, ...]}` stacked over K steps -> K dicts `{name: [...]}` (host side)."""
+    arrays = {k: np.asarray(v) for k, v in metrics.items()}
+    num = {a.shape[0] for a in arrays.values()}
+    if len(num) != 1:
+        raise ValueError(f"metrics have different step counts: "
+                         f"{ {k: a.shape for k, a in arrays.items()} }")
+    (k_steps,) = num
+    return [{k: _to_python(a[i]) for k, a in arrays.items()} for i in range(k_steps)]
+
+
+class MetricWriter:
+    """Appends `{"step": s, **metrics}` lines to `metrics.jsonl` and scalars to TensorBoard.
+
+    Vector metrics (e.g. `mode_shares`) are written whole to JSONL and per component to
+    TensorBoard (`mode_shares/0`, ...). Re-opening an existing workdir appends (resume).
+    """
+
+    def __init__(self, workdir: str, tensorboard: bool = True, filename: str = "metrics.jsonl"):
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(workdir, filename)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # imported lazily: optional at import time
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        record = {"step": int(step)}
+        record.update({k: _to_python(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for name, value in record.items():
+                if name == "step":
+                    continue
+                arr = np.asarray(value, dtype=np.float64)
+                if arr.ndim == 0:
+                    self._tb.add_scalar(name, float(arr), int(step))
+                else:
+                    for i, v in enumerate(arr.reshape(-1)):
+                        self._tb.add_scalar(f"{name}/{i}", float(v), int(step))
+
+    def write_many(self, first_step: int, rows: Iterable[Mapping[str, Any]]) -> None:
+        for i, row in enumerate(rows):
+            self.write(first_step + i, row)
+        self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_metrics(workdir: str, filename: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    """The JSONL lines of a run, in order (for reports and tests)."""
+    with open(os.path.join(workdir, filename), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+    """A tqdm progress bar with ETA over RL steps; `update(n, postfix)` between chunks."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "grpo", disable: bool = False):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, initial=initial, desc=desc, disable=disable,
+                         dynamic_ncols=True, smoothing=0.3)
+
+    def update(self, n: int, postfix: Mapping[str, float] | None = None) -> None:
+        if postfix:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+        self._bar.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
