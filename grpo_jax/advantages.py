@@ -44,213 +44,213 @@ ESTIMATORS: tuple[str, ...] = ("grpo", "drgrpo", "rloo")
 
 
 def validate_estimator(name: str) -> str:
-  """Returns ``name`` or raises ValueError listing the valid advantage estimators."""
-  if name not in ESTIMATORS:
-    raise ValueError(
-        f"unknown advantage estimator {name!r}; valid: {', '.join(ESTIMATORS)}")
-  return name
+    """Returns ``name`` or raises ValueError listing the valid advantage estimators."""
+    if name not in ESTIMATORS:
+        raise ValueError(
+            f"unknown advantage estimator {name!r}; valid: {', '.join(ESTIMATORS)}")
+    return name
 
 
 def _check_group(batch: int, group_size, what: str = "rewards") -> int:
-  if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-    raise ValueError(f"group_size must be a static Python int >= 1, got {group_size!r}")
-  if batch % group_size:
-    raise ValueError(
-        f"{what} has batch size {batch}, not a multiple of group_size={group_size}")
-  return batch // group_size
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"group_size must be a static Python int >= 1, got {group_size!r}")
+    if batch % group_size:
+        raise ValueError(
+            f"{what} has batch size {batch}, not a multiple of group_size={group_size}")
+    return batch // group_size
 
 
 def _safe_sqrt(x):
-  """sqrt with a finite gradient at 0 (double-where)."""
-  pos = x > 0
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+    """sqrt with a finite gradient at 0 (double-where)."""
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
 
 
 def group_baseline_scale(totals, group_size: int, estimator: str = "grpo", *,
                          eps=1e-6, batch_std_norm: bool = False, std_ddof: int = 0):
-  """Baseline and scale per row, from the group statistics of ``totals``.
+    """Baseline and scale per row, from the group statistics of ``totals``.
 
-  Args:
-    totals: ``[B]`` float rewards (group-major, B = prompts x G).
-    group_size: G, a static Python int.
-    estimator: one of ``ESTIMATORS``.
-    eps: added to the std (grpo, or any estimator with ``batch_std_norm``).
-    batch_std_norm: scale by the std of the whole batch instead of the group std.
-    std_ddof: 0 (population std, default) or 1 (unbiased, as torch.std in TRL/verl).
+    Args:
+      totals: ``[B]`` float rewards (group-major, B = prompts x G).
+      group_size: G, a static Python int.
+      estimator: one of ``ESTIMATORS``.
+      eps: added to the std (grpo, or any estimator with ``batch_std_norm``).
+      batch_std_norm: scale by the std of the whole batch instead of the group std.
+      std_ddof: 0 (population std, default) or 1 (unbiased, as torch.std in TRL/verl).
 
-  Returns:
-    ``(baseline [B], scale [B], zero_var [B] bool)`` so that ``A = (x - baseline) / scale``
-    (and 0 where ``zero_var``: all rewards of the group are exactly equal).
-  """
-  validate_estimator(estimator)
-  totals = jnp.asarray(totals, jnp.float32)
-  if totals.ndim != 1:
-    raise ValueError(f"totals/rewards must be [B], got shape {totals.shape}")
-  G = group_size
-  num_groups = _check_group(totals.shape[0], G)
-  if estimator == "rloo" and G < 2:
-    raise ValueError("the rloo estimator needs group_size >= 2")
-  if std_ddof not in (0, 1) or (std_ddof == 1 and G < 2):
-    raise ValueError(f"std_ddof must be 0 or 1 (1 needs group_size >= 2), got {std_ddof}")
-  r = totals.reshape(num_groups, G)
-  mean = jnp.mean(r, axis=1, keepdims=True)                                   # [n, 1]
-  zero_var = jnp.max(r, axis=1, keepdims=True) == jnp.min(r, axis=1, keepdims=True)
-  ones = jnp.ones_like(r)
-  if estimator == "rloo":
-    baseline = (jnp.sum(r, axis=1, keepdims=True) - r) / (G - 1)                # [n, G]
-  else:
-    baseline = mean * ones
-  if batch_std_norm:
-    dev = totals - jnp.mean(totals)
-    n = totals.shape[0]
-    var = jnp.sum(dev * dev) / max(n - std_ddof, 1)
-    scale = (_safe_sqrt(var) + eps) * ones
-  elif estimator == "grpo":
-    dev = r - mean
-    var = jnp.sum(dev * dev, axis=1, keepdims=True) / (G - std_ddof)
-    scale = (_safe_sqrt(var) + eps) * ones
-  else:
-    scale = ones
-  zero_var = jnp.broadcast_to(zero_var, r.shape)
-  return baseline.reshape(-1), scale.reshape(-1), zero_var.reshape(-1)
+    Returns:
+      ``(baseline [B], scale [B], zero_var [B] bool)`` so that ``A = (x - baseline) / scale``
+      (and 0 where ``zero_var``: all rewards of the group are exactly equal).
+    """
+    validate_estimator(estimator)
+    totals = jnp.asarray(totals, jnp.float32)
+    if totals.ndim != 1:
+        raise ValueError(f"totals/rewards must be [B], got shape {totals.shape}")
+    G = group_size
+    num_groups = _check_group(totals.shape[0], G)
+    if estimator == "rloo" and G < 2:
+        raise ValueError("the rloo estimator needs group_size >= 2")
+    if std_ddof not in (0, 1) or (std_ddof == 1 and G < 2):
+        raise ValueError(f"std_ddof must be 0 or 1 (1 needs group_size >= 2), got {std_ddof}")
+    r = totals.reshape(num_groups, G)
+    mean = jnp.mean(r, axis=1, keepdims=True)                                   # [n, 1]
+    zero_var = jnp.max(r, axis=1, keepdims=True) == jnp.min(r, axis=1, keepdims=True)
+    ones = jnp.ones_like(r)
+    if estimator == "rloo":
+        baseline = (jnp.sum(r, axis=1, keepdims=True) - r) / (G - 1)                # [n, G]
+    else:
+        baseline = mean * ones
+    if batch_std_norm:
+        dev = totals - jnp.mean(totals)
+        n = totals.shape[0]
+        var = jnp.sum(dev * dev) / max(n - std_ddof, 1)
+        scale = (_safe_sqrt(var) + eps) * ones
+    elif estimator == "grpo":
+        dev = r - mean
+        var = jnp.sum(dev * dev, axis=1, keepdims=True) / (G - std_ddof)
+        scale = (_safe_sqrt(var) + eps) * ones
+    else:
+        scale = ones
+    zero_var = jnp.broadcast_to(zero_var, r.shape)
+    return baseline.reshape(-1), scale.reshape(-1), zero_var.reshape(-1)
 
 
 def group_advantages(rewards, group_size: int, estimator: str = "grpo", *, eps=1e-6,
                      batch_std_norm: bool = False, std_ddof: int = 0):
-  """Outcome-supervised group-relative advantages.
+    """Outcome-supervised group-relative advantages.
 
-  Args:
-    rewards: ``[B]`` per-completion rewards, group-major.
-    group_size: G (static int).
-    estimator: "grpo" | "drgrpo" | "rloo" (see module docstring for the formulas).
-    eps, batch_std_norm, std_ddof: see ``group_baseline_scale``.
+    Args:
+      rewards: ``[B]`` per-completion rewards, group-major.
+      group_size: G (static int).
+      estimator: "grpo" | "drgrpo" | "rloo" (see module docstring for the formulas).
+      eps, batch_std_norm, std_ddof: see ``group_baseline_scale``.
 
-  Returns:
-    ``(advantages [B] float32, aux)`` with aux keys ``adv_mean, adv_std, reward_mean,
-    reward_std, zero_var_group_frac``.
-  """
-  rewards = jnp.asarray(rewards, jnp.float32)
-  baseline, scale, zero_var = group_baseline_scale(
-      rewards, group_size, estimator, eps=eps, batch_std_norm=batch_std_norm,
-      std_ddof=std_ddof)
-  adv = jnp.where(zero_var, 0.0, (rewards - baseline) / scale)
-  aux = advantage_stats(adv)
-  aux.update(reward_mean=jnp.mean(rewards), reward_std=jnp.std(rewards),
-             zero_var_group_frac=zero_var_group_frac(zero_var, group_size))
-  return adv, aux
+    Returns:
+      ``(advantages [B] float32, aux)`` with aux keys ``adv_mean, adv_std, reward_mean,
+      reward_std, zero_var_group_frac``.
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    baseline, scale, zero_var = group_baseline_scale(
+        rewards, group_size, estimator, eps=eps, batch_std_norm=batch_std_norm,
+        std_ddof=std_ddof)
+    adv = jnp.where(zero_var, 0.0, (rewards - baseline) / scale)
+    aux = advantage_stats(adv)
+    aux.update(reward_mean=jnp.mean(rewards), reward_std=jnp.std(rewards),
+               zero_var_group_frac=zero_var_group_frac(zero_var, group_size))
+    return adv, aux
 
 
 def returns_to_go(x, mask=None):
-  """``out[i, t] = sum_{u >= t} mask[i, u] * x[i, u]`` for ``x [B, T]`` (reverse cumsum).
+    """``out[i, t] = sum_{u >= t} mask[i, u] * x[i, u]`` for ``x [B, T]`` (reverse cumsum).
 
-  Masked entries are replaced by 0 before summing, so garbage (inf/NaN) there is harmless.
-  """
-  x = jnp.asarray(x, jnp.float32)
-  if mask is not None:
-    if mask.shape != x.shape:
-      raise ValueError(f"mask shape {mask.shape} != x shape {x.shape}")
-    x = jnp.where(mask > 0, x, 0.0)
-  return jnp.flip(jnp.cumsum(jnp.flip(x, axis=-1), axis=-1), axis=-1)
+    Masked entries are replaced by 0 before summing, so garbage (inf/NaN) there is harmless.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    if mask is not None:
+        if mask.shape != x.shape:
+            raise ValueError(f"mask shape {mask.shape} != x shape {x.shape}")
+        x = jnp.where(mask > 0, x, 0.0)
+    return jnp.flip(jnp.cumsum(jnp.flip(x, axis=-1), axis=-1), axis=-1)
 
 
 def reward_to_go_advantages(rewards, token_penalty, mask, group_size: int,
                             estimator: str = "grpo", *, eps=1e-6,
                             batch_std_norm: bool = False, std_ddof: int = 0):
-  """Per-token advantages for a sequence reward minus per-token penalties (future-KL).
+    """Per-token advantages for a sequence reward minus per-token penalties (future-KL).
 
-  ``A_it = mask_it * (R_i - sum_{u >= t} mask_iu p_iu - b_i) / s_i`` with ``b, s`` the
-  estimator's group baseline and scale of the totals ``Z_i = R_i - sum_t mask_it p_it``;
-  rows of groups whose ``Z`` are all equal get 0.
+    ``A_it = mask_it * (R_i - sum_{u >= t} mask_iu p_iu - b_i) / s_i`` with ``b, s`` the
+    estimator's group baseline and scale of the totals ``Z_i = R_i - sum_t mask_it p_it``;
+    rows of groups whose ``Z`` are all equal get 0.
 
-  Args:
-    rewards: ``[B]`` sequence rewards.
-    token_penalty: ``[B, T]`` per-token penalties (e.g. ``beta * KL_t``), already detached.
-    mask: ``[B, T]`` 1 on completion tokens.
-    group_size, estimator, eps, batch_std_norm, std_ddof: as ``group_advantages``.
+    Args:
+      rewards: ``[B]`` sequence rewards.
+      token_penalty: ``[B, T]`` per-token penalties (e.g. ``beta * KL_t``), already detached.
+      mask: ``[B, T]`` 1 on completion tokens.
+      group_size, estimator, eps, batch_std_norm, std_ddof: as ``group_advantages``.
 
-  Returns:
-    ``(advantages [B, T], aux)``; ``aux`` as ``group_advantages`` (stats over valid tokens),
-    computed on the totals ``Z``.
-  """
-  rewards = jnp.asarray(rewards, jnp.float32)
-  token_penalty = jnp.asarray(token_penalty, jnp.float32)
-  if token_penalty.ndim != 2 or token_penalty.shape[0] != rewards.shape[0]:
-    raise ValueError(f"token_penalty must be [B, T] with B = len(rewards) = "
-                     f"{rewards.shape[0]}, got {token_penalty.shape}")
-  penalty_to_go = returns_to_go(token_penalty, mask)                           # [B, T]
-  totals = rewards - penalty_to_go[:, 0]
-  baseline, scale, zero_var = group_baseline_scale(
-      totals, group_size, estimator, eps=eps, batch_std_norm=batch_std_norm,
-      std_ddof=std_ddof)
-  returns = rewards[:, None] - penalty_to_go                                   # [B, T]
-  adv = (returns - baseline[:, None]) / scale[:, None]
-  valid = (mask > 0) & ~zero_var[:, None]
-  adv = jnp.where(valid, adv, 0.0)
-  aux = advantage_stats(adv, mask)
-  aux.update(reward_mean=jnp.mean(totals), reward_std=jnp.std(totals),
-             zero_var_group_frac=zero_var_group_frac(zero_var, group_size))
-  return adv, aux
+    Returns:
+      ``(advantages [B, T], aux)``; ``aux`` as ``group_advantages`` (stats over valid tokens),
+      computed on the totals ``Z``.
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    token_penalty = jnp.asarray(token_penalty, jnp.float32)
+    if token_penalty.ndim != 2 or token_penalty.shape[0] != rewards.shape[0]:
+        raise ValueError(f"token_penalty must be [B, T] with B = len(rewards) = "
+                         f"{rewards.shape[0]}, got {token_penalty.shape}")
+    penalty_to_go = returns_to_go(token_penalty, mask)                           # [B, T]
+    totals = rewards - penalty_to_go[:, 0]
+    baseline, scale, zero_var = group_baseline_scale(
+        totals, group_size, estimator, eps=eps, batch_std_norm=batch_std_norm,
+        std_ddof=std_ddof)
+    returns = rewards[:, None] - penalty_to_go                                   # [B, T]
+    adv = (returns - baseline[:, None]) / scale[:, None]
+    valid = (mask > 0) & ~zero_var[:, None]
+    adv = jnp.where(valid, adv, 0.0)
+    aux = advantage_stats(adv, mask)
+    aux.update(reward_mean=jnp.mean(totals), reward_std=jnp.std(totals),
+               zero_var_group_frac=zero_var_group_frac(zero_var, group_size))
+    return adv, aux
 
 
 def process_advantages(step_rewards, step_mask, group_size: int, *, eps=1e-6, mask=None):
-  """Process-supervised advantages (DeepSeekMath §4.1.3).
+    """Process-supervised advantages (DeepSeekMath §4.1.3).
 
-  ``r~_j = (r_j - mean(R_g)) / (std(R_g) + eps)`` where ``R_g`` are all step rewards of the
-  G completions of the group (population std); ``A_it = sum_{u >= t} step_mask_iu r~_iu``.
-  Groups whose step rewards are all equal (or that have no steps) get 0.
+    ``r~_j = (r_j - mean(R_g)) / (std(R_g) + eps)`` where ``R_g`` are all step rewards of the
+    G completions of the group (population std); ``A_it = sum_{u >= t} step_mask_iu r~_iu``.
+    Groups whose step rewards are all equal (or that have no steps) get 0.
 
-  Args:
-    step_rewards: ``[B, T]`` reward of the step ending at token t (ignored where
-      ``step_mask`` is 0, garbage allowed there).
-    step_mask: ``[B, T]`` 1 at the last token of each step.
-    group_size: G (static int).
-    eps: added to the group std.
-    mask: optional ``[B, T]`` token mask; advantages are zeroed outside it.
+    Args:
+      step_rewards: ``[B, T]`` reward of the step ending at token t (ignored where
+        ``step_mask`` is 0, garbage allowed there).
+      step_mask: ``[B, T]`` 1 at the last token of each step.
+      group_size: G (static int).
+      eps: added to the group std.
+      mask: optional ``[B, T]`` token mask; advantages are zeroed outside it.
 
-  Returns:
-    ``(advantages [B, T], aux)`` with ``adv_mean, adv_std, zero_var_group_frac``.
-  """
-  step_rewards = jnp.asarray(step_rewards, jnp.float32)
-  if step_rewards.ndim != 2 or step_mask.shape != step_rewards.shape:
-    raise ValueError(f"step_rewards {step_rewards.shape} and step_mask {step_mask.shape} "
-                     "must both be [B, T]")
-  B, T = step_rewards.shape
-  num_groups = _check_group(B, group_size, "step_rewards")
-  m = (step_mask > 0)
-  r = jnp.where(m, step_rewards, 0.0).reshape(num_groups, group_size * T)
-  mg = m.reshape(num_groups, group_size * T)
-  count = jnp.sum(mg, axis=1, keepdims=True).astype(jnp.float32)
-  safe_count = jnp.maximum(count, 1.0)
-  mean = jnp.sum(r, axis=1, keepdims=True) / safe_count
-  dev = jnp.where(mg, r - mean, 0.0)
-  std = _safe_sqrt(jnp.sum(dev * dev, axis=1, keepdims=True) / safe_count)
-  rmax = jnp.max(jnp.where(mg, r, -jnp.inf), axis=1, keepdims=True)
-  rmin = jnp.min(jnp.where(mg, r, jnp.inf), axis=1, keepdims=True)
-  zero_var = (rmax <= rmin)                                                   # [n, 1]
-  norm = jnp.where(mg & ~zero_var, dev / (std + eps), 0.0).reshape(B, T)
-  adv = returns_to_go(norm)
-  if mask is not None:
-    if mask.shape != (B, T):
-      raise ValueError(f"mask shape {mask.shape} != step_rewards shape {(B, T)}")
-    adv = jnp.where(mask > 0, adv, 0.0)
-  aux = advantage_stats(adv, mask)
-  aux["zero_var_group_frac"] = jnp.mean(zero_var.astype(jnp.float32))
-  return adv, aux
+    Returns:
+      ``(advantages [B, T], aux)`` with ``adv_mean, adv_std, zero_var_group_frac``.
+    """
+    step_rewards = jnp.asarray(step_rewards, jnp.float32)
+    if step_rewards.ndim != 2 or step_mask.shape != step_rewards.shape:
+        raise ValueError(f"step_rewards {step_rewards.shape} and step_mask {step_mask.shape} "
+                         "must both be [B, T]")
+    B, T = step_rewards.shape
+    num_groups = _check_group(B, group_size, "step_rewards")
+    m = (step_mask > 0)
+    r = jnp.where(m, step_rewards, 0.0).reshape(num_groups, group_size * T)
+    mg = m.reshape(num_groups, group_size * T)
+    count = jnp.sum(mg, axis=1, keepdims=True).astype(jnp.float32)
+    safe_count = jnp.maximum(count, 1.0)
+    mean = jnp.sum(r, axis=1, keepdims=True) / safe_count
+    dev = jnp.where(mg, r - mean, 0.0)
+    std = _safe_sqrt(jnp.sum(dev * dev, axis=1, keepdims=True) / safe_count)
+    rmax = jnp.max(jnp.where(mg, r, -jnp.inf), axis=1, keepdims=True)
+    rmin = jnp.min(jnp.where(mg, r, jnp.inf), axis=1, keepdims=True)
+    zero_var = (rmax <= rmin)                                                   # [n, 1]
+    norm = jnp.where(mg & ~zero_var, dev / (std + eps), 0.0).reshape(B, T)
+    adv = returns_to_go(norm)
+    if mask is not None:
+        if mask.shape != (B, T):
+            raise ValueError(f"mask shape {mask.shape} != step_rewards shape {(B, T)}")
+        adv = jnp.where(mask > 0, adv, 0.0)
+    aux = advantage_stats(adv, mask)
+    aux["zero_var_group_frac"] = jnp.mean(zero_var.astype(jnp.float32))
+    return adv, aux
 
 
 def zero_var_group_frac(zero_var_rows, group_size: int):
-  """Fraction of groups flagged zero-variance, from the per-row flags ``[B]``."""
-  return jnp.mean(zero_var_rows.reshape(-1, group_size)[:, 0].astype(jnp.float32))
+    """Fraction of groups flagged zero-variance, from the per-row flags ``[B]``."""
+    return jnp.mean(zero_var_rows.reshape(-1, group_size)[:, 0].astype(jnp.float32))
 
 
 def advantage_stats(adv, mask=None):
-  """``{adv_mean, adv_std}`` of ``adv [B]`` or ``[B, T]`` (over ``mask`` tokens if given)."""
-  adv = jnp.asarray(adv, jnp.float32)
-  if mask is None:
-    return dict(adv_mean=jnp.mean(adv), adv_std=jnp.std(adv))
-  w = jnp.broadcast_to((mask > 0).astype(jnp.float32), adv.shape)
-  n = jnp.maximum(jnp.sum(w), 1.0)
-  a = jnp.where(w > 0, adv, 0.0)
-  mean = jnp.sum(a) / n
-  var = jnp.sum(w * (a - mean) ** 2) / n
-  return dict(adv_mean=mean, adv_std=_safe_sqrt(var))
+    """``{adv_mean, adv_std}`` of ``adv [B]`` or ``[B, T]`` (over ``mask`` tokens if given)."""
+    adv = jnp.asarray(adv, jnp.float32)
+    if mask is None:
+        return dict(adv_mean=jnp.mean(adv), adv_std=jnp.std(adv))
+    w = jnp.broadcast_to((mask > 0).astype(jnp.float32), adv.shape)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    a = jnp.where(w > 0, adv, 0.0)
+    mean = jnp.sum(a) / n
+    var = jnp.sum(w * (a - mean) ** 2) / n
+    return dict(adv_mean=mean, adv_std=_safe_sqrt(var))
