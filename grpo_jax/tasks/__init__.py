@@ -30,14 +30,14 @@ TASKS = tuple(_REGISTRY)
 
 
 def make(name: str, **kwargs) -> TableTask:
-  """Builds the task `name` (one of TASKS) with dataclass fields `kwargs`.
+    """Builds the task `name` (one of TASKS) with dataclass fields `kwargs`.
 
-  Lists are turned into tuples so configs (which hold lists) give hashable tasks.
-  """
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown task {name!r}; valid tasks: {TASKS}")
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  return _REGISTRY[name](**kwargs)
+    Lists are turned into tuples so configs (which hold lists) give hashable tasks.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {TASKS}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return _REGISTRY[name](**kwargs)
 
 
 __all__ = ["Arithmetic", "Bandit", "FormatMixture", "Task", "TableTask", "TASKS", "make"]

@@ -37,108 +37,108 @@ BOS = 10
 
 
 def _anchors(n, num_modes: int, xp):
-  """Anchor first digits for sums n ([...] ints) -> [..., K]; identical in numpy and jnp."""
-  lo = xp.maximum(0, n - 9)
-  hi = xp.minimum(9, n)
-  if num_modes == 1:
-    return ((lo + hi) // 2)[..., None]
-  k = xp.arange(num_modes)
-  span = (hi - lo)[..., None]
-  return lo[..., None] + (2 * k * span + (num_modes - 1)) // (2 * (num_modes - 1))
+    """Anchor first digits for sums n ([...] ints) -> [..., K]; identical in numpy and jnp."""
+    lo = xp.maximum(0, n - 9)
+    hi = xp.minimum(9, n)
+    if num_modes == 1:
+        return ((lo + hi) // 2)[..., None]
+    k = xp.arange(num_modes)
+    span = (hi - lo)[..., None]
+    return lo[..., None] + (2 * k * span + (num_modes - 1)) // (2 * (num_modes - 1))
 
 
 @dataclasses.dataclass(frozen=True)
 class Arithmetic(base.TableTask):
-  """a + b = N with a modality dial over valid answers (see module docstring)."""
+    """a + b = N with a modality dial over valid answers (see module docstring)."""
 
-  n_min: int = 4
-  n_max: int = 14
-  num_modes: int = 4
-  weights: tuple[float, ...] | None = None  # anchor weights (normalised); None = uniform
-  background: float = 0.0  # mass spread uniformly over all valid pairs
-  preferred_mode: int = -1  # -1: no preference
-  preference_bonus: float = 0.0
+    n_min: int = 4
+    n_max: int = 14
+    num_modes: int = 4
+    weights: tuple[float, ...] | None = None  # anchor weights (normalised); None = uniform
+    background: float = 0.0  # mass spread uniformly over all valid pairs
+    preferred_mode: int = -1  # -1: no preference
+    preference_bonus: float = 0.0
 
-  name: ClassVar[str] = "arithmetic"
-  vocab_size: ClassVar[int] = 11
-  prompt_len: ClassVar[int] = 3
-  completion_len: ClassVar[int] = 2
-  bos_id: ClassVar[int] = BOS
-  special_ids: ClassVar[tuple[int, ...]] = (BOS,)
+    name: ClassVar[str] = "arithmetic"
+    vocab_size: ClassVar[int] = 11
+    prompt_len: ClassVar[int] = 3
+    completion_len: ClassVar[int] = 2
+    bos_id: ClassVar[int] = BOS
+    special_ids: ClassVar[tuple[int, ...]] = (BOS,)
 
-  def __post_init__(self):
-    if not 0 <= self.n_min <= self.n_max <= 18:
-      raise ValueError(f"need 0 <= n_min <= n_max <= 18, got {self.n_min}, {self.n_max}")
-    if self.num_modes < 1:
-      raise ValueError(f"num_modes must be >= 1, got {self.num_modes}")
-    m_min = min(min(9, n) - max(0, n - 9) + 1 for n in range(self.n_min, self.n_max + 1))
-    if m_min < self.num_modes:
-      raise ValueError(f"some N in [{self.n_min}, {self.n_max}] has only {m_min} valid answers "
-                       f"< num_modes={self.num_modes}; narrow the range")
-    if self.weights is not None:
-      if len(self.weights) != self.num_modes or min(self.weights) <= 0:
-        raise ValueError(f"weights {self.weights} must be {self.num_modes} positive numbers")
-    if not 0.0 <= self.background <= 1.0:
-      raise ValueError(f"background must be in [0, 1], got {self.background}")
-    if not -1 <= self.preferred_mode < self.num_modes:
-      raise ValueError(f"preferred_mode must be -1 or in [0, {self.num_modes})")
+    def __post_init__(self):
+        if not 0 <= self.n_min <= self.n_max <= 18:
+            raise ValueError(f"need 0 <= n_min <= n_max <= 18, got {self.n_min}, {self.n_max}")
+        if self.num_modes < 1:
+            raise ValueError(f"num_modes must be >= 1, got {self.num_modes}")
+        m_min = min(min(9, n) - max(0, n - 9) + 1 for n in range(self.n_min, self.n_max + 1))
+        if m_min < self.num_modes:
+            raise ValueError(f"some N in [{self.n_min}, {self.n_max}] has only {m_min} valid answers "
+                             f"< num_modes={self.num_modes}; narrow the range")
+        if self.weights is not None:
+            if len(self.weights) != self.num_modes or min(self.weights) <= 0:
+                raise ValueError(f"weights {self.weights} must be {self.num_modes} positive numbers")
+        if not 0.0 <= self.background <= 1.0:
+            raise ValueError(f"background must be in [0, 1], got {self.background}")
+        if not -1 <= self.preferred_mode < self.num_modes:
+            raise ValueError(f"preferred_mode must be -1 or in [0, {self.num_modes})")
 
-  @property
-  def mixture_weights(self) -> tuple[float, ...]:
-    w = (1.0,) * self.num_modes if self.weights is None else tuple(self.weights)
-    s = sum(w)
-    return tuple(x / s for x in w)
+    @property
+    def mixture_weights(self) -> tuple[float, ...]:
+        w = (1.0,) * self.num_modes if self.weights is None else tuple(self.weights)
+        s = sum(w)
+        return tuple(x / s for x in w)
 
-  # ---------------------------------------------------------------- exact table
-  def _build_table(self):
-    ns = np.arange(self.n_min, self.n_max + 1)
-    n_p = ns.shape[0]
-    prompts = np.stack([np.full(n_p, BOS), ns // 10, ns % 10], axis=1).astype(np.int32)
-    a = np.arange(10)
-    answers = np.zeros((n_p, 10, 2), np.int32)
-    probs = np.zeros((n_p, 10))
-    modes = np.full((n_p, 10), -1, np.int32)
-    anchors = _anchors(ns, self.num_modes, np)  # [Np, K]
-    for i, n in enumerate(ns):
-      lo, hi = max(0, n - 9), min(9, n)
-      valid = (a >= lo) & (a <= hi)
-      answers[i, :, 0] = a
-      answers[i, :, 1] = np.clip(n - a, 0, 9)
-      probs[i] = self.background * valid / valid.sum()
-      for k, w in enumerate(self.mixture_weights):
-        probs[i, anchors[i, k]] += (1.0 - self.background) * w
-      d = np.abs(a[:, None] - anchors[i][None, :])
-      modes[i] = np.where(valid, d.argmin(-1), -1)
-    return {"prompts": prompts, "prompt_probs": np.full(n_p, 1.0 / n_p), "answers": answers,
-            "answer_probs": probs, "answer_modes": modes}
+    # ---------------------------------------------------------------- exact table
+    def _build_table(self):
+        ns = np.arange(self.n_min, self.n_max + 1)
+        n_p = ns.shape[0]
+        prompts = np.stack([np.full(n_p, BOS), ns // 10, ns % 10], axis=1).astype(np.int32)
+        a = np.arange(10)
+        answers = np.zeros((n_p, 10, 2), np.int32)
+        probs = np.zeros((n_p, 10))
+        modes = np.full((n_p, 10), -1, np.int32)
+        anchors = _anchors(ns, self.num_modes, np)  # [Np, K]
+        for i, n in enumerate(ns):
+            lo, hi = max(0, n - 9), min(9, n)
+            valid = (a >= lo) & (a <= hi)
+            answers[i, :, 0] = a
+            answers[i, :, 1] = np.clip(n - a, 0, 9)
+            probs[i] = self.background * valid / valid.sum()
+            for k, w in enumerate(self.mixture_weights):
+                probs[i, anchors[i, k]] += (1.0 - self.background) * w
+            d = np.abs(a[:, None] - anchors[i][None, :])
+            modes[i] = np.where(valid, d.argmin(-1), -1)
+        return {"prompts": prompts, "prompt_probs": np.full(n_p, 1.0 / n_p), "answers": answers,
+                "answer_probs": probs, "answer_modes": modes}
 
-  def prompt_index(self, prompts: jax.Array) -> jax.Array:
-    """Index of each prompt in `all_prompts()`: N - n_min, int32 [B]."""
-    return (self.prompt_value(prompts) - self.n_min).astype(jnp.int32)
+    def prompt_index(self, prompts: jax.Array) -> jax.Array:
+        """Index of each prompt in `all_prompts()`: N - n_min, int32 [B]."""
+        return (self.prompt_value(prompts) - self.n_min).astype(jnp.int32)
 
-  @staticmethod
-  def prompt_value(prompts: jax.Array) -> jax.Array:
-    """N encoded by each prompt: int32 [B]."""
-    return (10 * prompts[:, 1] + prompts[:, 2]).astype(jnp.int32)
+    @staticmethod
+    def prompt_value(prompts: jax.Array) -> jax.Array:
+        """N encoded by each prompt: int32 [B]."""
+        return (10 * prompts[:, 1] + prompts[:, 2]).astype(jnp.int32)
 
-  # ---------------------------------------------------------------- reward and modes
-  def correct(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
-    """bool [B]: both tokens are digits and a + b = N."""
-    self._check_completions(prompts, completions)
-    a, b = completions[:, 0], completions[:, 1]
-    return (a <= 9) & (b <= 9) & (a + b == self.prompt_value(prompts))
+    # ---------------------------------------------------------------- reward and modes
+    def correct(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
+        """bool [B]: both tokens are digits and a + b = N."""
+        self._check_completions(prompts, completions)
+        a, b = completions[:, 0], completions[:, 1]
+        return (a <= 9) & (b <= 9) & (a + b == self.prompt_value(prompts))
 
-  def mode_labels(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
-    """Nearest anchor of a correct answer, -1 if incorrect: int32 [B]."""
-    ok = self.correct(prompts, completions)
-    anchors = _anchors(self.prompt_value(prompts), self.num_modes, jnp)  # [B, K]
-    d = jnp.abs(completions[:, 0][:, None] - anchors)
-    return jnp.where(ok, jnp.argmin(d, axis=-1).astype(jnp.int32), -1)
+    def mode_labels(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
+        """Nearest anchor of a correct answer, -1 if incorrect: int32 [B]."""
+        ok = self.correct(prompts, completions)
+        anchors = _anchors(self.prompt_value(prompts), self.num_modes, jnp)  # [B, K]
+        d = jnp.abs(completions[:, 0][:, None] - anchors)
+        return jnp.where(ok, jnp.argmin(d, axis=-1).astype(jnp.int32), -1)
 
-  def reward(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
-    """1[correct] * (1 + preference_bonus * [mode == preferred_mode]): float32 [B]."""
-    ok = self.correct(prompts, completions).astype(jnp.float32)
-    if self.preferred_mode < 0 or self.preference_bonus == 0.0:
-      return ok
-    pref = (self.mode_labels(prompts, completions) == self.preferred_mode).astype(jnp.float32)
-    return ok * (1.0 + self.preference_bonus * pref)
+    def reward(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
+        """1[correct] * (1 + preference_bonus * [mode == preferred_mode]): float32 [B]."""
+        ok = self.correct(prompts, completions).astype(jnp.float32)
+        if self.preferred_mode < 0 or self.preference_bonus == 0.0:
+            return ok
+        pref = (self.mode_labels(prompts, completions) == self.preferred_mode).astype(jnp.float32)
+        return ok * (1.0 + self.preference_bonus * pref)

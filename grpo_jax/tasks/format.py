@@ -31,86 +31,86 @@ FORMATS = ("direct", "worked")
 
 @dataclasses.dataclass(frozen=True)
 class FormatMixture(base.TableTask):
-  """Digit sum mod 10 in two answer formats (see module docstring)."""
+    """Digit sum mod 10 in two answer formats (see module docstring)."""
 
-  num_digits: int = 3
-  format_weights: tuple[float, float] = (0.5, 0.5)
-  strict: bool = True
+    num_digits: int = 3
+    format_weights: tuple[float, float] = (0.5, 0.5)
+    strict: bool = True
 
-  name: ClassVar[str] = "format"
-  vocab_size: ClassVar[int] = 14
-  completion_len: ClassVar[int] = 5
-  num_modes: ClassVar[int] = 2
-  bos_id: ClassVar[int] = BOS
-  special_ids: ClassVar[tuple[int, ...]] = (BOS,)
+    name: ClassVar[str] = "format"
+    vocab_size: ClassVar[int] = 14
+    completion_len: ClassVar[int] = 5
+    num_modes: ClassVar[int] = 2
+    bos_id: ClassVar[int] = BOS
+    special_ids: ClassVar[tuple[int, ...]] = (BOS,)
 
-  def __post_init__(self):
-    if not 2 <= self.num_digits <= 4:
-      raise ValueError(f"num_digits must be in [2, 4], got {self.num_digits}")
-    w = self.format_weights
-    if len(w) != 2 or min(w) < 0 or sum(w) <= 0:
-      raise ValueError(f"format_weights {w} must be 2 non-negative numbers, not all 0")
+    def __post_init__(self):
+        if not 2 <= self.num_digits <= 4:
+            raise ValueError(f"num_digits must be in [2, 4], got {self.num_digits}")
+        w = self.format_weights
+        if len(w) != 2 or min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"format_weights {w} must be 2 non-negative numbers, not all 0")
 
-  @property
-  def prompt_len(self) -> int:
-    return self.num_digits + 1
+    @property
+    def prompt_len(self) -> int:
+        return self.num_digits + 1
 
-  # ---------------------------------------------------------------- answers
-  def _solutions(self, prompts):
-    """(direct [B, T], worked [B, T]) correct completions for prompts [B, P] (jnp)."""
-    x = prompts[:, 1:]
-    s = jnp.sum(x, axis=-1) % 10
-    r = jnp.sum(x[:, :-1], axis=-1) % 10
-    const = lambda v: jnp.full_like(s, v)
-    direct = jnp.stack([const(EQ), s, const(DOT), const(DOT), const(DOT)], axis=-1)
-    worked = jnp.stack([r, const(PLUS), x[:, -1], const(EQ), s], axis=-1)
-    return direct.astype(jnp.int32), worked.astype(jnp.int32)
+    # ---------------------------------------------------------------- answers
+    def _solutions(self, prompts):
+        """(direct [B, T], worked [B, T]) correct completions for prompts [B, P] (jnp)."""
+        x = prompts[:, 1:]
+        s = jnp.sum(x, axis=-1) % 10
+        r = jnp.sum(x[:, :-1], axis=-1) % 10
+        const = lambda v: jnp.full_like(s, v)
+        direct = jnp.stack([const(EQ), s, const(DOT), const(DOT), const(DOT)], axis=-1)
+        worked = jnp.stack([r, const(PLUS), x[:, -1], const(EQ), s], axis=-1)
+        return direct.astype(jnp.int32), worked.astype(jnp.int32)
 
-  def _build_table(self):
-    n = self.num_digits
-    digits = np.asarray(list(itertools.product(range(10), repeat=n)), np.int32)  # [10^n, n]
-    prompts = np.concatenate([np.full((digits.shape[0], 1), BOS, np.int32), digits], axis=1)
-    s = digits.sum(-1) % 10
-    r = digits[:, :-1].sum(-1) % 10
-    direct = np.stack([np.full_like(s, EQ), s] + [np.full_like(s, DOT)] * 3, axis=-1)
-    worked = np.stack([r, np.full_like(s, PLUS), digits[:, -1], np.full_like(s, EQ), s], -1)
-    w = np.asarray(self.format_weights, np.float64) / sum(self.format_weights)
-    n_p = prompts.shape[0]
-    return {
-        "prompts": prompts,
-        "prompt_probs": np.full(n_p, 1.0 / n_p),
-        "answers": np.stack([direct, worked], axis=1).astype(np.int32),
-        "answer_probs": np.tile(w[None, :], (n_p, 1)),
-        "answer_modes": np.tile(np.asarray([[0, 1]], np.int32), (n_p, 1)),
-    }
+    def _build_table(self):
+        n = self.num_digits
+        digits = np.asarray(list(itertools.product(range(10), repeat=n)), np.int32)  # [10^n, n]
+        prompts = np.concatenate([np.full((digits.shape[0], 1), BOS, np.int32), digits], axis=1)
+        s = digits.sum(-1) % 10
+        r = digits[:, :-1].sum(-1) % 10
+        direct = np.stack([np.full_like(s, EQ), s] + [np.full_like(s, DOT)] * 3, axis=-1)
+        worked = np.stack([r, np.full_like(s, PLUS), digits[:, -1], np.full_like(s, EQ), s], -1)
+        w = np.asarray(self.format_weights, np.float64) / sum(self.format_weights)
+        n_p = prompts.shape[0]
+        return {
+            "prompts": prompts,
+            "prompt_probs": np.full(n_p, 1.0 / n_p),
+            "answers": np.stack([direct, worked], axis=1).astype(np.int32),
+            "answer_probs": np.tile(w[None, :], (n_p, 1)),
+            "answer_modes": np.tile(np.asarray([[0, 1]], np.int32), (n_p, 1)),
+        }
 
-  def prompt_index(self, prompts: jax.Array) -> jax.Array:
-    """Index of each prompt in `all_prompts()` (digits read as a base-10 number): int32 [B]."""
-    place = 10 ** jnp.arange(self.num_digits - 1, -1, -1, dtype=jnp.int32)
-    return jnp.sum(prompts[:, 1:] * place[None, :], axis=-1).astype(jnp.int32)
+    def prompt_index(self, prompts: jax.Array) -> jax.Array:
+        """Index of each prompt in `all_prompts()` (digits read as a base-10 number): int32 [B]."""
+        place = 10 ** jnp.arange(self.num_digits - 1, -1, -1, dtype=jnp.int32)
+        return jnp.sum(prompts[:, 1:] * place[None, :], axis=-1).astype(jnp.int32)
 
-  # ---------------------------------------------------------------- reward and modes
-  def mode_labels(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
-    """0 = direct shape, 1 = worked shape, -1 = neither: int32 [B]."""
-    self._check_completions(prompts, completions)
-    c = completions
-    direct = (c[:, 0] == EQ) & jnp.all(c[:, 2:] == DOT, axis=-1)
-    worked = (c[:, 1] == PLUS) & (c[:, 3] == EQ)
-    return jnp.where(direct, 0, jnp.where(worked, 1, -1)).astype(jnp.int32)
+    # ---------------------------------------------------------------- reward and modes
+    def mode_labels(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
+        """0 = direct shape, 1 = worked shape, -1 = neither: int32 [B]."""
+        self._check_completions(prompts, completions)
+        c = completions
+        direct = (c[:, 0] == EQ) & jnp.all(c[:, 2:] == DOT, axis=-1)
+        worked = (c[:, 1] == PLUS) & (c[:, 3] == EQ)
+        return jnp.where(direct, 0, jnp.where(worked, 1, -1)).astype(jnp.int32)
 
-  def correct(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
-    """bool [B]: the right answer in either format (see `strict`)."""
-    self._check_completions(prompts, completions)
-    direct, worked = self._solutions(prompts)
-    ok_direct = jnp.all(completions == direct, axis=-1)
-    if self.strict:
-      ok_worked = jnp.all(completions == worked, axis=-1)
-    else:
-      ok_worked = ((completions[:, 1] == PLUS) & (completions[:, 3] == EQ)
-                   & (completions[:, 4] == worked[:, 4]) & (completions[:, 0] <= 9)
-                   & (completions[:, 2] <= 9))
-    return ok_direct | ok_worked
+    def correct(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
+        """bool [B]: the right answer in either format (see `strict`)."""
+        self._check_completions(prompts, completions)
+        direct, worked = self._solutions(prompts)
+        ok_direct = jnp.all(completions == direct, axis=-1)
+        if self.strict:
+            ok_worked = jnp.all(completions == worked, axis=-1)
+        else:
+            ok_worked = ((completions[:, 1] == PLUS) & (completions[:, 3] == EQ)
+                         & (completions[:, 4] == worked[:, 4]) & (completions[:, 0] <= 9)
+                         & (completions[:, 2] <= 9))
+        return ok_direct | ok_worked
 
-  def reward(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
-    """1[correct]: float32 [B]."""
-    return self.correct(prompts, completions).astype(jnp.float32)
+    def reward(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
+        """1[correct]: float32 [B]."""
+        return self.correct(prompts, completions).astype(jnp.float32)

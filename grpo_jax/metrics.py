@@ -1,0 +1,256 @@
+"""Exact metrics: KL both ways, entropy, mode shares and coverage, pass@k, distinct answers.
+
+Pure functions of arrays (float32 math), safe under jit / vmap. The last section holds
+helpers that run a model over an enumerable completion space (`sequence_logprobs`,
+`enumerated_logprobs`), so sequence-level quantities can be computed exactly for the small
+tasks of `grpo_jax.tasks`.
+
+Notation: pi = the policy, pi_ref = the reference; KL_rev = KL[pi || pi_ref],
+KL_fwd = KL[pi_ref || pi] (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from grpo_jax import kl as kl_lib
+
+Array = jax.Array
+DIRECTIONS = ("reverse", "forward")
+_NEG = -1e9  # logit of a banned token: softmax gives exactly 0 and 0 * (-1e9) = 0, not NaN
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction {direction!r} not in {DIRECTIONS}")
+
+
+def _check_same_shape(**arrays) -> None:
+    shapes = {k: jnp.shape(v) for k, v in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"shape mismatch: {shapes}")
+
+
+# ------------------------------------------------------------------------------------------
+# Per-token quantities from logits
+# ------------------------------------------------------------------------------------------
+
+
+def ban_tokens(logits: Array, banned: Sequence[int]) -> Array:
+    """Logits [..., V] -> [..., V] float32 with `banned` ids at -1e9 (probability exactly 0), so
+    softmax is the renormalised distribution a sampler with `banned_tokens` draws from."""
+    z = jnp.asarray(logits, jnp.float32)
+    if not banned:
+        return z
+    mask = jnp.zeros((z.shape[-1],), bool).at[jnp.asarray(tuple(banned), jnp.int32)].set(True)
+    return jnp.where(mask, _NEG, z)
+
+
+def token_kl(logits: Array, ref_logits: Array, direction: str) -> Array:
+    """Exact KL per position over the vocabulary: logits, ref_logits [..., V] -> [...] float32.
+
+    reverse: sum_v pi_v (log pi_v - log pi_ref_v); forward: sum_v pi_ref_v (log pi_ref_v -
+    log pi_v). Delegates to `grpo_jax.kl.exact`.
+    """
+    _check_direction(direction)
+    return kl_lib.exact(logits, ref_logits, direction)
+
+
+def entropy(logits: Array) -> Array:
+    """Entropy (nats) per position: logits [..., V] -> [...] float32, -sum_v p_v log p_v."""
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def masked_mean(x: Array, mask: Array | None = None, axis=None) -> Array:
+    """sum(x * mask) / max(sum(mask), 1) over `axis` (all axes by default); x, mask same shape."""
+    x = jnp.asarray(x, jnp.float32)
+    if mask is None:
+        return jnp.mean(x, axis=axis)
+    _check_same_shape(x=x, mask=mask)
+    m = jnp.asarray(mask, jnp.float32)
+    return jnp.sum(x * m, axis=axis) / jnp.maximum(jnp.sum(m, axis=axis), 1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# Sequence-level quantities over an enumerated completion space
+# ------------------------------------------------------------------------------------------
+
+
+def sequence_kl(logp: Array, ref_logp: Array, direction: str) -> Array:
+    """Exact sequence-level KL from log-probabilities of every completion.
+
+    logp, ref_logp: [..., C] log pi(y | x), log pi_ref(y | x) for all C completions y of each
+    prompt (each row a distribution, e.g. from `enumerated_logprobs`) -> [...] float32:
+      reverse: sum_y pi(y) (log pi(y) - log pi_ref(y)); forward: the same with pi <-> pi_ref.
+    Terms with zero weight (log-prob <= -1e9 or -inf) contribute 0.
+    """
+    _check_direction(direction)
+    _check_same_shape(logp=logp, ref_logp=ref_logp)
+    a = jnp.asarray(logp, jnp.float32)
+    b = jnp.asarray(ref_logp, jnp.float32)
+    if direction == "forward":
+        a, b = b, a
+    w = jnp.exp(a)
+    safe = w > 0
+    return jnp.sum(jnp.where(safe, w * (a - jnp.where(safe, b, 0.0)), 0.0), axis=-1)
+
+
+def data_kl(data_probs: Array, model_logp: Array, prompt_probs: Array | None = None) -> Array:
+    """KL[data || model] over completions listed with their data probabilities.
+
+    data_probs [N, A] (rows sum to 1; zero entries are padding), model_logp [N, A] the model's
+    log-probabilities of the same completions, prompt_probs [N] (default uniform) ->
+    float32 scalar  sum_n w_n sum_a p_na (log p_na - log q_na).
+    Exact when the data support is listed in full (the tasks' `reference_answers()`).
+    """
+    _check_same_shape(data_probs=data_probs, model_logp=model_logp)
+    p = jnp.asarray(data_probs, jnp.float32)
+    q = jnp.asarray(model_logp, jnp.float32)
+    pos = p > 0
+    per_prompt = jnp.sum(
+        jnp.where(pos, p * (jnp.log(jnp.where(pos, p, 1.0)) - jnp.where(pos, q, 0.0)), 0.0), -1)
+    if prompt_probs is None:
+        return jnp.mean(per_prompt)
+    if prompt_probs.shape != per_prompt.shape:
+        raise ValueError(f"prompt_probs {prompt_probs.shape} must be [N] = {per_prompt.shape}")
+    return jnp.sum(jnp.asarray(prompt_probs, jnp.float32) * per_prompt)
+
+
+# ------------------------------------------------------------------------------------------
+# Modes
+# ------------------------------------------------------------------------------------------
+
+
+def mode_shares(labels: Array, num_modes: int, weights: Array | None = None) -> Array:
+    """Share of each mode: labels int [...] in [0, num_modes) or -1, optional weights [...]
+    (probabilities, or a mask; default uniform 1/count) -> float32 [num_modes].
+
+    With weights = exact probabilities of enumerated completions (times prompt probabilities)
+    this is the exact mode mass; with labels of samples it is the empirical share. Shares sum
+    to 1 minus the share of unlabelled (-1) items.
+    """
+    labels = jnp.asarray(labels).reshape(-1)
+    if weights is None:
+        w = jnp.full(labels.shape, 1.0 / max(labels.shape[0], 1), jnp.float32)
+    else:
+        if jnp.size(weights) != labels.shape[0]:
+            raise ValueError(f"weights {jnp.shape(weights)} and labels {labels.shape} differ "
+                             "in size")
+        w = jnp.asarray(weights, jnp.float32).reshape(-1)
+    onehot = labels[:, None] == jnp.arange(num_modes)[None, :]  # [N, K]
+    return jnp.sum(jnp.where(onehot, w[:, None], 0.0), axis=0)
+
+
+def mode_coverage(policy_shares: Array, ref_shares: Array, tau: float = 0.05,
+                  eps: float = 0.1) -> tuple[Array, Array]:
+    """Which reference modes the policy keeps.
+
+    A mode is *eligible* if ref_share >= tau and *covered* if in addition
+    policy_share >= eps * ref_share. policy_shares, ref_shares [..., K] ->
+    (coverage [...] float32 = #covered / #eligible (1 if none eligible), covered [..., K] bool).
+    """
+    _check_same_shape(policy_shares=policy_shares, ref_shares=ref_shares)
+    pol = jnp.asarray(policy_shares, jnp.float32)
+    ref = jnp.asarray(ref_shares, jnp.float32)
+    eligible = ref >= tau
+    covered = eligible & (pol >= eps * ref)
+    n_el = jnp.sum(eligible, axis=-1)
+    frac = jnp.where(n_el > 0, jnp.sum(covered, axis=-1) / jnp.maximum(n_el, 1), 1.0)
+    return frac.astype(jnp.float32), covered
+
+
+# ------------------------------------------------------------------------------------------
+# pass@k and distinct answers
+# ------------------------------------------------------------------------------------------
+
+
+def pass_at_k_exact(p_success: Array, k: int | Array) -> Array:
+    """Exact pass@k from per-prompt success probabilities: 1 - (1 - p)^k, elementwise
+    (p [...] -> [...] float32). Average over prompts for the usual metric."""
+    p = jnp.clip(jnp.asarray(p_success, jnp.float32), 0.0, 1.0)
+    k = jnp.asarray(k, jnp.float32)
+    return -jnp.expm1(k * jnp.log1p(-p))
+
+
+def pass_at_k_unbiased(n: Array, c: Array, k: int | Array) -> Array:
+    """Unbiased pass@k estimator from n samples with c correct (Chen et al. 2021, Codex):
+    1 - C(n - c, k) / C(n, k)  (= 1 when n - c < k), elementwise over [...] -> float32.
+    Computed as 1 - exp(lgamma(n-c+1) + lgamma(n-k+1) - lgamma(n-c-k+1) - lgamma(n+1)).
+    Requires k <= n."""
+    n = jnp.asarray(n, jnp.float32)
+    c = jnp.asarray(c, jnp.float32)
+    k = jnp.asarray(k, jnp.float32)
+    lg = jax.lax.lgamma
+    fail = n - c
+    ok = fail >= k
+    safe = jnp.where(ok, fail, k)
+    log_ratio = lg(safe + 1.0) + lg(n - k + 1.0) - lg(safe - k + 1.0) - lg(n + 1.0)
+    return jnp.where(ok, -jnp.expm1(log_ratio), 1.0)
+
+
+def distinct_correct(completions: Array, correct: Array) -> Array:
+    """Number of distinct correct completions among k samples per prompt.
+
+    completions int [N, k, T], correct bool [N, k] -> int32 [N]. A sample counts if it is
+    correct and no earlier correct sample of the same prompt is identical.
+    """
+    if completions.ndim != 3 or correct.shape != completions.shape[:2]:
+        raise ValueError(f"completions must be [N, k, T] and correct [N, k]; got "
+                         f"{completions.shape} and {correct.shape}")
+    k = completions.shape[1]
+    same = jnp.all(completions[:, :, None, :] == completions[:, None, :, :], axis=-1)  # [N,k,k]
+    earlier = jnp.arange(k)[None, :] < jnp.arange(k)[:, None]  # [i, j]: j < i
+    dup = jnp.any(same & earlier[None] & correct[:, None, :], axis=-1)  # [N, k]
+    return jnp.sum(correct & ~dup, axis=-1).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------------------
+# Model helpers over enumerable completion spaces
+# ------------------------------------------------------------------------------------------
+
+
+def sequence_logprobs(model_config, params, prompts: Array, completions: Array,
+                      banned: Sequence[int] = ()) -> Array:
+    """log pi(completion | prompt) = sum_t log pi(y_t | x, y_<t): prompts [B, P],
+    completions [B, T] -> float32 [B]. `banned` ids are renormalised away first (as a sampler
+    with `banned_tokens` does)."""
+    from grpo_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+    logits = ban_tokens(model_lib.completion_logits(model_config, params, prompts, completions),
+                        tuple(banned))
+    return jnp.sum(model_lib.token_logprobs(logits, completions), axis=-1)
+
+
+def enumerated_logprobs(model_config, params, task, prompts: Array | None = None,
+                        banned: Sequence[int] | None = None) -> Array:
+    """log pi(y | x) for every ordinary-token completion y of every prompt x.
+
+    prompts [N, P] (default `task.all_prompts()`) -> float32 [N, C], C = task.num_completions(),
+    columns in `task.enumerate_completions()` order. `banned` defaults to task.special_ids (the
+    distribution a sampler that never emits specials draws from); each row then sums to 1.
+    Cost: N * C forward passes of length P + T (use only where that is small).
+    """
+    prompts = task.all_prompts() if prompts is None else prompts
+    banned = task.special_ids if banned is None else banned
+    comps = task.enumerate_completions()  # [C, T]
+    n, c = prompts.shape[0], comps.shape[0]
+    flat_p = jnp.repeat(prompts, c, axis=0)
+    flat_c = jnp.tile(comps, (n, 1))
+    return sequence_logprobs(model_config, params, flat_p, flat_c, banned).reshape(n, c)
+
+
+def enumerated_mode_shares(task, logp: Array, prompt_probs: Array | None = None) -> Array:
+    """Exact mode shares of a policy from `enumerated_logprobs` output logp [N, C] (prompts =
+    `task.all_prompts()`; prompt_probs default `task.prompt_probs()`) -> float32 [num_modes]."""
+    prompts = task.all_prompts()
+    comps = task.enumerate_completions()
+    n, c = logp.shape
+    if n != prompts.shape[0] or c != comps.shape[0]:
+        raise ValueError(f"logp {logp.shape} must be [{prompts.shape[0]}, {comps.shape[0]}]")
+    w = task.prompt_probs() if prompt_probs is None else prompt_probs
+    labels = task.mode_labels(jnp.repeat(prompts, c, axis=0), jnp.tile(comps, (n, 1)))
+    probs = jnp.exp(logp) * w[:, None]
+    return mode_shares(labels, task.num_modes, probs.reshape(-1))
