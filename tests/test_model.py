@@ -1,0 +1,165 @@
+"""Tests for grpo_jax.model: shapes, parameter count, cache == teacher forcing, causality,
+RoPE, vmap populations, gradients, compute dtype, validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grpo_jax import model as M
+
+CFG = M.ModelConfig(vocab_size=11, num_layers=2, width=16, num_heads=2, mlp_width=24,
+                    max_len=16)
+forward = jax.jit(M.forward, static_argnums=0)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return M.init(CFG, jax.random.key(0))
+
+
+def _expected_num_params(c):
+    per_layer = 4 * c.width * c.width + 3 * c.width * c.mlp_width + 2 * c.width
+    return 2 * c.vocab_size * c.width + c.num_layers * per_layer + c.width
+
+
+def test_param_count_and_init_statistics(params):
+    w1 = M.ModelConfig(vocab_size=68, num_layers=4, width=256, num_heads=4, mlp_width=1024,
+                       max_len=48)
+    assert M.num_params(M.abstract_params(w1)) == _expected_num_params(w1) == 4_231_424
+    assert M.num_params(params) == _expected_num_params(CFG)
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    for path, x in leaves:
+        name = jax.tree_util.keystr(path)
+        assert x.dtype == jnp.float32, name
+        if "scale" in name:  # RMSNorm
+            np.testing.assert_array_equal(x, 1.0)
+    emb = np.asarray(params["embed"]["embedding"][...])
+    assert emb.shape == (CFG.vocab_size, CFG.width)
+    assert 0.015 < emb.std() < 0.025 and abs(emb.mean()) < 0.005
+
+
+def test_shapes_and_dtype(params):
+    tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, CFG.vocab_size)
+    logits = forward(CFG, params, tokens)
+    assert logits.shape == (2, 8, CFG.vocab_size) and logits.dtype == jnp.float32
+
+
+def test_cached_decode_matches_teacher_forcing(params):
+    """Prefill 5 tokens, then 4 single-token steps: logits equal the full forward (1e-5)."""
+    tokens = jax.random.randint(jax.random.key(2), (3, 9), 0, CFG.vocab_size)
+    full = forward(CFG, params, tokens)
+    decode = jax.jit(M.decode, static_argnums=0)
+    cache = M.init_cache(CFG, 3, 9)
+    logits, cache = decode(CFG, params, tokens[:, :5], cache, 0)
+    rows = [logits]
+    for i in range(5, 9):
+        logits, cache = decode(CFG, params, tokens[:, i:i + 1], cache, jnp.int32(i))
+        rows.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(rows, axis=1), full, atol=1e-5, rtol=0)
+
+
+def test_causal(params):
+    """Changing token j changes no logits at rows < j, but does change rows >= j."""
+    tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, CFG.vocab_size)
+    changed = tokens.at[:, 5].set((tokens[:, 5] + 1) % CFG.vocab_size)
+    a, b = forward(CFG, params, tokens), forward(CFG, params, changed)
+    np.testing.assert_array_equal(a[:, :5], b[:, :5])
+    assert np.all(np.abs(a[:, 5:] - b[:, 5:]).max(axis=-1) > 1e-6)
+
+
+def test_rope_is_relative_and_norm_preserving():
+    """<R(m) q, R(n) k> depends only on m - n; rotations keep norms."""
+    q = jax.random.normal(jax.random.key(4), (1, 1, 1, 8))
+    k = jax.random.normal(jax.random.key(5), (1, 1, 1, 8))
+
+    def dot(m, n):
+        rq = M.rope(q, jnp.array([[m]]), 10000.0)
+        rk = M.rope(k, jnp.array([[n]]), 10000.0)
+        return float(jnp.sum(rq * rk))
+
+    np.testing.assert_allclose(dot(3, 1), dot(9, 7), rtol=1e-5)
+    np.testing.assert_allclose(dot(0, 0), float(jnp.sum(q * k)), rtol=1e-6)
+    assert abs(dot(3, 1) - dot(1, 3)) > 1e-4  # not symmetric: direction matters
+    rq = M.rope(q, jnp.array([[7]]), 10000.0)
+    np.testing.assert_allclose(jnp.linalg.norm(rq), jnp.linalg.norm(q), rtol=1e-6)
+
+
+def test_completion_logits_and_token_logprobs(params):
+    prompts = jax.random.randint(jax.random.key(6), (2, 5), 0, CFG.vocab_size)
+    comps = jax.random.randint(jax.random.key(7), (2, 3), 0, CFG.vocab_size)
+    logits = jax.jit(M.completion_logits, static_argnums=0)(CFG, params, prompts, comps)
+    full = forward(CFG, params, jnp.concatenate([prompts, comps], axis=1))
+    assert logits.shape == (2, 3, CFG.vocab_size)
+    np.testing.assert_allclose(logits, full[:, 4:7], atol=1e-6)
+    # token_logprobs on a hand case: logits log([.5, .25, .25]) -> log probs of the tokens.
+    lg = jnp.log(jnp.array([[0.5, 0.25, 0.25], [0.1, 0.6, 0.3]])) + 3.0
+    np.testing.assert_allclose(M.token_logprobs(lg, jnp.array([0, 2])),
+                               np.log([0.5, 0.3]), rtol=1e-6)
+    with pytest.raises(ValueError, match="logits"):
+        M.token_logprobs(lg, jnp.array([0, 1, 2]))
+
+
+def test_vmap_population(params):
+    """jax.vmap(init) gives distinct members; vmapped forward equals per-member forward."""
+    keys = jax.random.split(jax.random.key(8), 3)
+    pop = jax.jit(jax.vmap(M.init, in_axes=(None, 0)), static_argnums=0)(CFG, keys)
+    tokens = jax.random.randint(jax.random.key(9), (2, 8), 0, CFG.vocab_size)
+    out = jax.jit(jax.vmap(M.forward, in_axes=(None, 0, None)), static_argnums=0)(
+        CFG, pop, tokens)
+    assert out.shape == (3, 2, 8, CFG.vocab_size)
+    for i in range(3):
+        member = jax.tree.map(lambda x: x[i], pop)
+        np.testing.assert_allclose(out[i], forward(CFG, member, tokens), atol=1e-6)
+    np.testing.assert_allclose(out[2], forward(CFG, M.init(CFG, keys[2]), tokens), atol=1e-6)
+    assert float(jnp.abs(out[0] - out[1]).max()) > 1e-4
+
+
+def test_gradient_matches_finite_difference(params):
+    """Directional derivative of a log-likelihood: grad . d == (f(p + e d) - f(p - e d)) / 2e."""
+    tokens = jax.random.randint(jax.random.key(10), (2, 8), 0, CFG.vocab_size)
+
+    @jax.jit
+    def loss(p):
+        return jnp.sum(M.token_logprobs(M.forward(CFG, p, tokens)[:, :-1], tokens[:, 1:]))
+
+    g = jax.jit(jax.grad(loss))(params)
+    leaves, treedef = jax.tree.flatten(params)
+    dkeys = jax.random.split(jax.random.key(11), len(leaves))
+    direction = jax.tree.unflatten(
+        treedef, [0.02 * jax.random.normal(k, x.shape) for k, x in zip(dkeys, leaves)])
+    analytic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g),
+                                                   jax.tree.leaves(direction)))
+    eps = 0.05
+    plus = jax.tree.map(lambda p, d: p + eps * d, params, direction)
+    minus = jax.tree.map(lambda p, d: p - eps * d, params, direction)
+    numeric = (loss(plus) - loss(minus)) / (2 * eps)
+    np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
+    assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g))
+
+
+def test_bfloat16_compute(params):
+    """bfloat16 compute: float32 params, float32 logits, close to the float32 model."""
+    cfg16 = M.ModelConfig(**{**CFG.__dict__, "dtype": "bfloat16"})
+    tokens = jax.random.randint(jax.random.key(12), (2, 8), 0, CFG.vocab_size)
+    lo16 = forward(cfg16, params, tokens)
+    assert lo16.dtype == jnp.float32
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(M.abstract_params(cfg16)))
+    lo32 = forward(CFG, params, tokens)
+    err = float(jnp.abs(lo16 - lo32).max())
+    assert 0 < err < 2e-2
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="float32"):
+        M.ModelConfig(5, 1, 8, 2, 8, 8, dtype="float16")
+    with pytest.raises(ValueError, match="divisible"):
+        M.ModelConfig(5, 1, 9, 2, 8, 8)
+    with pytest.raises(ValueError, match="even"):
+        M.ModelConfig(5, 1, 6, 2, 8, 8)
+    assert hash(CFG) == hash(M.ModelConfig(**CFG.__dict__))
+    with pytest.raises(ValueError, match="max_len"):
+        M.forward(CFG, M.abstract_params(CFG), jnp.zeros((1, 17), jnp.int32))
+    with pytest.raises(ValueError, match="completions"):
+        M.completion_logits(CFG, M.abstract_params(CFG), jnp.zeros((2, 3), jnp.int32),
+                            jnp.zeros((3, 2), jnp.int32))
