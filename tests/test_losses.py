@@ -243,37 +243,40 @@ def _logits_inputs(seed=6):
     return logits, ref_logits
 
 
-@pytest.mark.parametrize("placement,est", [("loss", "k3"), ("reward", "k1"),
-                                           ("loss", "exact_forward")])
-def test_masked_garbage_changes_nothing(placement, est):
+@pytest.mark.parametrize("placement,est,is_level", [("loss", "k3", "token"),
+                                                    ("reward", "k1", "sequence"),
+                                                    ("loss", "exact_forward", "token")])
+def test_masked_garbage_changes_nothing(placement, est, is_level):
+    """Garbage sits directly in the differentiated inputs (logp, logits) and in the rest."""
     x = _inputs(7)
     logits, ref_logits = _logits_inputs()
-    theta, tokens = jnp.asarray(logits), jnp.asarray(np.random.default_rng(8).integers(
-        0, V, size=(B, T)))
     m = x["mask"] > 0
     cfg = L.make_config(beta=0.1, kl_placement=placement, kl_estimator=est,
-                        aggregation="token_mean", dual_clip=3.0)
+                        is_level=is_level, aggregation="token_mean", dual_clip=3.0)
+    rewards, mask = jnp.asarray(x["rewards"]), jnp.asarray(x["mask"])
 
-    def run(old, ref, ref_logits, fill_theta):
-        def f(th):
-            th = jnp.where(jnp.asarray(m)[..., None], th, fill_theta)
-            logp = jnp.where(jnp.asarray(m), _logp_of(th, tokens), fill_theta)
-            return L.grpo_objective(logp, old, ref, jnp.asarray(x["rewards"]),
-                                    jnp.asarray(x["mask"]), G, cfg, logits=th,
-                                    ref_logits=ref_logits)
-        return jax.value_and_grad(f, has_aux=True)(theta)
+    def run(bad):
+        def fill(a, sign=1.0):
+            mm = m if a.ndim == 2 else m[..., None]
+            return jnp.asarray(np.where(mm, a, sign * bad).astype(np.float32))
 
-    (loss0, aux0), g0 = run(jnp.asarray(x["old"]), jnp.asarray(x["ref"]),
-                            jnp.asarray(ref_logits), 0.0)
-    assert np.isfinite(float(loss0)) and np.all(np.isfinite(g0))
+        def f(logp, lg):
+            return L.grpo_objective(logp, fill(x["old"]), fill(x["ref"], -1.0), rewards,
+                                    mask, G, cfg, logits=lg, ref_logits=fill(ref_logits),
+                                    old_logits=fill(logits))
+        return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(fill(x["logp"]),
+                                                                   fill(logits))
+
+    (loss0, aux0), g0 = run(0.0)
+    assert np.isfinite(float(loss0)) and all(np.all(np.isfinite(g)) for g in g0)
+    assert np.any(np.asarray(g0[0]) != 0)
     for bad in (np.nan, np.inf, -np.inf, 1e30):
-        old = jnp.asarray(np.where(m, x["old"], bad).astype(np.float32))
-        ref = jnp.asarray(np.where(m, x["ref"], -bad).astype(np.float32))
-        rl = jnp.asarray(np.where(m[..., None], ref_logits, bad).astype(np.float32))
-        (loss, aux), g = run(old, ref, rl, bad)
+        (loss, aux), g = run(bad)
         assert float(loss) == float(loss0)
-        np.testing.assert_array_equal(g, g0)
-        for k in ("loss", "kl_mean", "ratio_max", "entropy", "exact_kl_reverse"):
+        for a, b in zip(g, g0):
+            np.testing.assert_array_equal(a, b)
+        for k in ("loss", "kl_mean", "ratio_max", "entropy", "exact_kl_reverse",
+                  "adv/adv_mean"):
             assert float(aux[k]) == float(aux0[k]), k
 
 
