@@ -80,7 +80,8 @@ class LossConfig:
       beta: KL coefficient.
       eps_low, eps_high: clip range ``[1 - eps_low, 1 + eps_high]`` (DAPO clip-higher).
       dual_clip: cap on the ratio for negative advantages; ``inf`` (vmappable) or ``None``
-        (structurally off) disables it. Should be > 1 + eps_high.
+        (structurally off) disables it. Should be > 1 + eps_high; then it equals TRL's
+        ``delta`` (which caps the ratio for every token, a no-op for A > 0).
       adv_eps: added to the std in the advantage normalisation.
       norm_len: Dr. GRPO length constant L; ``None`` uses T (the mask's second axis).
 
