@@ -532,7 +532,6 @@ def plot_mode_shares(records, outdir) -> list[str]:
   Grid: rows = betas, columns = KL choices (+ the baseline, repeated on each row).
   """
   paths = []
-  colours = None
   for task, modality, _ in _task_modalities(records):
     recs = _select(records, task, modality)
     if not recs or min(len(r["final"]["mode_shares"]) for r in recs) < 2:

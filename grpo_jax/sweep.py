@@ -28,6 +28,7 @@ JSON-serialisable result per cell, in the order given. A runner may carry a
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import datetime
@@ -298,7 +299,7 @@ def run_sweep(cells: Sequence[ml_collections.ConfigDict], run_group_fn: RunGroup
   """
   vmappable_keys = sorted(set(vmappable_keys))
   hashes = [cell_hash(c) for c in cells]
-  dupes = sorted({h for h in hashes if hashes.count(h) > 1})
+  dupes = sorted(h for h, k in collections.Counter(hashes).items() if k > 1)
   if dupes:
     idx = [[i for i, h in enumerate(hashes) if h == d] for d in dupes]
     raise ValueError(f"Identical cells in the sweep (same config) at indices {idx}.")
@@ -348,6 +349,24 @@ def run_sweep(cells: Sequence[ml_collections.ConfigDict], run_group_fn: RunGroup
       results[i] = r
     log(f"sweep: group {gi + 1}/{len(groups)} done in {seconds:.2f}s")
   return results  # type: ignore[return-value]
+
+
+def load_results(workdir: str) -> tuple[list[dict], int]:
+  """Results of the sweep in ``workdir``, in manifest order, without running anything.
+
+  Returns ``(results, n_missing)``: the result dicts of the finished cells and the number
+  of manifest cells that have no result yet (e.g. to write a report of a partial sweep).
+  """
+  with open(os.path.join(workdir, MANIFEST)) as f:
+    manifest = json.load(f)
+  results, missing = [], 0
+  for entry in manifest["cells"]:
+    stored = load_cell(workdir, entry["hash"])
+    if stored is None:
+      missing += 1
+    else:
+      results.append(stored["result"])
+  return results, missing
 
 
 # --------------------------------------------------------------------------- loading by name

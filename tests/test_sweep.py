@@ -146,6 +146,9 @@ def test_interrupted_sweep_resumes_without_redoing_cells(tmp_path):
   manifest = json.load(open(os.path.join(workdir, "manifest.json")))
   assert [m["hash"] for m in manifest["cells"]] == [sweep.cell_hash(c) for c in cells]
 
+  partial, missing = sweep.load_results(workdir)
+  assert len(partial) == 8 and missing == 8
+
   resumed = _CountingRunner()
   results = sweep.run_sweep(cells, resumed, workdir, keys, log=lambda s: None)
   assert len(resumed.calls) == 2
@@ -158,6 +161,7 @@ def test_interrupted_sweep_resumes_without_redoing_cells(tmp_path):
   idle = _CountingRunner()
   again = sweep.run_sweep(cells, idle, workdir, keys, log=lambda s: None)
   assert idle.calls == [] and again == results
+  assert sweep.load_results(workdir) == (results, 0)
 
 
 def test_run_sweep_checks_runner_output(tmp_path):
