@@ -39,6 +39,16 @@ def test_param_count_and_init_statistics(params):
     assert 0.015 < emb.std() < 0.025 and abs(emb.mean()) < 0.005
 
 
+def test_init_matches_module_structure():
+    """init's pytree has the module's structure; weights N(0, 0.02^2); keys give new draws."""
+    mod_state = M.nnx.split(M.nnx.eval_shape(lambda: M.Transformer(CFG, M.nnx.Rngs(0))))[1]
+    a, b = M.init(CFG, jax.random.key(0)), M.init(CFG, jax.random.key(1))
+    assert jax.tree.structure(mod_state) == jax.tree.structure(a)
+    for x, y, z in zip(jax.tree.leaves(mod_state), jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        assert not np.array_equal(y, z) or np.all(y == 1.0)
+
+
 def test_shapes_and_dtype(params):
     tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, CFG.vocab_size)
     logits = forward(CFG, params, tokens)
@@ -118,24 +128,25 @@ def test_vmap_population(params):
 def test_gradient_matches_finite_difference(params):
     """Directional derivative of a log-likelihood: grad . d == (f(p + e d) - f(p - e d)) / 2e."""
     tokens = jax.random.randint(jax.random.key(10), (2, 8), 0, CFG.vocab_size)
+    direction = M.init(CFG, jax.random.key(11))  # N(0, 0.02^2) weights, ones for scales
+    eps = 0.05
 
-    @jax.jit
     def loss(p):
         return jnp.sum(M.token_logprobs(M.forward(CFG, p, tokens)[:, :-1], tokens[:, 1:]))
 
-    g = jax.jit(jax.grad(loss))(params)
-    leaves, treedef = jax.tree.flatten(params)
-    dkeys = jax.random.split(jax.random.key(11), len(leaves))
-    direction = jax.tree.unflatten(
-        treedef, [0.02 * jax.random.normal(k, x.shape) for k, x in zip(dkeys, leaves)])
-    analytic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g),
-                                                   jax.tree.leaves(direction)))
-    eps = 0.05
-    plus = jax.tree.map(lambda p, d: p + eps * d, params, direction)
-    minus = jax.tree.map(lambda p, d: p - eps * d, params, direction)
-    numeric = (loss(plus) - loss(minus)) / (2 * eps)
+    @jax.jit
+    def check(p, d):
+        g = jax.grad(loss)(p)
+        analytic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(d)))
+        plus = jax.tree.map(lambda x, y: x + eps * y, p, d)
+        minus = jax.tree.map(lambda x, y: x - eps * y, p, d)
+        numeric = (loss(plus) - loss(minus)) / (2 * eps)
+        return analytic, numeric, [jnp.abs(x).max() for x in jax.tree.leaves(g)]
+
+    analytic, numeric, grad_max = check(params, direction)
     np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
-    assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g))
+    assert abs(float(analytic)) > 1e-3
+    assert all(float(x) > 0 for x in grad_max)
 
 
 def test_bfloat16_compute(params):
