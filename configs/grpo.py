@@ -54,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(
         kl_estimator="k3",            # kl.ESTIMATORS or an exact regulariser (losses)
         kl_placement="loss",          # "loss" | "reward"
+        kl_choice="",                 # 'ESTIMATOR/PLACEMENT' overrides the two names above;
+                                      # populations mixing choices share one program (switch)
         kl_reward_to_go=False,        # reward placement: per-token future-KL reward-to-go
         beta=0.04,
         eps_low=0.2,

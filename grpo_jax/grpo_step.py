@@ -36,6 +36,7 @@ class Hparams:
 
     loss: Any
     lr: jax.Array
+    kl_choice: jax.Array = 0  # index into RLSetup.kl_choices (ignored when that is empty)
 
 
 @flax.struct.dataclass
@@ -65,6 +66,10 @@ class RLSetup:
       adam_b1, adam_b2, adam_eps: Adam moments.
       data_sharding: a `NamedSharding` for `[B, ...]` arrays (batch split along the mesh's data
         axis), or None for no constraint.
+      kl_choices: optional tuple of (kl_estimator, kl_placement) pairs. Non-empty, the KL
+        choice becomes data: `Hparams.kl_choice` indexes it through `lax.switch` (a select
+        under vmap), so runs with different estimators and placements share one compiled
+        program and one population. Empty, `Hparams.loss` names the choice statically.
     """
 
     model: Any
@@ -78,6 +83,7 @@ class RLSetup:
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     data_sharding: Any = None
+    kl_choices: tuple = ()
 
     @property
     def batch_size(self) -> int:
@@ -154,15 +160,26 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
 
     # The whole KL path: placement "reward" shapes the rewards inside compute_advantages,
     # placement "loss" adds beta * D_t inside grpo_loss; never both.
-    advantages, adv_aux = losses.compute_advantages(
-        rewards, setup.group_size, hp.loss, old_logp=old_logp, ref_logp=ref_logp, mask=mask,
-        old_logits=sample_logits, ref_logits=ref_logits)
+    def objective(loss_cfg):
+        advantages, adv_aux = losses.compute_advantages(
+            rewards, setup.group_size, loss_cfg, old_logp=old_logp, ref_logp=ref_logp,
+            mask=mask, old_logits=sample_logits, ref_logits=ref_logits)
+        advantages = jnp.broadcast_to(
+            advantages if advantages.ndim == 2 else advantages[:, None], tokens.shape)
 
-    def loss_fn(params):
-        logits = policy_logits(params)
-        logp = model.token_logprobs(logits, tokens)
-        return losses.grpo_loss(logp, old_logp, ref_logp, advantages, mask, hp.loss,
-                                logits=logits, ref_logits=ref_logits)
+        def loss_fn(params):
+            logits = policy_logits(params)
+            logp = model.token_logprobs(logits, tokens)
+            return losses.grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_cfg,
+                                    logits=logits, ref_logits=ref_logits)
+
+        return loss_fn, adv_aux["zero_var_group_frac"]
+
+    if setup.kl_choices:
+        loss_fn, zero_var_frac = _switch_objective(objective, setup.kl_choices, hp,
+                                                   state.params)
+    else:
+        loss_fn, zero_var_frac = objective(hp.loss)
 
     def inner(carry, _):
         params, opt_state, skipped = carry
@@ -198,11 +215,46 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
         mode_shares=jnp.mean(jax.nn.one_hot(labels, task.num_modes), axis=0),
         param_norm=_global_norm(params),
         completion_len=mask.sum(-1).mean(),
-        adv_zero_var_frac=adv_aux.get("zero_var_group_frac", jnp.zeros(())),
+        adv_zero_var_frac=zero_var_frac,
     )
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               num_skipped=skipped)
     return new_state, metrics
+
+
+def parse_kl_choice(choice: str) -> tuple[str, str]:
+    """'k3/loss' -> ('k3', 'loss'); validated against the losses registries."""
+    est, _, place = choice.partition("/")
+    place = place or "loss"
+    if est not in losses.KL_ESTIMATORS or place not in losses.PLACEMENTS:
+        raise ValueError(f"bad KL choice {choice!r}: want 'ESTIMATOR/PLACEMENT' with ESTIMATOR "
+                         f"in {losses.KL_ESTIMATORS} and PLACEMENT in {losses.PLACEMENTS}")
+    return est, place
+
+
+def _switch_objective(objective, kl_choices, hp: Hparams, params):
+    """`objective` for the KL choice `hp.kl_choice` out of `kl_choices`, via `lax.switch`.
+
+    Every branch computes its advantages and loss from the same logits; under vmap the switch
+    becomes a select, so a population mixing choices runs every branch (cheap element-wise
+    math next to the forward pass, which is shared). Aux keys are cut to those common to all
+    branches so the branches return one structure.
+    """
+    cfgs = [hp.loss.replace(kl_estimator=e, kl_placement=p) for e, p in kl_choices]
+    objectives = [objective(c) for c in cfgs]
+    shapes = [jax.eval_shape(f, params)[1] for f, _ in objectives]
+    common = sorted(set.intersection(*(set(a) for a in shapes)))
+
+    def branch(i):
+        def f(p):
+            loss, aux = objectives[i][0](p)
+            return loss, {k: aux[k] for k in common}
+        return f
+
+    index = jnp.clip(jnp.asarray(hp.kl_choice, jnp.int32), 0, len(cfgs) - 1)
+    loss_fn = lambda p: jax.lax.switch(index, [branch(i) for i in range(len(cfgs))], p)
+    zero_var = jnp.stack([z for _, z in objectives])[index]
+    return loss_fn, zero_var
 
 
 def make_rl_chunk(setup: RLSetup, chunk_steps: int, population: bool = False):

@@ -27,7 +27,8 @@ from grpo_jax import train as pretrain_lib
 
 # Keys of a config that may differ between members of one population (pytree leaves of the
 # train state / hyperparameters); everything else changes the compiled program.
-VMAPPABLE_KEYS = ("train.seed", "loss.beta", "loss.eps_low", "loss.eps_high", "optim.lr")
+VMAPPABLE_KEYS = ("train.seed", "loss.beta", "loss.eps_low", "loss.eps_high", "optim.lr",
+                  "loss.kl_choice")
 
 NONFINITE_MODES = ("stop", "skip")
 
@@ -55,6 +56,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
              f"{config.task.name!r} is not a task; valid: {', '.join(tasks.TASKS)}")
     try:
         make_loss_config(config)
+        train.parse_kl_choice(kl_choice_of(config))
     except ValueError as e:  # re-raise with the config path
         raise ValueError(f"config.loss: {e}") from None
     for field in ("num_layers", "width", "num_heads", "mlp_width"):
@@ -100,13 +102,33 @@ def make_model_config(config, task) -> model.ModelConfig:
 
 
 def make_loss_config(config, **numeric) -> losses.LossConfig:
-    """`losses.LossConfig` from `config.loss`; `numeric` overrides leaves (e.g. beta=array)."""
+    """`losses.LossConfig` from `config.loss`; `numeric` overrides leaves (e.g. beta=array).
+
+    A non-empty `loss.kl_choice` ('ESTIMATOR/PLACEMENT') overrides the two names."""
     fields = dict(config.loss)
+    choice = fields.pop("kl_choice", "")
+    if choice:
+        fields["kl_estimator"], fields["kl_placement"] = train.parse_kl_choice(choice)
     fields.update(numeric)
     return losses.make_config(**fields)
 
 
-def make_setup(config, task, model_config, mesh=None) -> train.RLSetup:
+def kl_choice_of(config, cell: Mapping[str, Any] | None = None) -> str:
+    """'ESTIMATOR/PLACEMENT' of a cell: its `loss.kl_choice`, else the config's names."""
+    choice = (cell or {}).get("loss.kl_choice", config.loss.get("kl_choice", ""))
+    return choice or f"{config.loss.kl_estimator}/{config.loss.kl_placement}"
+
+
+def population_kl_choices(config, cells) -> tuple[tuple[str, str], ...]:
+    """The distinct KL choices of a population, in first-seen order; () when there is only
+    one (then the choice stays static and no switch is compiled)."""
+    choices = list(dict.fromkeys(kl_choice_of(config, c) for c in cells))
+    if len(choices) == 1:
+        return ()
+    return tuple(train.parse_kl_choice(c) for c in choices)
+
+
+def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RLSetup:
     g = config.grpo
     return train.RLSetup(
         model=model_config, task=task, num_prompts=int(g.num_prompts),
@@ -114,7 +136,8 @@ def make_setup(config, task, model_config, mesh=None) -> train.RLSetup:
         temperature=float(g.temperature), grad_clip=float(config.optim.grad_clip),
         adam_b1=float(config.optim.b1), adam_b2=float(config.optim.b2),
         adam_eps=float(config.optim.eps),
-        data_sharding=None if mesh is None else sharding.data_sharding(mesh))
+        data_sharding=None if mesh is None else sharding.data_sharding(mesh),
+        kl_choices=tuple(kl_choices))
 
 
 def _get(config, dotted: str):
@@ -134,16 +157,19 @@ def population_cells(config) -> list[dict[str, Any]]:
 def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hparams:
     """Numeric hyperparameters of `cells`, every leaf stacked along a leading axis [S]."""
 
+    choices = ["/".join(c) for c in population_kl_choices(config, cells)]
+
     def one(cell):
         value = lambda k: float(cell.get(k, _get(config, k)))
         loss_cfg = make_loss_config(config, beta=value("loss.beta"),
                                     eps_low=value("loss.eps_low"),
                                     eps_high=value("loss.eps_high"))
-        return train.Hparams(loss=loss_cfg, lr=jnp.float32(value("optim.lr")))
+        choice = choices.index(kl_choice_of(config, cell)) if choices else 0
+        return train.Hparams(loss=loss_cfg, lr=jnp.float32(value("optim.lr")),
+                             kl_choice=jnp.int32(choice))
 
     members = [one(c) for c in cells]
-    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x, jnp.float32) for x in xs]),
-                        *members)
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *members)
 
 
 # ------------------------------------------------------------------------------------------
@@ -209,7 +235,7 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
     task = make_task(config)
     mcfg = make_model_config(config, task)
     mesh = sharding.make_mesh(config.mesh)
-    setup = make_setup(config, task, mcfg, mesh)
+    setup = make_setup(config, task, mcfg, mesh, population_kl_choices(config, cells))
     hp = population_hparams(config, cells)
     num = len(cells)
     if ref_params is None:
