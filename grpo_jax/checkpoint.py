@@ -11,6 +11,7 @@ raw key data and re-wrapped. Restoring is exact: bit-for-bit identical leaves.
     save(directory, step, pytree, metadata)                   # blocks until written
     pytree, metadata = restore(directory, target, step=None)  # latest step by default
     latest_step(directory) -> int | None
+    read_metadata(directory, step=None) -> dict
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ def all_steps(directory: str) -> list[int]:
         return []
     with _manager(directory, read_only=True) as mngr:
         return sorted(mngr.all_steps())
+
+
+def read_metadata(directory: str, step: int | None = None) -> dict:
+    """The JSON metadata of checkpoint `step` (default: the latest) without the pytree."""
+    step = latest_step(directory) if step is None else int(step)
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {directory!r}")
+    with _manager(directory, read_only=True) as mngr:
+        out = mngr.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+    return dict(out["metadata"] or {})
 
 
 def _abstract(x):

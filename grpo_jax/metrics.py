@@ -254,3 +254,29 @@ def enumerated_mode_shares(task, logp: Array, prompt_probs: Array | None = None)
     labels = task.mode_labels(jnp.repeat(prompts, c, axis=0), jnp.tile(comps, (n, 1)))
     probs = jnp.exp(logp) * w[:, None]
     return mode_shares(labels, task.num_modes, probs.reshape(-1))
+
+
+def pattern_mass(model_config, params, prompts: Array, pattern: Sequence[Sequence[int]],
+                 banned: Sequence[int] = ()) -> Array:
+    """Exact probability that a completion falls in the product set S_1 x ... x S_T.
+
+    pattern: T tuples of allowed token ids (S_t); prompts [N, P] -> float32 [N],
+      P(y in S | x) = sum_{y_<T in S_1 x .. x S_{T-1}} prod_{t<T} q(y_t | x, y_<t)
+                      * q(S_T | x, y_<T),
+    enumerating only the first T-1 positions (prod_{t<T} |S_t| sequences per prompt) and
+    summing the last position's allowed probabilities. `banned` ids are renormalised away.
+    """
+    from grpo_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+    import itertools  # pylint: disable=import-outside-toplevel
+    t_len = len(pattern)
+    rows = list(itertools.product(*[tuple(s) for s in pattern[:-1]], (pattern[-1][0],)))
+    comps = jnp.asarray(rows, jnp.int32).reshape(len(rows), t_len)  # [M, T]
+    n, m = prompts.shape[0], comps.shape[0]
+    flat_p = jnp.repeat(prompts, m, axis=0)
+    flat_c = jnp.tile(comps, (n, 1))
+    logits = ban_tokens(model_lib.completion_logits(model_config, params, flat_p, flat_c),
+                        tuple(banned))
+    logq = jax.nn.log_softmax(logits, axis=-1)  # [N M, T, V]
+    prefix = jnp.sum(model_lib.token_logprobs(logits[:, :-1], flat_c[:, :-1]), axis=-1)
+    last = jax.nn.logsumexp(logq[:, -1, jnp.asarray(tuple(pattern[-1]), jnp.int32)], axis=-1)
+    return jnp.sum(jnp.exp(prefix + last).reshape(n, m), axis=-1)

@@ -42,7 +42,7 @@ def _anchors(n, num_modes: int, xp):
     hi = xp.minimum(9, n)
     if num_modes == 1:
         return ((lo + hi) // 2)[..., None]
-    k = xp.arange(num_modes)
+    k = xp.arange(num_modes).reshape((1,) * xp.ndim(n) + (num_modes,))
     span = (hi - lo)[..., None]
     return lo[..., None] + (2 * k * span + (num_modes - 1)) // (2 * (num_modes - 1))
 

@@ -89,6 +89,14 @@ class FormatMixture(base.TableTask):
         place = 10 ** jnp.arange(self.num_digits - 1, -1, -1, dtype=jnp.int32)
         return jnp.sum(prompts[:, 1:] * place[None, :], axis=-1).astype(jnp.int32)
 
+    def mode_patterns(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        """Each mode as a product set of allowed tokens per position (the labelling is by
+        shape): direct = {EQ} x digits/ordinary x {DOT}^3, worked = ordinary x {PLUS} x
+        ordinary x {EQ} x ordinary. Lets `metrics.pattern_mass` compute exact mode mass."""
+        o = self.ordinary_ids
+        return (((EQ,), o, (DOT,), (DOT,), (DOT,)),
+                (o, (PLUS,), o, (EQ,), o))
+
     # ---------------------------------------------------------------- reward and modes
     def mode_labels(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
         """0 = direct shape, 1 = worked shape, -1 = neither: int32 [B]."""

@@ -1,0 +1,55 @@
+"""Pretrain a reference policy on a task's reference data (experiments/pretrain.py).
+
+Run (the argument after ':' is a comma-separated list: `task=NAME` (a task or preset of
+configs/tasks.py), `quick` (tiny model, few steps: a smoke test)):
+
+  python experiments/pretrain.py --config configs/pretrain.py:task=bandit_bimodal \
+      --workdir runs/ref-bandit-bimodal
+  python experiments/pretrain.py --config configs/pretrain.py:task=format_90_10,quick \
+      --workdir /tmp/ref-q
+
+Override any field with `--config.FIELD=VALUE` (locked config: misspelt fields fail).
+The workdir receives the checkpoint (orbax, restorable with `train.restore_reference(workdir)`
+and usable as `--config.reference.checkpoint` of configs/grpo.py), metrics.jsonl and
+report.json (the fit: exact KL[data || model], entropies, mode shares vs the data).
+The model section must match the GRPO config's model to be restored there.
+"""
+
+import ml_collections
+
+from configs import tasks as task_configs
+
+
+def parse_arg(arg: str | None) -> dict:
+    """'task=bandit,quick' -> {'task': 'bandit', 'quick': True}."""
+    out: dict = {}
+    for part in (arg or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+        else:
+            out[part] = True
+    return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    opts = parse_arg(arg)
+    c = ml_collections.ConfigDict()
+    c.task = task_configs.task_config(opts.get("task", "bandit"))
+    # W2-scale Llama-style decoder (DESIGN.md §5); vocab and max_len come from the task.
+    c.model = ml_collections.ConfigDict(dict(
+        num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32"))
+    c.pretrain = ml_collections.ConfigDict(dict(
+        steps=3000, batch_size=256, lr=3e-3, chunk_steps=250, seed=0))
+    c.eval = ml_collections.ConfigDict(dict(
+        mode_share_tolerance=0.02,  # max |model share - data share| accepted per mode
+        num_samples=8192,           # for mode shares when not computable exactly
+        seed=1))
+    if opts.get("quick"):
+        c.model.update(num_layers=1, width=32, mlp_width=64)
+        c.pretrain.update(steps=100, batch_size=64, lr=1e-2, chunk_steps=50)
+        c.eval.update(mode_share_tolerance=0.1, num_samples=1024)
+    return c

@@ -1,0 +1,254 @@
+"""Tasks: rewards and mode labels on hand-written cases, declared modality of the data,
+exact tables, closed-form bandit optima."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tasks as task_configs
+from grpo_jax import tasks
+from grpo_jax.tasks import format as fmt
+
+EQ, PLUS, DOT = fmt.EQ, fmt.PLUS, fmt.DOT
+
+
+def rbg(seed):
+    return jax.random.key(seed, impl="rbg")  # cheap to compile on CPU
+
+
+def i32(x):
+    return jnp.asarray(x, jnp.int32)
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+def test_registry_and_validation():
+    assert tasks.TASKS == ("bandit", "arithmetic", "format")
+    with pytest.raises(ValueError, match="valid tasks"):
+        tasks.make("nope")
+    with pytest.raises(ValueError, match="reward_kind"):
+        tasks.make("bandit", reward_kind="bogus")
+    with pytest.raises(ValueError, match="outside"):
+        tasks.make("bandit", num_modes=3, separation=10.0)  # centres off the vocabulary
+    with pytest.raises(ValueError, match="valid answers"):
+        tasks.make("arithmetic", n_min=1, num_modes=4)  # N=1 has 2 valid answers
+    with pytest.raises(ValueError, match="valid"):
+        task_configs.task_config("bandit", sepparation=2.0)
+    # Lists from configs become tuples; equal tasks hash equal (static jit arguments).
+    a = tasks.make("bandit", num_modes=2, weights=[1.0, 3.0])
+    b = tasks.make("bandit", num_modes=2, weights=(1.0, 3.0))
+    assert a == b and hash(a) == hash(b)
+
+
+@pytest.mark.parametrize("name", list(task_configs.PRESETS))
+def test_presets_build(name):
+    cfg = task_configs.task_config(name)
+    task = task_configs.make_task(cfg)
+    assert task.name == cfg.name
+    shares = np.asarray(task.reference_mode_shares())
+    assert shares.shape == (task.num_modes,) and shares.sum() <= 1 + 1e-6
+
+
+def test_interface_attributes_and_jit():
+    for name in tasks.TASKS:
+        task = tasks.make(name)
+        assert task.bos_id in task.special_ids
+        assert set(task.ordinary_ids).isdisjoint(task.special_ids)
+        assert len(task.ordinary_ids) + len(task.special_ids) == task.vocab_size
+        p = task.all_prompts()
+        assert p.shape[1] == task.prompt_len and bool(jnp.all(p[:, 0] == task.bos_id))
+        np.testing.assert_array_equal(task.prompt_index(p), np.arange(p.shape[0]))
+
+    task = tasks.make("arithmetic")
+
+    @jax.jit
+    def f(key):
+        prompts = task.sample_prompts(key, 4)
+        comps = task.sample_reference(key, prompts)
+        return task.reward(prompts, comps), task.mode_labels(prompts, comps)
+
+    r, lab = jax.vmap(f)(jax.random.split(rbg(0), 3))
+    assert r.shape == (3, 4) and lab.shape == (3, 4)
+    with pytest.raises(ValueError, match="completions"):
+        task.reward(i32([[10, 1, 2]]), i32([[1, 2, 3]]))
+
+
+# ------------------------------------------------------------------------------ bandit
+
+
+def test_bandit_rewards_hand_written():
+    prompts = jnp.full((6, 1), 64, jnp.int32)
+    t = tasks.make("bandit", targets=(5, 9))
+    np.testing.assert_array_equal(t.reward(prompts, i32([[5], [6], [9], [0], [63], [64]])),
+                                  [1, 0, 1, 0, 0, 0])
+    t = tasks.make("bandit", reward_kind="distance", targets=(10,), reward_width=4.0)
+    np.testing.assert_allclose(t.reward(prompts, i32([[10], [12], [8], [14], [20], [64]])),
+                               [1, 0.5, 0.5, 0, 0, 0])
+    t = tasks.make("bandit", reward_kind="distance", targets=(10, 20), reward_width=4.0)
+    np.testing.assert_allclose(t.reward(prompts[:3], i32([[11], [19], [15]])), [0.75, 0.75, 0])
+
+
+def test_bandit_modes_hand_written():
+    # centres 31.5 -+ 5 = 26.5, 36.5; radius 3 sigma = 6.
+    t = tasks.make("bandit", num_modes=2, sigma=2.0, separation=5.0)
+    assert t.centres == (26.5, 36.5)
+    tokens = [26, 31, 32, 21, 20, 42, 43, 64]
+    want = [0, 0, 1, 0, -1, 1, -1, -1]
+    got = t.mode_labels(jnp.full((8, 1), 64, jnp.int32), i32(tokens)[:, None])
+    np.testing.assert_array_equal(got, want)
+    assert t.target_tokens == (36,)  # default target: centre of the last mode, rounded
+
+
+def test_bandit_reference_distribution():
+    t = tasks.make("bandit", num_modes=2, sigma=3.0, separation=8.0, weights=(0.8, 0.2))
+    p = np.asarray(t.reference_probs(), np.float64)
+    assert p.shape == (65,) and p[64] == 0 and abs(p.sum() - 1) < 1e-6
+    y = np.arange(64)
+    comps = [np.exp(-0.5 * ((y - c) / 3.0) ** 2) for c in t.centres]
+    want = 0.8 * comps[0] / comps[0].sum() + 0.2 * comps[1] / comps[1].sum()
+    np.testing.assert_allclose(p[:64], want, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(t.reference_mode_shares(), [0.8, 0.2], atol=3e-3)
+    ent = t.reference_entropy()
+    np.testing.assert_allclose(ent, [-(want[want > 0] * np.log(want[want > 0])).sum()],
+                               rtol=1e-6)
+
+
+def test_bandit_optima():
+    t = tasks.make("bandit", num_modes=2, sigma=3.0, separation=8.0, reward_kind="distance",
+                   reward_width=10.0)
+    p = np.asarray(t.reference_probs(), np.float64)
+    r = np.asarray(t.reward_vector(), np.float64)
+    optimum = jax.jit(t.optimum, static_argnums=1)
+    objective = jax.jit(t.objective, static_argnums=2)
+    for beta in (0.05, 0.5):
+        rev = np.asarray(optimum(beta, "reverse"), np.float64)
+        want = p * np.exp(r / beta)
+        np.testing.assert_allclose(rev, want / want.sum(), rtol=1e-4, atol=1e-10)
+        fwd = np.asarray(optimum(beta, "forward"), np.float64)
+        assert abs(fwd.sum() - 1) < 1e-5 and fwd[64] == 0
+        # Stationarity: beta * pi_ref / pi* + R is one constant lam > max R on the support.
+        s = p > 1e-12
+        lam = beta * p[s] / fwd[s] + r[s]
+        np.testing.assert_allclose(lam, lam.mean(), rtol=1e-4)
+        assert lam.mean() > r[s].max()
+        # Optimality: random perturbations never do better (both objectives are concave).
+        rng = np.random.default_rng(0)
+        for direction, opt in (("reverse", rev), ("forward", fwd)):
+            best = float(objective(jnp.asarray(opt, jnp.float32), beta, direction))
+            noise = np.exp(0.3 * rng.standard_normal((5, 65))) * opt[None, :]
+            noise /= noise.sum(-1, keepdims=True)
+            vals = jax.vmap(objective, in_axes=(0, None, None))(
+                jnp.asarray(noise, jnp.float32), beta, direction)
+            assert float(jnp.max(vals)) <= best + 1e-5
+    # Large beta: the optimum is the reference.
+    np.testing.assert_allclose(optimum(1e4, "forward"), p, atol=1e-4)
+    np.testing.assert_allclose(optimum(1e4, "reverse"), p, atol=1e-4)
+    with pytest.raises(ValueError, match="direction"):
+        t.optimum(0.1, "sideways")
+
+
+# ------------------------------------------------------------------------------ arithmetic
+
+
+def test_arithmetic_rewards_and_modes_hand_written():
+    t = tasks.make("arithmetic", num_modes=4, preferred_mode=3, preference_bonus=1.0)
+    # N = 12: valid a in [3, 9]; anchors 3, 5, 7, 9.
+    comps = [[3, 9], [4, 8], [6, 6], [8, 4], [9, 3], [4, 9], [10, 2], [2, 10]]
+    prompts = jnp.tile(i32([[10, 1, 2]]), (len(comps), 1))
+    np.testing.assert_array_equal(t.mode_labels(prompts, i32(comps)),
+                                  [0, 0, 1, 2, 3, -1, -1, -1])
+    np.testing.assert_allclose(t.reward(prompts, i32(comps)), [1, 1, 1, 1, 2, 0, 0, 0])
+    # N = 5: a in [0, 5]; anchors round(k 5/3) = 0, 2, 3, 5.
+    got = t.mode_labels(jnp.tile(i32([[10, 0, 5]]), (3, 1)), i32([[1, 4], [2, 3], [4, 1]]))
+    np.testing.assert_array_equal(got, [0, 1, 2])
+
+
+def test_arithmetic_reference_tables():
+    canon = tasks.make("arithmetic", num_modes=1)
+    ans, probs = canon.reference_answers()
+    i = 12 - canon.n_min
+    k = int(jnp.argmax(probs[i]))
+    assert float(probs[i, k]) == 1.0 and list(ans[i, k]) == [6, 6]
+    np.testing.assert_allclose(canon.reference_entropy(), [0, 0], atol=1e-12)
+
+    uniform = tasks.make("arithmetic", background=1.0)
+    m = [min(9, n) - max(0, n - 9) + 1 for n in range(uniform.n_min, uniform.n_max + 1)]
+    np.testing.assert_allclose(uniform.reference_entropy(), [np.mean(np.log(m)), 0.0],
+                               rtol=1e-9)
+    four = tasks.make("arithmetic")
+    np.testing.assert_allclose(four.reference_entropy(), [math.log(4), 0.0], rtol=1e-9)
+    stats = four.reference_stats()
+    assert stats["num_modes"] == 4 and abs(stats["effective_modes"] - 4) < 1e-6
+
+
+# ------------------------------------------------------------------------------ format
+
+
+def test_format_rewards_and_modes_hand_written():
+    prompts = jnp.tile(i32([[13, 3, 4, 8]]), (6, 1))  # s = 15 % 10 = 5, r = 7
+    comps = i32([[EQ, 5, DOT, DOT, DOT],     # direct, right
+                 [7, PLUS, 8, EQ, 5],        # worked, right
+                 [EQ, 4, DOT, DOT, DOT],     # direct, wrong
+                 [6, PLUS, 8, EQ, 5],        # worked, wrong intermediate
+                 [7, PLUS, 8, EQ, 4],        # worked, wrong answer
+                 [1, 2, 3, 4, 5]])           # neither
+    strict = tasks.make("format")
+    np.testing.assert_array_equal(strict.mode_labels(prompts, comps), [0, 1, 0, 1, 1, -1])
+    np.testing.assert_array_equal(strict.reward(prompts, comps), [1, 1, 0, 0, 0, 0])
+    lenient = tasks.make("format", strict=False)
+    np.testing.assert_array_equal(lenient.reward(prompts, comps), [1, 1, 0, 1, 0, 0])
+    t = tasks.make("format", format_weights=(0.9, 0.1))
+    h = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    np.testing.assert_allclose(t.reference_entropy(), [h, 0, 0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(t.reference_mode_shares(), [0.9, 0.1], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ all tasks
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("bandit", dict(num_modes=3, sigma=3.0, separation=6.0, weights=(0.5, 0.3, 0.2))),
+    ("arithmetic", dict(weights=(0.85, 0.05, 0.05, 0.05))),
+    ("format", dict(format_weights=(0.9, 0.1))),
+])
+def test_reference_data_has_declared_modality(name, kwargs):
+    task = tasks.make(name, **kwargs)
+    n = 20000
+    tab = task.table()
+    n_p, n_a, t_len = tab["answers"].shape
+
+    @jax.jit
+    def run(key):
+        key_p, key_r = jax.random.split(key)
+        prompts = task.sample_prompts(key_p, n)
+        comps = task.sample_reference(key_r, prompts)
+        labels = task.mode_labels(prompts, comps)
+        shares = jnp.mean(labels[:, None] == jnp.arange(task.num_modes)[None, :], axis=0)
+        table_labels = task.mode_labels(jnp.repeat(jnp.asarray(tab["prompts"]), n_a, axis=0),
+                                        jnp.asarray(tab["answers"]).reshape(-1, t_len))
+        return comps, shares, jnp.min(task.reward(prompts, comps)), table_labels
+
+    comps, shares, min_reward, table_labels = run(rbg(1))
+    assert comps.shape == (n, task.completion_len) and comps.dtype == jnp.int32
+    assert not np.isin(np.asarray(comps), task.special_ids).any()
+    ref = np.asarray(task.reference_mode_shares())
+    np.testing.assert_allclose(shares, ref, atol=0.015)  # ~4 standard errors at n=20000
+    if name != "bandit":  # every reference answer is correct
+        assert float(min_reward) >= 1.0
+    # The table's mode column agrees with mode_labels on every answer with mass.
+    live = tab["answer_probs"].reshape(-1) > 0
+    np.testing.assert_array_equal(np.asarray(table_labels)[live],
+                                  tab["answer_modes"].reshape(-1)[live])
+
+
+def test_enumerate_completions():
+    t = tasks.make("arithmetic")
+    c = np.asarray(t.enumerate_completions())
+    assert c.shape == (100, 2) and len({tuple(r) for r in c}) == 100 and c.max() == 9
+    assert tasks.make("bandit").enumerate_completions().shape == (64, 1)
+    with pytest.raises(ValueError, match="enumerable"):
+        tasks.make("format").enumerate_completions(max_count=1000)
