@@ -41,7 +41,7 @@ Every public function returns plain dicts of floats / arrays; the experiment for
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +61,8 @@ __all__ = [
     "sequence_logprobs",
     "sequence_exact_kl",
     "enumerate_sequences",
+    "find_row",
+    "compare",
 ]
 
 Array = jax.Array

@@ -48,8 +48,10 @@ Clamps (as verl / OpenRLHF do; both default off):
 With ``clamp_log_ratio`` set (say 20), values and gradients are finite for any finite
 inputs. With the clamps off, values and gradients may be +-inf (e.g. k3 at ``delta=-100``
 overflows ``exp``), but never NaN: the derivative is written out (``custom_jvp``) from
-stable forms of f' and f + f', so ``inf - inf`` and ``0 * inf`` cannot occur. Math runs in float32 (or float64 if the inputs are float64),
-whatever the input dtype (bfloat16 inputs are upcast first).
+stable forms of f' and f + f', so ``inf - inf`` and ``0 * inf`` cannot occur. Math runs
+in float32 (float64 if the inputs are float64 under x64), whatever the input dtype
+(bfloat16 inputs are upcast first). Inputs of -inf (e.g. masked tokens) are not
+supported: mask the outputs instead.
 """
 
 from __future__ import annotations
