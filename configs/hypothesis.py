@@ -87,7 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    checkpoint_every_chunks=1000)
     c.loss = dict(eps_low=0.2, eps_high=0.2, advantage_estimator="grpo")
     c.eval = dict(ks=[1, 2, 4, 8, 16], num_samples=2048 if full else 512, seed=0)
+    c.gaussian = dict(mu2=(0.0, 2.5, 5.0, 7.5, 10.0), steps=100)  # configs/gaussian_kl.py
     if tiny:
+        c.gaussian = dict(mu2=(2.5, 7.5), steps=20, init_m_fraction=(0.0, 0.5), init_s=(1.0,))
         c.kl_choices = ["k3/loss", "exact_forward/loss", "exact_reverse/loss"]
         c.betas = [0.2]
         c.num_seeds = 2
