@@ -38,9 +38,10 @@ def train_and_evaluate(config, workdir: str, log=logging.info) -> dict:
     p = config.pretrain
     with writers.MetricWriter(workdir, tensorboard=False) as writer:
         params, report = train.pretrain_reference(
-            model_config, task, jax.random.key(int(p.seed)), steps=int(p.steps),
+            model_config, task, jax.random.key(int(p.seed), impl=p.rng_impl),
+            steps=int(p.steps),
             batch_size=int(p.batch_size), lr=float(p.lr), chunk_steps=int(p.chunk_steps),
-            log=log, writer=writer, eval_key=jax.random.key(int(config.eval.seed)),
+            log=log, writer=writer, eval_key=jax.random.key(int(config.eval.seed), impl=p.rng_impl),
             mode_share_tolerance=float(config.eval.mode_share_tolerance),
             num_eval_samples=int(config.eval.num_samples))
     checkpoint.save(workdir, report["steps"], params, {

@@ -65,10 +65,12 @@ def save(directory: str, step: int, pytree: Any, metadata: dict | None = None) -
     with _manager(directory) as mngr:
         if step in mngr.all_steps():
             mngr.delete(step)
-        mngr.save(step, args=ocp.args.Composite(
+        saved = mngr.save(step, force=True, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_flatten(pytree)),
             metadata=ocp.args.JsonSave(metadata)))
         mngr.wait_until_finished()
+    if not saved:
+        raise RuntimeError(f"orbax did not save step {step} under {directory!r}")
 
 
 def latest_step(directory: str) -> int | None:
