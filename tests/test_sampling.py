@@ -119,9 +119,8 @@ def test_greedy_and_zero_temperature_limit(params, prompts):
     assert not np.array_equal(warm.tokens, greedy.tokens)
 
 
-def test_nothing_after_eos_counts(params):
-    eos = 0
-    prompts = jax.random.randint(jax.random.key(8), (64, P), 0, CFG.vocab_size)
+def test_nothing_after_eos_counts(params, prompts):
+    eos = 1
     out = _sample(params, prompts, jax.random.key(9), eos_id=eos)
     tok, mask, logp = map(np.asarray, (out.tokens, out.mask, out.logp))
     first = np.where((tok == eos).any(1), (tok == eos).argmax(1), T)  # first EOS or T
