@@ -60,8 +60,8 @@ def _modalities(full: bool, tiny: bool):
              task=("format", dict(num_digits=2, format_weights=(0.5, 0.5))),
              grpo=dict(num_prompts=4, group_size=8)),
     ]
-    if tiny:  # one modality per multimodal flag, bandit only
-        return [bandit[0], bandit[2]]
+    if tiny:  # one modality per multimodal flag, bandit only, small batch
+        return [dict(m, grpo=dict(num_prompts=1, group_size=8)) for m in (bandit[0], bandit[2])]
     if not full:  # default: drop the middle arithmetic point (2 and 4 modes live in the bandit)
         arithmetic = [arithmetic[0], arithmetic[2]]
     return bandit + arithmetic + fmt
@@ -93,7 +93,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.kl_choices = ["k3/loss", "exact_forward/loss", "exact_reverse/loss"]
         c.betas = [0.2]
         c.num_seeds = 2
-        c.reference.steps = 100
+        c.model.update(width=16, mlp_width=32)
+        c.reference.update(steps=50, chunk_steps=50)
         c.train.update(num_steps=6, chunk_steps=6)
         c.eval.ks = [1, 4]
     return c

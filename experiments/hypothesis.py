@@ -38,11 +38,15 @@ def config_arg(spec: str) -> str:
 def gaussian_figure(outdir: str, overrides=None, log=print) -> list[str]:
     """The Gaussian toy figure (experiments/gaussian_kl.py with configs/gaussian_kl.py, in
     float32 here: x64 would change the whole process); [] with a log line if unavailable."""
-    try:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import gaussian_kl  # pylint: disable=import-outside-toplevel
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    try:  # by path, without putting experiments/ on sys.path (it would shadow packages)
+        spec = importlib.util.spec_from_file_location(
+            "experiments_gaussian_kl",
+            os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaussian_kl.py"))
+        gaussian_kl = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(gaussian_kl)
         from configs import gaussian_kl as gaussian_config  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
+    except (ImportError, FileNotFoundError) as e:
         log(f"gaussian toy figure skipped: {e}")
         return []
     config = gaussian_config.get_config()
