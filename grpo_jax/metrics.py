@@ -2,8 +2,9 @@
 
 Pure functions of arrays (float32 math), safe under jit / vmap. The last section holds
 helpers that run a model over an enumerable completion space (`sequence_logprobs`,
-`enumerated_logprobs`), so sequence-level quantities can be computed exactly for the small
-tasks of `grpo_jax.tasks`.
+`enumerated_logprobs`, `enumerated_mode_shares`, `pattern_mass` for modes that are product
+sets of tokens), so sequence-level quantities can be computed exactly for the small tasks of
+`grpo_jax.tasks`.
 
 Notation: pi = the policy, pi_ref = the reference; KL_rev = KL[pi || pi_ref],
 KL_fwd = KL[pi_ref || pi] (DESIGN.md §2).
@@ -11,12 +12,14 @@ KL_fwd = KL[pi_ref || pi] (DESIGN.md §2).
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from grpo_jax import kl as kl_lib
+from grpo_jax import model as model_lib
 
 Array = jax.Array
 DIRECTIONS = ("reverse", "forward")
@@ -218,7 +221,6 @@ def sequence_logprobs(model_config, params, prompts: Array, completions: Array,
     """log pi(completion | prompt) = sum_t log pi(y_t | x, y_<t): prompts [B, P],
     completions [B, T] -> float32 [B]. `banned` ids are renormalised away first (as a sampler
     with `banned_tokens` does)."""
-    from grpo_jax import model as model_lib  # pylint: disable=import-outside-toplevel
     logits = ban_tokens(model_lib.completion_logits(model_config, params, prompts, completions),
                         tuple(banned))
     return jnp.sum(model_lib.token_logprobs(logits, completions), axis=-1)
@@ -266,8 +268,6 @@ def pattern_mass(model_config, params, prompts: Array, pattern: Sequence[Sequenc
     enumerating only the first T-1 positions (prod_{t<T} |S_t| sequences per prompt) and
     summing the last position's allowed probabilities. `banned` ids are renormalised away.
     """
-    from grpo_jax import model as model_lib  # pylint: disable=import-outside-toplevel
-    import itertools  # pylint: disable=import-outside-toplevel
     t_len = len(pattern)
     rows = list(itertools.product(*[tuple(s) for s in pattern[:-1]], (pattern[-1][0],)))
     comps = jnp.asarray(rows, jnp.int32).reshape(len(rows), t_len)  # [M, T]

@@ -73,11 +73,13 @@ class Arithmetic(base.TableTask):
             raise ValueError(f"num_modes must be >= 1, got {self.num_modes}")
         m_min = min(min(9, n) - max(0, n - 9) + 1 for n in range(self.n_min, self.n_max + 1))
         if m_min < self.num_modes:
-            raise ValueError(f"some N in [{self.n_min}, {self.n_max}] has only {m_min} valid answers "
+            raise ValueError(f"some N in [{self.n_min}, {self.n_max}] has only {m_min} valid "
+                             f"answers "
                              f"< num_modes={self.num_modes}; narrow the range")
         if self.weights is not None:
             if len(self.weights) != self.num_modes or min(self.weights) <= 0:
-                raise ValueError(f"weights {self.weights} must be {self.num_modes} positive numbers")
+                raise ValueError(
+                    f"weights {self.weights} must be {self.num_modes} positive numbers")
         if not 0.0 <= self.background <= 1.0:
             raise ValueError(f"background must be in [0, 1], got {self.background}")
         if not -1 <= self.preferred_mode < self.num_modes:

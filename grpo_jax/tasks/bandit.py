@@ -66,7 +66,8 @@ class Bandit(base.TableTask):
             raise ValueError(f"reward_kind {self.reward_kind!r} not in {REWARD_KINDS}")
         if self.weights is not None:
             if len(self.weights) != self.num_modes or min(self.weights) <= 0:
-                raise ValueError(f"weights {self.weights} must be {self.num_modes} positive numbers")
+                raise ValueError(
+                    f"weights {self.weights} must be {self.num_modes} positive numbers")
         c = self.centres
         if min(c) < -0.5 or max(c) > self.num_tokens - 0.5:
             raise ValueError(f"mode centres {c} fall outside [0, {self.num_tokens - 1}]; "

@@ -143,7 +143,8 @@ class TableTask:
                     if p > 0:
                         key = tuple(int(v) for v in t["answers"][i, a, :length])
                         mass[key] = mass.get(key, 0.0) + p
-                cond[length] += t["prompt_probs"][i] * _entropy_nats(np.asarray(list(mass.values())))
+                h = _entropy_nats(np.asarray(list(mass.values())))
+                cond[length] += t["prompt_probs"][i] * h
         return np.diff(cond)
 
     def reference_stats(self) -> dict[str, Any]:
