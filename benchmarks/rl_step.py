@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 
 from grpo_jax import losses, model
-# The GRPO step API; switch this one import to `grpo_jax.train` when grpo_step.py is merged.
-from grpo_jax.grpo_step import Hparams, RLSetup, init_rl_state, make_rl_chunk
+# The GRPO step API.
+from grpo_jax.train import Hparams, RLSetup, init_rl_state, make_rl_chunk
 
 VOCAB = 68
 SPECIALS = (64, 65, 66, 67)

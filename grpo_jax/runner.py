@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from grpo_jax import checkpoint, grpo_step as train, kl, losses, model, sharding, tasks, writers
-from grpo_jax import train as pretrain_lib
+from grpo_jax import checkpoint, losses, model, sharding, tasks, train, writers
 
 # Keys of a config that may differ between members of one population (pytree leaves of the
 # train state / hyperparameters); everything else changes the compiled program.
@@ -190,7 +189,7 @@ def load_or_pretrain_reference(config, task, model_config, workdir: str | None,
             return params
     r = config.reference
     t0 = time.time()
-    params, report = pretrain_lib.pretrain_reference(
+    params, report = train.pretrain_reference(
         model_config, task, jax.random.PRNGKey(int(r.seed)), steps=int(r.steps),
         batch_size=int(r.batch_size), lr=float(r.lr), chunk_steps=int(r.chunk_steps))
     log(f"reference pretrained in {time.time() - t0:.1f}s: {report}")
@@ -225,12 +224,18 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
         `checkpoints/` (resumed from if present), `summary.json`.
       ref_params: reference parameters (default: `load_or_pretrain_reference`).
 
+    Multi-host (`config.mesh.multihost`): every process runs this same function; the mesh
+    spans all processes' devices. `workdir` must be on a filesystem all processes share:
+    orbax checkpoints are collective (each process writes its shards, all take the same
+    resume branch), while metrics, TensorBoard and the progress bar come from process 0 only.
+
     Returns:
       {"state": final population state, "history": {metric: [S, steps, ...]},
        "setup": RLSetup, "task": Task, "hparams": Hparams, "cells": cells}
     """
+    sharding.maybe_initialize_distributed(config.mesh)  # before any other JAX call
     validate_config(config)
-    sharding.maybe_initialize_distributed(config.mesh)
+    lead = jax.process_index() == 0  # only process 0 writes metrics and shows progress
     os.makedirs(workdir, exist_ok=True)
     task = make_task(config)
     mcfg = make_model_config(config, task)
@@ -256,7 +261,8 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
         state, meta = checkpoint.restore(ckpt_dir, state)
         start = int(meta["step"])
         log(f"resumed from {ckpt_dir} at step {start}")
-    _truncate_metrics(workdir, start)
+    if lead:
+        _truncate_metrics(workdir, start)
 
     total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
     t0 = time.perf_counter()
@@ -267,8 +273,10 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
     meta = {"config": config.to_dict(), "cells": [dict(c) for c in cells]}
     history: list[dict[str, np.ndarray]] = []
     bar = writers.Progress(total, initial=start, desc=f"grpo {config.task.name}",
-                           disable=not config.train.progress)
-    with writers.MetricWriter(workdir, tensorboard=config.train.tensorboard) as writer:
+                           disable=not (config.train.progress and lead))
+    writer = (writers.MetricWriter(workdir, tensorboard=config.train.tensorboard) if lead
+              else writers.NullWriter())
+    with writer:
         step, chunk_index = start, start // chunk
         while step < total:
             t0 = time.perf_counter()

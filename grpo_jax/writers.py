@@ -89,6 +89,22 @@ class MetricWriter:
         self.close()
 
 
+class NullWriter(MetricWriter):
+    """Writes nothing: for processes other than 0 in a multi-host run."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        pass
+
+    def write(self, step, metrics) -> None:
+        del step, metrics
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(workdir: str, filename: str = "metrics.jsonl") -> list[dict[str, Any]]:
     """The JSONL lines of a run, in order (for reports and tests)."""
     with open(os.path.join(workdir, filename), encoding="utf-8") as f:
