@@ -24,11 +24,6 @@ from ml_collections import config_flags  # noqa: E402
 from configs import tasks as task_configs  # noqa: E402
 from grpo_jax import checkpoint, train, writers  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py",
-                                          "Pretraining config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-
-
 def train_and_evaluate(config, workdir: str, log=logging.info) -> dict:
     """Pretrain, save the checkpoint in `workdir`, write report.json; returns the report."""
     os.makedirs(workdir, exist_ok=True)
@@ -67,4 +62,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a script, so importing this module (tests, other
+    # entry points defining the same flag names) never clashes.
+    _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py",
+                                              "Pretraining config file.", lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
     app.run(main)
