@@ -18,21 +18,7 @@ The model section must match the GRPO config's model to be restored there.
 import ml_collections
 
 from configs import tasks as task_configs
-
-
-def parse_arg(arg: str | None) -> dict:
-    """'task=bandit,quick' -> {'task': 'bandit', 'quick': True}."""
-    out: dict = {}
-    for part in (arg or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
-        else:
-            out[part] = True
-    return out
+from configs.grpo import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
