@@ -66,8 +66,9 @@ def correct_answers(task) -> tuple[np.ndarray, np.ndarray]:
     ans = np.asarray(task.table()["answers"])
     prompts = np.asarray(task.table()["prompts"])
     n, a, t = ans.shape
-    rewards = np.asarray(task.reward(jnp.asarray(np.repeat(prompts, a, axis=0)),
-                                     jnp.asarray(ans.reshape(n * a, t)))).reshape(n, a)
+    with jax.ensure_compile_time_eval():  # constants, also when called while tracing
+        rewards = np.asarray(task.reward(jnp.asarray(np.repeat(prompts, a, axis=0)),
+                                         jnp.asarray(ans.reshape(n * a, t)))).reshape(n, a)
     valid = np.zeros((n, a), bool)
     for i in range(n):
         seen = set()

@@ -118,8 +118,8 @@ def test_population_sampled_vs_exact_and_vmap():
         one = evaluate.evaluate_enumerated(_mcfg(task), task, p, ref, KS)
         for k in ("reward", "exact_kl_rev", "exact_kl_fwd", "entropy", "pass_at_k"):
             np.testing.assert_allclose(pop[k][m], one[k], rtol=1e-5, err_msg=k)
-    samp = evaluate.evaluate_sampled(_mcfg(task), task, members[0], ref,
-                                     jax.random.PRNGKey(0), KS, num_samples=4096)
+    samp = jax.jit(lambda p, r, k: evaluate.evaluate_sampled(  # traced, as in a population
+        _mcfg(task), task, p, r, k, KS, num_samples=4096))(members[0], ref, jax.random.PRNGKey(0))
     np.testing.assert_allclose(samp["pass_at_k"], pop["pass_at_k"][0], rtol=1e-4)
     for k in ("reward", "exact_kl_rev", "exact_kl_fwd", "entropy"):
         np.testing.assert_allclose(samp[k], pop[k][0], rtol=0.05, atol=0.02, err_msg=k)
