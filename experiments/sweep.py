@@ -21,33 +21,49 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from grpo_jax import sweep  # noqa: E402
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, 'path/to/sweep.py[:arg]'.", required=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the cache and results.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for the cache and results.", required=True
+)
 _RUNNER = flags.DEFINE_string("runner", None, "Runner 'package.module:function'.", required=True)
-_VMAPPABLE = flags.DEFINE_list("vmappable", None, "Dotted keys batched in one program "
-                               "(default: the runner's vmappable_keys attribute).")
+_VMAPPABLE = flags.DEFINE_list(
+    "vmappable",
+    None,
+    "Dotted keys batched in one program " "(default: the runner's vmappable_keys attribute).",
+)
 _MAX_GROUP = flags.DEFINE_integer("max_group_size", None, "Split populations larger than this.")
 _DRY_RUN = flags.DEFINE_boolean("dry_run", False, "Print cells and groups, run nothing.")
 
 
 def main(argv):
-  del argv
-  base, axes = sweep.load_sweep(_SWEEP.value)
-  runner = sweep.load_runner(_RUNNER.value)
-  keys = _VMAPPABLE.value if _VMAPPABLE.value is not None else getattr(runner, "vmappable_keys", ())
-  cells = sweep.expand(base, axes)
-  if _DRY_RUN.value:
-    for g in sweep.group_cells(cells, keys, _MAX_GROUP.value):
-      print(f"group {g.key}: cells {g.indices}")
-    return
-  results = sweep.run_sweep(cells, runner, _WORKDIR.value, keys, log=logging.info,
-                            max_group_size=_MAX_GROUP.value)
-  out = os.path.join(_WORKDIR.value, "results.json")
-  sweep.write_json_atomic(out, {
-      "sweep": _SWEEP.value, "runner": _RUNNER.value, "vmappable_keys": list(keys),
-      "cells": [{"hash": sweep.cell_hash(c), "config": c.to_dict(), "result": r}
-                for c, r in zip(cells, results)]})
-  print(f"{len(cells)} cells done; results in {out}")
+    del argv
+    base, axes = sweep.load_sweep(_SWEEP.value)
+    runner = sweep.load_runner(_RUNNER.value)
+    keys = (
+        _VMAPPABLE.value if _VMAPPABLE.value is not None else getattr(runner, "vmappable_keys", ())
+    )
+    cells = sweep.expand(base, axes)
+    if _DRY_RUN.value:
+        for g in sweep.group_cells(cells, keys, _MAX_GROUP.value):
+            print(f"group {g.key}: cells {g.indices}")
+        return
+    results = sweep.run_sweep(
+        cells, runner, _WORKDIR.value, keys, log=logging.info, max_group_size=_MAX_GROUP.value
+    )
+    out = os.path.join(_WORKDIR.value, "results.json")
+    sweep.write_json_atomic(
+        out,
+        {
+            "sweep": _SWEEP.value,
+            "runner": _RUNNER.value,
+            "vmappable_keys": list(keys),
+            "cells": [
+                {"hash": sweep.cell_hash(c), "config": c.to_dict(), "result": r}
+                for c, r in zip(cells, results)
+            ],
+        },
+    )
+    print(f"{len(cells)} cells done; results in {out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -37,7 +37,6 @@ callers should not differentiate through them (``grpo_jax.losses`` stops gradien
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 ESTIMATORS: tuple[str, ...] = ("grpo", "drgrpo", "rloo")

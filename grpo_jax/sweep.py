@@ -56,126 +56,128 @@ MANIFEST = "manifest.json"
 
 
 def zip_axis(values_by_key: dict[str, Sequence[Any]]) -> Axis:
-  """Zipped axis from ``{dotted_key: values}``; all value lists must have the same length.
+    """Zipped axis from ``{dotted_key: values}``; all value lists must have the same length.
 
-  ``zip_axis({"optim.lr": [1e-3, 3e-4], "optim.warmup": [10, 100]})`` gives two cells'
-  worth of values, ``(1e-3, 10)`` and ``(3e-4, 100)``, not four.
-  """
-  if not values_by_key:
-    raise ValueError("zip_axis needs at least one key.")
-  lengths = {k: len(v) for k, v in values_by_key.items()}
-  if len(set(lengths.values())) != 1:
-    raise ValueError(f"zip_axis: value lists differ in length: {lengths}")
-  keys = tuple(values_by_key)
-  return keys, list(zip(*(values_by_key[k] for k in keys)))
+    ``zip_axis({"optim.lr": [1e-3, 3e-4], "optim.warmup": [10, 100]})`` gives two cells'
+    worth of values, ``(1e-3, 10)`` and ``(3e-4, 100)``, not four.
+    """
+    if not values_by_key:
+        raise ValueError("zip_axis needs at least one key.")
+    lengths = {k: len(v) for k, v in values_by_key.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"zip_axis: value lists differ in length: {lengths}")
+    keys = tuple(values_by_key)
+    return keys, list(zip(*(values_by_key[k] for k in keys)))
 
 
 def _normalise_axis(axis: Axis) -> tuple[tuple[str, ...], list[tuple]]:
-  """``(key, values)`` or ``((keys...), [(values...), ...])`` -> (keys, list of value tuples)."""
-  if not (isinstance(axis, (tuple, list)) and len(axis) == 2):
-    raise ValueError(f"An axis is (key, values) or ((keys...), [(values...)...]); got {axis!r}")
-  key, values = axis
-  values = list(values)
-  if not values:
-    raise ValueError(f"Axis {key!r} has no values.")
-  if isinstance(key, str):
-    return (key,), [(v,) for v in values]
-  keys = tuple(key)
-  if not keys or not all(isinstance(k, str) for k in keys):
-    raise ValueError(f"Axis keys must be dotted strings; got {key!r}")
-  for v in values:
-    if not isinstance(v, (tuple, list)) or len(v) != len(keys):
-      raise ValueError(f"Zipped axis {keys}: value {v!r} does not have {len(keys)} entries.")
-  return keys, [tuple(v) for v in values]
+    """``(key, values)`` or ``((keys...), [(values...), ...])`` -> (keys, list of value tuples)."""
+    if not (isinstance(axis, (tuple, list)) and len(axis) == 2):
+        raise ValueError(f"An axis is (key, values) or ((keys...), [(values...)...]); got {axis!r}")
+    key, values = axis
+    values = list(values)
+    if not values:
+        raise ValueError(f"Axis {key!r} has no values.")
+    if isinstance(key, str):
+        return (key,), [(v,) for v in values]
+    keys = tuple(key)
+    if not keys or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"Axis keys must be dotted strings; got {key!r}")
+    for v in values:
+        if not isinstance(v, (tuple, list)) or len(v) != len(keys):
+            raise ValueError(f"Zipped axis {keys}: value {v!r} does not have {len(keys)} entries.")
+    return keys, [tuple(v) for v in values]
 
 
 def _lookup_parent(config: ml_collections.ConfigDict, key: str):
-  """The ConfigDict that holds dotted ``key`` and the last name; KeyError if missing."""
-  parts = key.split(".")
-  node = config
-  for i, part in enumerate(parts):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      where = ".".join(parts[:i]) or "<root>"
-      valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      raise KeyError(f"Config key {key!r} not found: {where!r} has keys {valid}")
-    if i < len(parts) - 1:
-      node = node[part]
-  return node, parts[-1]
+    """The ConfigDict that holds dotted ``key`` and the last name; KeyError if missing."""
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(parts[:i]) or "<root>"
+            valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            raise KeyError(f"Config key {key!r} not found: {where!r} has keys {valid}")
+        if i < len(parts) - 1:
+            node = node[part]
+    return node, parts[-1]
 
 
 def get_value(config: ml_collections.ConfigDict, key: str) -> Any:
-  """Value of dotted ``key`` in ``config`` (KeyError naming the key if absent)."""
-  parent, name = _lookup_parent(config, key)
-  return parent[name]
+    """Value of dotted ``key`` in ``config`` (KeyError naming the key if absent)."""
+    parent, name = _lookup_parent(config, key)
+    return parent[name]
 
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-  """Set existing dotted ``key`` in place (ml_collections' type checks apply)."""
-  parent, name = _lookup_parent(config, key)
-  with parent.unlocked():
-    parent[name] = value
+    """Set existing dotted ``key`` in place (ml_collections' type checks apply)."""
+    parent, name = _lookup_parent(config, key)
+    with parent.unlocked():
+        parent[name] = value
 
 
-def expand(base: ml_collections.ConfigDict, axes: Sequence[Axis]) -> list[ml_collections.ConfigDict]:
-  """Cartesian product of ``axes`` applied to ``base`` -> list of resolved cell configs.
+def expand(
+    base: ml_collections.ConfigDict, axes: Sequence[Axis]
+) -> list[ml_collections.ConfigDict]:
+    """Cartesian product of ``axes`` applied to ``base`` -> list of resolved cell configs.
 
-  Each cell is a deep copy of ``base`` with the axis values set (field references are kept
-  while setting, so derived fields follow), then resolved with
-  ``copy_and_resolve_references``. With no axes the single cell is ``base`` itself.
-  A key that appears on two axes is a ``ValueError``.
-  """
-  norm = [_normalise_axis(a) for a in axes]
-  seen: set[str] = set()
-  for keys, _ in norm:
-    for k in keys:
-      if k in seen:
-        raise ValueError(f"Key {k!r} appears on more than one axis.")
-      seen.add(k)
-      get_value(base, k)  # fail early, naming the key
-  cells = []
-  for combo in itertools.product(*(vals for _, vals in norm)):
-    cell = copy.deepcopy(base)
-    for (keys, _), values in zip(norm, combo):
-      for k, v in zip(keys, values):
-        set_value(cell, k, v)
-    cells.append(cell.copy_and_resolve_references())
-  return cells
+    Each cell is a deep copy of ``base`` with the axis values set (field references are kept
+    while setting, so derived fields follow), then resolved with
+    ``copy_and_resolve_references``. With no axes the single cell is ``base`` itself.
+    A key that appears on two axes is a ``ValueError``.
+    """
+    norm = [_normalise_axis(a) for a in axes]
+    seen: set[str] = set()
+    for keys, _ in norm:
+        for k in keys:
+            if k in seen:
+                raise ValueError(f"Key {k!r} appears on more than one axis.")
+            seen.add(k)
+            get_value(base, k)  # fail early, naming the key
+    cells = []
+    for combo in itertools.product(*(vals for _, vals in norm)):
+        cell = copy.deepcopy(base)
+        for (keys, _), values in zip(norm, combo):
+            for k, v in zip(keys, values):
+                set_value(cell, k, v)
+        cells.append(cell.copy_and_resolve_references())
+    return cells
 
 
 # --------------------------------------------------------------------------- hashing
 
 
 def _jsonable(x: Any) -> Any:
-  """Plain-JSON view of config values and results: tuples -> lists, numpy -> Python."""
-  if isinstance(x, ml_collections.ConfigDict):
-    x = x.to_dict()
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (bool, int, float, str)) or x is None:
-    return x
-  if isinstance(x, np.generic):
-    return x.item()
-  if hasattr(x, "tolist"):  # numpy / jax arrays
-    return _jsonable(np.asarray(x).tolist())
-  if isinstance(x, ml_collections.FieldReference):
-    return _jsonable(x.get())
-  raise TypeError(f"Value of type {type(x).__name__} is not JSON-serialisable: {x!r}")
+    """Plain-JSON view of config values and results: tuples -> lists, numpy -> Python."""
+    if isinstance(x, ml_collections.ConfigDict):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (bool, int, float, str)) or x is None:
+        return x
+    if isinstance(x, np.generic):
+        return x.item()
+    if hasattr(x, "tolist"):  # numpy / jax arrays
+        return _jsonable(np.asarray(x).tolist())
+    if isinstance(x, ml_collections.FieldReference):
+        return _jsonable(x.get())
+    raise TypeError(f"Value of type {type(x).__name__} is not JSON-serialisable: {x!r}")
 
 
 def canonical_json(config: ml_collections.ConfigDict | dict) -> str:
-  """Sorted, whitespace-free JSON of a config: the exact text that :func:`cell_hash` hashes."""
-  return json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    """Sorted, whitespace-free JSON of a config: the exact text that :func:`cell_hash` hashes."""
+    return json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=True)
 
 
 def cell_hash(config: ml_collections.ConfigDict | dict, length: int = 16) -> str:
-  """Stable hash of a config: ``sha256(canonical_json(config))[:length]`` in hex.
+    """Stable hash of a config: ``sha256(canonical_json(config))[:length]`` in hex.
 
-  Independent of key insertion order and of Python's hash randomisation; an int and a float
-  of equal value (``1`` vs ``1.0``) hash differently, as they are different configs.
-  """
-  return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:length]
+    Independent of key insertion order and of Python's hash randomisation; an int and a float
+    of equal value (``1`` vs ``1.0``) hash differently, as they are different configs.
+    """
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:length]
 
 
 # --------------------------------------------------------------------------- grouping
@@ -183,296 +185,339 @@ def cell_hash(config: ml_collections.ConfigDict | dict, length: int = 16) -> str
 
 @dataclasses.dataclass
 class Group:
-  """Cells that share one compiled program.
+    """Cells that share one compiled program.
 
-  Attributes:
-    static_config: the cells' common config with the vmappable keys removed, so that a
-      runner cannot silently use one cell's value for the whole population.
-    cells: the cell configs, in sweep order.
-    indices: positions of ``cells`` in the list given to :func:`group_cells`.
-    key: hash of ``static_config``.
-  """
+    Attributes:
+      static_config: the cells' common config with the vmappable keys removed, so that a
+        runner cannot silently use one cell's value for the whole population.
+      cells: the cell configs, in sweep order.
+      indices: positions of ``cells`` in the list given to :func:`group_cells`.
+      key: hash of ``static_config``.
+    """
 
-  static_config: ml_collections.ConfigDict
-  cells: list
-  indices: list
-  key: str
-
-
-def static_part(config: ml_collections.ConfigDict, vmappable_keys: Iterable[str]) -> ml_collections.ConfigDict:
-  """Copy of ``config`` without the vmappable keys (keys absent from ``config`` are ignored)."""
-  out = copy.deepcopy(config)
-  for k in sorted(set(vmappable_keys)):
-    try:
-      parent, name = _lookup_parent(out, k)
-    except KeyError:
-      continue
-    with parent.unlocked():
-      del parent[name]
-  return out
+    static_config: ml_collections.ConfigDict
+    cells: list
+    indices: list
+    key: str
 
 
-def group_cells(cells: Sequence[ml_collections.ConfigDict], vmappable_keys: Iterable[str],
-                max_group_size: int | None = None) -> list[Group]:
-  """Group cells that differ only in ``vmappable_keys``.
+def static_part(
+    config: ml_collections.ConfigDict, vmappable_keys: Iterable[str]
+) -> ml_collections.ConfigDict:
+    """Copy of ``config`` without the vmappable keys (keys absent from ``config`` are ignored)."""
+    out = copy.deepcopy(config)
+    for k in sorted(set(vmappable_keys)):
+        try:
+            parent, name = _lookup_parent(out, k)
+        except KeyError:
+            continue
+        with parent.unlocked():
+            del parent[name]
+    return out
 
-  Groups come in order of their first cell; cells within a group keep sweep order. With
-  ``max_group_size`` a large group is split into consecutive chunks of at most that many
-  cells (to bound a population's memory).
-  """
-  if max_group_size is not None and max_group_size < 1:
-    raise ValueError(f"max_group_size must be >= 1; got {max_group_size}")
-  vmappable_keys = set(vmappable_keys)
-  by_key: dict[str, Group] = {}
-  for i, cell in enumerate(cells):
-    static = static_part(cell, vmappable_keys)
-    key = cell_hash(static)
-    if key not in by_key:
-      by_key[key] = Group(static_config=static, cells=[], indices=[], key=key)
-    by_key[key].cells.append(cell)
-    by_key[key].indices.append(i)
-  groups = list(by_key.values())
-  if max_group_size is None:
-    return groups
-  out = []
-  for g in groups:
-    for s in range(0, len(g.cells), max_group_size):
-      out.append(Group(g.static_config, g.cells[s:s + max_group_size],
-                       g.indices[s:s + max_group_size], g.key))
-  return out
+
+def group_cells(
+    cells: Sequence[ml_collections.ConfigDict],
+    vmappable_keys: Iterable[str],
+    max_group_size: int | None = None,
+) -> list[Group]:
+    """Group cells that differ only in ``vmappable_keys``.
+
+    Groups come in order of their first cell; cells within a group keep sweep order. With
+    ``max_group_size`` a large group is split into consecutive chunks of at most that many
+    cells (to bound a population's memory).
+    """
+    if max_group_size is not None and max_group_size < 1:
+        raise ValueError(f"max_group_size must be >= 1; got {max_group_size}")
+    vmappable_keys = set(vmappable_keys)
+    by_key: dict[str, Group] = {}
+    for i, cell in enumerate(cells):
+        static = static_part(cell, vmappable_keys)
+        key = cell_hash(static)
+        if key not in by_key:
+            by_key[key] = Group(static_config=static, cells=[], indices=[], key=key)
+        by_key[key].cells.append(cell)
+        by_key[key].indices.append(i)
+    groups = list(by_key.values())
+    if max_group_size is None:
+        return groups
+    out = []
+    for g in groups:
+        for s in range(0, len(g.cells), max_group_size):
+            out.append(
+                Group(
+                    g.static_config,
+                    g.cells[s : s + max_group_size],
+                    g.indices[s : s + max_group_size],
+                    g.key,
+                )
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- cache + runner
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``.
+    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``.
 
-  The object is serialised before anything touches the disk, so a serialisation error
-  leaves neither ``path`` nor a temporary file behind.
-  """
-  text = json.dumps(_jsonable(obj), indent=1, sort_keys=True, allow_nan=True)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    The object is serialised before anything touches the disk, so a serialisation error
+    leaves neither ``path`` nor a temporary file behind.
+    """
+    text = json.dumps(_jsonable(obj), indent=1, sort_keys=True, allow_nan=True)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def cell_path(workdir: str, h: str) -> str:
-  return os.path.join(workdir, CELLS_DIR, f"{h}.json")
+    return os.path.join(workdir, CELLS_DIR, f"{h}.json")
 
 
 def load_cell(workdir: str, h: str) -> dict | None:
-  """The stored record ``{"hash", "config", "result", ...}`` of a cell, or None if absent."""
-  path = cell_path(workdir, h)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+    """The stored record ``{"hash", "config", "result", ...}`` of a cell, or None if absent."""
+    path = cell_path(workdir, h)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
-def run_sweep(cells: Sequence[ml_collections.ConfigDict], run_group_fn: RunGroupFn, workdir: str,
-              vmappable_keys: Iterable[str] = (), log: Callable[[str], Any] = print,
-              max_group_size: int | None = None) -> list[dict]:
-  """Run every unfinished cell, group by group, and return all results in cell order.
+def run_sweep(
+    cells: Sequence[ml_collections.ConfigDict],
+    run_group_fn: RunGroupFn,
+    workdir: str,
+    vmappable_keys: Iterable[str] = (),
+    log: Callable[[str], Any] = print,
+    max_group_size: int | None = None,
+) -> list[dict]:
+    """Run every unfinished cell, group by group, and return all results in cell order.
 
-  1. Writes ``<workdir>/manifest.json``: every cell's index, hash and config, the vmappable
-     keys, and the group of each cell.
-  2. Cells whose ``<workdir>/cells/<hash>.json`` exists are finished and skipped.
-  3. The remaining cells are grouped (:func:`group_cells`) and each group is run with
-     ``run_group_fn(group.static_config, group.cells)``, which must return one JSON-serialisable
-     dict per cell in the same order. Each group's results are written (atomically) as soon
-     as it returns, so an exception in a later group loses nothing already finished; the
-     exception propagates, and a re-run redoes only the unfinished cells.
+    1. Writes ``<workdir>/manifest.json``: every cell's index, hash and config, the vmappable
+       keys, and the group of each cell.
+    2. Cells whose ``<workdir>/cells/<hash>.json`` exists are finished and skipped.
+    3. The remaining cells are grouped (:func:`group_cells`) and each group is run with
+       ``run_group_fn(group.static_config, group.cells)``, which must return one JSON-serialisable
+       dict per cell in the same order. Each group's results are written (atomically) as soon
+       as it returns, so an exception in a later group loses nothing already finished; the
+       exception propagates, and a re-run redoes only the unfinished cells.
 
-  Returns:
-    ``results[i]`` is the result dict of ``cells[i]`` (read back from JSON, cached or new).
-  """
-  vmappable_keys = sorted(set(vmappable_keys))
-  hashes = [cell_hash(c) for c in cells]
-  dupes = sorted(h for h, k in collections.Counter(hashes).items() if k > 1)
-  if dupes:
-    idx = [[i for i, h in enumerate(hashes) if h == d] for d in dupes]
-    raise ValueError(f"Identical cells in the sweep (same config) at indices {idx}.")
-  all_groups = group_cells(cells, vmappable_keys)
-  group_of = {i: g.key for g in all_groups for i in g.indices}
-  os.makedirs(os.path.join(workdir, CELLS_DIR), exist_ok=True)
-  write_json_atomic(os.path.join(workdir, MANIFEST), {
-      "vmappable_keys": vmappable_keys,
-      "num_cells": len(cells),
-      "num_groups": len(all_groups),
-      "cells": [{"index": i, "hash": h, "group": group_of[i], "config": c.to_dict()}
-                for i, (c, h) in enumerate(zip(cells, hashes))],
-  })
+    Returns:
+      ``results[i]`` is the result dict of ``cells[i]`` (read back from JSON, cached or new).
+    """
+    vmappable_keys = sorted(set(vmappable_keys))
+    hashes = [cell_hash(c) for c in cells]
+    dupes = sorted(h for h, k in collections.Counter(hashes).items() if k > 1)
+    if dupes:
+        idx = [[i for i, h in enumerate(hashes) if h == d] for d in dupes]
+        raise ValueError(f"Identical cells in the sweep (same config) at indices {idx}.")
+    all_groups = group_cells(cells, vmappable_keys)
+    group_of = {i: g.key for g in all_groups for i in g.indices}
+    os.makedirs(os.path.join(workdir, CELLS_DIR), exist_ok=True)
+    write_json_atomic(
+        os.path.join(workdir, MANIFEST),
+        {
+            "vmappable_keys": vmappable_keys,
+            "num_cells": len(cells),
+            "num_groups": len(all_groups),
+            "cells": [
+                {"index": i, "hash": h, "group": group_of[i], "config": c.to_dict()}
+                for i, (c, h) in enumerate(zip(cells, hashes))
+            ],
+        },
+    )
 
-  results: list[dict | None] = [None] * len(cells)
-  pending = []
-  for i, h in enumerate(hashes):
-    stored = load_cell(workdir, h)
-    if stored is not None:
-      results[i] = stored["result"]
-    else:
-      pending.append(i)
-  log(f"sweep: {len(cells)} cells in {len(all_groups)} groups; "
-      f"{len(cells) - len(pending)} cached, {len(pending)} to run")
+    results: list[dict | None] = [None] * len(cells)
+    pending = []
+    for i, h in enumerate(hashes):
+        stored = load_cell(workdir, h)
+        if stored is not None:
+            results[i] = stored["result"]
+        else:
+            pending.append(i)
+    log(
+        f"sweep: {len(cells)} cells in {len(all_groups)} groups; "
+        f"{len(cells) - len(pending)} cached, {len(pending)} to run"
+    )
 
-  groups = group_cells([cells[i] for i in pending], vmappable_keys, max_group_size)
-  for gi, group in enumerate(groups):
-    idx = [pending[j] for j in group.indices]
-    log(f"sweep: group {gi + 1}/{len(groups)} ({len(idx)} cells, program {group.key})")
-    t0 = time.perf_counter()
-    out = run_group_fn(group.static_config, list(group.cells))
-    seconds = time.perf_counter() - t0
-    out = list(out)
-    if len(out) != len(idx):
-      raise ValueError(f"run_group_fn returned {len(out)} results for {len(idx)} cells.")
-    # Serialise the whole group first: a bad result fails before any file of it is written.
-    out = [json.loads(json.dumps(_jsonable(r), allow_nan=True)) for r in out]
-    for i, r in zip(idx, out):
-      if not isinstance(r, dict):
-        raise TypeError(f"run_group_fn must return dicts; cell {i} got {type(r).__name__}.")
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    for i, r in zip(idx, out):
-      write_json_atomic(cell_path(workdir, hashes[i]), {
-          "hash": hashes[i], "index": i, "config": cells[i].to_dict(), "result": r,
-          "group": group.key, "group_seconds": seconds, "group_size": len(idx),
-          "finished": stamp})
-      results[i] = r
-    log(f"sweep: group {gi + 1}/{len(groups)} done in {seconds:.2f}s")
-  return results  # type: ignore[return-value]
+    groups = group_cells([cells[i] for i in pending], vmappable_keys, max_group_size)
+    for gi, group in enumerate(groups):
+        idx = [pending[j] for j in group.indices]
+        log(f"sweep: group {gi + 1}/{len(groups)} ({len(idx)} cells, program {group.key})")
+        t0 = time.perf_counter()
+        out = run_group_fn(group.static_config, list(group.cells))
+        seconds = time.perf_counter() - t0
+        out = list(out)
+        if len(out) != len(idx):
+            raise ValueError(f"run_group_fn returned {len(out)} results for {len(idx)} cells.")
+        # Serialise the whole group first: a bad result fails before any file of it is written.
+        out = [json.loads(json.dumps(_jsonable(r), allow_nan=True)) for r in out]
+        for i, r in zip(idx, out):
+            if not isinstance(r, dict):
+                raise TypeError(f"run_group_fn must return dicts; cell {i} got {type(r).__name__}.")
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        for i, r in zip(idx, out):
+            write_json_atomic(
+                cell_path(workdir, hashes[i]),
+                {
+                    "hash": hashes[i],
+                    "index": i,
+                    "config": cells[i].to_dict(),
+                    "result": r,
+                    "group": group.key,
+                    "group_seconds": seconds,
+                    "group_size": len(idx),
+                    "finished": stamp,
+                },
+            )
+            results[i] = r
+        log(f"sweep: group {gi + 1}/{len(groups)} done in {seconds:.2f}s")
+    return results  # type: ignore[return-value]
 
 
 def load_results(workdir: str) -> tuple[list[dict], int]:
-  """Results of the sweep in ``workdir``, in manifest order, without running anything.
+    """Results of the sweep in ``workdir``, in manifest order, without running anything.
 
-  Returns ``(results, n_missing)``: the result dicts of the finished cells and the number
-  of manifest cells that have no result yet (e.g. to write a report of a partial sweep).
-  """
-  with open(os.path.join(workdir, MANIFEST)) as f:
-    manifest = json.load(f)
-  results, missing = [], 0
-  for entry in manifest["cells"]:
-    stored = load_cell(workdir, entry["hash"])
-    if stored is None:
-      missing += 1
-    else:
-      results.append(stored["result"])
-  return results, missing
+    Returns ``(results, n_missing)``: the result dicts of the finished cells and the number
+    of manifest cells that have no result yet (e.g. to write a report of a partial sweep).
+    """
+    with open(os.path.join(workdir, MANIFEST)) as f:
+        manifest = json.load(f)
+    results, missing = [], 0
+    for entry in manifest["cells"]:
+        stored = load_cell(workdir, entry["hash"])
+        if stored is None:
+            missing += 1
+        else:
+            results.append(stored["result"])
+    return results, missing
 
 
 # --------------------------------------------------------------------------- loading by name
 
 
 def load_sweep(spec: str):
-  """``"path/to/sweep.py[:arg]"`` -> ``(base, axes)`` from the file's ``get_sweep(arg)``.
+    """``"path/to/sweep.py[:arg]"`` -> ``(base, axes)`` from the file's ``get_sweep(arg)``.
 
-  Without ``:arg``, ``get_sweep()`` is called with no argument.
-  """
-  path, arg = spec, None
-  if ":" in spec and not os.path.exists(spec):
-    path, arg = spec.split(":", 1)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"Sweep file {path!r} not found.")
-  name = "sweep_def_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
-  module_spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    raise AttributeError(f"Sweep file {path!r} defines no get_sweep(arg=None).")
-  out = module.get_sweep() if arg is None else module.get_sweep(arg)
-  if not (isinstance(out, tuple) and len(out) == 2
-          and isinstance(out[0], ml_collections.ConfigDict)):
-    raise TypeError(f"{path}: get_sweep must return (ConfigDict, list_of_axes).")
-  return out
+    Without ``:arg``, ``get_sweep()`` is called with no argument.
+    """
+    path, arg = spec, None
+    if ":" in spec and not os.path.exists(spec):
+        path, arg = spec.split(":", 1)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Sweep file {path!r} not found.")
+    name = "sweep_def_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise AttributeError(f"Sweep file {path!r} defines no get_sweep(arg=None).")
+    out = module.get_sweep() if arg is None else module.get_sweep(arg)
+    if not (
+        isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], ml_collections.ConfigDict)
+    ):
+        raise TypeError(f"{path}: get_sweep must return (ConfigDict, list_of_axes).")
+    return out
 
 
 def load_runner(spec: str) -> RunGroupFn:
-  """``"package.module:function"`` -> the function (imported by name)."""
-  if ":" not in spec:
-    raise ValueError(f"Runner must be 'module:function'; got {spec!r}")
-  module_name, fn_name = spec.split(":", 1)
-  module = importlib.import_module(module_name)
-  try:
-    return getattr(module, fn_name)
-  except AttributeError:
-    raise AttributeError(f"Module {module_name!r} has no function {fn_name!r}.") from None
+    """``"package.module:function"`` -> the function (imported by name)."""
+    if ":" not in spec:
+        raise ValueError(f"Runner must be 'module:function'; got {spec!r}")
+    module_name, fn_name = spec.split(":", 1)
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, fn_name)
+    except AttributeError:
+        raise AttributeError(f"Module {module_name!r} has no function {fn_name!r}.") from None
 
 
 # --------------------------------------------------------------------------- demo runner
 
 
-def bandit_optimum(rewards: np.ndarray, ref: np.ndarray, beta: np.ndarray,
-                   divergence: str, iters: int = 200) -> np.ndarray:
-  """Closed-form maximiser of ``E_pi[R] - beta * D(pi, ref)`` over distributions, vectorised.
+def bandit_optimum(
+    rewards: np.ndarray, ref: np.ndarray, beta: np.ndarray, divergence: str, iters: int = 200
+) -> np.ndarray:
+    """Closed-form maximiser of ``E_pi[R] - beta * D(pi, ref)`` over distributions, vectorised.
 
-  Args:
-    rewards: ``[A]`` reward of each arm.
-    ref: ``[A]`` reference distribution (positive, sums to 1).
-    beta: ``[N]`` positive KL coefficients.
-    divergence: ``"reverse"`` (KL[pi||ref]): ``pi ∝ ref * exp(R / beta)``;
-      ``"forward"`` (KL[ref||pi]): ``pi = beta * ref / (lam - R)``, ``lam > max R`` fixed by
-      ``sum(pi) = 1`` (found by bisection; the sum decreases in ``lam``).
-  Returns:
-    ``[N, A]`` optimal policies.
-  """
-  valid = ("reverse", "forward")
-  if divergence not in valid:
-    raise ValueError(f"Unknown divergence {divergence!r}; valid: {valid}")
-  r = np.asarray(rewards, np.float64)[None, :]
-  p = np.asarray(ref, np.float64)[None, :]
-  b = np.asarray(beta, np.float64)[:, None]
-  if divergence == "reverse":
-    z = np.log(p) + r / b
-    z = z - z.max(axis=1, keepdims=True)
-    pi = np.exp(z)
+    Args:
+      rewards: ``[A]`` reward of each arm.
+      ref: ``[A]`` reference distribution (positive, sums to 1).
+      beta: ``[N]`` positive KL coefficients.
+      divergence: ``"reverse"`` (KL[pi||ref]): ``pi ∝ ref * exp(R / beta)``;
+        ``"forward"`` (KL[ref||pi]): ``pi = beta * ref / (lam - R)``, ``lam > max R`` fixed by
+        ``sum(pi) = 1`` (found by bisection; the sum decreases in ``lam``).
+    Returns:
+      ``[N, A]`` optimal policies.
+    """
+    valid = ("reverse", "forward")
+    if divergence not in valid:
+        raise ValueError(f"Unknown divergence {divergence!r}; valid: {valid}")
+    r = np.asarray(rewards, np.float64)[None, :]
+    p = np.asarray(ref, np.float64)[None, :]
+    b = np.asarray(beta, np.float64)[:, None]
+    if divergence == "reverse":
+        z = np.log(p) + r / b
+        z = z - z.max(axis=1, keepdims=True)
+        pi = np.exp(z)
+        return pi / pi.sum(axis=1, keepdims=True)
+    # f(lam) = sum_a b p_a / (lam - R_a) decreases on (max R, inf); f -> inf as lam -> max R,
+    # and f(max R + b) <= sum_a p_a = 1 since every lam - R_a >= b. So bisect on that bracket.
+    lo = np.full_like(b, r.max())
+    hi = r.max() + b
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        s = (b * p / (mid - r)).sum(axis=1, keepdims=True)
+        lo = np.where(s > 1, mid, lo)
+        hi = np.where(s > 1, hi, mid)
+    pi = b * p / (0.5 * (lo + hi) - r)
     return pi / pi.sum(axis=1, keepdims=True)
-  # f(lam) = sum_a b p_a / (lam - R_a) decreases on (max R, inf); f -> inf as lam -> max R,
-  # and f(max R + b) <= sum_a p_a = 1 since every lam - R_a >= b. So bisect on that bracket.
-  lo = np.full_like(b, r.max())
-  hi = r.max() + b
-  for _ in range(iters):
-    mid = 0.5 * (lo + hi)
-    s = (b * p / (mid - r)).sum(axis=1, keepdims=True)
-    lo = np.where(s > 1, mid, lo)
-    hi = np.where(s > 1, hi, mid)
-  pi = b * p / (0.5 * (lo + hi) - r)
-  return pi / pi.sum(axis=1, keepdims=True)
 
 
 def closed_form_bandit_runner(static_config: ml_collections.ConfigDict, cells: list) -> list[dict]:
-  """Demo runner: the closed-form optimum of a bandit, one population per divergence.
+    """Demo runner: the closed-form optimum of a bandit, one population per divergence.
 
-  Needs ``static_config.bandit.rewards`` ``[A]``, ``static_config.bandit.ref`` ``[A]`` and
-  ``static_config.loss.divergence``; each cell gives ``loss.beta`` and ``seed``. The seed
-  only adds ``noise`` (``static_config.bandit.noise``) to the reported reward, so that a
-  sweep over seeds has something to average. Vectorised over the cells, like a vmapped
-  trainer population.
-  """
-  rewards = np.asarray(static_config.bandit.rewards, np.float64)
-  ref = np.asarray(static_config.bandit.ref, np.float64)
-  beta = np.array([c.loss.beta for c in cells], np.float64)
-  pi = bandit_optimum(rewards, ref, beta, static_config.loss.divergence)
-  kl_rev = (pi * (np.log(pi) - np.log(ref)[None, :])).sum(axis=1)
-  kl_fwd = (ref[None, :] * (np.log(ref)[None, :] - np.log(pi))).sum(axis=1)
-  reward = pi @ rewards
-  noise = float(static_config.bandit.get("noise", 0.0))
-  out = []
-  for n, c in enumerate(cells):
-    eps = np.random.default_rng(int(c.seed)).normal() * noise
-    out.append({"policy": pi[n].tolist(), "reward": float(reward[n] + eps),
-                "exact_kl_rev": float(kl_rev[n]), "exact_kl_fwd": float(kl_fwd[n]),
-                "objective_check": float(reward[n] - c.loss.beta * (
-                    kl_rev[n] if static_config.loss.divergence == "reverse" else kl_fwd[n]))})
-  return out
+    Needs ``static_config.bandit.rewards`` ``[A]``, ``static_config.bandit.ref`` ``[A]`` and
+    ``static_config.loss.divergence``; each cell gives ``loss.beta`` and ``seed``. The seed
+    only adds ``noise`` (``static_config.bandit.noise``) to the reported reward, so that a
+    sweep over seeds has something to average. Vectorised over the cells, like a vmapped
+    trainer population.
+    """
+    rewards = np.asarray(static_config.bandit.rewards, np.float64)
+    ref = np.asarray(static_config.bandit.ref, np.float64)
+    beta = np.array([c.loss.beta for c in cells], np.float64)
+    pi = bandit_optimum(rewards, ref, beta, static_config.loss.divergence)
+    kl_rev = (pi * (np.log(pi) - np.log(ref)[None, :])).sum(axis=1)
+    kl_fwd = (ref[None, :] * (np.log(ref)[None, :] - np.log(pi))).sum(axis=1)
+    reward = pi @ rewards
+    noise = float(static_config.bandit.get("noise", 0.0))
+    out = []
+    for n, c in enumerate(cells):
+        eps = np.random.default_rng(int(c.seed)).normal() * noise
+        out.append(
+            {
+                "policy": pi[n].tolist(),
+                "reward": float(reward[n] + eps),
+                "exact_kl_rev": float(kl_rev[n]),
+                "exact_kl_fwd": float(kl_fwd[n]),
+                "objective_check": float(
+                    reward[n]
+                    - c.loss.beta
+                    * (kl_rev[n] if static_config.loss.divergence == "reverse" else kl_fwd[n])
+                ),
+            }
+        )
+    return out
 
 
 closed_form_bandit_runner.vmappable_keys = ("seed", "loss.beta")

@@ -16,26 +16,29 @@ from grpo_jax.sweep import zip_axis
 
 
 def get_sweep(arg=None):
-  small = arg == "small"
-  base = ml_collections.ConfigDict()
-  base.seed = 0
-  base.bandit = ml_collections.ConfigDict()
-  base.bandit.rewards = (1.0, 0.8, 0.2, 0.0)
-  base.bandit.ref = (0.1, 0.2, 0.3, 0.4)
-  base.bandit.noise = 0.01
-  base.loss = ml_collections.ConfigDict()
-  base.loss.divergence = "reverse"
-  base.loss.beta = 0.1
-  # Unused by the closed form; shows a zipped axis (values move together).
-  base.optim = ml_collections.ConfigDict()
-  base.optim.lr = 1e-3
-  base.optim.warmup = 10
+    small = arg == "small"
+    base = ml_collections.ConfigDict()
+    base.seed = 0
+    base.bandit = ml_collections.ConfigDict()
+    base.bandit.rewards = (1.0, 0.8, 0.2, 0.0)
+    base.bandit.ref = (0.1, 0.2, 0.3, 0.4)
+    base.bandit.noise = 0.01
+    base.loss = ml_collections.ConfigDict()
+    base.loss.divergence = "reverse"
+    base.loss.beta = 0.1
+    # Unused by the closed form; shows a zipped axis (values move together).
+    base.optim = ml_collections.ConfigDict()
+    base.optim.lr = 1e-3
+    base.optim.warmup = 10
 
-  axes = [
-      ("loss.divergence", ["reverse", "forward"]),
-      zip_axis({"optim.lr": [1e-3], "optim.warmup": [10]}) if small else
-      zip_axis({"optim.lr": [1e-3, 3e-4], "optim.warmup": [10, 100]}),
-      ("loss.beta", [0.1, 1.0] if small else [0.03, 0.1, 0.3, 1.0]),
-      ("seed", [0, 1] if small else [0, 1, 2, 3, 4]),
-  ]
-  return base, axes
+    axes = [
+        ("loss.divergence", ["reverse", "forward"]),
+        (
+            zip_axis({"optim.lr": [1e-3], "optim.warmup": [10]})
+            if small
+            else zip_axis({"optim.lr": [1e-3, 3e-4], "optim.warmup": [10, 100]})
+        ),
+        ("loss.beta", [0.1, 1.0] if small else [0.03, 0.1, 0.3, 1.0]),
+        ("seed", [0, 1] if small else [0, 1, 2, 3, 4]),
+    ]
+    return base, axes
