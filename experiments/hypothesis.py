@@ -92,7 +92,8 @@ def run(workdir: str, arg: str = "", report_only: bool = False, log=print) -> di
         "modalities": "; ".join(mods),
         "model": ", ".join(f"{k}={v}" for k, v in hyp.model.items()),
         "GRPO steps per run": f"{hyp.train.num_steps} (Adam lr {hyp.optim.lr}, "
-                              f"1 update per batch, eps 0.2, group-normalised advantages)",
+                              f"1 update per batch, eps {hyp.loss.eps_low}, advantages "
+                              f"'{hyp.loss.advantage_estimator}')",
         "reference pretraining steps": str(hyp.reference.steps),
         "final evaluation": "exact enumeration of every completion (bandit, arithmetic); "
                             "format: exact pass@k, Rao-Blackwellised Monte Carlo "
@@ -103,11 +104,13 @@ def run(workdir: str, arg: str = "", report_only: bool = False, log=print) -> di
                            "exact_reverse/loss (exact per-position KL as the regulariser); "
                            f"none = {hyp.none_choice} at beta 0",
     }
-    if hyp.name == "default":
-        notes["scale"] = ("DEFAULT (small) run: 1-layer width-32 model, 60 GRPO steps, "
-                          "2 betas, 5 seeds; the `full` config (GPU) uses 2 layers width 64, "
-                          "1000 steps, 4 betas, 16 seeds and one more bandit separation and "
-                          "arithmetic modality")
+    m = hyp.model
+    notes["scale"] = (f"{hyp.name.upper()} run: {m.num_layers}-layer width-{m.width} model, "
+                      f"{hyp.train.num_steps} GRPO steps, {len(hyp.betas)} betas "
+                      f"{list(hyp.betas)}, {hyp.num_seeds} seeds, {len(hyp.modalities)} "
+                      f"(task, modality) points" + (
+                          "; the `full` config (GPU) is the publication-scale run"
+                          if hyp.name == "default" else ""))
     path = report.write_report(records, outdir, notes)
     figs = gaussian_figure(outdir, hyp.get('gaussian', {}), log=log)
     if figs:

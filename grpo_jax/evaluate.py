@@ -272,23 +272,6 @@ def _get(config, dotted):
     return node
 
 
-def _history_from_jsonl(path: str, num_members: int) -> dict[str, np.ndarray]:
-    """{metric: [S, steps, ...]} from a run_population metrics.jsonl (one line per step and
-    member)."""
-    import json  # pylint: disable=import-outside-toplevel
-    rows = [[] for _ in range(num_members)]
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                rows[int(r["member"])].append(r)
-    keys = ("reward_mean", "exact_kl_rev", "exact_kl_fwd", "entropy", "mode_shares",
-            "nonfinite")
-    for rr in rows:
-        rr.sort(key=lambda r: r["step"])
-    return {k: np.asarray([[r[k] for r in rr] for rr in rows], np.float64) for k in keys}
-
-
 def run_group(static_config, cells, workdir: str | None = None, log=print) -> list[dict]:
     """`sweep.run_sweep` runner: one vmapped GRPO population per group, evaluated exactly.
 
@@ -312,9 +295,6 @@ def run_group(static_config, cells, workdir: str | None = None, log=print) -> li
     group_key = sweep.cell_hash({"static": static_config, "members": members})
     out = runner.run_population(config, members, os.path.join(workdir, "groups", group_key),
                                 ref_params=ref, log=log)
-    if not out["history"]:  # resumed after training had finished: history from the JSONL
-        out = dict(out, history=_history_from_jsonl(os.path.join(workdir, "groups", group_key,
-                                                                 "metrics.jsonl"), len(members)))
     ev = config.eval
     evaluation = evaluate_population(mcfg, task, out["state"].params, out["state"].ref_params,
                                      tuple(ev.ks), jax.random.PRNGKey(int(ev.get("seed", 0))),

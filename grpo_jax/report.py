@@ -546,6 +546,25 @@ def behaved_like(
     return rows
 
 
+def behaved_like_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Per KL choice, how many (task, modality, beta) cells it ended nearest to each reference.
+
+    Counts only clear answers (bootstrap support >= 0.95); the rest are counted as unclear.
+    Row keys: ``choice, forward, reverse, none, unclear, cells, verdict`` where ``verdict``
+    names the reference with a strict majority of all cells, else "mixed".
+    """
+    out = []
+    for choice in _unique(r["choice"] for r in rows):
+        counts = {"forward": 0, "reverse": 0, "none": 0, "unclear": 0}
+        mine = [r for r in rows if r["choice"] == choice]
+        for r in mine:
+            counts[r["nearest"] if r["support"] >= 0.95 else "unclear"] += 1
+        top = max(("forward", "reverse", "none"), key=counts.get)
+        clear = counts[top] > len(mine) / 2
+        out.append(dict(counts, choice=choice, cells=len(mine), verdict=top if clear else "mixed"))
+    return out
+
+
 def bandit_table(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Seed-mean total variation of each choice's final bandit policy to both closed-form optima.
 
@@ -1068,6 +1087,20 @@ def write_report(
     md += [
         "## Which divergence each choice behaved like",
         "",
+        "Summary: in how many (task, modality, β) cells each choice ended nearest to the exact "
+        "forward-KL runs, the exact reverse-KL runs or the unregularised runs (clear answers "
+        "only; *behaved like* needs a strict majority of all cells, else *mixed*).",
+        "",
+        _md_table(
+            ["KL choice", "→ forward", "→ reverse", "→ none", "unclear", "behaved like"],
+            [
+                [b["choice"], b["forward"], b["reverse"], b["none"], b["unclear"], b["verdict"]]
+                for b in behaved_like_summary(like)
+            ],
+        ),
+        "",
+        "Per cell:",
+        "",
         "Distance = L1 between seed-mean final vectors (mode shares when there are ≥ 2 modes, "
         "else (exact KL_rev, exact KL_fwd)) to the exact forward-KL runs, the exact reverse-KL "
         "runs and the unregularised runs of the same cell. *support* = fraction of bootstrap "
@@ -1171,6 +1204,7 @@ def write_report(
                 "verdicts": ver,
                 "effect_sizes": rows,
                 "behaved_like": like,
+                "behaved_like_summary": behaved_like_summary(like),
                 "bandit": bandit,
                 "figures": {k: [os.path.basename(p) for p in v] for k, v in figures.items()},
                 "notes": {str(k): str(v) for k, v in (notes or {}).items()},

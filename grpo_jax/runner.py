@@ -114,7 +114,9 @@ def make_loss_config(config, **numeric) -> losses.LossConfig:
 
 def kl_choice_of(config, cell: Mapping[str, Any] | None = None) -> str:
     """'ESTIMATOR/PLACEMENT' of a cell: its `loss.kl_choice`, else the config's names."""
-    choice = (cell or {}).get("loss.kl_choice", config.loss.get("kl_choice", ""))
+    cell = cell or {}
+    choice = cell["loss.kl_choice"] if "loss.kl_choice" in cell else config.loss.get(
+        "kl_choice", "")
     return choice or f"{config.loss.kl_estimator}/{config.loss.kl_placement}"
 
 
@@ -146,6 +148,11 @@ def _get(config, dotted: str):
     return node
 
 
+def cell_value(config, cell: Mapping[str, Any], key: str):
+    """A cell's value for the dotted `key`, else the config's (looked up only then)."""
+    return cell[key] if key in cell else _get(config, key)
+
+
 def population_cells(config) -> list[dict[str, Any]]:
     """The members of `config`'s own population: `num_seeds` consecutive seeds."""
     base = {k: _get(config, k) for k in VMAPPABLE_KEYS}
@@ -159,7 +166,7 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
     choices = ["/".join(c) for c in population_kl_choices(config, cells)]
 
     def one(cell):
-        value = lambda k: float(cell.get(k, _get(config, k)))
+        value = lambda k: float(cell_value(config, cell, k))
         loss_cfg = make_loss_config(config, beta=value("loss.beta"),
                                     eps_low=value("loss.eps_low"),
                                     eps_high=value("loss.eps_high"))
@@ -230,7 +237,8 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
     resume branch), while metrics, TensorBoard and the progress bar come from process 0 only.
 
     Returns:
-      {"state": final population state, "history": {metric: [S, steps, ...]},
+      {"state": final population state, "history": {metric: [S, steps, ...]} over all steps
+       (read back from metrics.jsonl when the run was resumed),
        "setup": RLSetup, "task": Task, "hparams": Hparams, "cells": cells}
     """
     sharding.maybe_initialize_distributed(config.mesh)  # before any other JAX call
@@ -249,7 +257,7 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
     def init_population(ref, keys):
         return jax.vmap(lambda k: train.init_rl_state(setup, ref, ref, k))(keys)
 
-    keys = jnp.stack([jax.random.PRNGKey(int(c.get("train.seed", config.train.seed)))
+    keys = jnp.stack([jax.random.PRNGKey(int(cell_value(config, c, "train.seed")))
                       for c in cells])
     state_shape = jax.eval_shape(init_population, ref_params, keys)
     state_sharding = _state_shardings(state_shape, mesh, config.mesh.shard_params)
@@ -297,9 +305,9 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
             metrics["tokens_per_s"] = np.full(ok.shape, tokens / seconds)
             history.append(metrics)
             for m in range(num):
-                writer.write_many(step, [dict(r, member=m, seed=int(
-                    cells[m].get("train.seed", config.train.seed))) for r in
-                    _member_rows(metrics, m)])
+                seed = int(cell_value(config, cells[m], "train.seed"))
+                writer.write_many(step, [dict(r, member=m, seed=seed)
+                                         for r in _member_rows(metrics, m)])
             step += chunk
             chunk_index += 1
             if chunk_index % int(config.train.checkpoint_every_chunks) == 0 or step >= total:
@@ -308,8 +316,11 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
                                "kl_rev": float(np.mean(metrics["exact_kl_rev"][:, -1])),
                                "s/step": seconds / chunk})
     bar.close()
-    hist = ({k: np.concatenate([h[k] for h in history], axis=1) for k in history[0]}
-            if history else {})
+    if start > 0 and lead:  # resumed: the whole history is in the JSONL
+        hist = writers.stacked_history(workdir, num)
+    else:
+        hist = ({k: np.concatenate([h[k] for h in history], axis=1) for k in history[0]}
+                if history else {})
     return {"state": state, "history": hist, "setup": setup, "task": task, "hparams": hp,
             "cells": list(cells), "start_step": start, "compile_s": compile_s}
 

@@ -111,6 +111,22 @@ def read_metrics(workdir: str, filename: str = "metrics.jsonl") -> list[dict[str
         return [json.loads(line) for line in f if line.strip()]
 
 
+def stacked_history(workdir: str, num_members: int,
+                    filename: str = "metrics.jsonl") -> dict[str, np.ndarray]:
+    """`{metric: [S, steps, ...]}` from a population's JSONL (one line per step and member,
+    tagged `member`), steps in order: the whole history of a run, resumed or not."""
+    rows: list[list[dict[str, Any]]] = [[] for _ in range(num_members)]
+    for r in read_metrics(workdir, filename):
+        rows[int(r["member"])].append(r)
+    for member_rows in rows:
+        member_rows.sort(key=lambda r: r["step"])
+    if not rows[0]:
+        return {}
+    keys = [k for k in rows[0][0] if k not in ("step", "member", "seed")]
+    return {k: np.asarray([[r[k] for r in member_rows] for member_rows in rows])
+            for k in keys}
+
+
 class Progress:
     """A tqdm progress bar with ETA over RL steps; `update(n, postfix)` between chunks."""
 

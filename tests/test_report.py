@@ -217,6 +217,18 @@ def test_behaved_like_finds_forward_and_reverse():
     assert d["forward"] == pytest.approx(2 * 0.02, abs=0.02)  # |0.52 - 0.50| per mode, 2 modes
 
 
+def test_behaved_like_summary_counts_clear_cells_and_needs_a_majority():
+    row = lambda choice, nearest, support: {"choice": choice, "nearest": nearest,
+                                            "support": support}
+    rows = [row("k3/loss", "forward", 1.0), row("k3/loss", "forward", 0.99),
+            row("k3/loss", "reverse (unclear)", 0.6), row("k2/loss", "reverse", 1.0),
+            row("k2/loss", "none", 1.0), row("k2/loss", "forward (unclear)", 0.5)]
+    summary = {s["choice"]: s for s in report.behaved_like_summary(rows)}
+    assert summary["k3/loss"]["forward"] == 2 and summary["k3/loss"]["unclear"] == 1
+    assert summary["k3/loss"]["verdict"] == "forward"
+    assert summary["k2/loss"]["reverse"] == 1 and summary["k2/loss"]["verdict"] == "mixed"
+
+
 def test_write_report_writes_tables_and_every_figure(tmp_path):
     recs = make_records(
         effect_uni=0.0, effect_multi=1.0, noise=0.01, n_seeds=5, betas=(0.1, 1.0), bandit=True
