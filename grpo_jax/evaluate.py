@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import metrics, model as model_lib, sampling
+from grpo_jax import metrics, model as model_lib, runner, sampling
 
 MAX_ENUMERATED = 20_000  # completions per prompt enumerated exactly; above that, table + MC
 
@@ -262,14 +262,8 @@ def make_records(out: Mapping[str, Any], evaluation: Mapping[str, Any],
 # Sweep runner
 # ------------------------------------------------------------------------------------------
 
-VMAPPABLE_KEYS = ("train.seed", "loss.beta", "loss.kl_choice")
-
-
-def _get(config, dotted):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+# Cells differing only in these share one compiled population (the runner's own list).
+VMAPPABLE_KEYS = runner.VMAPPABLE_KEYS
 
 
 def run_group(static_config, cells, workdir: str | None = None, log=print) -> list[dict]:
@@ -282,10 +276,10 @@ def run_group(static_config, cells, workdir: str | None = None, log=print) -> li
     `references/<hash>`, the population's metrics and checkpoints under `groups/<hash>`.
     Returns one report record per cell (`make_records`).
     """
-    from grpo_jax import runner, sweep  # pylint: disable=import-outside-toplevel
+    from grpo_jax import sweep  # pylint: disable=import-outside-toplevel
     config = cells[0]  # a full config: carries every key run_population needs
     workdir = workdir or static_config.eval.get("workdir", "") or tempfile.mkdtemp("hyp")
-    members = [{k: _get(c, k) for k in runner.VMAPPABLE_KEYS} for c in cells]
+    members = [{k: sweep.get_value(c, k) for k in runner.VMAPPABLE_KEYS} for c in cells]
     task = runner.make_task(config)
     mcfg = runner.make_model_config(config, task)
     ref_key = sweep.cell_hash({"task": config.task, "model": config.model,

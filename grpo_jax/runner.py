@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from grpo_jax import checkpoint, losses, model, sharding, tasks, train, writers
+from grpo_jax.sweep import get_value
 
 # Keys of a config that may differ between members of one population (pytree leaves of the
 # train state / hyperparameters); everything else changes the compiled program.
@@ -141,21 +142,14 @@ def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RL
         kl_choices=tuple(kl_choices))
 
 
-def _get(config, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def cell_value(config, cell: Mapping[str, Any], key: str):
     """A cell's value for the dotted `key`, else the config's (looked up only then)."""
-    return cell[key] if key in cell else _get(config, key)
+    return cell[key] if key in cell else get_value(config, key)
 
 
 def population_cells(config) -> list[dict[str, Any]]:
     """The members of `config`'s own population: `num_seeds` consecutive seeds."""
-    base = {k: _get(config, k) for k in VMAPPABLE_KEYS}
+    base = {k: get_value(config, k) for k in VMAPPABLE_KEYS}
     return [dict(base, **{"train.seed": int(config.train.seed) + i})
             for i in range(int(config.train.num_seeds))]
 

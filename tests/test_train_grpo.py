@@ -117,20 +117,25 @@ def test_one_and_eight_devices_agree(tmp_path):
     would turn any summation-order difference into 1e-3 parameter differences.
     """
     finals = []
-    for devices in (1, 8):
+    for devices, shard_params in ((1, False), (8, False), (8, True)):
         c = tiny_config(steps=4, chunk=2)
         c.optim.eps = 1e-3
         c.mesh.data = devices
+        c.mesh.shard_params = shard_params  # FSDP-style: parameters split along `data` too
         _, _, ref = reference(c)
-        out = runner.run_population(c, runner.population_cells(c), str(tmp_path / str(devices)),
+        out = runner.run_population(c, runner.population_cells(c),
+                                    str(tmp_path / f"{devices}-{shard_params}"),
                                     ref_params=ref, log=lambda *_: None)
         finals.append(out)
-    for a, b in zip(jax.tree.leaves(finals[0]["state"].params),
-                    jax.tree.leaves(finals[1]["state"].params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
-    for k in ("reward_mean", "loss", "exact_kl_rev"):
-        np.testing.assert_allclose(finals[0]["history"][k], finals[1]["history"][k],
-                                   atol=1e-5, rtol=1e-5)
+    sharded = [x.sharding for x in jax.tree.leaves(finals[2]["state"].params)]
+    assert any(not s.is_fully_replicated for s in sharded)  # parameters really are split
+    for other in finals[1:]:
+        for a, b in zip(jax.tree.leaves(finals[0]["state"].params),
+                        jax.tree.leaves(other["state"].params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+        for k in ("reward_mean", "loss", "exact_kl_rev"):
+            np.testing.assert_allclose(finals[0]["history"][k], other["history"][k],
+                                       atol=1e-5, rtol=1e-5)
 
 
 def test_kill_and_resume_equals_uninterrupted_bit_for_bit(tmp_path):

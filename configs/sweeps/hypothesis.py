@@ -11,7 +11,7 @@ The base is configs/grpo.py plus an `eval` section; axes:
   2. a zipped axis of (loss.kl_choice, loss.beta): every KL choice at every beta, plus the
      beta = 0 "none" baseline;
   3. train.seed.
-Axes 2 and 3 are vmappable (`grpo_jax.evaluate.VMAPPABLE_KEYS`), so each (task, modality)
+Axes 2 and 3 are vmappable (`grpo_jax.runner.VMAPPABLE_KEYS`), so each (task, modality)
 is one population.
 """
 
