@@ -74,6 +74,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config.optim.lr > 0, "optim.lr", "must be > 0")
     _require(int(config.train.num_steps) >= 1, "train.num_steps", "must be >= 1")
     _require(int(config.train.chunk_steps) >= 1, "train.chunk_steps", "must be >= 1")
+    _require(int(config.train.num_steps) % int(config.train.chunk_steps) == 0,
+             "train.num_steps", f"{config.train.num_steps} is not a multiple of "
+             f"train.chunk_steps {config.train.chunk_steps} (every jit call runs a whole chunk)")
     _require(int(config.train.num_seeds) >= 1, "train.num_seeds", "must be >= 1")
     _require(config.train.on_nonfinite in NONFINITE_MODES, "train.on_nonfinite",
              f"{config.train.on_nonfinite!r}; valid: {', '.join(NONFINITE_MODES)}")

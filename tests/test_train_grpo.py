@@ -210,6 +210,7 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path):
     ("model.num_heads", 3, "config.model.width"),
     ("train.on_nonfinite", "ignore", "config.train.on_nonfinite.*stop, skip"),
     ("task.name", "chess", "config.task.name.*bandit"),
+    ("train.num_steps", 10, "config.train.num_steps.*multiple of train.chunk_steps"),
 ])
 def test_invalid_config_names_the_field(field, value, match):
     c = tiny_config()
