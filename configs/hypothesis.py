@@ -68,11 +68,17 @@ def _modalities(full: bool, tiny: bool):
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """arg: "" (default, small), "full" (publication scale, GPU), "tiny" (tests)."""
-    arg = arg or ""
-    full, tiny = arg == "full", arg == "tiny"
+    """arg: comma-separated; "" (default, small), "full" (publication scale, GPU), "tiny"
+    (tests), and "std": GRPO's own std-scaled advantages instead of leave-one-out (to see
+    how much the std scaling hides the KL choice), e.g. `configs/hypothesis.py:std`."""
+    opts = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    unknown = opts - {"full", "tiny", "std"}
+    if unknown:
+        raise ValueError(f"unknown hypothesis config option(s) {sorted(unknown)}; "
+                         "valid: full, tiny, std")
+    full, tiny = "full" in opts, "tiny" in opts
     c = ml_collections.ConfigDict()
-    c.name = arg or "default"
+    c.name = ",".join(sorted(opts)) or "default"
     c.kl_choices = list(KL_CHOICES)
     c.none_choice = NONE_CHOICE
     c.betas = [0.05, 0.1, 0.2, 0.4] if full else [0.1, 0.4]
@@ -89,7 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # exactly E[R] - beta * D, so final policies can be set against the closed-form optima.
     # (With GRPO's std scaling the effective reward scale grows as the group's rewards
     # agree, and every run collapses onto the reward's peak whatever its KL term.)
-    c.loss = dict(eps_low=0.2, eps_high=0.2, advantage_estimator="rloo")
+    c.loss = dict(eps_low=0.2, eps_high=0.2,
+                  advantage_estimator="grpo" if "std" in opts else "rloo")
     c.eval = dict(ks=[1, 2, 4, 8, 16], num_samples=2048 if full else 512, seed=0)
     c.gaussian = dict(mu2=(0.0, 2.5, 5.0, 7.5, 10.0), steps=100)  # configs/gaussian_kl.py
     if tiny:
