@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import grpo as grpo_config
-from grpo_jax import checkpoint, metrics, model, runner, writers
+from grpo_jax import checkpoint, metrics, model, runner, sweep, writers
 
 BETA = 0.5
 
@@ -52,14 +52,9 @@ def optima(task, ref_probs, beta):
     prompts = jnp.full((comps.shape[0], 1), task.bos_id, jnp.int32)
     r = np.asarray(task.reward(prompts, comps), np.float64)
     q = np.asarray(ref_probs, np.float64)
-    rev = q * np.exp(r / beta)
-    rev /= rev.sum()
-    lo, hi = 1e-12, 10.0  # forward: pi = beta q / (lam - r), lam = max r + g
-    for _ in range(200):
-        g = 0.5 * (lo + hi)
-        lo, hi = (g, hi) if (beta * q / (g + r.max() - r)).sum() > 1 else (lo, g)
-    fwd = beta * q / (g + r.max() - r)
-    return rev, fwd / fwd.sum(), r
+    rev, fwd = (sweep.bandit_optimum(r, q / q.sum(), np.array([beta]), d)[0]
+                for d in ("reverse", "forward"))
+    return rev, fwd, r
 
 
 def tv(p, q):
