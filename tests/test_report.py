@@ -234,8 +234,10 @@ def test_write_report_writes_tables_and_every_figure(tmp_path):
         effect_uni=0.0, effect_multi=1.0, noise=0.01, n_seeds=5, betas=(0.1, 1.0), bandit=True
     )
     out = str(tmp_path / "rep")
-    path = report.write_report(recs, out, {"config": "synthetic", "steps": 30}, n_boot=200)
+    result = report.write_report(recs, out, {"config": "synthetic", "steps": 30}, n_boot=200)
+    path = result["paths"]["report_md"]
     assert path == os.path.join(out, "report.md")
+    assert result["paths"]["report_json"] == os.path.join(out, "report.json")
     md = open(path).read()
     data = json.load(open(os.path.join(out, "report.json")))
     figs = data["figures"]
@@ -264,3 +266,33 @@ def test_write_report_writes_tables_and_every_figure(tmp_path):
     bandit = {(b["modality"], b["beta"], b["choice"]): b["nearer"] for b in data["bandit"]}
     assert bandit[("unimodal", 0.1, "k3/loss")] == "forward"
     assert bandit[("unimodal", 0.1, "k2/loss")] == "reverse"
+
+
+def test_write_report_returns_what_report_json_holds(tmp_path):
+    recs = make_records(effect_uni=0.0, effect_multi=0.0, noise=0.01, n_seeds=3)
+    out = str(tmp_path / "rep")
+    result = report.write_report(recs, out, n_boot=100)
+    data = json.load(open(result["paths"]["report_json"]))
+    assert result["verdicts"] == data["verdicts"]
+    assert result["overall"] == data["verdicts"]["overall"]
+    assert result["overall"]["verdict"] == "refuted"  # the multimodal modality shows no effect
+    assert result["effect_sizes"] == data["effect_sizes"]
+    assert result["settings"] == data["settings"]
+    assert {k: [os.path.basename(p) for p in v] for k, v in
+            result["paths"]["figures"].items()} == data["figures"]
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp")]  # atomic writes left no temp
+
+
+def test_baseline_is_none_or_beta_zero():
+    rec = {"kl_choice": "k3/loss", "beta": 0.1}
+    assert not report.is_baseline_record(rec)
+    assert report.is_baseline_record({**rec, "beta": 0.0})
+    assert report.is_baseline_record({"kl_choice": "none", "beta": 0.1})
+    assert report.is_baseline_record({"kl_choice": report.BASELINE_CHOICE, "beta": 0})
+    assert not report.is_baseline_record({"kl_choice": "exact_fwd/loss", "beta": 0.1})
+
+
+def test_markdown_table_helper():
+    assert report.table(["a", "b"], [[1, "x"], [2.5, None]]) == [
+        "| a | b |", "|---|---|", "| 1 | x |", "| 2.5 | None |"]
+    assert report.table(["only"], []) == ["| only |", "|---|"]
