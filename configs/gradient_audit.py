@@ -10,6 +10,8 @@ integer fields (e.g. `seed=3`); any field can also be set with `--config.FIELD=V
 
 import ml_collections
 
+from grpo_jax.config_utils import parse_arg
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -35,8 +37,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A row "descends" a target when its relative error is below this.
     c.match_tol = 1e-6
 
-    for part in (arg or "").split(","):
-        if part.strip():
-            k, v = part.split("=", 1)
-            c[k.strip()] = type(c[k.strip()])(v)
+    scalars = {k: v for k, v in c.items() if isinstance(v, (bool, int, float, str))}
+    c.update(parse_arg(arg, **scalars))
     return c

@@ -1,6 +1,7 @@
 """GRPO on a synthetic task, from a pretrained (or freshly pretrained) reference.
 
-Run (the argument after ':' is a comma-separated list: `task=NAME`, `quick`, `full`):
+Run (the argument after ':' is a comma-separated list: `task=NAME`, `quick`, `full`; an
+unknown argument is an error listing the valid ones):
 
   python experiments/train_grpo.py --config configs/grpo.py:task=bandit \
       --config.loss.kl_estimator=k2 --workdir runs/bandit-k2
@@ -14,31 +15,17 @@ sizes, ...) before anything compiles, naming the bad field.
 import ml_collections
 
 from configs import tasks as task_configs
-
-
-def parse_arg(arg: str | None) -> dict:
-    """'task=bandit,quick' -> {'task': 'bandit', 'quick': True}."""
-    out: dict = {}
-    for part in (arg or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
-        else:
-            out[part] = True
-    return out
+from grpo_jax.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg)
-    task_name = opts.get("task", "bandit")
+    opts = parse_arg(arg, task="bandit", quick=False, full=False)
+    task_name = opts["task"]
 
     c = ml_collections.ConfigDict()
     c.task = task_configs.task_config(task_name)
 
-    # Small Llama-style decoder (W2 scale by default, DESIGN.md §5).
+    # Small Llama-style decoder (W2 scale by default, docs/design.md 'Benchmark workloads').
     c.model = ml_collections.ConfigDict(dict(
         num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32"))
 
@@ -75,6 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         seed=0,
         num_seeds=1,                  # > 1: a vmapped population over seeds seed, seed+1, ...
         on_nonfinite="stop",          # "stop" (keep last good checkpoint) | "skip" (count)
+        max_skipped_frac=0.1,         # "skip": a member skipping more fails the run
+        skip_zero_grad=False,         # no optimiser update when the gradient is exactly 0
+        max_to_keep=2,                # checkpoints kept (0: all)
         tensorboard=True,
         progress=True,
     ))
@@ -89,11 +79,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         process_id=0,
     ))
 
-    if opts.get("quick"):
+    if opts["quick"]:
         c.reference.steps = 200
         c.train.num_steps = 40
         c.train.chunk_steps = 10
-    if opts.get("full"):
+    if opts["full"]:
         c.model.update(num_layers=4, width=256, num_heads=4, mlp_width=1024)
         c.grpo.num_prompts = 16
         c.reference.steps = 3000

@@ -21,8 +21,10 @@ Reward designs (chosen so the KL choice has something to decide):
 
 import ml_collections
 
+from grpo_jax.config_utils import parse_arg
+
 KL_CHOICES = ("k1/loss", "k2/loss", "k3/loss", "k1/reward", "k2/reward", "k3/reward",
-              "k3_st/loss", "fwd_nonneg/loss", "exact_forward/loss", "exact_reverse/loss")
+              "k3_st/loss", "fwd_nonneg/loss", "exact_fwd/loss", "exact_rev/loss")
 NONE_CHOICE = "k1/loss"  # the estimator run at beta = 0 (the KL term is then inert)
 
 
@@ -71,14 +73,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """arg: comma-separated; "" (default, small), "full" (publication scale, GPU), "tiny"
     (tests), and "std": GRPO's own std-scaled advantages instead of leave-one-out (to see
     how much the std scaling hides the KL choice), e.g. `configs/hypothesis.py:std`."""
-    opts = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = opts - {"full", "tiny", "std"}
-    if unknown:
-        raise ValueError(f"unknown hypothesis config option(s) {sorted(unknown)}; "
-                         "valid: full, tiny, std")
-    full, tiny = "full" in opts, "tiny" in opts
+    opts = parse_arg(arg, full=False, tiny=False, std=False)
+    full, tiny = opts["full"], opts["tiny"]
     c = ml_collections.ConfigDict()
-    c.name = ",".join(sorted(opts)) or "default"
+    c.name = ",".join(sorted(k for k, v in opts.items() if v)) or "default"
     c.kl_choices = list(KL_CHOICES)
     c.none_choice = NONE_CHOICE
     c.betas = [0.05, 0.1, 0.2, 0.4] if full else [0.1, 0.4]
@@ -96,12 +94,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (With GRPO's std scaling the effective reward scale grows as the group's rewards
     # agree, and every run collapses onto the reward's peak whatever its KL term.)
     c.loss = dict(eps_low=0.2, eps_high=0.2,
-                  advantage_estimator="grpo" if "std" in opts else "rloo")
+                  advantage_estimator="grpo" if opts["std"] else "rloo")
     c.eval = dict(ks=[1, 2, 4, 8, 16], num_samples=2048 if full else 512, seed=0)
     c.gaussian = dict(mu2=(0.0, 2.5, 5.0, 7.5, 10.0), steps=100)  # configs/gaussian_kl.py
     if tiny:
         c.gaussian = dict(mu2=(2.5, 7.5), steps=20, init_m_fraction=(0.0, 0.5), init_s=(1.0,))
-        c.kl_choices = ["k3/loss", "exact_forward/loss", "exact_reverse/loss"]
+        c.kl_choices = ["k3/loss", "exact_fwd/loss", "exact_rev/loss"]
         c.betas = [0.2]
         c.num_seeds = 2
         c.model.update(width=16, mlp_width=32)

@@ -9,7 +9,7 @@ configs/tasks.py), `quick` (tiny model, few steps: a smoke test)):
       --workdir /tmp/ref-q
 
 Override any field with `--config.FIELD=VALUE` (locked config: misspelt fields fail).
-The workdir receives the checkpoint (orbax, restorable with `train.restore_reference(workdir)`
+The workdir receives the checkpoint (orbax, restorable with `pretrain.restore_reference(workdir)`
 and usable as `--config.reference.checkpoint` of configs/grpo.py), metrics.jsonl and
 report.json (the fit: exact KL[data || model], entropies, mode shares vs the data).
 The model section must match the GRPO config's model to be restored there.
@@ -18,14 +18,14 @@ The model section must match the GRPO config's model to be restored there.
 import ml_collections
 
 from configs import tasks as task_configs
-from configs.grpo import parse_arg
+from grpo_jax.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg)
+    opts = parse_arg(arg, task="bandit", quick=False)
     c = ml_collections.ConfigDict()
-    c.task = task_configs.task_config(opts.get("task", "bandit"))
-    # W2-scale Llama-style decoder (DESIGN.md §5); vocab and max_len come from the task.
+    c.task = task_configs.task_config(opts["task"])
+    # W2-scale Llama-style decoder (docs/design.md, 'Benchmark workloads'); vocab and max_len come from the task.
     c.model = ml_collections.ConfigDict(dict(
         num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32"))
     c.pretrain = ml_collections.ConfigDict(dict(
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mode_share_tolerance=0.02,  # max |model share - data share| accepted per mode
         num_samples=8192,           # for mode shares when not computable exactly
         seed=1))
-    if opts.get("quick"):
+    if opts["quick"]:
         c.model.update(num_layers=1, width=32, mlp_width=64)
         c.pretrain.update(steps=100, batch_size=64, lr=1e-2, chunk_steps=50)
         c.eval.update(mode_share_tolerance=0.1, num_samples=1024)

@@ -4,7 +4,7 @@ A task config holds `name` (one of grpo_jax.tasks.TASKS) and every field of that
 dataclass, so any field can be overridden from the command line
 (`--config.task.separation=3.0`). `make_task(cfg)` builds the (hashable) task.
 
-Presets put the modality dial at named positions (DESIGN.md §2: for two equal Gaussian modes,
+Presets put the modality dial at named positions (docs/design.md, 'The math': for two equal Gaussian modes,
 reverse KL stops straddling them at about 5.6 standard deviations of separation):
 
   bandit                 the Bandit defaults: one discretised Gaussian (unimodal)
@@ -33,6 +33,7 @@ import dataclasses
 import ml_collections
 
 from grpo_jax import tasks as tasks_lib
+from grpo_jax.config_utils import make_task
 
 PRESETS: dict[str, tuple[str, dict]] = {
     "bandit": ("bandit", {}),
@@ -52,10 +53,6 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "format_100_0": ("format", dict(format_weights=(1.0, 0.0))),
 }
 
-_CLASSES = {"bandit": tasks_lib.Bandit, "arithmetic": tasks_lib.Arithmetic,
-            "format": tasks_lib.FormatMixture}
-
-
 def task_config(name: str = "bandit", **overrides) -> ml_collections.ConfigDict:
     """ConfigDict {"name": task name, **every dataclass field} for a task or preset name.
 
@@ -65,8 +62,7 @@ def task_config(name: str = "bandit", **overrides) -> ml_collections.ConfigDict:
     if name not in PRESETS:
         raise ValueError(f"unknown task or preset {name!r}; valid: {tuple(PRESETS)}")
     base, preset = PRESETS[name]
-    cls = _CLASSES[base]
-    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    fields = {f.name: f.default for f in dataclasses.fields(tasks_lib.make(base))}
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ValueError(f"unknown fields {unknown} for task {base!r}; valid: {sorted(fields)}")
@@ -75,12 +71,6 @@ def task_config(name: str = "bandit", **overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict({"name": base, **fields})
     make_task(cfg)  # fail early on bad values
     return cfg
-
-
-def make_task(cfg) -> tasks_lib.Task:
-    """The task a config describes (lists become tuples, so the task stays hashable)."""
-    kwargs = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-    return tasks_lib.make(kwargs.pop("name"), **kwargs)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

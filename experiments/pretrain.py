@@ -3,15 +3,14 @@
   python experiments/pretrain.py --config configs/pretrain.py:task=bandit_bimodal \
       --workdir runs/ref-bandit-bimodal
 
-Writes to <workdir>: the orbax checkpoint (params + metadata {task, model, report, config}),
+Writes to <workdir>: the orbax checkpoint (params + the reference metadata of
+`pretrain.reference_metadata`: task, model, pretrain settings, report),
 metrics.jsonl (per-step loss, token accuracy, gradient norm) and report.json (the fit:
 exact KL[data || model] per sequence, per-position entropies, mode shares vs the data and
 whether they are within `eval.mode_share_tolerance`). Load with
-`grpo_jax.train.restore_reference(workdir) -> (task, model_config, params, metadata)`.
+`grpo_jax.pretrain.restore_reference(workdir) -> (task, model_config, params, metadata)`.
 """
 
-import dataclasses
-import json
 import os
 import sys
 
@@ -21,29 +20,27 @@ from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from configs import tasks as task_configs  # noqa: E402
-from grpo_jax import checkpoint, train, writers  # noqa: E402
+from grpo_jax import config_utils, jsonio, pretrain, writers  # noqa: E402
 
 def train_and_evaluate(config, workdir: str, log=logging.info) -> dict:
     """Pretrain, save the checkpoint in `workdir`, write report.json; returns the report."""
     os.makedirs(workdir, exist_ok=True)
-    task = task_configs.make_task(config.task)
-    model_config = train.model_config_for(task, **dict(config.model))
+    task = config_utils.make_task(config.task)
+    model_config = pretrain.model_config_for(task, **dict(config.model))
     log(f"task {task}; reference stats {task.reference_stats()}")
     p = config.pretrain
     with writers.MetricWriter(workdir, tensorboard=False) as writer:
-        params, report = train.pretrain_reference(
+        params, report = pretrain.pretrain_reference(
             model_config, task, jax.random.key(int(p.seed), impl=p.rng_impl),
             steps=int(p.steps),
             batch_size=int(p.batch_size), lr=float(p.lr), chunk_steps=int(p.chunk_steps),
             log=log, writer=writer, eval_key=jax.random.key(int(config.eval.seed), impl=p.rng_impl),
             mode_share_tolerance=float(config.eval.mode_share_tolerance),
             num_eval_samples=int(config.eval.num_samples))
-    checkpoint.save(workdir, report["steps"], params, {
-        "task": config.task.to_dict(), "model": dataclasses.asdict(model_config),
-        "report": report, "config": config.to_dict()})
-    with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    pretrain.save_reference(workdir, report["steps"], params, task_config=config.task,
+                            model_config=model_config, report=report,
+                            pretrain=config.pretrain.to_dict())
+    jsonio.write_json_atomic(os.path.join(workdir, "report.json"), report, indent=2)
     log(f"fit: KL[data||model] = {report['data_kl_seq']:.4f} nats/sequence "
         f"(data entropy {report['data_entropy_seq']:.4f}); mode shares model "
         f"{report['mode_shares_model']} vs data {report['mode_shares_data']} "

@@ -4,7 +4,12 @@
       --config.loss.kl_estimator=k2 --workdir runs/bandit-k2
 
 Writes <workdir>/metrics.jsonl, TensorBoard events under <workdir>/tb, checkpoints under
-<workdir>/checkpoints (a re-run resumes from the last one) and <workdir>/summary.json.
+<workdir>/checkpoints (a re-run resumes from the last one; the last `train.max_to_keep`
+are kept, `--config.train.max_to_keep=0` keeps every one) and <workdir>/summary.json. A rerun
+whose config changes the computation is refused with a diff (`--overwrite` starts afresh);
+a second process on the same workdir fails at once. Disk: the reference (once) plus
+max_to_keep checkpoints of the population's policy and Adam state (3x the parameters per
+member: 0.5 MB per member for the default W2-scale model).
 """
 
 import os
@@ -20,12 +25,14 @@ from grpo_jax import runner  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/grpo.py", "GRPO config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False,
+                                  "Discard a run of another config in --workdir.")
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    runner.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    runner.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":

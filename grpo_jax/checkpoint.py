@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from grpo_jax import jsonio
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's structure or shapes differ from the restore target's."""
+
 
 def _manager(directory: str, read_only: bool = False) -> ocp.CheckpointManager:
     directory = os.path.abspath(os.fspath(directory))
@@ -43,23 +49,14 @@ def _flatten(pytree) -> dict[str, Any]:
             for i, x in enumerate(leaves)}
 
 
-def _jsonable(obj):
-    """Metadata -> JSON-compatible values (tuples -> lists, numpy scalars -> Python)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic, np.ndarray)) or isinstance(obj, jax.Array):
-        return np.asarray(obj).tolist()
-    if hasattr(obj, "to_dict"):  # ml_collections.ConfigDict
-        return _jsonable(obj.to_dict())
-    return obj
-
-
-def save(directory: str, step: int, pytree: Any, metadata: dict | None = None) -> None:
+def save(directory: str, step: int, pytree: Any, metadata: dict | None = None,
+         max_to_keep: int | None = None) -> None:
     """Write `pytree` and JSON `metadata` as checkpoint `step` under `directory` (created if
-    needed; an existing checkpoint with the same step is replaced). Blocks until done."""
-    metadata = _jsonable(dict(metadata or {}))
+    needed; an existing checkpoint with the same step is replaced). Blocks until done.
+    With `max_to_keep`, older steps beyond the newest `max_to_keep` are deleted afterwards
+    (orbax writes a step to a temporary directory and renames it, so a crash mid-save
+    leaves the previous steps intact)."""
+    metadata = jsonio.to_jsonable(dict(metadata or {}))
     json.dumps(metadata)  # fail here, before anything is written, if not serialisable
     step = int(step)
     with _manager(directory) as mngr:
@@ -69,6 +66,9 @@ def save(directory: str, step: int, pytree: Any, metadata: dict | None = None) -
             state=ocp.args.StandardSave(_flatten(pytree)),
             metadata=ocp.args.JsonSave(metadata)))
         mngr.wait_until_finished()
+        if saved and max_to_keep is not None:
+            for old in sorted(mngr.all_steps())[:-int(max_to_keep)]:
+                mngr.delete(old)
     if not saved:
         raise RuntimeError(f"orbax did not save step {step} under {directory!r}")
 
@@ -129,11 +129,11 @@ def restore(directory: str, target: Any, step: int | None = None) -> tuple[Any, 
         if saved is not None:
             saved_keys = set(saved.keys())
             if saved_keys != set(abstract):
-                raise ValueError(f"checkpoint {directory!r} step {step} has {len(saved_keys)} "
+                raise CheckpointMismatchError(f"checkpoint {directory!r} step {step} has {len(saved_keys)} "
                                  f"leaves but target has {len(abstract)}")
             for k, a in abstract.items():
                 if tuple(saved[k].shape) != tuple(a.shape):
-                    raise ValueError(f"leaf {k} ({jax.tree_util.keystr(_paths(target)[int(k)])})"
+                    raise CheckpointMismatchError(f"leaf {k} ({jax.tree_util.keystr(_paths(target)[int(k)])})"
                                      f": saved shape {tuple(saved[k].shape)} != target "
                                      f"{tuple(a.shape)}")
         out = mngr.restore(step, args=ocp.args.Composite(
@@ -146,3 +146,31 @@ def restore(directory: str, target: Any, step: int | None = None) -> tuple[Any, 
 
 def _paths(tree):
     return [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def restore_newest_intact(directory: str, target: Any,
+                          log: Callable[[str], Any] = print) -> tuple[Any, dict, int]:
+    """Restore the newest checkpoint under `directory` that reads back, newest first.
+
+    An unreadable step (truncated files, a crash mid-write) is skipped with a warning naming
+    it. Returns (pytree, metadata, step). If no step is intact, raises `RuntimeError` with
+    one paragraph naming the directory and the steps tried (shape mismatches, i.e. a
+    different model, still raise `ValueError` at once).
+    """
+    steps = all_steps(directory)
+    errors = []
+    for step in reversed(steps):
+        try:
+            pytree, meta = restore(directory, target, step)
+            return pytree, meta, step
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # noqa: BLE001  orbax/tensorstore raise many types
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            errors.append(f"step {step}: {type(e).__name__}: {first}")
+            log(f"warning: checkpoint step {step} in {directory} is unreadable ({first}); "
+                f"trying the previous step")
+    raise RuntimeError(
+        f"no intact checkpoint in {directory}: tried steps {list(reversed(steps))} and none "
+        f"could be read ({'; '.join(errors) or 'no steps'}). Delete the directory (or use a "
+        f"new workdir) to start the run afresh.")

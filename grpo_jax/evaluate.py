@@ -1,4 +1,4 @@
-"""Final evaluation of a trained GRPO population, report records, and the sweep runner.
+"""Final evaluation of a trained GRPO population: exact where the completions can be listed.
 
 Evaluation (pure, jitted, vmapped over the population):
 
@@ -25,24 +25,19 @@ Evaluation (pure, jitted, vmapped over the population):
 mode_coverage compares the policy's mode shares with the *reference model's* (not the data's),
 via `metrics.mode_coverage(tau, eps)`.
 
-Records and runner: `make_records` turns one `runner.run_population` output plus its
-evaluation into the run records of `grpo_jax.report` (KL choice names mapped to the report's:
-beta 0 -> "none", exact_forward -> exact_fwd, exact_reverse -> exact_rev); `run_group` is a
-`sweep.run_sweep` runner (`run_group(static_config, cells) -> list[record]`).
+Pure evaluation only: the study's records and group runner are in study.py.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import metrics, model as model_lib, runner, sampling
+from grpo_jax import metrics, model as model_lib, sampling
 
 MAX_ENUMERATED = 20_000  # completions per prompt enumerated exactly; above that, table + MC
 
@@ -186,115 +181,3 @@ def evaluate_population(model_config, task, params, ref_params, ks: Sequence[int
     out = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
     out["eval_method"] = "exact" if is_enumerable(task) else "sampled"
     return out
-
-
-# ------------------------------------------------------------------------------------------
-# Report records
-# ------------------------------------------------------------------------------------------
-
-CHOICE_NAMES = {"exact_forward": "exact_fwd", "exact_reverse": "exact_rev"}
-
-
-def report_choice_name(kl_choice: str, beta: float) -> str:
-    """Name of a KL choice in the report: "none" when beta == 0, exact_forward/.. ->
-    exact_fwd/.. and exact_reverse/.. -> exact_rev/.. (the prefixes `report` looks for)."""
-    if float(beta) == 0.0:
-        return "none"
-    est, _, place = kl_choice.partition("/")
-    return f"{CHOICE_NAMES.get(est, est)}/{place or 'loss'}"
-
-
-def _history(hist: Mapping[str, np.ndarray], member: int, max_points: int) -> dict:
-    steps = np.asarray(hist["reward_mean"]).shape[1]
-    idx = np.unique(np.linspace(0, steps - 1, min(max_points, steps)).round().astype(int))
-    get = lambda k: np.asarray(hist[k])[member, idx]
-    return {"step": (idx + 1).tolist(), "reward": get("reward_mean").tolist(),
-            "exact_kl_rev": get("exact_kl_rev").tolist(),
-            "exact_kl_fwd": get("exact_kl_fwd").tolist(), "entropy": get("entropy").tolist(),
-            "mode_shares": get("mode_shares").tolist()}
-
-
-def make_records(out: Mapping[str, Any], evaluation: Mapping[str, Any],
-                 cells: Sequence[Mapping[str, Any]], *, task_label: str, modality: str,
-                 multimodal: bool, ks: Sequence[int], max_points: int = 40) -> list[dict]:
-    """`grpo_jax.report` records, one per member of a `runner.run_population` output.
-
-    cells: the per-member dicts given to run_population ("loss.kl_choice", "loss.beta",
-    "train.seed"). For a bandit (one prompt), adds {"bandit": {final_policy, reference,
-    optimum_reverse, optimum_forward}} with the closed-form optima of E[R] - beta KL taken
-    w.r.t. the *pretrained reference model's* probabilities (`sweep.bandit_optimum`).
-    """
-    from grpo_jax import sweep  # pylint: disable=import-outside-toplevel
-    task, hist = out["task"], out["history"]
-    records = []
-    for m, cell in enumerate(cells):
-        beta = float(cell["loss.beta"])
-        final = {k: float(evaluation[k][m]) for k in
-                 ("reward", "exact_kl_rev", "exact_kl_fwd", "entropy", "mode_coverage")}
-        final["pass_at_k"] = np.asarray(evaluation["pass_at_k"][m], float).tolist()
-        final["mode_shares"] = np.asarray(evaluation["mode_shares"][m], float).tolist()
-        rec = {"task": task_label, "modality": modality, "multimodal": bool(multimodal),
-               "kl_choice": report_choice_name(cell["loss.kl_choice"], beta),
-               "kl_choice_config": cell["loss.kl_choice"], "beta": beta,
-               "seed": int(cell["train.seed"]), "final": final,
-               "history": _history(hist, m, max_points), "ks": [int(k) for k in ks],
-               "ref_mode_shares": np.asarray(evaluation["ref_mode_shares"][m], float).tolist(),
-               "eval_method": evaluation["eval_method"],
-               "nonfinite_updates": int(np.sum(np.asarray(hist["nonfinite"])[m]))}
-        if task.name == "bandit" and "logp" in evaluation:
-            ordinary = list(task.ordinary_ids)
-            pol = np.exp(np.asarray(evaluation["logp"][m], np.float64)[0])
-            ref = np.exp(np.asarray(evaluation["ref_logp"][m], np.float64)[0])
-            comps = np.asarray(task.enumerate_completions())[:, 0]
-            rewards = np.asarray(task.reward_vector())[comps]
-            ref = ref / ref.sum()
-            b = np.asarray([beta if beta > 0 else 1e-3])
-            rec["bandit"] = {
-                "final_policy": pol.tolist(), "reference": ref.tolist(),
-                "tokens": [int(ordinary[i]) for i in range(len(ordinary))],
-                "optimum_reverse": sweep.bandit_optimum(rewards, ref, b, "reverse")[0].tolist(),
-                "optimum_forward": sweep.bandit_optimum(rewards, ref, b, "forward")[0].tolist()}
-        records.append(rec)
-    return records
-
-
-# ------------------------------------------------------------------------------------------
-# Sweep runner
-# ------------------------------------------------------------------------------------------
-
-# Cells differing only in these share one compiled population (the runner's own list).
-VMAPPABLE_KEYS = runner.VMAPPABLE_KEYS
-
-
-def run_group(static_config, cells, workdir: str | None = None, log=print) -> list[dict]:
-    """`sweep.run_sweep` runner: one vmapped GRPO population per group, evaluated exactly.
-
-    static_config: the group's config without the vmappable keys; cells: full cell configs
-    (a `configs/hypothesis.py`-style GRPO config with an `eval` section: task_label,
-    modality, multimodal, ks, num_samples, workdir). Working files go to `workdir` (default
-    `static_config.eval.workdir`, else a temporary directory): the reference under
-    `references/<hash>`, the population's metrics and checkpoints under `groups/<hash>`.
-    Returns one report record per cell (`make_records`).
-    """
-    from grpo_jax import sweep  # pylint: disable=import-outside-toplevel
-    config = cells[0]  # a full config: carries every key run_population needs
-    workdir = workdir or static_config.eval.get("workdir", "") or tempfile.mkdtemp("hyp")
-    members = [{k: sweep.get_value(c, k) for k in runner.VMAPPABLE_KEYS} for c in cells]
-    task = runner.make_task(config)
-    mcfg = runner.make_model_config(config, task)
-    ref_key = sweep.cell_hash({"task": config.task, "model": config.model,
-                               "reference": config.reference})
-    ref = runner.load_or_pretrain_reference(
-        config, task, mcfg, os.path.join(workdir, "references", ref_key), log=log)
-    group_key = sweep.cell_hash({"static": static_config, "members": members})
-    out = runner.run_population(config, members, os.path.join(workdir, "groups", group_key),
-                                ref_params=ref, log=log)
-    ev = config.eval
-    evaluation = evaluate_population(mcfg, task, out["state"].params, out["state"].ref_params,
-                                     tuple(ev.ks), jax.random.PRNGKey(int(ev.get("seed", 0))),
-                                     int(ev.num_samples))
-    return make_records(out, evaluation, members, task_label=ev.task_label,
-                        modality=ev.modality, multimodal=bool(ev.multimodal), ks=ev.ks)
-
-
-run_group.vmappable_keys = VMAPPABLE_KEYS

@@ -8,22 +8,32 @@ chunks, write metrics (writers.py), save checkpoints (checkpoint.py) and move th
 
 Every run is a *population*: `S >= 1` members (seeds and numeric hyperparameters) vmapped
 into one compiled program. A single run is the population of one.
+
+The run directory (rundir.py) records its config and cells (`config.json`), is locked
+while a process runs in it, and resumes only a run of the same computation. Checkpoints
+hold the policy state of every member; the frozen reference is saved once per run
+(`<workdir>/reference`, or wherever `config.reference.checkpoint` points), not per member.
 """
 
 from __future__ import annotations
 
-import json
+import collections
+import dataclasses
+import math
 import os
+import shutil
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from grpo_jax import checkpoint, losses, model, sharding, tasks, train, writers
-from grpo_jax.sweep import get_value
+from grpo_jax import checkpoint, config_utils, jsonio, losses, pretrain, rundir, sharding
+from grpo_jax import tasks, train, writers
+from grpo_jax import model as model_lib
+from grpo_jax.kl_choice import KLChoice
 
 # Keys of a config that may differ between members of one population (pytree leaves of the
 # train state / hyperparameters); everything else changes the compiled program.
@@ -37,6 +47,11 @@ class NonFiniteError(RuntimeError):
     """Raised when a loss or gradient is NaN/inf and `train.on_nonfinite == "stop"`."""
 
 
+class TooManySkippedError(RuntimeError):
+    """Raised after a run in which a member skipped more than `train.max_skipped_frac` of its
+    updates (non-finite loss or gradient): its numbers would look normal but mean little."""
+
+
 # ------------------------------------------------------------------------------------------
 # Config -> objects
 # ------------------------------------------------------------------------------------------
@@ -47,18 +62,29 @@ def _require(cond: bool, field: str, msg: str) -> None:
         raise ValueError(f"config.{field}: {msg}")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Check every field a run depends on; raise `ValueError` naming the bad field.
+def _require_number(config, field: str, low: float, high: float = math.inf,
+                    low_open: bool = False) -> None:
+    """config.<field> is a finite number in [low, high] ((low, high] with low_open)."""
+    v = config_utils.get_value(config, field)
+    bound = f"{'(' if low_open else '['}{low}, {high}{']' if math.isfinite(high) else ')'}"
+    ok = isinstance(v, (int, float)) and math.isfinite(v) and v <= high and (
+        v > low if low_open else v >= low)
+    _require(ok, field, f"{v!r} is not a finite number in {bound}")
 
-    Runs before anything is traced or compiled, so a typo costs milliseconds.
-    """
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Check every field a run depends on; raise `ValueError` naming the bad field and its
+    valid values or range. Runs before anything is traced or compiled."""
     _require(config.task.name in tasks.TASKS, "task.name",
              f"{config.task.name!r} is not a task; valid: {', '.join(tasks.TASKS)}")
     try:
         make_loss_config(config)
-        train.parse_kl_choice(kl_choice_of(config))
+        kl_choice_of(config)
     except ValueError as e:  # re-raise with the config path
         raise ValueError(f"config.loss: {e}") from None
+    _require_number(config, "loss.beta", 0.0)
+    _require_number(config, "loss.eps_low", 0.0, 1.0)
+    _require_number(config, "loss.eps_high", 0.0)
     for field in ("num_layers", "width", "num_heads", "mlp_width"):
         _require(int(config.model[field]) >= 1, f"model.{field}", "must be >= 1")
     _require(config.model.width % config.model.num_heads == 0, "model.width",
@@ -70,16 +96,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _require(int(config.grpo[field]) >= 1, f"grpo.{field}", "must be >= 1")
     _require(config.grpo.group_size >= 2, "grpo.group_size",
              "group-relative advantages need at least 2 completions per prompt")
-    _require(config.grpo.temperature > 0, "grpo.temperature", "must be > 0")
-    _require(config.optim.lr > 0, "optim.lr", "must be > 0")
-    _require(int(config.train.num_steps) >= 1, "train.num_steps", "must be >= 1")
-    _require(int(config.train.chunk_steps) >= 1, "train.chunk_steps", "must be >= 1")
-    _require(int(config.train.num_steps) % int(config.train.chunk_steps) == 0,
-             "train.num_steps", f"{config.train.num_steps} is not a multiple of "
-             f"train.chunk_steps {config.train.chunk_steps} (every jit call runs a whole chunk)")
-    _require(int(config.train.num_seeds) >= 1, "train.num_seeds", "must be >= 1")
-    _require(config.train.on_nonfinite in NONFINITE_MODES, "train.on_nonfinite",
-             f"{config.train.on_nonfinite!r}; valid: {', '.join(NONFINITE_MODES)}")
+    _require_number(config, "grpo.temperature", 0.0, low_open=True)
+    _require_number(config, "optim.lr", 0.0, low_open=True)
+    t = config.train
+    for field in ("num_steps", "chunk_steps", "num_seeds", "checkpoint_every_chunks"):
+        _require(int(t[field]) >= 1, f"train.{field}", f"{t[field]!r}; must be >= 1")
+    _require(int(t.num_steps) % int(t.chunk_steps) == 0,
+             "train.num_steps", f"{t.num_steps} is not a multiple of "
+             f"train.chunk_steps {t.chunk_steps} (every jit call runs a whole chunk)")
+    _require(int(t.max_to_keep) >= 0, "train.max_to_keep",
+             f"{t.max_to_keep!r}; must be >= 0 (0 keeps every checkpoint)")
+    _require_number(config, "train.max_skipped_frac", 0.0, 1.0)
+    _require(t.on_nonfinite in NONFINITE_MODES, "train.on_nonfinite",
+             f"{t.on_nonfinite!r}; valid: {', '.join(NONFINITE_MODES)}")
+    ref = config.reference.checkpoint
+    _require(not ref or checkpoint.latest_step(ref) is not None, "reference.checkpoint",
+             f"{ref!r} holds no checkpoint (a typo? leave it empty to pretrain one)")
     n_dev = len(jax.devices())
     data = int(config.mesh.data)
     _require(data == -1 or 1 <= data <= n_dev, "mesh.data",
@@ -92,84 +124,76 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def make_task(config) -> Any:
-    kwargs = dict(config.task)
-    return tasks.make(kwargs.pop("name"), **kwargs)
+    return config_utils.make_task(config.task)
 
 
-def make_model_config(config, task) -> model.ModelConfig:
-    m = config.model
-    return model.ModelConfig(
-        vocab_size=task.vocab_size, num_layers=int(m.num_layers), width=int(m.width),
-        num_heads=int(m.num_heads), mlp_width=int(m.mlp_width),
-        max_len=task.prompt_len + task.completion_len, dtype=m.dtype)
+def make_model_config(config, task):
+    return pretrain.model_config_for(task, **dict(config.model))
 
 
-def make_loss_config(config, **numeric) -> losses.LossConfig:
-    """`losses.LossConfig` from `config.loss`; `numeric` overrides leaves (e.g. beta=array).
+def kl_choice_of(config, cell: Mapping[str, Any] | None = None) -> KLChoice:
+    """The KL choice of a cell: its `loss.kl_choice`, else the config's, else the config's
+    `loss.kl_estimator`/`loss.kl_placement` names. (beta = 0 is still this choice here;
+    `KLChoice.of(choice, beta)` names what the run actually does.)"""
+    cell = cell or {}
+    choice = cell.get("loss.kl_choice", config.loss.get("kl_choice", ""))
+    return KLChoice.parse(choice) if choice else KLChoice(config.loss.kl_estimator,
+                                                          config.loss.kl_placement)
 
-    A non-empty `loss.kl_choice` ('ESTIMATOR/PLACEMENT') overrides the two names."""
+
+def make_loss_config(config, choice: KLChoice | None = None, **numeric) -> losses.LossConfig:
+    """`losses.LossConfig` from `config.loss` with the KL choice `choice` (default: the
+    config's); `numeric` overrides leaves (e.g. beta=array)."""
     fields = dict(config.loss)
-    choice = fields.pop("kl_choice", "")
-    if choice:
-        fields["kl_estimator"], fields["kl_placement"] = train.parse_kl_choice(choice)
+    fields.pop("kl_choice", None)
+    fields.update((choice or kl_choice_of(config)).loss_fields())
     fields.update(numeric)
     return losses.make_config(**fields)
 
 
-def kl_choice_of(config, cell: Mapping[str, Any] | None = None) -> str:
-    """'ESTIMATOR/PLACEMENT' of a cell: its `loss.kl_choice`, else the config's names."""
-    cell = cell or {}
-    choice = cell["loss.kl_choice"] if "loss.kl_choice" in cell else config.loss.get(
-        "kl_choice", "")
-    return choice or f"{config.loss.kl_estimator}/{config.loss.kl_placement}"
-
-
-def population_kl_choices(config, cells) -> tuple[tuple[str, str], ...]:
+def population_kl_choices(config, cells) -> tuple[KLChoice, ...]:
     """The distinct KL choices of a population, in first-seen order; () when there is only
     one (then the choice stays static and no switch is compiled)."""
-    choices = list(dict.fromkeys(kl_choice_of(config, c) for c in cells))
-    if len(choices) == 1:
-        return ()
-    return tuple(train.parse_kl_choice(c) for c in choices)
+    choices = tuple(dict.fromkeys(kl_choice_of(config, c) for c in cells))
+    return () if len(choices) == 1 else choices
 
 
 def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RLSetup:
-    g = config.grpo
+    g, o = config.grpo, config.optim
     return train.RLSetup(
         model=model_config, task=task, num_prompts=int(g.num_prompts),
         group_size=int(g.group_size), inner_steps=int(g.inner_steps),
-        temperature=float(g.temperature), grad_clip=float(config.optim.grad_clip),
-        adam_b1=float(config.optim.b1), adam_b2=float(config.optim.b2),
-        adam_eps=float(config.optim.eps),
+        temperature=float(g.temperature), grad_clip=float(o.grad_clip),
+        adam_b1=float(o.b1), adam_b2=float(o.b2), adam_eps=float(o.eps),
+        skip_zero_grad=bool(config.train.skip_zero_grad),
         data_sharding=None if mesh is None else sharding.data_sharding(mesh),
         kl_choices=tuple(kl_choices))
 
 
 def cell_value(config, cell: Mapping[str, Any], key: str):
     """A cell's value for the dotted `key`, else the config's (looked up only then)."""
-    return cell[key] if key in cell else get_value(config, key)
+    return cell[key] if key in cell else config_utils.get_value(config, key)
 
 
 def population_cells(config) -> list[dict[str, Any]]:
     """The members of `config`'s own population: `num_seeds` consecutive seeds."""
-    base = {k: get_value(config, k) for k in VMAPPABLE_KEYS}
+    base = {k: config_utils.get_value(config, k) for k in VMAPPABLE_KEYS}
     return [dict(base, **{"train.seed": int(config.train.seed) + i})
             for i in range(int(config.train.num_seeds))]
 
 
 def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hparams:
     """Numeric hyperparameters of `cells`, every leaf stacked along a leading axis [S]."""
-
-    choices = ["/".join(c) for c in population_kl_choices(config, cells)]
+    choices = population_kl_choices(config, cells)
 
     def one(cell):
         value = lambda k: float(cell_value(config, cell, k))
-        loss_cfg = make_loss_config(config, beta=value("loss.beta"),
+        choice = kl_choice_of(config, cell)
+        loss_cfg = make_loss_config(config, choice, beta=value("loss.beta"),
                                     eps_low=value("loss.eps_low"),
                                     eps_high=value("loss.eps_high"))
-        choice = choices.index(kl_choice_of(config, cell)) if choices else 0
         return train.Hparams(loss=loss_cfg, lr=jnp.float32(value("optim.lr")),
-                             kl_choice=jnp.int32(choice))
+                             kl_choice=jnp.int32(choices.index(choice) if choices else 0))
 
     members = [one(c) for c in cells]
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *members)
@@ -180,27 +204,100 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
 # ------------------------------------------------------------------------------------------
 
 
-def load_or_pretrain_reference(config, task, model_config, workdir: str | None,
-                               log=print) -> Any:
-    """Reference parameters: restored from `config.reference.checkpoint` (or a cached
-    `<workdir>/reference`), else pretrained on the task's reference data and saved there."""
-    target = jax.eval_shape(lambda: model.init(model_config, jax.random.PRNGKey(0)))
-    for directory in (config.reference.checkpoint,
-                      os.path.join(workdir, "reference") if workdir else ""):
-        if directory and checkpoint.latest_step(directory) is not None:
-            params, _ = checkpoint.restore(directory, target)
-            log(f"reference restored from {directory}")
-            return params
+def _pretrain_settings(config) -> dict[str, Any]:
     r = config.reference
+    return {k: r[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")}
+
+
+def _check_reference(directory: str, config, model_config, cached: bool) -> None:
+    """Refuse a saved reference whose task or model differs from the run's, with a diff
+    (and, for the run's own cache, whose pretraining settings differ)."""
+    meta = checkpoint.read_metadata(directory)
+    if "task" not in meta or "model" not in meta:
+        raise ValueError(f"{directory}: not a reference checkpoint (metadata keys "
+                         f"{sorted(meta)}; want task, model)")
+    want = pretrain.reference_metadata(config.task, model_config,
+                                       pretrain=_pretrain_settings(config))
+    keys = ("task", "model", "pretrain") if cached else ("task", "model")
+    diff = rundir.config_diff({k: meta.get(k, {}) for k in keys}, {k: want[k] for k in keys})
+    if diff:
+        raise rundir.ConfigMismatchError(
+            f"the reference in {directory} was made for another run:\n"
+            f"{rundir.format_diff(diff)}\n"
+            + ("Use a new --workdir (or --overwrite) for a different task or model."
+               if cached else "Point config.reference.checkpoint at a reference of this "
+                              "task and model, or leave it empty to pretrain one."))
+
+
+def load_or_pretrain_reference(config, task, model_config, directory: str | None,
+                               log=print) -> Any:
+    """Reference parameters: restored from `config.reference.checkpoint` (or the cache
+    `directory`), else pretrained on the task's reference data and saved in `directory`.
+    A saved reference of another task, model or pretraining is refused with a diff."""
+    target = jax.eval_shape(lambda: model_lib.init(model_config, jax.random.PRNGKey(0)))
+    explicit = config.reference.checkpoint
+    for path, cached in ((explicit, False), (directory, True)):
+        if path and checkpoint.latest_step(path) is not None:
+            _check_reference(path, config, model_config, cached)
+            params, _ = checkpoint.restore(path, target)
+            log(f"reference restored from {path}")
+            return params
+        if path and not cached:
+            raise FileNotFoundError(f"config.reference.checkpoint {path!r} holds no "
+                                    f"checkpoint")
     t0 = time.time()
-    params, report = train.pretrain_reference(
-        model_config, task, jax.random.PRNGKey(int(r.seed)), steps=int(r.steps),
-        batch_size=int(r.batch_size), lr=float(r.lr), chunk_steps=int(r.chunk_steps))
+    settings = _pretrain_settings(config)
+    params, report = pretrain.pretrain_reference(
+        model_config, task, jax.random.PRNGKey(int(settings["seed"])),
+        steps=int(settings["steps"]), batch_size=int(settings["batch_size"]),
+        lr=float(settings["lr"]), chunk_steps=int(settings["chunk_steps"]))
     log(f"reference pretrained in {time.time() - t0:.1f}s: {report}")
-    if workdir:
-        checkpoint.save(os.path.join(workdir, "reference"), int(r.steps), params,
-                        {"report": report, "task": config.task.to_dict()})
+    if directory and jax.process_index() == 0:
+        pretrain.save_reference(directory, report["steps"], params, task_config=config.task,
+                                model_config=model_config, report=report, pretrain=settings)
     return params
+
+
+# ------------------------------------------------------------------------------------------
+# Compiled programs
+# ------------------------------------------------------------------------------------------
+
+
+class ProgramCache:
+    """Compiled chunk programs, least recently used dropped beyond `max_size`.
+
+    Keyed by everything that determines a program: the static setup, the chunk length and
+    the abstract arguments (shapes, dtypes, shardings). Host-side only, like jax's own jit
+    cache; it lets a resumed run or a repeated population skip recompilation.
+    """
+
+    def __init__(self, max_size: int = 8):
+        self.max_size = int(max_size)
+        self._programs: collections.OrderedDict = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._programs)
+
+    def clear(self) -> None:
+        self._programs.clear()
+
+    def get(self, setup: train.RLSetup, chunk_steps: int, state, hp) -> tuple[Any, bool]:
+        """(ahead-of-time compiled population chunk program, whether it was cached)."""
+        spec = lambda x: (x.shape, str(x.dtype), getattr(x, "sharding", None))
+        key = (setup, chunk_steps, jax.tree.structure((state, hp)),
+               tuple(spec(x) for x in jax.tree.leaves((state, hp))))
+        if key in self._programs:
+            self._programs.move_to_end(key)
+            return self._programs[key], True
+        program = train.make_rl_chunk(setup, chunk_steps, population=True).lower(
+            state, hp).compile()
+        self._programs[key] = program
+        while len(self._programs) > self.max_size:
+            self._programs.popitem(last=False)
+        return program, False
+
+
+PROGRAMS = ProgramCache()
 
 
 # ------------------------------------------------------------------------------------------
@@ -208,73 +305,164 @@ def load_or_pretrain_reference(config, task, model_config, workdir: str | None,
 # ------------------------------------------------------------------------------------------
 
 
-def _all_finite(metrics: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Per step (and member): True where no inner update was skipped as non-finite."""
-    return np.asarray(metrics["nonfinite"]) == 0
+@dataclasses.dataclass
+class PopulationResult:
+    """What `run_population` returns.
+
+    state: the final population `train.RLState` (leaves carry a leading [S] axis).
+    history: {metric: [S, steps, ...]} over every step of the run (read back from
+      metrics.jsonl when the run was resumed).
+    """
+
+    state: train.RLState
+    history: dict[str, np.ndarray]
+    setup: train.RLSetup
+    task: Any
+    hparams: train.Hparams
+    cells: list[dict[str, Any]]
+    start_step: int
+    compile_s: float
 
 
 def _member_rows(metrics: Mapping[str, Any], member: int) -> list[dict[str, Any]]:
     return writers.unstack_steps({k: np.asarray(v)[member] for k, v in metrics.items()})
 
 
+def _init_population(setup, config, cells, ref_params, mesh):
+    def init(ref, keys):
+        return jax.vmap(lambda k: train.init_rl_state(setup, ref, ref, k))(keys)
+
+    keys = jnp.stack([jax.random.PRNGKey(int(cell_value(config, c, "train.seed")))
+                      for c in cells])
+    shape = jax.eval_shape(init, ref_params, keys)
+    shardings = sharding.param_shardings(shape, mesh, bool(config.mesh.shard_params),
+                                         leading_axes=1)
+    return jax.jit(init, out_shardings=shardings)(ref_params, keys)
+
+
+def _policy_part(state: train.RLState) -> train.RLState:
+    """The state without the frozen reference: what a checkpoint holds."""
+    return state.replace(ref_params=None)
+
+
+def _resume(ckpt_dir: str, state: train.RLState, total: int, log) -> tuple[Any, int]:
+    """Restore the newest intact checkpoint into `state` (reference kept); (state, step)."""
+    if not checkpoint.all_steps(ckpt_dir):
+        return state, 0
+    restored, _, step = checkpoint.restore_newest_intact(ckpt_dir, _policy_part(state), log)
+    if step > total:
+        raise rundir.ConfigMismatchError(
+            f"{ckpt_dir} holds step {step}, beyond train.num_steps = {total}; use a new "
+            f"--workdir, or --overwrite to discard the run")
+    log(f"resumed from {ckpt_dir} at step {step}")
+    return restored.replace(ref_params=state.ref_params), step
+
+
+def _nonfinite_message(step, member, cell, ckpt_dir) -> str:
+    last = checkpoint.latest_step(ckpt_dir)
+    kept = (f"the last good checkpoint, step {last}, is kept in {ckpt_dir}" if last is not None
+            else "no checkpoint exists yet (it failed in the first chunk)")
+    return (f"non-finite loss or gradient at step {step} (member {member}, cell {dict(cell)}); "
+            f"stopped; {kept}")
+
+
+def _check_skipped(state: train.RLState, cells, steps_run: int, inner_steps: int,
+                   max_frac: float) -> None:
+    skipped = np.asarray(state.num_skipped, np.float64)
+    frac = skipped / max(1, steps_run * inner_steps)
+    bad = [(i, int(skipped[i]), frac[i]) for i in range(len(cells)) if frac[i] > max_frac]
+    if bad:
+        i, n, f = bad[0]
+        raise TooManySkippedError(
+            f"{len(bad)} of {len(cells)} members skipped more than train.max_skipped_frac = "
+            f"{max_frac:g} of their updates as non-finite (member {i}, cell {dict(cells[i])}: "
+            f"{n} of {steps_run * inner_steps}, {f:.0%}); its results mean little")
+
+
 def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
-                   ref_params=None, log=print) -> dict[str, Any]:
-    """Train one vmapped population (one compiled program) and return its history.
+                   ref_params=None, log=print, overwrite: bool = False) -> PopulationResult:
+    """Train one vmapped population (one compiled program); return a `PopulationResult`.
 
     Args:
-      config: a validated GRPO config (the static part of every member).
+      config: a GRPO config (the static part of every member); validated here.
       cells: per-member overrides of `VMAPPABLE_KEYS` (missing keys come from `config`).
-      workdir: run directory: `metrics.jsonl` (one line per step and member), `tb/`,
-        `checkpoints/` (resumed from if present), `summary.json`.
+      workdir: run directory: `config.json`, `metrics.jsonl` (one line per step and
+        member), `tb/`, `checkpoints/` (resumed from if present), `reference/` (when
+        pretrained here).
       ref_params: reference parameters (default: `load_or_pretrain_reference`).
+      overwrite: discard a run of another config in `workdir` instead of refusing it.
 
     Multi-host (`config.mesh.multihost`): every process runs this same function; the mesh
     spans all processes' devices. `workdir` must be on a filesystem all processes share:
     orbax checkpoints are collective (each process writes its shards, all take the same
-    resume branch), while metrics, TensorBoard and the progress bar come from process 0 only.
-
-    Returns:
-      {"state": final population state, "history": {metric: [S, steps, ...]} over all steps
-       (read back from metrics.jsonl when the run was resumed),
-       "setup": RLSetup, "task": Task, "hparams": Hparams, "cells": cells}
+    resume branch), while metrics, the run config, the lock, TensorBoard and the progress
+    bar belong to process 0.
     """
     sharding.maybe_initialize_distributed(config.mesh)  # before any other JAX call
     validate_config(config)
-    lead = jax.process_index() == 0  # only process 0 writes metrics and shows progress
+    lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    if not lead:
+        return _run_locked(config, cells, workdir, ref_params, log, overwrite, lead)
+    with rundir.lock(workdir, log=log):
+        return _run_locked(config, cells, workdir, ref_params, log, overwrite, lead)
+
+
+def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> PopulationResult:
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if lead:
+        rundir.check_config(workdir, {"config": config, "cells": [dict(c) for c in cells]},
+                            overwrite=overwrite, log=log)
+        if overwrite:
+            for name in ("checkpoints", "metrics.jsonl", "tb"):
+                _remove(os.path.join(workdir, name))
     task = make_task(config)
     mcfg = make_model_config(config, task)
     mesh = sharding.make_mesh(config.mesh)
     setup = make_setup(config, task, mcfg, mesh, population_kl_choices(config, cells))
     hp = population_hparams(config, cells)
-    num = len(cells)
     if ref_params is None:
-        ref_params = load_or_pretrain_reference(config, task, mcfg, workdir, log=log)
-
-    def init_population(ref, keys):
-        return jax.vmap(lambda k: train.init_rl_state(setup, ref, ref, k))(keys)
-
-    keys = jnp.stack([jax.random.PRNGKey(int(cell_value(config, c, "train.seed")))
-                      for c in cells])
-    state_shape = jax.eval_shape(init_population, ref_params, keys)
-    state_sharding = _state_shardings(state_shape, mesh, config.mesh.shard_params)
-    state = jax.jit(init_population, out_shardings=state_sharding)(ref_params, keys)
-
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    start = 0
-    if checkpoint.latest_step(ckpt_dir) is not None:
-        state, meta = checkpoint.restore(ckpt_dir, state)
-        start = int(meta["step"])
-        log(f"resumed from {ckpt_dir} at step {start}")
-    if lead:
-        _truncate_metrics(workdir, start)
-
+        ref_params = load_or_pretrain_reference(config, task, mcfg,
+                                                os.path.join(workdir, "reference"), log=log)
+    state = _init_population(setup, config, cells, ref_params, mesh)
     total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
+    state, start = _resume(ckpt_dir, state, total, log)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    if lead:
+        writers.truncate_jsonl(metrics_path, start, log=log)
+
     t0 = time.perf_counter()
-    run_chunk, cached = compiled_chunk(setup, chunk, state, hp)
+    run_chunk, cached = PROGRAMS.get(setup, chunk, state, hp)
     compile_s = time.perf_counter() - t0
-    log(f"{'reused' if cached else 'compiled'} a {num}-member population program, {chunk} "
-        f"steps per chunk, in {compile_s:.1f}s")
+    log(f"{'reused' if cached else 'compiled'} a {len(cells)}-member population program, "
+        f"{chunk} steps per chunk, in {compile_s:.1f}s")
+    state, history = _train_chunks(config, cells, setup, task, state, hp, run_chunk, start,
+                                   workdir, lead)
+    if start > 0 and lead:  # resumed: the whole history is in the JSONL
+        hist = writers.stacked_history(workdir, len(cells))
+    else:
+        hist = ({k: np.concatenate([h[k] for h in history], axis=1) for k in history[0]}
+                if history else {})
+    _check_skipped(state, cells, total, setup.inner_steps,
+                   float(config.train.max_skipped_frac))
+    return PopulationResult(state=state, history=hist, setup=setup, task=task, hparams=hp,
+                            cells=[dict(c) for c in cells], start_step=start,
+                            compile_s=compile_s)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workdir, lead):
+    """The chunk loop: run, check finiteness, log, checkpoint, progress. -> (state, history)."""
+    total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    every = int(config.train.checkpoint_every_chunks)
+    keep = int(config.train.max_to_keep) or None
     meta = {"config": config.to_dict(), "cells": [dict(c) for c in cells]}
     history: list[dict[str, np.ndarray]] = []
     bar = writers.Progress(total, initial=start, desc=f"grpo {config.task.name}",
@@ -282,98 +470,54 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
     writer = (writers.MetricWriter(workdir, tensorboard=config.train.tensorboard) if lead
               else writers.NullWriter())
     with writer:
-        step, chunk_index = start, start // chunk
+        step = start
         while step < total:
             t0 = time.perf_counter()
             new_state, metrics = run_chunk(state, hp)
             metrics = jax.device_get(metrics)  # [S, chunk, ...]
             seconds = time.perf_counter() - t0
-            ok = _all_finite(metrics)
+            ok = np.asarray(metrics["nonfinite"]) == 0
             if config.train.on_nonfinite == "stop" and not ok.all():
                 member, bad = np.argwhere(~ok)[0]
                 bar.close()
-                raise NonFiniteError(
-                    f"non-finite loss or gradient at step {step + int(bad)} (member {member}, "
-                    f"cell {dict(cells[member])}); stopped; the last good checkpoint "
-                    f"(step {checkpoint.latest_step(ckpt_dir)}) is kept in {ckpt_dir}")
+                raise NonFiniteError(_nonfinite_message(step + int(bad), member,
+                                                        cells[member], ckpt_dir))
             state = new_state
-            tokens = num * setup.batch_size * task.completion_len * chunk
+            tokens = len(cells) * setup.batch_size * task.completion_len * chunk
             metrics["step_time"] = np.full(ok.shape, seconds / chunk)
             metrics["tokens_per_s"] = np.full(ok.shape, tokens / seconds)
             history.append(metrics)
-            for m in range(num):
-                seed = int(cell_value(config, cells[m], "train.seed"))
+            for m, cell in enumerate(cells):
+                seed = int(cell_value(config, cell, "train.seed"))
                 writer.write_many(step, [dict(r, member=m, seed=seed)
                                          for r in _member_rows(metrics, m)])
             step += chunk
-            chunk_index += 1
-            if chunk_index % int(config.train.checkpoint_every_chunks) == 0 or step >= total:
-                checkpoint.save(ckpt_dir, step, state, dict(meta, step=step))
+            if (step // chunk) % every == 0 or step >= total:
+                checkpoint.save(ckpt_dir, step, _policy_part(state), dict(meta, step=step),
+                                max_to_keep=keep)
             bar.update(chunk, {"reward": float(np.mean(metrics["reward_mean"][:, -1])),
                                "kl_rev": float(np.mean(metrics["exact_kl_rev"][:, -1])),
                                "s/step": seconds / chunk})
     bar.close()
-    if start > 0 and lead:  # resumed: the whole history is in the JSONL
-        hist = writers.stacked_history(workdir, num)
-    else:
-        hist = ({k: np.concatenate([h[k] for h in history], axis=1) for k in history[0]}
-                if history else {})
-    return {"state": state, "history": hist, "setup": setup, "task": task, "hparams": hp,
-            "cells": list(cells), "start_step": start, "compile_s": compile_s}
+    return state, history
 
 
-# Compiled chunk programs, keyed by everything that determines them (the static setup, the
-# chunk length and the abstract arguments, shardings included). Host-side only, like jax's
-# own jit cache; it lets a resumed run or a repeated population skip recompilation.
-_COMPILED: dict[Any, Any] = {}
-
-
-def compiled_chunk(setup: train.RLSetup, chunk_steps: int, state, hp):
-    """(ahead-of-time compiled `make_rl_chunk(setup, chunk_steps, population=True)`, whether
-    it came from the cache). Compile time is thereby measured apart from step time."""
-    spec = lambda x: (x.shape, str(x.dtype), getattr(x, "sharding", None))
-    key = (setup, chunk_steps, jax.tree.structure((state, hp)),
-           tuple(spec(x) for x in jax.tree.leaves((state, hp))))
-    if key in _COMPILED:
-        return _COMPILED[key], True
-    program = train.make_rl_chunk(setup, chunk_steps, population=True).lower(state, hp).compile()
-    _COMPILED[key] = program
-    return program, False
-
-
-def _state_shardings(state_shape, mesh, shard_params: bool):
-    """Population state: params/opt sharded by the FSDP rule (or replicated), rest replicated.
-
-    Leaves carry a leading population axis, which stays unsharded.
-    """
-    return sharding.param_shardings(state_shape, mesh, bool(shard_params), leading_axes=1)
-
-
-def _truncate_metrics(workdir: str, step: int) -> None:
-    """On resume, drop JSONL lines at or after the restored step (they will be rewritten)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] < step]
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(keep)
-
-
-def train_and_evaluate(config, workdir: str, ref_params=None, log=print) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str, ref_params=None, log=print,
+                       overwrite: bool = False) -> PopulationResult:
     """Train `config`'s population (`train.num_seeds` seeds) and write `summary.json`."""
     out = run_population(config, population_cells(config), workdir, ref_params=ref_params,
-                         log=log)
-    hist = out["history"]
+                         log=log, overwrite=overwrite)
+    hist = out.history
     summary = {
         "task": config.task.name,
-        "kl": f"{config.loss.kl_estimator}/{config.loss.kl_placement}",
+        "kl": str(KLChoice.of(kl_choice_of(config), config.loss.beta)),
         "beta": float(config.loss.beta),
         "num_steps": int(config.train.num_steps),
+        "steps_run": int(np.asarray(out.state.step)[0]),
         "final": {k: np.asarray(v)[:, -1].tolist() for k, v in hist.items()} if hist else {},
     }
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+    if jax.process_index() == 0:
+        jsonio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     if hist:
         log("final (mean over seeds): " + ", ".join(
             f"{k}={np.mean(np.asarray(hist[k])[:, -1]):.4g}"

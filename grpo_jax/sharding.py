@@ -58,10 +58,6 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
 def param_spec(shape: tuple[int, ...], axis_size: int, shard: bool) -> P:
     """FSDP rule: split the largest dimension divisible by `axis_size`; else replicate."""
     if not shard or axis_size == 1:
@@ -88,10 +84,3 @@ def param_shardings(params: Any, mesh: Mesh, shard: bool, leading_axes: int = 0)
         return NamedSharding(mesh, P(*([None] * leading_axes), *spec))
 
     return jax.tree.map(one, params)
-
-
-def check_batch(batch_size: int, mesh: Mesh, name: str = "config.grpo batch") -> None:
-    size = mesh.shape[DATA_AXIS]
-    if batch_size % size:
-        raise ValueError(f"{name} = {batch_size} is not divisible by the {size} devices on the "
-                         f"'{DATA_AXIS}' mesh axis (set config.mesh.data)")

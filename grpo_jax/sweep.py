@@ -38,12 +38,14 @@ import importlib.util
 import itertools
 import json
 import os
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
-import numpy as np
+
+from grpo_jax import jsonio, rundir
+from grpo_jax.config_utils import delete_value, get_value, set_value
+from grpo_jax.jsonio import write_json_atomic
 
 Axis = tuple  # (key, values) or ((key, ...), [(value, ...), ...])
 RunGroupFn = Callable[[ml_collections.ConfigDict, list], list]
@@ -89,33 +91,6 @@ def _normalise_axis(axis: Axis) -> tuple[tuple[str, ...], list[tuple]]:
     return keys, [tuple(v) for v in values]
 
 
-def _lookup_parent(config: ml_collections.ConfigDict, key: str):
-    """The ConfigDict that holds dotted ``key`` and the last name; KeyError if missing."""
-    parts = key.split(".")
-    node = config
-    for i, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            where = ".".join(parts[:i]) or "<root>"
-            valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            raise KeyError(f"Config key {key!r} not found: {where!r} has keys {valid}")
-        if i < len(parts) - 1:
-            node = node[part]
-    return node, parts[-1]
-
-
-def get_value(config: ml_collections.ConfigDict, key: str) -> Any:
-    """Value of dotted ``key`` in ``config`` (KeyError naming the key if absent)."""
-    parent, name = _lookup_parent(config, key)
-    return parent[name]
-
-
-def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    """Set existing dotted ``key`` in place (ml_collections' type checks apply)."""
-    parent, name = _lookup_parent(config, key)
-    with parent.unlocked():
-        parent[name] = value
-
-
 def expand(
     base: ml_collections.ConfigDict, axes: Sequence[Axis]
 ) -> list[ml_collections.ConfigDict]:
@@ -147,28 +122,9 @@ def expand(
 # --------------------------------------------------------------------------- hashing
 
 
-def _jsonable(x: Any) -> Any:
-    """Plain-JSON view of config values and results: tuples -> lists, numpy -> Python."""
-    if isinstance(x, ml_collections.ConfigDict):
-        x = x.to_dict()
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (bool, int, float, str)) or x is None:
-        return x
-    if isinstance(x, np.generic):
-        return x.item()
-    if hasattr(x, "tolist"):  # numpy / jax arrays
-        return _jsonable(np.asarray(x).tolist())
-    if isinstance(x, ml_collections.FieldReference):
-        return _jsonable(x.get())
-    raise TypeError(f"Value of type {type(x).__name__} is not JSON-serialisable: {x!r}")
-
-
 def canonical_json(config: ml_collections.ConfigDict | dict) -> str:
     """Sorted, whitespace-free JSON of a config: the exact text that :func:`cell_hash` hashes."""
-    return json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return json.dumps(jsonio.to_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=True)
 
 
 def cell_hash(config: ml_collections.ConfigDict | dict, length: int = 16) -> str:
@@ -207,12 +163,7 @@ def static_part(
     """Copy of ``config`` without the vmappable keys (keys absent from ``config`` are ignored)."""
     out = copy.deepcopy(config)
     for k in sorted(set(vmappable_keys)):
-        try:
-            parent, name = _lookup_parent(out, k)
-        except KeyError:
-            continue
-        with parent.unlocked():
-            del parent[name]
+        delete_value(out, k)
     return out
 
 
@@ -258,39 +209,28 @@ def group_cells(
 # --------------------------------------------------------------------------- cache + runner
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``.
-
-    The object is serialised before anything touches the disk, so a serialisation error
-    leaves neither ``path`` nor a temporary file behind.
-    """
-    text = json.dumps(_jsonable(obj), indent=1, sort_keys=True, allow_nan=True)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def cell_path(workdir: str, h: str) -> str:
     return os.path.join(workdir, CELLS_DIR, f"{h}.json")
 
 
-def load_cell(workdir: str, h: str) -> dict | None:
-    """The stored record ``{"hash", "config", "result", ...}`` of a cell, or None if absent."""
+def load_cell(workdir: str, h: str, log: Callable[[str], Any] = print) -> dict | None:
+    """The stored record ``{"hash", "config", "result", ...}`` of a cell, or None if absent.
+
+    A damaged record (unparsable, or without a result) counts as absent, so the cell is run
+    again; a warning names the file.
+    """
     path = cell_path(workdir, h)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        stored = jsonio.read_json(path)
+    except jsonio.CorruptFileError as e:
+        log(f"warning: {e}; the cell will be run again")
+        return None
+    if not isinstance(stored, dict) or "result" not in stored:
+        log(f"warning: {path}: no result in the stored cell; the cell will be run again")
+        return None
+    return stored
 
 
 def run_sweep(
@@ -312,9 +252,17 @@ def run_sweep(
        as it returns, so an exception in a later group loses nothing already finished; the
        exception propagates, and a re-run redoes only the unfinished cells.
 
+    A second process on the same ``workdir`` fails at once (``rundir.lock``); a damaged cell
+    file is run again with a warning naming it.
+
     Returns:
       ``results[i]`` is the result dict of ``cells[i]`` (read back from JSON, cached or new).
     """
+    with rundir.lock(workdir, log=log):
+        return _run_sweep(cells, run_group_fn, workdir, vmappable_keys, log, max_group_size)
+
+
+def _run_sweep(cells, run_group_fn, workdir, vmappable_keys, log, max_group_size):
     vmappable_keys = sorted(set(vmappable_keys))
     hashes = [cell_hash(c) for c in cells]
     dupes = sorted(h for h, k in collections.Counter(hashes).items() if k > 1)
@@ -340,7 +288,7 @@ def run_sweep(
     results: list[dict | None] = [None] * len(cells)
     pending = []
     for i, h in enumerate(hashes):
-        stored = load_cell(workdir, h)
+        stored = load_cell(workdir, h, log)
         if stored is not None:
             results[i] = stored["result"]
         else:
@@ -361,7 +309,7 @@ def run_sweep(
         if len(out) != len(idx):
             raise ValueError(f"run_group_fn returned {len(out)} results for {len(idx)} cells.")
         # Serialise the whole group first: a bad result fails before any file of it is written.
-        out = [json.loads(json.dumps(_jsonable(r), allow_nan=True)) for r in out]
+        out = [json.loads(json.dumps(jsonio.to_jsonable(r), allow_nan=True)) for r in out]
         for i, r in zip(idx, out):
             if not isinstance(r, dict):
                 raise TypeError(f"run_group_fn must return dicts; cell {i} got {type(r).__name__}.")
@@ -391,8 +339,7 @@ def load_results(workdir: str) -> tuple[list[dict], int]:
     Returns ``(results, n_missing)``: the result dicts of the finished cells and the number
     of manifest cells that have no result yet (e.g. to write a report of a partial sweep).
     """
-    with open(os.path.join(workdir, MANIFEST)) as f:
-        manifest = json.load(f)
+    manifest = jsonio.read_json(os.path.join(workdir, MANIFEST))
     results, missing = [], 0
     for entry in manifest["cells"]:
         stored = load_cell(workdir, entry["hash"])
@@ -440,84 +387,3 @@ def load_runner(spec: str) -> RunGroupFn:
         return getattr(module, fn_name)
     except AttributeError:
         raise AttributeError(f"Module {module_name!r} has no function {fn_name!r}.") from None
-
-
-# --------------------------------------------------------------------------- demo runner
-
-
-def bandit_optimum(
-    rewards: np.ndarray, ref: np.ndarray, beta: np.ndarray, divergence: str, iters: int = 200
-) -> np.ndarray:
-    """Closed-form maximiser of ``E_pi[R] - beta * D(pi, ref)`` over distributions, vectorised.
-
-    Args:
-      rewards: ``[A]`` reward of each arm.
-      ref: ``[A]`` reference distribution (positive, sums to 1).
-      beta: ``[N]`` positive KL coefficients.
-      divergence: ``"reverse"`` (KL[pi||ref]): ``pi ∝ ref * exp(R / beta)``;
-        ``"forward"`` (KL[ref||pi]): ``pi = beta * ref / (lam - R)``, ``lam > max R`` fixed by
-        ``sum(pi) = 1`` (found by bisection; the sum decreases in ``lam``).
-    Returns:
-      ``[N, A]`` optimal policies.
-    """
-    valid = ("reverse", "forward")
-    if divergence not in valid:
-        raise ValueError(f"Unknown divergence {divergence!r}; valid: {valid}")
-    r = np.asarray(rewards, np.float64)[None, :]
-    p = np.asarray(ref, np.float64)[None, :]
-    b = np.asarray(beta, np.float64)[:, None]
-    if divergence == "reverse":
-        z = np.log(p) + r / b
-        z = z - z.max(axis=1, keepdims=True)
-        pi = np.exp(z)
-        return pi / pi.sum(axis=1, keepdims=True)
-    # f(lam) = sum_a b p_a / (lam - R_a) decreases on (max R, inf); f -> inf as lam -> max R,
-    # and f(max R + b) <= sum_a p_a = 1 since every lam - R_a >= b. So bisect on that bracket.
-    lo = np.full_like(b, r.max())
-    hi = r.max() + b
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        s = (b * p / (mid - r)).sum(axis=1, keepdims=True)
-        lo = np.where(s > 1, mid, lo)
-        hi = np.where(s > 1, hi, mid)
-    pi = b * p / (0.5 * (lo + hi) - r)
-    return pi / pi.sum(axis=1, keepdims=True)
-
-
-def closed_form_bandit_runner(static_config: ml_collections.ConfigDict, cells: list) -> list[dict]:
-    """Demo runner: the closed-form optimum of a bandit, one population per divergence.
-
-    Needs ``static_config.bandit.rewards`` ``[A]``, ``static_config.bandit.ref`` ``[A]`` and
-    ``static_config.loss.divergence``; each cell gives ``loss.beta`` and ``seed``. The seed
-    only adds ``noise`` (``static_config.bandit.noise``) to the reported reward, so that a
-    sweep over seeds has something to average. Vectorised over the cells, like a vmapped
-    trainer population.
-    """
-    rewards = np.asarray(static_config.bandit.rewards, np.float64)
-    ref = np.asarray(static_config.bandit.ref, np.float64)
-    beta = np.array([c.loss.beta for c in cells], np.float64)
-    pi = bandit_optimum(rewards, ref, beta, static_config.loss.divergence)
-    kl_rev = (pi * (np.log(pi) - np.log(ref)[None, :])).sum(axis=1)
-    kl_fwd = (ref[None, :] * (np.log(ref)[None, :] - np.log(pi))).sum(axis=1)
-    reward = pi @ rewards
-    noise = float(static_config.bandit.get("noise", 0.0))
-    out = []
-    for n, c in enumerate(cells):
-        eps = np.random.default_rng(int(c.seed)).normal() * noise
-        out.append(
-            {
-                "policy": pi[n].tolist(),
-                "reward": float(reward[n] + eps),
-                "exact_kl_rev": float(kl_rev[n]),
-                "exact_kl_fwd": float(kl_fwd[n]),
-                "objective_check": float(
-                    reward[n]
-                    - c.loss.beta
-                    * (kl_rev[n] if static_config.loss.divergence == "reverse" else kl_fwd[n])
-                ),
-            }
-        )
-    return out
-
-
-closed_form_bandit_runner.vmappable_keys = ("seed", "loss.beta")

@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from grpo_jax import jsonio, rundir
+
 
 def _to_python(value: Any) -> Any:
     """NumPy / JAX scalars and arrays -> JSON-serialisable Python values (NaN kept as NaN)."""
@@ -105,10 +107,33 @@ class NullWriter(MetricWriter):
         pass
 
 
+def _parse_lines(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """(raw line, parsed row) of every non-empty line; a bad line names the file and line."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                out.append((line, json.loads(line)))
+            except ValueError as e:
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from None
+    return out
+
+
 def read_metrics(workdir: str, filename: str = "metrics.jsonl") -> list[dict[str, Any]]:
     """The JSONL lines of a run, in order (for reports and tests)."""
-    with open(os.path.join(workdir, filename), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [row for _, row in _parse_lines(os.path.join(workdir, filename))]
+
+
+def truncate_jsonl(path: str, step: int, log=print) -> None:
+    """On resume: cut a partial last line (with a warning naming the file and line), then
+    drop the rows at or after `step` (they will be rewritten). Atomic rewrite."""
+    if not os.path.exists(path):
+        return
+    rundir.recover_jsonl(path, log)
+    keep = [line for line, row in _parse_lines(path) if row["step"] < step]
+    jsonio.write_text_atomic(path, "".join(keep))
 
 
 def stacked_history(workdir: str, num_members: int,

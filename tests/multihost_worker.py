@@ -72,11 +72,11 @@ def main(argv=None):
     out = runner.run_population(config, runner.population_cells(config), workdir,
                                 ref_params=ref, log=log)
     log("trained")
-    leaves = jax.tree.leaves(out["state"].params)
+    leaves = jax.tree.leaves(out.state.params)
     arrays = {f"p{i:03d}": np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)}
     arrays.update({f"ref{i:03d}": np.asarray(x) for i, x in
-                   enumerate(jax.tree.leaves(out["state"].ref_params))})
-    arrays["reward_mean"] = np.asarray(out["history"]["reward_mean"])
+                   enumerate(jax.tree.leaves(out.state.ref_params))})
+    arrays["reward_mean"] = np.asarray(out.history["reward_mean"])
     np.savez(args.out, **arrays)
     print("ok", jax.process_index(), jax.device_count(), jax.process_count(), flush=True)
 

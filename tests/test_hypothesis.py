@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from configs import hypothesis as hyp_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Loaded by path under its own name: `hypothesis` is also a PyPI package (and pytest plugin).
 _SPEC = importlib.util.spec_from_file_location(
@@ -19,7 +21,7 @@ _SPEC.loader.exec_module(experiment)
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("hypothesis"))
     lines = []
-    out = experiment.run(workdir, "tiny", log=lambda s: lines.append(str(s)))
+    out = experiment.run(workdir, hyp_config.get_config("tiny"), log=lambda s: lines.append(str(s)))
     return workdir, out, lines
 
 
@@ -63,6 +65,6 @@ def test_tiny_run_writes_report_table_and_figures(tiny_run):
 def test_rerun_reuses_finished_cells(tiny_run):
     workdir, out, _ = tiny_run
     lines = []
-    again = experiment.run(workdir, "tiny", log=lambda s: lines.append(str(s)))
+    again = experiment.run(workdir, hyp_config.get_config("tiny"), log=lambda s: lines.append(str(s)))
     assert any("16 cached, 0 to run" in s for s in lines), lines[:3]
     assert [r["final"] for r in again["records"]] == [r["final"] for r in out["records"]]

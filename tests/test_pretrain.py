@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from configs import pretrain as pretrain_config
-from grpo_jax import model, tasks, train
+from grpo_jax import model, pretrain, reference_fit, tasks
 
 # Tiny runs (1 layer, width 32, batch 256 so the final minibatch noise stays well below the
 # tolerance): each compiles one scan and one exact evaluation of the model's mode shares.
@@ -24,8 +24,8 @@ CASES = {
 def test_tiny_pretraining_fits_modes(name):
     kwargs, steps, tol = CASES[name]
     task = tasks.make(name, **kwargs)
-    cfg = train.model_config_for(task, num_layers=1, width=32, num_heads=2, mlp_width=64)
-    params, report = train.pretrain_reference(
+    cfg = pretrain.model_config_for(task, num_layers=1, width=32, num_heads=2, mlp_width=64)
+    params, report = pretrain.pretrain_reference(
         cfg, task, jax.random.key(0, impl="rbg"), steps=steps, batch_size=256, lr=1e-2,
         chunk_steps=steps, mode_share_tolerance=tol, num_eval_samples=0)
     assert report["steps"] == steps
@@ -41,10 +41,10 @@ def test_tiny_pretraining_fits_modes(name):
 
 def test_make_pretrain_is_pure_and_descends():
     task = tasks.make("bandit", num_tokens=16, sigma=2.0)
-    cfg = train.model_config_for(task, num_layers=1, width=16, num_heads=2, mlp_width=32)
+    cfg = pretrain.model_config_for(task, num_layers=1, width=16, num_heads=2, mlp_width=32)
     params = jax.jit(model.init, static_argnums=0)(cfg, jax.random.key(0, impl="rbg"))
     opt = optax.adam(3e-2)
-    run = train.make_pretrain(cfg, task, opt, chunk_steps=40, batch_size=32)
+    run = pretrain.make_pretrain(cfg, task, opt, chunk_steps=40, batch_size=32)
     key = jax.random.key(1, impl="rbg")
     a = run(params, opt.init(params), key)
     b = run(params, opt.init(params), key)
@@ -55,7 +55,7 @@ def test_make_pretrain_is_pure_and_descends():
     assert losses.shape == (40,) and losses[-10:].mean() < losses[0] - 0.4
     assert set(a[3]) == {"loss", "token_accuracy", "grad_norm"}
     with pytest.raises(ValueError, match="chunk_steps"):
-        train.make_pretrain(cfg, task, opt, chunk_steps=0, batch_size=32)
+        pretrain.make_pretrain(cfg, task, opt, chunk_steps=0, batch_size=32)
 
 
 def test_experiment_saves_a_restorable_reference(tmp_path):
@@ -72,10 +72,10 @@ def test_experiment_saves_a_restorable_reference(tmp_path):
     report = pretrain_exp.train_and_evaluate(config, workdir, log=lambda *_: None)
     assert os.path.exists(os.path.join(workdir, "report.json"))
     assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-    task, cfg, params, meta = train.restore_reference(workdir)
+    task, cfg, params, meta = pretrain.restore_reference(workdir)
     assert task == tasks.make("bandit", num_tokens=16, sigma=2.0)
     assert cfg.width == 16 and cfg.vocab_size == 17
     assert meta["report"]["data_kl_seq"] == pytest.approx(report["data_kl_seq"])
     # The restored reference reproduces the saved report's fit exactly.
-    again = train.fit_report(cfg, params, task, jax.random.key(0, impl="rbg"), num_samples=0)
+    again = reference_fit.fit_report(cfg, params, task, jax.random.key(0, impl="rbg"), num_samples=0)
     assert again["data_kl_seq"] == pytest.approx(report["data_kl_seq"], abs=1e-6)

@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from grpo_jax import sweep
+from grpo_jax import jsonio, sweep
+from grpo_jax.tasks.bandit import bandit_optimum
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,9 +110,9 @@ def test_hash_stable_order_independent_and_sensitive():
 def test_write_json_atomic_leaves_nothing_on_failure(tmp_path):
     path = tmp_path / "x.json"
     with pytest.raises(TypeError):
-        sweep.write_json_atomic(str(path), {"bad": object()})
+        jsonio.write_json_atomic(str(path), {"bad": object()})
     assert os.listdir(tmp_path) == []
-    sweep.write_json_atomic(str(path), {"a": np.arange(3), "b": np.float32(0.5)})
+    jsonio.write_json_atomic(str(path), {"a": np.arange(3), "b": np.float32(0.5)})
     assert json.loads(path.read_text()) == {"a": [0, 1, 2], "b": 0.5}
 
 
@@ -191,7 +192,7 @@ def test_bandit_optimum_beats_random_policies(divergence):
     rewards = np.array([1.0, 0.8, 0.2, 0.0])
     ref = np.array([0.1, 0.2, 0.3, 0.4])
     beta = np.array([0.05, 0.3, 2.0])
-    pi = sweep.bandit_optimum(rewards, ref, beta, divergence)
+    pi = bandit_optimum(rewards, ref, beta, divergence)
     np.testing.assert_allclose(pi.sum(axis=1), 1.0, atol=1e-12)
 
     def objective(q, b):  # q [N, A], b [N] or scalar
@@ -211,7 +212,7 @@ def test_bandit_optimum_beats_random_policies(divergence):
         assert best >= objective(others, b).max() - 1e-12
         assert best >= objective(near, b).max() - 1e-12
     with pytest.raises(ValueError, match="valid"):
-        sweep.bandit_optimum(rewards, ref, beta, "sideways")
+        bandit_optimum(rewards, ref, beta, "sideways")
 
 
 def test_entry_point_runs_example_sweep_and_resumes(tmp_path):
@@ -224,7 +225,7 @@ def test_entry_point_runs_example_sweep_and_resumes(tmp_path):
         "--workdir",
         workdir,
         "--runner",
-        "grpo_jax.sweep:closed_form_bandit_runner",
+        "configs.sweeps.example:closed_form_bandit_runner",
         "--logtostderr",
     ]
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -235,7 +236,7 @@ def test_entry_point_runs_example_sweep_and_resumes(tmp_path):
     for r in results:
         cfg, res = r["config"], r["result"]
         pi = np.array(res["policy"])
-        expect = sweep.bandit_optimum(
+        expect = bandit_optimum(
             np.array(cfg["bandit"]["rewards"]),
             np.array(cfg["bandit"]["ref"]),
             np.array([cfg["loss"]["beta"]]),

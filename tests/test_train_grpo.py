@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from configs import grpo as grpo_config
-from grpo_jax import checkpoint, metrics, model, runner, sweep, writers
+from grpo_jax import checkpoint, metrics, model, rundir, runner, writers
+from grpo_jax.tasks.bandit import bandit_optimum
 
 BETA = 0.5
 
@@ -52,7 +53,7 @@ def optima(task, ref_probs, beta):
     prompts = jnp.full((comps.shape[0], 1), task.bos_id, jnp.int32)
     r = np.asarray(task.reward(prompts, comps), np.float64)
     q = np.asarray(ref_probs, np.float64)
-    rev, fwd = (sweep.bandit_optimum(r, q / q.sum(), np.array([beta]), d)[0]
+    rev, fwd = (bandit_optimum(r, q / q.sum(), np.array([beta]), d)[0]
                 for d in ("reverse", "forward"))
     return rev, fwd, r
 
@@ -63,12 +64,12 @@ def tv(p, q):
 
 @pytest.fixture(scope="module")
 def bandit_population(tmp_path_factory):
-    """k2/loss, exact_forward/loss, k3/loss with unbiased advantages (RLOO, no std, so the
+    """k2/loss, exact_fwd/loss, k3/loss with unbiased advantages (RLOO, no std, so the
     objective is E[R] - beta KL), one program, 200 steps."""
     c = tiny_config(steps=200, chunk=50, beta=BETA, advantage_estimator="rloo",
                     aggregation="token_mean")
     task, mcfg, ref = reference(c)
-    choices = ("k2/loss", "exact_forward/loss", "k3/loss")
+    choices = ("k2/loss", "exact_fwd/loss", "k3/loss")
     cells = [{"train.seed": 0, "loss.kl_choice": ch} for ch in choices]
     out = runner.run_population(c, cells, str(tmp_path_factory.mktemp("pop")), ref_params=ref,
                                 log=lambda *_: None)
@@ -82,9 +83,9 @@ def test_bandit_optima_match_the_gradient_audit(bandit_population):
     q = policy_probs(mcfg, task, ref)
     rev, fwd, _ = optima(task, q, BETA)
     assert tv(rev, fwd) > 0.15  # the two optima are far apart, so the test discriminates
-    expected = {"k2/loss": rev, "exact_forward/loss": fwd, "k3/loss": fwd}
+    expected = {"k2/loss": rev, "exact_fwd/loss": fwd, "k3/loss": fwd}
     for i, choice in enumerate(choices):
-        p = policy_probs(mcfg, task, member(out["state"].params, i))
+        p = policy_probs(mcfg, task, member(out.state.params, i))
         other = fwd if expected[choice] is rev else rev
         assert tv(p, expected[choice]) < 0.08, (choice, tv(p, expected[choice]))
         assert tv(p, other) > 0.12, (choice, tv(p, other))
@@ -95,13 +96,13 @@ def test_bandit_reward_rises_and_reference_is_frozen(bandit_population):
     q = policy_probs(mcfg, task, ref)
     _, _, r = optima(task, q, BETA)
     ref_reward = float(q @ r)
-    final = np.asarray(out["history"]["reward_mean"])[:, -20:].mean(axis=1)
+    final = np.asarray(out.history["reward_mean"])[:, -20:].mean(axis=1)
     assert np.all(final > ref_reward + 0.15), (final, ref_reward)
     for i in range(3):  # the reference is never updated
-        for a, b in zip(jax.tree.leaves(member(out["state"].ref_params, i)),
+        for a, b in zip(jax.tree.leaves(member(out.state.ref_params, i)),
                         jax.tree.leaves(ref)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert int(out["state"].step[0]) == 200
+    assert int(out.state.step[0]) == 200
 
 
 def test_one_and_eight_devices_agree(tmp_path):
@@ -122,14 +123,14 @@ def test_one_and_eight_devices_agree(tmp_path):
                                     str(tmp_path / f"{devices}-{shard_params}"),
                                     ref_params=ref, log=lambda *_: None)
         finals.append(out)
-    sharded = [x.sharding for x in jax.tree.leaves(finals[2]["state"].params)]
+    sharded = [x.sharding for x in jax.tree.leaves(finals[2].state.params)]
     assert any(not s.is_fully_replicated for s in sharded)  # parameters really are split
     for other in finals[1:]:
-        for a, b in zip(jax.tree.leaves(finals[0]["state"].params),
-                        jax.tree.leaves(other["state"].params)):
+        for a, b in zip(jax.tree.leaves(finals[0].state.params),
+                        jax.tree.leaves(other.state.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
         for k in ("reward_mean", "loss", "exact_kl_rev"):
-            np.testing.assert_allclose(finals[0]["history"][k], other["history"][k],
+            np.testing.assert_allclose(finals[0].history[k], other.history[k],
                                        atol=1e-5, rtol=1e-5)
 
 
@@ -147,8 +148,8 @@ def test_kill_and_resume_equals_uninterrupted_bit_for_bit(tmp_path):
     logs = []
     resumed = runner.run_population(c, runner.population_cells(c), str(tmp_path / "cut"),
                                     ref_params=ref, log=logs.append)
-    assert resumed["start_step"] == 4 and any("resumed" in line for line in logs)
-    for a, b in zip(jax.tree.leaves(full["state"]), jax.tree.leaves(resumed["state"])):
+    assert resumed.start_step == 4 and any("resumed" in line for line in logs)
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     steps = [r["step"] for r in writers.read_metrics(str(tmp_path / "cut"))]
     assert steps == list(range(6))  # every step logged exactly once
@@ -164,13 +165,13 @@ def test_population_equals_separate_runs(tmp_path):
     for i, cell in enumerate([{"train.seed": 3}, {"train.seed": 4, "loss.beta": 0.1}]):
         one = runner.run_population(c, [cell], str(tmp_path / f"one{i}"), ref_params=ref,
                                     log=quiet)
-        for a, b in zip(jax.tree.leaves(member(pop["state"].params, i)),
-                        jax.tree.leaves(member(one["state"].params, 0))):
+        for a, b in zip(jax.tree.leaves(member(pop.state.params, i)),
+                        jax.tree.leaves(member(one.state.params, 0))):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
     # the two members really differ (so the comparison above could fail)
     diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
-        jax.tree.leaves(member(pop["state"].params, 0)),
-        jax.tree.leaves(member(pop["state"].params, 1))))
+        jax.tree.leaves(member(pop.state.params, 0)),
+        jax.tree.leaves(member(pop.state.params, 1))))
     assert diff > 1e-4, diff
 
 
@@ -182,18 +183,31 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path):
                           log=quiet)
     good = checkpoint.latest_step(str(tmp_path / "checkpoints"))
     bad = tiny_config(steps=4, chunk=2)
-    with pytest.raises(runner.NonFiniteError, match="non-finite loss or gradient at step 2"):
-        runner.run_population(bad, [{"train.seed": 0, "loss.beta": float("inf")}],
-                              str(tmp_path), ref_params=ref, log=quiet)
+    bad_cells = [{"train.seed": 0, "loss.beta": float("inf")}]
+    with pytest.raises(rundir.ConfigMismatchError, match="loss.beta"):  # a changed run
+        runner.run_population(bad, bad_cells, str(tmp_path), ref_params=ref, log=quiet)
+    # Resume the good run with beta = inf on purpose (bypassing the run-config check) to put
+    # a non-finite loss in the middle of a run.
+    os.remove(tmp_path / rundir.CONFIG_FILE)
+    with pytest.raises(runner.NonFiniteError, match="non-finite loss or gradient at step 2.*"
+                       "last good checkpoint, step 2, is kept in"):
+        runner.run_population(bad, bad_cells, str(tmp_path), ref_params=ref, log=quiet)
     assert checkpoint.latest_step(str(tmp_path / "checkpoints")) == good == 2
+    with pytest.raises(runner.NonFiniteError, match="step 0.*no checkpoint exists yet"):
+        runner.run_population(bad, bad_cells, str(tmp_path / "fresh"), ref_params=ref,
+                              log=quiet)
 
     # "skip": the bad updates are skipped and counted; parameters stay finite and unchanged.
     skip = tiny_config(steps=2, chunk=2)
     skip.train.on_nonfinite = "skip"
-    out = runner.run_population(skip, [{"train.seed": 0, "loss.beta": float("inf")}],
-                                str(tmp_path / "skip"), ref_params=ref, log=quiet)
-    assert int(out["state"].num_skipped[0]) == 2
-    for a, b in zip(jax.tree.leaves(member(out["state"].params, 0)), jax.tree.leaves(ref)):
+    with pytest.raises(runner.TooManySkippedError, match="2 of 2, 100%"):  # default 10%
+        runner.run_population(skip, bad_cells, str(tmp_path / "skip0"), ref_params=ref,
+                              log=quiet)
+    skip.train.max_skipped_frac = 1.0
+    out = runner.run_population(skip, bad_cells, str(tmp_path / "skip"), ref_params=ref,
+                                log=quiet)
+    assert int(out.state.num_skipped[0]) == 2
+    for a, b in zip(jax.tree.leaves(member(out.state.params, 0)), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

@@ -1,7 +1,7 @@
 """The hypothesis experiment as a sweep: (task, modality) x (KL choice, beta) x seed.
 
   python experiments/sweep.py --sweep configs/sweeps/hypothesis.py --workdir runs/hyp-sweep \
-      --runner grpo_jax.evaluate:run_group
+      --runner grpo_jax.study:run_group
   (`:full` / `:tiny` pick configs/hypothesis.py's variants; experiments/hypothesis.py runs
   the same grid and also writes the report.)
 
@@ -40,7 +40,12 @@ def base_config(hyp: ml_collections.ConfigDict, task: str = "bandit") -> ml_coll
 
 
 def get_sweep(arg=None):
-    hyp = hyp_config.get_config(arg)
+    """`configs/hypothesis.py:arg`'s grid."""
+    return sweep_from_config(hyp_config.get_config(arg))
+
+
+def sweep_from_config(hyp: ml_collections.ConfigDict):
+    """(base, axes) of the grid a hypothesis config describes."""
     base = base_config(hyp)
     mods = [dict(m) for m in hyp.modalities]
     tasks = []

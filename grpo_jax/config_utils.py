@@ -1,0 +1,133 @@
+"""Config helpers shared by every entry point: dotted get/set, the strict `:arg` parser, and
+the task built from a task config.
+
+Config files are Python (`configs/*.py`, `get_config(arg) -> ConfigDict`, big_vision style).
+The string after the file's ':' (`configs/grpo.py:task=arithmetic,quick`) is parsed by
+`parse_arg` against the argument names the config declares, with their defaults' types:
+
+    >>> parse_arg("task=arithmetic,quick", task="bandit", quick=False)
+    {'task': 'arithmetic', 'quick': True}
+    >>> parse_arg("task=bandit,quikc", task="bandit", quick=False)
+    Traceback (most recent call last):
+    ValueError: unknown config argument 'quikc' in 'task=bandit,quikc'; valid: quick, task
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _convert(name: str, text: str, default: Any, arg: str) -> Any:
+    """Parse `text` as the type of `default` (bool, int, float or str)."""
+    if isinstance(default, bool):
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError(f"config argument {name}={text!r} in {arg!r} is not a boolean; "
+                         f"valid: {', '.join(_TRUE + _FALSE)}")
+    for kind in (int, float):
+        if isinstance(default, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise ValueError(f"config argument {name}={text!r} in {arg!r} is not "
+                                 f"{kind.__name__}") from None
+    return text
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
+    """The `:arg` string of a config path -> `{name: value}` over exactly `defaults`' names.
+
+    `arg` is a comma-separated list of `name=value` or bare `name` (a bare name sets a
+    boolean argument to True). Values take the type of their default. An unknown name, a
+    bare name of a non-boolean argument, a repeated name or a bad value is a `ValueError`
+    naming it and listing the valid names: a typo never silently runs the defaults.
+    """
+    out = dict(defaults)
+    seen: set[str] = set()
+    for part in (arg or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, eq, text = part.partition("=")
+        name = name.strip()
+        if name not in defaults:
+            raise ValueError(f"unknown config argument {name!r} in {arg!r}; valid: "
+                             f"{', '.join(sorted(defaults))}")
+        if name in seen:
+            raise ValueError(f"config argument {name!r} given twice in {arg!r}")
+        seen.add(name)
+        if not eq:
+            if not isinstance(defaults[name], bool):
+                raise ValueError(f"config argument {name!r} in {arg!r} needs a value "
+                                 f"({name}=...)")
+            out[name] = True
+        else:
+            out[name] = _convert(name, text.strip(), defaults[name], arg)
+    return out
+
+
+def _lookup_parent(config: ml_collections.ConfigDict, key: str):
+    """The ConfigDict that holds dotted `key` and the last name; KeyError if missing."""
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(parts[:i]) or "<root>"
+            valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            raise KeyError(f"Config key {key!r} not found: {where!r} has keys {valid}")
+        if i < len(parts) - 1:
+            node = node[part]
+    return node, parts[-1]
+
+
+def get_value(config: ml_collections.ConfigDict, key: str) -> Any:
+    """Value of dotted `key` in `config` (KeyError naming the key if absent)."""
+    parent, name = _lookup_parent(config, key)
+    return parent[name]
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """Set existing dotted `key` in place (ml_collections' type checks apply)."""
+    parent, name = _lookup_parent(config, key)
+    with parent.unlocked():
+        parent[name] = value
+
+
+def delete_value(config: ml_collections.ConfigDict, key: str) -> None:
+    """Remove dotted `key` if present (no error when absent)."""
+    try:
+        parent, name = _lookup_parent(config, key)
+    except KeyError:
+        return
+    with parent.unlocked():
+        del parent[name]
+
+
+def flatten(config, prefix: str = "") -> dict[str, Any]:
+    """`{dotted key: leaf value}` of a ConfigDict or nested dict (lists stay leaves)."""
+    items = config.items() if hasattr(config, "items") else ()
+    out: dict[str, Any] = {}
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, ml_collections.ConfigDict)):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def make_task(task_config):
+    """The task a task config describes: `{"name": ..., **dataclass fields}` (lists become
+    tuples inside `tasks.make`, so the task stays hashable)."""
+    from grpo_jax import tasks  # pylint: disable=import-outside-toplevel
+
+    kwargs = dict(task_config.to_dict() if hasattr(task_config, "to_dict") else task_config)
+    return tasks.make(kwargs.pop("name"), **kwargs)
