@@ -87,20 +87,24 @@ def make_records(
                     },
                 }
                 if bandit:
-                    ref = np.array([0.1, 0.2, 0.3, 0.4])
-                    opt_rev, opt_fwd = np.array([0.7, 0.2, 0.05, 0.05]), np.array(
-                        [0.4, 0.3, 0.15, 0.15]
-                    )
-                    target = opt_fwd if choice in ("k3/loss", "exact_fwd/loss") else opt_rev
-                    pol = target + 0.01 * rng.dirichlet(np.ones(4))
-                    rec["bandit"] = {
-                        "final_policy": list(pol / pol.sum()),
-                        "optimum_reverse": list(opt_rev),
-                        "optimum_forward": list(opt_fwd),
-                        "reference": list(ref),
-                    }
+                    rec["bandit"] = _bandit_entry(choice, rng)
                 out.append(rec)
     return out
+
+
+def _bandit_entry(choice, rng):
+    """A final bandit policy near the forward-KL optimum for k3/loss and exact_fwd/loss, near
+    the reverse-KL optimum otherwise."""
+    ref = np.array([0.1, 0.2, 0.3, 0.4])
+    opt_rev, opt_fwd = np.array([0.7, 0.2, 0.05, 0.05]), np.array([0.4, 0.3, 0.15, 0.15])
+    target = opt_fwd if choice in ("k3/loss", "exact_fwd/loss") else opt_rev
+    pol = target + 0.01 * rng.dirichlet(np.ones(4))
+    return {
+        "final_policy": list(pol / pol.sum()),
+        "optimum_reverse": list(opt_rev),
+        "optimum_forward": list(opt_fwd),
+        "reference": list(ref),
+    }
 
 
 def _verdict(records, **kw):

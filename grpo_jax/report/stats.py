@@ -305,28 +305,27 @@ def _describe_row(r) -> str:
 
 
 def _modality_verdict(cell: Sequence[Mapping[str, Any]], multimodal: bool) -> tuple[str, str]:
-    """(verdict, reason) of one (task, modality) from its cell-outcome rows."""
+    """(verdict, reason) of one (task, modality) from its cell-outcome rows.
+
+    The hypothesis predicts an effect where the reference is multimodal and none where it is
+    unimodal: an effect confirms it (multimodal) or refutes it (unimodal), and all-null
+    cell-outcomes the other way round.
+    """
     effects = [r for r in cell if r["status"] == "effect"]
     nulls = [r for r in cell if r["status"] == "no effect"]
     unresolved = [r for r in cell if r["status"] == "unresolved"]
-    n = len(cell)
-    if not multimodal:
-        if effects:
-            return "refuted", "unimodal, yet the KL choice matters: " + _describe_row(effects[0])
-        if len(nulls) == n:
-            return "holds", f"unimodal and all {n} cell-outcomes show no effect above threshold"
-        return "undecided", (
-            f"unimodal; {len(unresolved)} of {n} cell-outcomes unresolved, "
-            "e.g. " + _describe_row(unresolved[0])
-        )
+    n, kind = len(cell), ("multimodal" if multimodal else "unimodal")
+    on_effect, on_null = ("holds", "refuted") if multimodal else ("refuted", "holds")
+    joint = {"holds": " and", "refuted": ", yet"}
     if effects:
-        return "holds", "multimodal and the KL choice matters: " + _describe_row(effects[0])
+        return on_effect, (f"{kind}{joint[on_effect]} the KL choice matters: "
+                           + _describe_row(effects[0]))
     if len(nulls) == n:
-        return "refuted", f"multimodal, yet all {n} cell-outcomes show no effect above threshold"
-    return "undecided", (
-        f"multimodal; no effect established, {len(unresolved)} of "
-        f"{n} cell-outcomes unresolved, e.g. " + _describe_row(unresolved[0])
-    )
+        return on_null, (f"{kind}{joint[on_null]} all {n} cell-outcomes show no effect "
+                         "above threshold")
+    established = " no effect established," if multimodal else ""
+    return "undecided", (f"{kind};{established} {len(unresolved)} of {n} cell-outcomes "
+                         "unresolved, e.g. " + _describe_row(unresolved[0]))
 
 
 def _combine(entries: Sequence[Mapping[str, Any]], what: str) -> tuple[str, str]:
