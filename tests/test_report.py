@@ -239,8 +239,8 @@ def test_write_report_writes_tables_and_every_figure(tmp_path):
     )
     out = str(tmp_path / "rep")
     result = report.write_report(recs, out, {"config": "synthetic", "steps": 30}, n_boot=200)
-    path = result["paths"]["report_md"]
-    assert path == os.path.join(out, "report.md")
+    path = result["path"]
+    assert path == result["paths"]["report_md"] == os.path.join(out, "report.md")
     assert result["paths"]["report_json"] == os.path.join(out, "report.json")
     md = open(path).read()
     data = json.load(open(os.path.join(out, "report.json")))

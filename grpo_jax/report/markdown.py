@@ -220,8 +220,8 @@ def write_report(
     Returns:
       What ``report.json`` holds (``verdicts, effect_sizes, behaved_like,
       behaved_like_summary, bandit, figures`` (names relative to ``outdir``), ``notes,
-      settings``), plus ``overall`` (= ``verdicts["overall"]``) and ``paths``:
-      ``{"report_md", "report_json": path, "figures": {kind: [paths]}}``.
+      settings``), plus ``overall`` (= ``verdicts["overall"]``), ``path`` (of ``report.md``)
+      and ``paths``: ``{"report_md", "report_json": path, "figures": {kind: [paths]}}``.
     """
     records = validate_records(records)
     os.makedirs(outdir, exist_ok=True)
@@ -251,4 +251,4 @@ def write_report(
              "report_json": os.path.join(outdir, "report.json"), "figures": figures}
     jsonio.write_text_atomic(paths["report_md"], "\n".join(md))
     jsonio.write_json_atomic(paths["report_json"], data)
-    return {**data, "overall": ver["overall"], "paths": paths}
+    return {**data, "overall": ver["overall"], "path": paths["report_md"], "paths": paths}
