@@ -23,5 +23,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0"],
+        # benchmarks/vs_trl.py only (never needed by the tests). torch 2.13.0 is the CPU
+        # wheel the CI machines carry; install it first so pip does not fetch a CUDA build.
+        "bench": ["torch>=2.13.0,<2.14", "trl>=1.16,<2", "transformers>=5.0", "datasets>=5.0",
+                  "accelerate>=1.10"],
     },
 )

@@ -1,8 +1,9 @@
 """Throughput of the whole GRPO RL step on the W1 / W2 workloads (DESIGN.md §5).
 
-    PYTHONPATH=. python benchmarks/rl_step.py --workload all --quick   # CPU-sized run
-    PYTHONPATH=. python benchmarks/rl_step.py --workload W1 --steps 10 --repeats 5
-    PYTHONPATH=. python benchmarks/rl_step.py --workload W2
+    PYTHONPATH=. python benchmarks/rl_step.py --workload=all --quick   # CPU-sized run
+    PYTHONPATH=. python benchmarks/rl_step.py --workload=W1 --steps=10 --repeats=5
+    PYTHONPATH=. python benchmarks/rl_step.py --workload=W2
+    PYTHONPATH=. python benchmarks/rl_step.py --workload=W1 --compute_dtype=bfloat16
 
 Workloads: Llama-style decoder (grpo_jax.model), float32, vocabulary 68 = 64 ordinary tokens +
 4 specials that are never sampled, full-length completions (no EOS), temperature 1, GRPO with
@@ -28,21 +29,24 @@ question: a population that mixes KL choices through `RLSetup.kl_choices` + `lax
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import platform
-import statistics
+import sys
 import time
 import warnings
 from typing import ClassVar
 
-import jax
-import jax.numpy as jnp
+from absl import app, flags
 
-from grpo_jax import losses, model
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (applies grpo_jax.xla_setup's XLA flags before jax starts)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from grpo_jax import losses, model  # noqa: E402
 # The GRPO step API.
-from grpo_jax.train import Hparams, RLSetup, init_rl_state, make_rl_chunk
+from grpo_jax.train import Hparams, RLSetup, init_rl_state, make_rl_chunk  # noqa: E402
 
 VOCAB = 68
 SPECIALS = (64, 65, 66, 67)
@@ -88,12 +92,12 @@ class TokenCountTask:
         return jnp.zeros(completions.shape[:1], jnp.int32)
 
 
-def make_setup(name: str, kl_choices: tuple = ()) -> RLSetup:
+def make_setup(name: str, kl_choices: tuple = (), compute_dtype: str = "float32") -> RLSetup:
     w = WORKLOADS[name]
     task = TokenCountTask(prompt_len=w["prompt_len"], completion_len=w["completion_len"])
     mcfg = model.ModelConfig(vocab_size=VOCAB, num_layers=w["num_layers"], width=w["width"],
                              num_heads=w["num_heads"], mlp_width=w["mlp_width"],
-                             max_len=w["prompt_len"] + w["completion_len"], dtype="float32")
+                             max_len=w["prompt_len"] + w["completion_len"], dtype=compute_dtype)
     return RLSetup(model=mcfg, task=task, num_prompts=w["num_prompts"],
                    group_size=w["group_size"], inner_steps=1, temperature=1.0, grad_clip=0.0,
                    kl_choices=tuple(kl_choices))
@@ -124,18 +128,16 @@ def init_population(setup: RLSetup, seeds, hparams: list[Hparams] | None = None)
 
 def compile_and_time(setup, state, hp, steps: int, repeats: int, population: bool):
     """(compile_s, median seconds per call, all call times, final metrics)."""
-    t0 = time.perf_counter()
-    run = make_rl_chunk(setup, steps, population=population).lower(state, hp).compile()
-    compile_s = time.perf_counter() - t0
-    state, metrics = run(state, hp)  # warm-up
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, metrics = run(state, hp)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), times, metrics
+    run, compile_s = common.compile_seconds(make_rl_chunk(setup, steps, population=population),
+                                            state, hp)
+    box = [state, None]
+
+    def call():
+        box[0], box[1] = run(box[0], hp)
+        jax.block_until_ready(box)
+
+    sec, times = common.time_calls(call, repeats, warmup=1)
+    return compile_s, sec, times, box[1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -168,17 +170,8 @@ def step_flops(setup: RLSetup) -> dict[str, float]:
 
 
 def matmul_peak(n: int, repeats: int = 5) -> float:
-    """Measured float32 FLOP/s of an n x n @ n x n `jnp.dot` (median of `repeats`)."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    dot = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
-    jax.block_until_ready(dot(a, b))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(dot(a, b))
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times)
+    """Measured float32 FLOP/s of an n x n `jnp.dot` (see `common.matmul_peak`)."""
+    return common.matmul_peak(n, jnp.float32, repeats)
 
 
 # ------------------------------------------------------------------------------------------
@@ -186,17 +179,17 @@ def matmul_peak(n: int, repeats: int = 5) -> float:
 # ------------------------------------------------------------------------------------------
 
 
-def bench_w1(steps: int, repeats: int) -> dict:
-    setup = make_setup("W1")
+def bench_w1(steps: int, repeats: int, compute_dtype: str = "float32") -> dict:
+    setup = make_setup("W1", compute_dtype=compute_dtype)
     state, hp = init_population(setup, 0)
     n_params = model.num_params(state.params)
     compile_s, sec, times, metrics = compile_and_time(setup, state, hp, steps, repeats, False)
     per_step = sec / steps
     flops = step_flops(setup)
-    n = 8192 if jax.default_backend() != "cpu" else 2048
+    n = common.peak_size()
     peak = matmul_peak(n)
     tokens = setup.batch_size * setup.task.completion_len
-    print(f"W1: params {n_params / 1e6:.2f} M, batch {setup.batch_size}, "
+    print(f"W1 ({compute_dtype}): params {n_params / 1e6:.2f} M, batch {setup.batch_size}, "
           f"{steps} steps per scan, {repeats} timed calls")
     print(f"  compile {compile_s:.1f} s; {per_step:.4f} s/step (median; calls "
           f"{', '.join(f'{x:.2f}' for x in times)} s); {tokens / per_step:,.0f} tokens/s")
@@ -212,8 +205,9 @@ def bench_w1(steps: int, repeats: int) -> dict:
                 peak_fraction=flops["total"] / per_step / peak)
 
 
-def bench_w2(steps: int, repeats: int, populations=(1, 4, 16)) -> dict:
-    setup = make_setup("W2")
+def bench_w2(steps: int, repeats: int, populations=(1, 4, 16),
+             compute_dtype: str = "float32") -> dict:
+    setup = make_setup("W2", compute_dtype=compute_dtype)
     tokens = setup.batch_size * setup.task.completion_len
     out = {}
     print(f"W2: batch {setup.batch_size}, {steps} steps per scan, {repeats} timed calls")
@@ -262,38 +256,40 @@ def bench_switch(steps: int, repeats: int, seeds_per_choice: int = 4) -> dict:
                 separate_s_per_step=sec_sep / steps, separate_total_s=total_sep)
 
 
-def describe_machine() -> str:
-    dev = jax.devices()[0]
-    return (f"platform={jax.default_backend()} device_kind={dev.device_kind} "
-            f"devices={jax.device_count()} cpu_count={os.cpu_count()} "
-            f"host={platform.machine()} python={platform.python_version()} "
-            f"jax={jax.__version__}")
+FLAGS = flags.FLAGS
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("W1", "W2", "all"), default="all")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="RL steps per lax.scan call (default W1 4, W2 20; --quick 1 / 5)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed calls after the warm-up (default 5; --quick 2)")
-    parser.add_argument("--quick", action="store_true", help="small counts (slow CPUs)")
-    parser.add_argument("--skip_switch", action="store_true",
-                        help="W2: skip the lax.switch vs separate programs comparison")
-    args = parser.parse_args(argv)
+def define_flags():
+    """The script's flags (defined only when it runs as a script: other benchmarks import
+    this module for its workloads)."""
+    flags.DEFINE_enum("workload", "all", ["W1", "W2", "all"], "Workload(s) to run.")
+    flags.DEFINE_integer("steps", None, "RL steps per lax.scan call (default W1 4, W2 20; "
+                         "--quick 1 / 5).")
+    flags.DEFINE_integer("repeats", None,
+                         "Timed calls after the warm-up (default 5; --quick 2).")
+    flags.DEFINE_bool("quick", False, "Small counts (slow CPUs).")
+    flags.DEFINE_bool("skip_switch", False,
+                      "W2: skip the lax.switch vs separate programs comparison.")
+    flags.DEFINE_enum("compute_dtype", "float32", list(model.DTYPES),
+                      "Model compute dtype (parameters stay float32).")
+
+
+def main(argv):
+    del argv
     warnings.filterwarnings("ignore", message=".*donated buffers.*")
-    repeats = args.repeats or (2 if args.quick else 5)
-    print("machine:", describe_machine())
-    print(f"settings: workload={args.workload} steps={args.steps} repeats={repeats} "
-          f"quick={args.quick}")
-    if args.workload in ("W1", "all"):
-        bench_w1(args.steps or (1 if args.quick else 4), repeats)
-    if args.workload in ("W2", "all"):
-        steps = args.steps or (5 if args.quick else 20)
-        bench_w2(steps, repeats)
-        if not args.skip_switch:
+    repeats = FLAGS.repeats or (2 if FLAGS.quick else 5)
+    print("machine:", common.describe_machine())
+    print(f"settings: workload={FLAGS.workload} steps={FLAGS.steps} repeats={repeats} "
+          f"quick={FLAGS.quick} compute_dtype={FLAGS.compute_dtype}")
+    if FLAGS.workload in ("W1", "all"):
+        bench_w1(FLAGS.steps or (1 if FLAGS.quick else 4), repeats, FLAGS.compute_dtype)
+    if FLAGS.workload in ("W2", "all"):
+        steps = FLAGS.steps or (5 if FLAGS.quick else 20)
+        bench_w2(steps, repeats, compute_dtype=FLAGS.compute_dtype)
+        if not FLAGS.skip_switch:
             bench_switch(steps, repeats)
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -1,0 +1,112 @@
+"""XLA CPU flags and the persistent compilation cache, set in one place.
+
+Two process-level settings that speed up grpo_jax on the CPU; everything else in the library
+stays pure. Call them at the top of an entry point (experiments, benchmarks, the test
+conftest), before the first computation:
+
+    from grpo_jax import xla_setup
+    xla_setup.apply_xla_flags()          # before jax initialises its CPU backend
+    xla_setup.enable_compilation_cache() # any time before the first compile
+
+`apply_xla_flags` appends `CPU_FLAGS` to the `XLA_FLAGS` environment variable. XLA reads
+that variable once, when the first backend is created; later calls change nothing (the
+function says so in its return value). Flags the user already set in `XLA_FLAGS` win: a flag
+named there is not added again. `GRPO_JAX_XLA_FLAGS=0` turns the defaults off.
+
+Which flags, and where they were measured (benchmarks/README.md has the figures):
+  jaxlib 0.10.2, CPU backend only, on a 2-core Intel Xeon (AVX-512, no AMX) and checked on
+  the W1 step (benchmarks/vs_trl.py) as a whole, not on a single matmul. Flags are names from
+  that jaxlib; a newer jaxlib that drops one fails loudly at start-up ("Unknown flag"), so
+  re-measure and edit `CPU_FLAGS` when upgrading.
+
+`enable_compilation_cache` points `jax_compilation_cache_dir` at
+`$GRPO_JAX_CACHE_DIR` or `~/.cache/grpo_jax/jax_cache` (XDG_CACHE_HOME respected) and lowers
+the thresholds so every compile of the small programs here is cached. A second run of the
+same program loads the executable instead of recompiling it. `GRPO_JAX_COMPILATION_CACHE=0`
+(or `enable=False`) turns it off. Cached executables are keyed by jax/jaxlib version, the
+program, the flags and the devices, so results are the same with the cache on or off
+(tests/test_xla_setup.py checks this).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Flags appended to XLA_FLAGS by `apply_xla_flags` (see the module docstring for where they
+# were measured). Each entry is "--name=value".
+CPU_FLAGS: tuple[str, ...] = ()
+
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag_name(flag: str) -> str:
+    return flag.lstrip("-").split("=", 1)[0]
+
+
+def xla_flags_with_defaults(current: str, flags: tuple[str, ...] = CPU_FLAGS) -> str:
+    """`current` XLA_FLAGS plus each of `flags` whose name `current` does not set already."""
+    present = {_flag_name(f) for f in current.split()}
+    extra = [f for f in flags if _flag_name(f) not in present]
+    return " ".join([current.strip(), *extra]).strip()
+
+
+def backends_initialised() -> bool:
+    """Whether jax has created its backends already (then XLA_FLAGS are fixed)."""
+    import sys  # noqa: PLC0415
+    xb = sys.modules.get("jax._src.xla_bridge")
+    return bool(xb is not None and getattr(xb, "_backends", None))
+
+
+def apply_xla_flags(flags: tuple[str, ...] | None = None) -> bool:
+    """Append the library's XLA CPU flags to `XLA_FLAGS` (once, before backends exist).
+
+    Returns True if the flags can still take effect (no backend created yet), False if jax
+    had already initialised its backends or `GRPO_JAX_XLA_FLAGS` is off.
+    """
+    if os.environ.get("GRPO_JAX_XLA_FLAGS", "1").lower() in _FALSE:
+        return False
+    if backends_initialised():
+        return False
+    os.environ["XLA_FLAGS"] = xla_flags_with_defaults(
+        os.environ.get("XLA_FLAGS", ""), CPU_FLAGS if flags is None else tuple(flags))
+    return True
+
+
+def default_cache_dir() -> str:
+    """`$GRPO_JAX_CACHE_DIR`, else `$XDG_CACHE_HOME/grpo_jax/jax_cache`, else
+    `~/.cache/grpo_jax/jax_cache`."""
+    if os.environ.get("GRPO_JAX_CACHE_DIR"):
+        return os.environ["GRPO_JAX_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "grpo_jax", "jax_cache")
+
+
+def enable_compilation_cache(cache_dir: str | None = None, enable: bool | None = None
+                             ) -> str | None:
+    """Turn on jax's persistent compilation cache; returns the directory, or None when off.
+
+    Args:
+      cache_dir: where to keep compiled executables (default `default_cache_dir()`).
+      enable: force on/off; None reads `GRPO_JAX_COMPILATION_CACHE` (default on; "0" = off).
+    """
+    import jax  # noqa: PLC0415
+
+    if enable is None:
+        enable = os.environ.get("GRPO_JAX_COMPILATION_CACHE", "1").lower() not in _FALSE
+    if not enable:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    cache_dir = cache_dir or default_cache_dir()
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    # Cache every program, however small or quick to compile (tests compile many small ones).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return cache_dir
+
+
+def disable_compilation_cache() -> None:
+    """Turn the persistent compilation cache off for this process."""
+    import jax  # noqa: PLC0415
+    jax.config.update("jax_enable_compilation_cache", False)
