@@ -170,11 +170,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from grpo_jax import config_utils
 
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/gaussian_kl.py", "Gaussian fit config file.", lock_config=True
     )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-    app.run(main)
+    config_utils.run_app(main)

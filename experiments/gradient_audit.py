@@ -13,8 +13,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from grpo_jax import config_utils  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/gradient_audit.py", "Audit config file.", lock_config=True
@@ -133,4 +135,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_utils.run_app(main)

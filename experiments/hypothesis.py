@@ -24,8 +24,10 @@ import time
 # Run from a clone without `pip install -e .`: the repository root holds grpo_jax/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from grpo_jax import config_utils  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/hypothesis.py", "'configs/hypothesis.py[:full|tiny|std]'.",
@@ -167,4 +169,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_utils.run_app(main)

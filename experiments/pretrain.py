@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -64,4 +64,4 @@ if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py",
                                               "Pretraining config file.", lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-    app.run(main)
+    config_utils.run_app(main)

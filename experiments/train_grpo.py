@@ -17,10 +17,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from grpo_jax import runner  # noqa: E402
+from grpo_jax import config_utils, runner  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/grpo.py", "GRPO config file.",
                                           lock_config=True)
@@ -36,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_utils.run_app(main)

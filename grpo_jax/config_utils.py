@@ -131,3 +131,56 @@ def make_task(task_config):
 
     kwargs = dict(task_config.to_dict() if hasattr(task_config, "to_dict") else task_config)
     return tasks.make(kwargs.pop("name"), **kwargs)
+
+
+def check_override_keys(config, argv, flag: str = "config") -> None:
+    """Raise ValueError naming the first `--FLAG.KEY=...` in `argv` whose dotted KEY is not a
+    field of `config`, with the valid keys at that level."""
+    prefix = f"--{flag}."
+    for arg in argv[1:]:
+        if arg.startswith(prefix):
+            key = arg[len(prefix):].split("=", 1)[0]
+            try:
+                get_value(config, key)
+            except KeyError as e:
+                raise ValueError(f"{prefix}{key}: {e.args[0]}") from None
+
+
+def load_config_file(spec: str):
+    """`path/to/config.py[:arg]` -> the file's `get_config(arg)` (as config_flags does)."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    import os  # pylint: disable=import-outside-toplevel
+
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location("_config_file", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def run_app(main, flag: str = "config") -> None:
+    """`absl.app.run(main)`, but a misspelt `--config.KEY=VALUE` override ends with one line
+    naming the bad key and the valid keys (ml_collections alone raises a bare traceback)."""
+    import sys  # pylint: disable=import-outside-toplevel
+
+    from absl import app, flags  # pylint: disable=import-outside-toplevel
+
+    try:
+        flags.FLAGS(sys.argv)
+    except flags.Error:
+        pass  # app.run reports these itself
+    except (AttributeError, KeyError, ValueError) as e:
+        try:
+            spec = flags.FLAGS[flag].default
+            for i, a in enumerate(sys.argv):
+                if a.startswith(f"--{flag}="):
+                    spec = a.split("=", 1)[1]
+                elif a == f"--{flag}" and i + 1 < len(sys.argv):
+                    spec = sys.argv[i + 1]
+            check_override_keys(load_config_file(spec), sys.argv, flag)
+        except ValueError as bad:
+            sys.exit(f"FATAL config error: {bad}")
+        sys.exit(f"FATAL config error: {e}")
+    app.run(main)

@@ -77,14 +77,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     valid values or range. Runs before anything is traced or compiled."""
     _require(config.task.name in tasks.TASKS, "task.name",
              f"{config.task.name!r} is not a task; valid: {', '.join(tasks.TASKS)}")
+    _require_number(config, "loss.beta", 0.0)
+    _require_number(config, "loss.eps_low", 0.0, 1.0)
+    _require_number(config, "loss.eps_high", 0.0)
     try:
         make_loss_config(config)
         kl_choice_of(config)
     except ValueError as e:  # re-raise with the config path
         raise ValueError(f"config.loss: {e}") from None
-    _require_number(config, "loss.beta", 0.0)
-    _require_number(config, "loss.eps_low", 0.0, 1.0)
-    _require_number(config, "loss.eps_high", 0.0)
     for field in ("num_layers", "width", "num_heads", "mlp_width"):
         _require(int(config.model[field]) >= 1, f"model.{field}", "must be >= 1")
     _require(config.model.width % config.model.num_heads == 0, "model.width",

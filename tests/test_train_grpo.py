@@ -220,6 +220,11 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path):
     ("train.on_nonfinite", "ignore", "config.train.on_nonfinite.*stop, skip"),
     ("task.name", "chess", "config.task.name.*bandit"),
     ("train.num_steps", 10, "config.train.num_steps.*multiple of train.chunk_steps"),
+    ("train.checkpoint_every_chunks", 0, "config.train.checkpoint_every_chunks.*>= 1"),
+    ("loss.beta", float("inf"), r"config.loss.beta: inf is not a finite number in \[0.0, "),
+    ("loss.beta", -1.0, r"config.loss.beta: -1.0 is not a finite number in \[0.0, inf\)"),
+    ("train.max_skipped_frac", 1.5, r"config.train.max_skipped_frac.*\[0.0, 1.0\]"),
+    ("reference.checkpoint", "/no/such/ref", "config.reference.checkpoint.*no checkpoint"),
 ])
 def test_invalid_config_names_the_field(field, value, match):
     c = tiny_config()

@@ -1,0 +1,187 @@
+"""A run directory you can trust: config check, lock, damaged files, reference mismatch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import grpo as grpo_config
+from grpo_jax import checkpoint, config_utils, jsonio, model, pretrain, rundir, runner, sweep
+from grpo_jax import writers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**train):
+    c = grpo_config.get_config("task=bandit")
+    c.train.update(train)
+    return c
+
+
+def test_changed_config_is_refused_with_a_diff(tmp_path):
+    logs = []
+    assert rundir.check_config(str(tmp_path), _config(), log=logs.append) == {}
+    assert os.path.exists(tmp_path / rundir.CONFIG_FILE)
+    rundir.check_config(str(tmp_path), _config(), log=logs.append)  # the same: resumes
+    changed = _config()
+    changed.loss.beta = 0.5
+    with pytest.raises(rundir.ConfigMismatchError,
+                       match=r"(?s)loss.beta: 0.04 -> 0.5.*--workdir.*--overwrite"):
+        rundir.check_config(str(tmp_path), changed, log=logs.append)
+    # A change that does not alter the computation resumes and says so.
+    longer = _config(num_steps=400, progress=False)
+    diff = rundir.check_config(str(tmp_path), longer, log=logs.append)
+    assert set(diff) == {"train.num_steps", "train.progress"}
+    assert "do not alter the computation" in logs[-1] and "train.num_steps" in logs[-1]
+    # --overwrite replaces the stored config.
+    rundir.check_config(str(tmp_path), changed, overwrite=True, log=logs.append)
+    assert jsonio.read_json(str(tmp_path / rundir.CONFIG_FILE))["loss"]["beta"] == 0.5
+
+
+def test_second_process_is_refused_and_stale_lock_taken_over(tmp_path):
+    code = ("import sys; from grpo_jax import rundir\n"
+            "try:\n"
+            "    with rundir.lock(sys.argv[1]): pass\n"
+            "except rundir.LockedError as e:\n"
+            "    print(e); sys.exit(3)\n")
+    with rundir.lock(str(tmp_path)):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                             text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert out.returncode == 3, out.stderr
+        assert f"in use by PID {os.getpid()} on host" in out.stdout
+    assert not os.path.exists(tmp_path / rundir.LOCK_FILE)  # released
+    # A lock left by a dead process (same host) is taken over with a warning.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    import socket  # pylint: disable=import-outside-toplevel
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(
+        {"pid": int(dead.stdout), "host": socket.gethostname()}))
+    logs = []
+    with rundir.lock(str(tmp_path), log=logs.append):
+        pass
+    assert any("stale lock" in line for line in logs)
+
+
+def test_partial_last_jsonl_line_is_truncated_with_a_warning(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": i, "x": float(i)} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "x": 3.')
+    logs = []
+    writers.truncate_jsonl(str(path), 2, log=logs.append)
+    assert "line 4 is a partial write" in logs[0] and str(path) in logs[0]
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1]
+    # Damage before the last line is not silently dropped.
+    path.write_text('{"step": 0}\n{"step": 1\n{"step": 2}\n')
+    with pytest.raises(jsonio.CorruptFileError, match="line 2 of 3 is damaged"):
+        rundir.recover_jsonl(str(path))
+
+
+def _truncate_files(directory):
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "r+b") as f:
+                f.truncate(max(0, os.path.getsize(os.path.join(root, name)) // 3))
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_step(tmp_path):
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(4)}
+    d = str(tmp_path / "ckpt")
+    checkpoint.save(d, 1, tree, {"step": 1})
+    checkpoint.save(d, 2, jax.tree.map(lambda x: x + 1, tree), {"step": 2})
+    _truncate_files(os.path.join(d, "2"))
+    logs = []
+    out, meta, step = checkpoint.restore_newest_intact(d, tree, log=logs.append)
+    assert step == 1 and meta["step"] == 1
+    np.testing.assert_array_equal(out["w"], tree["w"])
+    assert any("step 2" in line and "unreadable" in line for line in logs)
+    _truncate_files(os.path.join(d, "1"))
+    with pytest.raises(RuntimeError, match=f"no intact checkpoint in {d}"):
+        checkpoint.restore_newest_intact(d, tree, log=logs.append)
+
+
+def test_max_to_keep_bounds_the_checkpoints(tmp_path):
+    d = str(tmp_path / "ckpt")
+    for step in range(1, 5):
+        checkpoint.save(d, step, {"x": jnp.full(3, step)}, max_to_keep=2)
+    assert checkpoint.all_steps(d) == [3, 4]
+
+
+def test_corrupted_cell_is_run_again(tmp_path):
+    base = ml_collections.ConfigDict({"seed": 0, "x": 1.0})
+    cells = sweep.expand(base, [("seed", [0, 1, 2])])
+    calls = []
+
+    def run_group(static, group):
+        calls.append(len(group))
+        return [{"value": float(c.seed) * 2} for c in group]
+
+    quiet = lambda *_: None
+    sweep.run_sweep(cells, run_group, str(tmp_path), {"seed"}, log=quiet)
+    damaged = sweep.cell_path(str(tmp_path), sweep.cell_hash(cells[1]))
+    with open(damaged, "r+") as f:
+        f.truncate(20)
+    logs = []
+    results = sweep.run_sweep(cells, run_group, str(tmp_path), {"seed"}, log=logs.append)
+    assert calls == [3, 1] and [r["value"] for r in results] == [0.0, 2.0, 4.0]
+    assert any(damaged in line and "run again" in line for line in logs)
+
+
+def test_reference_of_another_task_is_refused(tmp_path):
+    c = _config()
+    c.task = ml_collections.ConfigDict(dict(name="bandit", num_tokens=16, sigma=2.0))
+    c.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
+    task = runner.make_task(c)
+    mcfg = runner.make_model_config(c, task)
+    params = model.init(mcfg, jax.random.PRNGKey(0))
+    ref_dir = str(tmp_path / "reference")
+    pretrain.save_reference(ref_dir, 1, params, task_config=c.task, model_config=mcfg,
+                            pretrain={k: c.reference[k] for k in
+                                      ("steps", "batch_size", "lr", "chunk_steps", "seed")})
+    restored = runner.load_or_pretrain_reference(c, task, mcfg, ref_dir, log=lambda *_: None)
+    np.testing.assert_array_equal(jax.tree.leaves(restored)[0], jax.tree.leaves(params)[0])
+    # The runner's cache format is the one restore_reference reads.
+    t2, m2, _, meta = pretrain.restore_reference(ref_dir)
+    assert t2 == task and m2 == mcfg and meta["task"]["num_tokens"] == 16
+    other = _config()
+    other.task = ml_collections.ConfigDict(dict(name="bandit", num_tokens=16, sigma=2.0,
+                                                num_modes=2, separation=3.0))
+    other.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
+    with pytest.raises(rundir.ConfigMismatchError, match=r"(?s)task.num_modes: 1 -> 2"):
+        runner.load_or_pretrain_reference(other, runner.make_task(other), mcfg, ref_dir)
+    other.reference.checkpoint = ref_dir  # an explicit reference of another task, too
+    with pytest.raises(rundir.ConfigMismatchError, match="task.num_modes"):
+        runner.load_or_pretrain_reference(other, runner.make_task(other), mcfg, None)
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("task=bandit,quikc", "unknown config argument 'quikc'.*valid: full, quick, task"),
+    ("arithmetic", "unknown config argument 'arithmetic'"),
+    ("task=bandit,quick=maybe", "not a boolean"),
+])
+def test_misspelt_config_argument_fails(arg, match):
+    with pytest.raises(ValueError, match=match):
+        grpo_config.get_config(arg)
+
+
+def test_config_argument_types():
+    assert grpo_config.get_config("task=arithmetic,quick=False").train.num_steps == \
+        grpo_config.get_config("task=arithmetic").train.num_steps
+    assert config_utils.parse_arg("", a=1) == {"a": 1}
+    assert config_utils.parse_arg("a=3", a=1) == {"a": 3}
+
+
+def test_misspelt_override_names_the_key_and_the_valid_ones():
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "train_grpo.py"),
+         "--config", os.path.join(ROOT, "configs", "grpo.py") + ":task=bandit",
+         "--config.train.num_stepz=3", "--workdir", "/nonexistent"],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode != 0
+    assert "--config.train.num_stepz" in out.stderr and "'num_steps'" in out.stderr
+    assert "Traceback" not in out.stderr
