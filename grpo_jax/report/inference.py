@@ -1,0 +1,262 @@
+"""Inference for the study: seed-paired estimates, Holm, equivalence, power, matched strength,
+and the decision rule. Plain NumPy/SciPy on host data.
+
+Every effect is a mean over seeds of a per-seed difference (common random numbers: every arm
+shares the seeds), with a Student-t interval clipped to the range the difference can take.
+An *interaction* compares two independent sets of seeds (two references), so its interval is
+Welch's. Families of tests are Holm-adjusted; "little difference" is shown by equivalence
+(TOST) against a margin declared before the run.
+
+The decision rule (`decide`), for a predicted sign s of the interaction
+I = Delta(multimodal) - Delta(unimodal), Delta = forward - reverse at matched strength:
+
+  HOLDS      I's Holm-adjusted p < alpha with sign s, and Delta(unimodal) is equivalent to 0
+             (TOST p < alpha against its margin);
+  REFUTED    I is equivalent to 0 (TOST against I's margin), or Delta(unimodal) exceeds its
+             margin (its adjusted interval lies wholly outside [-margin, margin]), or I is
+             significant with the sign opposite to s;
+  UNDECIDED  otherwise, with the number of seeds that would decide it at the observed spread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+VERDICTS = ("holds", "refuted", "undecided")
+
+
+@dataclasses.dataclass
+class Estimate:
+    """A mean difference with its uncertainty.
+
+    mean, se, df: estimate, standard error and degrees of freedom (t distribution).
+    n: seeds used (each group for a Welch estimate: the smaller). sd: per-seed standard
+    deviation (pooled for Welch). low, high: the interval at `level`, clipped to `bounds`.
+    p: two-sided p-value of mean = 0; p_adj: Holm-adjusted within its family (= p until
+    `holm` is applied).
+    """
+
+    mean: float
+    se: float
+    df: float
+    n: int
+    sd: float
+    low: float
+    high: float
+    level: float
+    bounds: tuple[float, float]
+    p: float
+    p_adj: float
+
+    def interval(self, level: float) -> tuple[float, float]:
+        """The t interval at `level`, clipped to `bounds`."""
+        return _interval(self.mean, self.se, self.df, level, self.bounds)
+
+    def tost_p(self, margin: float) -> float:
+        """Equivalence p-value: max of the one-sided tests of mean > -margin, mean < margin."""
+        if not self.se > 0:
+            return 0.0 if abs(self.mean) < margin else 1.0
+        lower = sps.t.sf((self.mean + margin) / self.se, self.df)
+        upper = sps.t.cdf((self.mean - margin) / self.se, self.df)
+        return float(max(lower, upper))
+
+    def as_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def _interval(mean, se, df, level, bounds):
+    q = sps.t.ppf(0.5 + level / 2, df) if se > 0 else 0.0
+    lo, hi = mean - q * se, mean + q * se
+    return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
+
+
+def _p(mean, se, df) -> float:
+    if not se > 0:
+        return 0.0 if mean != 0 else 1.0
+    return float(2 * sps.t.sf(abs(mean) / se, df))
+
+
+def paired(diffs: Sequence[float], bounds=(-math.inf, math.inf),
+           level: float = 0.95) -> Estimate:
+    """Mean of per-seed differences (NaNs dropped) with a t interval clipped to `bounds`."""
+    d = np.asarray(diffs, np.float64)
+    d = d[np.isfinite(d)]
+    n = d.size
+    if n < 2:
+        raise ValueError(f"need at least 2 finite per-seed differences, got {n}")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    se, df = sd / math.sqrt(n), n - 1
+    low, high = _interval(mean, se, df, level, bounds)
+    p = _p(mean, se, df)
+    return Estimate(mean, se, df, n, sd, low, high, level, tuple(bounds), p, p)
+
+
+def welch(x: Sequence[float], y: Sequence[float], bounds=(-math.inf, math.inf),
+          level: float = 0.95) -> Estimate:
+    """mean(x) - mean(y) for independent samples, Welch-Satterthwaite degrees of freedom."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size < 2 or y.size < 2:
+        raise ValueError(f"need at least 2 finite values per group, got {x.size}, {y.size}")
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1)) if se > 0 else \
+        x.size + y.size - 2
+    mean = float(x.mean() - y.mean())
+    sd = se * math.sqrt(min(x.size, y.size))
+    low, high = _interval(mean, se, df, level, bounds)
+    p = _p(mean, se, df)
+    return Estimate(mean, se, df, min(x.size, y.size), sd, low, high, level, tuple(bounds),
+                    p, p)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (same order as given).
+
+    Sorted ascending, p_(i) is multiplied by (m - i) (i from 0), a running maximum keeps the
+    adjusted values monotone, and they are capped at 1."""
+    p = np.asarray(pvalues, np.float64)
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        adj[i] = min(1.0, running)
+    return adj
+
+
+def apply_holm(estimates: Sequence[Estimate], alpha: float = 0.05) -> None:
+    """Set `p_adj` of every estimate of one family, and its interval to the level at which
+    Holm tests it (1 - alpha / (m - rank)), so "the adjusted interval excludes 0" and
+    "p_adj < alpha" agree for the tests Holm reaches."""
+    if not estimates:
+        return
+    adj = holm([e.p for e in estimates])
+    order = np.argsort([e.p for e in estimates], kind="stable")
+    m = len(estimates)
+    for rank, i in enumerate(order):
+        e = estimates[i]
+        e.p_adj = float(adj[i])
+        e.level = 1 - alpha / (m - rank)
+        e.low, e.high = e.interval(e.level)
+
+
+def seeds_for_halfwidth(sd: float, halfwidth: float, level: float = 0.95,
+                        power: float = 0.8) -> int:
+    """Seeds n for which a t interval at `level` has half-width below `halfwidth` with
+    probability about `power`: n = ((z_level + z_power) sd / halfwidth)^2, then the t
+    correction by iterating with t quantiles."""
+    if not halfwidth > 0 or not np.isfinite(sd):
+        return -1
+    if sd == 0:
+        return 2
+    n = 2
+    for _ in range(50):
+        q = sps.t.ppf(0.5 + level / 2, n - 1) + sps.t.ppf(power, n - 1)
+        new = max(2, math.ceil((q * sd / halfwidth) ** 2))
+        if new == n:
+            break
+        n = new
+    return n
+
+
+# ------------------------------------------------------------------------- matched strength
+
+
+def decreasing_fit(y: Sequence[float]) -> np.ndarray:
+    """Pool-adjacent-violators: the non-increasing sequence closest to `y` (least squares)."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for v in np.asarray(y, np.float64):
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    return np.concatenate([np.full(int(c), s / c) for s, c in blocks])
+
+
+def at_matched(strength: Sequence[float], matched: Sequence[float],
+               outcome: Sequence[float], target: float) -> float:
+    """The outcome at `matched` = `target` along a beta sweep (sorted by ascending beta).
+
+    `matched` (e.g. reward) falls with the regulariser's strength; per-seed noise can break
+    that, so it is first made non-increasing (`decreasing_fit`). The outcome is interpolated
+    linearly in `matched` between the two betas that bracket `target`; NaN when `target` is
+    outside the sweep's range (the seed then drops out, and the count is reported).
+    """
+    order = np.argsort(np.asarray(strength, np.float64))
+    m = decreasing_fit(np.asarray(matched, np.float64)[order])
+    o = np.asarray(outcome, np.float64)[order]
+    if not (m.min() <= target <= m.max()):
+        return math.nan
+    for i in range(len(m) - 1):
+        hi, lo = m[i], m[i + 1]
+        if lo <= target <= hi:
+            if hi == lo:
+                return float(0.5 * (o[i] + o[i + 1]))
+            w = (hi - target) / (hi - lo)
+            return float((1 - w) * o[i] + w * o[i + 1])
+    return float(o[int(np.argmin(np.abs(m - target)))])  # a single point equals the target
+
+
+# ------------------------------------------------------------------------- decision rule
+
+
+@dataclasses.dataclass
+class Verdict:
+    verdict: str           # "holds" | "refuted" | "undecided"
+    reason: str
+    seeds_to_decide: int   # -1 when decided
+
+
+def decide(interaction: Estimate, unimodal: Estimate, margin_interaction: float,
+           margin_unimodal: float, alpha: float = 0.05, sign: int = 1) -> Verdict:
+    """The decision rule of the module docstring. `interaction` and `unimodal` carry their
+    Holm-adjusted p-values and intervals (`apply_holm`)."""
+    i, u = interaction, unimodal
+    sig = i.p_adj < alpha
+    uni_eq = u.tost_p(margin_unimodal) < alpha
+    int_eq = i.tost_p(margin_interaction) < alpha
+    uni_beyond = u.low > margin_unimodal or u.high < -margin_unimodal
+    fmt = lambda e: f"{e.mean:+.3g} [{e.low:+.3g}, {e.high:+.3g}]"
+    if sig and np.sign(i.mean) == sign and uni_eq:
+        return Verdict("holds", f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}) has the predicted "
+                                f"sign and unimodal difference {fmt(u)} is within "
+                                f"±{margin_unimodal:g} (TOST p {u.tost_p(margin_unimodal):.2g})",
+                       -1)
+    if uni_beyond:
+        return Verdict("refuted", f"unimodal difference {fmt(u)} exceeds its margin "
+                                  f"±{margin_unimodal:g}", -1)
+    if int_eq:
+        return Verdict("refuted", f"interaction {fmt(i)} is equivalent to 0 within "
+                                  f"±{margin_interaction:g} (TOST p "
+                                  f"{i.tost_p(margin_interaction):.2g})", -1)
+    if sig and np.sign(i.mean) == -sign:
+        return Verdict("refuted", f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}) has the sign "
+                                  f"opposite to the prediction", -1)
+    need = []
+    if not sig and i.mean != 0:  # seeds for the interaction to reach significance
+        need.append(seeds_for_halfwidth(i.sd, abs(i.mean), 1 - alpha))
+    if not uni_eq and abs(u.mean) < margin_unimodal:  # seeds for equivalence
+        need.append(seeds_for_halfwidth(u.sd, margin_unimodal - abs(u.mean), 1 - 2 * alpha))
+    n = max(need) if need else -1
+    return Verdict("undecided", f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}); unimodal "
+                                f"difference {fmt(u)} not shown within ±{margin_unimodal:g}",
+                   n)
+
+
+def overall(verdicts: Sequence[str]) -> str:
+    """Across tasks: refuted if any task refutes; holds if every task holds; else undecided."""
+    if any(v == "refuted" for v in verdicts):
+        return "refuted"
+    if verdicts and all(v == "holds" for v in verdicts):
+        return "holds"
+    return "undecided"
