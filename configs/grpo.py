@@ -25,6 +25,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = task_configs.task_config(task_name)
 
+    # The policy: "transformer" (the model below), or for the one-token bandit "tabular" (a
+    # free softmax: the full simplex) or "gaussian" (one discretised Gaussian, 2 parameters),
+    # whose reference is then the task's exact distribution (no pretraining).
+    c.policy = "transformer"
+
     # Small Llama-style decoder (W2 scale by default, docs/design.md 'Benchmark workloads').
     c.model = ml_collections.ConfigDict(dict(
         num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32"))

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from grpo_jax import checkpoint, config_utils, jsonio, losses, pretrain, rundir, sharding
-from grpo_jax import tasks, train, writers
+from grpo_jax import policies, tasks, train, writers
 from grpo_jax import model as model_lib
 from grpo_jax.kl_choice import KLChoice
 
@@ -85,6 +85,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         kl_choice_of(config)
     except ValueError as e:  # re-raise with the config path
         raise ValueError(f"config.loss: {e}") from None
+    _require(config.policy in ("transformer",) + tuple(policies.POLICIES), "policy",
+             f"{config.policy!r}; valid: transformer, {', '.join(policies.POLICIES)}")
+    if config.policy != "transformer":
+        _require(config.task.name == "bandit", "policy",
+                 f"{config.policy!r} is for one-token tasks (bandit), not {config.task.name!r}")
     for field in ("num_layers", "width", "num_heads", "mlp_width"):
         _require(int(config.model[field]) >= 1, f"model.{field}", "must be >= 1")
     _require(config.model.width % config.model.num_heads == 0, "model.width",
@@ -128,7 +133,20 @@ def make_task(config) -> Any:
 
 
 def make_model_config(config, task):
+    """The policy's model: a transformer `ModelConfig` (`config.policy == "transformer"`) or
+    a one-token policy of policies.py ("tabular", "gaussian")."""
+    if config.policy != "transformer":
+        return policies.make(config.policy, task)
     return pretrain.model_config_for(task, **dict(config.model))
+
+
+def initial_params(config, task, model_config, ref_params):
+    """Where the policy starts: the reference itself (transformer, tabular), or for the
+    Gaussian policy the maximum-likelihood fit to the reference (moment matching)."""
+    if config.policy == "gaussian":
+        probs = np.exp(np.asarray(ref_params["logits"], np.float64))[list(task.ordinary_ids)]
+        return model_config.fit_to(probs / probs.sum())
+    return ref_params
 
 
 def kl_choice_of(config, cell: Mapping[str, Any] | None = None) -> KLChoice:
@@ -167,7 +185,9 @@ def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RL
         adam_b1=float(o.b1), adam_b2=float(o.b2), adam_eps=float(o.eps),
         skip_zero_grad=bool(config.train.skip_zero_grad),
         data_sharding=None if mesh is None else sharding.data_sharding(mesh),
-        kl_choices=tuple(kl_choices))
+        kl_choices=tuple(kl_choices),
+        ref_model=(None if config.policy == "transformer"
+                   else policies.make("tabular", task)))
 
 
 def cell_value(config, cell: Mapping[str, Any], key: str):
@@ -233,7 +253,11 @@ def load_or_pretrain_reference(config, task, model_config, directory: str | None
                                log=print) -> Any:
     """Reference parameters: restored from `config.reference.checkpoint` (or the cache
     `directory`), else pretrained on the task's reference data and saved in `directory`.
-    A saved reference of another task, model or pretraining is refused with a diff."""
+    A saved reference of another task, model or pretraining is refused with a diff.
+    One-token policies ("tabular", "gaussian") need none of this: their reference is the
+    task's exact distribution (`policies.reference_params`)."""
+    if config.policy != "transformer":
+        return policies.reference_params(task)
     target = jax.eval_shape(lambda: model_lib.init(model_config, jax.random.PRNGKey(0)))
     explicit = config.reference.checkpoint
     for path, cached in ((explicit, False), (directory, True)):
@@ -328,16 +352,16 @@ def _member_rows(metrics: Mapping[str, Any], member: int) -> list[dict[str, Any]
     return writers.unstack_steps({k: np.asarray(v)[member] for k, v in metrics.items()})
 
 
-def _init_population(setup, config, cells, ref_params, mesh):
-    def init(ref, keys):
-        return jax.vmap(lambda k: train.init_rl_state(setup, ref, ref, k))(keys)
+def _init_population(setup, config, cells, init_params, ref_params, mesh):
+    def init(start, ref, keys):
+        return jax.vmap(lambda k: train.init_rl_state(setup, start, ref, k))(keys)
 
     keys = jnp.stack([jax.random.PRNGKey(int(cell_value(config, c, "train.seed")))
                       for c in cells])
-    shape = jax.eval_shape(init, ref_params, keys)
+    shape = jax.eval_shape(init, init_params, ref_params, keys)
     shardings = sharding.param_shardings(shape, mesh, bool(config.mesh.shard_params),
                                          leading_axes=1)
-    return jax.jit(init, out_shardings=shardings)(ref_params, keys)
+    return jax.jit(init, out_shardings=shardings)(init_params, ref_params, keys)
 
 
 def _policy_part(state: train.RLState) -> train.RLState:
@@ -424,7 +448,8 @@ def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> Pop
     if ref_params is None:
         ref_params = load_or_pretrain_reference(config, task, mcfg,
                                                 os.path.join(workdir, "reference"), log=log)
-    state = _init_population(setup, config, cells, ref_params, mesh)
+    state = _init_population(setup, config, cells,
+                             initial_params(config, task, mcfg, ref_params), ref_params, mesh)
     total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
     state, start = _resume(ckpt_dir, state, total, log)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
