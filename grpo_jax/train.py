@@ -38,6 +38,7 @@ from grpo_jax import kl_choice as kl_choice_lib
 from grpo_jax import losses
 from grpo_jax import metrics as metrics_lib
 from grpo_jax import model as model_lib
+from grpo_jax import policies
 from grpo_jax import sampling
 
 
@@ -72,7 +73,10 @@ class RLSetup:
     """Static description of one compiled GRPO program (hashable, never traced).
 
     Attributes:
-      model: the `model.ModelConfig` of policy and reference.
+      model: the policy: a transformer `model.ModelConfig`, or a one-token policy of
+        policies.py (TabularPolicy, GaussianPolicy).
+      ref_model: the reference's model when it differs from the policy's (e.g. a tabular
+        reference holding a task's exact distribution under a Gaussian policy); None = model.
       task: the `tasks.Task` (prompts, reward, mode labels).
       num_prompts: prompts per step N; the batch is B = N * group_size.
       group_size: G completions per prompt.
@@ -104,6 +108,7 @@ class RLSetup:
     skip_zero_grad: bool = False
     data_sharding: Any = None
     kl_choices: tuple = ()
+    ref_model: Any = None
 
     def __post_init__(self):
         choices = tuple(kl_choice_lib.KLChoice.parse(c) if isinstance(c, str)
@@ -166,10 +171,19 @@ def sampling_logits(setup: RLSetup, logits: jax.Array) -> jax.Array:
     return metrics_lib.ban_tokens(logits / setup.temperature, tuple(setup.task.special_ids))
 
 
-def policy_logits(setup: RLSetup, params, prompts: jax.Array, tokens: jax.Array) -> jax.Array:
-    """Teacher-forced `sampling_logits` of `tokens` [B, T] after `prompts` [B, P]."""
-    return sampling_logits(setup, model_lib.completion_logits(setup.model, params, prompts,
-                                                              tokens))
+def completion_logits(model, params, prompts: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Raw teacher-forced logits [B, T, V] of a transformer config or a one-token policy."""
+    if policies.is_policy(model):
+        return model.completion_logits(params, prompts, tokens)
+    return model_lib.completion_logits(model, params, prompts, tokens)
+
+
+def policy_logits(setup: RLSetup, params, prompts: jax.Array, tokens: jax.Array,
+                  model=None) -> jax.Array:
+    """Teacher-forced `sampling_logits` of `tokens` [B, T] after `prompts` [B, P] under
+    `model` (default: the policy's)."""
+    model = setup.model if model is None else model
+    return sampling_logits(setup, completion_logits(model, params, prompts, tokens))
 
 
 def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
@@ -178,10 +192,15 @@ def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
     k_prompt, k_sample = jax.random.split(key)
     prompts = task.sample_prompts(k_prompt, setup.num_prompts)                 # [N, P]
     prompts = _constrain(jnp.repeat(prompts, setup.group_size, axis=0), setup)  # [B, P]
-    out = sampling.sample(
-        setup.model, params, prompts, k_sample, max_new_tokens=task.completion_len,
-        temperature=setup.temperature, banned_tokens=tuple(task.special_ids),
-        return_logits=True)
+    if policies.is_policy(setup.model):
+        out = policies.sample(setup.model, params, prompts, k_sample,
+                              temperature=setup.temperature,
+                              banned_tokens=tuple(task.special_ids))
+    else:
+        out = sampling.sample(
+            setup.model, params, prompts, k_sample, max_new_tokens=task.completion_len,
+            temperature=setup.temperature, banned_tokens=tuple(task.special_ids),
+            return_logits=True)
     tokens = _constrain(out.tokens, setup)
     return Rollout(
         prompts=prompts, tokens=tokens,
@@ -319,8 +338,9 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
     Returns the new state and a dict of scalar metrics (plus `mode_shares [num_modes]`).
     """
     batch = rollout(setup, state.params, jax.random.fold_in(state.key, state.step))
-    ref_logits = jax.lax.stop_gradient(
-        policy_logits(setup, state.ref_params, batch.prompts, batch.tokens))
+    ref_logits = jax.lax.stop_gradient(policy_logits(
+        setup, state.ref_params, batch.prompts, batch.tokens,
+        setup.model if setup.ref_model is None else setup.ref_model))
     ref_logp = model_lib.token_logprobs(ref_logits, batch.tokens)               # [B, T]
     loss_of_logits, zero_var = _loss_of_logits(setup, hp, batch, ref_logits, ref_logp)
 
