@@ -294,6 +294,11 @@ def test_baseline_is_none_or_beta_zero():
     assert report.is_baseline_record({"kl_choice": "none", "beta": 0.1})
     assert report.is_baseline_record({"kl_choice": report.BASELINE_CHOICE, "beta": 0})
     assert not report.is_baseline_record({"kl_choice": "exact_fwd/loss", "beta": 0.1})
+    with pytest.raises(ValueError, match="valid"):
+        report.is_baseline_record({"kl_choice": "exact_forwrd/loss", "beta": 0.1})
+    recs = make_records(effect_uni=0.0, effect_multi=0.0, noise=0.01, n_seeds=2)
+    with pytest.raises(ValueError, match="Record 3: unknown KL estimator 'k9'"):
+        report.validate_records(recs[:3] + [{**recs[3], "kl_choice": "k9/loss"}])
 
 
 def test_markdown_table_helper():

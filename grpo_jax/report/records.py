@@ -1,13 +1,14 @@
 """Run records: validation, the baseline test, and the selections every table and figure uses.
 
 A *cell* is (task, modality, beta > 0). A record is the unregularised *baseline* when its KL
-choice is ``none`` (`grpo_jax.kl_choice.NONE_NAME`) or its beta is 0; baseline records
+choice is ``none`` (`grpo_jax.kl_choice.is_baseline`) or its beta is 0; baseline records
 belong to every cell of their (task, modality) and are never part of a spread. See
 ``docs/design.md``, section "The hypothesis report".
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,8 @@ REQUIRED_KEYS = ("task", "modality", "multimodal", "kl_choice", "beta", "seed", 
 
 
 def validate_records(records: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """Check the keys the report needs; ``ValueError`` naming the record and the key.
+    """Check the keys the report needs and the KL choice names (`kl_choice.KLChoice.parse`);
+    ``ValueError`` naming the record and the key or name.
 
     Returns shallow copies of the records, in order.
     """
@@ -35,6 +37,10 @@ def validate_records(records: Sequence[Mapping[str, Any]]) -> list[dict]:
         for k in OUTCOMES:
             if k not in r["final"]:
                 raise ValueError(f"Record {i} ('final') lacks key {k!r}; required: {OUTCOMES}")
+        try:
+            kl_choice.KLChoice.parse(r["kl_choice"])
+        except ValueError as e:
+            raise ValueError(f"Record {i}: {e}") from None
         tm = (r["task"], r["modality"])
         if flag.setdefault(tm, bool(r["multimodal"])) != bool(r["multimodal"]):
             raise ValueError(
@@ -44,14 +50,17 @@ def validate_records(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     return out
 
 
-def is_baseline_record(record: Mapping[str, Any]) -> bool:
-    """Unregularised run: its KL choice is ``none`` (``kl_choice.NONE_NAME``) or beta == 0.
+@functools.lru_cache(maxsize=None)
+def _is_none_choice(name: str) -> bool:
+    return kl_choice.is_baseline(name)
 
-    Compares with the vocabulary's name rather than calling `kl_choice.is_baseline`, which
-    parses and validates the name against the loss registry: report records spell the exact
-    KL choices ``exact_fwd``/``exact_rev`` and must not depend on the registry's names.
+
+def is_baseline_record(record: Mapping[str, Any]) -> bool:
+    """Unregularised run: its KL choice is ``none`` (`kl_choice.is_baseline`) or beta == 0.
+
+    An unknown KL choice name is a ``ValueError`` listing the valid ones.
     """
-    return record["kl_choice"] == kl_choice.NONE_NAME or float(record["beta"]) == 0.0
+    return _is_none_choice(record["kl_choice"]) or float(record["beta"]) == 0.0
 
 
 def unique(seq: Iterable) -> list:
