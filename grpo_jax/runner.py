@@ -205,11 +205,14 @@ def population_cells(config) -> list[dict[str, Any]]:
 def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hparams:
     """Numeric hyperparameters of `cells`, every leaf stacked along a leading axis [S]."""
     choices = population_kl_choices(config, cells)
+    # Every member's LossConfig has the same static names (a stacked pytree); with a switch
+    # they are those of the first choice, and `kl_choice` indexes the member's own.
+    static_choice = choices[0] if choices else kl_choice_of(config, cells[0])
 
     def one(cell):
         value = lambda k: float(cell_value(config, cell, k))
         choice = kl_choice_of(config, cell)
-        loss_cfg = make_loss_config(config, choice, beta=value("loss.beta"),
+        loss_cfg = make_loss_config(config, static_choice, beta=value("loss.beta"),
                                     eps_low=value("loss.eps_low"),
                                     eps_high=value("loss.eps_high"))
         return train.Hparams(loss=loss_cfg, lr=jnp.float32(value("optim.lr")),
