@@ -26,7 +26,7 @@ GRPO), ``E[sum_t A_it grad log pi(y_t)]`` is, up to the scale, the gradient of
 ``E[R] - E[sum_t p_t]`` *including* the future-penalty terms the sequence-level advantage
 also has, but with the past (already decided) penalties removed, lowering the variance.
 
-Process supervision (DeepSeekMath §4.1.3): per-step rewards placed at the last token of
+Process supervision (DeepSeekMath, Shao et al. 2024, §4.1.3): per-step rewards placed at the last token of
 each step, ``step_rewards [B, T]`` with ``step_mask [B, T]`` marking step ends. Each step
 reward is normalised with the mean and std of all step rewards of its group, and
 ``A_it = sum_{steps j ending at u >= t} r~_j``.
@@ -37,17 +37,64 @@ callers should not differentiate through them (``grpo_jax.losses`` stops gradien
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax.numpy as jnp
 
-ESTIMATORS: tuple[str, ...] = ("grpo", "drgrpo", "rloo")
+from grpo_jax import checks
+
+
+def _safe_sqrt(x):
+    """sqrt with a finite gradient at 0 (double-where)."""
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
+# ------------------------------------------------------------------ the estimators
+# Each maps the rewards of the groups, ``r [n, G]``, to a baseline and a scale ``[n, G]``
+# with ``A = (r - baseline) / scale``.
+
+
+def grpo_baseline_scale(r, *, eps=1e-6, std_ddof: int = 0):
+    """GRPO: ``b = mean_g r``, ``s = std_g r + eps`` (``std_ddof`` 0 or 1). ``[n, G]`` ->
+    ``([n, G], [n, G])``."""
+    G = r.shape[1]
+    mean = jnp.mean(r, axis=1, keepdims=True)                                   # [n, 1]
+    dev = r - mean
+    var = jnp.sum(dev * dev, axis=1, keepdims=True) / (G - std_ddof)
+    ones = jnp.ones_like(r)
+    return mean * ones, (_safe_sqrt(var) + eps) * ones
+
+
+def drgrpo_baseline_scale(r, *, eps=1e-6, std_ddof: int = 0):
+    """Dr. GRPO: ``b = mean_g r``, ``s = 1`` (``eps``, ``std_ddof`` unused)."""
+    del eps, std_ddof
+    ones = jnp.ones_like(r)
+    return jnp.mean(r, axis=1, keepdims=True) * ones, ones
+
+
+def rloo_baseline_scale(r, *, eps=1e-6, std_ddof: int = 0):
+    """RLOO: ``b_i = mean_{j != i} r_j = (sum_g r - r_i) / (G - 1)``, ``s = 1``; G >= 2."""
+    del eps, std_ddof
+    G = r.shape[1]
+    if G < 2:
+        raise ValueError("the rloo estimator needs group_size >= 2")
+    return (jnp.sum(r, axis=1, keepdims=True) - r) / (G - 1), jnp.ones_like(r)
+
+
+#: name -> ``fn(r [n, G], *, eps, std_ddof) -> (baseline [n, G], scale [n, G])``.
+REGISTRY: dict[str, Callable] = {
+    "grpo": grpo_baseline_scale,
+    "drgrpo": drgrpo_baseline_scale,
+    "rloo": rloo_baseline_scale,
+}
+#: Every valid advantage estimator name.
+ESTIMATORS: tuple[str, ...] = tuple(REGISTRY)
 
 
 def validate_estimator(name: str) -> str:
     """Returns ``name`` or raises ValueError listing the valid advantage estimators."""
-    if name not in ESTIMATORS:
-        raise ValueError(
-            f"unknown advantage estimator {name!r}; valid: {', '.join(ESTIMATORS)}")
-    return name
+    return checks.check_name("advantage estimator", name, ESTIMATORS)
 
 
 def _check_group(batch: int, group_size, what: str = "rewards") -> int:
@@ -59,12 +106,6 @@ def _check_group(batch: int, group_size, what: str = "rewards") -> int:
     return batch // group_size
 
 
-def _safe_sqrt(x):
-    """sqrt with a finite gradient at 0 (double-where)."""
-    pos = x > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
-
-
 def group_baseline_scale(totals, group_size: int, estimator: str = "grpo", *,
                          eps=1e-6, batch_std_norm: bool = False, std_ddof: int = 0):
     """Baseline and scale per row, from the group statistics of ``totals``.
@@ -72,7 +113,7 @@ def group_baseline_scale(totals, group_size: int, estimator: str = "grpo", *,
     Args:
       totals: ``[B]`` float rewards (group-major, B = prompts x G).
       group_size: G, a static Python int.
-      estimator: one of ``ESTIMATORS``.
+      estimator: one of ``ESTIMATORS`` (its ``REGISTRY`` entry gives baseline and scale).
       eps: added to the std (grpo, or any estimator with ``batch_std_norm``).
       batch_std_norm: scale by the std of the whole batch instead of the group std.
       std_ddof: 0 (population std, default) or 1 (unbiased, as torch.std in TRL/verl).
@@ -83,33 +124,19 @@ def group_baseline_scale(totals, group_size: int, estimator: str = "grpo", *,
     """
     validate_estimator(estimator)
     totals = jnp.asarray(totals, jnp.float32)
-    if totals.ndim != 1:
-        raise ValueError(f"totals/rewards must be [B], got shape {totals.shape}")
+    checks.assert_rank("totals/rewards", totals, 1, "[B]")
     G = group_size
     num_groups = _check_group(totals.shape[0], G)
-    if estimator == "rloo" and G < 2:
-        raise ValueError("the rloo estimator needs group_size >= 2")
     if std_ddof not in (0, 1) or (std_ddof == 1 and G < 2):
         raise ValueError(f"std_ddof must be 0 or 1 (1 needs group_size >= 2), got {std_ddof}")
     r = totals.reshape(num_groups, G)
-    mean = jnp.mean(r, axis=1, keepdims=True)                                   # [n, 1]
     zero_var = jnp.max(r, axis=1, keepdims=True) == jnp.min(r, axis=1, keepdims=True)
-    ones = jnp.ones_like(r)
-    if estimator == "rloo":
-        baseline = (jnp.sum(r, axis=1, keepdims=True) - r) / (G - 1)                # [n, G]
-    else:
-        baseline = mean * ones
+    baseline, scale = REGISTRY[estimator](r, eps=eps, std_ddof=std_ddof)
     if batch_std_norm:
         dev = totals - jnp.mean(totals)
         n = totals.shape[0]
         var = jnp.sum(dev * dev) / max(n - std_ddof, 1)
-        scale = (_safe_sqrt(var) + eps) * ones
-    elif estimator == "grpo":
-        dev = r - mean
-        var = jnp.sum(dev * dev, axis=1, keepdims=True) / (G - std_ddof)
-        scale = (_safe_sqrt(var) + eps) * ones
-    else:
-        scale = ones
+        scale = (_safe_sqrt(var) + eps) * jnp.ones_like(r)
     zero_var = jnp.broadcast_to(zero_var, r.shape)
     return baseline.reshape(-1), scale.reshape(-1), zero_var.reshape(-1)
 
@@ -140,14 +167,14 @@ def group_advantages(rewards, group_size: int, estimator: str = "grpo", *, eps=1
 
 
 def returns_to_go(x, mask=None):
-    """``out[i, t] = sum_{u >= t} mask[i, u] * x[i, u]`` for ``x [B, T]`` (reverse cumsum).
+    """``out[..., t] = sum_{u >= t} mask[..., u] * x[..., u]`` for ``x [..., T]`` (reverse
+    cumsum along the last axis), in float32 (float64 for float64 inputs).
 
     Masked entries are replaced by 0 before summing, so garbage (inf/NaN) there is harmless.
     """
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x, jnp.promote_types(jnp.result_type(x), jnp.float32))
     if mask is not None:
-        if mask.shape != x.shape:
-            raise ValueError(f"mask shape {mask.shape} != x shape {x.shape}")
+        checks.assert_same_shape(x=x, mask=mask)
         x = jnp.where(mask > 0, x, 0.0)
     return jnp.flip(jnp.cumsum(jnp.flip(x, axis=-1), axis=-1), axis=-1)
 
@@ -173,9 +200,8 @@ def reward_to_go_advantages(rewards, token_penalty, mask, group_size: int,
     """
     rewards = jnp.asarray(rewards, jnp.float32)
     token_penalty = jnp.asarray(token_penalty, jnp.float32)
-    if token_penalty.ndim != 2 or token_penalty.shape[0] != rewards.shape[0]:
-        raise ValueError(f"token_penalty must be [B, T] with B = len(rewards) = "
-                         f"{rewards.shape[0]}, got {token_penalty.shape}")
+    checks.assert_shape("token_penalty", token_penalty, (rewards.shape[0], None),
+                        f"[B, T] with B = len(rewards) = {rewards.shape[0]}")
     penalty_to_go = returns_to_go(token_penalty, mask)                           # [B, T]
     totals = rewards - penalty_to_go[:, 0]
     baseline, scale, zero_var = group_baseline_scale(
@@ -210,27 +236,23 @@ def process_advantages(step_rewards, step_mask, group_size: int, *, eps=1e-6, ma
       ``(advantages [B, T], aux)`` with ``adv_mean, adv_std, zero_var_group_frac``.
     """
     step_rewards = jnp.asarray(step_rewards, jnp.float32)
-    if step_rewards.ndim != 2 or step_mask.shape != step_rewards.shape:
-        raise ValueError(f"step_rewards {step_rewards.shape} and step_mask {step_mask.shape} "
-                         "must both be [B, T]")
+    checks.assert_rank("step_rewards", step_rewards, 2, "[B, T]")
+    checks.assert_same_shape(step_rewards=step_rewards, step_mask=step_mask)
     B, T = step_rewards.shape
     num_groups = _check_group(B, group_size, "step_rewards")
     m = (step_mask > 0)
     r = jnp.where(m, step_rewards, 0.0).reshape(num_groups, group_size * T)
     mg = m.reshape(num_groups, group_size * T)
-    count = jnp.sum(mg, axis=1, keepdims=True).astype(jnp.float32)
-    safe_count = jnp.maximum(count, 1.0)
-    mean = jnp.sum(r, axis=1, keepdims=True) / safe_count
+    mean = checks.masked_mean(r, mg, axis=1)[:, None]
     dev = jnp.where(mg, r - mean, 0.0)
-    std = _safe_sqrt(jnp.sum(dev * dev, axis=1, keepdims=True) / safe_count)
+    std = _safe_sqrt(checks.masked_mean(dev * dev, mg, axis=1)[:, None])
     rmax = jnp.max(jnp.where(mg, r, -jnp.inf), axis=1, keepdims=True)
     rmin = jnp.min(jnp.where(mg, r, jnp.inf), axis=1, keepdims=True)
     zero_var = (rmax <= rmin)                                                   # [n, 1]
     norm = jnp.where(mg & ~zero_var, dev / (std + eps), 0.0).reshape(B, T)
     adv = returns_to_go(norm)
     if mask is not None:
-        if mask.shape != (B, T):
-            raise ValueError(f"mask shape {mask.shape} != step_rewards shape {(B, T)}")
+        checks.assert_shape("mask", mask, (B, T))
         adv = jnp.where(mask > 0, adv, 0.0)
     aux = advantage_stats(adv, mask)
     aux["zero_var_group_frac"] = jnp.mean(zero_var.astype(jnp.float32))
@@ -248,8 +270,7 @@ def advantage_stats(adv, mask=None):
     if mask is None:
         return dict(adv_mean=jnp.mean(adv), adv_std=jnp.std(adv))
     w = jnp.broadcast_to((mask > 0).astype(jnp.float32), adv.shape)
-    n = jnp.maximum(jnp.sum(w), 1.0)
     a = jnp.where(w > 0, adv, 0.0)
-    mean = jnp.sum(a) / n
-    var = jnp.sum(w * (a - mean) ** 2) / n
+    mean = checks.masked_mean(a, w)
+    var = checks.masked_mean((a - mean) ** 2, w)
     return dict(adv_mean=mean, adv_std=_safe_sqrt(var))

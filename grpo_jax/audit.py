@@ -1,5 +1,7 @@
 """The gradient audit: exact expected gradients of KL estimators, by enumeration.
 
+The facts it checks are listed in docs/design.md, 'The math'.
+
 No sampling anywhere: a policy and a reference are given as logits over a small
 vocabulary (token level) or as tables over every prefix of short sequences (sequence
 level), every outcome is enumerated, and expectations are exact sums weighted by the
@@ -43,12 +45,16 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from grpo_jax import advantages as adv_lib
+from grpo_jax import checks
 from grpo_jax import kl
+from grpo_jax.checks import check_name
 
 __all__ = [
     "TOKEN_PLACEMENTS",
@@ -71,11 +77,6 @@ sg = jax.lax.stop_gradient
 TOKEN_PLACEMENTS: tuple[str, ...] = ("loss", "reward")
 SEQUENCE_PLACEMENTS: tuple[str, ...] = ("loss", "reward", "reward_to_go", "loss+future")
 SAMPLINGS: tuple[str, ...] = ("on", "off", "off_is")
-
-
-def _check_name(kind: str, name: str, valid: Sequence[str]) -> None:
-    if name not in valid:
-        raise ValueError(f"Unknown {kind} {name!r}; valid: {', '.join(valid)}.")
 
 
 # --------------------------------------------------------------------------------------
@@ -103,6 +104,26 @@ def compare(g: Array, target: Array, tol: float = 1e-7) -> tuple[float, float]:
     scale = max(nt, ng, 1e-300)
     cos = float(g @ t / (ng * nt)) if min(ng, nt) > tol * scale else float("nan")
     return rel, cos
+
+
+def _result(exact_kl_fn, params, combos, stats, level: str) -> dict[str, Any]:
+    """An audit's result: the exact KL both ways and its gradient in ``params``
+    (``exact_kl_fn(params, direction)``), and one row per combination."""
+    exact_kl, grads = {}, {}
+    for d in kl.DIRECTIONS:
+        exact_kl[d], grads[d] = jax.value_and_grad(exact_kl_fn)(params, d)
+    rows = [
+        _row(st, exact_kl, grads["reverse"], grads["forward"], level=level, estimator=e,
+             placement=p, sampling=s)
+        for (e, p, s), st in zip(combos, stats)
+    ]
+    return dict(
+        kl_reverse=float(exact_kl["reverse"]),
+        kl_forward=float(exact_kl["forward"]),
+        grad_reverse=np.asarray(grads["reverse"]),
+        grad_forward=np.asarray(grads["forward"]),
+        rows=rows,
+    )
 
 
 def _row(stats, exact_kl, grad_rev, grad_fwd, **labels) -> dict[str, Any]:
@@ -141,6 +162,23 @@ def random_token_problem(
     return dict(logits=logits, ref_logits=ref, old_logits=old)
 
 
+def _sampled(logp, ref_logp, estimator, placement, sampling, old_logp, placements):
+    """What both surrogates need: the sampler's log-probs ``logq`` (stop-gradient), the
+    reported values (importance-weighted for "off_is"), the policy-gradient ratio ``rho`` to
+    the sampler (``exp(logp - sg(logp))`` for "on"/"off") and the detached estimate."""
+    check_name("placement", placement, placements)
+    check_name("sampling", sampling, SAMPLINGS)
+    kl.validate_estimator(estimator)
+    if sampling != "on" and old_logp is None:
+        raise ValueError(f"sampling={sampling!r} needs old_logp.")
+    logq = sg(logp) if sampling == "on" else sg(old_logp)
+    old = logq if sampling == "off_is" else None
+    values = kl.estimate(logp, ref_logp, estimator, old_logp=old)
+    rho = jnp.exp(logp - (logq if sampling == "off_is" else sg(logp)))
+    detached = sg(kl.estimate(logp, ref_logp, estimator))
+    return logq, values, rho, detached
+
+
 def token_surrogates(
     logp: Array,
     ref_logp: Array,
@@ -162,19 +200,12 @@ def token_surrogates(
       for sample y; q (stop-gradient) is the sampler; values are the KL values reported
       (importance-weighted for "off_is").
     """
-    _check_name("placement", placement, TOKEN_PLACEMENTS)
-    _check_name("sampling", sampling, SAMPLINGS)
-    kl._check_estimator(estimator)
-    if sampling != "on" and old_logp is None:
-        raise ValueError(f"sampling={sampling!r} needs old_logp.")
-    logq = sg(logp) if sampling == "on" else sg(old_logp)
-    old = logq if sampling == "off_is" else None
-    values = kl.estimate(logp, ref_logp, estimator, old_logp=old)
+    logq, values, rho, detached = _sampled(
+        logp, ref_logp, estimator, placement, sampling, old_logp, TOKEN_PLACEMENTS)
     if placement == "loss":
         surrogate = values
     else:
-        rho = jnp.exp(logp - (logq if sampling == "off_is" else sg(logp)))
-        surrogate = sg(kl.estimate(logp, ref_logp, estimator)) * rho
+        surrogate = detached * rho
     return surrogate, jnp.exp(logq), sg(values)
 
 
@@ -225,38 +256,23 @@ def token_audit(
       ``level, estimator, placement, sampling, value_target, value_mean, exact_kl,
       value_var, grad_mean [V], grad_var, rel_err_rev, cos_rev, rel_err_fwd, cos_fwd``.
     """
-    if jnp.shape(logits) != jnp.shape(ref_logits) or jnp.ndim(logits) != 1:
-        raise ValueError(
-            f"logits and ref_logits must both be [V]; got {jnp.shape(logits)} and "
-            f"{jnp.shape(ref_logits)}."
-        )
-    if old_logits is not None and jnp.shape(old_logits) != jnp.shape(logits):
-        raise ValueError(
-            f"old_logits must be [V]={jnp.shape(logits)}; got {jnp.shape(old_logits)}."
-        )
+    msg = (f"logits and ref_logits must both be [V]; got {jnp.shape(logits)} and "
+           f"{jnp.shape(ref_logits)}")
+    chex.assert_rank([logits, ref_logits], 1, custom_message=msg, exception_type=ValueError)
+    chex.assert_equal_shape([logits, ref_logits], custom_message=msg,
+                            exception_type=ValueError)
+    if old_logits is not None:
+        checks.assert_shape("old_logits", old_logits, jnp.shape(logits))
     for e in estimators:
-        kl._check_estimator(e)
+        kl.validate_estimator(e)
     samplings = ("on",) if old_logits is None else SAMPLINGS
     combos = tuple((e, p, s) for e in estimators for p in TOKEN_PLACEMENTS for s in samplings)
-    exact_kl = {d: kl.exact(logits, ref_logits, d) for d in kl.DIRECTIONS}
-    grad_rev = jax.grad(kl.exact)(logits, ref_logits, "reverse")
-    grad_fwd = jax.grad(kl.exact)(logits, ref_logits, "forward")
     old_logp = None if old_logits is None else jax.nn.log_softmax(old_logits)
     stats = _stats(
         jax.nn.log_softmax, logits, jax.nn.log_softmax(ref_logits), old_logp, combos
     )
-    rows = [
-        _row(st, exact_kl, grad_rev, grad_fwd, level="token", estimator=e, placement=p,
-             sampling=s)
-        for (e, p, s), st in zip(combos, stats)
-    ]
-    return dict(
-        kl_reverse=float(exact_kl["reverse"]),
-        kl_forward=float(exact_kl["forward"]),
-        grad_reverse=np.asarray(grad_rev),
-        grad_forward=np.asarray(grad_fwd),
-        rows=rows,
-    )
+    exact_kl = lambda x, d: kl.exact(x, ref_logits, d)
+    return _result(exact_kl, logits, combos, stats, "token")
 
 
 # --------------------------------------------------------------------------------------
@@ -312,7 +328,7 @@ def sequence_exact_kl(tables, ref_tables, direction: str, sequences: Array | Non
     reverse: ``sum_y pi(y) (log pi(y) - log pi_ref(y))``; forward: the same with the roles
     swapped; ``log pi(y) = sum_t logp_t``.
     """
-    kl._check_direction(direction)
+    kl.validate_direction(direction)
     if sequences is None:
         sequences = enumerate_sequences(tables[0].shape[-1], len(tables))
     logp = jnp.sum(sequence_logprobs(tables, sequences), axis=-1)
@@ -320,11 +336,6 @@ def sequence_exact_kl(tables, ref_tables, direction: str, sequences: Array | Non
     if direction == "reverse":
         return jnp.sum(jnp.exp(logp) * (logp - ref))
     return jnp.sum(jnp.exp(ref) * (ref - logp))
-
-
-def _reverse_cumsum(x: Array) -> Array:
-    """sum_{u >= t} x[..., u] along the last axis."""
-    return jnp.flip(jnp.cumsum(jnp.flip(x, -1), -1), -1)
 
 
 def sequence_surrogates(
@@ -348,24 +359,16 @@ def sequence_surrogates(
     Returns:
       ``(L [N], q [N], values [N])`` with ``values = sum_t v_t`` (weighted for "off_is").
     """
-    _check_name("placement", placement, SEQUENCE_PLACEMENTS)
-    _check_name("sampling", sampling, SAMPLINGS)
-    kl._check_estimator(estimator)
-    if sampling != "on" and old_logp is None:
-        raise ValueError(f"sampling={sampling!r} needs old_logp.")
-    logq = sg(logp) if sampling == "on" else sg(old_logp)
-    old = logq if sampling == "off_is" else None
-    values = kl.estimate(logp, ref_logp, estimator, old_logp=old)  # [N, T]
-    rho = jnp.exp(logp - (logq if sampling == "off_is" else sg(logp)))  # [N, T]
-    detached = sg(kl.estimate(logp, ref_logp, estimator))
+    logq, values, rho, detached = _sampled(
+        logp, ref_logp, estimator, placement, sampling, old_logp, SEQUENCE_PLACEMENTS)
     if placement == "loss":
         per_token = values
     elif placement == "reward":
         per_token = rho * jnp.sum(detached, axis=-1, keepdims=True)
     elif placement == "reward_to_go":
-        per_token = rho * _reverse_cumsum(detached)
+        per_token = rho * adv_lib.returns_to_go(detached)
     else:  # loss+future
-        per_token = values + rho * (_reverse_cumsum(detached) - detached)
+        per_token = values + rho * (adv_lib.returns_to_go(detached) - detached)
     q = jnp.exp(jnp.sum(logq, axis=-1))
     return jnp.sum(per_token, axis=-1), q, sg(jnp.sum(values, axis=-1))
 
@@ -400,16 +403,18 @@ def sequence_audit(
     """
     tables = list(tables)
     ref_tables = list(ref_tables)
-    shapes = [jnp.shape(a) for a in tables]
     for name, other in (("ref_tables", ref_tables), ("old_tables", old_tables)):
-        if other is not None and [jnp.shape(a) for a in other] != shapes:
-            raise ValueError(f"{name} must have the shapes of tables {shapes}.")
+        if other is not None:
+            chex.assert_trees_all_equal_shapes(
+                tables, list(other), exception_type=ValueError,
+                custom_message=f"{name} must have the shapes of tables "
+                               f"{[jnp.shape(a) for a in tables]}")
     for e in estimators:
-        kl._check_estimator(e)
+        kl.validate_estimator(e)
     if samplings is None:
         samplings = ("on",) if old_tables is None else SAMPLINGS
     for s in samplings:
-        _check_name("sampling", s, SAMPLINGS)
+        check_name("sampling", s, SAMPLINGS)
         if s != "on" and old_tables is None:
             raise ValueError(f"sampling={s!r} needs old_tables.")
     combos = tuple(
@@ -417,25 +422,11 @@ def sequence_audit(
     )
     sequences = enumerate_sequences(tables[0].shape[-1], len(tables))
     flat, unravel = ravel_pytree(tables)
-    exact_kl, grads_exact = {}, {}
-    for d in kl.DIRECTIONS:
-        f = lambda x, d=d: sequence_exact_kl(unravel(x), ref_tables, d, sequences)
-        exact_kl[d], grads_exact[d] = jax.value_and_grad(f)(flat)
     ref_logp = sequence_logprobs(ref_tables, sequences)
     old_logp = None if old_tables is None else sequence_logprobs(old_tables, sequences)
     stats = _stats(_SequenceLogp(unravel, sequences), flat, ref_logp, old_logp, combos)
-    rows = [
-        _row(st, exact_kl, grads_exact["reverse"], grads_exact["forward"],
-             level="sequence", estimator=e, placement=p, sampling=s)
-        for (e, p, s), st in zip(combos, stats)
-    ]
-    return dict(
-        kl_reverse=float(exact_kl["reverse"]),
-        kl_forward=float(exact_kl["forward"]),
-        grad_reverse=np.asarray(grads_exact["reverse"]),
-        grad_forward=np.asarray(grads_exact["forward"]),
-        rows=rows,
-    )
+    exact_kl = lambda x, d: sequence_exact_kl(unravel(x), ref_tables, d, sequences)
+    return _result(exact_kl, flat, combos, stats, "sequence")
 
 
 def find_row(result: dict[str, Any], **labels) -> dict[str, Any]:

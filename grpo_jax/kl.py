@@ -9,7 +9,7 @@ Notation, per sampled token y (all arrays share one shape, e.g. ``[B, T]``)::
     r        = exp(-delta) = pi_ref / pi    ratio
     s        = grad log pi_theta(y)         score
 
-Estimators (Schulman, "Approximating KL divergence", 2020; DESIGN.md §2), from samples
+Estimators (Schulman, "Approximating KL divergence", 2020; docs/design.md, 'The math'), from samples
 of pi, registered by name in ``ESTIMATORS``:
 
 =============  =============================  ================  ==========================
@@ -62,9 +62,14 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from grpo_jax import checks
+
 __all__ = [
     "ESTIMATORS",
     "DIRECTIONS",
+    "ABBREV",
+    "validate_estimator",
+    "validate_direction",
     "VALUE_TARGET",
     "estimate",
     "exact",
@@ -159,19 +164,19 @@ VALUE_TARGET: dict[str, str] = {
 #: Valid directions of ``exact``: reverse = KL[pi || pi_ref], forward = KL[pi_ref || pi].
 DIRECTIONS: tuple[str, ...] = ("reverse", "forward")
 
-
-def _check_estimator(estimator: str) -> None:
-    if estimator not in _FORMULAS:
-        raise ValueError(
-            f"Unknown KL estimator {estimator!r}; valid names: {', '.join(ESTIMATORS)}."
-        )
+#: Short names of the directions, as in the names ``exact_rev`` / ``exact_fwd`` and the
+#: metric keys ``exact_kl_rev`` / ``exact_kl_fwd``.
+ABBREV: dict[str, str] = {"reverse": "rev", "forward": "fwd"}
 
 
-def _check_direction(direction: str) -> None:
-    if direction not in DIRECTIONS:
-        raise ValueError(
-            f"Unknown KL direction {direction!r}; valid directions: {', '.join(DIRECTIONS)}."
-        )
+def validate_estimator(estimator: str) -> str:
+    """Returns ``estimator`` or raises ValueError listing ``ESTIMATORS``."""
+    return checks.check_name("KL estimator", estimator, ESTIMATORS)
+
+
+def validate_direction(direction: str) -> str:
+    """Returns ``direction`` or raises ValueError listing ``DIRECTIONS``."""
+    return checks.check_name("KL direction", direction, DIRECTIONS, noun="directions")
 
 
 def _compute_dtype(*arrays) -> jnp.dtype:
@@ -183,13 +188,6 @@ def _compute_dtype(*arrays) -> jnp.dtype:
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.dtype(jnp.float32)
     return dtype
-
-
-def _check_same_shape(**arrays) -> None:
-    shapes = {k: jnp.shape(v) for k, v in arrays.items() if v is not None}
-    if len(set(shapes.values())) > 1:
-        desc = ", ".join(f"{k}{list(s)}" for k, s in shapes.items())
-        raise ValueError(f"KL inputs must have the same shape; got {desc}.")
 
 
 def _safe_mul(a: Array, b: Array) -> Array:
@@ -287,8 +285,8 @@ def estimate(
     Raises:
       ValueError: unknown estimator, mismatched shapes, non-positive clamps.
     """
-    _check_estimator(estimator)
-    _check_same_shape(logp=logp, ref_logp=ref_logp, old_logp=old_logp)
+    validate_estimator(estimator)
+    checks.assert_same_shape("KL inputs", logp=logp, ref_logp=ref_logp, old_logp=old_logp)
     for name, c in (("clamp_log_ratio", clamp_log_ratio), ("clamp_value", clamp_value)):
         if c is not None and not c > 0:
             raise ValueError(f"{name} must be positive or None; got {c!r}.")
@@ -326,8 +324,8 @@ def exact(logits: Array, ref_logits: Array, direction: str) -> Array:
     Returns:
       ``[...]`` KL per position (float32; float64 for float64 inputs).
     """
-    _check_direction(direction)
-    _check_same_shape(logits=logits, ref_logits=ref_logits)
+    validate_direction(direction)
+    checks.assert_same_shape("KL inputs", logits=logits, ref_logits=ref_logits)
     if jnp.ndim(logits) < 1:
         raise ValueError("logits must have a vocabulary axis; got a scalar.")
     dtype = _compute_dtype(logits, ref_logits)
@@ -357,15 +355,15 @@ def clamp_fraction(
       logp, ref_logp: ``[...]`` sampled tokens' log-probs.
       clamp_log_ratio: the log-ratio clamp (None: not checked).
       mask: optional ``[...]`` weights (1 = real token); the fraction is
-        ``sum(mask * hit) / max(sum(mask), 1e-8)``.
+        ``checks.masked_mean(hit, mask) = sum(mask * hit) / max(sum(mask), 1)``.
       clamp_value: the value clamp (None: not checked).
       estimator: estimator whose value the value clamp applies to.
 
     Returns:
       scalar float32 in [0, 1].
     """
-    _check_estimator(estimator)
-    _check_same_shape(logp=logp, ref_logp=ref_logp, mask=mask)
+    validate_estimator(estimator)
+    checks.assert_same_shape("KL inputs", logp=logp, ref_logp=ref_logp, mask=mask)
     dtype = _compute_dtype(logp, ref_logp)
     delta = sg(jnp.asarray(logp, dtype) - jnp.asarray(ref_logp, dtype))
     hit = jnp.zeros(delta.shape, bool)
@@ -374,8 +372,5 @@ def clamp_fraction(
         delta = jnp.clip(delta, -clamp_log_ratio, clamp_log_ratio)
     if clamp_value is not None:
         hit = hit | (jnp.abs(_FORMULAS[estimator].value(delta)) > clamp_value)
-    hit = hit.astype(jnp.float32)
-    if mask is None:
-        return jnp.mean(hit)
-    mask = sg(jnp.asarray(mask, jnp.float32))
-    return jnp.sum(mask * hit) / jnp.maximum(jnp.sum(mask), 1e-8)
+    mask = None if mask is None else sg(jnp.asarray(mask, jnp.float32))
+    return checks.masked_mean(hit.astype(jnp.float32), mask)

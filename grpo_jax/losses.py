@@ -1,6 +1,7 @@
 """The GRPO objective: KL-shaped advantages, then the clipped policy loss.
 
-The whole path, in order (DeepSeekMath, Shao et al. 2024, eq. 3; DESIGN.md §2):
+The whole path, in order (DeepSeekMath, Shao et al. 2024, eq. 3; docs/design.md, 'The
+math'):
 
 1. ``compute_advantages(rewards, G, cfg, old_logp=, ref_logp=, mask=)`` -- group-relative
    advantages. With ``kl_placement="reward"`` the detached per-token KL estimate
@@ -15,20 +16,17 @@ The whole path, in order (DeepSeekMath, Shao et al. 2024, eq. 3; DESIGN.md §2):
        l_it = -min(rho_it A_it, clip(rho_it, 1 - eps_low, 1 + eps_high) A_it)
               [+ beta * D_it   only for kl_placement="loss"]
 
-   with ``rho = exp(logp - old_logp)`` (``is_level="token"``) or GSPO's length-normalised
-   sequence ratio ``s_i = exp(mean_t (logp - old_logp))`` (``is_level="sequence"``, Zheng
-   et al. 2025, GSPO-token form ``sg(s_i) * pi/sg(pi)`` so per-token advantages work too).
-   Optional dual clip (Ye et al. 2020; TRL's ``delta``): for ``A < 0`` the unclipped ratio is
-   capped at ``dual_clip``, so the loss is at most ``-dual_clip * A``.
-   The KL term is never added in the loss for ``kl_placement="reward"``.
+   composed, rlax-style, from small pure functions, each documented with its formula:
 
-   Aggregation, as ``loss = sum_it w_it l_it / den``:
-     - "seq_mean_token_mean" (GRPO): ``w = m / |o_i|``, ``den = #{i : |o_i| > 0}``;
-     - "token_mean" (DAPO / BNPO):   ``w = m``,         ``den = sum m``;
-     - "seq_mean_token_sum_norm" (Dr. GRPO): ``w = m / L`` (``L = norm_len`` or T),
-       ``den = B``.
-   ``aux`` carries ``loss_num`` and ``loss_den`` (and per-term numerators) so means stay right
-   when a batch is split across devices or accumulated: ``sum(num) / sum(den)``.
+     ``importance_ratio``   rho (token level, or GSPO's sequence level);
+     ``clipped_surrogate``  the clipped term, with the optional dual clip;
+     ``kl_term``            D (a ``kl.estimate`` estimator, optionally importance-weighted,
+                            or the exact per-position KL ``kl.exact`` from logits);
+     ``aggregate``          ``loss = sum_it w_it l_it / den`` as a sum and a denominator;
+     ``ratio_diagnostics``, ``logit_diagnostics``  clip fractions, ratio range, entropy
+                            and exact KL both ways.
+
+   The KL term is never added in the loss for ``kl_placement="reward"``.
 
 ``grpo_objective`` runs both steps. ``LossConfig`` is a ``flax.struct.dataclass``: names and
 flags are static fields, numeric hyperparameters are pytree leaves, so a population can
@@ -50,22 +48,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax import advantages as adv_lib
+from grpo_jax import checks
 from grpo_jax import kl
+from grpo_jax import metrics
+from grpo_jax.checks import check_name, masked_mean
+
+sg = jax.lax.stop_gradient
 
 PLACEMENTS: tuple[str, ...] = ("loss", "reward")
 AGGREGATIONS: tuple[str, ...] = (
     "seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
 IS_LEVELS: tuple[str, ...] = ("token", "sequence")
-EXACT_KL: dict[str, str] = {"exact_reverse": "reverse", "exact_forward": "forward"}
+#: The exact per-position KL regularisers: name -> ``kl.exact`` direction
+#: (``{"exact_rev": "reverse", "exact_fwd": "forward"}``).
+EXACT_KL: dict[str, str] = {f"exact_{kl.ABBREV[d]}": d for d in kl.DIRECTIONS}
 # Every valid ``kl_estimator``: the sample estimators of grpo_jax.kl, plus the exact
 # per-position KL from logits (needs ``logits`` and ``ref_logits``).
 KL_ESTIMATORS: tuple[str, ...] = tuple(kl.ESTIMATORS) + tuple(EXACT_KL)
 ADVANTAGE_ESTIMATORS: tuple[str, ...] = adv_lib.ESTIMATORS
-
-
-def _check_name(kind: str, name, valid) -> None:
-    if name not in valid:
-        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}")
 
 
 def _static(default):
@@ -123,11 +123,11 @@ class LossConfig:
         self._validate_static()
 
     def _validate_static(self):
-        _check_name("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        _check_name("kl_placement", self.kl_placement, PLACEMENTS)
-        _check_name("aggregation", self.aggregation, AGGREGATIONS)
-        _check_name("is_level", self.is_level, IS_LEVELS)
-        _check_name("advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
+        check_name("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        check_name("kl_placement", self.kl_placement, PLACEMENTS)
+        check_name("aggregation", self.aggregation, AGGREGATIONS)
+        check_name("is_level", self.is_level, IS_LEVELS)
+        check_name("advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
         if self.std_ddof not in (0, 1):
             raise ValueError(f"std_ddof must be 0 or 1, got {self.std_ddof!r}")
         if self.kl_reward_to_go and self.kl_placement != "reward":
@@ -167,14 +167,7 @@ def make_config(**kwargs) -> LossConfig:
     return LossConfig(**kwargs).validate()
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def _check_2d(name, x, shape):
-    if x is None:
-        return
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+# ------------------------------------------------------------------- building blocks
 
 
 def _clean(x, valid, fill=0.0):
@@ -186,31 +179,108 @@ def _clean_logits(logits, valid):
     return jnp.where(valid[..., None], jnp.asarray(logits, jnp.float32), 0.0)
 
 
-def _masked_mean(x, w):
-    return jnp.sum(w * x) / jnp.maximum(jnp.sum(w), 1.0)
+def _divide(num, den):
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def _token_kl(cfg: LossConfig, logp, ref_logp, valid, *, old_logp=None, logits=None,
-              ref_logits=None, where="loss"):
-    """Per-token KL term ``D [B, T]`` (0 at masked positions) for ``cfg.kl_estimator``."""
+def importance_ratio(logp, old_logp, mask, level: str = "token"):
+    """Importance ratio between the policy and the sampling policy, per token.
+
+    token (PPO / GRPO):  ``rho_it = exp(logp_it - old_logp_it)``.
+    sequence (GSPO, Zheng et al. 2025): the length-normalised sequence ratio
+    ``s_i = exp(sum_t m_it (logp_it - old_logp_it) / max(|o_i|, 1))`` in the GSPO-token form
+    ``rho_it = sg(s_i) * pi_it / sg(pi_it)``: its value is ``s_i`` at every token, its
+    gradient ``s_i * grad log pi_it``, so per-token advantages work too.
+
+    Args:
+      logp: ``[B, T]`` log pi_theta of the sampled tokens (differentiated), finite.
+      old_logp: ``[B, T]`` log pi_old (detached), finite.
+      mask: ``[B, T]`` float 1 on completion tokens (``|o_i| = sum_t m_it``).
+      level: one of ``IS_LEVELS``.
+
+    Returns:
+      ``rho [B, T]``.
+    """
+    check_name("is_level", level, IS_LEVELS)
+    log_ratio = logp - old_logp
+    if level == "token":
+        return jnp.exp(log_ratio)
+    seq_log_ratio = masked_mean(log_ratio, mask, axis=1)[:, None]                 # [B, 1]
+    return (sg(jnp.exp(seq_log_ratio)) * jnp.ones((1, logp.shape[1]))
+            * jnp.exp(logp - sg(logp)))
+
+
+def clipped_surrogate(rho, advantages, eps_low, eps_high, dual_clip=None):
+    """Per-token clipped surrogate loss (PPO, Schulman et al. 2017; dual clip, Ye et al. 2020).
+
+        l = -min(rho' A, clip(rho, 1 - eps_low, 1 + eps_high) A),
+        rho' = min(rho, dual_clip) where A < 0, else rho.
+
+    The dual clip caps the loss of a negative advantage at ``-dual_clip * A`` (TRL's
+    ``delta``); ``dual_clip=None`` (or ``inf``) disables it.
+
+    Args:
+      rho: ``[B, T]`` importance ratios (``importance_ratio``).
+      advantages: ``[B, T]`` advantages (detached).
+      eps_low, eps_high: the clip range (DAPO's clip-higher when they differ).
+      dual_clip: ``None`` or a cap > 1 + eps_high.
+
+    Returns:
+      ``[B, T]`` per-token losses (not masked).
+    """
+    rho_clipped = jnp.clip(rho, 1.0 - eps_low, 1.0 + eps_high)
+    if dual_clip is not None:
+        rho = jnp.where(advantages < 0, jnp.minimum(rho, dual_clip), rho)
+    return -jnp.minimum(rho * advantages, rho_clipped * advantages)
+
+
+def exact_token_kl(logits, ref_logits, valid, direction: str):
+    """Exact per-position KL ``kl.exact(logits, ref_logits, direction)`` over the vocabulary,
+    ``[B, T, V] -> [B, T]`` float32, with masked positions (``valid`` False) cleaned before
+    and zeroed after (garbage there changes nothing)."""
+    d = kl.exact(_clean_logits(logits, valid), _clean_logits(ref_logits, valid), direction)
+    return jnp.where(valid, jnp.asarray(d, jnp.float32), 0.0)
+
+
+def kl_term(cfg: "LossConfig", logp, ref_logp, valid, *, old_logp=None, logits=None,
+            ref_logits=None, caller: str = "grpo_loss"):
+    """Per-token KL term ``D [B, T]`` of ``cfg.kl_estimator`` (0 at masked positions).
+
+    * a sample estimator of ``kl.ESTIMATORS`` (k1, k2, k3, ...):
+      ``D = kl.estimate(logp, ref_logp)``; with ``old_logp`` the importance-weighted
+      ``w * D``, ``w = exp(logp - sg(old_logp))`` (DeepSeek-V3.2's off-policy correction);
+      ``cfg.kl_clamp_log_ratio`` and ``cfg.kl_clamp_value`` are passed on;
+    * ``exact_rev`` / ``exact_fwd``: ``D = kl.exact(logits, ref_logits, direction)``, the
+      exact KL over the vocabulary (``exact_token_kl``).
+
+    Args:
+      cfg: ``LossConfig`` (estimator name and clamps).
+      logp, ref_logp: ``[B, T]`` cleaned log-probs (sample estimators; ref_logp required).
+      valid: ``[B, T]`` bool mask.
+      old_logp: ``[B, T]`` detached sampling log-probs, for the importance weight only.
+      logits, ref_logits: ``[B, T, V]`` (exact estimators; both required).
+      caller: named in the error when an input is missing.
+    """
     if cfg.kl_estimator in EXACT_KL:
         if logits is None or ref_logits is None:
             raise ValueError(
-                f"kl_estimator={cfg.kl_estimator!r} needs logits and ref_logits ({where})")
-        d = kl.exact(_clean_logits(logits, valid), _clean_logits(ref_logits, valid),
-                     EXACT_KL[cfg.kl_estimator])
-    else:
-        if ref_logp is None:
-            raise ValueError(f"kl_estimator={cfg.kl_estimator!r} needs ref_logp ({where})")
-        d = kl.estimate(logp, ref_logp, cfg.kl_estimator, old_logp=old_logp,
-                        clamp_log_ratio=cfg.kl_clamp_log_ratio,
-                        clamp_value=cfg.kl_clamp_value)
+                f"kl_estimator={cfg.kl_estimator!r} needs logits and ref_logits ({caller})")
+        return exact_token_kl(logits, ref_logits, valid, EXACT_KL[cfg.kl_estimator])
+    if ref_logp is None:
+        raise ValueError(f"kl_estimator={cfg.kl_estimator!r} needs ref_logp ({caller})")
+    d = kl.estimate(logp, ref_logp, cfg.kl_estimator, old_logp=old_logp,
+                    clamp_log_ratio=cfg.kl_clamp_log_ratio, clamp_value=cfg.kl_clamp_value)
     return jnp.where(valid, jnp.asarray(d, jnp.float32), 0.0)
 
 
 def aggregation_weights(mask, aggregation: str, norm_len=None):
-    """``(w [B, T], den [])`` with ``loss = sum(w * l) / den`` for the given aggregation."""
-    _check_name("aggregation", aggregation, AGGREGATIONS)
+    """``(w [B, T], den [])`` with ``loss = sum(w * l) / den`` for the given aggregation.
+
+    * "seq_mean_token_mean" (GRPO): ``w = m / |o_i|``, ``den = #{i : |o_i| > 0}``;
+    * "token_mean" (DAPO / BNPO):   ``w = m``,         ``den = sum m``;
+    * "seq_mean_token_sum_norm" (Dr. GRPO): ``w = m / L`` (``L = norm_len`` or T), ``den = B``.
+    """
+    check_name("aggregation", aggregation, AGGREGATIONS)
     m = jnp.asarray(mask, jnp.float32)
     B, T = m.shape
     if aggregation == "seq_mean_token_mean":
@@ -227,8 +297,83 @@ def aggregation_weights(mask, aggregation: str, norm_len=None):
     return w, den
 
 
-def _divide(num, den):
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+def aggregate(pg, d, mask, cfg: "LossConfig", add_kl: bool):
+    """The loss as a sum and a denominator (so means stay right when a batch is split
+    across devices or accumulated: ``sum(num) / sum(den)``).
+
+        pg_num = sum_it w_it pg_it,   kl_num = sum_it w_it D_it,
+        loss_num = pg_num + beta * kl_num (``add_kl``) or pg_num,   loss = loss_num / den,
+
+    with ``(w, den) = aggregation_weights(mask, cfg.aggregation, cfg.norm_len)``.
+
+    Args:
+      pg, d: ``[B, T]`` per-token policy-gradient losses and KL terms (0 where masked).
+      mask: ``[B, T]`` float mask.
+      cfg: ``LossConfig``.
+      add_kl: whether the KL term enters the loss (placement "loss").
+
+    Returns:
+      dict ``loss, loss_num, loss_den, pg_loss, pg_num, kl_loss, kl_num, token_count``.
+    """
+    w, den = aggregation_weights(mask, cfg.aggregation, cfg.norm_len)
+    pg_num = jnp.sum(w * pg)
+    kl_num = jnp.sum(w * d)
+    num = pg_num + cfg.beta * kl_num if add_kl else pg_num
+    return dict(
+        loss=_divide(num, den), loss_num=num, loss_den=den,
+        pg_loss=_divide(pg_num, den), pg_num=pg_num,
+        kl_loss=_divide(kl_num, den), kl_num=kl_num,
+        token_count=jnp.sum(mask),
+    )
+
+
+def ratio_diagnostics(rho, advantages, mask, eps_low, eps_high, dual_clip=None):
+    """Clip fractions and the range of the (detached) ratio over the masked tokens.
+
+    ``clip_frac_low``: fraction of tokens with ``A < 0`` and ``rho < 1 - eps_low``;
+    ``clip_frac_high``: ``A > 0`` and ``rho > 1 + eps_high``; ``dual_clip_frac``: ``A < 0``
+    and ``rho > dual_clip``; ``ratio_min``, ``ratio_mean``, ``ratio_max``.
+
+    Args:
+      rho, advantages, mask: ``[B, T]`` (mask float; rho finite everywhere).
+      eps_low, eps_high, dual_clip: as ``clipped_surrogate``.
+    """
+    valid = mask > 0
+    negative = advantages < 0
+    if dual_clip is None:
+        dual_active = jnp.zeros_like(valid)
+    else:
+        dual_active = negative & (rho > dual_clip)
+    frac = lambda x: masked_mean(x.astype(jnp.float32), mask)
+    return dict(
+        clip_frac_low=frac(negative & (rho < 1.0 - eps_low)),
+        clip_frac_high=frac((advantages > 0) & (rho > 1.0 + eps_high)),
+        dual_clip_frac=frac(dual_active),
+        ratio_min=jnp.min(jnp.where(valid, rho, jnp.inf)),
+        ratio_mean=masked_mean(rho, mask),
+        ratio_max=jnp.max(jnp.where(valid, rho, -jnp.inf)),
+    )
+
+
+def logit_diagnostics(logits, ref_logits, mask):
+    """Token-mean entropy of the policy (``metrics.entropy``) and, given ``ref_logits``, the
+    token-mean exact KL in both directions (``kl.exact``), all detached.
+
+    Args:
+      logits: ``[B, T, V]`` policy logits; ref_logits: ``[B, T, V]`` or None.
+      mask: ``[B, T]`` float mask (garbage in masked logits is ignored).
+
+    Returns:
+      dict ``entropy`` and, with ``ref_logits``, ``exact_kl_rev, exact_kl_fwd``.
+    """
+    valid = mask > 0
+    lg = sg(logits)
+    out = dict(entropy=masked_mean(metrics.entropy(_clean_logits(lg, valid)), mask))
+    if ref_logits is not None:
+        for direction in kl.DIRECTIONS:
+            out[f"exact_kl_{kl.ABBREV[direction]}"] = masked_mean(
+                exact_token_kl(lg, sg(ref_logits), valid, direction), mask)
+    return out
 
 
 # ------------------------------------------------------------------ step 1: advantages
@@ -257,27 +402,27 @@ def compute_advantages(rewards, group_size: int, cfg: LossConfig, *, old_logp=No
       sequences of ``sum_t D_t``).
     """
     rewards = jnp.asarray(rewards, jnp.float32)
-    if rewards.ndim != 1:
-        raise ValueError(f"rewards must be [B], got shape {rewards.shape}")
+    checks.assert_rank("rewards", rewards, 1, "[B]")
     kw = dict(eps=cfg.adv_eps, batch_std_norm=cfg.batch_std_norm, std_ddof=cfg.std_ddof)
     if cfg.kl_placement != "reward":
         adv, aux = adv_lib.group_advantages(rewards, group_size, cfg.advantage_estimator, **kw)
-        return jax.lax.stop_gradient(adv), aux
+        return sg(adv), aux
 
     if mask is None:
         raise ValueError("kl_placement='reward' needs mask")
+    checks.assert_shape("mask", mask, (rewards.shape[0], None),
+                        f"[B, T] with B = len(rewards) = {rewards.shape[0]}")
     B, T = mask.shape
-    if B != rewards.shape[0]:
-        raise ValueError(f"mask has {B} rows but rewards has {rewards.shape[0]}")
-    _check_2d("old_logp", old_logp, (B, T))
-    _check_2d("ref_logp", ref_logp, (B, T))
+    for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp)):
+        if x is not None:
+            checks.assert_shape(name, x, (B, T))
     valid = mask > 0
     if cfg.kl_estimator not in EXACT_KL and old_logp is None:
         raise ValueError("kl_placement='reward' needs old_logp (the sampling log-probs)")
-    d = _token_kl(cfg, None if old_logp is None else _clean(old_logp, valid),
-                  None if ref_logp is None else _clean(ref_logp, valid), valid,
-                  logits=old_logits, ref_logits=ref_logits, where="compute_advantages")
-    d = jax.lax.stop_gradient(d)                                                 # [B, T]
+    d = kl_term(cfg, None if old_logp is None else _clean(old_logp, valid),
+                None if ref_logp is None else _clean(ref_logp, valid), valid,
+                logits=old_logits, ref_logits=ref_logits, caller="compute_advantages")
+    d = sg(d)                                                                    # [B, T]
     penalty = cfg.beta * d
     if cfg.kl_reward_to_go:
         adv, aux = adv_lib.reward_to_go_advantages(
@@ -286,10 +431,25 @@ def compute_advantages(rewards, group_size: int, cfg: LossConfig, *, old_logp=No
         adv, aux = adv_lib.group_advantages(
             rewards - jnp.sum(penalty, axis=1), group_size, cfg.advantage_estimator, **kw)
     aux["kl_reward_mean"] = jnp.mean(jnp.sum(d, axis=1))
-    return jax.lax.stop_gradient(adv), aux
+    return sg(adv), aux
 
 
 # ------------------------------------------------------------------- step 2: the loss
+
+
+def _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, logits, ref_logits):
+    checks.assert_rank("logp", logp, 2, "[B, T]")
+    B, T = logp.shape
+    for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask)):
+        if x is not None:
+            checks.assert_shape(name, x, (B, T))
+    checks.assert_rank("advantages", advantages, {1, 2}, f"[B] or [B, T] = {[B]} or {[B, T]}")
+    checks.assert_shape("advantages", advantages, (B, T)[:advantages.ndim],
+                        f"{[B]} or {[B, T]}")
+    for name, x in (("logits", logits), ("ref_logits", ref_logits)):
+        if x is not None:
+            checks.assert_shape(name, x, (B, T, None), f"{[B, T]} + [V]")
+    return B, T
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *,
@@ -313,100 +473,44 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *,
       (``loss = (pg_num + beta * kl_num) / loss_den`` for placement "loss"; the KL term is
       reported, not added, for "reward"), ``token_count, clip_frac_low, clip_frac_high,
       dual_clip_frac, ratio_min, ratio_mean, ratio_max, kl_mean, adv_mean, adv_std`` and,
-      with logits, ``entropy`` and with both logits ``exact_kl_reverse, exact_kl_forward``.
+      with logits, ``entropy`` and with both logits ``exact_kl_rev, exact_kl_fwd``.
     """
-    if logp.ndim != 2:
-        raise ValueError(f"logp must be [B, T], got shape {logp.shape}")
-    B, T = logp.shape
-    _check_2d("old_logp", old_logp, (B, T))
-    _check_2d("ref_logp", ref_logp, (B, T))
-    _check_2d("mask", mask, (B, T))
-    if advantages.shape not in ((B,), (B, T)):
-        raise ValueError(
-            f"advantages has shape {advantages.shape}, expected {(B,)} or {(B, T)}")
-    for name, x in (("logits", logits), ("ref_logits", ref_logits)):
-        if x is not None and (x.ndim != 3 or x.shape[:2] != (B, T)):
-            raise ValueError(f"{name} has shape {x.shape}, expected {(B, T)} + (V,)")
-
+    B, T = _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, logits,
+                              ref_logits)
     valid = mask > 0
     m = valid.astype(jnp.float32)
     logp = _clean(logp, valid)
-    old_logp = jax.lax.stop_gradient(_clean(old_logp, valid))
-    ref_logp = None if ref_logp is None else jax.lax.stop_gradient(_clean(ref_logp, valid))
-    adv = jax.lax.stop_gradient(jnp.asarray(advantages, jnp.float32))
+    old_logp = sg(_clean(old_logp, valid))
+    ref_logp = None if ref_logp is None else sg(_clean(ref_logp, valid))
+    adv = sg(jnp.asarray(advantages, jnp.float32))
     if adv.ndim == 1:
         adv = jnp.broadcast_to(adv[:, None], (B, T))
     adv = jnp.where(valid, adv, 0.0)
 
-    # Importance ratio.
-    log_ratio = logp - old_logp
-    if cfg.is_level == "token":
-        rho = jnp.exp(log_ratio)
-    else:  # GSPO: s_i = exp(mean_t log_ratio), GSPO-token form sg(s_i) * pi / sg(pi)
-        n = jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
-        seq_log_ratio = jnp.sum(m * log_ratio, axis=1, keepdims=True) / n
-        rho = (jax.lax.stop_gradient(jnp.exp(seq_log_ratio)) * jnp.ones((1, T))
-               * jnp.exp(logp - jax.lax.stop_gradient(logp)))
-    lo, hi = 1.0 - cfg.eps_low, 1.0 + cfg.eps_high
-    rho_clipped = jnp.clip(rho, lo, hi)
-    negative = adv < 0
-    if cfg.dual_clip is None:
-        rho_unclipped = rho
-        dual_active = jnp.zeros_like(valid)
-    else:
-        rho_unclipped = jnp.where(negative, jnp.minimum(rho, cfg.dual_clip), rho)
-        dual_active = negative & (rho > cfg.dual_clip)
-    pg = -jnp.minimum(rho_unclipped * adv, rho_clipped * adv)
+    rho = importance_ratio(logp, old_logp, m, cfg.is_level)
+    pg = clipped_surrogate(rho, adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip)
     pg = jnp.where(valid, pg, 0.0)
 
-    # KL term D_t.
-    need_kl = cfg.kl_placement == "loss"
+    # The KL term: in the loss for placement "loss"; otherwise only reported (detached),
+    # when its inputs are there.
+    add_kl = cfg.kl_placement == "loss"
     have_inputs = (ref_logp is not None if cfg.kl_estimator not in EXACT_KL
                    else logits is not None and ref_logits is not None)
-    if need_kl or have_inputs:
-        iw_old = old_logp if (need_kl and cfg.kl_importance_weight) else None
-        d = _token_kl(cfg, logp, ref_logp, valid, old_logp=iw_old, logits=logits,
-                      ref_logits=ref_logits, where="grpo_loss")
-        if not need_kl:
-            d = jax.lax.stop_gradient(d)
+    if add_kl or have_inputs:
+        iw_old = old_logp if (add_kl and cfg.kl_importance_weight) else None
+        d = kl_term(cfg, logp, ref_logp, valid, old_logp=iw_old, logits=logits,
+                    ref_logits=ref_logits)
+        d = d if add_kl else sg(d)
     else:
         d = jnp.zeros((B, T), jnp.float32)
 
-    # Aggregation as a sum and a denominator.
-    w, den = aggregation_weights(m, cfg.aggregation, cfg.norm_len)
-    pg_num = jnp.sum(w * pg)
-    kl_num = jnp.sum(w * d)
-    num = pg_num + cfg.beta * kl_num if need_kl else pg_num
-    loss = _divide(num, den)
-
-    sg = jax.lax.stop_gradient
-    rho_d = sg(rho)
-    count = jnp.sum(m)
-    aux = dict(
-        loss=loss, loss_num=num, loss_den=den,
-        pg_loss=_divide(pg_num, den), pg_num=pg_num,
-        kl_loss=_divide(kl_num, den), kl_num=kl_num,
-        token_count=count,
-        clip_frac_low=_masked_mean((negative & (rho_d < lo)).astype(jnp.float32), m),
-        clip_frac_high=_masked_mean(((adv > 0) & (rho_d > hi)).astype(jnp.float32), m),
-        dual_clip_frac=_masked_mean(dual_active.astype(jnp.float32), m),
-        ratio_min=jnp.min(jnp.where(valid, rho_d, jnp.inf)),
-        ratio_mean=_masked_mean(rho_d, m),
-        ratio_max=jnp.max(jnp.where(valid, rho_d, -jnp.inf)),
-        kl_mean=_masked_mean(sg(d), m),
-    )
+    aux = aggregate(pg, d, m, cfg, add_kl)
+    aux.update(ratio_diagnostics(sg(rho), adv, m, cfg.eps_low, cfg.eps_high, cfg.dual_clip))
+    aux["kl_mean"] = masked_mean(sg(d), m)
     aux.update(adv_lib.advantage_stats(adv, m))
     if logits is not None:
-        lg = sg(_clean_logits(logits, valid))
-        logq = jax.nn.log_softmax(lg, axis=-1)
-        ent = -jnp.sum(jnp.exp(logq) * logq, axis=-1)
-        aux["entropy"] = _masked_mean(ent, m)
-        if ref_logits is not None:
-            rl = sg(_clean_logits(ref_logits, valid))
-            for direction in kl.DIRECTIONS:
-                aux[f"exact_kl_{direction}"] = _masked_mean(
-                    jnp.where(valid, kl.exact(lg, rl, direction), 0.0), m)
-    return loss, aux
+        aux.update(logit_diagnostics(logits, ref_logits, m))
+    return aux["loss"], aux
 
 
 # --------------------------------------------------------------------- both together

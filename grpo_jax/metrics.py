@@ -7,7 +7,9 @@ sets of tokens), so sequence-level quantities can be computed exactly for the sm
 `grpo_jax.tasks`.
 
 Notation: pi = the policy, pi_ref = the reference; KL_rev = KL[pi || pi_ref],
-KL_fwd = KL[pi_ref || pi] (DESIGN.md §2).
+KL_fwd = KL[pi_ref || pi] (docs/design.md, 'The math'). Exact per-position KL is
+`grpo_jax.kl.exact` (re-exported here as `token_kl`); the masked mean is
+`grpo_jax.checks.masked_mean` (re-exported here as `masked_mean`).
 """
 
 from __future__ import annotations
@@ -15,26 +17,17 @@ from __future__ import annotations
 import itertools
 from typing import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 
+from grpo_jax import checks
 from grpo_jax import kl as kl_lib
 from grpo_jax import model as model_lib
+from grpo_jax.checks import masked_mean  # noqa: F401  (re-exported)
 
 Array = jax.Array
-DIRECTIONS = ("reverse", "forward")
 _NEG = -1e9  # logit of a banned token: softmax gives exactly 0 and 0 * (-1e9) = 0, not NaN
-
-
-def _check_direction(direction: str) -> None:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction {direction!r} not in {DIRECTIONS}")
-
-
-def _check_same_shape(**arrays) -> None:
-    shapes = {k: jnp.shape(v) for k, v in arrays.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"shape mismatch: {shapes}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -52,30 +45,15 @@ def ban_tokens(logits: Array, banned: Sequence[int]) -> Array:
     return jnp.where(mask, _NEG, z)
 
 
-def token_kl(logits: Array, ref_logits: Array, direction: str) -> Array:
-    """Exact KL per position over the vocabulary: logits, ref_logits [..., V] -> [...] float32.
-
-    reverse: sum_v pi_v (log pi_v - log pi_ref_v); forward: sum_v pi_ref_v (log pi_ref_v -
-    log pi_v). Delegates to `grpo_jax.kl.exact`.
-    """
-    _check_direction(direction)
-    return kl_lib.exact(logits, ref_logits, direction)
+#: Exact KL per position over the vocabulary, logits [..., V] -> [...] float32: the one
+#: implementation, `grpo_jax.kl.exact(logits, ref_logits, direction)`.
+token_kl = kl_lib.exact
 
 
 def entropy(logits: Array) -> Array:
     """Entropy (nats) per position: logits [..., V] -> [...] float32, -sum_v p_v log p_v."""
     logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
-def masked_mean(x: Array, mask: Array | None = None, axis=None) -> Array:
-    """sum(x * mask) / max(sum(mask), 1) over `axis` (all axes by default); x, mask same shape."""
-    x = jnp.asarray(x, jnp.float32)
-    if mask is None:
-        return jnp.mean(x, axis=axis)
-    _check_same_shape(x=x, mask=mask)
-    m = jnp.asarray(mask, jnp.float32)
-    return jnp.sum(x * m, axis=axis) / jnp.maximum(jnp.sum(m, axis=axis), 1.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -91,8 +69,8 @@ def sequence_kl(logp: Array, ref_logp: Array, direction: str) -> Array:
       reverse: sum_y pi(y) (log pi(y) - log pi_ref(y)); forward: the same with pi <-> pi_ref.
     Terms with zero weight (log-prob <= -1e9 or -inf) contribute 0.
     """
-    _check_direction(direction)
-    _check_same_shape(logp=logp, ref_logp=ref_logp)
+    kl_lib.validate_direction(direction)
+    checks.assert_same_shape(logp=logp, ref_logp=ref_logp)
     a = jnp.asarray(logp, jnp.float32)
     b = jnp.asarray(ref_logp, jnp.float32)
     if direction == "forward":
@@ -110,7 +88,7 @@ def data_kl(data_probs: Array, model_logp: Array, prompt_probs: Array | None = N
     float32 scalar  sum_n w_n sum_a p_na (log p_na - log q_na).
     Exact when the data support is listed in full (the tasks' `reference_answers()`).
     """
-    _check_same_shape(data_probs=data_probs, model_logp=model_logp)
+    checks.assert_same_shape(data_probs=data_probs, model_logp=model_logp)
     p = jnp.asarray(data_probs, jnp.float32)
     q = jnp.asarray(model_logp, jnp.float32)
     pos = p > 0
@@ -118,8 +96,7 @@ def data_kl(data_probs: Array, model_logp: Array, prompt_probs: Array | None = N
         jnp.where(pos, p * (jnp.log(jnp.where(pos, p, 1.0)) - jnp.where(pos, q, 0.0)), 0.0), -1)
     if prompt_probs is None:
         return jnp.mean(per_prompt)
-    if prompt_probs.shape != per_prompt.shape:
-        raise ValueError(f"prompt_probs {prompt_probs.shape} must be [N] = {per_prompt.shape}")
+    checks.assert_shape("prompt_probs", prompt_probs, per_prompt.shape)
     return jnp.sum(jnp.asarray(prompt_probs, jnp.float32) * per_prompt)
 
 
@@ -140,9 +117,8 @@ def mode_shares(labels: Array, num_modes: int, weights: Array | None = None) -> 
     if weights is None:
         w = jnp.full(labels.shape, 1.0 / max(labels.shape[0], 1), jnp.float32)
     else:
-        if jnp.size(weights) != labels.shape[0]:
-            raise ValueError(f"weights {jnp.shape(weights)} and labels {labels.shape} differ "
-                             "in size")
+        chex.assert_size(weights, labels.shape[0], exception_type=ValueError,
+                         custom_message=f"weights and labels {labels.shape} differ in size")
         w = jnp.asarray(weights, jnp.float32).reshape(-1)
     onehot = labels[:, None] == jnp.arange(num_modes)[None, :]  # [N, K]
     return jnp.sum(jnp.where(onehot, w[:, None], 0.0), axis=0)
@@ -156,7 +132,7 @@ def mode_coverage(policy_shares: Array, ref_shares: Array, tau: float = 0.05,
     policy_share >= eps * ref_share. policy_shares, ref_shares [..., K] ->
     (coverage [...] float32 = #covered / #eligible (1 if none eligible), covered [..., K] bool).
     """
-    _check_same_shape(policy_shares=policy_shares, ref_shares=ref_shares)
+    checks.assert_same_shape(policy_shares=policy_shares, ref_shares=ref_shares)
     pol = jnp.asarray(policy_shares, jnp.float32)
     ref = jnp.asarray(ref_shares, jnp.float32)
     eligible = ref >= tau
@@ -201,9 +177,8 @@ def distinct_correct(completions: Array, correct: Array) -> Array:
     completions int [N, k, T], correct bool [N, k] -> int32 [N]. A sample counts if it is
     correct and no earlier correct sample of the same prompt is identical.
     """
-    if completions.ndim != 3 or correct.shape != completions.shape[:2]:
-        raise ValueError(f"completions must be [N, k, T] and correct [N, k]; got "
-                         f"{completions.shape} and {correct.shape}")
+    checks.assert_rank("completions", completions, 3, "[N, k, T]")
+    checks.assert_shape("correct", correct, completions.shape[:2], "[N, k]")
     k = completions.shape[1]
     same = jnp.all(completions[:, :, None, :] == completions[:, None, :, :], axis=-1)  # [N,k,k]
     earlier = jnp.arange(k)[None, :] < jnp.arange(k)[:, None]  # [i, j]: j < i
@@ -249,9 +224,8 @@ def enumerated_mode_shares(task, logp: Array, prompt_probs: Array | None = None)
     `task.all_prompts()`; prompt_probs default `task.prompt_probs()`) -> float32 [num_modes]."""
     prompts = task.all_prompts()
     comps = task.enumerate_completions()
+    checks.assert_shape("logp", logp, (prompts.shape[0], comps.shape[0]))
     n, c = logp.shape
-    if n != prompts.shape[0] or c != comps.shape[0]:
-        raise ValueError(f"logp {logp.shape} must be [{prompts.shape[0]}, {comps.shape[0]}]")
     w = task.prompt_probs() if prompt_probs is None else prompt_probs
     labels = task.mode_labels(jnp.repeat(prompts, c, axis=0), jnp.tile(comps, (n, 1)))
     probs = jnp.exp(logp) * w[:, None]

@@ -1,4 +1,5 @@
-"""The expected-gradient facts of DESIGN.md §2, by exact enumeration (grpo_jax.audit)."""
+"""The expected-gradient facts of docs/design.md, 'The math', by exact enumeration
+(grpo_jax.audit)."""
 
 import jax
 import jax.numpy as jnp
@@ -169,7 +170,7 @@ def test_audit_errors():
         audit.token_audit(x, jnp.zeros(5))
     with pytest.raises(ValueError, match="valid names"):
         audit.token_audit(x, x, estimators=("k9",))
-    with pytest.raises(ValueError, match="valid: loss, reward"):
+    with pytest.raises(ValueError, match="valid names: loss, reward"):
         audit.token_surrogates(x, x, "k1", "penalty", "on")
     with pytest.raises(ValueError, match="needs old_logp"):
         audit.token_surrogates(x, x, "k1", "loss", "off")

@@ -245,7 +245,7 @@ def _logits_inputs(seed=6):
 
 @pytest.mark.parametrize("placement,est,is_level", [("loss", "k3", "token"),
                                                     ("reward", "k1", "sequence"),
-                                                    ("loss", "exact_forward", "token")])
+                                                    ("loss", "exact_fwd", "token")])
 def test_masked_garbage_changes_nothing(placement, est, is_level):
     """Garbage sits directly in the differentiated inputs (logp, logits) and in the rest."""
     x = _inputs(7)
@@ -275,18 +275,18 @@ def test_masked_garbage_changes_nothing(placement, est, is_level):
         assert float(loss) == float(loss0)
         for a, b in zip(g, g0):
             np.testing.assert_array_equal(a, b)
-        for k in ("loss", "kl_mean", "ratio_max", "entropy", "exact_kl_reverse",
+        for k in ("loss", "kl_mean", "ratio_max", "entropy", "exact_kl_rev",
                   "adv/adv_mean"):
             assert float(aux[k]) == float(aux0[k]), k
 
 
 def test_exact_kl_regulariser():
-    """exact_reverse in the loss: value = beta * mean exact KL at rho=1, grad via kl.exact."""
+    """exact_rev in the loss: value = beta * mean exact KL at rho=1, grad via kl.exact."""
     x = _inputs(9)
     logits, ref_logits = (jnp.asarray(a) for a in _logits_inputs(10))
     mask = jnp.asarray(x["mask"])
     old = jnp.asarray(x["old"])
-    cfg = L.make_config(beta=0.5, kl_estimator="exact_reverse", aggregation="token_mean")
+    cfg = L.make_config(beta=0.5, kl_estimator="exact_rev", aggregation="token_mean")
     zero_adv = jnp.zeros(B)
 
     def f(lg):
@@ -305,7 +305,7 @@ def test_exact_kl_regulariser():
                 kl_fwd[i, t] += math.exp(lr[i, t, v]) * (lr[i, t, v] - lq[i, t, v])
     mk = x["mask"]
     np.testing.assert_allclose(float(loss), 0.5 * (kl_rev * mk).sum() / mk.sum(), rtol=1e-5)
-    np.testing.assert_allclose(float(aux["exact_kl_forward"]), (kl_fwd * mk).sum() / mk.sum(),
+    np.testing.assert_allclose(float(aux["exact_kl_fwd"]), (kl_fwd * mk).sum() / mk.sum(),
                                rtol=1e-5)
     # Gradient wrt logits of sum(w * KL_rev): zero at masked rows, nonzero elsewhere.
     gn = np.asarray(g)
@@ -313,7 +313,7 @@ def test_exact_kl_regulariser():
     with pytest.raises(ValueError, match="logits and ref_logits"):
         L.grpo_loss(old, old, None, zero_adv, mask, cfg)
     # In the reward placement the exact KL of the sampling logits is the per-token penalty.
-    cfg_r = L.make_config(beta=0.5, kl_estimator="exact_reverse", kl_placement="reward",
+    cfg_r = L.make_config(beta=0.5, kl_estimator="exact_rev", kl_placement="reward",
                           advantage_estimator="drgrpo")
     adv, aux_r = L.compute_advantages(jnp.asarray(x["rewards"]), G, cfg_r, mask=mask,
                                       old_logits=logits, ref_logits=ref_logits)
@@ -392,7 +392,7 @@ def test_bad_names_and_shapes_raise():
                          ("advantage_estimator", "grpo, drgrpo, rloo")]:
         with pytest.raises(ValueError, match=valid):
             L.LossConfig(**{field: "nope"})
-    with pytest.raises(ValueError, match="exact_reverse, exact_forward"):
+    with pytest.raises(ValueError, match="exact_rev, exact_fwd"):
         L.make_config(kl_estimator="k4")
     with pytest.raises(ValueError, match="kl_reward_to_go"):
         L.LossConfig(kl_reward_to_go=True)

@@ -1,4 +1,4 @@
-"""Synthetic reward tasks with a modality dial (issue 5).
+"""Synthetic reward tasks with a modality dial.
 
 Every task is a frozen, hashable dataclass (a valid static jit argument) with
 
@@ -14,12 +14,13 @@ Every task is a frozen, hashable dataclass (a valid static jit argument) with
               reference_answers() -> (answers [Np, A, T], probs [Np, A])
               enumerate_completions() -> [C, T] every ordinary-token completion
 
-Tasks: "bandit" (tasks.bandit.Bandit; also closed-form optima), "arithmetic"
+Tasks: "bandit" (tasks.bandit.Bandit; closed-form optima: tasks.bandit.bandit_optimum), "arithmetic"
 (tasks.arithmetic.Arithmetic), "format" (tasks.format.FormatMixture).
 """
 
+from grpo_jax.checks import check_name
 from grpo_jax.tasks.arithmetic import Arithmetic
-from grpo_jax.tasks.bandit import Bandit
+from grpo_jax.tasks.bandit import Bandit, bandit_optimum
 from grpo_jax.tasks.base import TableTask
 from grpo_jax.tasks.format import FormatMixture
 
@@ -34,10 +35,10 @@ def make(name: str, **kwargs) -> TableTask:
 
     Lists are turned into tuples so configs (which hold lists) give hashable tasks.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {TASKS}")
+    check_name("task", name, TASKS, noun="tasks")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["Arithmetic", "Bandit", "FormatMixture", "Task", "TableTask", "TASKS", "make"]
+__all__ = ["Arithmetic", "Bandit", "FormatMixture", "Task", "TableTask", "TASKS", "make",
+           "bandit_optimum"]

@@ -48,7 +48,7 @@ def _anchors(n, num_modes: int, xp):
 
 
 @dataclasses.dataclass(frozen=True)
-class Arithmetic(base.TableTask):
+class Arithmetic(base.MixtureWeights, base.TableTask):
     """a + b = N with a modality dial over valid answers (see module docstring)."""
 
     n_min: int = 4
@@ -76,20 +76,11 @@ class Arithmetic(base.TableTask):
             raise ValueError(f"some N in [{self.n_min}, {self.n_max}] has only {m_min} valid "
                              f"answers "
                              f"< num_modes={self.num_modes}; narrow the range")
-        if self.weights is not None:
-            if len(self.weights) != self.num_modes or min(self.weights) <= 0:
-                raise ValueError(
-                    f"weights {self.weights} must be {self.num_modes} positive numbers")
+        self._check_weights()
         if not 0.0 <= self.background <= 1.0:
             raise ValueError(f"background must be in [0, 1], got {self.background}")
         if not -1 <= self.preferred_mode < self.num_modes:
             raise ValueError(f"preferred_mode must be -1 or in [0, {self.num_modes})")
-
-    @property
-    def mixture_weights(self) -> tuple[float, ...]:
-        w = (1.0,) * self.num_modes if self.weights is None else tuple(self.weights)
-        s = sum(w)
-        return tuple(x / s for x in w)
 
     # ---------------------------------------------------------------- exact table
     def _build_table(self):

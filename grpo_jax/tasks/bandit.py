@@ -1,4 +1,5 @@
-"""Bandit: a one-token answer, the discrete version of the Gaussian toy of DESIGN.md §2.
+"""Bandit: a one-token answer, the discrete version of the Gaussian toy (docs/design.md,
+'The math').
 
 Vocabulary: ordinary tokens 0..num_tokens-1, then BOS = num_tokens (the only special).
 Prompt = [BOS] (P = 1); completion = one ordinary token (T = 1).
@@ -18,7 +19,8 @@ with d the distance from y to the nearest target. Default target: the centre of 
 Modes: a token is labelled by the nearest centre, or -1 if farther than mode_radius * sigma
 from all of them.
 
-Closed-form optima of  J(pi) = E_pi[R] - beta * D(pi)  (one decision, DESIGN.md §2):
+Closed-form optima of  J(pi) = E_pi[R] - beta * D(pi)  (one decision; docs/design.md,
+'The math'), computed once, by `bandit_optimum` (NumPy, float64, vectorised over beta):
   reverse, D = KL[pi || pi_ref]:  pi* ∝ pi_ref * exp(R / beta);
   forward, D = KL[pi_ref || pi]:  pi* = beta * pi_ref / (lam - R), lam > max R normalises.
 """
@@ -32,14 +34,56 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grpo_jax import kl
+from grpo_jax.checks import check_name
 from grpo_jax.tasks import base
 
 REWARD_KINDS = ("target", "distance")
-DIRECTIONS = ("reverse", "forward")
+
+
+def bandit_optimum(rewards, ref_probs, betas, direction: str, iters: int = 200) -> np.ndarray:
+    """Closed-form maximiser of ``E_pi[R] - beta * D(pi, ref)`` over distributions, vectorised.
+
+    Args:
+      rewards: ``[A]`` reward of each arm.
+      ref_probs: ``[A]`` reference distribution (sums to 1); arms of probability 0 stay at 0.
+      betas: ``[N]`` positive KL coefficients.
+      direction: ``"reverse"`` (``D = KL[pi || ref]``): ``pi ∝ ref * exp(R / beta)``;
+        ``"forward"`` (``D = KL[ref || pi]``): ``pi = beta * ref / (lam - R)``, with
+        ``lam > max R`` (max over the support) fixed by ``sum(pi) = 1``, found by ``iters``
+        steps of bisection (the sum decreases in ``lam``).
+
+    Returns:
+      ``[N, A]`` float64 optimal policies.
+    """
+    kl.validate_direction(direction)
+    r = np.asarray(rewards, np.float64)[None, :]
+    p = np.asarray(ref_probs, np.float64)[None, :]
+    b = np.asarray(betas, np.float64)[:, None]
+    support = p > 0
+    if direction == "reverse":
+        with np.errstate(divide="ignore"):  # log 0 = -inf off the support
+            z = np.log(p) + r / b
+        z = z - z.max(axis=1, keepdims=True)
+        pi = np.exp(z)
+        return pi / pi.sum(axis=1, keepdims=True)
+    # f(lam) = sum_a b p_a / (lam - R_a) decreases on (max R, inf); f -> inf as lam -> max R,
+    # and f(max R + b) <= sum_a p_a = 1 since every lam - R_a >= b. So bisect on that bracket.
+    r_max = r[support].max()
+    lo = np.full_like(b, r_max)
+    hi = r_max + b
+    with np.errstate(divide="ignore", invalid="ignore"):  # arms off the support give 0
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            s = np.where(support, b * p / (mid - r), 0.0).sum(axis=1, keepdims=True)
+            lo = np.where(s > 1, mid, lo)
+            hi = np.where(s > 1, hi, mid)
+        pi = np.where(support, b * p / (0.5 * (lo + hi) - r), 0.0)
+    return pi / pi.sum(axis=1, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class Bandit(base.TableTask):
+class Bandit(base.MixtureWeights, base.TableTask):
     """One-token bandit with a mixture-of-Gaussians reference (see module docstring)."""
 
     num_tokens: int = 64
@@ -62,12 +106,8 @@ class Bandit(base.TableTask):
             raise ValueError(f"num_modes must be >= 1, got {self.num_modes}")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
-        if self.reward_kind not in REWARD_KINDS:
-            raise ValueError(f"reward_kind {self.reward_kind!r} not in {REWARD_KINDS}")
-        if self.weights is not None:
-            if len(self.weights) != self.num_modes or min(self.weights) <= 0:
-                raise ValueError(
-                    f"weights {self.weights} must be {self.num_modes} positive numbers")
+        check_name("reward_kind", self.reward_kind, REWARD_KINDS)
+        self._check_weights()
         c = self.centres
         if min(c) < -0.5 or max(c) > self.num_tokens - 0.5:
             raise ValueError(f"mode centres {c} fall outside [0, {self.num_tokens - 1}]; "
@@ -97,12 +137,6 @@ class Bandit(base.TableTask):
         mid = (self.num_tokens - 1) / 2 if self.center is None else float(self.center)
         k = self.num_modes
         return tuple(mid + (i - (k - 1) / 2) * self.separation * self.sigma for i in range(k))
-
-    @property
-    def mixture_weights(self) -> tuple[float, ...]:
-        w = (1.0,) * self.num_modes if self.weights is None else tuple(self.weights)
-        s = sum(w)
-        return tuple(x / s for x in w)
 
     @property
     def target_tokens(self) -> tuple[int, ...]:
@@ -175,52 +209,36 @@ class Bandit(base.TableTask):
         prompts = jnp.full((self.vocab_size, 1), self.bos_id, jnp.int32)
         return self.reward(prompts, y)
 
-    def optimum(self, beta: float, direction: str) -> jax.Array:
+    def optimum(self, beta, direction: str) -> jax.Array:
         """argmax_pi E_pi[R] - beta * D over distributions on the vocabulary: float32 [V].
 
-        reverse (D = KL[pi || pi_ref]):  pi* = pi_ref exp(R / beta) / Z.
-        forward (D = KL[pi_ref || pi]):  pi* = beta pi_ref / (lam - R), where lam > max_{supp} R
-          solves sum_y beta pi_ref(y) / (lam - R(y)) = 1. With M = max R on the support and
-          P_M = pi_ref(R = M), the gap g = lam - M lies in [beta P_M, beta]; found by 100 steps
-          of bisection in log g. Pure and jittable (beta may be traced).
+        ``bandit_optimum`` (NumPy, float64) on ``reward_vector()`` and the reference (0 on the
+        special token), called through ``jax.pure_callback``: jittable and vmappable in
+        ``beta`` (a scalar, or ``[...]`` -> ``[..., V]``); not differentiable.
         """
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction {direction!r} not in {DIRECTIONS}")
-        p = self.reference_probs()
-        r = self.reward_vector()
-        support = p > 0
+        kl.validate_direction(direction)
+        with jax.ensure_compile_time_eval():
+            rewards = np.asarray(self.reward_vector(), np.float64)
+        ref = np.concatenate([self._reference_np(), np.zeros(1)])
+
+        def host(b):
+            b = np.asarray(b, np.float64)
+            pi = bandit_optimum(rewards, ref, b.reshape(-1), direction)
+            return pi.reshape(b.shape + (self.vocab_size,)).astype(np.float32)
+
         beta = jnp.asarray(beta, jnp.float32)
-        if direction == "reverse":
-            logits = jnp.where(support, jnp.log(jnp.where(support, p, 1.0)) + r / beta, -jnp.inf)
-            return jax.nn.softmax(logits)
-        m = jnp.max(jnp.where(support, r, -jnp.inf))
-        gap_r = jnp.where(support, m - r, 1.0)  # >= 0 on the support
-        p_max = jnp.sum(jnp.where(support & (r >= m), p, 0.0))
-
-        def total(log_g):
-            return jnp.sum(jnp.where(support, beta * p / (jnp.exp(log_g) + gap_r), 0.0))
-
-        def body(_, bounds):
-            lo, hi = bounds
-            mid = 0.5 * (lo + hi)
-            above = total(mid) > 1.0  # total decreases in g: too small a gap
-            return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-        lo, hi = jax.lax.fori_loop(0, 100, body, (jnp.log(beta * p_max), jnp.log(beta)))
-        g = jnp.exp(0.5 * (lo + hi))
-        pi = jnp.where(support, beta * p / (g + gap_r), 0.0)
-        return pi / jnp.sum(pi)
+        out = jax.ShapeDtypeStruct(beta.shape + (self.vocab_size,), jnp.float32)
+        return jax.pure_callback(host, out, beta, vmap_method="expand_dims")
 
     def objective(self, probs: jax.Array, beta: float, direction: str) -> jax.Array:
         """J(pi) = sum_y pi(y) R(y) - beta * D(pi): float32 scalar; probs [V] on the vocabulary."""
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction {direction!r} not in {DIRECTIONS}")
+        kl.validate_direction(direction)
         p = self.reference_probs()
         r = self.reward_vector()
         if direction == "reverse":
-            kl = jnp.sum(jnp.where(probs > 0, probs * (jnp.log(jnp.where(probs > 0, probs, 1.0))
+            d = jnp.sum(jnp.where(probs > 0, probs * (jnp.log(jnp.where(probs > 0, probs, 1.0))
                                                        - jnp.log(jnp.where(p > 0, p, 1e-30))), 0.0))
         else:
-            kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0))
+            d = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0))
                                                - jnp.log(jnp.maximum(probs, 1e-30))), 0.0))
-        return jnp.sum(probs * r) - beta * kl
+        return jnp.sum(probs * r) - beta * d

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grpo_jax import checks
+
 _NEG = -1e30  # "log 0" that stays finite, so 0 * log 0 terms vanish instead of giving NaN
 
 
@@ -164,15 +166,29 @@ class TableTask:
 
     # ---------------------------------------------------------------- helpers
     def _check_prompts(self, prompts) -> None:
-        if prompts.ndim != 2 or prompts.shape[1] != self.prompt_len:
-            raise ValueError(
-                f"{self.name}: prompts must be [B, {self.prompt_len}], got {prompts.shape}")
+        checks.assert_shape(f"{self.name}: prompts", prompts, (None, self.prompt_len),
+                            f"[B, {self.prompt_len}]")
 
     def _check_completions(self, prompts, completions) -> None:
         self._check_prompts(prompts)
-        if completions.ndim != 2 or completions.shape[1] != self.completion_len:
-            raise ValueError(f"{self.name}: completions must be [B, {self.completion_len}], "
-                             f"got {completions.shape}")
-        if completions.shape[0] != prompts.shape[0]:
-            raise ValueError(f"{self.name}: prompts {prompts.shape} and completions "
-                             f"{completions.shape} disagree on B")
+        checks.assert_shape(f"{self.name}: completions", completions,
+                            (prompts.shape[0], self.completion_len),
+                            f"[B, {self.completion_len}] with B = {prompts.shape[0]} (prompts)")
+
+
+class MixtureWeights:
+    """Mixin for tasks with fields ``num_modes`` and ``weights`` (mixture weights of the
+    reference's modes, normalised; None = uniform)."""
+
+    def _check_weights(self) -> None:
+        if self.weights is not None:
+            if len(self.weights) != self.num_modes or min(self.weights) <= 0:
+                raise ValueError(
+                    f"weights {self.weights} must be {self.num_modes} positive numbers")
+
+    @property
+    def mixture_weights(self) -> tuple[float, ...]:
+        """The normalised mixture weights ``w_k``, one per mode."""
+        w = (1.0,) * self.num_modes if self.weights is None else tuple(self.weights)
+        s = sum(w)
+        return tuple(x / s for x in w)
