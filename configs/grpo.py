@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                       # populations mixing choices share one program (switch)
         kl_reward_to_go=False,        # reward placement: per-token future-KL reward-to-go
         beta=0.04,
+        entropy_coef=0.0,             # entropy bonus (no reference): the study's control
         eps_low=0.2,
         eps_high=0.2,
         aggregation="seq_mean_token_mean",

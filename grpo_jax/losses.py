@@ -78,6 +78,8 @@ class LossConfig:
 
     Numeric leaves (vmappable, e.g. ``beta`` of shape ``[S]`` under ``jax.vmap``):
       beta: KL coefficient.
+      entropy_coef: coefficient of an entropy bonus ``- entropy_coef * H(pi_t)`` per token in
+        the loss (exact, from the logits; 0 = off; no effect without logits).
       eps_low, eps_high: clip range ``[1 - eps_low, 1 + eps_high]`` (DAPO clip-higher).
       dual_clip: cap on the ratio for negative advantages; ``inf`` (vmappable) or ``None``
         (structurally off) disables it. Should be > 1 + eps_high; then it equals TRL's
@@ -100,6 +102,7 @@ class LossConfig:
     """
 
     beta: Any = 0.04
+    entropy_coef: Any = 0.0
     eps_low: Any = 0.2
     eps_high: Any = 0.2
     dual_clip: Any = math.inf
@@ -149,6 +152,7 @@ class LossConfig:
 
         checks = {
             "beta": lambda v: np.all(v >= 0),
+            "entropy_coef": lambda v: np.all(v >= 0),
             "eps_low": lambda v: np.all((v >= 0) & (v < 1)),
             "eps_high": lambda v: np.all(v >= 0),
             "dual_clip": lambda v: np.all(v > 1),
@@ -297,12 +301,13 @@ def aggregation_weights(mask, aggregation: str, norm_len=None):
     return w, den
 
 
-def aggregate(pg, d, mask, cfg: "LossConfig", add_kl: bool):
+def aggregate(pg, d, mask, cfg: "LossConfig", add_kl: bool, h=None):
     """The loss as a sum and a denominator (so means stay right when a batch is split
     across devices or accumulated: ``sum(num) / sum(den)``).
 
-        pg_num = sum_it w_it pg_it,   kl_num = sum_it w_it D_it,
-        loss_num = pg_num + beta * kl_num (``add_kl``) or pg_num,   loss = loss_num / den,
+        pg_num = sum_it w_it pg_it,   kl_num = sum_it w_it D_it,   ent_num = sum_it w_it h_it
+        loss_num = pg_num + beta * kl_num (``add_kl``) or pg_num,   - entropy_coef * ent_num
+        loss = loss_num / den,
 
     with ``(w, den) = aggregation_weights(mask, cfg.aggregation, cfg.norm_len)``.
 
@@ -311,6 +316,8 @@ def aggregate(pg, d, mask, cfg: "LossConfig", add_kl: bool):
       mask: ``[B, T]`` float mask.
       cfg: ``LossConfig``.
       add_kl: whether the KL term enters the loss (placement "loss").
+      h: optional ``[B, T]`` per-token policy entropies (differentiable) for the entropy
+        bonus ``entropy_coef`` (a regulariser with no reference: the study's control arm).
 
     Returns:
       dict ``loss, loss_num, loss_den, pg_loss, pg_num, kl_loss, kl_num, token_count``.
@@ -319,6 +326,8 @@ def aggregate(pg, d, mask, cfg: "LossConfig", add_kl: bool):
     pg_num = jnp.sum(w * pg)
     kl_num = jnp.sum(w * d)
     num = pg_num + cfg.beta * kl_num if add_kl else pg_num
+    if h is not None:
+        num = num - cfg.entropy_coef * jnp.sum(w * h)
     return dict(
         loss=_divide(num, den), loss_num=num, loss_den=den,
         pg_loss=_divide(pg_num, den), pg_num=pg_num,
@@ -504,7 +513,10 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *,
     else:
         d = jnp.zeros((B, T), jnp.float32)
 
-    aux = aggregate(pg, d, m, cfg, add_kl)
+    # The entropy bonus (exact per-position entropy, differentiated) needs the logits.
+    h = None if logits is None else jnp.where(
+        valid, metrics.entropy(_clean_logits(logits, valid)), 0.0)
+    aux = aggregate(pg, d, m, cfg, add_kl, h)
     aux.update(ratio_diagnostics(sg(rho), adv, m, cfg.eps_low, cfg.eps_high, cfg.dual_clip))
     aux["kl_mean"] = masked_mean(sg(d), m)
     aux.update(adv_lib.advantage_stats(adv, m))

@@ -38,7 +38,7 @@ from grpo_jax.kl_choice import KLChoice
 # Keys of a config that may differ between members of one population (pytree leaves of the
 # train state / hyperparameters); everything else changes the compiled program.
 VMAPPABLE_KEYS = ("train.seed", "loss.beta", "loss.eps_low", "loss.eps_high", "optim.lr",
-                  "loss.kl_choice")
+                  "loss.kl_choice", "loss.entropy_coef")
 
 NONFINITE_MODES = ("stop", "skip")
 
@@ -78,6 +78,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config.task.name in tasks.TASKS, "task.name",
              f"{config.task.name!r} is not a task; valid: {', '.join(tasks.TASKS)}")
     _require_number(config, "loss.beta", 0.0)
+    _require_number(config, "loss.entropy_coef", 0.0)
     _require_number(config, "loss.eps_low", 0.0, 1.0)
     _require_number(config, "loss.eps_high", 0.0)
     try:
@@ -214,7 +215,8 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
         choice = kl_choice_of(config, cell)
         loss_cfg = make_loss_config(config, static_choice, beta=value("loss.beta"),
                                     eps_low=value("loss.eps_low"),
-                                    eps_high=value("loss.eps_high"))
+                                    eps_high=value("loss.eps_high"),
+                                    entropy_coef=value("loss.entropy_coef"))
         return train.Hparams(loss=loss_cfg, lr=jnp.float32(value("optim.lr")),
                              kl_choice=jnp.int32(choices.index(choice) if choices else 0))
 

@@ -1,114 +1,154 @@
-"""The study's group runner and records: one vmapped GRPO population per (task, modality),
-evaluated exactly, turned into the records `grpo_jax.report` reads.
+"""The study's grid, group runner and records (configs/study.py declares the design).
 
-`run_group(static_config, cells) -> list[record]` is a `sweep.run_sweep` runner: the cells
-of one group differ only in `runner.VMAPPABLE_KEYS` (seed, beta, KL choice, ...), so they
-train as one population of one compiled program. The reference of each (task, model,
-pretraining) is pretrained once and cached under `<workdir>/references/<hash>`.
+    base, axes = configs.study.grid(study_config)      # the sweep (configs/study.py)
+    records = sweep.run_sweep(sweep.expand(base, axes), study.run_group, ...)
+
+One group = one (modality, policy class): every arm x strength x seed x replicate of it is a
+member of one vmapped population (the KL choice is a `lax.switch` index, the entropy bonus
+and beta are leaves), so a group is one compiled program. Arms:
+
+  "exact_fwd/loss", "exact_rev/loss"     the primary contrast (KL choice, beta = strength)
+  "k3/loss", "k2/loss", "k1/reward"...   the secondary contrast and Q2's arms
+  "entropy"                              the control: an entropy bonus, no KL (beta = 0,
+                                         loss.entropy_coef = strength)
+
+Every member is evaluated exactly from its final policy over the 64 answers
+(`one_token_outcomes`); a record is one member:
+
+  {"policy", "modality", "multimodal", "separation", "num_modes", "arm", "strength", "seed",
+   "replicate", "final": {outcome: float}, "tv_to_optimum": float | None,
+   "zero_grad_frac": float, "policy_probs": [A] (final), "history": {"step", "reward",
+   "mode_shares"}}
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import shutil
 import tempfile
 from typing import Any, Mapping, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
-from grpo_jax import config_utils, evaluate, runner, sweep
-from grpo_jax.kl_choice import KLChoice
+from grpo_jax import config_utils, runner, sweep
 from grpo_jax.tasks.bandit import bandit_optimum
 
-VMAPPABLE_KEYS = runner.VMAPPABLE_KEYS
+ENTROPY_ARM = "entropy"
+# Cells of one group differ only in these: the population's members.
+GROUP_KEYS = runner.VMAPPABLE_KEYS + ("eval.arm", "eval.replicate")
 
 
-def _history(hist: Mapping[str, np.ndarray], member: int, max_points: int) -> dict:
-    steps = np.asarray(hist["reward_mean"]).shape[1]
-    idx = np.unique(np.linspace(0, steps - 1, min(max_points, steps)).round().astype(int))
-    get = lambda k: np.asarray(hist[k])[member, idx]
-    return {"step": (idx + 1).tolist(), "reward": get("reward_mean").tolist(),
-            "exact_kl_rev": get("exact_kl_rev").tolist(),
-            "exact_kl_fwd": get("exact_kl_fwd").tolist(), "entropy": get("entropy").tolist(),
-            "mode_shares": get("mode_shares").tolist()}
+# ------------------------------------------------------------------------------------------
+# Exact outcomes of a one-token policy
+# ------------------------------------------------------------------------------------------
 
 
-def _bandit_record(task, evaluation, member: int, beta: float) -> dict[str, Any]:
-    """Final policy, reference and the closed-form optima of E[R] - beta KL taken w.r.t. the
-    *pretrained reference model's* probabilities."""
-    ordinary = list(task.ordinary_ids)
-    pol = np.exp(np.asarray(evaluation["logp"][member], np.float64)[0])
-    ref = np.exp(np.asarray(evaluation["ref_logp"][member], np.float64)[0])
-    comps = np.asarray(task.enumerate_completions())[:, 0]
-    rewards = np.asarray(task.reward_vector())[comps]
-    ref = ref / ref.sum()
-    b = np.asarray([beta if beta > 0 else 1e-3])
-    return {"final_policy": pol.tolist(), "reference": ref.tolist(),
-            "tokens": [int(t) for t in ordinary],
-            "optimum_reverse": bandit_optimum(rewards, ref, b, "reverse")[0].tolist(),
-            "optimum_forward": bandit_optimum(rewards, ref, b, "forward")[0].tolist()}
+def task_vectors(task) -> dict[str, np.ndarray]:
+    """Per-answer constants of a bandit: reward [A], reference [A], zero-reward, between-mode
+    and best-answer masks [A], mode labels [A] and the reference's mode shares [K]."""
+    a = task.num_tokens
+    y = np.arange(a, dtype=np.float64)
+    reward = np.asarray(task.reward_vector(), np.float64)[:a]
+    ref = np.asarray(task.table()["answer_probs"], np.float64)[0]
+    centres = np.asarray(task.centres)
+    dist = np.abs(y[:, None] - centres[None, :]).min(axis=1)
+    between = (dist > task.sigma) & (y > centres.min()) & (y < centres.max())
+    labels = np.asarray(task.table()["answer_modes"])[0]
+    ref_shares = np.asarray([ref[labels == k].sum() for k in range(task.num_modes)])
+    return {"reward": reward, "ref": ref / ref.sum(), "zero": reward <= 0,
+            "between": between, "best": reward >= reward.max(), "labels": labels,
+            "ref_shares": ref_shares}
 
 
-def make_records(task, history: Mapping[str, np.ndarray], evaluation: Mapping[str, Any],
-                 cells: Sequence[Mapping[str, Any]], *, task_label: str, modality: str,
-                 multimodal: bool, ks: Sequence[int], max_points: int = 40) -> list[dict]:
-    """`grpo_jax.report` records, one per member of a population: its task, its training
-    `history` ({metric: [S, steps, ...]}) and its final `evaluation` (evaluate.py).
+def one_token_outcomes(probs: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Exact outcomes of a distribution `probs` [A] over the answers (float64)."""
+    p = np.clip(np.asarray(probs, np.float64), 0.0, None)
+    p = p / p.sum()
+    ref = vec["ref"]
+    reward = float(p @ vec["reward"])
+    ref_reward = float(ref @ vec["reward"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_rev = float(np.sum(np.where(p > 0, p * (np.log(p) - np.log(ref)), 0.0)))
+        kl_fwd = float(np.sum(np.where(ref > 0, ref * (np.log(ref) - np.log(p)), 0.0)))
+        entropy = float(-np.sum(np.where(p > 0, p * np.log(p), 0.0)))
+    p_best = float(p[vec["best"]].sum())
+    shares = np.asarray([p[vec["labels"] == k].sum() for k in range(len(vec["ref_shares"]))])
+    gain = reward - ref_reward
+    return {
+        "reward": reward, "exact_kl_rev": kl_rev, "exact_kl_fwd": kl_fwd, "entropy": entropy,
+        "off_target": float(p[vec["zero"]].sum()), "between": float(p[vec["between"]].sum()),
+        "pass_at_1": p_best, "pass_at_4": 1.0 - (1.0 - p_best) ** 4,
+        "fwd_kl_per_reward": kl_fwd / gain if gain > 0.01 else float("nan"),
+        "mode_coverage": float(np.mean(shares >= 0.05 * vec["ref_shares"])),
+    }
 
-    cells: the per-member dicts given to run_population ("loss.kl_choice", "loss.beta",
-    "train.seed"). The record's `kl_choice` is what the run did (`KLChoice.of`: "none" at
-    beta 0). For a bandit (one prompt), adds {"bandit": {...}} (`_bandit_record`).
-    """
-    hist = history
+
+def final_probs(model, params) -> np.ndarray:
+    """[S, A] answer distributions of a population of one-token policies (ordinary tokens)."""
+    dummy = np.zeros((1, 1), np.int32)
+    logits = jax.vmap(lambda p: model.completion_logits(p, dummy, dummy)[0, 0])(params)
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
+    return probs[:, list(model.support)]
+
+
+# ------------------------------------------------------------------------------------------
+# Records and the group runner
+# ------------------------------------------------------------------------------------------
+
+
+def _optimum(vec, arm: str, beta: float) -> np.ndarray | None:
+    direction = {"exact_fwd/loss": "forward", "exact_rev/loss": "reverse"}.get(arm)
+    if direction is None or beta <= 0:
+        return None
+    return bandit_optimum(vec["reward"], vec["ref"], np.asarray([beta]), direction)[0]
+
+
+def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
+                 ) -> list[dict]:
+    """One record per population member (see the module docstring)."""
+    probs = final_probs(result.setup.model, result.state.params)
+    hist = result.history
+    idx = np.unique(np.linspace(0, hist["reward_mean"].shape[1] - 1, 20).round().astype(int))
     records = []
     for m, cell in enumerate(cells):
-        beta = float(cell["loss.beta"])
-        final = {k: float(evaluation[k][m]) for k in
-                 ("reward", "exact_kl_rev", "exact_kl_fwd", "entropy", "mode_coverage")}
-        final["pass_at_k"] = np.asarray(evaluation["pass_at_k"][m], float).tolist()
-        final["mode_shares"] = np.asarray(evaluation["mode_shares"][m], float).tolist()
-        rec = {"task": task_label, "modality": modality, "multimodal": bool(multimodal),
-               "kl_choice": str(KLChoice.of(cell["loss.kl_choice"], beta)),
-               "kl_choice_config": cell["loss.kl_choice"], "beta": beta,
-               "seed": int(cell["train.seed"]), "final": final,
-               "history": _history(hist, m, max_points), "ks": [int(k) for k in ks],
-               "ref_mode_shares": np.asarray(evaluation["ref_mode_shares"][m], float).tolist(),
-               "eval_method": evaluation["eval_method"],
-               "nonfinite_updates": int(np.sum(np.asarray(hist["nonfinite"])[m]))}
-        if task.name == "bandit" and "logp" in evaluation:
-            rec["bandit"] = _bandit_record(task, evaluation, m, beta)
-        records.append(rec)
+        arm = str(cell.eval.arm)
+        strength = float(cell.loss.entropy_coef if arm == ENTROPY_ARM else cell.loss.beta)
+        opt = _optimum(vec, arm, float(cell.loss.beta)) if config.policy == "tabular" else None
+        records.append({
+            "policy": config.policy, "modality": str(cell.eval.label),
+            "multimodal": bool(cell.eval.multimodal),
+            "separation": float(cell.eval.separation), "num_modes": int(cell.task.num_modes),
+            "arm": arm, "strength": strength, "seed": int(cell.train.seed),
+            "replicate": int(cell.eval.replicate),
+            "final": one_token_outcomes(probs[m], vec),
+            "tv_to_optimum": None if opt is None else float(0.5 * np.abs(probs[m] - opt).sum()),
+            "zero_grad_frac": float(np.mean(hist["zero_grad_skipped"][m])),
+            "policy_probs": probs[m].tolist(),
+            "history": {"step": (idx + 1).tolist(),
+                        "reward": np.asarray(hist["reward_mean"])[m, idx].tolist(),
+                        "mode_shares": np.asarray(hist["mode_shares"])[m, idx].tolist()},
+        })
     return records
 
 
 def run_group(static_config, cells, workdir: str | None = None, log=print) -> list[dict]:
-    """`sweep.run_sweep` runner: one vmapped GRPO population per group, evaluated exactly.
+    """`sweep.run_sweep` runner: one population per (modality, policy), evaluated exactly.
 
-    static_config: the group's config without the vmappable keys; cells: full cell configs
-    (a `configs/hypothesis.py`-style GRPO config with an `eval` section: task_label,
-    modality, multimodal, ks, num_samples, workdir). Working files go to `workdir` (default
-    `static_config.eval.workdir`, else a temporary directory): the reference under
-    `references/<hash>`, the population's metrics and checkpoints under `groups/<hash>`.
-    Returns one report record per cell (`make_records`).
-    """
-    config = cells[0]  # a full config: carries every key run_population needs
-    workdir = workdir or static_config.eval.get("workdir", "") or tempfile.mkdtemp("hyp")
-    members = [{k: config_utils.get_value(c, k) for k in VMAPPABLE_KEYS} for c in cells]
-    task = runner.make_task(config)
-    mcfg = runner.make_model_config(config, task)
-    ref_key = sweep.cell_hash({"task": config.task, "model": config.model,
-                               "reference": config.reference})
-    ref = runner.load_or_pretrain_reference(
-        config, task, mcfg, os.path.join(workdir, "references", ref_key), log=log)
-    group_key = sweep.cell_hash({"static": static_config, "members": members})
-    out = runner.run_population(config, members, os.path.join(workdir, "groups", group_key),
-                                ref_params=ref, log=log)
-    ev = config.eval
-    evaluation = evaluate.evaluate_population(
-        mcfg, task, out.state.params, out.state.ref_params, tuple(ev.ks),
-        jax.random.PRNGKey(int(ev.get("seed", 0))), int(ev.num_samples))
-    return make_records(out.task, out.history, evaluation, members, task_label=ev.task_label,
-                        modality=ev.modality, multimodal=bool(ev.multimodal), ks=ev.ks)
+    Working files go to `<workdir>/groups/<hash>` (metrics, checkpoints); the checkpoints
+    are deleted once the records exist (they serve only a mid-run resume)."""
+    config = copy.deepcopy(cells[0])
+    workdir = workdir or static_config.eval.get("workdir", "") or tempfile.mkdtemp("study")
+    members = [{k: config_utils.get_value(c, k) for k in runner.VMAPPABLE_KEYS}
+               for c in cells]
+    group_dir = os.path.join(workdir, "groups", sweep.cell_hash(
+        {"static": static_config, "members": members}))
+    result = runner.run_population(config, members, group_dir, log=log)
+    records = make_records(config, cells, result, task_vectors(result.task))
+    shutil.rmtree(os.path.join(group_dir, "checkpoints"), ignore_errors=True)
+    return records
 
 
-run_group.vmappable_keys = VMAPPABLE_KEYS
+run_group.vmappable_keys = GROUP_KEYS

@@ -10,6 +10,9 @@ Reference (the modality dial): a mixture of K = `num_modes` discretised Gaussian
 
 each component normalised over the tokens, with centres spaced `separation` standard
 deviations apart around `center`:  c_k = center + (k - (K - 1) / 2) * separation * sigma.
+With `background` = b > 0 the reference is (1 - b) * that mixture + b * uniform: one mode
+over a heavy floor (the study's matched-tail control, a unimodal reference that abandons as
+much zero-reward mass as a two-mode one).
 For two equal modes, reverse KL straddles them up to about 5.6 sigma of separation (the
 continuous case) and locks onto one beyond: `separation` is the dial that matters.
 
@@ -96,6 +99,7 @@ class Bandit(base.MixtureWeights, base.TableTask):
     reward_kind: str = "target"
     targets: tuple[int, ...] | None = None  # None = (round(centre of the last mode),)
     reward_width: float = 8.0  # "distance" reward reaches 0 at this distance
+    background: float = 0.0  # weight of a uniform floor under the mixture (heavy tails)
 
     name: ClassVar[str] = "bandit"
     prompt_len: ClassVar[int] = 1
@@ -115,6 +119,8 @@ class Bandit(base.MixtureWeights, base.TableTask):
         for t in self.target_tokens:
             if not 0 <= t < self.num_tokens:
                 raise ValueError(f"target {t} outside [0, {self.num_tokens})")
+        if not 0.0 <= self.background < 1.0:
+            raise ValueError(f"background must be in [0, 1), got {self.background}")
         if self.reward_width <= 0:
             raise ValueError(f"reward_width must be > 0, got {self.reward_width}")
 
@@ -151,6 +157,7 @@ class Bandit(base.MixtureWeights, base.TableTask):
         for c, w in zip(self.centres, self.mixture_weights):
             comp = np.exp(-0.5 * ((y - c) / self.sigma) ** 2)
             p += w * comp / comp.sum()
+        p = (1.0 - self.background) * p / p.sum() + self.background / self.num_tokens
         return p / p.sum()
 
     def _labels_np(self, y: np.ndarray) -> np.ndarray:

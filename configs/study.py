@@ -1,0 +1,227 @@
+"""The study: does the KL *direction* matter only when the reference is multimodal?
+
+  pip install -e . && python experiments/study.py --workdir runs/study          # CPU default
+  python experiments/study.py --workdir runs/study-full --config configs/study.py:full  # GPU
+  python experiments/study.py --workdir /tmp/s --config configs/study.py:tiny        # tests
+
+Everything a verdict depends on is declared here, before the run, and printed in the report.
+
+Question (Q1, the seed's): at *matched strength*, does regularising GRPO with the forward KL
+instead of the reverse KL change what the policy keeps only when the reference is
+multimodal? Primary contrast: the exact forward vs the exact reverse KL as regularisers in
+the loss. Secondary contrast: what GRPO actually runs, k3 in the loss (a forward-KL gradient)
+vs the reverse-KL-gradient choices k2 in the loss and k1 in the reward. Control arm: an
+entropy bonus with no KL, swept like beta (the rival explanation: plain entropy
+regularisation might keep the modes too). Q2 (estimator and placement) is reported in its own
+section and decides nothing here.
+
+Estimand, per policy class and modality: Delta = outcome(forward) - outcome(reverse), each
+seed's outcome read off its beta sweep at the matched reward r* (`match`), then the
+interaction I = Delta(multimodal) - Delta(unimodal). Prediction (`prediction`): I > 0 on the
+primary outcome (forward keeps mass on answers the reward abandons; reverse drops it), with
+Delta(unimodal) equivalent to 0.
+
+Decision rule (grpo_jax/report/inference.py): HOLDS if I's Holm-adjusted interval excludes 0
+with the predicted sign and Delta(unimodal) is equivalent to 0 (TOST, `margin`); REFUTED if
+I is equivalent to 0 or Delta(unimodal) exceeds its margin (or I has the opposite sign);
+otherwise UNDECIDED, with the seeds that would decide it. Per policy class: HOLDS if some
+multimodal point holds and none is refuted by the opposite sign; REFUTED if the unimodal
+difference exceeds its margin or every multimodal interaction is equivalent to 0.
+
+Tasks: the one-token bandit (ordinary tokens 0..63, reference = a mixture of discretised
+Gaussians, sigma 3 tokens; reward max(0, 1 - d / 6) with d the distance to the centre of the
+*last* mode, so every other mode, and the far tails, earn 0). Two policy classes: "tabular"
+(a free softmax, the full simplex: its optima are the closed forms, so the figure overlays
+them, and no lock-on exists) and "gaussian" (one discretised Gaussian, mean and log-std, the
+capacity-restricted policy where Le's lock-on can appear), both starting from the reference's
+maximum-likelihood fit and regularised towards the exact reference distribution. Every
+reference starts below the reward ceiling (expected reward about 0.3 of 1).
+
+Modality dial: 1 mode; the matched-tail control (1 mode over a uniform floor whose zero-reward
+mass equals the 2-mode, 8-sigma reference's, so "multimodal" is not confused with "how much
+mass the reward abandons"); 2 modes at increasing separation (the continuous lock-on point is
+about 5.6 sigma); 4 modes.
+
+Disk: each (modality, policy) population keeps at most two checkpoints of its policy and Adam
+state (tabular: 3 x 65 floats per member; about 0.2 MB per population), metrics.jsonl of
+every member's steps (about 1 KB per member-step chunk row: 25 MB for the default, 150 MB
+for `full`) and one JSON result per cell. The default run stays under 100 MB; `full` under
+1 GB.
+"""
+
+import math
+
+import ml_collections
+import numpy as np
+
+from configs import grpo as grpo_config
+from configs import tasks as task_configs
+from grpo_jax import study as study_lib
+from grpo_jax.config_utils import parse_arg
+from grpo_jax.sweep import zip_axis
+
+PRIMARY = ("exact_fwd/loss", "exact_rev/loss")          # (forward, reverse)
+SECONDARY = ("k3/loss", ("k2/loss", "k1/reward"))       # (GRPO's, reverse-gradient ones)
+Q2_EXTRA = ("k1/loss", "k3/reward")                     # full only: Q2's controls
+
+
+def _bandit(label, multimodal, separation, **fields):
+    task = dict(name="bandit", num_tokens=64, sigma=3.0, reward_kind="distance",
+                reward_width=6.0, separation=max(float(separation), 0.0), **fields)
+    return dict(label=label, multimodal=multimodal, separation=float(separation), task=task)
+
+
+def matched_tail_background(num_tokens=64, sigma=3.0, separation=8.0, width=6.0) -> float:
+    """The uniform-floor weight b of a 1-mode reference whose zero-reward mass equals the
+    2-mode reference's (reward on the last mode's centre +- width): solved in closed form."""
+    y = np.arange(num_tokens, dtype=np.float64)
+
+    def comp(c):
+        p = np.exp(-0.5 * ((y - c) / sigma) ** 2)
+        return p / p.sum()
+
+    mid = (num_tokens - 1) / 2
+    centres = [mid - separation * sigma / 2, mid + separation * sigma / 2]
+    two = 0.5 * comp(centres[0]) + 0.5 * comp(centres[1])
+    zero2 = np.abs(y - round(centres[1])) >= width
+    target = float(two[zero2].sum())
+    one = comp(mid)
+    zero1 = np.abs(y - round(mid)) >= width
+    z_mode, z_floor = float(one[zero1].sum()), float(zero1.mean())
+    return (target - z_mode) / (z_floor - z_mode)
+
+
+def _modalities(full: bool, tiny: bool):
+    floor = round(matched_tail_background(), 4)
+    uni = [_bandit("1 mode", False, 0.0, num_modes=1),
+           _bandit("1 mode + floor", False, 0.0, num_modes=1, background=floor)]
+    seps = (1.0, 2.0, 3.0, 4.0, 5.0, 5.6, 6.0, 7.0, 8.0) if full else (3.0, 5.6, 8.0)
+    two = [_bandit(f"2 modes, {s:g}σ", True, s, num_modes=2) for s in seps]
+    four = [_bandit(f"4 modes, {s:g}σ", True, s, num_modes=4) for s in ((3.0, 5.0) if full
+                                                                        else (5.0,))]
+    if tiny:
+        return [uni[0], two[-1]]
+    return uni + two + four
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """arg: "" (default: CPU, about 8 minutes on 2 cores), "full" (one GPU), "tiny" (tests)."""
+    opts = parse_arg(arg, full=False, tiny=False)
+    full, tiny = opts["full"], opts["tiny"]
+    c = ml_collections.ConfigDict()
+    c.name = "full" if full else "tiny" if tiny else "default"
+
+    # ---- declared before the run -------------------------------------------------------
+    c.question = ("At matched strength, does the KL direction (forward vs reverse) change "
+                  "what GRPO keeps only when the reference is multimodal?")
+    c.prediction = ("Delta = forward - reverse is equivalent to 0 on the unimodal reference "
+                    "and > 0 on multimodal ones: the interaction I = Delta(multi) - "
+                    "Delta(uni) is > 0 on the primary outcome")
+    c.sign = 1
+    c.primary_outcome = "off_target"
+    c.alpha = 0.05
+    # name: (margin, low, high, description); ranges clip the intervals
+    c.outcomes = ml_collections.ConfigDict({
+        "off_target": dict(margin=0.02, low=0.0, high=1.0,
+                           text="mass on zero-reward answers"),
+        "entropy": dict(margin=0.1, low=0.0, high=math.log(64),
+                        text="entropy of the answer distribution (nats)"),
+        "between": dict(margin=0.02, low=0.0, high=1.0,
+                        text="mass between the modes (farther than 1 sigma from every "
+                             "centre, inside the outermost centres)"),
+        "pass_at_4": dict(margin=0.02, low=0.0, high=1.0,
+                          text="pass@4, success = the single best answer (does not "
+                               "saturate: the reference gives it about 0.04)"),
+        "fwd_kl_per_reward": dict(margin=0.1, low=0.0, high=1e6,
+                                  text="forward KL per unit of reward gained over the "
+                                       "reference (nats)"),
+        "mode_coverage": dict(margin=0.1, low=0.0, high=1.0,
+                              text="modes keeping >= 5% of their reference share "
+                                   "(secondary)"),
+    })
+    c.match = dict(by="reward", fraction=0.5, check_by="exact_kl_rev")
+    c.primary = list(PRIMARY)
+    c.secondary = [SECONDARY[0], list(SECONDARY[1])]
+    c.q2_extra = list(Q2_EXTRA) if full else []
+    c.power = 0.8
+
+    # ---- the grid ------------------------------------------------------------------------
+    c.policies = ["tabular", "gaussian"]
+    c.modalities = _modalities(full, tiny)
+    c.betas = [float(b) for b in np.geomspace(0.03, 1.0, 8)]
+    c.entropy_coefs = [float(a) for a in np.geomspace(0.01, 0.3, 8)]
+    c.num_seeds = 32 if full else 8
+    c.with_secondary = True
+    c.replicate_lr_factor = 1.0 + 1e-6  # the robustness replicate: same grid, lr perturbed
+    c.tv_target = 0.05
+
+    # ---- training (configs/grpo.py fields) -----------------------------------------------
+    c.grpo = dict(num_prompts=1, group_size=32)
+    c.optim = dict(lr=0.03)
+    c.train = dict(num_steps=1000 if full else 500, chunk_steps=100,
+                   checkpoint_every_chunks=2, skip_zero_grad=True)
+    c.loss = dict(advantage_estimator="rloo", eps_low=0.2, eps_high=0.2)
+    if tiny:
+        c.policies = ["tabular"]
+        c.betas = [0.05, 0.2, 0.8]
+        c.entropy_coefs = [0.02, 0.1]
+        c.num_seeds = 3
+        c.with_secondary = False
+        c.train = dict(num_steps=40, chunk_steps=20, checkpoint_every_chunks=1,
+                       skip_zero_grad=True)
+    return c
+
+
+def arms(study: ml_collections.ConfigDict) -> list[str]:
+    """Every arm of the study's populations, primary first."""
+    out = list(study.primary)
+    if study.with_secondary:
+        out += [study.secondary[0]] + list(study.secondary[1])
+    out += list(study.get("q2_extra", []))
+    return out + [study_lib.ENTROPY_ARM]
+
+
+def base_config(study: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """configs/grpo.py with the study's shared settings and an `eval` section."""
+    c = grpo_config.get_config("task=bandit")
+    c.grpo.update(study.grpo.to_dict())
+    c.optim.update(study.optim.to_dict())
+    c.train.update(study.train.to_dict())
+    c.train.update(tensorboard=False, progress=False, max_to_keep=2)
+    c.loss.update(study.loss.to_dict())
+    c.mesh.data = 1  # the population axis is the parallelism
+    c.eval = ml_collections.ConfigDict(dict(
+        arm="", replicate=0, label="", multimodal=False, separation=0.0, workdir=""))
+    return c
+
+
+def grid(study: ml_collections.ConfigDict):
+    """(base config, axes) of the study: modality x policy x (arm, strength) x seed x
+    replicate."""
+    base = base_config(study)
+    mods = [dict(m) for m in study.modalities]
+    task_cfgs = []
+    for m in mods:
+        fields = dict(m["task"])
+        task_cfgs.append(task_configs.task_config(fields.pop("name"), **fields))
+    modality_axis = zip_axis({
+        "task": task_cfgs,
+        "eval.label": [m["label"] for m in mods],
+        "eval.multimodal": [bool(m["multimodal"]) for m in mods],
+        "eval.separation": [float(m["separation"]) for m in mods],
+    })
+    rows = []  # (kl_choice, beta, entropy_coef, arm)
+    for arm in arms(study):
+        if arm == study_lib.ENTROPY_ARM:
+            rows += [(study.primary[1], 0.0, float(a), arm) for a in study.entropy_coefs]
+        else:
+            rows += [(arm, float(b), 0.0, arm) for b in study.betas]
+    arm_axis = zip_axis({"loss.kl_choice": [r[0] for r in rows],
+                         "loss.beta": [r[1] for r in rows],
+                         "loss.entropy_coef": [r[2] for r in rows],
+                         "eval.arm": [r[3] for r in rows]})
+    lr = float(study.optim.lr)
+    replicate_axis = zip_axis({"optim.lr": [lr, lr * float(study.replicate_lr_factor)],
+                               "eval.replicate": [0, 1]})
+    return base, [modality_axis, ("policy", list(study.policies)), arm_axis,
+                  ("train.seed", list(range(int(study.num_seeds)))), replicate_axis]
