@@ -26,7 +26,7 @@ GRPO), ``E[sum_t A_it grad log pi(y_t)]`` is, up to the scale, the gradient of
 ``E[R] - E[sum_t p_t]`` *including* the future-penalty terms the sequence-level advantage
 also has, but with the past (already decided) penalties removed, lowering the variance.
 
-Process supervision (DeepSeekMath, Shao et al. 2024, §4.1.3): per-step rewards placed at the last token of
+Process supervision (DeepSeekMath §4.1.3): per-step rewards placed at the last token of
 each step, ``step_rewards [B, T]`` with ``step_mask [B, T]`` marking step ends. Each step
 reward is normalised with the mean and std of all step rewards of its group, and
 ``A_it = sum_{steps j ending at u >= t} r~_j``.

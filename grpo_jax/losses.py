@@ -246,7 +246,7 @@ def exact_token_kl(logits, ref_logits, valid, direction: str):
     return jnp.where(valid, jnp.asarray(d, jnp.float32), 0.0)
 
 
-def kl_term(cfg: "LossConfig", logp, ref_logp, valid, *, old_logp=None, logits=None,
+def kl_term(cfg: LossConfig, logp, ref_logp, valid, *, old_logp=None, logits=None,
             ref_logits=None, caller: str = "grpo_loss"):
     """Per-token KL term ``D [B, T]`` of ``cfg.kl_estimator`` (0 at masked positions).
 
@@ -301,7 +301,7 @@ def aggregation_weights(mask, aggregation: str, norm_len=None):
     return w, den
 
 
-def aggregate(pg, d, mask, cfg: "LossConfig", add_kl: bool, h=None):
+def aggregate(pg, d, mask, cfg: LossConfig, add_kl: bool, h=None):
     """The loss as a sum and a denominator (so means stay right when a batch is split
     across devices or accumulated: ``sum(num) / sum(den)``).
 

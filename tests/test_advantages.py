@@ -63,6 +63,32 @@ def test_group_advantages_match_loops(estimator, batch_std_norm, ddof):
     assert float(aux["adv_std"]) == pytest.approx(np.std(want), rel=1e-5)
 
 
+def test_registry_names():
+    assert A.ESTIMATORS == tuple(A.REGISTRY) == ("grpo", "drgrpo", "rloo")
+    assert A.validate_estimator("rloo") == "rloo"
+    with pytest.raises(ValueError, match="valid names: grpo, drgrpo, rloo"):
+        A.validate_estimator("ppo")
+
+
+@pytest.mark.parametrize("name", A.ESTIMATORS)
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_every_registered_estimator(name, ddof):
+    """Each registry entry's baseline and scale, on [n, G] rewards, against the loops."""
+    r = _rewards(5).reshape(-1, G)
+    baseline, scale = A.REGISTRY[name](jnp.asarray(r), eps=1e-6, std_ddof=ddof)
+    assert baseline.shape == scale.shape == r.shape
+    for g in range(r.shape[0]):
+        vals = [float(v) for v in r[g]]
+        mean = sum(vals) / G
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (G - ddof))
+        for i in range(G):
+            want_b = {"grpo": mean, "drgrpo": mean,
+                      "rloo": (sum(vals) - vals[i]) / (G - 1)}[name]
+            want_s = std + 1e-6 if name == "grpo" else 1.0
+            assert float(baseline[g, i]) == pytest.approx(want_b, abs=1e-6)
+            assert float(scale[g, i]) == pytest.approx(want_s, rel=1e-5)
+
+
 def test_group_properties():
     r = jnp.asarray(_rewards(1))
     adv, _ = A.group_advantages(r, G, "rloo")

@@ -38,6 +38,8 @@ def test_registry_names():
     assert {"k1", "k2", "k3", "fwd_rlogr", "fwd_nonneg", "k1_st", "k3_st"} <= set(kl.ESTIMATORS)
     assert set(kl.VALUE_TARGET) == set(kl.ESTIMATORS)
     assert kl.DIRECTIONS == ("reverse", "forward")
+    assert tuple(kl.ABBREV) == kl.DIRECTIONS and tuple(kl.ABBREV.values()) == ("rev", "fwd")
+    assert kl.validate_estimator("k3") == "k3" and kl.validate_direction("forward") == "forward"
 
 
 @pytest.mark.parametrize("name", kl.ESTIMATORS)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from grpo_jax import kl
 from grpo_jax import losses as L
+from test_advantages import _np_advantages
 
 G, B, T, V = 4, 16, 6, 5
 
@@ -43,21 +45,7 @@ def _np_objective(x, *, beta, eps_low, eps_high, aggregation, placement, est, ad
             for t in range(T):
                 if mask[i, t]:
                     R[i] -= beta * _np_kl(est, old[i, t], ref[i, t])
-    adv = np.zeros(B)
-    for g in range(B // G):
-        idx = range(g * G, (g + 1) * G)
-        vals = [R[i] for i in idx]
-        mean = sum(vals) / G
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / G)
-        for i in idx:
-            if max(vals) == min(vals):
-                continue
-            if adv_est == "grpo":
-                adv[i] = (R[i] - mean) / (std + adv_eps)
-            elif adv_est == "drgrpo":
-                adv[i] = R[i] - mean
-            else:
-                adv[i] = R[i] - (sum(vals) - R[i]) / (G - 1)
+    adv = _np_advantages(R, G, adv_est, adv_eps)
     num, den = 0.0, 0.0
     for i in range(B):
         n_i = sum(mask[i, t] for t in range(T))
@@ -386,6 +374,38 @@ def test_jit_vmap_grad_population():
     assert not np.allclose(g[0], g[2])
 
 
+def test_building_blocks_hand_computed():
+    """The pieces grpo_loss is made of, on hand-worked numbers."""
+    rho = jnp.asarray([[1.5, 0.5, 3.0, 1.1]])
+    adv = jnp.asarray([[1.0, -1.0, -1.0, -1.0]])
+    # -min(rho' A, clip(rho, 0.8, 1.28) A); the dual clip caps rho' at 2 where A < 0.
+    np.testing.assert_allclose(L.clipped_surrogate(rho, adv, 0.2, 0.28, 2.0),
+                               [[-1.28, 0.8, 2.0, 1.1]], rtol=1e-6)
+    np.testing.assert_allclose(L.clipped_surrogate(rho, adv, 0.2, 0.28),
+                               [[-1.28, 0.8, 3.0, 1.1]], rtol=1e-6)
+    diag = L.ratio_diagnostics(rho, adv, jnp.ones((1, 4)), 0.2, 0.28, 2.0)
+    assert float(diag["clip_frac_high"]) == pytest.approx(0.25)
+    assert float(diag["clip_frac_low"]) == pytest.approx(0.25)
+    assert float(diag["dual_clip_frac"]) == pytest.approx(0.25)
+    # Token ratio exp(logp - old); GSPO: exp of the masked mean log-ratio, at every token.
+    logp = jnp.log(jnp.asarray([[0.5, 0.25, 0.9]]))
+    old = jnp.log(jnp.asarray([[0.25, 0.25, 0.1]]))
+    mask = jnp.asarray([[1.0, 1.0, 0.0]])
+    np.testing.assert_allclose(L.importance_ratio(logp, old, mask), [[2.0, 1.0, 9.0]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(L.importance_ratio(logp, old, mask, "sequence"),
+                               [[math.sqrt(2.0)] * 3], rtol=1e-6)
+    # Sum and denominator.
+    cfg = L.make_config(beta=0.5, aggregation="token_mean")
+    out = L.aggregate(jnp.asarray([[1.0, 2.0, 0.0]]), jnp.asarray([[4.0, 0.0, 0.0]]),
+                      mask, cfg, add_kl=True)
+    assert float(out["loss_den"]) == 2.0 and float(out["loss_num"]) == 5.0
+    assert float(out["loss"]) == 2.5 and float(out["kl_loss"]) == 2.0
+    # The exact regularisers' names and the directions they use.
+    assert L.EXACT_KL == {"exact_rev": "reverse", "exact_fwd": "forward"}
+    assert L.KL_ESTIMATORS == tuple(kl.ESTIMATORS) + ("exact_rev", "exact_fwd")
+
+
 def test_bad_names_and_shapes_raise():
     for field, valid in [("kl_estimator", "k3, fwd_rlogr"), ("kl_placement", "loss, reward"),
                          ("aggregation", "token_mean"), ("is_level", "token, sequence"),
@@ -408,5 +428,14 @@ def test_bad_names_and_shapes_raise():
         L.grpo_loss(z, z, z, jnp.zeros(B + 1), z, cfg)
     with pytest.raises(ValueError, match="ref_logp"):
         L.grpo_loss(z, z, None, jnp.zeros(B), z, cfg)
+    with pytest.raises(ValueError, match="logp must be"):
+        L.grpo_loss(jnp.zeros(B), z, z, jnp.zeros(B), z, cfg)
+    with pytest.raises(ValueError, match="mask"):
+        L.grpo_loss(z, z, z, jnp.zeros(B), jnp.zeros((B, T + 1)), cfg)
+    with pytest.raises(ValueError, match="ref_logits"):
+        L.grpo_loss(z, z, z, jnp.zeros(B), z, cfg, logits=jnp.zeros((B, T, V)),
+                    ref_logits=jnp.zeros((B, T + 1, V)))
+    with pytest.raises(ValueError, match="rewards must be"):
+        L.compute_advantages(z, G, cfg)
     with pytest.raises(ValueError, match="old_logp"):
         L.compute_advantages(jnp.zeros(B), G, cfg.replace(kl_placement="reward"), mask=z)

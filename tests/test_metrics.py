@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax import metrics, model, tasks
+from grpo_jax import checks, kl, metrics, model, tasks
 
 
 def logits_of(p):
@@ -30,6 +30,13 @@ def test_token_kl_and_entropy_hand_computed():
     np.testing.assert_allclose(metrics.entropy(banned), [math.log(2)] * 2, rtol=1e-6)
     np.testing.assert_allclose(metrics.masked_mean(jnp.asarray([1.0, 2.0, 9.0]),
                                                    jnp.asarray([1.0, 1.0, 0.0])), 1.5)
+    # One implementation each: exact KL is kl.exact, the masked mean is checks.masked_mean.
+    assert metrics.token_kl is kl.exact and metrics.masked_mean is checks.masked_mean
+    np.testing.assert_allclose(
+        metrics.masked_mean(jnp.asarray([[1.0, 3.0], [5.0, 7.0]]),
+                            jnp.asarray([[1.0, 1.0], [0.0, 0.0]]), axis=1), [2.0, 0.0])
+    with pytest.raises(ValueError, match=r"x\[3\], mask\[2\]"):
+        metrics.masked_mean(jnp.zeros(3), jnp.zeros(2))
 
 
 def test_sequence_and_data_kl_hand_computed():

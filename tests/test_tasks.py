@@ -10,6 +10,7 @@ import pytest
 
 from configs import tasks as task_configs
 from grpo_jax import tasks
+from grpo_jax.tasks import bandit as bandit_lib
 from grpo_jax.tasks import format as fmt
 
 EQ, PLUS, DOT = fmt.EQ, fmt.PLUS, fmt.DOT
@@ -149,6 +150,53 @@ def test_bandit_optima():
     np.testing.assert_allclose(optimum(1e4, "reverse"), p, atol=1e-4)
     with pytest.raises(ValueError, match="direction"):
         t.optimum(0.1, "sideways")
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_bandit_optimum_closed_forms(direction):
+    """tasks.bandit_optimum (NumPy float64, vectorised over beta): the closed forms."""
+    rewards = np.asarray([0.0, 0.3, 1.0, 1.0, 0.5])
+    ref = np.asarray([0.4, 0.1, 0.2, 0.05, 0.25])
+    betas = np.asarray([0.02, 0.1, 1.0, 1e4])
+    pi = tasks.bandit_optimum(rewards, ref, betas, direction)
+    assert pi.shape == (4, 5) and pi.dtype == np.float64
+    np.testing.assert_allclose(pi.sum(-1), 1.0, rtol=1e-12)
+    for b, p in zip(betas, pi):
+        if direction == "reverse":
+            want = ref * np.exp(rewards / b)
+            np.testing.assert_allclose(p, want / want.sum(), rtol=1e-10)
+        else:
+            # Stationarity: beta * ref / pi + R is one constant lam > max R.
+            lam = b * ref / p + rewards
+            np.testing.assert_allclose(lam, lam.mean(), rtol=1e-9)
+            assert lam.mean() > rewards.max()
+        # Both optima keep the reference's ratio between arms of equal reward.
+        assert p[2] / p[3] == pytest.approx(ref[2] / ref[3], rel=1e-9)
+    np.testing.assert_allclose(pi[-1], ref, atol=1e-4)  # large beta: the reference
+    # Arms of reference probability 0 stay at 0 (the bandit's special token).
+    padded = tasks.bandit_optimum(np.append(rewards, 2.0), np.append(ref, 0.0), betas,
+                                  direction)
+    np.testing.assert_array_equal(padded[:, -1], 0.0)
+    np.testing.assert_allclose(padded[:, :-1], pi, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="direction"):
+        tasks.bandit_optimum(rewards, ref, betas, "sideways")
+
+
+def test_bandit_optimum_is_the_one_implementation():
+    """Bandit.optimum is bandit_optimum on the task's rewards and reference, under jit and
+    vmap over beta."""
+    assert tasks.bandit_optimum is bandit_lib.bandit_optimum
+    t = tasks.make("bandit", num_modes=2, sigma=3.0, separation=8.0)
+    ref = np.asarray(t.table()["answer_probs"][0])
+    rewards = np.asarray(t.reward_vector(), np.float64)[:64]
+    betas = np.asarray([0.05, 0.5])
+    for direction in ("reverse", "forward"):
+        want = tasks.bandit_optimum(rewards, ref, betas, direction)
+        got = jax.jit(jax.vmap(t.optimum, in_axes=(0, None)), static_argnums=1)(
+            jnp.asarray(betas, jnp.float32), direction)
+        assert got.shape == (2, 65) and got.dtype == jnp.float32
+        np.testing.assert_allclose(got[:, :64], want, rtol=1e-6, atol=1e-12)
+        assert np.all(np.asarray(got[:, 64]) == 0.0)
 
 
 # ------------------------------------------------------------------------------ arithmetic

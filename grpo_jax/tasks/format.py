@@ -26,7 +26,6 @@ import numpy as np
 from grpo_jax.tasks import base
 
 EQ, PLUS, DOT, BOS = 10, 11, 12, 13
-FORMATS = ("direct", "worked")
 
 
 @dataclasses.dataclass(frozen=True)
