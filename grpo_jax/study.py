@@ -134,11 +134,13 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
     return records
 
 
-def run_group(static_config, cells, workdir: str | None = None, log=print) -> list[dict]:
+def run_group(static_config, cells, workdir: str | None = None, log=print,
+              keep_checkpoints: bool = False) -> list[dict]:
     """`sweep.run_sweep` runner: one population per (modality, policy), evaluated exactly.
 
     Working files go to `<workdir>/groups/<hash>` (metrics, checkpoints); the checkpoints
-    are deleted once the records exist (they serve only a mid-run resume)."""
+    are deleted once the records exist (they serve only a mid-run resume) unless
+    `keep_checkpoints`."""
     config = copy.deepcopy(cells[0])
     workdir = workdir or static_config.eval.get("workdir", "") or tempfile.mkdtemp("study")
     members = [{k: config_utils.get_value(c, k) for k in runner.VMAPPABLE_KEYS}
@@ -147,8 +149,22 @@ def run_group(static_config, cells, workdir: str | None = None, log=print) -> li
         {"static": static_config, "members": members}))
     result = runner.run_population(config, members, group_dir, log=log)
     records = make_records(config, cells, result, task_vectors(result.task))
-    shutil.rmtree(os.path.join(group_dir, "checkpoints"), ignore_errors=True)
+    if not keep_checkpoints:
+        shutil.rmtree(os.path.join(group_dir, "checkpoints"), ignore_errors=True)
     return records
 
 
 run_group.vmappable_keys = GROUP_KEYS
+
+
+def optimum_curves(task, betas=None) -> dict[str, dict[str, list[float]]]:
+    """Closed-form KL-regularised optima of a bandit over a fine beta grid, as outcome
+    curves: {"forward" | "reverse": {outcome: [len(betas)]}} (the figure's dashed lines)."""
+    betas = np.geomspace(0.005, 5.0, 80) if betas is None else np.asarray(betas)
+    vec = task_vectors(task)
+    out = {}
+    for direction in ("forward", "reverse"):
+        probs = bandit_optimum(vec["reward"], vec["ref"], betas, direction)
+        rows = [one_token_outcomes(p, vec) for p in probs]
+        out[direction] = {k: [r[k] for r in rows] for k in rows[0]}
+    return out

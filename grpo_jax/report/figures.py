@@ -1,5 +1,12 @@
-"""Figures of the report: PNGs drawn with ``matplotlib.figure.Figure`` directly (Agg canvas,
-no pyplot global state), seed means of the run records per (task, modality, beta, KL choice).
+"""The study's figures: PNGs drawn with `matplotlib.figure.Figure` directly (Agg canvas, no
+pyplot global state).
+
+  glance      the one-glance answer: a column per modality, a row per policy class; x =
+              reward, y = off-target mass; forward and reverse KL as seed-banded curves over
+              the dashed closed-form optima (tabular policy); a side panel with the
+              interaction on the primary outcome and its adjusted interval against separation
+  frontier    reward against exact KL (both directions) for every arm, per policy class
+  mode_shares the shares of each mode over training at the middle strength (2-mode, 8 sigma)
 """
 
 from __future__ import annotations
@@ -10,267 +17,181 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from grpo_jax.report.records import (
-    BASELINE_CHOICE,
-    betas,
-    choices,
-    final_values,
-    is_baseline_record,
-    select,
-    task_modalities,
-    unique,
-    validate_records,
-)
+from grpo_jax.report import analysis
 
-KL_AXIS_LABELS = {"exact_kl_rev": "exact KL[π||π_ref]", "exact_kl_fwd": "exact KL[π_ref||π]"}
+ARM_COLOURS = {"exact_fwd/loss": "tab:blue", "exact_rev/loss": "tab:red",
+               "k3/loss": "tab:cyan", "k2/loss": "tab:orange", "k1/reward": "tab:pink",
+               "k1/loss": "tab:gray", "k3/reward": "tab:olive", "entropy": "tab:green"}
+LABELS = {"exact_fwd/loss": "forward KL", "exact_rev/loss": "reverse KL",
+          "entropy": "entropy bonus"}
 
 
 def _slug(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", "_".join(str(p) for p in parts)).strip("-").lower()
 
 
-def _colours(names: Sequence[str]) -> dict:
-    from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {c: cmap(i % cmap.N) for i, c in enumerate(names)}
-
-
-def _new_figure(rows: int, cols: int, w: float = 3.0, h: float = 2.3):
-    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+def _figure(rows: int, cols: int, w: float = 2.6, h: float = 2.3, **kw):
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
     fig = Figure(figsize=(max(4.0, w * cols), max(3.0, h * rows)), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    return fig, axes
+    return fig, fig.subplots(rows, cols, squeeze=False, **kw)
 
 
-def _save(fig, outdir, name) -> str:
+def _save(fig, outdir: str, name: str) -> str:
     path = os.path.join(outdir, name)
     fig.savefig(path, dpi=90)
     return path
 
 
-def _modalities_of(records, task) -> list[tuple[str, str, bool]]:
-    return [tm for tm in task_modalities(records) if tm[0] == task]
+def _band(records, policy, modality, arm, x_key, y_key, replicate=0):
+    """Per strength: mean x, mean y and the y spread (1 sd over seeds), sorted by x."""
+    by_s: dict[float, list] = {}
+    for r in records:
+        if (r["policy"], r["modality"], r["arm"], r["replicate"]) == (policy, modality, arm,
+                                                                     replicate):
+            by_s.setdefault(r["strength"], []).append((r["final"][x_key], r["final"][y_key]))
+    if not by_s:
+        return None
+    pts = np.asarray([[np.mean([p[0] for p in v]), np.mean([p[1] for p in v]),
+                       np.std([p[1] for p in v])] for _, v in sorted(by_s.items())])
+    return pts[np.argsort(pts[:, 0])]
 
 
-def _columns(recs) -> list[str]:
-    """Panel columns: the regularised KL choices, then the baseline if there is one."""
-    has_base = any(is_baseline_record(r) for r in recs)
-    return choices(recs) + ([BASELINE_CHOICE] if has_base else [])
+def _curve(ax, pts, colour, label):
+    ax.plot(pts[:, 0], pts[:, 1], "-o", color=colour, ms=2.5, lw=1.2, label=label)
+    ax.fill_between(pts[:, 0], pts[:, 1] - pts[:, 2], pts[:, 1] + pts[:, 2], color=colour,
+                    alpha=0.2, lw=0)
 
 
-def _panel_records(records, task, modality, beta, choice) -> list[dict]:
-    """Records of one panel: the baseline's for the baseline column, else (beta, choice)'s."""
-    if choice == BASELINE_CHOICE:
-        return select(records, task, modality, baseline=True)
-    return select(records, task, modality, beta=beta, choice=choice, baseline=False)
+def _interaction_panel(ax, result, outcome):
+    """Interaction I (forward - reverse, multimodal minus unimodal) against separation,
+    with its Holm-adjusted interval, one series per policy class and mode count."""
+    q1 = result["q1"]["primary"]["policies"]
+    markers = {"tabular": "o", "gaussian": "s"}
+    for i, (policy, v) in enumerate(q1.items()):
+        for modes, ls in ((2, "-"), (4, ":")):
+            rows = sorted((t for t in v["tests"] if t["kind"] == "interaction"
+                           and t["outcome"] == outcome and t.get("num_modes") == modes),
+                          key=lambda t: t["separation"])
+            if not rows:
+                continue
+            x = np.asarray([t["separation"] for t in rows]) + 0.08 * i
+            e = [t["estimate"] for t in rows]
+            y = np.asarray([t["mean"] for t in e])
+            err = np.asarray([[t["mean"] - t["low"] for t in e], [t["high"] - t["mean"]
+                                                                  for t in e]])
+            ax.errorbar(x, y, yerr=err, fmt=markers.get(policy, "o") + ls, ms=4, capsize=2,
+                        label=f"{policy}, {modes} modes")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.axvline(5.6, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("mode separation (σ)")
+    ax.set_ylabel(f"interaction I on {outcome}")
+    ax.set_title("I = Δ(multi) − Δ(uni)\n(adjusted intervals; dashed: 5.6σ)", fontsize=8)
+    ax.legend(fontsize=6)
 
 
-def _panel_title(choice, beta) -> str:
-    return f"{choice}" + ("" if choice == BASELINE_CHOICE else f", β={beta:g}")
-
-
-def _mean_history(recs, key) -> tuple[np.ndarray, np.ndarray]:
-    """Seed-mean history ``[S, ...]`` (truncated to the shortest run) and its steps ``[S]``."""
-    hs = [
-        np.asarray(r["history"][key], np.float64)
-        for r in recs
-        if r.get("history", {}).get(key) is not None
-    ]
-    if not hs:
-        return np.zeros((0,)), np.zeros((0,))
-    s = min(h.shape[0] for h in hs)
-    steps = [np.asarray(r["history"]["step"][:s], np.float64) for r in recs if r.get("history")]
-    return np.mean([h[:s] for h in hs], axis=0), steps[0]
-
-
-def _mode_shares_axis(ax, rr, colours) -> None:
-    shares, steps = _mean_history(rr, "mode_shares")
-    if shares.ndim == 2 and shares.shape[0]:
-        ax.stackplot(steps, shares.T, colors=colours[: shares.shape[1]], alpha=0.85)
-        for y in np.cumsum(rr[0].get("ref_mode_shares") or [])[:-1]:
-            ax.axhline(y, color="k", lw=0.6, ls="--")
-    ax.set_ylim(0, 1)
-
-
-def plot_mode_shares(records, outdir) -> list[str]:
-    """Per (task, modality) with >= 2 modes: stacked seed-mean mode shares over training.
-
-    Grid: rows = betas, columns = KL choices (+ the baseline, repeated on each row).
-    """
-    from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-
-    paths = []
-    for task, modality, _ in task_modalities(records):
-        recs = select(records, task, modality)
-        if not recs or min(len(r["final"]["mode_shares"]) for r in recs) < 2:
-            continue
-        bs, cols = betas(records, task, modality), _columns(recs)
-        fig, axes = _new_figure(max(1, len(bs)), len(cols), w=2.4, h=1.9)
-        n_modes = len(recs[0]["final"]["mode_shares"])
-        colours = [colormaps["viridis"](i / max(1, n_modes - 1)) for i in range(n_modes)]
-        for i, beta in enumerate(bs or [0.0]):
-            for j, choice in enumerate(cols):
-                ax = axes[i, j]
-                _mode_shares_axis(ax, _panel_records(records, task, modality, beta, choice),
-                                  colours)
-                ax.set_title(_panel_title(choice, beta), fontsize=8)
-                ax.tick_params(labelsize=7)
-        fig.suptitle(
-            f"{task} / {modality}: mode shares over training (dashed: reference)", fontsize=9
-        )
-        paths.append(_save(fig, outdir, f"mode_shares_{_slug(task, modality)}.png"))
-    return paths
-
-
-def _frontier_axis(ax, records, task, modality, kl, colours) -> None:
-    """Final reward against final ``kl``: dots per seed, a line over betas per KL choice."""
-    for choice in choices(select(records, task, modality, baseline=False)):
-        xs, ys = [], []
-        for beta in betas(records, task, modality):
-            rr = select(records, task, modality, beta=beta, choice=choice, baseline=False)
-            if rr:
-                x, y = final_values(rr, kl), final_values(rr, "reward")
-                ax.scatter(x, y, s=6, alpha=0.3, color=colours[choice])
-                xs.append(x.mean())
-                ys.append(y.mean())
-        ax.plot(xs, ys, "o-", ms=3, lw=1, color=colours[choice], label=choice)
-    base = select(records, task, modality, baseline=True)
-    if base:
-        ax.plot([final_values(base, kl).mean()], [final_values(base, "reward").mean()],
-                "k*", ms=8, label=BASELINE_CHOICE)
-    ax.set_xlabel(KL_AXIS_LABELS[kl], fontsize=8)
-    ax.set_ylabel("reward", fontsize=8)
-    ax.set_title(modality, fontsize=8)
-    ax.tick_params(labelsize=7)
+def plot_glance(records, result, outdir, optima: Mapping[str, Any] | None = None,
+                outcome: str = "off_target") -> str:
+    """The one-glance figure (see the module docstring). `optima`: {modality: {"forward" |
+    "reverse": {"reward": [...], outcome: [...]}}} closed-form curves (tabular)."""
+    mods = analysis.modalities(records)
+    policies = list(dict.fromkeys(r["policy"] for r in records))
+    fig, axes = _figure(len(policies), len(mods) + 1, w=2.4, h=2.2)
+    for i, policy in enumerate(policies):
+        for j, (label, multi, _, _) in enumerate(mods):
+            ax = axes[i, j]
+            for arm in ("exact_fwd/loss", "exact_rev/loss"):
+                pts = _band(records, policy, label, arm, "reward", outcome)
+                if pts is not None:
+                    _curve(ax, pts, ARM_COLOURS[arm], LABELS[arm])
+            if policy == "tabular" and optima and label in optima:
+                for d, arm in (("forward", "exact_fwd/loss"), ("reverse", "exact_rev/loss")):
+                    c = optima[label][d]
+                    ax.plot(c["reward"], c[outcome], "--", color=ARM_COLOURS[arm], lw=0.9)
+            target = next((t["target"] for t in result["targets"]
+                           if t["policy"] == policy and t["modality"] == label), None)
+            if target is not None:
+                ax.axvline(target, color="gray", lw=0.6, ls=":")
+            ax.set_title(f"{policy}: {label}" + (" (multi)" if multi else ""), fontsize=8)
+            ax.set_xlabel("reward", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"{outcome} (seed mean ± sd)", fontsize=7)
+            ax.tick_params(labelsize=6)
+        axes[i, 0].legend(fontsize=6)
+    for i in range(len(policies)):
+        axes[i, -1].set_visible(i == 0)
+    _interaction_panel(axes[0, -1], result, outcome)
+    fig.suptitle("Forward vs reverse KL at matched reward (dashed: closed-form optima; "
+                 "dotted: the matched reward r*)", fontsize=9)
+    return _save(fig, outdir, "glance.png")
 
 
 def plot_frontier(records, outdir) -> list[str]:
-    """Per task: final reward against final exact KL (reverse | forward), per modality row."""
+    """Reward against exact reverse / forward KL for every arm, per policy (seed means)."""
+    mods = analysis.modalities(records)
     paths = []
-    colours = _colours(choices(records))
-    for task in unique(r["task"] for r in records):
-        tms = _modalities_of(records, task)
-        fig, axes = _new_figure(len(tms), 2, w=3.6, h=2.6)
-        for i, (_, modality, _) in enumerate(tms):
-            for j, kl in enumerate(("exact_kl_rev", "exact_kl_fwd")):
-                _frontier_axis(axes[i, j], records, task, modality, kl, colours)
-        axes[0, 1].legend(fontsize=6, loc="best")
-        fig.suptitle(f"{task}: reward vs exact KL (lines join betas; dots are seeds)", fontsize=9)
-        paths.append(_save(fig, outdir, f"frontier_{_slug(task)}.png"))
-    return paths
-
-
-def _lines_grid(records, outdir, name, title, xy_fn, xlabel, ylabel, logx=False) -> list[str]:
-    """Per task: rows = modalities, columns = betas; one seed-mean line per KL choice."""
-    paths = []
-    colours = _colours(choices(records))
-    for task in unique(r["task"] for r in records):
-        tms = _modalities_of(records, task)
-        bs = sorted({b for _, m, _ in tms for b in betas(records, task, m)}) or [0.0]
-        fig, axes = _new_figure(len(tms), len(bs))
-        for i, (_, modality, _) in enumerate(tms):
-            base = select(records, task, modality, baseline=True)
-            for j, beta in enumerate(bs):
+    for policy in dict.fromkeys(r["policy"] for r in records):
+        fig, axes = _figure(2, len(mods), w=2.4, h=2.2)
+        arms = list(dict.fromkeys(r["arm"] for r in records if r["policy"] == policy))
+        for j, (label, _, _, _) in enumerate(mods):
+            for i, kl in enumerate(("exact_kl_rev", "exact_kl_fwd")):
                 ax = axes[i, j]
-                for choice in choices(select(records, task, modality, baseline=False)):
-                    rr = select(records, task, modality, beta=beta, choice=choice, baseline=False)
-                    if rr:
-                        ax.plot(*xy_fn(rr), lw=1.2, color=colours[choice], label=choice)
-                if base:
-                    ax.plot(*xy_fn(base), "--", lw=1.0, color="0.4", label=BASELINE_CHOICE)
-                if logx:
-                    ax.set_xscale("log", base=2)
-                ax.set_title(f"{modality}, β={beta:g}", fontsize=8)
-                ax.set_xlabel(xlabel, fontsize=8)
-                ax.set_ylabel(ylabel, fontsize=8)
-                ax.tick_params(labelsize=7)
-        axes[0, -1].legend(fontsize=6, loc="best")
-        fig.suptitle(f"{task}: {title}", fontsize=9)
-        paths.append(_save(fig, outdir, f"{name}_{_slug(task)}.png"))
-    return paths
-
-
-def plot_pass_at_k(records, outdir) -> list[str]:
-    """Per task: seed-mean final pass@k against k."""
-
-    def xy(rr):
-        return (
-            np.asarray(rr[0]["ks"], np.float64),
-            np.mean([np.asarray(r["final"]["pass_at_k"], np.float64) for r in rr], axis=0),
-        )
-
-    return _lines_grid(
-        records, outdir, "pass_at_k", "pass@k against k (dashed: β=0)", xy, "k", "pass@k", logx=True
-    )
-
-
-def plot_entropy(records, outdir) -> list[str]:
-    """Per task: seed-mean policy entropy over training."""
-
-    def xy(rr):
-        h, steps = _mean_history(rr, "entropy")
-        return steps, h
-
-    return _lines_grid(
-        records, outdir, "entropy", "entropy over training (dashed: β=0)", xy, "step", "entropy"
-    )
-
-
-def _bandit_axis(ax, rr, opt) -> None:
-    """Seed-mean final policy (bars, min-max whiskers) against the reference and both optima
-    (taken from ``opt``, the cell's regularised records, else from ``rr``)."""
-    pol = np.array([r["bandit"]["final_policy"] for r in rr], np.float64)
-    a = np.arange(pol.shape[1])
-    mean = pol.mean(0)
-    ax.bar(a, mean, color="0.75", yerr=np.stack([mean - pol.min(0), pol.max(0) - mean]),
-           error_kw={"lw": 0.6})
-    b0 = opt[0]["bandit"] if opt else rr[0]["bandit"]
-    ax.plot(a, b0["reference"], "_", color="0.3", ms=10, mew=2, label="reference")
-    ax.plot(a, b0["optimum_reverse"], "o", color="tab:blue", ms=3, label="rev-KL optimum")
-    ax.plot(a, b0["optimum_forward"], "s", color="tab:red", ms=3, label="fwd-KL optimum")
-
-
-def plot_bandit(records, outdir) -> list[str]:
-    """Per task with bandit entries: final policies (bars, seed mean) vs closed-form optima.
-
-    Grid: rows = (modality, beta), columns = KL choices (+ baseline). Markers: reference
-    (grey), reverse-KL optimum (blue), forward-KL optimum (red) for that beta.
-    """
-    paths = []
-    recs = [r for r in records if r.get("bandit")]
-    for task in unique(r["task"] for r in recs):
-        rows = [(m, b) for _, m, _ in _modalities_of(recs, task) for b in betas(recs, task, m)]
-        cols = _columns([r for r in recs if r["task"] == task])
-        if not rows or not cols:
-            continue
-        fig, axes = _new_figure(len(rows), len(cols), w=2.4, h=1.9)
-        for i, (modality, beta) in enumerate(rows):
-            for j, choice in enumerate(cols):
-                ax = axes[i, j]
-                rr = _panel_records(recs, task, modality, beta, choice)
-                if rr:
-                    _bandit_axis(ax, rr, select(recs, task, modality, beta=beta, baseline=False))
-                ax.set_title(_panel_title(choice, beta) + f"\n{modality}", fontsize=7)
+                for arm in arms:
+                    pts = _band(records, policy, label, arm, kl, "reward")
+                    if pts is not None:
+                        ax.plot(pts[:, 0], pts[:, 1], "-o", ms=2, lw=1,
+                                color=ARM_COLOURS.get(arm), label=LABELS.get(arm, arm))
+                ax.set_title(label, fontsize=8)
+                ax.set_xlabel(kl, fontsize=7)
                 ax.tick_params(labelsize=6)
-        axes[0, 0].legend(fontsize=5, loc="best")
-        fig.suptitle(
-            f"{task}: final bandit policies (bars, min-max over seeds) vs closed-form optima",
-            fontsize=9,
-        )
-        paths.append(_save(fig, outdir, f"bandit_{_slug(task)}.png"))
+            axes[0, j].set_ylabel("reward", fontsize=7)
+        axes[0, 0].legend(fontsize=6)
+        fig.suptitle(f"{policy}: reward against exact KL (seed means over the sweep)",
+                     fontsize=9)
+        paths.append(_save(fig, outdir, f"frontier_{_slug(policy)}.png"))
     return paths
 
 
-def make_figures(records: Sequence[Mapping[str, Any]], outdir: str) -> dict[str, list[str]]:
-    """Every figure as PNG under ``outdir``; returns ``{kind: [paths]}``."""
-    records = validate_records(records)
+def plot_mode_shares(records, outdir, modality: str | None = None) -> list[str]:
+    """Mode shares over training (seed means) for the primary arms and the entropy arm at
+    the middle strength of the sweep, one panel per policy x arm."""
+    mods = [m for m in analysis.modalities(records) if m[3] >= 2]
+    if not mods:
+        return []
+    modality = modality or mods[-1 if len(mods) < 3 else len(mods) // 2][0]
+    policies = list(dict.fromkeys(r["policy"] for r in records))
+    arms = [a for a in ("exact_fwd/loss", "exact_rev/loss", "entropy")
+            if any(r["arm"] == a for r in records)]
+    fig, axes = _figure(len(policies), len(arms), w=2.6, h=2.2)
+    for i, policy in enumerate(policies):
+        for j, arm in enumerate(arms):
+            recs = [r for r in records if (r["policy"], r["modality"], r["arm"],
+                                           r["replicate"]) == (policy, modality, arm, 0)]
+            strengths = sorted({r["strength"] for r in recs})
+            if not strengths:
+                continue
+            mid = strengths[len(strengths) // 2]
+            rr = [r for r in recs if r["strength"] == mid]
+            steps = rr[0]["history"]["step"]
+            shares = np.mean([r["history"]["mode_shares"] for r in rr], axis=0)
+            ax = axes[i, j]
+            for k in range(shares.shape[1]):
+                ax.plot(steps, shares[:, k], label=f"mode {k}")
+            ax.set_title(f"{policy}, {LABELS.get(arm, arm)}, strength {mid:.3g}", fontsize=8)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("step", fontsize=7)
+            ax.tick_params(labelsize=6)
+        axes[i, 0].set_ylabel("mode share (batch)", fontsize=7)
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle(f"Mode shares over training: {modality} (the last mode is rewarded)",
+                 fontsize=9)
+    return [_save(fig, outdir, f"mode_shares_{_slug(modality)}.png")]
+
+
+def make_figures(records, result, outdir, optima=None) -> dict[str, list[str]]:
+    """Every figure; returns {kind: [paths]}."""
     os.makedirs(outdir, exist_ok=True)
-    return {
-        "mode_shares": plot_mode_shares(records, outdir),
-        "frontier": plot_frontier(records, outdir),
-        "pass_at_k": plot_pass_at_k(records, outdir),
-        "entropy": plot_entropy(records, outdir),
-        "bandit": plot_bandit(records, outdir),
-    }
+    return {"glance": [plot_glance(records, result, outdir, optima,
+                                   result.get("primary_outcome", "off_target"))],
+            "frontier": plot_frontier(records, outdir),
+            "mode_shares": plot_mode_shares(records, outdir)}

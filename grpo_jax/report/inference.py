@@ -7,15 +7,7 @@ An *interaction* compares two independent sets of seeds (two references), so its
 Welch's. Families of tests are Holm-adjusted; "little difference" is shown by equivalence
 (TOST) against a margin declared before the run.
 
-The decision rule (`decide`), for a predicted sign s of the interaction
-I = Delta(multimodal) - Delta(unimodal), Delta = forward - reverse at matched strength:
-
-  HOLDS      I's Holm-adjusted p < alpha with sign s, and Delta(unimodal) is equivalent to 0
-             (TOST p < alpha against its margin);
-  REFUTED    I is equivalent to 0 (TOST against I's margin), or Delta(unimodal) exceeds its
-             margin (its adjusted interval lies wholly outside [-margin, margin]), or I is
-             significant with the sign opposite to s;
-  UNDECIDED  otherwise, with the number of seeds that would decide it at the observed spread.
+The decision rule (`decide`) is `DECISION_RULE`, printed in every report.
 """
 
 from __future__ import annotations
@@ -28,6 +20,16 @@ import numpy as np
 from scipy import stats as sps
 
 VERDICTS = ("holds", "refuted", "undecided")
+
+DECISION_RULE = """\
+For a predicted sign s of the interaction I = Delta(multimodal) - Delta(unimodal),
+Delta = forward - reverse at matched strength:
+HOLDS      I's Holm-adjusted p < alpha with sign s, and Delta(unimodal) is equivalent to 0
+           (TOST p < alpha against its margin);
+REFUTED    I is equivalent to 0 (TOST against I's margin), or Delta(unimodal) exceeds its
+           margin (its adjusted interval lies wholly outside [-margin, margin]), or I is
+           significant with the sign opposite to s;
+UNDECIDED  otherwise, with the number of seeds that would decide it at the observed spread."""
 
 
 @dataclasses.dataclass

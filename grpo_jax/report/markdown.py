@@ -1,254 +1,244 @@
-"""The written report: ``report.md`` composed of sections, ``report.json`` and the figures.
-
-Every section is a function returning a list of Markdown lines (ending with a blank line);
-every table goes through `table`. `write_report` computes the statistics once, composes the
-sections and returns the results it wrote.
-"""
+"""The study's report: `write_report` composes sections over one table helper and writes
+report.md (everything), results.md (the verdicts, key effects and figures the README
+includes) and report.json (the analysis); it returns what it wrote."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
 from grpo_jax import jsonio
-from grpo_jax.report.figures import make_figures
-from grpo_jax.report.records import (
-    BASELINE_CHOICE,
-    OUTCOMES,
-    by_choice,
-    cells,
-    choices,
-    final_values,
-    unique,
-    validate_records,
-)
-from grpo_jax.report.stats import (
-    VERDICT_RULE,
-    Threshold,
-    bandit_table,
-    behaved_like,
-    behaved_like_summary,
-    effect_sizes,
-    fmt,
-    merged_thresholds,
-    verdicts,
-)
+from grpo_jax.report import analysis, figures, inference
 
-FIGURE_TITLES = {
-    "mode_shares": "Mode shares over training",
-    "frontier": "Reward against exact KL",
-    "pass_at_k": "pass@k against k",
-    "entropy": "Entropy over training",
-    "bandit": "Bandit final policies against closed-form optima",
-}
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A Markdown table as lines: header, rule, one line per row (cells through ``str``)."""
+    """A Markdown table (every cell through `str`)."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
 
 
-def _title_section() -> list[str]:
-    return [
-        "# Does the KL choice matter only when the reference is multimodal?",
-        "",
-        "Hypothesis: *the choice of KL penalty (forward vs reverse; k1/k2/k3; in the loss vs "
-        "in the reward) matters only when the reference policy's token distributions are "
-        "multimodal.* Every verdict below is computed from the run records by "
-        "`grpo_jax.report`; none is written by hand.",
-        "",
-    ]
+def fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
 
 
-def _verdict_section(ver: Mapping[str, Any]) -> list[str]:
-    overall = ver["overall"]
-    tasks = [[t["task"], t["verdict"].upper(), t["reason"]] for t in ver["tasks"]]
-    mods = [[m["task"], m["modality"], "yes" if m["multimodal"] else "no",
-             m["verdict"].upper(), m["reason"]] for m in ver["modalities"]]
-    return [
-        "## Verdict", "",
-        f"**Overall: {overall['verdict'].upper()}** — {overall['reason']}.", "",
-        *table(["task", "verdict", "reason"], tasks), "",
-        "Per modality:", "",
-        *table(["task", "modality", "multimodal", "verdict", "reason"], mods), "",
-    ]
+def ci(e: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """'mean [low, high]' of an `inference.Estimate` dict, or '–'."""
+    if not e:
+        return "–"
+    return f"{e['mean']:+.{digits}g} [{e['low']:+.{digits}g}, {e['high']:+.{digits}g}]"
 
 
-def _method_section(settings: Mapping[str, Any], thr: Mapping[str, Threshold],
-                    outcomes: Sequence[str]) -> list[str]:
-    s = settings
-    return [
-        "### How the verdict is computed", "", "```text", VERDICT_RULE, "```", "",
-        f"Bootstrap: {s['n_boot']} resamples, {s['ci']:.0%} {s['method']} interval, numpy RNG "
-        f"seed {s['seed']}. Verdict outcomes: {', '.join(s['verdict_outcomes'])}. Thresholds "
-        "(scale = mean |per-choice mean| in the cell):", "",
-        *table(["outcome", "threshold"], [[o, thr[o].describe()] for o in outcomes]), "",
-    ]
+def _verdicts_section(result) -> list[str]:
+    rows = []
+    for name, c in result["q1"].items():
+        for p, v in c["policies"].items():
+            rows.append([f"Q1 {name}", p, f"**{v['verdict'].upper()}**", v["reason"],
+                         fmt(v["seeds_to_decide"]) if v["verdict"] == "undecided" else ""])
+        rows.append([f"Q1 {name}", "overall", f"**{c['overall'].upper()}**", "", ""])
+    out = ["## Verdicts", ""] + table(
+        ["question", "policy class", "verdict", "deciding evidence (primary outcome)",
+         "seeds to decide"], rows)
+    rob = result.get("robustness")
+    if rob is not None:
+        out += [f"Robustness replicate (learning rate × (1 + 1e-6), same grid): "
+                f"{'every verdict survives' if rob['all_same'] else 'SOME VERDICTS CHANGE'}"
+                f" ({sum(r['same'] for r in rob['rows'])} of {len(rob['rows'])} equal).", ""]
+    tail = result.get("q1_vs_matched_tail")
+    if tail:
+        same = [(n, p) for n, c in tail.items() for p, v in c["policies"].items()
+                if v["verdict"] == result["q1"][n]["policies"][p]["verdict"]]
+        total = sum(len(c["policies"]) for c in tail.values())
+        out += [f"With the matched-tail control as the unimodal baseline instead: "
+                f"{len(same)} of {total} verdicts unchanged ("
+                + "; ".join(f"{n}/{p}: {v['verdict']}" for n, c in tail.items()
+                            for p, v in c["policies"].items()) + ").", ""]
+    return out
 
 
-def _effect_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    lines = [
-        "## Effect sizes: spread across KL choices", "",
-        "Spread = max − min of per-choice seed means (β = 0 / `none` excluded; its mean is "
-        "shown as *baseline*). Status: effect (CI above threshold), no effect (CI below), "
-        "unresolved.", "",
-    ]
-    header = ["modality", "β", "outcome", "spread [95% CI]", "threshold", "status",
-              "lowest → highest", "baseline"]
-    for task in unique(r["task"] for r in rows):
-        body = [[r["modality"], f"{r['beta']:g}", r["outcome"],
-                 f"{fmt(r['spread'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]", fmt(r["threshold"]),
-                 r["status"],
-                 f"{r['argmin']} ({fmt(r['means'].get(r['argmin']))}) → "
-                 f"{r['argmax']} ({fmt(r['means'].get(r['argmax']))})",
-                 fmt(r["baseline_mean"])] for r in rows if r["task"] == task]
-        lines += [f"### {task}", "", *table(header, body), ""]
-    return lines
+def _design_section(config, notes) -> list[str]:
+    o = config["outcomes"]
+    rows = [[k + (" (primary)" if k == config["primary_outcome"] else ""), o[k]["text"],
+             fmt(o[k]["margin"]), f"[{fmt(o[k]['low'])}, {fmt(o[k]['high'])}]"]
+            for k in analysis.outcome_order(config)]
+    m = config["match"]
+    return (["## Design (declared in configs/study.py before the run)", "",
+             f"**Question.** {config['question']}", "",
+             f"**Prediction.** {config['prediction']}.", "",
+             f"**Matched strength.** Each seed's beta sweep ({len(config['betas'])} "
+             f"log-spaced values per arm, "
+             f"{', '.join(fmt(b) for b in config['betas'])}; entropy bonus "
+             f"{', '.join(fmt(a) for a in config['entropy_coefs'])}) is read at the reward "
+             f"r* = r_lo + {m['fraction']} (r_hi − r_lo) after making reward monotone in "
+             f"strength (pool-adjacent-violators) and interpolating linearly; as a check, "
+             f"also at the reverse KL the primary arms reach at r*. Seeds whose sweep "
+             f"does not reach r* drop out (counts in the tables).", "",
+             "**Outcomes and margins.**", ""]
+            + table(["outcome", "what", "equivalence margin", "range (intervals clipped)"],
+                    rows)
+            + [f"**Statistics.** Common random numbers (every arm shares the seeds); "
+               f"differences are seed-paired t intervals, interactions Welch intervals of "
+               f"two independent sets of seeds; Holm over each (policy class, contrast) "
+               f"family: the unimodal difference and every multimodal interaction on every "
+               f"declared outcome; equivalence by TOST at alpha = {config['alpha']}.", "",
+               "**Decision rule.**", "", "```", inference.DECISION_RULE, "```", "",
+               "**Scale.** " + notes.get("scale", ""), ""])
 
 
-def _seed_means_section(records, outcomes: Sequence[str]) -> list[str]:
-    lines = ["### Per-choice seed means", ""]
-    for task, modality, _, beta, recs, base in cells(records):
-        groups = by_choice(recs) + ([(BASELINE_CHOICE + " (β=0)", base)] if base else [])
-        body = [[c, len(rr)] + [f"{fmt(final_values(rr, o).mean())} ± "
-                                f"{fmt(final_values(rr, o).std())}" for o in outcomes]
-                for c, rr in groups]
-        lines += [f"**{task} / {modality} / β={beta:g}** (mean ± sd over seeds)", ""]
-        lines += [*table(["KL choice", "seeds"] + list(outcomes), body), ""]
-    return lines
+def _targets_section(result) -> list[str]:
+    rows = [[t["policy"], t["modality"], fmt(t["r_lo"]), fmt(t["r_hi"]), fmt(t["target"])]
+            for t in result["targets"]]
+    return ["## Matched reward per modality", ""] + table(
+        ["policy", "modality", "r_lo", "r_hi", "r*"], rows)
 
 
-def _behaved_like_section(like, summary) -> list[str]:
-    counts = [[b["choice"], b["forward"], b["reverse"], b["none"], b["unclear"], b["verdict"]]
-              for b in summary]
-    per_cell = [[b["task"], b["modality"], f"{b['beta']:g}", b["choice"], b["metric"],
-                 fmt(b["dist"].get("forward")), fmt(b["dist"].get("reverse")),
-                 fmt(b["dist"].get("none")), b["nearest"], f"{b['support']:.2f}"] for b in like]
-    header = ["task", "modality", "β", "KL choice", "metric", "to fwd", "to rev", "to none",
-              "nearest", "support"]
-    return [
-        "## Which divergence each choice behaved like", "",
-        "Summary: in how many (task, modality, β) cells each choice ended nearest to the exact "
-        "forward-KL runs, the exact reverse-KL runs or the unregularised runs (clear answers "
-        "only; *behaved like* needs a strict majority of all cells, else *mixed*).", "",
-        *table(["KL choice", "→ forward", "→ reverse", "→ none", "unclear", "behaved like"],
-               counts), "",
-        "Per cell:", "",
-        "Distance = L1 between seed-mean final vectors (mode shares when there are ≥ 2 modes, "
-        "else (exact KL_rev, exact KL_fwd)) to the exact forward-KL runs, the exact reverse-KL "
-        "runs and the unregularised runs of the same cell. *support* = fraction of bootstrap "
-        "resamples with the same nearest reference; below 0.95 it is marked unclear.", "",
-        *(table(header, per_cell) if like
-          else ["_No exact forward/reverse-KL reference runs in the records._"]), "",
-    ]
+def _deltas_section(result, config) -> list[str]:
+    out = ["## Forward − reverse at matched reward (Δ, seed-paired, 95% t interval)", ""]
+    mods = list(dict.fromkeys(r["modality"] for r in result["deltas"][config[
+        "primary_outcome"]]))
+    for policy in dict.fromkeys(r["policy"] for r in result["targets"]):
+        rows = []
+        for label in mods:
+            row = [label]
+            for o in analysis.outcome_order(config):
+                e = next(r["estimate"] for r in result["deltas"][o]
+                         if r["policy"] == policy and r["modality"] == label)
+                row.append(ci(e) + (f" (n={e['n']})" if e else ""))
+            kl = next(r["estimate"] for r in result["deltas_at_matched_kl"]
+                      if r["policy"] == policy and r["modality"] == label)
+            row.append(ci(kl))
+            rows.append(row)
+        out += [f"**{policy}**", ""] + table(
+            ["modality"] + analysis.outcome_order(config) +
+            [f"{config['primary_outcome']} at matched KL_rev (check)"], rows)
+    return out
 
 
-def _bandit_section(bandit) -> list[str]:
-    if not bandit:
+def _tests_section(result, name) -> list[str]:
+    c = result["q1"].get(name)
+    if not c:
         return []
-    header = ["task", "modality", "β", "KL choice", "TV to rev opt", "TV to fwd opt",
-              "TV to ref", "nearer"]
-    body = [[b["task"], b["modality"], f"{b['beta']:g}", b["choice"], fmt(b["tv_reverse"]),
-             fmt(b["tv_forward"]), fmt(b["tv_reference"]), b["nearer"]] for b in bandit]
-    return [
-        "## Bandit: final policies against the closed-form optima", "",
-        "Seed-mean total variation distance of the final policy to the reverse-KL optimum "
-        "π ∝ π_ref·exp(R/β), to the forward-KL optimum π = β·π_ref/(λ − R), and to the "
-        "reference.", "",
-        *table(header, body), "",
-    ]
+    out = [f"## Q1 {name} contrast: every test of the family (Holm-adjusted)", ""]
+    for policy, v in c["policies"].items():
+        rows = [[t["kind"], t["modality"], " − ".join(t["pair"]), t["outcome"],
+                 ci(t["estimate"]), fmt(t["estimate"]["p_adj"], 2)] for t in v["tests"]]
+        out += [f"**{policy}**", ""] + table(
+            ["test", "modality", "contrast", "outcome", "estimate [adjusted interval]",
+             "p (Holm)"], rows)
+    return out
 
 
-def _figures_section(figures: Mapping[str, Sequence[str]]) -> list[str]:
-    lines = ["## Figures", ""]
-    for kind, paths in figures.items():
-        if paths:
-            names = [os.path.basename(p) for p in paths]
-            lines += [f"### {FIGURE_TITLES[kind]}", "", *[f"![{n}]({n})" for n in names], ""]
-    return lines
+def _entropy_section(result, config) -> list[str]:
+    rows = [[r["policy"], r["modality"], ci(r.get(config["primary_outcome"])),
+             ci(r.get("mode_coverage")), ci(r.get("entropy"))]
+            for r in result["entropy_control"]]
+    if not rows:
+        return []
+    return (["## Control arm: forward KL − entropy bonus at matched reward", "",
+             "Does forward KL keep what plain entropy regularisation (no reference) does "
+             "not? Positive: forward keeps more.", ""]
+            + table(["policy", "modality", config["primary_outcome"], "mode_coverage",
+                     "entropy"], rows))
 
 
-def _scale_section(records, notes) -> list[str]:
-    seeds = {}
-    for r in records:
-        key = (r["task"], r["modality"], r["kl_choice"], float(r["beta"]))
-        seeds.setdefault(key, set()).add(r["seed"])
-    steps = sorted({int(r["history"]["step"][-1]) for r in records
-                    if r.get("history") and r["history"].get("step")})
-    derived = {
-        "run records": len(records),
-        "tasks": ", ".join(unique(r["task"] for r in records)),
-        "modalities": ", ".join(unique(f"{r['modality']}" for r in records)),
-        "KL choices": ", ".join(choices(records)),
-        "betas": ", ".join(f"{b:g}" for b in sorted({float(r['beta']) for r in records})),
-        "seeds per (cell, choice)": ", ".join(map(str, sorted({len(s) for s in seeds.values()}))),
-        "final step": ", ".join(map(str, steps)) if steps else "–",
-    }
-    lines = ["## Scale of this run", ""]
-    lines += [f"- **{k}**: {v}" for k, v in (notes or {}).items()]
-    lines += ["", "Derived from the records:", ""]
-    lines += [f"- {k}: {v}" for k, v in derived.items()]
-    return lines + [""]
+def _q2_section(result) -> list[str]:
+    rows = [[r["arm"], r["policy"], r["modality"], ci(r["estimate"]), r["like"]]
+            for r in result["behaved_like"]]
+    if not rows:
+        return ["## Q2: estimator and placement", "",
+                "Not in this configuration (the `full` config runs k3/loss, k2/loss, "
+                "k1/reward, k1/loss and k3/reward). The gradient audit "
+                "(experiments/gradient_audit.py) gives each estimator's bias exactly.", ""]
+    return (["## Q2: estimator and placement (does not decide Q1)", "",
+             "Per seed, d = |o − o_forward| − |o − o_reverse| on the primary outcome at "
+             "matched reward: negative means the arm behaves like the forward KL. Bias of "
+             "each estimator: the gradient audit (experiments/gradient_audit.py).", ""]
+            + table(["arm", "policy", "modality", "d [95% interval]", "behaves like"], rows))
 
 
-def write_report(
-    records: Sequence[Mapping[str, Any]],
-    outdir: str,
-    notes: Mapping[str, Any] | None = None,
-    *,
-    outcomes: Sequence[str] = OUTCOMES,
-    verdict_outcomes: Sequence[str] | None = None,
-    thresholds: Mapping[str, Threshold] | None = None,
-    n_boot: int = 2000,
-    ci: float = 0.95,
-    seed: int = 0,
-    method: str = "conservative",
-) -> dict[str, Any]:
-    """Write ``report.md``, ``report.json`` (atomically) and every PNG figure under ``outdir``.
+def _power_section(result) -> list[str]:
+    rows = [[r["policy"], r["outcome"], fmt(r["margin"]), fmt(r["sd_unimodal"]),
+             fmt(r["sd_interaction"]), r["seeds"], r["seeds_for_equivalence"],
+             r["seeds_for_interaction"]] for r in result["power"]]
+    return (["## Power (from the observed per-seed spreads, power 0.8)", ""]
+            + table(["policy", "outcome", "margin", "sd Δ(uni)", "sd Δ(multi)", "seeds run",
+                     "seeds for equivalence", "seeds to detect I = margin"], rows))
 
-    Args:
-      records: run records (package docstring).
-      outdir: created if needed.
-      notes: ``{label: value}`` for the "Scale of this run" section (config name, steps,
-        wall time, machine, what was shrunk relative to the full config...).
-      outcomes: outcomes of the effect-size table; ``verdict_outcomes`` (default: all of
-        ``outcomes``) are the ones the verdict uses.
-      thresholds: per-outcome :class:`Threshold` overriding ``DEFAULT_THRESHOLDS``.
-      n_boot, ci, seed, method: bootstrap settings (:func:`bootstrap_spread`).
-    Returns:
-      What ``report.json`` holds (``verdicts, effect_sizes, behaved_like,
-      behaved_like_summary, bandit, figures`` (names relative to ``outdir``), ``notes,
-      settings``), plus ``overall`` (= ``verdicts["overall"]``), ``path`` (of ``report.md``)
-      and ``paths``: ``{"report_md", "report_json": path, "figures": {kind: [paths]}}``.
-    """
-    records = validate_records(records)
+
+def _training_section(result) -> list[str]:
+    t = result["training"]
+    return ["## Training", "",
+            f"Tabular primary runs vs their closed-form optima: TV mean {fmt(t['tv_mean'])}, "
+            f"max {fmt(t['tv_max'])}; {fmt(t['tv_within'])} of {t['tv_count']} runs within "
+            f"TV 0.05. Updates skipped for an exactly zero gradient: mean "
+            f"{fmt(t['zero_grad_frac_mean'])}, max {fmt(t['zero_grad_frac_max'])} of a run's "
+            f"steps.", ""]
+
+
+def _figures_section(figs: Mapping[str, Sequence[str]], prefix: str = "") -> list[str]:
+    out = ["## Figures", ""]
+    for kind, paths in figs.items():
+        out += [f"![{kind}]({prefix}{os.path.basename(p)})" for p in paths]
+    return out + [""]
+
+
+def _notes_section(notes) -> list[str]:
+    return ["## Run", ""] + [f"- **{k}**: {v}" for k, v in notes.items()] + [""]
+
+
+def results_markdown(result, config, notes, figs, prefix="") -> str:
+    """results.md: what the README includes (verdicts, key effects, the glance figure)."""
+    lines = ["### Verdicts", ""] + _verdicts_section(result)[2:]
+    key = []
+    o = config["primary_outcome"]
+    for r in result["q1"]["primary"]["policies"].values():
+        for t in r["tests"]:
+            if t["outcome"] == o:
+                key.append([t["kind"], t["modality"], ci(t["estimate"]),
+                            fmt(t["estimate"]["p_adj"], 2)])
+    lines += [f"### Key effects: {o}, forward − reverse at matched reward (primary contrast)",
+              ""]
+    for p, r in result["q1"]["primary"]["policies"].items():
+        rows = [[t["kind"], t["modality"], ci(t["estimate"]), fmt(t["estimate"]["p_adj"], 2)]
+                for t in r["tests"] if t["outcome"] == o]
+        lines += [f"**{p}**", ""] + table(["test", "modality", "estimate [Holm interval]",
+                                          "p (Holm)"], rows)
+    lines += [f"![glance]({prefix}{os.path.basename(figs['glance'][0])})", ""]
+    lines += [f"*{notes.get('command', '')}* — {notes.get('machine', '')}; "
+              f"{notes.get('wall time', '')}.", ""]
+    return "\n".join(lines)
+
+
+def write_report(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
+                 outdir: str, notes: Mapping[str, str] | None = None,
+                 optima: Mapping[str, Any] | None = None,
+                 results_prefix: str = "") -> dict[str, Any]:
+    """Analyse `records` under the declared `config`, write report.md, results.md,
+    report.json and the figures to `outdir`; return the analysis plus "paths"."""
     os.makedirs(outdir, exist_ok=True)
-    thr = merged_thresholds(thresholds)
-    verdict_outcomes = tuple(outcomes if verdict_outcomes is None else verdict_outcomes)
-    settings = {"n_boot": n_boot, "ci": ci, "seed": seed, "method": method,
-                "verdict_outcomes": list(verdict_outcomes),
-                "thresholds": {o: dataclasses.asdict(thr[o]) for o in outcomes}}
-    rows = effect_sizes(records, outcomes, thr, n_boot=n_boot, ci=ci, seed=seed, method=method)
-    ver = verdicts(rows, verdict_outcomes)
-    like = behaved_like(records, n_boot=min(n_boot, 1000), seed=seed)
-    summary = behaved_like_summary(like)
-    bandit = bandit_table(records)
-    figures = make_figures(records, outdir)
-    md = (_title_section() + _verdict_section(ver) + _method_section(settings, thr, outcomes)
-          + _effect_section(rows) + _seed_means_section(records, outcomes)
-          + _behaved_like_section(like, summary) + _bandit_section(bandit)
-          + _figures_section(figures) + _scale_section(records, notes))
-    data = {
-        "verdicts": ver, "effect_sizes": rows, "behaved_like": like,
-        "behaved_like_summary": summary, "bandit": bandit,
-        "figures": {k: [os.path.basename(p) for p in v] for k, v in figures.items()},
-        "notes": {str(k): str(v) for k, v in (notes or {}).items()},
-        "settings": settings,
-    }
+    notes = dict(notes or {})
+    result = analysis.analyse(records, config)
+    result["primary_outcome"] = config["primary_outcome"]
+    figs = figures.make_figures(records, result, outdir, optima)
+    sections = [["# The study: does the KL direction matter only for multimodal "
+                 "references?", ""],
+                _verdicts_section(result), _design_section(config, notes),
+                _targets_section(result), _deltas_section(result, config),
+                _tests_section(result, "primary"), _tests_section(result, "secondary"),
+                _entropy_section(result, config), _q2_section(result),
+                _power_section(result), _training_section(result),
+                _figures_section(figs), _notes_section(notes)]
     paths = {"report_md": os.path.join(outdir, "report.md"),
-             "report_json": os.path.join(outdir, "report.json"), "figures": figures}
-    jsonio.write_text_atomic(paths["report_md"], "\n".join(md))
-    jsonio.write_json_atomic(paths["report_json"], data)
-    return {**data, "overall": ver["overall"], "path": paths["report_md"], "paths": paths}
+             "results_md": os.path.join(outdir, "results.md"),
+             "report_json": os.path.join(outdir, "report.json"),
+             "figures": {k: list(v) for k, v in figs.items()}}
+    jsonio.write_text_atomic(paths["report_md"], "\n".join(sum(sections, [])))
+    jsonio.write_text_atomic(paths["results_md"],
+                             results_markdown(result, config, notes, figs, results_prefix))
+    jsonio.write_json_atomic(paths["report_json"], dict(result, notes=notes))
+    return dict(result, paths=paths)
