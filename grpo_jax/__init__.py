@@ -21,7 +21,7 @@ Modules (docs/design.md describes the math, the layout and the data flow):
   Orchestration (host side; I/O only here)
     runner        config -> objects -> chunked jitted training, checkpoints, metrics
     sweep         grid expansion, grouping into populations, cell cache
-    study         the hypothesis study's group runner and records
+    study         the study: exact one-token outcomes, records, group runner
     report        statistics, verdicts, figures and markdown of the study
     rundir        run-directory config check, lock, log recovery
     checkpoint    orbax save / restore;  writers: JSONL, TensorBoard, progress

@@ -1,35 +1,162 @@
-"""The study's records: one per population member, with the closed-form bandit optima."""
+"""The study: exact one-token outcomes, the zero-gradient skip, references below their
+ceiling, and the tiny end-to-end run (report, results.md, verdicts, figure, reuse, disk)."""
 
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax import study, tasks
+from configs import study as study_config
+from grpo_jax import config_utils, losses, model, policies, study, tasks, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SPEC = importlib.util.spec_from_file_location(
+    "experiments_study", os.path.join(ROOT, "experiments", "study.py"))
+experiment = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(experiment)
+
+TINY_DISK_BOUND_MB = 20  # the tiny study's whole workdir stays under this
 
 
-def test_records():
-    task = tasks.make("bandit", num_tokens=8, num_modes=2, sigma=0.7, separation=4.0)
-    s, steps, a = 2, 5, 8
-    logp = np.log(np.full((s, 1, a), 1.0 / a))
-    hist = {k: np.zeros((s, steps)) for k in ("reward_mean", "exact_kl_rev", "exact_kl_fwd",
-                                              "entropy", "nonfinite")}
-    hist["mode_shares"] = np.zeros((s, steps, 2))
-    ev = {k: np.zeros(s) for k in ("reward", "exact_kl_rev", "exact_kl_fwd", "entropy",
-                                   "mode_coverage")}
-    ev.update(pass_at_k=np.zeros((s, 2)), mode_shares=np.zeros((s, 2)),
-              ref_mode_shares=np.full((s, 2), 0.5), logp=logp, ref_logp=logp,
-              eval_method="exact")
-    cells = [{"loss.kl_choice": "exact_fwd/loss", "loss.beta": 0.5, "train.seed": 0},
-             {"loss.kl_choice": "k1/loss", "loss.beta": 0.0, "train.seed": 1}]
-    recs = study.make_records(task, hist, ev, cells, task_label="b",
-                                 modality="m", multimodal=True, ks=(1, 2), max_points=3)
-    assert [r["kl_choice"] for r in recs] == ["exact_fwd/loss", "none"]
-    assert recs[0]["history"]["step"] == [1, 3, 5]
-    b = recs[0]["bandit"]
-    assert len(b["final_policy"]) == a and abs(sum(b["optimum_forward"]) - 1) < 1e-6
-    # Reverse optimum by hand: pi ∝ ref exp(R / beta).
-    r = np.asarray(task.reward_vector())[:a]
-    want = np.exp(r / 0.5) / np.exp(r / 0.5).sum()
-    np.testing.assert_allclose(b["optimum_reverse"], want, rtol=1e-6)
-    with pytest.raises(KeyError):
-        study.make_records(task, {}, ev, cells, task_label="b",
-                              modality="m", multimodal=True, ks=(1, 2))
+def _bandit(**fields):
+    return tasks.make("bandit", num_tokens=64, sigma=3.0, reward_kind="distance",
+                      reward_width=6.0, **fields)
+
+
+def test_one_token_outcomes_by_hand():
+    task = _bandit(num_modes=2, separation=8.0)
+    vec = study.task_vectors(task)
+    assert vec["best"].sum() == 1 and vec["reward"][vec["best"]][0] == 1.0
+    on_best = np.zeros(64)
+    on_best[vec["best"]] = 1.0
+    out = study.one_token_outcomes(on_best, vec)
+    assert out["reward"] == 1.0 and out["off_target"] == 0.0 and out["entropy"] == 0.0
+    assert out["pass_at_1"] == 1.0 and out["mode_coverage"] == 0.5
+    ref = study.one_token_outcomes(vec["ref"], vec)
+    assert ref["exact_kl_rev"] == pytest.approx(0.0, abs=1e-12)
+    assert ref["exact_kl_fwd"] == pytest.approx(0.0, abs=1e-12)
+    assert ref["off_target"] == pytest.approx(float(vec["ref"][vec["zero"]].sum()))
+    assert ref["mode_coverage"] == 1.0 and ref["between"] > 0
+    assert np.isnan(ref["fwd_kl_per_reward"])  # no reward gained over the reference
+
+
+def test_every_study_reference_starts_below_its_reward_ceiling():
+    for config in (study_config.get_config(), study_config.get_config("full")):
+        for m in config.modalities:
+            task = config_utils.make_task(dict(m["task"]))
+            t = task.table()
+            reward = np.asarray(task.reward_vector())[:64]
+            ref_reward = float(t["answer_probs"][0] @ reward)
+            assert ref_reward < 0.7 * reward.max(), (m["label"], ref_reward)  # room to improve
+
+
+def test_matched_tail_control_abandons_as_much_mass_as_two_modes():
+    cfg = study_config.get_config()
+    by_label = {m["label"]: config_utils.make_task(dict(m["task"])) for m in cfg.modalities}
+    zero = lambda t: study.one_token_outcomes(study.task_vectors(t)["ref"],
+                                              study.task_vectors(t))["off_target"]
+    assert zero(by_label["1 mode + floor"]) == pytest.approx(zero(by_label["2 modes, 8σ"]),
+                                                             abs=1e-3)
+    assert zero(by_label["1 mode"]) < 0.1  # the plain unimodal reference abandons little
+
+
+def test_closed_form_curves_trade_reward_for_kl():
+    curves = study.optimum_curves(_bandit(num_modes=2, separation=8.0), np.geomspace(0.01, 0.5,
+                                                                                    12))
+    for d in ("forward", "reverse"):
+        assert np.all(np.diff(curves[d]["reward"]) < 0)  # stronger beta, less reward
+    # At the same beta (up to 0.5; they cross near 1), forward keeps more mass off target.
+    assert np.all(np.asarray(curves["forward"]["off_target"]) >
+                  np.asarray(curves["reverse"]["off_target"]))
+
+
+@pytest.mark.parametrize("skip,moves", [(True, False), (False, True)])
+def test_zero_gradient_skip_stops_adam_momentum(skip, moves):
+    """All advantages zero and beta 0: the GRPO loss has exactly zero gradient. With the
+    skip the parameters stay put; without it Adam's momentum (from an earlier update)
+    still moves them."""
+    task = _bandit(num_modes=1)
+    policy = policies.make("tabular", task)
+    setup = train.RLSetup(model=policy, task=task, num_prompts=1, group_size=8,
+                          skip_zero_grad=skip)
+    params = policies.reference_params(task)
+    opt_state = setup.optimizer().init(params)
+    tokens = jnp.arange(8, dtype=jnp.int32)[:, None] + 20
+    prompts = jnp.full((8, 1), task.bos_id, jnp.int32)
+    mask = jnp.ones((8, 1))
+
+    def loss_fn_for(advantages, beta):
+        cfg = losses.make_config(beta=beta, kl_estimator="k3")
+        def loss_fn(p):
+            logits = train.policy_logits(setup, p, prompts, tokens)
+            logp = model.token_logprobs(logits, tokens)
+            return losses.grpo_loss(logp, jax.lax.stop_gradient(logp),
+                                    jax.lax.stop_gradient(logp), advantages, mask, cfg)
+        return loss_fn
+
+    hp = train.Hparams(loss=losses.make_config(), lr=jnp.float32(0.1))
+    zero = jnp.zeros((), jnp.int32)
+    params, opt_state, _, _ = train.inner_updates(  # an ordinary update builds momentum
+        setup, hp, loss_fn_for(jnp.linspace(-1, 1, 8), 0.0), params, opt_state, zero)
+    new, _, _, stats = train.inner_updates(
+        setup, hp, loss_fn_for(jnp.zeros(8), 0.0), params, opt_state, zero)
+    assert float(stats["grad_norm"][0]) == 0.0
+    changed = not np.array_equal(np.asarray(new["logits"]), np.asarray(params["logits"]))
+    assert changed == moves
+    assert float(stats["zero_grad_skipped"][0]) == (1.0 if skip else 0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("study"))
+    lines = []
+    out = experiment.run(workdir, study_config.get_config("tiny"),
+                         log=lambda s: lines.append(str(s)))
+    return workdir, out, lines
+
+
+def test_tiny_run_writes_report_results_and_the_glance_figure(tiny_run):
+    workdir, out, _ = tiny_run
+    paths = out["paths"]
+    for key in ("report_md", "results_md", "report_json"):
+        assert os.path.exists(paths[key]), key
+    assert os.path.exists(paths["figures"]["glance"][0])
+    results = open(paths["results_md"]).read()
+    assert "### Verdicts" in results and "glance.png" in results
+    report_md = open(paths["report_md"]).read()
+    for section in ("## Verdicts", "## Design", "**Decision rule.**", "## Power",
+                    "Robustness replicate"):
+        assert section in report_md, section
+    for contrast in out["q1"].values():
+        assert contrast["overall"] in ("holds", "refuted", "undecided")
+    assert len(out["records"]) == 96 and {r["replicate"] for r in out["records"]} == {0, 1}
+
+
+def test_tiny_rerun_reuses_every_cell(tiny_run):
+    workdir, out, _ = tiny_run
+    lines = []
+    again = experiment.run(workdir, study_config.get_config("tiny"),
+                           log=lambda s: lines.append(str(s)))
+    assert any("96 cached, 0 to run" in line for line in lines)
+    assert [r["final"] for r in again["records"]] == [r["final"] for r in out["records"]]
+
+
+def test_report_only_with_another_config_reports_the_stored_one(tiny_run):
+    workdir, _, _ = tiny_run
+    other = study_config.get_config("tiny")
+    other.num_seeds = 5
+    lines = []
+    out = experiment.run(workdir, other, report_only=True, log=lambda s: lines.append(str(s)))
+    assert any("warning: the report describes the stored cells" in line and "num_seeds"
+               in line for line in lines)
+    assert out["seeds"] == 3  # the stored cells' scale, not the flags'
+
+
+def test_tiny_run_disk_use_is_bounded(tiny_run):
+    workdir, _, _ = tiny_run
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(workdir)
+                for f in fs)
+    assert total < TINY_DISK_BOUND_MB * 2 ** 20, total
