@@ -162,23 +162,6 @@ def random_token_problem(
     return dict(logits=logits, ref_logits=ref, old_logits=old)
 
 
-def _sampled(logp, ref_logp, estimator, placement, sampling, old_logp, placements):
-    """What both surrogates need: the sampler's log-probs ``logq`` (stop-gradient), the
-    reported values (importance-weighted for "off_is"), the policy-gradient ratio ``rho`` to
-    the sampler (``exp(logp - sg(logp))`` for "on"/"off") and the detached estimate."""
-    check_name("placement", placement, placements)
-    check_name("sampling", sampling, SAMPLINGS)
-    kl.validate_estimator(estimator)
-    if sampling != "on" and old_logp is None:
-        raise ValueError(f"sampling={sampling!r} needs old_logp.")
-    logq = sg(logp) if sampling == "on" else sg(old_logp)
-    old = logq if sampling == "off_is" else None
-    values = kl.estimate(logp, ref_logp, estimator, old_logp=old)
-    rho = jnp.exp(logp - (logq if sampling == "off_is" else sg(logp)))
-    detached = sg(kl.estimate(logp, ref_logp, estimator))
-    return logq, values, rho, detached
-
-
 def token_surrogates(
     logp: Array,
     ref_logp: Array,
@@ -188,6 +171,9 @@ def token_surrogates(
     old_logp: Array | None = None,
 ) -> tuple[Array, Array, Array]:
     """Per-sample surrogates, sampler probabilities and reported values, all ``[N]``.
+
+    A single token is a sequence of length 1: this is ``sequence_surrogates`` on ``[N, 1]``
+    for the ``TOKEN_PLACEMENTS``.
 
     Args:
       logp: ``[N]`` log pi_theta(y) of every outcome y (differentiable).
@@ -200,13 +186,10 @@ def token_surrogates(
       for sample y; q (stop-gradient) is the sampler; values are the KL values reported
       (importance-weighted for "off_is").
     """
-    logq, values, rho, detached = _sampled(
-        logp, ref_logp, estimator, placement, sampling, old_logp, TOKEN_PLACEMENTS)
-    if placement == "loss":
-        surrogate = values
-    else:
-        surrogate = detached * rho
-    return surrogate, jnp.exp(logq), sg(values)
+    check_name("placement", placement, TOKEN_PLACEMENTS)
+    column = lambda x: None if x is None else x[:, None]
+    return sequence_surrogates(column(logp), column(ref_logp), estimator, placement,
+                               sampling, column(old_logp))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -359,8 +342,16 @@ def sequence_surrogates(
     Returns:
       ``(L [N], q [N], values [N])`` with ``values = sum_t v_t`` (weighted for "off_is").
     """
-    logq, values, rho, detached = _sampled(
-        logp, ref_logp, estimator, placement, sampling, old_logp, SEQUENCE_PLACEMENTS)
+    check_name("placement", placement, SEQUENCE_PLACEMENTS)
+    check_name("sampling", sampling, SAMPLINGS)
+    kl.validate_estimator(estimator)
+    if sampling != "on" and old_logp is None:
+        raise ValueError(f"sampling={sampling!r} needs old_logp.")
+    logq = sg(logp) if sampling == "on" else sg(old_logp)
+    old = logq if sampling == "off_is" else None
+    values = kl.estimate(logp, ref_logp, estimator, old_logp=old)  # [N, T]
+    rho = jnp.exp(logp - (logq if sampling == "off_is" else sg(logp)))  # [N, T]
+    detached = sg(kl.estimate(logp, ref_logp, estimator))
     if placement == "loss":
         per_token = values
     elif placement == "reward":
