@@ -55,7 +55,11 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tup
 
 
 def _computational(key: str, safe: Iterable[str]) -> bool:
-    return not any(fnmatch.fnmatchcase(key, pattern) for pattern in safe)
+    """False when `key`, or `key` without leading sections (`config.train.num_steps`),
+    matches a pattern of `safe`."""
+    parts = key.split(".")
+    tails = [".".join(parts[i:]) for i in range(len(parts))]
+    return not any(fnmatch.fnmatchcase(t, pattern) for t in tails for pattern in safe)
 
 
 def format_diff(diff: Mapping[str, tuple]) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import grpo as grpo_config
+from configs import tasks as task_configs
 from grpo_jax import checkpoint, config_utils, jsonio, model, pretrain, rundir, runner, sweep
 from grpo_jax import writers
 
@@ -134,7 +135,7 @@ def test_corrupted_cell_is_run_again(tmp_path):
 
 def test_reference_of_another_task_is_refused(tmp_path):
     c = _config()
-    c.task = ml_collections.ConfigDict(dict(name="bandit", num_tokens=16, sigma=2.0))
+    c.task = task_configs.task_config("bandit", num_tokens=16, sigma=2.0)
     c.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
     task = runner.make_task(c)
     mcfg = runner.make_model_config(c, task)
@@ -149,8 +150,8 @@ def test_reference_of_another_task_is_refused(tmp_path):
     t2, m2, _, meta = pretrain.restore_reference(ref_dir)
     assert t2 == task and m2 == mcfg and meta["task"]["num_tokens"] == 16
     other = _config()
-    other.task = ml_collections.ConfigDict(dict(name="bandit", num_tokens=16, sigma=2.0,
-                                                num_modes=2, separation=3.0))
+    other.task = task_configs.task_config("bandit", num_tokens=16, sigma=2.0, num_modes=2,
+                                          separation=3.0)
     other.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
     with pytest.raises(rundir.ConfigMismatchError, match=r"(?s)task.num_modes: 1 -> 2"):
         runner.load_or_pretrain_reference(other, runner.make_task(other), mcfg, ref_dir)
