@@ -7,7 +7,7 @@ matching (m = mu2/2, s^2 = 1 + mu2^2/4); reverse KL[q || p] straddles both modes
 are close and locks onto one (KL -> log 2) once they separate. Both fits are done with
 optax (L-BFGS) on a Gauss-Hermite quadrature (101 nodes), the reverse fit from several
 initialisations (vmapped) keeping the best. Writes <workdir>/gaussian_kl.png (one panel per
-mu2) and <workdir>/gaussian_kl.csv (mu2, direction, m, s, KL).
+mu2) and <workdir>/gaussian_kl.csv (mu2, direction, m, s, KL); disk: about 100 KB.
 """
 
 import csv

@@ -3,7 +3,8 @@
   python experiments/gradient_audit.py --config configs/gradient_audit.py --workdir runs/audit
 
 Exact enumeration (grpo_jax.audit), no sampling. Prints one table (token level, then
-sequence level) and writes it to <workdir>/audit.md and <workdir>/audit.csv.
+sequence level) and writes it to <workdir>/audit.md and <workdir>/audit.csv (disk: a few
+KB).
 """
 
 import csv

@@ -1,14 +1,15 @@
 """Run a sweep: expand the grid, run unfinished cells group by group, cache each result.
 
   python experiments/sweep.py --sweep configs/sweeps/example.py --workdir runs/sweep-example \
-      --runner grpo_jax.sweep:closed_form_bandit_runner
+      --runner configs.sweeps.example:closed_form_bandit_runner
 
 ``--runner module:function`` is imported by name and called as
 ``function(static_config, cells) -> list[dict]``. The vmappable keys (cells differing only
 in them share one compiled program) come from ``--vmappable`` or else the runner's
 ``vmappable_keys`` attribute. Interrupt and re-run with the same flags: finished cells are
 read from ``<workdir>/cells/`` and not run again. All results end in
-``<workdir>/results.json``.
+``<workdir>/results.json``. Disk: the manifest and one JSON file per cell (the example: a
+few KB); a second process on the same workdir is refused (the sweep's lock).
 """
 
 import os

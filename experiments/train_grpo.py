@@ -27,12 +27,18 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/grpo.py", "GRPO con
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False,
                                   "Discard a run of another config in --workdir.")
+_KEEP = flags.DEFINE_boolean("keep_checkpoints", False,
+                             "Keep every checkpoint (train.max_to_keep = 0).")
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    runner.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    config = _CONFIG.value
+    if _KEEP.value:
+        with config.unlocked():
+            config.train.max_to_keep = 0
+    runner.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":

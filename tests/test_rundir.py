@@ -186,3 +186,22 @@ def test_misspelt_override_names_the_key_and_the_valid_ones():
     assert out.returncode != 0
     assert "--config.train.num_stepz" in out.stderr and "'num_steps'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_runner_cached_reference_loads_through_restore_reference(tmp_path, monkeypatch):
+    """The runner pretrains and caches a reference in the one metadata format that
+    `pretrain.restore_reference` reads (the old runner wrote one it could not load)."""
+    c = _config()
+    c.task = task_configs.task_config("bandit", num_tokens=16, sigma=2.0)
+    c.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
+    task = runner.make_task(c)
+    mcfg = runner.make_model_config(c, task)
+    params = model.init(mcfg, jax.random.PRNGKey(1))
+    monkeypatch.setattr(pretrain, "pretrain_reference",  # skip the training, keep the saving
+                        lambda *a, **k: (params, {"steps": 7, "data_kl_seq": 0.5}))
+    cache = str(tmp_path / "reference")
+    runner.load_or_pretrain_reference(c, task, mcfg, cache, log=lambda *_: None)
+    t2, m2, p2, meta = pretrain.restore_reference(cache)
+    assert t2 == task and m2 == mcfg and meta["report"]["data_kl_seq"] == 0.5
+    for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
