@@ -133,13 +133,18 @@ def test_corrupted_cell_is_run_again(tmp_path):
     assert any(damaged in line and "run again" in line for line in logs)
 
 
-def test_reference_of_another_task_is_refused(tmp_path):
+def _tiny_reference(seed: int):
+    """(config, task, model config, random parameters) of a 16-token bandit, 1 layer."""
     c = _config()
     c.task = task_configs.task_config("bandit", num_tokens=16, sigma=2.0)
     c.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
     task = runner.make_task(c)
     mcfg = runner.make_model_config(c, task)
-    params = model.init(mcfg, jax.random.PRNGKey(0))
+    return c, task, mcfg, model.init(mcfg, jax.random.PRNGKey(seed))
+
+
+def test_reference_of_another_task_is_refused(tmp_path):
+    c, task, mcfg, params = _tiny_reference(0)
     ref_dir = str(tmp_path / "reference")
     pretrain.save_reference(ref_dir, 1, params, task_config=c.task, model_config=mcfg,
                             pretrain={k: c.reference[k] for k in
@@ -191,12 +196,7 @@ def test_misspelt_override_names_the_key_and_the_valid_ones():
 def test_runner_cached_reference_loads_through_restore_reference(tmp_path, monkeypatch):
     """The runner pretrains and caches a reference in the one metadata format that
     `pretrain.restore_reference` reads (the old runner wrote one it could not load)."""
-    c = _config()
-    c.task = task_configs.task_config("bandit", num_tokens=16, sigma=2.0)
-    c.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
-    task = runner.make_task(c)
-    mcfg = runner.make_model_config(c, task)
-    params = model.init(mcfg, jax.random.PRNGKey(1))
+    c, task, mcfg, params = _tiny_reference(1)
     monkeypatch.setattr(pretrain, "pretrain_reference",  # skip the training, keep the saving
                         lambda *a, **k: (params, {"steps": 7, "data_kl_seq": 0.5}))
     cache = str(tmp_path / "reference")
