@@ -2,7 +2,7 @@
 
   pip install -e . && python experiments/study.py --workdir runs/study
   python experiments/study.py --workdir runs/study-full --config configs/study.py:full
-  python experiments/study.py --workdir runs/study --report_only
+  python experiments/study.py --workdir runs/study --report_only --publish
 
 configs/study.py declares the design (question, outcomes, margins, matched strength,
 decision rule, grid); any field can be overridden with `--config.FIELD=VALUE`. The grid runs
@@ -17,6 +17,8 @@ computation is refused with a diff (`--overwrite` discards the old run); `--repo
 reports the stored cells with the stored config and lists missing cells. Disk: see the
 docstring of configs/study.py (default under 100 MB; `full` under 1 GB); population
 checkpoints are deleted once a group's records exist unless `--keep_checkpoints`.
+`--publish` copies results.md (and its figures) to docs/results/ and puts its text into the
+README between the results markers: the README's results are generated, never hand-copied.
 """
 
 import functools
@@ -43,6 +45,41 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False,
                                   "Discard a run of another config in --workdir.")
 _KEEP = flags.DEFINE_boolean("keep_checkpoints", False,
                              "Keep every population checkpoint (max_to_keep 0, not deleted).")
+_PUBLISH = flags.DEFINE_boolean(
+    "publish", False, "Copy results.md and its figures to docs/results/ and put results.md's "
+    "text into README.md between its results markers.")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README_BEGIN = "<!-- results.md: begin (written by experiments/study.py --publish) -->"
+README_END = "<!-- results.md: end -->"
+
+
+def publish(report_dir: str, root: str = ROOT, docs: str = "docs/results") -> str:
+    """results.md and the figures it shows -> `<root>/<docs>/`; its text, with figure paths
+    under `docs`, replaces the README's block between the results markers. Returns the
+    README block."""
+    import re  # pylint: disable=import-outside-toplevel
+    from grpo_jax import jsonio  # pylint: disable=import-outside-toplevel
+    text = open(os.path.join(report_dir, "results.md"), encoding="utf-8").read()
+    os.makedirs(os.path.join(root, docs), exist_ok=True)
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        shutil.copy(os.path.join(report_dir, name), os.path.join(root, docs, name))
+    jsonio.write_text_atomic(os.path.join(root, docs, "results.md"), text)
+    block = readme_block(text, docs)
+    readme = os.path.join(root, "README.md")
+    old = open(readme, encoding="utf-8").read()
+    if README_BEGIN not in old or README_END not in old:
+        raise ValueError(f"{readme} has no results markers ({README_BEGIN} ... {README_END})")
+    head, rest = old.split(README_BEGIN, 1)
+    jsonio.write_text_atomic(readme, head + README_BEGIN + "\n" + block + "\n" + README_END
+                             + rest.split(README_END, 1)[1])
+    return block
+
+
+def readme_block(results_text: str, docs: str = "docs/results") -> str:
+    """results.md's text as the README shows it: figure paths under `docs`."""
+    import re  # pylint: disable=import-outside-toplevel
+    return re.sub(r"(!\[[^\]]*\]\()([^)/]+\))", rf"\g<1>{docs}/\g<2>", results_text).strip()
 
 
 def gaussian_figure(outdir: str, log=print) -> list[str]:
@@ -160,7 +197,10 @@ def run(workdir: str, config=None, report_only: bool = False, overwrite: bool = 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    run(_WORKDIR.value, _CONFIG.value, _REPORT_ONLY.value, _OVERWRITE.value, _KEEP.value)
+    out = run(_WORKDIR.value, _CONFIG.value, _REPORT_ONLY.value, _OVERWRITE.value, _KEEP.value)
+    if _PUBLISH.value:
+        publish(os.path.dirname(out["paths"]["report_md"]))
+        print(f"published results.md to docs/results/ and README.md")
 
 
 if __name__ == "__main__":

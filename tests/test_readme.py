@@ -20,3 +20,21 @@ def test_readme_library_example_runs():
     assert np.all(np.diff(per_beta) > 0)
     grads = np.asarray(namespace["grads"])
     assert grads.shape == (8, 5, 16) and np.all(np.isfinite(grads)) and np.any(grads != 0)
+
+
+def test_readme_results_are_the_published_results_md():
+    """The README's results block is docs/results/results.md (written by
+    `experiments/study.py --publish`), with figure paths under docs/results/: generated,
+    never hand-copied."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    root = os.path.dirname(README)
+    spec = importlib.util.spec_from_file_location(
+        "experiments_study", os.path.join(root, "experiments", "study.py"))
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    text = open(README, encoding="utf-8").read()
+    block = text.split(study.README_BEGIN, 1)[1].split(study.README_END, 1)[0].strip()
+    results = open(os.path.join(root, "docs", "results", "results.md"), encoding="utf-8").read()
+    assert block == study.readme_block(results)
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", block):
+        assert os.path.exists(os.path.join(root, name)), name
