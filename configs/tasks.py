@@ -23,6 +23,15 @@ reverse KL stops straddling them at about 5.6 standard deviations of separation)
 Bandit modes default to a reward on the last mode (its centre token), so a bimodal bandit
 asks the policy to move mass from one mode to the other.
 
+Every preset's reference starts below its reward ceiling (a reference at the ceiling gives
+GRPO zero advantages, so training would measure drift, not the regulariser; asserted from the
+exact tables by tests/test_tasks.py). Exact expected reward / ceiling of the reference:
+  bandit, bandit_unimodal 0.10; bandit_bimodal 0.07; bandit_bimodal_near 0.07;
+  bandit_bimodal_skewed 0.01; bandit_trimodal 0.04 (one target token);
+  arithmetic*, format*    1 - error_mass = 0.6 (default error_mass 0.4: the reference slips
+                          an off-by-one second digit, or a format's punctuation, with that
+                          probability; the slips are wrong answers that belong to no mode).
+
 Run `python -c "from configs import tasks; print(tasks.task_config('bandit_bimodal'))"`.
 """
 

@@ -37,6 +37,10 @@ def test_registry_and_validation():
         tasks.make("bandit", num_modes=3, separation=10.0)  # centres off the vocabulary
     with pytest.raises(ValueError, match="valid answers"):
         tasks.make("arithmetic", n_min=1, num_modes=4)  # N=1 has 2 valid answers
+    for name in ("arithmetic", "format"):
+        for bad in (-0.1, 1.0):  # e = 1 would leave no correct answer, hence no mode
+            with pytest.raises(ValueError, match="error_mass"):
+                tasks.make(name, error_mass=bad)
     with pytest.raises(ValueError, match="valid"):
         task_configs.task_config("bandit", sepparation=2.0)
     # Lists from configs become tuples; equal tasks hash equal (static jit arguments).
@@ -210,49 +214,119 @@ def test_arithmetic_rewards_and_modes_hand_written():
     np.testing.assert_array_equal(t.mode_labels(prompts, i32(comps)),
                                   [0, 0, 1, 2, 3, -1, -1, -1])
     np.testing.assert_allclose(t.reward(prompts, i32(comps)), [1, 1, 1, 1, 2, 0, 0, 0])
+    # The reference's slips for N = 12 (second digit one too many, or one too few when it is
+    # 9): wrong, so no mode and reward 0, even next to the preferred anchor 9.
+    slips = i32([[3, 8], [5, 8], [9, 4], [4, 9]])
+    np.testing.assert_array_equal(t.mode_labels(prompts[:4], slips), [-1] * 4)
+    np.testing.assert_array_equal(t.reward(prompts[:4], slips), [0] * 4)
     # N = 5: a in [0, 5]; anchors round(k 5/3) = 0, 2, 3, 5.
     got = t.mode_labels(jnp.tile(i32([[10, 0, 5]]), (3, 1)), i32([[1, 4], [2, 3], [4, 1]]))
     np.testing.assert_array_equal(got, [0, 1, 2])
 
 
+def _binary_entropy(e):
+    return -(e * math.log(e) + (1 - e) * math.log(1 - e))
+
+
 def test_arithmetic_reference_tables():
+    # The reference picks a first digit from the dial, then slips the second digit by one
+    # with probability e = error_mass (0.4): the first-digit distribution (the modes) is the
+    # dial's, position 1 carries exactly the binary entropy h(e) (each first digit has one
+    # right and one slipped second digit), and each answer's mass is split 1 - e : e.
+    e = tasks.make("arithmetic").error_mass
+    assert e == 0.4
+    h = _binary_entropy(e)
     canon = tasks.make("arithmetic", num_modes=1)
     ans, probs = canon.reference_answers()
     i = 12 - canon.n_min
-    k = int(jnp.argmax(probs[i]))
-    assert float(probs[i, k]) == 1.0 and list(ans[i, k]) == [6, 6]
-    np.testing.assert_allclose(canon.reference_entropy(), [0, 0], atol=1e-12)
+    got = {tuple(int(v) for v in ans[i, k]): float(probs[i, k])
+           for k in range(ans.shape[1]) if probs[i, k] > 0}
+    assert got == pytest.approx({(6, 6): 1 - e, (6, 7): e})  # canonical pair and its slip
+    np.testing.assert_allclose(canon.reference_entropy(), [0, h], atol=1e-12)
+    np.testing.assert_allclose(canon.reference_mode_shares(), [1 - e], rtol=1e-6)
+    # error_mass = 0 gives back the all-correct reference (at the reward ceiling).
+    exact = tasks.make("arithmetic", num_modes=1, error_mass=0.0)
+    ans0, probs0 = exact.reference_answers()
+    k = int(jnp.argmax(probs0[i]))
+    assert float(probs0[i, k]) == 1.0 and list(ans0[i, k]) == [6, 6]
+    np.testing.assert_allclose(exact.reference_entropy(), [0, 0], atol=1e-12)
 
     uniform = tasks.make("arithmetic", background=1.0)
     m = [min(9, n) - max(0, n - 9) + 1 for n in range(uniform.n_min, uniform.n_max + 1)]
-    np.testing.assert_allclose(uniform.reference_entropy(), [np.mean(np.log(m)), 0.0],
+    np.testing.assert_allclose(uniform.reference_entropy(), [np.mean(np.log(m)), h],
                                rtol=1e-9)
     four = tasks.make("arithmetic")
-    np.testing.assert_allclose(four.reference_entropy(), [math.log(4), 0.0], rtol=1e-9)
+    np.testing.assert_allclose(four.reference_entropy(), [math.log(4), h], rtol=1e-9)
+    np.testing.assert_allclose(four.reference_mode_shares(), [(1 - e) / 4] * 4, rtol=1e-6)
     stats = four.reference_stats()
     assert stats["num_modes"] == 4 and abs(stats["effective_modes"] - 4) < 1e-6
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(num_modes=1), dict(background=1.0),
+                                    dict(weights=(0.85, 0.05, 0.05, 0.05))])
+def test_arithmetic_slips_leave_the_dial_intact(kwargs):
+    """The first-digit distribution and the relative mode shares are those of the slip-free
+    reference; all slip mass is wrong (reward 0) and unlabelled."""
+    t = tasks.make("arithmetic", **kwargs)
+    t0 = tasks.make("arithmetic", error_mass=0.0, **kwargs)
+    tab, tab0 = t.table(), t0.table()
+    first = lambda tb: np.stack([np.bincount(tb["answers"][i, :, 0], tb["answer_probs"][i], 10)
+                                 for i in range(tb["answers"].shape[0])])
+    np.testing.assert_allclose(first(tab), first(tab0), atol=1e-12)
+    np.testing.assert_allclose(t.reference_mode_shares(),
+                               (1 - t.error_mass) * np.asarray(t0.reference_mode_shares()),
+                               atol=1e-6)
+    n, a, _ = tab["answers"].shape
+    r = np.asarray(t.reward(jnp.asarray(np.repeat(tab["prompts"], a, 0)),
+                            jnp.asarray(tab["answers"].reshape(n * a, 2)))).reshape(n, a)
+    wrong = (tab["answer_probs"] > 0) & (r == 0)
+    assert np.all(tab["answer_modes"][wrong] == -1)
+    np.testing.assert_allclose((tab["answer_probs"] * wrong).sum(-1), t.error_mass, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------ format
 
 
 def test_format_rewards_and_modes_hand_written():
-    prompts = jnp.tile(i32([[13, 3, 4, 8]]), (6, 1))  # s = 15 % 10 = 5, r = 7
+    prompts = jnp.tile(i32([[13, 3, 4, 8]]), (8, 1))  # s = 15 % 10 = 5, r = 7
     comps = i32([[EQ, 5, DOT, DOT, DOT],     # direct, right
                  [7, PLUS, 8, EQ, 5],        # worked, right
                  [EQ, 4, DOT, DOT, DOT],     # direct, wrong
                  [6, PLUS, 8, EQ, 5],        # worked, wrong intermediate
                  [7, PLUS, 8, EQ, 4],        # worked, wrong answer
-                 [1, 2, 3, 4, 5]])           # neither
+                 [1, 2, 3, 4, 5],            # neither
+                 [EQ, 5, DOT, DOT, EQ],      # the reference's direct slip (malformed)
+                 [7, PLUS, 8, DOT, 5]])      # the reference's worked slip (malformed)
     strict = tasks.make("format")
-    np.testing.assert_array_equal(strict.mode_labels(prompts, comps), [0, 1, 0, 1, 1, -1])
-    np.testing.assert_array_equal(strict.reward(prompts, comps), [1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(strict.mode_labels(prompts, comps),
+                                  [0, 1, 0, 1, 1, -1, -1, -1])
+    np.testing.assert_array_equal(strict.reward(prompts, comps), [1, 1, 0, 0, 0, 0, 0, 0])
     lenient = tasks.make("format", strict=False)
-    np.testing.assert_array_equal(lenient.reward(prompts, comps), [1, 1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(lenient.reward(prompts, comps), [1, 1, 0, 1, 0, 0, 0, 0])
+    # The table's four answers for this prompt: direct, worked and their slips.
+    tab = strict.table()
+    np.testing.assert_array_equal(tab["answers"][348], np.asarray(comps)[[0, 1, 6, 7]])
+    np.testing.assert_array_equal(tab["answer_modes"][348], [0, 1, -1, -1])
+
+
+def test_format_reference_tables():
+    # Formats drawn 90/10, each slipped with probability e = error_mass (0.4). Position 0
+    # picks the format (h(0.9)); the worked slip branches at position 3 (w_1 h(e)), the
+    # direct slip at position 4 (w_0 h(e)); each mode keeps (1 - e) of its weight.
     t = tasks.make("format", format_weights=(0.9, 0.1))
-    h = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
-    np.testing.assert_allclose(t.reference_entropy(), [h, 0, 0, 0, 0], atol=1e-12)
-    np.testing.assert_allclose(t.reference_mode_shares(), [0.9, 0.1], rtol=1e-6)
+    e = t.error_mass
+    assert e == 0.4
+    h, he = _binary_entropy(0.9), _binary_entropy(e)
+    np.testing.assert_allclose(t.reference_entropy(), [h, 0, 0, 0.1 * he, 0.9 * he],
+                               atol=1e-12)
+    np.testing.assert_allclose(t.reference_mode_shares(), [0.9 * (1 - e), 0.1 * (1 - e)],
+                               rtol=1e-6)
+    np.testing.assert_allclose(t.table()["answer_probs"][0],
+                               [0.9 * (1 - e), 0.1 * (1 - e), 0.9 * e, 0.1 * e], atol=1e-12)
+    # error_mass = 0 gives back the all-well-formed reference (at the reward ceiling).
+    t0 = tasks.make("format", format_weights=(0.9, 0.1), error_mass=0.0)
+    np.testing.assert_allclose(t0.reference_entropy(), [h, 0, 0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(t0.reference_mode_shares(), [0.9, 0.1], rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------ all tasks
@@ -278,19 +352,64 @@ def test_reference_data_has_declared_modality(name, kwargs):
         shares = jnp.mean(labels[:, None] == jnp.arange(task.num_modes)[None, :], axis=0)
         table_labels = task.mode_labels(jnp.repeat(jnp.asarray(tab["prompts"]), n_a, axis=0),
                                         jnp.asarray(tab["answers"]).reshape(-1, t_len))
-        return comps, shares, jnp.min(task.reward(prompts, comps)), table_labels
+        return comps, shares, task.reward(prompts, comps), labels, table_labels
 
-    comps, shares, min_reward, table_labels = run(rbg(1))
+    comps, shares, rewards, labels, table_labels = run(rbg(1))
     assert comps.shape == (n, task.completion_len) and comps.dtype == jnp.int32
     assert not np.isin(np.asarray(comps), task.special_ids).any()
     ref = np.asarray(task.reference_mode_shares())
     np.testing.assert_allclose(shares, ref, atol=0.015)  # ~4 standard errors at n=20000
-    if name != "bandit":  # every reference answer is correct
-        assert float(min_reward) >= 1.0
+    if name != "bandit":
+        # Every labelled reference answer is correct; the unlabelled ones are the declared
+        # slips (wrong, reward 0), drawn at the rate error_mass. (Before the slips existed the
+        # reference answered correctly always, i.e. sat at its reward ceiling.)
+        rewards, labels = np.asarray(rewards), np.asarray(labels)
+        assert np.all(rewards[labels >= 0] >= 1.0) and np.all(rewards[labels < 0] == 0.0)
+        assert abs(np.mean(labels < 0) - task.error_mass) < 0.015  # ~4 s.e. at n=20000
     # The table's mode column agrees with mode_labels on every answer with mass.
     live = tab["answer_probs"].reshape(-1) > 0
     np.testing.assert_array_equal(np.asarray(table_labels)[live],
                                   tab["answer_modes"].reshape(-1)[live])
+
+
+def _preset_cases():
+    cases = [(f"preset:{name}", task_configs.make_task(task_configs.task_config(name)))
+             for name in task_configs.PRESETS]
+    cases += [(f"default:{name}", tasks.make(name)) for name in tasks.TASKS]
+    # A preference bonus raises the ceiling as well as the reference's reward.
+    cases.append(("arithmetic preferring mode 3", tasks.make(
+        "arithmetic", preferred_mode=3, preference_bonus=1.0)))
+    return cases
+
+
+_CASES = _preset_cases()
+
+
+@pytest.mark.parametrize("label,task", _CASES, ids=[label for label, _ in _CASES])
+def test_every_reference_starts_below_its_reward_ceiling(label, task):
+    """A reference at its reward ceiling gives GRPO groups of equal rewards (zero advantages):
+    training would measure drift, not the regulariser. From the exact tables:
+    E[R] = sum_x w_x sum_a p(a | x) R(x, a) against the ceiling sum_x w_x max_y R(x, y)."""
+    tab = task.table()
+    n, a, t_len = tab["answers"].shape
+    prompts = np.repeat(tab["prompts"], a, axis=0)
+    r = np.asarray(task.reward(jnp.asarray(prompts), jnp.asarray(
+        tab["answers"].reshape(n * a, t_len))), np.float64).reshape(n, a)
+    w = tab["prompt_probs"]
+    ref_reward = float(w @ (tab["answer_probs"] * r).sum(-1))
+    ceiling = float(w @ r.max(-1))  # the table lists a best answer for every prompt:
+    if task.num_completions() <= 1000:  # checked against every completion where enumerable
+        comps = np.asarray(task.enumerate_completions())
+        c = comps.shape[0]
+        full = np.asarray(task.reward(jnp.asarray(np.repeat(tab["prompts"], c, axis=0)),
+                                      jnp.asarray(np.tile(comps, (n, 1))))).reshape(n, c)
+        assert ceiling == pytest.approx(float(w @ full.max(-1)), abs=1e-6)
+    else:  # format: rewards are 0/1 and both correct answers are listed
+        assert task.name == "format" and ceiling == pytest.approx(1.0)
+    assert ceiling > 0
+    assert ref_reward <= 0.7 * ceiling, (label, ref_reward, ceiling)  # room to improve
+    if task.name != "bandit":  # the declared design: 1 - error_mass of the ceiling, or less
+        assert ref_reward <= (1 - task.error_mass) * ceiling + 1e-9
 
 
 def test_enumerate_completions():

@@ -5,21 +5,42 @@ Prompt = [BOS, N // 10, N % 10] (P = 3), N uniform in [n_min, n_max];
 completion = [a, b] (T = 2). Valid first digits: a in [lo, hi], lo = max(0, N - 9),
 hi = min(9, N); there are m(N) = hi - lo + 1 valid answers.
 
-Reference (the modality dial): K = `num_modes` anchor answers per prompt, spread evenly over
-the valid range,  a_k = lo + round(k (hi - lo) / (K - 1))  (K = 1: the balanced pair
+Reference = a first digit from the modality dial, then a second digit that is right with
+probability 1 - e and off by one with probability e = `error_mass`:
+
+    pi_ref(a, b | N) = pi_a(a | N) * ((1 - e) [b = N - a] + e [b = slip(N - a)]),
+    slip(b) = b + 1 (b - 1 when b = 9),   so a + slip = N +- 1 is wrong.
+
+The dial (position 0, unchanged by e): K = `num_modes` anchor answers per prompt, spread evenly
+over the valid range,  a_k = lo + round(k (hi - lo) / (K - 1))  (K = 1: the balanced pair
 a = (lo + hi) // 2), with weights w_k; plus a `background` mass spread uniformly over all
 valid pairs:
-    pi_ref(a | N) = (1 - background) * sum_k w_k [a = a_k] + background / m(N).
+    pi_a(a | N) = (1 - background) * sum_k w_k [a = a_k] + background / m(N).
   * unimodal: num_modes=1, background=0 (one canonical pair);
   * one pair dominates: num_modes=4, weights=(0.85, 0.05, 0.05, 0.05);
   * spread over all valid pairs: background=1 (uniform over the m(N) answers).
 Every N in range must have m(N) >= K.
 
+Why the slips: a reference that only ever answers correctly already sits at the reward
+ceiling, so every GRPO group has equal rewards, zero advantages, and training measures
+optimiser drift, not the regulariser (docs/design.md, 'The math'). With the slips the
+reference's exact expected reward is (1 - e) * E[1 + bonus [mode = preferred]] against a
+ceiling of 1 (1 + bonus with a preference): 1 - e = 0.6 of the ceiling at the default e = 0.4,
+in every preset of configs/tasks.py. The slips leave the dial intact: the first-digit
+distribution, hence the mode structure, is the one above; the per-position entropy is
+[H(pi_a), h(e)] with h the binary entropy; each mode's share is (1 - e) times its share
+without slips. e = 0 gives back the all-correct reference (at the ceiling).
+
+The answer table lists, per N, the pair (a, N - a) and its slip (a, slip(N - a)) for every
+first digit a (A = 20 rows; invalid a and the slips of answers without mass have probability
+0), so everything stays exactly enumerable.
+
 Modes: a correct answer is labelled by its nearest anchor (by a; ties go to the lower k);
-incorrect answers get -1. Multimodality sits at position 0 (b is determined by a).
+incorrect answers (the slips among them) get -1 and count as no mode. Multimodality sits at
+position 0 (b is then right or a slip).
 
 Reward: 1 for a correct answer, times (1 + preference_bonus) if its mode is
-`preferred_mode` (>= 0) — a preference among valid answers; 0 otherwise.
+`preferred_mode` (>= 0) — a preference among valid answers; 0 otherwise (slips score 0).
 """
 
 from __future__ import annotations
@@ -58,6 +79,7 @@ class Arithmetic(base.MixtureWeights, base.TableTask):
     background: float = 0.0  # mass spread uniformly over all valid pairs
     preferred_mode: int = -1  # -1: no preference
     preference_bonus: float = 0.0
+    error_mass: float = 0.4  # probability of an off-by-one second digit (a wrong answer)
 
     name: ClassVar[str] = "arithmetic"
     vocab_size: ClassVar[int] = 11
@@ -79,6 +101,8 @@ class Arithmetic(base.MixtureWeights, base.TableTask):
         self._check_weights()
         if not 0.0 <= self.background <= 1.0:
             raise ValueError(f"background must be in [0, 1], got {self.background}")
+        if not 0.0 <= self.error_mass < 1.0:
+            raise ValueError(f"error_mass must be in [0, 1), got {self.error_mass}")
         if not -1 <= self.preferred_mode < self.num_modes:
             raise ValueError(f"preferred_mode must be -1 or in [0, {self.num_modes})")
 
@@ -88,20 +112,26 @@ class Arithmetic(base.MixtureWeights, base.TableTask):
         n_p = ns.shape[0]
         prompts = np.stack([np.full(n_p, BOS), ns // 10, ns % 10], axis=1).astype(np.int32)
         a = np.arange(10)
-        answers = np.zeros((n_p, 10, 2), np.int32)
-        probs = np.zeros((n_p, 10))
-        modes = np.full((n_p, 10), -1, np.int32)
+        # Rows 0..9: (a, N - a) for every first digit a; rows 10..19: its off-by-one slip.
+        answers = np.zeros((n_p, 20, 2), np.int32)
+        probs = np.zeros((n_p, 20))
+        modes = np.full((n_p, 20), -1, np.int32)
         anchors = _anchors(ns, self.num_modes, np)  # [Np, K]
         for i, n in enumerate(ns):
             lo, hi = max(0, n - 9), min(9, n)
             valid = (a >= lo) & (a <= hi)
-            answers[i, :, 0] = a
-            answers[i, :, 1] = np.clip(n - a, 0, 9)
-            probs[i] = self.background * valid / valid.sum()
+            b = np.clip(n - a, 0, 9)
+            first = self.background * valid / valid.sum()  # pi_a(a | N)
             for k, w in enumerate(self.mixture_weights):
-                probs[i, anchors[i, k]] += (1.0 - self.background) * w
+                first[anchors[i, k]] += (1.0 - self.background) * w
+            answers[i, :10, 0] = a
+            answers[i, :10, 1] = b
+            answers[i, 10:, 0] = a
+            answers[i, 10:, 1] = np.where(b < 9, b + 1, b - 1)
+            probs[i, :10] = (1.0 - self.error_mass) * first
+            probs[i, 10:] = self.error_mass * first
             d = np.abs(a[:, None] - anchors[i][None, :])
-            modes[i] = np.where(valid, d.argmin(-1), -1)
+            modes[i, :10] = np.where(valid, d.argmin(-1), -1)
         return {"prompts": prompts, "prompt_probs": np.full(n_p, 1.0 / n_p), "answers": answers,
                 "answer_probs": probs, "answer_modes": modes}
 

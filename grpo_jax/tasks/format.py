@@ -6,11 +6,28 @@ Prompt = [BOS, x_1, ..., x_n] (P = n + 1, n = num_digits, digits uniform);
 answer s = (x_1 + ... + x_n) mod 10; completion length T = 5:
   mode 0, direct:  [EQ, s, DOT, DOT, DOT]          "= s ..."
   mode 1, worked:  [r, PLUS, x_n, EQ, s]           "r + x_n = s",  r = (x_1 + ... + x_{n-1}) mod 10
-The reference is pretrained on the mixture `format_weights` (the modality dial: (0.5, 0.5),
-(0.9, 0.1), (1, 0)). Reward = correctness only: 1 if the completion is the right answer in
-either format (strict: the worked line must be right too; otherwise only its shape and s),
-else 0. Mode labels follow the shape alone (a mode is a format, right or wrong):
+Reward = correctness only: 1 if the completion is the right answer in either format (strict:
+the worked line must be right too; otherwise only its shape and s), else 0. Mode labels follow
+the shape alone (a mode is a format, right or wrong):
   direct if c_0 = EQ and c_2..c_4 = DOT; worked if c_1 = PLUS and c_3 = EQ; else -1.
+
+Reference: a format from the mixture `format_weights` w (the modality dial: (0.5, 0.5),
+(0.9, 0.1), (1, 0)), written well with probability 1 - e and with a punctuation slip with
+probability e = `error_mass`; the slip keeps the digits and breaks the format's shape:
+  direct slip:  [EQ, s, DOT, DOT, EQ]   "= s ..=" (closed with EQ instead of DOT)
+  worked slip:  [r, PLUS, x_n, DOT, s]  "r + x_n . s" (DOT where EQ goes)
+Both slips are malformed: label -1 (no mode; outside `mode_patterns()`) and reward 0, strict
+or not. So pi_ref = (1 - e) w_0 direct + (1 - e) w_1 worked + e w_0 direct slip + e w_1
+worked slip (A = 4 rows per prompt in the answer table, all exactly enumerable).
+
+Why the slips: a reference that only writes well-formed right answers already sits at the
+reward ceiling, so every GRPO group has equal rewards, zero advantages, and training measures
+optimiser drift, not the regulariser (docs/design.md, 'The math'). With them the reference's
+exact expected reward is 1 - e against a ceiling of 1: 0.6 of it at the default e = 0.4, in
+every preset of configs/tasks.py. The dial is intact: the two formats keep the ratio
+w_0 : w_1, each mode's share is (1 - e) w_k, and the slips branch off late, so the exact
+per-position entropy is [h(w_0), 0, 0, w_1 h(e), w_0 h(e)] (h: binary entropy). e = 0 gives
+back the all-well-formed reference (at the ceiling).
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ class FormatMixture(base.TableTask):
     num_digits: int = 3
     format_weights: tuple[float, float] = (0.5, 0.5)
     strict: bool = True
+    error_mass: float = 0.4  # probability of a malformed (punctuation-slip) output
 
     name: ClassVar[str] = "format"
     vocab_size: ClassVar[int] = 14
@@ -49,6 +67,8 @@ class FormatMixture(base.TableTask):
         w = self.format_weights
         if len(w) != 2 or min(w) < 0 or sum(w) <= 0:
             raise ValueError(f"format_weights {w} must be 2 non-negative numbers, not all 0")
+        if not 0.0 <= self.error_mass < 1.0:
+            raise ValueError(f"error_mass must be in [0, 1), got {self.error_mass}")
 
     @property
     def prompt_len(self) -> int:
@@ -73,14 +93,21 @@ class FormatMixture(base.TableTask):
         r = digits[:, :-1].sum(-1) % 10
         direct = np.stack([np.full_like(s, EQ), s] + [np.full_like(s, DOT)] * 3, axis=-1)
         worked = np.stack([r, np.full_like(s, PLUS), digits[:, -1], np.full_like(s, EQ), s], -1)
+        direct_slip = direct.copy()
+        direct_slip[:, 4] = EQ
+        worked_slip = worked.copy()
+        worked_slip[:, 3] = DOT
         w = np.asarray(self.format_weights, np.float64) / sum(self.format_weights)
+        e = self.error_mass
+        row = np.concatenate([(1.0 - e) * w, e * w])  # direct, worked, their slips
         n_p = prompts.shape[0]
         return {
             "prompts": prompts,
             "prompt_probs": np.full(n_p, 1.0 / n_p),
-            "answers": np.stack([direct, worked], axis=1).astype(np.int32),
-            "answer_probs": np.tile(w[None, :], (n_p, 1)),
-            "answer_modes": np.tile(np.asarray([[0, 1]], np.int32), (n_p, 1)),
+            "answers": np.stack([direct, worked, direct_slip, worked_slip],
+                                axis=1).astype(np.int32),
+            "answer_probs": np.tile(row[None, :], (n_p, 1)),
+            "answer_modes": np.tile(np.asarray([[0, 1, -1, -1]], np.int32), (n_p, 1)),
         }
 
     def prompt_index(self, prompts: jax.Array) -> jax.Array:
