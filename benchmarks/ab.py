@@ -10,7 +10,8 @@ library's defaults in `grpo_jax.xla_setup` switched off) or `name=@PATH` (a chec
 grpo_jax at PATH, with its own default flags); `name=@PATH FLAGS` combines both.
 Each subprocess compiles the workload's step (`make_rl_chunk`, one step per call), runs
 one warm-up call and `--steps` timed calls; the figure per variant is the median over
-all rounds, with the compile time's median beside it.
+all rounds, with the process CPU seconds per step (user + system, both cores; less
+sensitive to other processes' load than wall time) and the compile time's median beside it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ def child(root: str) -> None:
         box[0], m = run(box[0], hp)
         jax.block_until_ready((box[0], m))
 
-    sec, times = common.time_calls(call, FLAGS.steps)
-    print("RESULT " + json.dumps(dict(compile_s=compile_s, s=sec, times=times,
+    call()  # warm-up
+    cpu0 = os.times()
+    sec, times = common.time_calls(call, FLAGS.steps, warmup=0)
+    cpu1 = os.times()
+    cpu_s = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / FLAGS.steps
+    print("RESULT " + json.dumps(dict(compile_s=compile_s, s=sec, times=times, cpu_s=cpu_s,
                                       xla_flags=os.environ.get("XLA_FLAGS", ""))))
 
 
@@ -75,6 +80,7 @@ def main(argv):
     variants = parse_variants(FLAGS.variants)
     results = {name: [] for name, *_ in variants}
     compiles = {name: [] for name, *_ in variants}
+    cpus = {name: [] for name, *_ in variants}
     for r in range(FLAGS.rounds):
         for name, root, xla, is_tree in variants:
             env = dict(os.environ, XLA_FLAGS=xla, PYTHONPATH=root)
@@ -91,17 +97,20 @@ def main(argv):
             res = json.loads(line[-1][7:])
             results[name] += res["times"]
             compiles[name].append(res["compile_s"])
-            print(f"round {r} {name:>12s}: {res['s']:.4f} s/step (compile "
+            cpus[name].append(res.get("cpu_s", float("nan")))
+            print(f"round {r} {name:>12s}: {res['s']:.4f} s/step, CPU "
+                  f"{res.get('cpu_s', float('nan')):.3f} s/step (compile "
                   f"{res['compile_s']:.1f} s) load {os.getloadavg()[0]:.2f} "
                   f"XLA_FLAGS={res['xla_flags']!r}", flush=True)
-    print("median s/step over all rounds (compile s):")
+    print("median wall s/step over all rounds (CPU s/step, compile s):")
     base = None
     for name, *_ in variants:
         if not results[name]:
             continue
         med = statistics.median(results[name])
         base = base or med
-        print(f"  {name:>12s}: {med:.4f} ({statistics.median(compiles[name]):.1f})  "
+        print(f"  {name:>12s}: {med:.4f} ({statistics.median(cpus[name]):.3f}, "
+              f"{statistics.median(compiles[name]):.1f})  "
               f"x{base / med:.2f} vs first")
 
 

@@ -62,6 +62,8 @@ flags.DEFINE_enum("compute_dtype", "float32", model_lib.DTYPES,
 flags.DEFINE_bool("skip_trl", False, "Only grpo_jax (no torch needed).")
 flags.DEFINE_bool("skip_jax", False, "Only TRL.")
 flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: torch's own).")
+flags.DEFINE_bool("trl_phases", True, "Also time TRL's phases (generation, reference forward, "
+                  "policy forward, backward, optimiser) per step.")
 
 VOCAB, SPECIALS, REWARD_TOKEN = rl_step.VOCAB, rl_step.SPECIALS, rl_step.REWARD_TOKEN
 DEFAULT_STEPS = {"W1": 3, "W2": 20}
@@ -153,6 +155,7 @@ class TRLSide:
         self.tokenizer.save_pretrained(ref_dir)
         self.model.config._name_or_path = ref_dir
         self.seed = 0
+        self.phases = []
 
     def _dataset(self, num_steps: int):
         import datasets  # noqa: PLC0415
@@ -167,11 +170,18 @@ class TRLSide:
         import transformers  # noqa: PLC0415
         from trl import GRPOConfig, GRPOTrainer  # noqa: PLC0415
 
-        times, starts = [], []
+        times, starts, phases, opt_t0 = [], [], [], []
 
         class StepTimer(transformers.TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
+                phases.append(dict.fromkeys(TRL_PHASES, 0.0))
                 starts.append(time.perf_counter())
+
+            def on_pre_optimizer_step(self, args, state, control, **kw):
+                opt_t0.append(time.perf_counter())
+
+            def on_optimizer_step(self, args, state, control, **kw):
+                phases[-1]["optimiser"] += time.perf_counter() - opt_t0[-1]
 
             def on_step_end(self, args, state, control, **kw):
                 times.append(time.perf_counter() - starts[-1])
@@ -193,11 +203,54 @@ class TRLSide:
         trainer = GRPOTrainer(model=self.model, reward_funcs=token7_reward, args=args,
                               train_dataset=self._dataset(total),
                               processing_class=self.tokenizer, callbacks=[StepTimer()])
+        if FLAGS.trl_phases:
+            _instrument(trainer, phases)
         trainer.train()
+        if FLAGS.trl_phases:
+            self.phases += phases[warmup:]
         self.model = trainer.model  # carry the trained weights into the next round
         if len(times) != total:
             raise RuntimeError(f"TRL ran {len(times)} steps, expected {total}.")
         return times[warmup:]
+
+
+TRL_PHASES = ("generation", "reference forward", "policy forward", "backward", "optimiser")
+
+
+def _instrument(trainer, phases: list) -> None:
+    """Wrap the trainer's generation, log-prob forwards and backward with timers that add to
+    `phases[-1]` (one dict per step). A log-prob forward inside
+    `_generate_and_score_completions` is the reference's (with num_iterations 1 TRL computes
+    no old log-probs); one outside it is the policy's, in the loss."""
+    state = {"scoring": False}
+
+    def timed(fn, phase_of):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                name = phase_of()
+                if name:
+                    phases[-1][name] += time.perf_counter() - t0
+        return wrapper
+
+    score = trainer._generate_and_score_completions
+
+    def scoring(*a, **kw):
+        state["scoring"] = True
+        try:
+            return score(*a, **kw)
+        finally:
+            state["scoring"] = False
+
+    trainer._generate_and_score_completions = scoring
+    trainer._generate_single_turn = timed(trainer._generate_single_turn,
+                                          lambda: "generation")
+    trainer._get_per_token_logps_and_entropies = timed(
+        trainer._get_per_token_logps_and_entropies,
+        lambda: "reference forward" if state["scoring"] else "policy forward")
+    trainer.accelerator.backward = timed(trainer.accelerator.backward, lambda: "backward")
 
 
 # ------------------------------------------------------------------------------------------
@@ -233,6 +286,12 @@ def run_workload(name: str) -> dict:
     if tt:
         out["trl_s"] = statistics.median(tt)
         print(f"  TRL:      {out['trl_s']:.4f} s/step (median of {len(tt)}; min {min(tt):.4f})")
+        if trl_side.phases:
+            med = {k: statistics.median(p[k] for p in trl_side.phases) for k in TRL_PHASES}
+            out["trl_phases"] = med
+            print("  TRL phases (median s/step): " + ", ".join(
+                f"{k} {v:.4f}" for k, v in med.items())
+                + f"; rest {out['trl_s'] - sum(med.values()):.4f}")
     if jt and tt:
         out["ratio"] = out["trl_s"] / out["jax_s"]
         print(f"  ratio TRL / grpo_jax = {out['ratio']:.2f}x "

@@ -24,8 +24,8 @@ Two ways to use it:
   The graph definition is rebuilt from the (hashable, static) config by ``graphdef(config)``;
   no module object is stored anywhere.
 
-KV cache: a tuple with one ``{"k", "v"}`` dict per layer, each ``[B, S, H, Dh]`` in the compute
-dtype. Slot ``s`` holds position ``s``; ``decode(tokens [B, L], cache, index)`` writes the new
+KV cache: a tuple with one ``{"k", "v"}`` dict per layer, each ``[B, H, S, Dh]`` (heads-major,
+so attention reads it without a transpose) in the compute dtype. Slot ``s`` holds position ``s``; ``decode(tokens [B, L], cache, index)`` writes the new
 keys/values at slots ``index .. index+L-1`` and attends causally to slots ``<= position``, so
 slots not yet written are never read.
 """
@@ -129,32 +129,43 @@ class Attention(nnx.Module):
                  kv: dict | None = None, index: jax.Array | int = 0):
         """``x [B, L, D]``, ``positions [B, L]``.
 
-        Without ``kv``: causal attention within x. With ``kv`` (``{"k", "v"}: [B, S, H, Dh]``):
+        Without ``kv``: causal attention within x. With ``kv`` (``{"k", "v"}: [B, H, S, Dh]``):
         write this step's keys/values at slots ``index .. index+L-1`` and attend to all slots
         whose position is ``<=`` the query's. Returns ``(y [B, L, D], new kv or None)``.
+
+        q, k and v come from ONE matmul with the three kernels side by side (``[D, 3D]``):
+        the same products as three ``nnx.Linear`` calls, fewer and larger matmuls (the
+        single-token decode step's are small).
         """
         c = self.config
         b, l, _ = x.shape
-        q = rope(self.q(x).reshape(b, l, c.num_heads, c.head_dim), positions, c.rope_theta)
-        k = rope(self.k(x).reshape(b, l, c.num_heads, c.head_dim), positions, c.rope_theta)
-        v = self.v(x).reshape(b, l, c.num_heads, c.head_dim)
+        dt = c.compute_dtype
+        w_qkv = jnp.concatenate([self.q.kernel[...], self.k.kernel[...], self.v.kernel[...]],
+                                axis=1)                                     # [D, 3D]
+        qkv = jnp.dot(x.astype(dt), w_qkv.astype(dt))                        # [B, L, 3D]
+        qkv = qkv.reshape(b, l, 3, c.num_heads, c.head_dim)
+        q = rope(qkv[:, :, 0], positions, c.rope_theta)                      # [B, L, H, Dh]
+        k = rope(qkv[:, :, 1], positions, c.rope_theta)
+        v = qkv[:, :, 2]
+        # Heads-major [B, H, L, Dh]: the layout of the cache, so that no step transposes it.
+        q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
         if kv is None:
-            k_all, v_all, key_pos = k, v, positions  # [B, L, H, Dh], [B, L]
+            k_all, v_all, key_pos = k, v, positions  # [B, H, L, Dh], [B, L]
             new_kv = None
         else:
-            start = (0, index, 0, 0)
+            start = (0, 0, index, 0)
             k_all = jax.lax.dynamic_update_slice(kv["k"], k.astype(kv["k"].dtype), start)
             v_all = jax.lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), start)
             new_kv = {"k": k_all, "v": v_all}
-            s = k_all.shape[1]
+            s = k_all.shape[2]
             key_pos = jnp.broadcast_to(jnp.arange(s, dtype=positions.dtype)[None, :], (b, s))
-        scores = jnp.einsum("blhd,bshd->bhls", q, k_all.astype(q.dtype),
+        scores = jnp.einsum("bhld,bhsd->bhls", q, k_all.astype(q.dtype),
                             preferred_element_type=jnp.float32) / jnp.sqrt(
                                 jnp.float32(c.head_dim))
         allowed = key_pos[:, None, None, :] <= positions[:, None, :, None]  # [B, 1, L, S]
         scores = jnp.where(allowed, scores, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
-        y = jnp.einsum("bhls,bshd->blhd", probs, v_all.astype(c.compute_dtype))
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        y = jnp.einsum("bhls,bhsd->blhd", probs, v_all.astype(dt))
         return self.o(y.reshape(b, l, c.width)), new_kv
 
 
@@ -169,7 +180,11 @@ class MLP(nnx.Module):
         self.down = nnx.Linear(config.mlp_width, config.width, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+        # gate and up as ONE matmul with the kernels side by side ([D, 2M]).
+        dt = self.down.dtype
+        w = jnp.concatenate([self.gate.kernel[...], self.up.kernel[...]], axis=1)
+        gate, up = jnp.split(jnp.dot(x.astype(dt), w.astype(dt)), 2, axis=-1)
+        return self.down(jax.nn.silu(gate) * up)
 
 
 class Block(nnx.Module):
@@ -195,7 +210,7 @@ class Transformer(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         self.config = config
         self.embed = nnx.Embed(config.vocab_size, config.width, embedding_init=_init(),
-                               dtype=config.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
+                               dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
         self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
         self.final_norm = nnx.RMSNorm(config.width, epsilon=1e-6, dtype=config.compute_dtype,
                                       param_dtype=jnp.float32, rngs=rngs)
@@ -337,11 +352,11 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def init_cache(config: ModelConfig, batch: int, length: int) -> Cache:
-    """Empty KV cache: one ``{"k", "v"}`` per layer, each ``[batch, length, H, Dh]`` zeros in
+    """Empty KV cache: one ``{"k", "v"}`` per layer, each ``[batch, H, length, Dh]`` zeros in
     the compute dtype."""
     if length > config.max_len:
         raise ValueError(f"cache length {length} exceeds config.max_len {config.max_len}.")
-    shape = (batch, length, config.num_heads, config.head_dim)
+    shape = (batch, config.num_heads, length, config.head_dim)
     return tuple({"k": jnp.zeros(shape, config.compute_dtype),
                   "v": jnp.zeros(shape, config.compute_dtype)}
                  for _ in range(config.num_layers))
