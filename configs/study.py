@@ -21,12 +21,16 @@ interaction I = Delta(multimodal) - Delta(unimodal). Prediction (`prediction`): 
 primary outcome (forward keeps mass on answers the reward abandons; reverse drops it), with
 Delta(unimodal) equivalent to 0.
 
-Decision rule (grpo_jax/report/inference.py): HOLDS if I's Holm-adjusted interval excludes 0
-with the predicted sign and Delta(unimodal) is equivalent to 0 (TOST, `margin`); REFUTED if
-I is equivalent to 0 or Delta(unimodal) exceeds its margin (or I has the opposite sign);
-otherwise UNDECIDED, with the seeds that would decide it. Per policy class: HOLDS if some
-multimodal point holds and none is refuted by the opposite sign; REFUTED if the unimodal
-difference exceeds its margin or every multimodal interaction is equivalent to 0.
+Decision rule (grpo_jax/report/inference.py), per multimodal point and unimodal baseline:
+HOLDS if I's Holm-adjusted interval excludes 0 with the predicted sign and Delta(unimodal)
+is equivalent to 0 (TOST, `margin`); REFUTED if I is equivalent to 0 or Delta(unimodal)
+exceeds its margin (or I has the opposite sign); otherwise UNDECIDED, with the seeds that
+would decide it. Per baseline: REFUTED if the unimodal difference exceeds its margin, or
+some point is refuted and none holds; HOLDS if some point holds and none is refuted with
+the opposite sign; else UNDECIDED. Per policy class: HOLDS if it holds against every
+baseline (`baselines`: the plain unimodal reference and the matched-tail control), REFUTED
+if refuted against any. Overall: REFUTED if any policy class refutes, HOLDS if all hold.
+Points where fewer than half the seeds reach the matched reward are not estimable.
 
 Tasks: the one-token bandit (ordinary tokens 0..63, reference = a mixture of discretised
 Gaussians, sigma 3 tokens; reward max(0, 1 - d / 6) with d the distance to the centre of the
@@ -140,6 +144,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                    "(secondary)"),
     })
     c.match = dict(by="reward", fraction=0.5, check_by="exact_kl_rev")
+    # The unimodal references every interaction is measured against: the plain one and the
+    # matched-tail control (same zero-reward mass as 2 modes 8 sigma apart). A policy class
+    # HOLDS only if it holds against both, and is REFUTED if refuted against either.
+    c.baselines = ["1 mode", "1 mode + floor"]
+    # A (modality, contrast) point counts only if at least this fraction of the seeds reach
+    # the matched reward r* along their sweep; otherwise it is listed as not estimable.
+    c.min_matched_fraction = 0.5
     c.primary = list(PRIMARY)
     c.secondary = [SECONDARY[0], list(SECONDARY[1]) if full else [SECONDARY[1][0]]]
     c.q2_extra = list(Q2_EXTRA) if full else []

@@ -16,7 +16,6 @@ import numpy as np
 from grpo_jax.report import inference as inf
 
 UNIMODAL = "1 mode"
-MATCHED_TAIL = "1 mode + floor"
 ENTROPY_ARM = "entropy"
 
 
@@ -92,6 +91,8 @@ class _Study:
         self.replicates = sorted({r["replicate"] for r in records})
         self.outcomes = outcome_order(config)
         self.primary = tuple(config["primary"])
+        present = {m[0] for m in self.mods}
+        self.baselines = [b for b in config.get("baselines", [UNIMODAL]) if b in present]
         frac = float(config["match"]["fraction"])
         self.targets = {(p, m[0]): target_reward(self.cv, p, m[0], self.primary, self.seeds,
                                                  frac)
@@ -116,8 +117,9 @@ class _Study:
 
 def _delta(st: _Study, policy, modality, a, b, outcome, replicate=0, by="reward"):
     """Seed-paired a - b at matched strength, or None when fewer than 2 seeds reach r*."""
-    d = st.values(policy, modality, a, outcome, replicate, by) - st.values(
-        policy, modality, b, outcome, replicate, by)
+    with np.errstate(invalid="ignore"):  # NaN where a seed does not reach r*
+        d = st.values(policy, modality, a, outcome, replicate, by) - st.values(
+            policy, modality, b, outcome, replicate, by)
     if np.isfinite(d).sum() < 2:
         return None, d
     return inf.paired(d, st.bounds(outcome)), d
@@ -132,66 +134,91 @@ def contrasts(config) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def _family(st: _Study, policy, pairs, replicate, baseline=UNIMODAL):
-    """Every test of one (policy, contrast) family: the unimodal difference and the
-    interaction at each multimodal point, for every declared outcome; Holm-adjusted."""
-    rows = []
+def _family(st: _Study, policy, pairs, replicate):
+    """Every test of one (policy, contrast) family, Holm-adjusted together: for each declared
+    unimodal baseline its difference, and the interaction of each multimodal point against
+    it, on every declared outcome. A point where fewer than `min_matched_fraction` of the
+    seeds reach the matched reward is not estimable and left out (listed as such)."""
+    rows, skipped = [], []
+    need = max(2, math.ceil(float(st.config.get("min_matched_fraction", 0.0)) *
+                            len(st.seeds)))
     for a, b in pairs:
         for o in st.outcomes:
-            uni, d_uni = _delta(st, policy, baseline, a, b, o, replicate)
-            if uni is None:
-                continue
-            rows.append(dict(kind="unimodal", modality=baseline, outcome=o, pair=(a, b),
-                             est=uni))
-            for label, multi, sep, k in st.mods:
-                if not multi:
+            for base in st.baselines:
+                uni, d_uni = _delta(st, policy, base, a, b, o, replicate)
+                if uni is None or uni.n < need:
+                    skipped.append(dict(modality=base, outcome=o, pair=[a, b]))
                     continue
-                dm, d_multi = _delta(st, policy, label, a, b, o, replicate)
-                if dm is None:
-                    continue
-                est = inf.welch(d_multi, d_uni, st.bounds(o, order=2))
-                rows.append(dict(kind="interaction", modality=label, separation=sep,
-                                 num_modes=k, outcome=o, pair=(a, b), est=est, delta=dm))
+                rows.append(dict(kind="unimodal", baseline=base, modality=base, outcome=o,
+                                 pair=(a, b), est=uni))
+                for label, multi, sep, k in st.mods:
+                    if not multi:
+                        continue
+                    dm, d_multi = _delta(st, policy, label, a, b, o, replicate)
+                    if dm is None or dm.n < need:
+                        skipped.append(dict(modality=label, outcome=o, pair=[a, b]))
+                        continue
+                    est = inf.welch(d_multi, d_uni, st.bounds(o, order=2))
+                    rows.append(dict(kind="interaction", baseline=base, modality=label,
+                                     separation=sep, num_modes=k, outcome=o, pair=(a, b),
+                                     est=est, delta=dm))
     inf.apply_holm([r["est"] for r in rows], float(st.config["alpha"]))
-    return rows
+    return rows, skipped
+
+
+def _combine_points(points) -> tuple[str, str]:
+    """One baseline's verdict from its multimodal points (see configs/study.py)."""
+    verdicts = [p["verdict"] for p in points]
+    beyond = [p for p in points if "exceeds its margin" in p["reason"]]
+    held = [p for p in points if p["verdict"] == "holds"]
+    refuted = [p for p in points if p["verdict"] == "refuted"]
+    opposite = [p for p in refuted if "opposite" in p["reason"]]
+    if beyond:
+        return "refuted", beyond[0]["reason"]
+    if held and not opposite:
+        return "holds", f"holds at {', '.join(p['modality'] for p in held)}; " + \
+            held[0]["reason"]
+    if refuted and not held:
+        return "refuted", (f"refuted at {', '.join(p['modality'] for p in refuted)}; "
+                           + refuted[0]["reason"])
+    if not verdicts:
+        return "undecided", "no multimodal point is estimable"
+    word = "mixed" if held or refuted else "no point decides"
+    return "undecided", (f"{word}: " + "; ".join(f"{p['modality']} {p['verdict']}"
+                                                 for p in points))
 
 
 def _verdict(st: _Study, rows, primary_outcome) -> dict[str, Any]:
-    """The decision rule on the primary outcome across the family's multimodal points."""
+    """The decision rule on the primary outcome, per declared unimodal baseline and
+    multimodal point; a policy class HOLDS only if it holds against every baseline and is
+    REFUTED if refuted against any."""
     alpha = float(st.config["alpha"])
     margin = float(st.config["outcomes"][primary_outcome]["margin"])
     sign = int(st.config["sign"])
-    per_point = []
-    for pair in dict.fromkeys(r["pair"] for r in rows):
-        uni = [r for r in rows if r["kind"] == "unimodal" and r["outcome"] == primary_outcome
-               and r["pair"] == pair]
-        if not uni:
-            continue
-        for r in rows:
-            if r["kind"] == "interaction" and r["outcome"] == primary_outcome and \
-                    r["pair"] == pair:
+    per_base, points = {}, []
+    for base in st.baselines:
+        pts = []
+        for pair in dict.fromkeys(r["pair"] for r in rows):
+            sel = [r for r in rows if r["outcome"] == primary_outcome and r["pair"] == pair
+                   and r["baseline"] == base]
+            uni = [r for r in sel if r["kind"] == "unimodal"]
+            for r in (r for r in sel if r["kind"] == "interaction" and uni):
                 v = inf.decide(r["est"], uni[0]["est"], margin, margin, alpha, sign)
-                per_point.append(dict(modality=r["modality"], pair=list(pair), **vars(v)))
-    verdicts = [p["verdict"] for p in per_point]
-    if not per_point:
-        return dict(verdict="undecided", reason="no matched-strength data", points=[],
-                    seeds_to_decide=-1)
-    opposite = [p for p in per_point if p["verdict"] == "refuted" and "opposite" in
-                p["reason"]]
-    beyond = [p for p in per_point if "exceeds its margin" in p["reason"]]
-    if beyond:
-        v, why = "refuted", beyond[0]["reason"]
-    elif all(v_ == "refuted" for v_ in verdicts):
-        v, why = "refuted", "every multimodal interaction is equivalent to 0 or reversed"
-    elif "holds" in verdicts and not opposite:
-        held = [p["modality"] for p in per_point if p["verdict"] == "holds"]
-        v, why = "holds", f"holds at {', '.join(held)}; " + next(
-            p["reason"] for p in per_point if p["verdict"] == "holds")
-    else:
-        v, why = "undecided", "no multimodal point decides"
-    need = max([p["seeds_to_decide"] for p in per_point] + [-1])
-    return dict(verdict=v, reason=why, points=per_point,
-                seeds_to_decide=need if v == "undecided" else -1)
+                pts.append(dict(baseline=base, modality=r["modality"], pair=list(pair),
+                                **vars(v)))
+        verdict, reason = _combine_points(pts)
+        need = max([p["seeds_to_decide"] for p in pts] + [-1])
+        per_base[base] = dict(verdict=verdict, reason=reason,
+                              seeds_to_decide=need if verdict == "undecided" else -1)
+        points += pts
+    vs = [v["verdict"] for v in per_base.values()]
+    verdict = ("refuted" if "refuted" in vs else
+               "holds" if vs and all(v == "holds" for v in vs) else "undecided")
+    reason = "; ".join(f"vs {b}: {v['verdict'].upper()} ({v['reason']})"
+                       for b, v in per_base.items())
+    need = max([v["seeds_to_decide"] for v in per_base.values()] + [-1])
+    return dict(verdict=verdict, reason=reason, baselines=per_base, points=points,
+                seeds_to_decide=need if verdict == "undecided" else -1)
 
 
 def _row_json(r) -> dict:
@@ -203,15 +230,15 @@ def _row_json(r) -> dict:
     return out
 
 
-def q1(st: _Study, replicate=0, baseline=UNIMODAL) -> dict[str, Any]:
+def q1(st: _Study, replicate=0) -> dict[str, Any]:
     """Verdicts per contrast and policy class, and overall per contrast."""
     out = {}
     for name, pairs in contrasts(st.config).items():
         per_policy = {}
         for p in st.policies:
-            rows = _family(st, p, pairs, replicate, baseline)
+            rows, skipped = _family(st, p, pairs, replicate)
             per_policy[p] = dict(_verdict(st, rows, st.config["primary_outcome"]),
-                                 tests=[_row_json(r) for r in rows])
+                                 tests=[_row_json(r) for r in rows], not_estimable=skipped)
         out[name] = dict(policies=per_policy,
                          overall=inf.overall([v["verdict"] for v in per_policy.values()]))
     return out
@@ -281,7 +308,8 @@ def power(st: _Study, q1_result) -> list[dict]:
     for p, v in q1_result["primary"]["policies"].items():
         for o in st.outcomes:
             margin = float(st.config["outcomes"][o]["margin"])
-            uni = [t for t in v["tests"] if t["kind"] == "unimodal" and t["outcome"] == o]
+            uni = [t for t in v["tests"] if t["kind"] == "unimodal" and t["outcome"] == o
+                   and t["baseline"] == st.baselines[0]]
             ints = [t for t in v["tests"] if t["kind"] == "interaction" and t["outcome"] == o]
             if not uni:
                 continue
@@ -330,8 +358,6 @@ def analyse(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> 
     out = {
         "targets": [dict(policy=p, modality=m, **t) for (p, m), t in st.targets.items()],
         "q1": main,
-        "q1_vs_matched_tail": q1(st, 0, MATCHED_TAIL) if any(
-            m[0] == MATCHED_TAIL for m in st.mods) else None,
         "deltas": {o: deltas_table(st, o) for o in st.outcomes},
         "deltas_at_matched_kl": deltas_table(st, config["primary_outcome"],
                                              by="exact_kl_rev"),

@@ -35,29 +35,34 @@ def ci(e: Mapping[str, Any] | None, digits: int = 3) -> str:
 
 
 def _verdicts_section(result) -> list[str]:
-    rows = []
+    """The verdict table (one column per declared unimodal baseline), the deciding evidence
+    and the robustness replicate."""
+    baselines = list(dict.fromkeys(b for c in result["q1"].values()
+                                   for v in c["policies"].values() for b in v["baselines"]))
+    rows, evidence = [], []
     for name, c in result["q1"].items():
         for p, v in c["policies"].items():
-            rows.append([f"Q1 {name}", p, f"**{v['verdict'].upper()}**", v["reason"],
-                         fmt(v["seeds_to_decide"]) if v["verdict"] == "undecided" else ""])
-        rows.append([f"Q1 {name}", "overall", f"**{c['overall'].upper()}**", "", ""])
+            rows.append([f"Q1 {name}", p, f"**{v['verdict'].upper()}**"]
+                        + [v["baselines"][b]["verdict"] if b in v["baselines"] else "–"
+                           for b in baselines]
+                        + [fmt(v["seeds_to_decide"]) if v["seeds_to_decide"] > 0 else ""])
+            evidence += [f"- Q1 {name}, {p}, vs {b}: {bv['verdict'].upper()} — {bv['reason']}"
+                         for b, bv in v["baselines"].items()]
+        rows.append([f"Q1 {name}", "overall", f"**{c['overall'].upper()}**"]
+                    + [""] * len(baselines) + [""])
     out = ["## Verdicts", ""] + table(
-        ["question", "policy class", "verdict", "deciding evidence (primary outcome)",
-         "seeds to decide"], rows)
+        ["question", "policy class", "verdict"] + [f"vs {b}" for b in baselines]
+        + ["seeds to decide"], rows)
+    out += ["Deciding evidence (primary outcome, forward − reverse at matched reward; "
+            "interaction I = Δ(multimodal) − Δ(baseline), Holm-adjusted):", ""] + evidence + [""]
     rob = result.get("robustness")
     if rob is not None:
         out += [f"Robustness replicate (learning rate × (1 + 1e-6), same grid): "
                 f"{'every verdict survives' if rob['all_same'] else 'SOME VERDICTS CHANGE'}"
-                f" ({sum(r['same'] for r in rob['rows'])} of {len(rob['rows'])} equal).", ""]
-    tail = result.get("q1_vs_matched_tail")
-    if tail:
-        same = [(n, p) for n, c in tail.items() for p, v in c["policies"].items()
-                if v["verdict"] == result["q1"][n]["policies"][p]["verdict"]]
-        total = sum(len(c["policies"]) for c in tail.values())
-        out += [f"With the matched-tail control as the unimodal baseline instead: "
-                f"{len(same)} of {total} verdicts unchanged ("
-                + "; ".join(f"{n}/{p}: {v['verdict']}" for n, c in tail.items()
-                            for p, v in c["policies"].items()) + ").", ""]
+                f" ({sum(r['same'] for r in rob['rows'])} of {len(rob['rows'])} equal"
+                + ("" if rob["all_same"] else ": " + "; ".join(
+                    f"{r['contrast']}/{r['policy']} {r['main']} -> {r['replicate']}"
+                    for r in rob["rows"] if not r["same"])) + ").", ""]
     return out
 
 
@@ -125,11 +130,15 @@ def _tests_section(result, name) -> list[str]:
         return []
     out = [f"## Q1 {name} contrast: every test of the family (Holm-adjusted)", ""]
     for policy, v in c["policies"].items():
-        rows = [[t["kind"], t["modality"], " − ".join(t["pair"]), t["outcome"],
+        rows = [[t["kind"], t["baseline"], t["modality"], " − ".join(t["pair"]), t["outcome"],
                  ci(t["estimate"]), fmt(t["estimate"]["p_adj"], 2)] for t in v["tests"]]
+        skipped = sorted({f"{s['modality']} ({s['outcome']})" for s in v["not_estimable"]})
         out += [f"**{policy}**", ""] + table(
-            ["test", "modality", "contrast", "outcome", "estimate [adjusted interval]",
-             "p (Holm)"], rows)
+            ["test", "baseline", "modality", "contrast", "outcome",
+             "estimate [adjusted interval]", "p (Holm)"], rows)
+        if skipped:
+            out += [f"Not estimable (fewer than half the seeds reach r*): "
+                    f"{', '.join(skipped)}.", ""]
     return out
 
 
@@ -194,20 +203,14 @@ def _notes_section(notes) -> list[str]:
 def results_markdown(result, config, notes, figs, prefix="") -> str:
     """results.md: what the README includes (verdicts, key effects, the glance figure)."""
     lines = ["### Verdicts", ""] + _verdicts_section(result)[2:]
-    key = []
     o = config["primary_outcome"]
-    for r in result["q1"]["primary"]["policies"].values():
-        for t in r["tests"]:
-            if t["outcome"] == o:
-                key.append([t["kind"], t["modality"], ci(t["estimate"]),
-                            fmt(t["estimate"]["p_adj"], 2)])
     lines += [f"### Key effects: {o}, forward − reverse at matched reward (primary contrast)",
               ""]
     for p, r in result["q1"]["primary"]["policies"].items():
-        rows = [[t["kind"], t["modality"], ci(t["estimate"]), fmt(t["estimate"]["p_adj"], 2)]
-                for t in r["tests"] if t["outcome"] == o]
-        lines += [f"**{p}**", ""] + table(["test", "modality", "estimate [Holm interval]",
-                                          "p (Holm)"], rows)
+        rows = [[t["kind"], t["baseline"], t["modality"], ci(t["estimate"]),
+                 fmt(t["estimate"]["p_adj"], 2)] for t in r["tests"] if t["outcome"] == o]
+        lines += [f"**{p}**", ""] + table(["test", "baseline", "modality",
+                                          "estimate [Holm interval]", "p (Holm)"], rows)
     lines += [f"![glance]({prefix}{os.path.basename(figs['glance'][0])})", ""]
     lines += [f"*{notes.get('command', '')}* — {notes.get('machine', '')}; "
               f"{notes.get('wall time', '')}.", ""]
