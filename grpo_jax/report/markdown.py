@@ -92,7 +92,9 @@ def _design_section(config, notes) -> list[str]:
                f"family: the unimodal difference and every multimodal interaction on every "
                f"declared outcome; equivalence by TOST at alpha = {config['alpha']}.", "",
                "**Decision rule.**", "", "```", inference.DECISION_RULE, "```", "",
-               "**Scale.** " + notes.get("scale", ""), ""])
+               "**Scale.** " + notes.get("scale", ""), ""]
+            + ([f"**History.** {config['design_history']}", ""]
+               if config.get("design_history") else []))
 
 
 def _targets_section(result) -> list[str]:
