@@ -6,6 +6,12 @@ RMSNorm eps 1e-6, rotary position embeddings (theta 10000, rotate-half form), Si
 MLP ``W_down(silu(W_gate x) * W_up x)``, no biases anywhere, every weight initialised
 N(0, 0.02^2) (RMSNorm scales start at 1).
 
+Options for pretrained Llama-family checkpoints (``grpo_jax/gguf.py``), each off by default
+so the defaults are the model above bit for bit: grouped-query attention
+(``num_kv_heads < num_heads``: each key/value head serves ``num_heads // num_kv_heads``
+consecutive query heads), tied embeddings (``tie_embeddings``: the head is the embedding
+matrix transposed, no ``head`` parameter), ``norm_eps`` and ``rope_theta``.
+
 Parameters are always float32; ``config.dtype`` is the *compute* dtype ("float32" or
 "bfloat16"). Attention scores, softmax and the returned logits are float32.
 
@@ -24,7 +30,7 @@ Two ways to use it:
   The graph definition is rebuilt from the (hashable, static) config by ``graphdef(config)``;
   no module object is stored anywhere.
 
-KV cache: a tuple with one ``{"k", "v"}`` dict per layer, each ``[B, H, S, Dh]`` (heads-major,
+KV cache: a tuple with one ``{"k", "v"}`` dict per layer, each ``[B, Hkv, S, Dh]`` (heads-major,
 so attention reads it without a transpose) in the compute dtype. Slot ``s`` holds position ``s``; ``decode(tokens [B, L], cache, index)`` writes the new
 keys/values at slots ``index .. index+L-1`` and attends causally to slots ``<= position``, so
 slots not yet written are never read.
@@ -58,6 +64,10 @@ class ModelConfig:
       max_len: longest sequence (prompt + completion) the model accepts.
       dtype: compute dtype, one of ``DTYPES``; parameters are float32 regardless.
       rope_theta: rotary embedding base.
+      num_kv_heads: key/value heads for grouped-query attention (must divide num_heads);
+        None means num_heads (multi-head attention).
+      tie_embeddings: the output head is the token embedding transposed (no head weight).
+      norm_eps: RMSNorm epsilon.
     """
 
     vocab_size: int
@@ -68,6 +78,9 @@ class ModelConfig:
     max_len: int
     dtype: str = "float32"
     rope_theta: float = 10000.0
+    num_kv_heads: int | None = None
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-6
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -81,10 +94,21 @@ class ModelConfig:
         if (self.width // self.num_heads) % 2:
             raise ValueError(f"head_dim = width // num_heads = {self.width // self.num_heads} "
                              "must be even for rotary embeddings.")
+        if self.num_kv_heads is not None and (
+                int(self.num_kv_heads) < 1 or self.num_heads % self.num_kv_heads):
+            raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must be >= 1 and divide "
+                             f"num_heads ({self.num_heads}).")
+        if not self.norm_eps > 0:
+            raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps}.")
 
     @property
     def head_dim(self) -> int:
         return self.width // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (``num_kv_heads``, or ``num_heads`` when that is None)."""
+        return self.num_heads if self.num_kv_heads is None else int(self.num_kv_heads)
 
     @property
     def compute_dtype(self):
@@ -113,40 +137,49 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    """Multi-head causal self-attention with RoPE, no biases."""
+    """Multi-head (or grouped-query) causal self-attention with RoPE, no biases."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         self.config = config
         kw = dict(use_bias=False, kernel_init=_init(), dtype=config.compute_dtype,
                   param_dtype=jnp.float32, rngs=rngs)
         d = config.width
+        d_kv = config.kv_heads * config.head_dim
         self.q = nnx.Linear(d, d, **kw)
-        self.k = nnx.Linear(d, d, **kw)
-        self.v = nnx.Linear(d, d, **kw)
+        self.k = nnx.Linear(d, d_kv, **kw)
+        self.v = nnx.Linear(d, d_kv, **kw)
         self.o = nnx.Linear(d, d, **kw)
 
     def __call__(self, x: jax.Array, positions: jax.Array,
                  kv: dict | None = None, index: jax.Array | int = 0):
         """``x [B, L, D]``, ``positions [B, L]``.
 
-        Without ``kv``: causal attention within x. With ``kv`` (``{"k", "v"}: [B, H, S, Dh]``):
+        Without ``kv``: causal attention within x. With ``kv`` (``{"k", "v"}: [B, Hkv, S, Dh]``):
         write this step's keys/values at slots ``index .. index+L-1`` and attend to all slots
         whose position is ``<=`` the query's. Returns ``(y [B, L, D], new kv or None)``.
 
-        q, k and v come from ONE matmul with the three kernels side by side (``[D, 3D]``):
-        the same products as three ``nnx.Linear`` calls, fewer and larger matmuls (the
-        single-token decode step's are small).
+        q, k and v come from ONE matmul with the three kernels side by side (``[D, 3D]``;
+        ``[D, D + 2 Hkv Dh]`` with grouped-query attention): the same products as three
+        ``nnx.Linear`` calls, fewer and larger matmuls (the single-token decode step's are
+        small).
         """
         c = self.config
         b, l, _ = x.shape
         dt = c.compute_dtype
+        hkv, group = c.kv_heads, c.num_heads // c.kv_heads
         w_qkv = jnp.concatenate([self.q.kernel[...], self.k.kernel[...], self.v.kernel[...]],
                                 axis=1)                                     # [D, 3D]
         qkv = jnp.dot(x.astype(dt), w_qkv.astype(dt))                        # [B, L, 3D]
-        qkv = qkv.reshape(b, l, 3, c.num_heads, c.head_dim)
-        q = rope(qkv[:, :, 0], positions, c.rope_theta)                      # [B, L, H, Dh]
-        k = rope(qkv[:, :, 1], positions, c.rope_theta)
-        v = qkv[:, :, 2]
+        if group == 1:
+            qkv = qkv.reshape(b, l, 3, c.num_heads, c.head_dim)
+            q_raw, k_raw, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            d, d_kv = c.width, hkv * c.head_dim
+            q_raw = qkv[..., :d].reshape(b, l, c.num_heads, c.head_dim)
+            k_raw = qkv[..., d:d + d_kv].reshape(b, l, hkv, c.head_dim)
+            v = qkv[..., d + d_kv:].reshape(b, l, hkv, c.head_dim)
+        q = rope(q_raw, positions, c.rope_theta)                             # [B, L, H, Dh]
+        k = rope(k_raw, positions, c.rope_theta)                             # [B, L, Hkv, Dh]
         # Heads-major [B, H, L, Dh]: the layout of the cache, so that no step transposes it.
         q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
         if kv is None:
@@ -159,13 +192,23 @@ class Attention(nnx.Module):
             new_kv = {"k": k_all, "v": v_all}
             s = k_all.shape[2]
             key_pos = jnp.broadcast_to(jnp.arange(s, dtype=positions.dtype)[None, :], (b, s))
-        scores = jnp.einsum("bhld,bhsd->bhls", q, k_all.astype(q.dtype),
-                            preferred_element_type=jnp.float32) / jnp.sqrt(
-                                jnp.float32(c.head_dim))
         allowed = key_pos[:, None, None, :] <= positions[:, None, :, None]  # [B, 1, L, S]
-        scores = jnp.where(allowed, scores, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        y = jnp.einsum("bhls,bhsd->blhd", probs, v_all.astype(dt))
+        if group == 1:
+            scores = jnp.einsum("bhld,bhsd->bhls", q, k_all.astype(q.dtype),
+                                preferred_element_type=jnp.float32) / jnp.sqrt(
+                                    jnp.float32(c.head_dim))
+            scores = jnp.where(allowed, scores, -jnp.inf)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+            y = jnp.einsum("bhls,bhsd->blhd", probs, v_all.astype(dt))
+        else:
+            # Grouped-query: query head h = kv_head * group + g reads key/value head kv_head.
+            qg = q.reshape(b, hkv, group, l, c.head_dim)
+            scores = jnp.einsum("bkgld,bksd->bkgls", qg, k_all.astype(q.dtype),
+                                preferred_element_type=jnp.float32) / jnp.sqrt(
+                                    jnp.float32(c.head_dim))
+            scores = jnp.where(allowed[:, :, None], scores, -jnp.inf)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+            y = jnp.einsum("bkgls,bksd->blkgd", probs, v_all.astype(dt))
         return self.o(y.reshape(b, l, c.width)), new_kv
 
 
@@ -191,7 +234,8 @@ class Block(nnx.Module):
     """Pre-norm decoder block: ``x + Attn(norm(x))``, then ``x + MLP(norm(x))``."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        kw = dict(epsilon=1e-6, dtype=config.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
+        kw = dict(epsilon=config.norm_eps, dtype=config.compute_dtype,
+                  param_dtype=jnp.float32, rngs=rngs)
         self.attn_norm = nnx.RMSNorm(config.width, **kw)
         self.attn = Attention(config, rngs)
         self.mlp_norm = nnx.RMSNorm(config.width, **kw)
@@ -212,14 +256,21 @@ class Transformer(nnx.Module):
         self.embed = nnx.Embed(config.vocab_size, config.width, embedding_init=_init(),
                                dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
         self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
-        self.final_norm = nnx.RMSNorm(config.width, epsilon=1e-6, dtype=config.compute_dtype,
-                                      param_dtype=jnp.float32, rngs=rngs)
-        self.head = nnx.Linear(config.width, config.vocab_size, use_bias=False,
-                               kernel_init=_init(), dtype=config.compute_dtype,
-                               param_dtype=jnp.float32, rngs=rngs)
+        self.final_norm = nnx.RMSNorm(config.width, epsilon=config.norm_eps,
+                                      dtype=config.compute_dtype, param_dtype=jnp.float32,
+                                      rngs=rngs)
+        if not config.tie_embeddings:
+            self.head = nnx.Linear(config.width, config.vocab_size, use_bias=False,
+                                   kernel_init=_init(), dtype=config.compute_dtype,
+                                   param_dtype=jnp.float32, rngs=rngs)
 
     def _logits(self, x: jax.Array) -> jax.Array:
-        return self.head(self.final_norm(x)).astype(jnp.float32)
+        h = self.final_norm(x)
+        if self.config.tie_embeddings:
+            dt = self.config.compute_dtype
+            emb = self.embed.embedding[...]                                  # [V, D]
+            return jnp.dot(h.astype(dt), emb.T.astype(dt)).astype(jnp.float32)
+        return self.head(h).astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """Teacher-forced: ``tokens [B, L]`` int -> logits ``[B, L, V]`` float32; row l
@@ -352,11 +403,11 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def init_cache(config: ModelConfig, batch: int, length: int) -> Cache:
-    """Empty KV cache: one ``{"k", "v"}`` per layer, each ``[batch, H, length, Dh]`` zeros in
-    the compute dtype."""
+    """Empty KV cache: one ``{"k", "v"}`` per layer, each ``[batch, Hkv, length, Dh]`` zeros
+    in the compute dtype (Hkv = ``config.kv_heads``)."""
     if length > config.max_len:
         raise ValueError(f"cache length {length} exceeds config.max_len {config.max_len}.")
-    shape = (batch, config.num_heads, length, config.head_dim)
+    shape = (batch, config.kv_heads, length, config.head_dim)
     return tuple({"k": jnp.zeros(shape, config.compute_dtype),
                   "v": jnp.zeros(shape, config.compute_dtype)}
                  for _ in range(config.num_layers))

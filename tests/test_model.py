@@ -221,3 +221,50 @@ def test_bfloat16_cache_and_decode_dtypes(params):
     logits, _ = jax.jit(M.decode, static_argnums=0)(cfg16, params, tokens, cache, 0)
     assert logits.dtype == jnp.float32
     np.testing.assert_allclose(logits, forward(CFG, params, tokens), atol=2e-2)
+
+
+# Grouped-query attention, tied embeddings, norm_eps (options for pretrained checkpoints;
+# their GGUF round trip against a NumPy forward is tests/test_gguf.py).
+GQA = M.ModelConfig(vocab_size=11, num_layers=2, width=24, num_heads=6, mlp_width=24,
+                    max_len=16, num_kv_heads=2, tie_embeddings=True, norm_eps=1e-5)
+
+
+def test_gqa_tied_params_cache_and_mha_equivalence():
+    p = M.init(GQA, jax.random.key(1))
+    names = {"/".join(M._path_names(path)) for path, _ in
+             jax.tree_util.tree_flatten_with_path(p)[0]}
+    assert not any(n.startswith("head") for n in names)
+    assert p["blocks"][0]["attn"]["k"]["kernel"].shape == (24, 2 * 4)
+    assert M.init_cache(GQA, 3, 8)[0]["k"].shape == (3, 2, 8, 4)
+    tokens = jax.random.randint(jax.random.key(2), (3, 9), 0, 11)
+    full = forward(GQA, p, tokens)
+    cache = M.init_cache(GQA, 3, 9)
+    pre, cache = M.decode(GQA, p, tokens[:, :5], cache, 0)
+    rows = [pre]
+    for i in range(5, 9):
+        lg, cache = M.decode(GQA, p, tokens[:, i:i + 1], cache, i)
+        rows.append(lg)
+    np.testing.assert_allclose(np.concatenate(rows, 1), full, atol=1e-5)
+    # GQA == multi-head attention whose k/v heads are the GQA heads repeated per group.
+    mha = M.ModelConfig(**{**GQA.__dict__, "num_kv_heads": None, "tie_embeddings": False})
+    q = jax.tree.map(lambda x: x, M.init(mha, jax.random.key(3)))
+    q["embed"]["embedding"] = p["embed"]["embedding"]
+    q["head"]["kernel"] = p["embed"]["embedding"][...].T
+    for b in range(GQA.num_layers):
+        for name in ("q", "o"):
+            q["blocks"][b]["attn"][name]["kernel"] = p["blocks"][b]["attn"][name]["kernel"]
+        for name in ("k", "v"):
+            w = p["blocks"][b]["attn"][name]["kernel"][...].reshape(24, 2, 1, 4)
+            q["blocks"][b]["attn"][name]["kernel"] = jnp.broadcast_to(
+                w, (24, 2, 3, 4)).reshape(24, 24)
+        for part in ("attn_norm", "mlp_norm", "mlp"):
+            q["blocks"][b][part] = p["blocks"][b][part]
+    q["final_norm"] = p["final_norm"]
+    np.testing.assert_allclose(forward(mha, q, tokens), full, atol=1e-5)
+
+
+def test_gqa_config_validation():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        M.ModelConfig(5, 1, 12, 6, 8, 8, num_kv_heads=4)
+    with pytest.raises(ValueError, match="norm_eps"):
+        M.ModelConfig(5, 1, 12, 6, 8, 8, norm_eps=0.0)
