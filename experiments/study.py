@@ -50,16 +50,13 @@ _PUBLISH = flags.DEFINE_boolean(
     "text into README.md between its results markers.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README_BEGIN = "<!-- results.md: begin (written by experiments/study.py --publish) -->"
-README_END = "<!-- results.md: end -->"
-
-
 def publish(report_dir: str, root: str = ROOT, docs: str = "docs/results") -> str:
     """results.md and the figures it shows -> `<root>/<docs>/`; its text, with figure paths
     under `docs`, replaces the README's block between the results markers. Returns the
     README block."""
     import re  # pylint: disable=import-outside-toplevel
     from grpo_jax import jsonio  # pylint: disable=import-outside-toplevel
+    from grpo_jax.report.markdown import README_BEGIN, README_END, readme_block
     text = open(os.path.join(report_dir, "results.md"), encoding="utf-8").read()
     os.makedirs(os.path.join(root, docs), exist_ok=True)
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
@@ -74,12 +71,6 @@ def publish(report_dir: str, root: str = ROOT, docs: str = "docs/results") -> st
     jsonio.write_text_atomic(readme, head + README_BEGIN + "\n" + block + "\n" + README_END
                              + rest.split(README_END, 1)[1])
     return block
-
-
-def readme_block(results_text: str, docs: str = "docs/results") -> str:
-    """results.md's text as the README shows it: figure paths under `docs`."""
-    import re  # pylint: disable=import-outside-toplevel
-    return re.sub(r"(!\[[^\]]*\]\()([^)/]+\))", rf"\g<1>{docs}/\g<2>", results_text).strip()
 
 
 def gaussian_figure(outdir: str, log=print) -> list[str]:

@@ -26,15 +26,11 @@ def test_readme_results_are_the_published_results_md():
     """The README's results block is docs/results/results.md (written by
     `experiments/study.py --publish`), with figure paths under docs/results/: generated,
     never hand-copied."""
-    import importlib.util  # pylint: disable=import-outside-toplevel
+    from grpo_jax.report import markdown  # pylint: disable=import-outside-toplevel
     root = os.path.dirname(README)
-    spec = importlib.util.spec_from_file_location(
-        "experiments_study", os.path.join(root, "experiments", "study.py"))
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
     text = open(README, encoding="utf-8").read()
-    block = text.split(study.README_BEGIN, 1)[1].split(study.README_END, 1)[0].strip()
+    block = text.split(markdown.README_BEGIN, 1)[1].split(markdown.README_END, 1)[0].strip()
     results = open(os.path.join(root, "docs", "results", "results.md"), encoding="utf-8").read()
-    assert block == study.readme_block(results)
+    assert block == markdown.readme_block(results)
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", block):
         assert os.path.exists(os.path.join(root, name)), name

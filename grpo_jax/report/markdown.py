@@ -5,11 +5,22 @@ includes) and report.json (the analysis); it returns what it wrote."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 from grpo_jax import jsonio
 from grpo_jax.report import analysis, figures, inference
 
+
+
+README_BEGIN = "<!-- results.md: begin (written by experiments/study.py --publish) -->"
+README_END = "<!-- results.md: end -->"
+
+
+def readme_block(results_text: str, docs: str = "docs/results") -> str:
+    """results.md's text as the README shows it: figure paths moved under `docs`."""
+    return re.sub(r"(!\[[^\]]*\]\()([^)/]+\))", rf"\g<1>{docs}/\g<2>",
+                  results_text).strip()
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
