@@ -161,11 +161,24 @@ def load_config_file(spec: str):
 
 
 def run_app(main, flag: str = "config") -> None:
-    """`absl.app.run(main)`, but a misspelt `--config.KEY=VALUE` override ends with one line
-    naming the bad key and the valid keys (ml_collections alone raises a bare traceback)."""
+    """`absl.app.run(main)` for every entry point:
+
+    * a misspelt `--config.KEY=VALUE` override ends with one line naming the bad key and
+      the valid keys (ml_collections alone raises a bare traceback);
+    * the library's XLA CPU flags are applied and the persistent compilation cache is on
+      (grpo_jax/xla_setup.py; `--nocompilation_cache` or GRPO_JAX_COMPILATION_CACHE=0 turn
+      it off), so a second run loads its compiled programs instead of recompiling.
+    """
     import sys  # pylint: disable=import-outside-toplevel
 
     from absl import app, flags  # pylint: disable=import-outside-toplevel
+
+    from grpo_jax import xla_setup  # pylint: disable=import-outside-toplevel
+
+    xla_setup.apply_xla_flags()
+    if "compilation_cache" not in flags.FLAGS:
+        flags.DEFINE_boolean("compilation_cache", True,
+                             "Persistent XLA compilation cache under ~/.cache/grpo_jax.")
 
     try:
         flags.FLAGS(sys.argv)
@@ -183,4 +196,12 @@ def run_app(main, flag: str = "config") -> None:
         except ValueError as bad:
             sys.exit(f"FATAL config error: {bad}")
         sys.exit(f"FATAL config error: {e}")
-    app.run(main)
+
+    def main_with_cache(argv):
+        cache = xla_setup.enable_compilation_cache(
+            enable=None if flags.FLAGS.compilation_cache else False)
+        if cache:
+            print(f"compilation cache: {cache}", file=sys.stderr)
+        return main(argv)
+
+    app.run(main_with_cache)
