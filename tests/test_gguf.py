@@ -1,0 +1,392 @@
+"""Tests for grpo_jax.gguf and grpo_jax.tokenizer on a tiny GGUF file written here with
+``gguf.GGUFWriter`` the way llama.cpp's converter writes a Hugging Face Llama checkpoint:
+grouped-query attention (4 query heads, 2 key/value heads), tied embeddings (no
+``output.weight``), Q and K rows permuted for adjacent-pair RoPE, one Q8_0 and one Q4_1
+matrix, a byte-level BPE vocabulary with merges and control tokens, a chat template.
+
+The loaded model's logits are compared with two NumPy forwards written here: llama.cpp's
+(the file's raw rows, adjacent-pair RoPE) and Hugging Face's (the original rows,
+rotate-half RoPE). Dropping the loader's Q/K un-permutation fails the comparison.
+The real SmolLM2 file (98 MB) is exercised by experiments/lm_greedy.py, not here.
+"""
+
+import numpy as np
+import pytest
+
+import gguf  # in setup.py's `test` extra, so CI installs it (never skipped)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from grpo_jax import gguf as G  # noqa: E402
+from grpo_jax import model as M  # noqa: E402
+from grpo_jax import sampling  # noqa: E402
+from grpo_jax import tokenizer as T  # noqa: E402
+
+D, H, HKV, DH, MLP, LAYERS = 32, 4, 2, 8, 64, 2
+EPS, THETA, CTX = 1e-5, 500.0, 32
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MERGE_PAIRS = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "c"), ("a", "t"), ("Ġc", "at"),
+               ("i", "n"), ("Ġ", "in")]
+TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+            "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+# ------------------------------------------------------------------------------------------
+# The tiny file
+# ------------------------------------------------------------------------------------------
+
+
+def bytes_to_unicode():
+    """GPT-2's byte -> printable character table (byte-level BPE's alphabet)."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def tiny_vocab():
+    alphabet = [bytes_to_unicode()[b] for b in range(256)]
+    tokens = SPECIALS + alphabet + [a + b for a, b in MERGE_PAIRS]
+    types = [3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS))
+    return tokens, types
+
+
+V = len(tiny_vocab()[0])
+
+
+def converter_permute(w, n_head):
+    """llama.cpp convert_hf_to_gguf.py, LlamaModel.permute (written out again here)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def hf_weights(seed=0):
+    """A random Llama checkpoint in Hugging Face layout (``nn.Linear.weight = [out, in]``)."""
+    rng = np.random.default_rng(seed)
+    n = lambda *s: (0.2 * rng.standard_normal(s)).astype(np.float32)
+    w = {"embed": n(V, D), "final_norm": (1 + n(D)).astype(np.float32), "layers": []}
+    for _ in range(LAYERS):
+        w["layers"].append(dict(
+            attn_norm=(1 + n(D)).astype(np.float32), q=n(H * DH, D), k=n(HKV * DH, D),
+            v=n(HKV * DH, D), o=n(D, H * DH), ffn_norm=(1 + n(D)).astype(np.float32),
+            gate=n(MLP, D), up=n(MLP, D), down=n(D, MLP)))
+    return w
+
+
+def quantized(w, qtype):
+    """(bytes to write, the values a reader must get back) for a ``qtype`` matrix."""
+    q = gguf.quants.quantize(w, qtype)
+    return q, gguf.quants.dequantize(q, qtype).astype(np.float32)
+
+
+def write_tiny(path, w, *, arch="llama", drop=(), untied=False):
+    """Write ``w`` as llama.cpp's converter would. Returns the file's tensors as a reader
+    dequantises them (GGUF names, NumPy layout)."""
+    tokens, types = tiny_vocab()
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(CTX)
+    writer.add_embedding_length(D)
+    writer.add_feed_forward_length(MLP)
+    writer.add_head_count(H)
+    writer.add_head_count_kv(HKV)
+    writer.add_layer_norm_rms_eps(EPS)
+    writer.add_rope_freq_base(THETA)
+    writer.add_rope_dimension_count(DH)
+    writer.add_vocab_size(V)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([f"{a} {b}" for a, b in MERGE_PAIRS])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_chat_template(TEMPLATE)
+    file_tensors = {"token_embd.weight": w["embed"], "output_norm.weight": w["final_norm"]}
+    if untied:
+        file_tensors["output.weight"] = w["embed"] * 0.5
+    for i, lw in enumerate(w["layers"]):
+        file_tensors.update({
+            f"blk.{i}.attn_norm.weight": lw["attn_norm"],
+            f"blk.{i}.attn_q.weight": converter_permute(lw["q"], H),
+            f"blk.{i}.attn_k.weight": converter_permute(lw["k"], HKV),
+            f"blk.{i}.attn_v.weight": lw["v"],
+            f"blk.{i}.attn_output.weight": lw["o"],
+            f"blk.{i}.ffn_norm.weight": lw["ffn_norm"],
+            f"blk.{i}.ffn_gate.weight": lw["gate"],
+            f"blk.{i}.ffn_up.weight": lw["up"],
+            f"blk.{i}.ffn_down.weight": lw["down"]})
+    expected = {}
+    quant = {"blk.0.ffn_up.weight": gguf.GGMLQuantizationType.Q8_0,
+             "blk.1.attn_q.weight": gguf.GGMLQuantizationType.Q4_1}
+    for name, arr in file_tensors.items():
+        if name in drop:
+            continue
+        if name in quant:
+            q, back = quantized(arr, quant[name])
+            writer.add_tensor(name, q, raw_shape=q.shape, raw_dtype=quant[name])
+            expected[name] = back
+        else:
+            writer.add_tensor(name, arr)
+            expected[name] = arr
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return expected
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    w = hf_weights()
+    expected = write_tiny(path, w)
+    return str(path), w, expected
+
+
+# ------------------------------------------------------------------------------------------
+# NumPy reference forwards
+# ------------------------------------------------------------------------------------------
+
+
+def rms(x, g):
+    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + EPS) * g
+
+
+def rope_adjacent(x, pos):
+    """llama.cpp LLAMA_ROPE_TYPE_NORM: pairs (2i, 2i+1). x [L, h, Dh]."""
+    i = np.arange(DH // 2)
+    a = pos[:, None, None] * THETA ** (-2.0 * i / DH)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * np.cos(a) - x1 * np.sin(a)
+    out[..., 1::2] = x0 * np.sin(a) + x1 * np.cos(a)
+    return out
+
+
+def rope_half(x, pos):
+    """Hugging Face Llama / NeoX: pairs (i, i + Dh/2). x [L, h, Dh]."""
+    i = np.arange(DH // 2)
+    a = pos[:, None, None] * THETA ** (-2.0 * i / DH)
+    x1, x2 = x[..., :DH // 2], x[..., DH // 2:]
+    return np.concatenate([x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)],
+                          -1)
+
+
+def numpy_forward(t, tokens, rope_fn):
+    """Logits [L, V] (float64) of one sequence; ``t`` GGUF-named arrays [out, in]."""
+    x = t["token_embd.weight"][tokens].astype(np.float64)
+    L = len(tokens)
+    pos = np.arange(L, dtype=np.float64)
+    causal = np.tril(np.ones((L, L), bool))
+    for i in range(LAYERS):
+        g = lambda n: t[f"blk.{i}.{n}.weight"].astype(np.float64)
+        h = rms(x, g("attn_norm"))
+        q = rope_fn((h @ g("attn_q").T).reshape(L, H, DH), pos)
+        k = rope_fn((h @ g("attn_k").T).reshape(L, HKV, DH), pos)
+        v = (h @ g("attn_v").T).reshape(L, HKV, DH)
+        k, v = np.repeat(k, H // HKV, axis=1), np.repeat(v, H // HKV, axis=1)
+        s = np.einsum("lhd,shd->hls", q, k) / np.sqrt(DH)
+        s = np.where(causal[None], s, -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        x = x + np.einsum("hls,shd->lhd", p, v).reshape(L, H * DH) @ g("attn_output").T
+        h = rms(x, g("ffn_norm"))
+        a = h @ g("ffn_gate").T
+        x = x + ((a / (1 + np.exp(-a))) * (h @ g("ffn_up").T)) @ g("ffn_down").T
+    head = t.get("output.weight", t["token_embd.weight"]).astype(np.float64)
+    return rms(x, t["output_norm.weight"].astype(np.float64)) @ head.T
+
+
+def hf_tensors(w, expected):
+    """The checkpoint as Hugging Face holds it (original Q/K rows), with the file's
+    dequantised values where a tensor was quantised."""
+    t = dict(expected)
+    for i in range(LAYERS):
+        for name, n_head in (("attn_q", H), ("attn_k", HKV)):
+            key = f"blk.{i}.{name}.weight"
+            back = expected[key]  # permuted rows as the file holds them
+            t[key] = back.reshape(n_head, DH // 2, 2, D).swapaxes(1, 2).reshape(back.shape)
+    return t
+
+
+TOKENS = np.array([5, 17, 200, 3, 99, 250, 7, 12, 40, 41, 260, 1], np.int32)
+
+
+# ------------------------------------------------------------------------------------------
+# Tests
+# ------------------------------------------------------------------------------------------
+
+
+def test_config_from_metadata(tiny):
+    path, _, _ = tiny
+    cfg, params, meta = G.load(path)
+    assert cfg == M.ModelConfig(vocab_size=V, num_layers=LAYERS, width=D, num_heads=H,
+                                mlp_width=MLP, max_len=CTX, rope_theta=THETA,
+                                num_kv_heads=HKV, tie_embeddings=True, norm_eps=cfg.norm_eps)
+    assert cfg.norm_eps == pytest.approx(EPS)
+    assert "head" not in params
+    assert meta["general.architecture"] == "llama"
+
+
+def test_logits_match_numpy_reference_both_rope_conventions(tiny):
+    path, w, expected = tiny
+    cfg, params, _ = G.load(path)
+    ours = np.asarray(M.forward(cfg, params, jnp.asarray(TOKENS[None])))[0]
+    llama_cpp = numpy_forward(expected, TOKENS, rope_adjacent)      # file rows as stored
+    hf = numpy_forward(hf_tensors(w, expected), TOKENS, rope_half)  # original rows
+    np.testing.assert_allclose(llama_cpp, hf, atol=1e-9)  # the converter's premise
+    np.testing.assert_allclose(ours, llama_cpp, atol=1e-4, rtol=0)
+    assert np.abs(llama_cpp).max() > 0.5  # not a trivially small comparison
+
+
+def test_dropping_the_qk_unpermutation_fails(tiny):
+    """The comparison above detects a loader that skips the un-permutation, and the
+    adjacent-pair file rows under rotate-half RoPE are not the model."""
+    path, _, expected = tiny
+    cfg, raw, _ = G.load(path, unpermute=False)
+    wrong = np.asarray(M.forward(cfg, raw, jnp.asarray(TOKENS[None])))[0]
+    ref = numpy_forward(expected, TOKENS, rope_adjacent)
+    assert np.abs(wrong - ref).max() > 1e-2
+    assert not np.allclose(wrong, ref, atol=1e-4)
+    # ... and the permutation pair is an exact inverse.
+    x = np.arange(H * DH * 3, dtype=np.float32).reshape(H * DH, 3)
+    np.testing.assert_array_equal(G.unpermute_qk(converter_permute(x, H), H), x)
+    np.testing.assert_array_equal(G.permute_qk(x, H), converter_permute(x, H))
+
+
+def test_quantized_tensors_dequantize_to_reference_values(tiny):
+    """Q8_0 and Q4_1 read back equal the gguf package's dequantisation and an independent
+    decoding of the block formats written here."""
+    path, w, expected = tiny
+    tensors = G.read_tensors(path)
+    for name in ("blk.0.ffn_up.weight", "blk.1.attn_q.weight"):
+        np.testing.assert_array_equal(tensors[name], expected[name])
+    reader = gguf.GGUFReader(path)
+    by_name = {t.name: t for t in reader.tensors}
+    # Q8_0: blocks of 32: float16 scale d, 32 int8 q; x = d * q.
+    raw = np.asarray(by_name["blk.0.ffn_up.weight"].data).reshape(-1, 34)
+    d = raw[:, :2].copy().view(np.float16).astype(np.float32)
+    q = raw[:, 2:].copy().view(np.int8).astype(np.float32)
+    np.testing.assert_array_equal((d * q).reshape(MLP, D), tensors["blk.0.ffn_up.weight"])
+    # Q4_1: blocks of 32: float16 d, float16 m, 16 bytes; low nibbles are x[0:16], high
+    # nibbles x[16:32]; x = d * q + m.
+    raw = np.asarray(by_name["blk.1.attn_q.weight"].data).reshape(-1, 20)
+    d = raw[:, 0:2].copy().view(np.float16).astype(np.float32)
+    m = raw[:, 2:4].copy().view(np.float16).astype(np.float32)
+    qs = raw[:, 4:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)
+    np.testing.assert_allclose((d * q + m).reshape(H * DH, D),
+                               tensors["blk.1.attn_q.weight"], rtol=0, atol=1e-6)
+    # Quantisation error is small but real (the test is not comparing a float32 tensor).
+    orig = converter_permute(w["layers"][1]["q"], H)
+    err = np.abs(tensors["blk.1.attn_q.weight"] - orig).max()
+    assert 0 < err < 0.1
+
+
+def test_errors_name_the_problem(tiny, tmp_path):
+    path, w, _ = tiny
+    meta = G.read_metadata(path)
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'"):
+        G.model_config_from_metadata({**meta, "general.architecture": "gpt2"})
+    with pytest.raises(ValueError, match="llama.block_count"):
+        G.model_config_from_metadata({k: v for k, v in meta.items()
+                                      if k != "llama.block_count"})
+    cfg, _, _ = G.load(path)
+    tensors = G.read_tensors(path)
+    with pytest.raises(ValueError, match=r"missing tensor.*blk\.1\.ffn_down\.weight"):
+        G.params_from_tensors(cfg, {k: v for k, v in tensors.items()
+                                    if k != "blk.1.ffn_down.weight"})
+    bad = dict(tensors, **{"blk.0.attn_v.weight": tensors["blk.0.attn_v.weight"][:8]})
+    with pytest.raises(ValueError, match=r"'blk\.0\.attn_v\.weight' has shape"):
+        G.params_from_tensors(cfg, bad)
+    with pytest.raises(ValueError, match="no place for.*output.weight"):
+        G.params_from_tensors(cfg, dict(tensors, **{"output.weight": tensors[
+            "token_embd.weight"]}))
+    # A file with its own head is loaded untied; one missing a tensor fails with its name.
+    untied = tmp_path / "untied.gguf"
+    write_tiny(untied, w, untied=True)
+    cfg_u, params_u, _ = G.load(str(untied))
+    assert not cfg_u.tie_embeddings and "head" in params_u
+    broken = tmp_path / "broken.gguf"
+    write_tiny(broken, w, drop=("blk.0.attn_k.weight",))
+    with pytest.raises(ValueError, match=r"blk\.0\.attn_k\.weight"):
+        G.load(str(broken))
+
+
+def test_kv_cache_greedy_sampling_matches_teacher_forcing(tiny):
+    """Cached sampling on the loaded GQA / tied model reproduces the teacher-forced logits."""
+    path, _, _ = tiny
+    cfg, params, _ = G.load(path)
+    prompts = jnp.asarray(np.stack([TOKENS[:5], TOKENS[5:10]]))
+    out = sampling.sample(cfg, params, prompts, jax.random.key(0), max_new_tokens=6,
+                          temperature=0.0, return_logits=True)
+    tf = M.completion_logits(cfg, params, prompts, out.tokens)
+    np.testing.assert_allclose(out.logits, tf, atol=1e-4)
+    np.testing.assert_array_equal(out.tokens, np.argmax(np.asarray(tf), -1))
+
+
+def test_tokenizer_round_trip_and_chat_template(tiny):
+    path, _, _ = tiny
+    tok = T.from_gguf(path)
+    tokens, _ = tiny_vocab()
+    assert tok.vocab_size == V
+    assert [tok.token_to_id(t) for t in tokens] == list(range(V))   # the file's own ids
+    assert [tok.id_to_token(i) for i in range(V)] == tokens
+    assert tok.special_ids == (0, 1, 2) and tok.bos_id == 1 and tok.eos_id == 2
+    ids = tok.encode("the cat in 42")
+    # Merges apply ("Ġthe", "Ġcat", "Ġin"); digits are split one by one (smollm pre-tokenizer).
+    assert [tok.id_to_token(i) for i in ids] == ["t", "he", "Ġcat", "Ġin", "Ġ", "4", "2"]
+    for text in ("the cat in 42", "naïve café — 🙂\n\tx", "<|im_start|>user\nhi<|im_end|>"):
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        # The ids spell the text in the file's own vocabulary.
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        spelled = b"".join(tokens[i].encode() if i < len(SPECIALS)
+                           else bytes(byte_of[c] for c in tokens[i]) for i in ids)
+        assert spelled.decode() == text
+    assert tok.encode("<|im_start|>user")[:1] == [1]  # a control token is one id
+    text = tok.apply_chat_template([{"role": "user", "content": "the cat?"}])
+    assert text == "<|im_start|>user\nthe cat?<|im_end|>\n<|im_start|>assistant\n"
+    ids = tok.encode(text)
+    assert ids[0] == 1 and ids.count(1) == 2 and ids.count(2) == 1
+    assert tok.decode(ids) == text
+    with pytest.raises(ValueError, match="tokenizer.ggml.model"):
+        T.from_metadata({**G.read_metadata(path), "tokenizer.ggml.model": "llama"})
+    with pytest.raises(ValueError, match="tokenizer.ggml.pre"):
+        T.from_metadata({**G.read_metadata(path), "tokenizer.ggml.pre": "qwen2"})
+
+
+def test_grpo_step_runs_with_gqa_tied_model_on_8_devices():
+    """train.make_rl_chunk under jit, batch sharded over the 8 CPU devices, with a GQA +
+    tied-embedding policy."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from grpo_jax import losses, tasks, train
+
+    assert jax.device_count() == 8
+    task = tasks.make("arithmetic")
+    cfg = M.ModelConfig(vocab_size=task.vocab_size, num_layers=1, width=24, num_heads=6,
+                        mlp_width=32, max_len=task.prompt_len + task.completion_len,
+                        num_kv_heads=2, tie_embeddings=True, norm_eps=1e-5)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    setup = train.RLSetup(model=cfg, task=task, num_prompts=4, group_size=4,
+                          data_sharding=NamedSharding(mesh, P("data")),
+                          kl_choices=("exact_fwd/loss", "k3/loss"))
+    params = M.init(cfg, jax.random.key(0))
+    state = train.init_rl_state(setup, params, params, jax.random.key(1))
+    hp = train.Hparams(loss=losses.LossConfig(beta=0.1), lr=jnp.float32(1e-2),
+                       kl_choice=jnp.int32(0))
+    state, metrics = train.make_rl_chunk(setup, chunk_steps=2)(state, hp)
+    assert int(state.step) == 2
+    for k in ("loss", "exact_kl_fwd", "exact_kl_rev", "entropy", "reward_mean"):
+        assert np.all(np.isfinite(np.asarray(metrics[k]))), k
+    assert float(metrics["update_norm"][0]) > 0
+    assert float(metrics["exact_kl_rev"][0]) == pytest.approx(0.0, abs=1e-6)  # pi_old == ref
