@@ -1,7 +1,7 @@
 """Sampling throughput: KV-cache sampler vs a naive no-cache loop (DESIGN.md §5 workloads).
 
     PYTHONPATH=. python benchmarks/sampling.py            # W1 (or `pip install -e .` first)
-    PYTHONPATH=. python benchmarks/sampling.py --workload w2 --repeats 20
+    PYTHONPATH=. python benchmarks/sampling.py --workload=w2 --repeats=20
 
 Both paths are one jit each, float32, temperature 1, the 4 specials banned, no EOS:
 * cached: ``grpo_jax.sampling.sample`` (prefill + lax.scan of single-token decode steps);
@@ -15,18 +15,20 @@ up to float32 near-ties; the agreement fraction is printed as a sanity check.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
-import platform
-import statistics
-import time
+import sys
 
-import jax
-import jax.numpy as jnp
+from absl import app, flags
 
-from grpo_jax import model as M
-from grpo_jax import sampling as S
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (applies grpo_jax.xla_setup's XLA flags before jax starts)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from grpo_jax import model as M  # noqa: E402
+from grpo_jax import sampling as S  # noqa: E402
 
 WORKLOADS = {
     # layers, width, heads, mlp, prompts x G, prompt len, new tokens
@@ -62,22 +64,19 @@ def naive_sample(config, params, prompts, key, *, max_new_tokens, banned_tokens)
 
 
 def _time(compiled, args, repeats):
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+    return common.time_calls(lambda: jax.block_until_ready(compiled(*args)), repeats)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="w1")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--naive_repeats", type=int, default=2)
-    parser.add_argument("--skip_naive", action="store_true")
-    args = parser.parse_args()
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("workload", "w1", sorted(WORKLOADS), "Workload.")
+flags.DEFINE_integer("repeats", 10, "Timed calls of the cached sampler.")
+flags.DEFINE_integer("naive_repeats", 2, "Timed calls of the naive loop.")
+flags.DEFINE_bool("skip_naive", False, "Skip the naive loop.")
+
+
+def main(argv):
+    del argv
+    args = FLAGS
 
     w = WORKLOADS[args.workload]
     b, p, t = w["batch"], w["prompt_len"], w["new_tokens"]
@@ -87,10 +86,7 @@ def main():
     prompts = jax.random.randint(jax.random.key(1), (b, p), 0, VOCAB - len(SPECIALS))
     key = jax.random.key(2)
 
-    dev = jax.devices()[0]
-    print(f"machine: platform={jax.default_backend()} device_kind={dev.device_kind} "
-          f"devices={jax.device_count()} cpu_count={os.cpu_count()} "
-          f"host={platform.machine()} jax={jax.__version__}")
+    print("machine:", common.describe_machine())
     print(f"workload {args.workload}: {M.num_params(params) / 1e6:.2f} M params, batch {b}, "
           f"prompt {p}, new tokens {t}, float32, temperature 1, specials banned")
 
@@ -102,9 +98,7 @@ def main():
     for name, fn in [("cached", cached), ("naive", naive)]:
         if name == "naive" and args.skip_naive:
             continue
-        start = time.perf_counter()
-        compiled = fn.lower(params, prompts, key).compile()
-        compile_s = time.perf_counter() - start
+        compiled, compile_s = common.compile_seconds(fn, params, prompts, key)
         repeats = args.naive_repeats if name == "naive" else args.repeats
         median, times = _time(compiled, (params, prompts, key), repeats)
         results[name] = compiled(params, prompts, key)
@@ -119,4 +113,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
