@@ -133,9 +133,10 @@ def ragged_sample(config, params, prompts, lengths, key, temperature, *, max_new
     return {"tokens": tokens, "logp": logp, "mask": mask, "token_stats": stats}
 
 
-def pad_prompts(token_lists, pad_id: int = 0):
-    """``(prompts [N, Pmax] int32, lengths [N])`` right-padded with ``pad_id``."""
-    pmax = max(len(t) for t in token_lists)
+def pad_prompts(token_lists, pad_id: int = 0, length: int | None = None):
+    """``(prompts [N, Pmax] int32, lengths [N])`` right-padded with ``pad_id`` to ``length``
+    (default: the longest)."""
+    pmax = max(len(t) for t in token_lists) if length is None else length
     out = np.full((len(token_lists), pmax), pad_id, np.int32)
     for i, t in enumerate(token_lists):
         out[i, :len(t)] = t
@@ -152,6 +153,44 @@ def load_smollm2(cache_dir: str | None = None, max_len: int = 512, unpermute: bo
     path = gguf.fetch_smollm2(cache_dir)
     config, params, meta = gguf.load(path, max_len=max_len, unpermute=unpermute)
     return config, params, tokenizer.from_metadata(meta, where=path)
+
+
+def numpy_llama_cpp_logits(config, tensors, ids) -> np.ndarray:
+    """Logits ``[L, V]`` (float64) computed the way llama.cpp runs arch ``llama``: the file's
+    raw Q/K rows (no un-permutation) with adjacent-pair RoPE (``LLAMA_ROPE_TYPE_NORM``),
+    grouped-query attention, RMSNorm, SiLU-gated MLP, tied head. Independent of model.py."""
+    c = config
+    dh, h, hkv = c.head_dim, c.num_heads, c.kv_heads
+    rms = lambda x, g: x / np.sqrt(np.mean(x * x, -1, keepdims=True) + c.norm_eps) * g
+    length = len(ids)
+    pos = np.arange(length, dtype=np.float64)
+    angle = pos[:, None, None] * c.rope_theta ** (-2.0 * np.arange(dh // 2) / dh)
+
+    def rope(x):
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2] = x0 * np.cos(angle) - x1 * np.sin(angle)
+        out[..., 1::2] = x0 * np.sin(angle) + x1 * np.cos(angle)
+        return out
+
+    t = lambda name: tensors[name].astype(np.float64)
+    x = t("token_embd.weight")[np.asarray(ids)]
+    causal = np.tril(np.ones((length, length), bool))
+    for i in range(c.num_layers):
+        g = lambda n: t(f"blk.{i}.{n}.weight")
+        a = rms(x, g("attn_norm"))
+        q = rope((a @ g("attn_q").T).reshape(length, h, dh))
+        k = np.repeat(rope((a @ g("attn_k").T).reshape(length, hkv, dh)), h // hkv, axis=1)
+        v = np.repeat((a @ g("attn_v").T).reshape(length, hkv, dh), h // hkv, axis=1)
+        s = np.where(causal[None], np.einsum("lhd,shd->hls", q, k) / np.sqrt(dh), -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        x = x + np.einsum("hls,shd->lhd", p, v).reshape(length, h * dh) @ g("attn_output").T
+        a = rms(x, g("ffn_norm"))
+        gate = a @ g("ffn_gate").T
+        x = x + (gate / (1 + np.exp(-gate)) * (a @ g("ffn_up").T)) @ g("ffn_down").T
+    head = tensors.get("output.weight", tensors["token_embd.weight"]).astype(np.float64)
+    return rms(x, t("output_norm.weight")) @ head.T
 
 
 def passage_loss(config, params, ids) -> float:
@@ -189,11 +228,21 @@ def main(argv):
     config_raw, params_raw, _ = gguf.load(gguf.fetch_smollm2(FLAGS.cache_dir), max_len=512,
                                           unpermute=False)
     loss_raw = passage_loss(config_raw, params_raw, pid)
+    # Our model against a NumPy forward in llama.cpp's convention, on the real file.
+    short = pid[:24]
+    ref = numpy_llama_cpp_logits(config, gguf.read_tensors(gguf.fetch_smollm2(FLAGS.cache_dir)),
+                                 short)
+    ours = np.asarray(model_lib.forward(config, params, jnp.asarray([short], jnp.int32))[0])
+    max_diff = float(np.abs(ours - ref).max())
     lines += [f"RoPE convention check ({len(pid)}-token English passage, mean next-token "
               f"loss): {loss_ok:.3f} nats with the Q/K un-permutation (perplexity "
               f"{np.exp(loss_ok):.1f}), {loss_raw:.3f} nats without it (perplexity "
               f"{np.exp(loss_raw):.1f}). Uniform over the vocabulary would be "
               f"{np.log(config.vocab_size):.2f}.", "",
+              f"Against a NumPy float64 forward written the way llama.cpp runs the file (raw "
+              f"Q/K rows, adjacent-pair RoPE), on the passage's first {len(short)} tokens: max "
+              f"|logit difference| {max_diff:.2e} (logits span {ref.min():.1f} .. "
+              f"{ref.max():.1f}).", "",
               f"Load {t_load:.1f} s, generation (compile included) {t_gen:.1f} s."]
     text = "\n".join(lines)
     print(text)
