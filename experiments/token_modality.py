@@ -257,6 +257,10 @@ def summarize(records, config) -> dict[str, dict]:
                "ratio_gt": float((r21 > config.ratio_threshold).mean()),
                "within10x_mean": float(w10.mean()),
                "seq_H_mc": float(seq.mean()),
+               "first_H": float(np.mean([r["entropy"][0] for r in rs])),
+               "first_top1": float(np.mean([r["top1"][0] for r in rs])),
+               "first_ratio_gt": float(np.mean([r["ratio21"][0] > config.ratio_threshold
+                                                for r in rs])),
                "ended": float(np.mean([e for r in rs for e in r["ended"]]))}
         if "n90" in rs[0]:
             row.update(
@@ -346,6 +350,16 @@ def write_report(result, config, workdir) -> str:
         "H in nats. exp(H_seq): exp of the mean negative log-probability of the sampled "
         "completions (Monte Carlo sequence entropy; an effective number of distinct "
         "completions). ended: fraction of samples that ended within the token limit.",
+        "",
+        "The first generated position alone (for arithmetic and multi: the first digit of "
+        "the answer):",
+        "",
+        f"| kind | H mean | p1 mean | P(p2/p1 > {config.ratio_threshold}) |",
+        "|---|---|---|---|"]
+    for kind, r in table.items():
+        lines.append(f"| {kind} | {f(r['first_H'])} | {f(r['first_top1'])} | "
+                     f"{f(r['first_ratio_gt'])} |")
+    lines += [
         "",
         "## Per answer (exact, numbers 0..99)",
         "",
