@@ -364,29 +364,71 @@ def test_tokenizer_round_trip_and_chat_template(tiny):
         T.from_metadata({**G.read_metadata(path), "tokenizer.ggml.pre": "qwen2"})
 
 
-def test_grpo_step_runs_with_gqa_tied_model_on_8_devices():
-    """train.make_rl_chunk under jit, batch sharded over the 8 CPU devices, with a GQA +
-    tied-embedding policy."""
+def test_number_text_task_reward_and_labels(tiny):
+    from grpo_jax.tasks import number_text
+
+    path, _, _ = tiny
+    tok = T.from_gguf(path)
+    task = number_text.prime_task(tok, ranges=((10, 50), (20, 30)))
+    assert task.answers == (11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47)
+    assert task.prompts[0][-1] == tok.token_to_id("Ġ")  # the reply stops before the number
+    d = lambda c: tok.token_to_id(c)
+    prompts = jnp.asarray([task.prompts[0]] * 5 + [task.prompts[1]] * 2)
+    comps = jnp.asarray([[d("1"), d("3")], [d("1"), d("5")], [d("7"), d(".")],
+                         [d("0"), d("7")], [d("a"), d("3")], [d("2"), d("3")],
+                         [d("1"), d("3")]])
+    np.testing.assert_array_equal(task.numbers(comps), [13, 15, 7, -1, -1, 23, 13])
+    np.testing.assert_array_equal(task.reward(prompts, comps), [1, 0, 0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(task.mode_labels(prompts, comps), [1, -1, -1, -1, -1, 4, -1])
+    with pytest.raises(ValueError, match="one token length"):
+        number_text.prime_task(tok, ranges=((10, 50), (2, 50)))
+
+
+def _grpo_setup(path, **kw):
+    from grpo_jax import train
+    from grpo_jax.tasks import number_text
+
+    tok = T.from_gguf(path)
+    task = number_text.prime_task(tok, ranges=((10, 50), (20, 60)))
+    cfg, params, _ = G.load(path, max_len=task.prompt_len + task.completion_len)
+    assert cfg.kv_heads < cfg.num_heads and cfg.tie_embeddings
+    setup = train.RLSetup(model=cfg, task=task, num_prompts=4, group_size=4,
+                          kl_choices=("exact_fwd/loss", "exact_rev/loss", "k3/loss", "k2/loss"),
+                          **kw)
+    # The policy starts a little off the reference, so the KL term has a gradient even when
+    # no sample of this tiny random model earns a reward.
+    noise = jax.random.normal(jax.random.key(9), params["embed"]["embedding"].shape)
+    policy = jax.tree.map(lambda x: x, params)
+    policy["embed"]["embedding"] = params["embed"]["embedding"][...] + 0.05 * noise
+    return setup, policy, params
+
+
+def test_grpo_population_of_the_four_regularisers_on_8_devices(tiny):
+    """train.make_rl_chunk under jit with the GQA + tied-embedding model loaded from the tiny
+    GGUF and the prime-number text task: one vmapped program, one member per regulariser
+    (exact_fwd, exact_rev, k3, k2 in the loss), the batch sharded over the 8 CPU devices."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from grpo_jax import losses, tasks, train
+    from grpo_jax import losses, train
 
     assert jax.device_count() == 8
-    task = tasks.make("arithmetic")
-    cfg = M.ModelConfig(vocab_size=task.vocab_size, num_layers=1, width=24, num_heads=6,
-                        mlp_width=32, max_len=task.prompt_len + task.completion_len,
-                        num_kv_heads=2, tie_embeddings=True, norm_eps=1e-5)
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    setup = train.RLSetup(model=cfg, task=task, num_prompts=4, group_size=4,
-                          data_sharding=NamedSharding(mesh, P("data")),
-                          kl_choices=("exact_fwd/loss", "k3/loss"))
-    params = M.init(cfg, jax.random.key(0))
-    state = train.init_rl_state(setup, params, params, jax.random.key(1))
-    hp = train.Hparams(loss=losses.LossConfig(beta=0.1), lr=jnp.float32(1e-2),
-                       kl_choice=jnp.int32(0))
-    state, metrics = train.make_rl_chunk(setup, chunk_steps=2)(state, hp)
-    assert int(state.step) == 2
+    setup, policy, ref = _grpo_setup(tiny[0], data_sharding=NamedSharding(mesh, P("data")))
+    assert setup.batch_size % 8 == 0
+    stack = lambda t: jax.tree.map(lambda x: jnp.stack([x] * 4), t)
+    keys = jax.random.split(jax.random.key(2), 4)
+    state = jax.vmap(lambda p, r, k: train.init_rl_state(setup, p, r, k))(
+        stack(policy), stack(ref), keys)
+    hp = train.Hparams(loss=stack(losses.LossConfig(beta=0.1)),
+                       lr=jnp.full((4,), 1e-2, jnp.float32), kl_choice=jnp.arange(4))
+    state, metrics = train.make_rl_chunk(setup, chunk_steps=2, population=True)(state, hp)
+    np.testing.assert_array_equal(state.step, [2, 2, 2, 2])
     for k in ("loss", "exact_kl_fwd", "exact_kl_rev", "entropy", "reward_mean"):
+        assert metrics[k].shape == (4, 2)
         assert np.all(np.isfinite(np.asarray(metrics[k]))), k
-    assert float(metrics["update_norm"][0]) > 0
-    assert float(metrics["exact_kl_rev"][0]) == pytest.approx(0.0, abs=1e-6)  # pi_old == ref
+    assert metrics["mode_shares"].shape == (4, 2, setup.task.num_modes)
+    assert np.all(np.asarray(metrics["update_norm"]) > 0)
+    assert np.all(np.asarray(metrics["exact_kl_rev"]) > 0)
+    assert np.all(np.asarray(metrics["exact_kl_fwd"]) > 0)
+    # The members differ only in the regulariser: their losses differ.
+    assert len({float(x) for x in np.asarray(metrics["loss"][:, 0])}) == 4
