@@ -113,8 +113,9 @@ def _notes(config, workdir, wall_s, missing, cells, machine) -> dict:
     notes = {
         "command": f"python experiments/study.py --workdir {workdir}{arg}",
         "machine": machine,
-        "wall time": f"{wall_s:.0f} s for this invocation (compiles included; cached cells "
-                     f"cost 0)",
+        "wall time": ("not recorded" if wall_s is None else
+                      f"{wall_s:.0f} s for the run that computed the cells (compiles "
+                      f"included; cells found in the cache cost 0)"),
         "scale": (f"{config.name}: {len(config.modalities)} modalities x "
                   f"{len(config.policies)} policy classes, {len(config.betas)} betas and "
                   f"{len(config.entropy_coefs)} entropy coefficients, {config.num_seeds} "
@@ -134,31 +135,41 @@ def _notes(config, workdir, wall_s, missing, cells, machine) -> dict:
 def run(workdir: str, config=None, report_only: bool = False, overwrite: bool = False,
         keep_checkpoints: bool = False, log=print) -> dict:
     """Run (or resume) the study and write its report; returns the report's result."""
-    import jax  # pylint: disable=import-outside-toplevel
     from configs import study as study_config  # pylint: disable=import-outside-toplevel
-    from grpo_jax import config_utils as cu  # pylint: disable=import-outside-toplevel
-    from grpo_jax import report, rundir, study, sweep  # pylint: disable=import-outside-toplevel
+    from grpo_jax import jsonio, rundir, study, sweep  # pylint: disable=import-outside-toplevel
 
     t0 = time.time()
     config = study_config.get_config() if config is None else config
     sweep_dir = os.path.join(workdir, "sweep")
-    if report_only:
-        config = _stored_config(workdir, config, log)
-        records, missing = sweep.load_results(sweep_dir)
-        log(f"report from {len(records)} finished cells ({missing} missing)")
-    else:
-        rundir.check_config(workdir, config, what="study", overwrite=overwrite, log=log)
-        if overwrite:
-            for name in ("sweep", "groups", "report"):
-                shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-        base, axes = study_config.grid(config)
-        if keep_checkpoints:
-            cu.set_value(base, "train.max_to_keep", 0)
-        cells = sweep.expand(base, axes)
-        runner = functools.partial(study.run_group, workdir=workdir, log=log,
-                                   keep_checkpoints=keep_checkpoints)
-        records = sweep.run_sweep(cells, runner, sweep_dir, study.GROUP_KEYS, log=log)
-        missing = 0
+    timing = os.path.join(workdir, "run_seconds.json")
+    with rundir.lock(workdir, log=log):
+        if report_only:
+            config = _stored_config(workdir, config, log)
+            records, missing = sweep.load_results(sweep_dir)
+            log(f"report from {len(records)} finished cells ({missing} missing)")
+            run_s = jsonio.read_json(timing)["seconds"] if os.path.exists(timing) else None
+        else:
+            # Every key of the study config is computational here: a cell's hash covers it.
+            rundir.check_config(workdir, config, what="study", overwrite=overwrite, safe=(),
+                                log=log)
+            if overwrite:
+                for name in ("sweep", "groups", "report"):
+                    shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+            cells = sweep.expand(*study_config.grid(config))
+            runner = functools.partial(study.run_group, workdir=workdir, log=log,
+                                       keep_checkpoints=keep_checkpoints)
+            records = sweep.run_sweep(cells, runner, sweep_dir, study.GROUP_KEYS, log=log)
+            missing = 0
+            run_s = time.time() - t0
+            jsonio.write_json_atomic(timing, {"seconds": run_s})
+        return _report(workdir, config, records, missing, run_s, t0, log)
+
+
+def _report(workdir, config, records, missing, run_s, t0, log) -> dict:
+    """The report of `records` (with the closed-form optima and the Gaussian toy figure)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    from grpo_jax import config_utils as cu  # pylint: disable=import-outside-toplevel
+    from grpo_jax import report, study  # pylint: disable=import-outside-toplevel
     optima = {}
     for m in config.modalities:
         fields = dict(m["task"])
@@ -167,7 +178,7 @@ def run(workdir: str, config=None, report_only: bool = False, overwrite: bool = 
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} on "
                f"{jax.devices()[0].platform}")
     outdir = os.path.join(workdir, "report")
-    notes = _notes(config, workdir, time.time() - t0, missing, len(records), machine)
+    notes = _notes(config, workdir, run_s, missing, len(records), machine)
     result = report.write_report(records, config.to_dict(), outdir, notes, optima)
     figs = gaussian_figure(outdir, log=log)
     if figs:

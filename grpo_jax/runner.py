@@ -203,6 +203,21 @@ def population_cells(config) -> list[dict[str, Any]]:
             for i in range(int(config.train.num_seeds))]
 
 
+MEMBER_RANGES = (("loss.beta", 0.0, math.inf), ("loss.entropy_coef", 0.0, math.inf),
+                 ("loss.eps_low", 0.0, 1.0), ("loss.eps_high", 0.0, math.inf),
+                 ("optim.lr", 0.0, math.inf))
+
+
+def check_member(cell: Mapping[str, Any], value: Callable[[str], float]) -> None:
+    """A population member's numeric values are finite and in range (as `validate_config`
+    checks the config's own): a ValueError names the cell, the key and the range."""
+    for key, low, high in MEMBER_RANGES:
+        v = value(key)
+        if not (math.isfinite(v) and low <= v <= high) or (key == "optim.lr" and v <= 0):
+            raise ValueError(f"cell {dict(cell)}: {key} = {v!r} is not a finite number in "
+                             f"[{low}, {high}]" + (" (and > 0)" if key == "optim.lr" else ""))
+
+
 def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hparams:
     """Numeric hyperparameters of `cells`, every leaf stacked along a leading axis [S]."""
     choices = population_kl_choices(config, cells)
@@ -212,6 +227,7 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
 
     def one(cell):
         value = lambda k: float(cell_value(config, cell, k))
+        check_member(cell, value)
         choice = kl_choice_of(config, cell)
         loss_cfg = make_loss_config(config, static_choice, beta=value("loss.beta"),
                                     eps_low=value("loss.eps_low"),
@@ -443,7 +459,7 @@ def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> Pop
         rundir.check_config(workdir, {"config": config, "cells": [dict(c) for c in cells]},
                             overwrite=overwrite, log=log)
         if overwrite:
-            for name in ("checkpoints", "metrics.jsonl", "tb"):
+            for name in ("checkpoints", "metrics.jsonl", "tb", "reference"):
                 _remove(os.path.join(workdir, name))
     task = make_task(config)
     mcfg = make_model_config(config, task)

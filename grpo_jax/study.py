@@ -34,9 +34,10 @@ import ml_collections
 import numpy as np
 
 from grpo_jax import config_utils, runner, sweep
+from grpo_jax.report import analysis
 from grpo_jax.tasks.bandit import bandit_optimum
 
-ENTROPY_ARM = "entropy"
+ENTROPY_ARM = analysis.ENTROPY_ARM
 # Cells of one group differ only in these: the population's members.
 GROUP_KEYS = runner.VMAPPABLE_KEYS + ("eval.arm", "eval.replicate")
 
@@ -63,17 +64,22 @@ def task_vectors(task) -> dict[str, np.ndarray]:
             "ref_shares": ref_shares}
 
 
-def one_token_outcomes(probs: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Exact outcomes of a distribution `probs` [A] over the answers (float64)."""
-    p = np.clip(np.asarray(probs, np.float64), 0.0, None)
-    p = p / p.sum()
+def one_token_outcomes(logp: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Exact outcomes of a distribution over the answers given by its log-probabilities
+    `logp` [A] (float64, normalised here; -inf allowed). Log-probabilities, not
+    probabilities, so that a narrow policy's forward KL stays finite however small its
+    mass on the reference's support."""
+    logp = np.asarray(logp, np.float64)
+    logp = logp - np.logaddexp.reduce(logp)
+    p = np.exp(logp)
     ref = vec["ref"]
     reward = float(p @ vec["reward"])
     ref_reward = float(ref @ vec["reward"])
     with np.errstate(divide="ignore", invalid="ignore"):
-        kl_rev = float(np.sum(np.where(p > 0, p * (np.log(p) - np.log(ref)), 0.0)))
-        kl_fwd = float(np.sum(np.where(ref > 0, ref * (np.log(ref) - np.log(p)), 0.0)))
-        entropy = float(-np.sum(np.where(p > 0, p * np.log(p), 0.0)))
+        log_ref = np.log(ref)
+        kl_rev = float(np.sum(np.where(p > 0, p * (logp - log_ref), 0.0)))
+        kl_fwd = float(np.sum(np.where(ref > 0, ref * (log_ref - logp), 0.0)))
+        entropy = float(-np.sum(np.where(p > 0, p * logp, 0.0)))
     p_best = float(p[vec["best"]].sum())
     shares = np.asarray([p[vec["labels"] == k].sum() for k in range(len(vec["ref_shares"]))])
     gain = reward - ref_reward
@@ -86,12 +92,13 @@ def one_token_outcomes(probs: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict
     }
 
 
-def final_probs(model, params) -> np.ndarray:
-    """[S, A] answer distributions of a population of one-token policies (ordinary tokens)."""
+def final_logprobs(model, params) -> np.ndarray:
+    """[S, A] answer log-probabilities of a population of one-token policies over the
+    ordinary tokens, normalised in float64 from the float32 logits."""
     dummy = np.zeros((1, 1), np.int32)
     logits = jax.vmap(lambda p: model.completion_logits(p, dummy, dummy)[0, 0])(params)
-    probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
-    return probs[:, list(model.support)]
+    z = np.asarray(logits, np.float64)[:, list(model.support)]
+    return z - np.logaddexp.reduce(z, axis=-1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,7 +116,8 @@ def _optimum(vec, arm: str, beta: float) -> np.ndarray | None:
 def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
                  ) -> list[dict]:
     """One record per population member (see the module docstring)."""
-    probs = final_probs(result.setup.model, result.state.params)
+    logp = final_logprobs(result.setup.model, result.state.params)
+    probs = np.exp(logp)
     hist = result.history
     idx = np.unique(np.linspace(0, hist["reward_mean"].shape[1] - 1, 20).round().astype(int))
     records = []
@@ -123,7 +131,7 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
             "separation": float(cell.eval.separation), "num_modes": int(cell.task.num_modes),
             "arm": arm, "strength": strength, "seed": int(cell.train.seed),
             "replicate": int(cell.eval.replicate),
-            "final": one_token_outcomes(probs[m], vec),
+            "final": one_token_outcomes(logp[m], vec),
             "tv_to_optimum": None if opt is None else float(0.5 * np.abs(probs[m] - opt).sum()),
             "zero_grad_frac": float(np.mean(hist["zero_grad_skipped"][m])),
             "policy_probs": probs[m].tolist(),
@@ -142,6 +150,8 @@ def run_group(static_config, cells, workdir: str | None = None, log=print,
     are deleted once the records exist (they serve only a mid-run resume) unless
     `keep_checkpoints`."""
     config = copy.deepcopy(cells[0])
+    if keep_checkpoints:  # every checkpoint kept; not part of the cells' config (hash)
+        config_utils.set_value(config, "train.max_to_keep", 0)
     workdir = workdir or static_config.eval.get("workdir", "") or tempfile.mkdtemp("study")
     members = [{k: config_utils.get_value(c, k) for k in runner.VMAPPABLE_KEYS}
                for c in cells]
@@ -165,6 +175,7 @@ def optimum_curves(task, betas=None) -> dict[str, dict[str, list[float]]]:
     out = {}
     for direction in ("forward", "reverse"):
         probs = bandit_optimum(vec["reward"], vec["ref"], betas, direction)
-        rows = [one_token_outcomes(p, vec) for p in probs]
+        with np.errstate(divide="ignore"):
+            rows = [one_token_outcomes(np.log(p), vec) for p in probs]
         out[direction] = {k: [r[k] for r in rows] for k in rows[0]}
     return out

@@ -8,6 +8,22 @@ import pytest
 from grpo_jax.report import inference as inf
 
 
+def test_holm_intervals_agree_with_p_adj_after_the_step_down_stops():
+    rng = np.random.default_rng(5)
+    est = [inf.paired(rng.normal(m, 1.0, size=12)) for m in (1.2, 0.8, 0.7, 0.1)]
+    inf.apply_holm(est)
+    for e in est:  # the interval excludes 0 exactly when p_adj < alpha
+        assert (e.low > 0 or e.high < 0) == (e.p_adj < 0.05), (e.p, e.p_adj, e.low, e.high)
+
+
+def test_a_negligible_significant_interaction_does_not_hold():
+    i = inf.paired(np.r_[0.0098, 0.0099, 0.0097, 0.0100, 0.0098])  # tiny, very precise
+    u = inf.paired(np.r_[0.001, -0.001, 0.0, 0.0005, -0.0005])
+    inf.apply_holm([i, u])
+    assert i.p_adj < 0.05
+    assert inf.decide(i, u, 0.02, 0.02).verdict == "refuted"
+
+
 def test_holm_matches_a_hand_worked_example():
     # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> 0.06
     np.testing.assert_allclose(inf.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
@@ -26,22 +42,21 @@ def test_intervals_never_leave_the_outcome_range():
         y = np.clip(rng.normal(0.02, 0.1, size=5), 0, 1)
         d = inf.paired(x - y, bounds=(-1.0, 1.0))
         assert -1.0 <= d.low <= d.high <= 1.0
-        w = inf.welch(x - y, y - x, bounds=(-2.0, 2.0))
+        w = inf.paired((x - y) - (y - x), bounds=(-2.0, 2.0))
         assert -2.0 <= w.low <= w.high <= 2.0
         lo, hi = d.interval(0.999)
         assert -1.0 <= lo <= hi <= 1.0
 
 
-def test_t_interval_coverage_and_welch():
+def test_t_interval_coverage():
     rng = np.random.default_rng(1)
     covered = 0
     for _ in range(2000):
         e = inf.paired(rng.normal(0.3, 1.0, size=8))
         covered += e.low <= 0.3 <= e.high
     assert 0.93 < covered / 2000 < 0.97
-    w = inf.welch([1.0, 2.0, 3.0], [0.0, 0.5])
-    assert w.mean == pytest.approx(1.75)
-    assert w.se == pytest.approx(math.sqrt(1.0 / 3 + 0.125 / 2))
+    e = inf.paired([1.0, 2.0, 3.0, float("nan")])  # NaN (a seed missing r*) drops out
+    assert (e.mean, e.n, e.df) == (2.0, 3, 2) and e.se == pytest.approx(1 / math.sqrt(3))
 
 
 def test_matched_strength_recovers_a_known_crossing():
@@ -63,7 +78,7 @@ def test_matched_strength_recovers_a_known_crossing():
 def _simulate(delta_uni, delta_multi, seeds, rng, sd=0.5, margin=0.5):
     uni = rng.normal(delta_uni, sd, size=seeds)
     multi = rng.normal(delta_multi, sd, size=seeds)
-    i, u = inf.welch(multi, uni), inf.paired(uni)
+    i, u = inf.paired(multi - uni), inf.paired(uni)
     inf.apply_holm([i, u])
     return inf.decide(i, u, margin_interaction=margin, margin_unimodal=margin).verdict
 
@@ -89,13 +104,13 @@ def test_decision_rule_false_verdict_rate_under_pure_noise():
     got = [_simulate(0.0, 0.0, 32, rng) for _ in range(1000)]
     false_holds = got.count("holds") / len(got)
     assert false_holds <= 0.05
-    assert got.count("refuted") + got.count("undecided") == len(got) - got.count("holds")
+    assert got.count("refuted") > 0.5 * len(got)  # with 32 seeds the null is mostly shown
 
 
 def test_undecided_says_how_many_seeds_would_decide():
     rng = np.random.default_rng(4)
     uni, multi = rng.normal(0.0, 1.0, 4), rng.normal(0.6, 1.0, 4)
-    i, u = inf.welch(multi, uni), inf.paired(uni)
+    i, u = inf.paired(multi - uni), inf.paired(uni)
     inf.apply_holm([i, u])
     v = inf.decide(i, u, margin_interaction=0.05, margin_unimodal=0.5)
     assert v.verdict == "undecided" and v.seeds_to_decide > 4

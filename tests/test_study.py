@@ -32,15 +32,22 @@ def test_one_token_outcomes_by_hand():
     assert vec["best"].sum() == 1 and vec["reward"][vec["best"]][0] == 1.0
     on_best = np.zeros(64)
     on_best[vec["best"]] = 1.0
-    out = study.one_token_outcomes(on_best, vec)
+    with np.errstate(divide="ignore"):
+        out = study.one_token_outcomes(np.log(on_best), vec)
     assert out["reward"] == 1.0 and out["off_target"] == 0.0 and out["entropy"] == 0.0
     assert out["pass_at_1"] == 1.0 and out["mode_coverage"] == 0.5
-    ref = study.one_token_outcomes(vec["ref"], vec)
+    ref = study.one_token_outcomes(np.log(vec["ref"]), vec)
     assert ref["exact_kl_rev"] == pytest.approx(0.0, abs=1e-12)
     assert ref["exact_kl_fwd"] == pytest.approx(0.0, abs=1e-12)
     assert ref["off_target"] == pytest.approx(float(vec["ref"][vec["zero"]].sum()))
     assert ref["mode_coverage"] == 1.0 and ref["between"] > 0
     assert np.isnan(ref["fwd_kl_per_reward"])  # no reward gained over the reference
+    # A narrow Gaussian far from most of the reference: its forward KL is large but finite.
+    policy = policies.make("gaussian", task)
+    logp = study.final_logprobs(policy, {"mean": jnp.asarray([43.5]),
+                                         "log_std": jnp.asarray([0.0])})[0]
+    far = study.one_token_outcomes(logp, vec)
+    assert np.isfinite(far["exact_kl_fwd"]) and far["exact_kl_fwd"] > 100
 
 
 def test_every_study_reference_starts_below_its_reward_ceiling():
@@ -56,7 +63,7 @@ def test_every_study_reference_starts_below_its_reward_ceiling():
 def test_matched_tail_control_abandons_as_much_mass_as_two_modes():
     cfg = study_config.get_config()
     by_label = {m["label"]: config_utils.make_task(dict(m["task"])) for m in cfg.modalities}
-    zero = lambda t: study.one_token_outcomes(study.task_vectors(t)["ref"],
+    zero = lambda t: study.one_token_outcomes(np.log(study.task_vectors(t)["ref"]),
                                               study.task_vectors(t))["off_target"]
     assert zero(by_label["1 mode + floor"]) == pytest.approx(zero(by_label["2 modes, 8σ"]),
                                                              abs=1e-3)
@@ -152,7 +159,8 @@ def test_report_only_with_another_config_reports_the_stored_one(tiny_run):
     out = experiment.run(workdir, other, report_only=True, log=lambda s: lines.append(str(s)))
     assert any("warning: the report describes the stored cells" in line and "num_seeds"
                in line for line in lines)
-    assert out["seeds"] == 3  # the stored cells' scale, not the flags'
+    scale = open(out["paths"]["report_md"]).read().split("**Scale.**")[1].split("\n")[0]
+    assert "3 seeds" in scale and "5 seeds" not in scale  # the stored cells' scale
 
 
 def test_tiny_run_disk_use_is_bounded(tiny_run):

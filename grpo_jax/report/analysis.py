@@ -54,13 +54,14 @@ def modalities(records) -> list[tuple[str, bool, float, int]]:
     return list(seen.values())
 
 
-def target_reward(cv, policy, modality, primary, seeds, fraction) -> dict[str, float]:
+def target_reward(cv, policy, modality, primary, seeds, fraction, by="reward"
+                  ) -> dict[str, float]:
     """r* = r_lo + fraction (r_hi - r_lo): r_lo the larger of the two primary arms' median
     (over seeds) smallest reward along the sweep, r_hi the smaller of their median largest
     reward, so that every seed of both arms brackets r* in the typical case."""
     lo, hi = [], []
     for arm in primary:
-        rs = [cv[(policy, modality, arm, s, 0)]["reward"] for s in seeds
+        rs = [cv[(policy, modality, arm, s, 0)][by] for s in seeds
               if (policy, modality, arm, s, 0) in cv]
         lo.append(np.median([x.min() for x in rs]))
         hi.append(np.median([x.max() for x in rs]))
@@ -92,10 +93,13 @@ class _Study:
         self.outcomes = outcome_order(config)
         self.primary = tuple(config["primary"])
         present = {m[0] for m in self.mods}
-        self.baselines = [b for b in config.get("baselines", [UNIMODAL]) if b in present]
+        self.baselines = list(config.get("baselines", [UNIMODAL]))
+        self.missing_baselines = [b for b in self.baselines if b not in present]
+        self.by = config["match"]["by"]
+        self.check_by = config["match"]["check_by"]
         frac = float(config["match"]["fraction"])
         self.targets = {(p, m[0]): target_reward(self.cv, p, m[0], self.primary, self.seeds,
-                                                 frac)
+                                                 frac, self.by)
                         for p in self.policies for m in self.mods}
 
     def bounds(self, outcome, order=1):
@@ -103,19 +107,22 @@ class _Study:
         width = float(o["high"]) - float(o["low"])
         return (-order * width, order * width)
 
-    def values(self, policy, modality, arm, outcome, replicate=0, by="reward"):
+    def values(self, policy, modality, arm, outcome, replicate=0, by=None):
+        """Per-seed `outcome` at matched strength: at the target of `match.by` (default),
+        or, for the check, at the `match.check_by` value the primary arms reach there."""
+        by = by or self.by
         t = self.targets[(policy, modality)]["target"]
-        if by != "reward":  # the check: the reverse KL the primary arms reach at r*
-            t = self._kl_target(policy, modality, replicate)
+        if by != self.by:
+            t = self._check_target(policy, modality, replicate, by)
         return matched(self.cv, policy, modality, arm, self.seeds, replicate, outcome, by, t)
 
-    def _kl_target(self, policy, modality, replicate):
-        ks = [np.nanmedian(self.values(policy, modality, a, "exact_kl_rev", replicate))
+    def _check_target(self, policy, modality, replicate, by):
+        ks = [np.nanmedian(self.values(policy, modality, a, by, replicate))
               for a in self.primary]
         return float(np.mean(ks))
 
 
-def _delta(st: _Study, policy, modality, a, b, outcome, replicate=0, by="reward"):
+def _delta(st: _Study, policy, modality, a, b, outcome, replicate=0, by=None):
     """Seed-paired a - b at matched strength, or None when fewer than 2 seeds reach r*."""
     with np.errstate(invalid="ignore"):  # NaN where a seed does not reach r*
         d = st.values(policy, modality, a, outcome, replicate, by) - st.values(
@@ -135,16 +142,17 @@ def contrasts(config) -> dict[str, list[tuple[str, str]]]:
 
 
 def _family(st: _Study, policy, pairs, replicate):
-    """Every test of one (policy, contrast) family, Holm-adjusted together: for each declared
-    unimodal baseline its difference, and the interaction of each multimodal point against
-    it, on every declared outcome. A point where fewer than `min_matched_fraction` of the
-    seeds reach the matched reward is not estimable and left out (listed as such)."""
+    """Every test of one (policy, contrast): for each declared unimodal baseline its
+    difference, and the interaction (seed-paired) of each multimodal point against it, on
+    every declared outcome. Two Holm families: the primary outcome's tests (they decide)
+    and the other outcomes' (reported). A point where fewer than `min_matched_fraction` of
+    the seeds reach the matched reward is not estimable and left out (listed as such)."""
     rows, skipped = [], []
     need = max(2, math.ceil(float(st.config.get("min_matched_fraction", 0.0)) *
                             len(st.seeds)))
     for a, b in pairs:
         for o in st.outcomes:
-            for base in st.baselines:
+            for base in (b for b in st.baselines if b not in st.missing_baselines):
                 uni, d_uni = _delta(st, policy, base, a, b, o, replicate)
                 if uni is None or uni.n < need:
                     skipped.append(dict(modality=base, outcome=o, pair=[a, b]))
@@ -158,31 +166,36 @@ def _family(st: _Study, policy, pairs, replicate):
                     if dm is None or dm.n < need:
                         skipped.append(dict(modality=label, outcome=o, pair=[a, b]))
                         continue
-                    est = inf.welch(d_multi, d_uni, st.bounds(o, order=2))
+                    with np.errstate(invalid="ignore"):
+                        est = inf.paired(d_multi - d_uni, st.bounds(o, order=2))
                     rows.append(dict(kind="interaction", baseline=base, modality=label,
                                      separation=sep, num_modes=k, outcome=o, pair=(a, b),
                                      est=est, delta=dm))
-    inf.apply_holm([r["est"] for r in rows], float(st.config["alpha"]))
+    alpha = float(st.config["alpha"])
+    primary = st.config["primary_outcome"]
+    inf.apply_holm([r["est"] for r in rows if r["outcome"] == primary], alpha)  # decides
+    inf.apply_holm([r["est"] for r in rows if r["outcome"] != primary], alpha)  # reported
     return rows, skipped
 
 
 def _combine_points(points) -> tuple[str, str]:
-    """One baseline's verdict from its multimodal points (see configs/study.py)."""
-    verdicts = [p["verdict"] for p in points]
+    """One baseline's verdict from its multimodal points (configs/study.py): REFUTED if the
+    unimodal difference exceeds its margin or every point is refuted; HOLDS if some point
+    holds and none is refuted with the opposite sign; otherwise UNDECIDED."""
     beyond = [p for p in points if "exceeds its margin" in p["reason"]]
     held = [p for p in points if p["verdict"] == "holds"]
     refuted = [p for p in points if p["verdict"] == "refuted"]
     opposite = [p for p in refuted if "opposite" in p["reason"]]
+    if not points:
+        return "undecided", "no multimodal point is estimable"
     if beyond:
         return "refuted", beyond[0]["reason"]
+    if len(refuted) == len(points):
+        return "refuted", (f"refuted at every point ({', '.join(p['modality'] for p in points)}"
+                           f"); " + refuted[0]["reason"])
     if held and not opposite:
         return "holds", f"holds at {', '.join(p['modality'] for p in held)}; " + \
             held[0]["reason"]
-    if refuted and not held:
-        return "refuted", (f"refuted at {', '.join(p['modality'] for p in refuted)}; "
-                           + refuted[0]["reason"])
-    if not verdicts:
-        return "undecided", "no multimodal point is estimable"
     word = "mixed" if held or refuted else "no point decides"
     return "undecided", (f"{word}: " + "; ".join(f"{p['modality']} {p['verdict']}"
                                                  for p in points))
@@ -207,13 +220,13 @@ def _verdict(st: _Study, rows, primary_outcome) -> dict[str, Any]:
                 pts.append(dict(baseline=base, modality=r["modality"], pair=list(pair),
                                 **vars(v)))
         verdict, reason = _combine_points(pts)
+        if base in st.missing_baselines:
+            verdict, reason = "undecided", f"the baseline {base!r} is not in the records"
         need = max([p["seeds_to_decide"] for p in pts] + [-1])
         per_base[base] = dict(verdict=verdict, reason=reason,
                               seeds_to_decide=need if verdict == "undecided" else -1)
         points += pts
-    vs = [v["verdict"] for v in per_base.values()]
-    verdict = ("refuted" if "refuted" in vs else
-               "holds" if vs and all(v == "holds" for v in vs) else "undecided")
+    verdict = inf.overall([v["verdict"] for v in per_base.values()])
     reason = "; ".join(f"vs {b}: {v['verdict'].upper()} ({v['reason']})"
                        for b, v in per_base.items())
     need = max([v["seeds_to_decide"] for v in per_base.values()] + [-1])
@@ -244,7 +257,7 @@ def q1(st: _Study, replicate=0) -> dict[str, Any]:
     return out
 
 
-def deltas_table(st: _Study, outcome, replicate=0, by="reward") -> list[dict]:
+def deltas_table(st: _Study, outcome, replicate=0, by=None) -> list[dict]:
     """Per policy x modality: matched forward - reverse difference on `outcome`."""
     a, b = st.primary
     rows = []
@@ -304,6 +317,7 @@ def power(st: _Study, q1_result) -> list[dict]:
     an interaction of the size of the margin to be detected, at power `config.power`."""
     pw = float(st.config.get("power", 0.8))
     alpha = float(st.config["alpha"])
+    primary = st.config["primary_outcome"]
     rows = []
     for p, v in q1_result["primary"]["policies"].items():
         for o in st.outcomes:
@@ -315,16 +329,19 @@ def power(st: _Study, q1_result) -> list[dict]:
                 continue
             sd_u = uni[0]["estimate"]["sd"]
             sd_i = max([t["estimate"]["sd"] for t in ints] + [0.0])
+            m = sum(t["outcome"] == o if o == primary else t["outcome"] != primary
+                    for t in v["tests"])  # the size of the Holm family the test is in
             rows.append(dict(policy=p, outcome=o, margin=margin, sd_unimodal=sd_u,
                              sd_interaction=sd_i, seeds=len(st.seeds),
+                             family=m,
                              seeds_for_equivalence=inf.seeds_for_halfwidth(
                                  sd_u, margin, 1 - 2 * alpha, pw),
                              seeds_for_interaction=inf.seeds_for_halfwidth(
-                                 sd_i, margin, 1 - alpha, pw)))
+                                 sd_i, margin, 1 - alpha / max(m, 1), pw)))
     return rows
 
 
-def training_quality(records) -> dict[str, Any]:
+def training_quality(records, tv_target: float = 0.05) -> dict[str, Any]:
     """How close the tabular primary runs came to their closed-form optima, and how often
     an update was skipped for an exactly zero gradient."""
     tv = np.asarray([r["tv_to_optimum"] for r in records if r.get("tv_to_optimum") is not None
@@ -332,7 +349,8 @@ def training_quality(records) -> dict[str, Any]:
     zg = np.asarray([r["zero_grad_frac"] for r in records], np.float64)
     return {"tv_mean": float(tv.mean()) if tv.size else None,
             "tv_max": float(tv.max()) if tv.size else None,
-            "tv_within": float(np.mean(tv <= 0.05)) if tv.size else None,
+            "tv_target": tv_target,
+            "tv_within": float(np.mean(tv <= tv_target)) if tv.size else None,
             "tv_count": int(tv.size), "zero_grad_frac_mean": float(zg.mean()),
             "zero_grad_frac_max": float(zg.max())}
 
@@ -360,11 +378,11 @@ def analyse(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> 
         "q1": main,
         "deltas": {o: deltas_table(st, o) for o in st.outcomes},
         "deltas_at_matched_kl": deltas_table(st, config["primary_outcome"],
-                                             by="exact_kl_rev"),
+                                             by=st.check_by),
         "entropy_control": entropy_control(st),
         "behaved_like": behaved_like(st),
         "power": power(st, main),
-        "training": training_quality(records),
+        "training": training_quality(records, float(config.get("tv_target", 0.05))),
         "seeds": len(st.seeds),
     }
     if 1 in st.replicates:

@@ -2,10 +2,11 @@
 and the decision rule. Plain NumPy/SciPy on host data.
 
 Every effect is a mean over seeds of a per-seed difference (common random numbers: every arm
-shares the seeds), with a Student-t interval clipped to the range the difference can take.
-An *interaction* compares two independent sets of seeds (two references), so its interval is
-Welch's. Families of tests are Holm-adjusted; "little difference" is shown by equivalence
-(TOST) against a margin declared before the run.
+and every reference shares the seeds, so the same keys drive them), with a Student-t
+interval clipped to the range the difference can take. An *interaction* is paired the same
+way: per seed, Delta(multimodal) - Delta(unimodal). Families of tests are Holm-adjusted;
+"little difference" is shown by equivalence (TOST) against a margin declared before the
+run.
 
 The decision rule (`decide`) is `DECISION_RULE`, printed in every report.
 """
@@ -19,17 +20,17 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as sps
 
-VERDICTS = ("holds", "refuted", "undecided")
-
 DECISION_RULE = """\
 For a predicted sign s of the interaction I = Delta(multimodal) - Delta(unimodal),
 Delta = forward - reverse at matched strength:
-HOLDS      I's Holm-adjusted p < alpha with sign s, and Delta(unimodal) is equivalent to 0
+HOLDS      I's Holm-adjusted p < alpha with sign s, I is not equivalent to 0 (a
+           negligible interaction does not count), and Delta(unimodal) is equivalent to 0
            (TOST p < alpha against its margin);
 REFUTED    I is equivalent to 0 (TOST against I's margin), or Delta(unimodal) exceeds its
            margin (its adjusted interval lies wholly outside [-margin, margin]), or I is
            significant with the sign opposite to s;
-UNDECIDED  otherwise, with the number of seeds that would decide it at the observed spread."""
+UNDECIDED  otherwise, with the number of seeds that would decide it at the observed spread.
+The conditions are checked in this order: HOLDS, then REFUTED."""
 
 
 @dataclasses.dataclass
@@ -37,8 +38,8 @@ class Estimate:
     """A mean difference with its uncertainty.
 
     mean, se, df: estimate, standard error and degrees of freedom (t distribution).
-    n: seeds used (each group for a Welch estimate: the smaller). sd: per-seed standard
-    deviation (pooled for Welch). low, high: the interval at `level`, clipped to `bounds`.
+    n: seeds used. sd: per-seed standard deviation. low, high: the interval at `level`,
+    clipped to `bounds`.
     p: two-sided p-value of mean = 0; p_adj: Holm-adjusted within its family (= p until
     `holm` is applied).
     """
@@ -99,26 +100,6 @@ def paired(diffs: Sequence[float], bounds=(-math.inf, math.inf),
     return Estimate(mean, se, df, n, sd, low, high, level, tuple(bounds), p, p)
 
 
-def welch(x: Sequence[float], y: Sequence[float], bounds=(-math.inf, math.inf),
-          level: float = 0.95) -> Estimate:
-    """mean(x) - mean(y) for independent samples, Welch-Satterthwaite degrees of freedom."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-    if x.size < 2 or y.size < 2:
-        raise ValueError(f"need at least 2 finite values per group, got {x.size}, {y.size}")
-    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    se = math.sqrt(vx + vy)
-    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1)) if se > 0 else \
-        x.size + y.size - 2
-    mean = float(x.mean() - y.mean())
-    sd = se * math.sqrt(min(x.size, y.size))
-    low, high = _interval(mean, se, df, level, bounds)
-    p = _p(mean, se, df)
-    return Estimate(mean, se, df, min(x.size, y.size), sd, low, high, level, tuple(bounds),
-                    p, p)
-
-
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (same order as given).
 
@@ -137,17 +118,21 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 def apply_holm(estimates: Sequence[Estimate], alpha: float = 0.05) -> None:
     """Set `p_adj` of every estimate of one family, and its interval to the level at which
-    Holm tests it (1 - alpha / (m - rank)), so "the adjusted interval excludes 0" and
-    "p_adj < alpha" agree for the tests Holm reaches."""
+    Holm tests it: 1 - alpha / (m - rank) while the step-down rejects, and for every test at
+    and after the first one it does not reject, the level of that step, 1 - alpha / (m - k*).
+    So "the adjusted interval excludes 0" and "p_adj < alpha" agree for every test."""
     if not estimates:
         return
     adj = holm([e.p for e in estimates])
     order = np.argsort([e.p for e in estimates], kind="stable")
     m = len(estimates)
+    stopped = None
     for rank, i in enumerate(order):
         e = estimates[i]
         e.p_adj = float(adj[i])
-        e.level = 1 - alpha / (m - rank)
+        if stopped is None and not e.p_adj < alpha:
+            stopped = rank
+        e.level = 1 - alpha / (m - (rank if stopped is None else stopped))
         e.low, e.high = e.interval(e.level)
 
 
@@ -229,7 +214,7 @@ def decide(interaction: Estimate, unimodal: Estimate, margin_interaction: float,
     int_eq = i.tost_p(margin_interaction) < alpha
     uni_beyond = u.low > margin_unimodal or u.high < -margin_unimodal
     fmt = lambda e: f"{e.mean:+.3g} [{e.low:+.3g}, {e.high:+.3g}]"
-    if sig and np.sign(i.mean) == sign and uni_eq:
+    if sig and np.sign(i.mean) == sign and uni_eq and not int_eq:
         return Verdict("holds", f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}) has the predicted "
                                 f"sign and unimodal difference {fmt(u)} is within "
                                 f"±{margin_unimodal:g} (TOST p {u.tost_p(margin_unimodal):.2g})",
@@ -246,9 +231,10 @@ def decide(interaction: Estimate, unimodal: Estimate, margin_interaction: float,
                                   f"opposite to the prediction", -1)
     need = []
     if not sig and i.mean != 0:  # seeds for the interaction to reach significance
-        need.append(seeds_for_halfwidth(i.sd, abs(i.mean), 1 - alpha))
-    if not uni_eq and abs(u.mean) < margin_unimodal:  # seeds for equivalence
-        need.append(seeds_for_halfwidth(u.sd, margin_unimodal - abs(u.mean), 1 - 2 * alpha))
+        need.append(seeds_for_halfwidth(i.sd, abs(i.mean), i.level))
+    if not uni_eq:  # seeds for equivalence (or for the excess to show, at the margin)
+        gap = abs(margin_unimodal - abs(u.mean)) or margin_unimodal
+        need.append(seeds_for_halfwidth(u.sd, gap, 1 - 2 * alpha))
     n = max(need) if need else -1
     return Verdict("undecided", f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}); unimodal "
                                 f"difference {fmt(u)} not shown within ±{margin_unimodal:g}",

@@ -97,11 +97,13 @@ def _design_section(config, notes) -> list[str]:
              "**Outcomes and margins.**", ""]
             + table(["outcome", "what", "equivalence margin", "range (intervals clipped)"],
                     rows)
-            + [f"**Statistics.** Common random numbers (every arm shares the seeds); "
-               f"differences are seed-paired t intervals, interactions Welch intervals of "
-               f"two independent sets of seeds; Holm over each (policy class, contrast) "
-               f"family: the unimodal difference and every multimodal interaction on every "
-               f"declared outcome; equivalence by TOST at alpha = {config['alpha']}.", "",
+            + [f"**Statistics.** Common random numbers (every arm and every reference "
+               f"shares the seeds): differences and interactions are seed-paired, with "
+               f"Student-t intervals clipped to the outcome's range. Per (policy class, "
+               f"contrast), two Holm families: the primary outcome's tests (each baseline's "
+               f"unimodal difference and every multimodal interaction against it; they "
+               f"decide) and the other outcomes' (reported). Equivalence by TOST at alpha = "
+               f"{config['alpha']}.", "",
                "**Decision rule.**", "", "```", inference.DECISION_RULE, "```", "",
                "**Scale.** " + notes.get("scale", ""), ""]
             + ([f"**History.** {config['design_history']}", ""]
@@ -185,11 +187,15 @@ def _q2_section(result) -> list[str]:
 
 def _power_section(result) -> list[str]:
     rows = [[r["policy"], r["outcome"], fmt(r["margin"]), fmt(r["sd_unimodal"]),
-             fmt(r["sd_interaction"]), r["seeds"], r["seeds_for_equivalence"],
+             fmt(r["sd_interaction"]), r["seeds"], r["family"], r["seeds_for_equivalence"],
              r["seeds_for_interaction"]] for r in result["power"]]
-    return (["## Power (from the observed per-seed spreads, power 0.8)", ""]
-            + table(["policy", "outcome", "margin", "sd Δ(uni)", "sd Δ(multi)", "seeds run",
-                     "seeds for equivalence", "seeds to detect I = margin"], rows))
+    return (["## Power (from the observed per-seed spreads, power 0.8)", "",
+             "Seeds for the unimodal difference to be shown equivalent within its margin "
+             "(TOST, 90% interval) when it is 0, and for an interaction the size of the "
+             "margin to be detected at the Holm family's Bonferroni level alpha/m.", ""]
+            + table(["policy", "outcome", "margin", "sd Δ(uni)", "sd I", "seeds run",
+                     "family size m", "seeds for equivalence", "seeds to detect I = margin"],
+                    rows))
 
 
 def _training_section(result) -> list[str]:
@@ -197,7 +203,7 @@ def _training_section(result) -> list[str]:
     return ["## Training", "",
             f"Tabular primary runs vs their closed-form optima: TV mean {fmt(t['tv_mean'])}, "
             f"max {fmt(t['tv_max'])}; {fmt(t['tv_within'])} of {t['tv_count']} runs within "
-            f"TV 0.05. Updates skipped for an exactly zero gradient: mean "
+            f"TV {fmt(t['tv_target'])}. Updates skipped for an exactly zero gradient: mean "
             f"{fmt(t['zero_grad_frac_mean'])}, max {fmt(t['zero_grad_frac_max'])} of a run's "
             f"steps.", ""]
 
@@ -227,6 +233,8 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
     lines += [f"![glance]({prefix}{os.path.basename(figs['glance'][0])})", ""]
     lines += [f"*{notes.get('command', '')}* — {notes.get('machine', '')}; "
               f"{notes.get('wall time', '')}.", ""]
+    if notes.get("missing cells"):
+        lines += [f"**Missing cells:** {notes['missing cells']}.", ""]
     return "\n".join(lines)
 
 
