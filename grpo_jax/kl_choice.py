@@ -79,7 +79,3 @@ class KLChoice:
             raise ValueError("the 'none' KL choice has no loss fields; run it as beta = 0")
         return {"kl_estimator": self.estimator, "kl_placement": self.placement}
 
-
-def is_baseline(name: "str | KLChoice") -> bool:
-    """True for the no-KL baseline ``none``."""
-    return KLChoice.parse(name).is_none

@@ -3,7 +3,7 @@
 import pytest
 
 from grpo_jax import losses
-from grpo_jax.kl_choice import KLChoice, is_baseline
+from grpo_jax.kl_choice import KLChoice
 
 
 def test_round_trip_every_choice():
@@ -21,7 +21,7 @@ def test_beta_zero_is_none():
     assert str(KLChoice.of("exact_rev/loss", 0.1)) == "exact_rev/loss"
     assert str(KLChoice.of("k3/reward", 0.1)) == "k3/reward"
     assert str(KLChoice.of("k3/loss", 0.0)) == "none"
-    assert is_baseline("none") and not is_baseline("k1/loss")
+    assert KLChoice.parse("none").is_none and not KLChoice.parse("k1/loss").is_none
 
 
 @pytest.mark.parametrize("text,match", [
