@@ -221,6 +221,12 @@ def main(argv):
         text = tok.decode(row[:stop[0]] if len(stop) else row)
         quoted = "\n".join("> " + s for s in text.split("\n"))
         lines += [f"**User:** {q}", "", quoted, ""]
+    # Tokenizer: every vocabulary entry maps back to its own id; text round trips.
+    same_id = sum(tok.token_to_id(t) == i for i, t in enumerate(tok.tokens))
+    sample = "Hello world! 2024 has 365 days; naïve café 🙂\n<|im_start|>user"
+    lines += [f"Tokenizer: {same_id} / {tok.vocab_size} vocabulary entries map back to their "
+              f"own id; decode(encode(text)) == text for {sample!r}: "
+              f"{tok.decode(tok.encode(sample)) == sample}.", ""]
     # The RoPE convention on the real file: loss of an English passage.
     pid = tok.encode(PASSAGE)
     loss_ok = passage_loss(config, params, pid)
