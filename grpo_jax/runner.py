@@ -259,8 +259,13 @@ def _check_reference(directory: str, config, model_config, cached: bool) -> None
                          f"{sorted(meta)}; want task, model)")
     want = pretrain.reference_metadata(config.task, model_config,
                                        pretrain=_pretrain_settings(config))
+    saved = dict(meta)
+    try:  # fields added to ModelConfig later take their defaults in an older reference
+        saved["model"] = dataclasses.asdict(model_lib.ModelConfig(**meta["model"]))
+    except TypeError:
+        pass  # an unknown field: left as saved, so the diff shows it
     keys = ("task", "model", "pretrain") if cached else ("task", "model")
-    diff = rundir.config_diff({k: meta.get(k, {}) for k in keys}, {k: want[k] for k in keys})
+    diff = rundir.config_diff({k: saved.get(k, {}) for k in keys}, {k: want[k] for k in keys})
     if diff:
         raise rundir.ConfigMismatchError(
             f"the reference in {directory} was made for another run:\n"

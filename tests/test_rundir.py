@@ -205,3 +205,17 @@ def test_runner_cached_reference_loads_through_restore_reference(tmp_path, monke
     assert t2 == task and m2 == mcfg and meta["report"]["data_kl_seq"] == 0.5
     for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_reference_saved_before_new_model_fields_still_matches(tmp_path):
+    """ModelConfig fields added later (GQA, tied embeddings, norm eps) take their defaults
+    when an older reference's metadata lacks them."""
+    c, task, mcfg, params = _tiny_reference(2)
+    ref_dir = str(tmp_path / "reference")
+    meta = pretrain.reference_metadata(c.task, mcfg, pretrain={
+        k: c.reference[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")})
+    for field in ("num_kv_heads", "tie_embeddings", "norm_eps"):
+        meta["model"].pop(field, None)
+    checkpoint.save(ref_dir, 1, params, meta)
+    restored = runner.load_or_pretrain_reference(c, task, mcfg, ref_dir, log=lambda *_: None)
+    np.testing.assert_array_equal(jax.tree.leaves(restored)[0], jax.tree.leaves(params)[0])
