@@ -25,10 +25,16 @@ setup(
         # gguf, tokenizers, jinja2: tests/test_gguf.py (GGUF loader, tokenizer, chat
         # template) and the real-model experiments (experiments/lm_greedy.py,
         # experiments/token_modality.py).
-        "test": ["pytest>=8.0", "gguf>=0.10", "tokenizers>=0.19", "jinja2>=3.1"],
+        # black: the one formatter, checked in CI (pinned so the check is reproducible).
+        "test": ["pytest>=8.0", "gguf>=0.10", "tokenizers>=0.19", "jinja2>=3.1", "black==26.10.1"],
         # benchmarks/vs_trl.py only (never needed by the tests). torch 2.13.0 is the CPU
         # wheel the CI machines carry; install it first so pip does not fetch a CUDA build.
-        "bench": ["torch>=2.13.0,<2.14", "trl>=1.16,<2", "transformers>=5.0", "datasets>=5.0",
-                  "accelerate>=1.10"],
+        "bench": [
+            "torch>=2.13.0,<2.14",
+            "trl>=1.16,<2",
+            "transformers>=5.0",
+            "datasets>=5.0",
+            "accelerate>=1.10",
+        ],
     },
 )

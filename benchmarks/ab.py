@@ -57,8 +57,18 @@ def child(root: str) -> None:
     sec, times = common.time_calls(call, FLAGS.steps, warmup=0)
     cpu1 = os.times()
     cpu_s = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / FLAGS.steps
-    print("RESULT " + json.dumps(dict(compile_s=compile_s, s=sec, times=times, cpu_s=cpu_s,
-                                      xla_flags=os.environ.get("XLA_FLAGS", ""))))
+    print(
+        "RESULT "
+        + json.dumps(
+            dict(
+                compile_s=compile_s,
+                s=sec,
+                times=times,
+                cpu_s=cpu_s,
+                xla_flags=os.environ.get("XLA_FLAGS", ""),
+            )
+        )
+    )
 
 
 def parse_variants(spec: str):
@@ -86,9 +96,14 @@ def main(argv):
             env = dict(os.environ, XLA_FLAGS=xla, PYTHONPATH=root)
             if not is_tree:
                 env["GRPO_JAX_XLA_FLAGS"] = "0"
-            cmd = [sys.executable, os.path.join(HERE, "ab.py"), f"--child={root}",
-                   f"--steps={FLAGS.steps}", f"--workload={FLAGS.workload}",
-                   f"--compute_dtype={FLAGS.compute_dtype}"]
+            cmd = [
+                sys.executable,
+                os.path.join(HERE, "ab.py"),
+                f"--child={root}",
+                f"--steps={FLAGS.steps}",
+                f"--workload={FLAGS.workload}",
+                f"--compute_dtype={FLAGS.compute_dtype}",
+            ]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if not line:
@@ -98,10 +113,13 @@ def main(argv):
             results[name] += res["times"]
             compiles[name].append(res["compile_s"])
             cpus[name].append(res.get("cpu_s", float("nan")))
-            print(f"round {r} {name:>12s}: {res['s']:.4f} s/step, CPU "
-                  f"{res.get('cpu_s', float('nan')):.3f} s/step (compile "
-                  f"{res['compile_s']:.1f} s) load {os.getloadavg()[0]:.2f} "
-                  f"XLA_FLAGS={res['xla_flags']!r}", flush=True)
+            print(
+                f"round {r} {name:>12s}: {res['s']:.4f} s/step, CPU "
+                f"{res.get('cpu_s', float('nan')):.3f} s/step (compile "
+                f"{res['compile_s']:.1f} s) load {os.getloadavg()[0]:.2f} "
+                f"XLA_FLAGS={res['xla_flags']!r}",
+                flush=True,
+            )
     print("median wall s/step over all rounds (CPU s/step, compile s):")
     base = None
     for name, *_ in variants:
@@ -109,9 +127,11 @@ def main(argv):
             continue
         med = statistics.median(results[name])
         base = base or med
-        print(f"  {name:>12s}: {med:.4f} ({statistics.median(cpus[name]):.3f}, "
-              f"{statistics.median(compiles[name]):.1f})  "
-              f"x{base / med:.2f} vs first")
+        print(
+            f"  {name:>12s}: {med:.4f} ({statistics.median(cpus[name]):.3f}, "
+            f"{statistics.median(compiles[name]):.1f})  "
+            f"x{base / med:.2f} vs first"
+        )
 
 
 if __name__ == "__main__":

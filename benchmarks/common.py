@@ -40,8 +40,11 @@ def cpu_description() -> str:
                     break
     except OSError:
         pass
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile",
-                        "amx_bf16") if f in flags]
+    simd = [
+        f
+        for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+        if f in flags
+    ]
     return f"{model} [{' '.join(simd) or 'no avx2'}]"
 
 
@@ -56,15 +59,27 @@ def describe_machine(extra: dict | None = None) -> str:
     """One line: backend, device, CPU model + SIMD flags, core count, load, versions."""
     dev = jax.devices()[0]
     import jaxlib  # noqa: PLC0415
-    parts = [f"platform={jax.default_backend()}", f"device_kind={dev.device_kind}",
-             f"devices={jax.device_count()}", f"cpu_count={os.cpu_count()}",
-             f"cpu={cpu_description()}", load_average(),
-             f"python={platform.python_version()}", f"jax={jax.__version__}",
-             f"jaxlib={jaxlib.__version__}",
-             f"xla_flags={os.environ.get('XLA_FLAGS', '')!r}"]
+
+    parts = [
+        f"platform={jax.default_backend()}",
+        f"device_kind={dev.device_kind}",
+        f"devices={jax.device_count()}",
+        f"cpu_count={os.cpu_count()}",
+        f"cpu={cpu_description()}",
+        load_average(),
+        f"python={platform.python_version()}",
+        f"jax={jax.__version__}",
+        f"jaxlib={jaxlib.__version__}",
+        f"xla_flags={os.environ.get('XLA_FLAGS', '')!r}",
+    ]
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=os.path.dirname(__file__), timeout=5)
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(__file__),
+            timeout=5,
+        )
         if rev.returncode == 0:
             parts.append(f"git={rev.stdout.strip()}")
     except (OSError, subprocess.SubprocessError):
@@ -74,8 +89,9 @@ def describe_machine(extra: dict | None = None) -> str:
     return " ".join(parts)
 
 
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1
-               ) -> tuple[float, list[float]]:
+def time_calls(
+    fn: Callable[[], object], repeats: int, warmup: int = 1
+) -> tuple[float, list[float]]:
     """Median wall seconds of `fn()` over `repeats` calls after `warmup` calls, and all the
     timed calls. `fn` must block until its result is ready (e.g. `jax.block_until_ready`)."""
     for _ in range(warmup):
@@ -105,7 +121,7 @@ def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
     else:
         dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
     sec, _ = time_calls(lambda: jax.block_until_ready(dot(a, b)), repeats)
-    return 2 * n ** 3 / sec
+    return 2 * n**3 / sec
 
 
 def peak_size() -> int:

@@ -56,8 +56,16 @@ def phase_functions(setup):
 
     @jax.jit
     def sample(params, prompts, key):
-        out = sampling.sample(mcfg, params, prompts, key, max_new_tokens=task.completion_len,
-                              temperature=1.0, banned_tokens=banned, return_logits=True)
+        out = sampling.sample(
+            mcfg,
+            params,
+            prompts,
+            key,
+            max_new_tokens=task.completion_len,
+            temperature=1.0,
+            banned_tokens=banned,
+            return_logits=True,
+        )
         return out.tokens, out.logp, out.logits
 
     def logits_of(params, prompts, tokens):
@@ -76,16 +84,16 @@ def phase_functions(setup):
         def loss_fn(p):
             logits = logits_of(p, prompts, tokens)
             logp = model_lib.token_logprobs(logits, tokens)
-            return losses.grpo_loss(logp, old_logp, ref_logp, adv, mask, cfg, logits=logits,
-                                    ref_logits=ref_logits)
+            return losses.grpo_loss(
+                logp, old_logp, ref_logp, adv, mask, cfg, logits=logits, ref_logits=ref_logits
+            )
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
     @jax.jit
     def optimiser(params, opt_state, grads):
         direction, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, jax.tree.map(lambda u: -1e-4 * u, direction)), \
-            opt_state
+        return optax.apply_updates(params, jax.tree.map(lambda u: -1e-4 * u, direction)), opt_state
 
     return sample, reference, policy_grad, optimiser
 
@@ -98,8 +106,9 @@ def main(argv):
     task, b = setup.task, setup.batch_size
     ref = model_lib.init(setup.model, jax.random.PRNGKey(1234))
     params = jax.tree.map(jnp.copy, ref)
-    prompts = jnp.repeat(task.sample_prompts(jax.random.PRNGKey(0), setup.num_prompts),
-                         setup.group_size, axis=0)
+    prompts = jnp.repeat(
+        task.sample_prompts(jax.random.PRNGKey(0), setup.num_prompts), setup.group_size, axis=0
+    )
     key = jax.random.PRNGKey(1)
     sample, reference, policy_grad, optimiser = phase_functions(setup)
     flops = rl_step.step_flops(setup)
@@ -109,19 +118,23 @@ def main(argv):
     def run(name, fn, args, gflop):
         compiled, compile_s = common.compile_seconds(fn, *args)
         out = compiled(*args)
-        sec, _ = common.time_calls(lambda: jax.block_until_ready(compiled(*args)),
-                                   FLAGS.repeats)
+        sec, _ = common.time_calls(lambda: jax.block_until_ready(compiled(*args)), FLAGS.repeats)
         rows.append((name, compile_s, sec, gflop))
         return out
 
-    tokens, old_logp, _ = run("sampling (prefill + decode)", sample, (params, prompts, key),
-                              flops["generation"])
-    ref_logits, ref_logp = run("reference forward", reference, (ref, prompts, tokens),
-                               flops["reference"])
+    tokens, old_logp, _ = run(
+        "sampling (prefill + decode)", sample, (params, prompts, key), flops["generation"]
+    )
+    ref_logits, ref_logp = run(
+        "reference forward", reference, (ref, prompts, tokens), flops["reference"]
+    )
     adv = jax.random.normal(jax.random.PRNGKey(2), (b,), jnp.float32)
-    (_, _), grads = run("policy forward + backward", policy_grad,
-                        (params, prompts, tokens, old_logp, ref_logp, ref_logits, adv),
-                        flops["policy_fwd_bwd"])
+    (_, _), grads = run(
+        "policy forward + backward",
+        policy_grad,
+        (params, prompts, tokens, old_logp, ref_logp, ref_logits, adv),
+        flops["policy_fwd_bwd"],
+    )
     opt_state = setup.optimizer().init(params)
     run("optimiser (Adam)", optimiser, (params, opt_state, grads), 0.0)
 
@@ -140,17 +153,25 @@ def main(argv):
     peaks = {}
     if not FLAGS.skip_peaks:
         n = common.peak_size()
-        peaks = {"f32": common.matmul_peak(n, jnp.float32),
-                 "bf16": common.matmul_peak(n, jnp.bfloat16)}
-        print(f"matmul peaks ({n}^2): " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s"
-                                                    for k, v in peaks.items()))
+        peaks = {
+            "f32": common.matmul_peak(n, jnp.float32),
+            "bf16": common.matmul_peak(n, jnp.bfloat16),
+        }
+        print(
+            f"matmul peaks ({n}^2): "
+            + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+        )
     print(f"{FLAGS.workload} compute_dtype={FLAGS.compute_dtype}, median of {FLAGS.repeats}")
-    print(f"{'phase':30s} {'compile s':>9s} {'run s':>8s} {'GFLOP':>7s} {'GFLOP/s':>8s} "
-          + " ".join(f"{'%' + k + ' peak':>9s}" for k in peaks))
+    print(
+        f"{'phase':30s} {'compile s':>9s} {'run s':>8s} {'GFLOP':>7s} {'GFLOP/s':>8s} "
+        + " ".join(f"{'%' + k + ' peak':>9s}" for k in peaks)
+    )
     for name, c, sec, gflop in rows:
         rate = gflop / sec
-        print(f"{name:30s} {c:9.2f} {sec:8.4f} {gflop / 1e9:7.1f} {rate / 1e9:8.1f} "
-              + " ".join(f"{100 * rate / p:8.1f}%" for p in peaks.values()))
+        print(
+            f"{name:30s} {c:9.2f} {sec:8.4f} {gflop / 1e9:7.1f} {rate / 1e9:8.1f} "
+            + " ".join(f"{100 * rate / p:8.1f}%" for p in peaks.values())
+        )
     parts = sum(sec for name, _, sec, _ in rows if not name.startswith("whole"))
     print(f"sum of phases {parts:.4f} s; {common.load_average()}")
 

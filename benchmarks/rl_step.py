@@ -45,6 +45,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from grpo_jax import losses, model  # noqa: E402
+
 # The GRPO step API.
 from grpo_jax.train import Hparams, RLSetup, init_rl_state, make_rl_chunk  # noqa: E402
 
@@ -53,10 +54,26 @@ SPECIALS = (64, 65, 66, 67)
 REWARD_TOKEN = 7
 
 WORKLOADS = {
-    "W1": dict(num_layers=4, width=256, num_heads=4, mlp_width=1024, num_prompts=16,
-               group_size=8, prompt_len=16, completion_len=32),
-    "W2": dict(num_layers=2, width=64, num_heads=2, mlp_width=256, num_prompts=8,
-               group_size=8, prompt_len=8, completion_len=8),
+    "W1": dict(
+        num_layers=4,
+        width=256,
+        num_heads=4,
+        mlp_width=1024,
+        num_prompts=16,
+        group_size=8,
+        prompt_len=16,
+        completion_len=32,
+    ),
+    "W2": dict(
+        num_layers=2,
+        width=64,
+        num_heads=2,
+        mlp_width=256,
+        num_prompts=8,
+        group_size=8,
+        prompt_len=8,
+        completion_len=8,
+    ),
 }
 # The mixed-KL population of the switch question: 4 choices x 4 seeds.
 KL_CHOICES = (("k1", "reward"), ("k2", "loss"), ("k3", "loss"), ("k3", "reward"))
@@ -95,17 +112,31 @@ class TokenCountTask:
 def make_setup(name: str, kl_choices: tuple = (), compute_dtype: str = "float32") -> RLSetup:
     w = WORKLOADS[name]
     task = TokenCountTask(prompt_len=w["prompt_len"], completion_len=w["completion_len"])
-    mcfg = model.ModelConfig(vocab_size=VOCAB, num_layers=w["num_layers"], width=w["width"],
-                             num_heads=w["num_heads"], mlp_width=w["mlp_width"],
-                             max_len=w["prompt_len"] + w["completion_len"], dtype=compute_dtype)
-    return RLSetup(model=mcfg, task=task, num_prompts=w["num_prompts"],
-                   group_size=w["group_size"], inner_steps=1, temperature=1.0, grad_clip=0.0,
-                   kl_choices=tuple(kl_choices))
+    mcfg = model.ModelConfig(
+        vocab_size=VOCAB,
+        num_layers=w["num_layers"],
+        width=w["width"],
+        num_heads=w["num_heads"],
+        mlp_width=w["mlp_width"],
+        max_len=w["prompt_len"] + w["completion_len"],
+        dtype=compute_dtype,
+    )
+    return RLSetup(
+        model=mcfg,
+        task=task,
+        num_prompts=w["num_prompts"],
+        group_size=w["group_size"],
+        inner_steps=1,
+        temperature=1.0,
+        grad_clip=0.0,
+        kl_choices=tuple(kl_choices),
+    )
 
 
 def make_hparams(estimator: str = "k3", placement: str = "loss", kl_choice: int = 0) -> Hparams:
-    loss = losses.make_config(kl_estimator=estimator, kl_placement=placement, beta=0.04,
-                              eps_low=0.2, eps_high=0.2)
+    loss = losses.make_config(
+        kl_estimator=estimator, kl_placement=placement, beta=0.04, eps_low=0.2, eps_high=0.2
+    )
     loss = jax.tree.map(jnp.float32, loss)
     return Hparams(loss=loss, lr=jnp.float32(1e-4), kl_choice=jnp.int32(kl_choice))
 
@@ -117,8 +148,10 @@ def init_population(setup: RLSetup, seeds, hparams: list[Hparams] | None = None)
         # A copy for the policy: the chunk donates the state, and params aliasing ref_params
         # would donate one buffer twice.
         policy = jax.tree.map(jnp.copy, ref)
-        return (init_rl_state(setup, policy, ref, jax.random.PRNGKey(seeds)),
-                hparams[0] if hparams else make_hparams())
+        return (
+            init_rl_state(setup, policy, ref, jax.random.PRNGKey(seeds)),
+            hparams[0] if hparams else make_hparams(),
+        )
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     state = jax.jit(jax.vmap(lambda k: init_rl_state(setup, ref, ref, k)))(keys)
     hps = hparams or [make_hparams()] * len(seeds)
@@ -128,8 +161,9 @@ def init_population(setup: RLSetup, seeds, hparams: list[Hparams] | None = None)
 
 def compile_and_time(setup, state, hp, steps: int, repeats: int, population: bool):
     """(compile_s, median seconds per call, all call times, final metrics)."""
-    run, compile_s = common.compile_seconds(make_rl_chunk(setup, steps, population=population),
-                                            state, hp)
+    run, compile_s = common.compile_seconds(
+        make_rl_chunk(setup, steps, population=population), state, hp
+    )
     box = [state, None]
 
     def call():
@@ -189,24 +223,38 @@ def bench_w1(steps: int, repeats: int, compute_dtype: str = "float32") -> dict:
     n = common.peak_size()
     peak = matmul_peak(n)
     tokens = setup.batch_size * setup.task.completion_len
-    print(f"W1 ({compute_dtype}): params {n_params / 1e6:.2f} M, batch {setup.batch_size}, "
-          f"{steps} steps per scan, {repeats} timed calls")
-    print(f"  compile {compile_s:.1f} s; {per_step:.4f} s/step (median; calls "
-          f"{', '.join(f'{x:.2f}' for x in times)} s); {tokens / per_step:,.0f} tokens/s")
-    print("  FLOPs per step (from the model sizes): "
-          + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in flops.items())
-          + " (DESIGN.md §5: ~258 G)")
-    print(f"  float32 matmul peak ({n}x{n} jnp.dot): {peak / 1e9:.1f} GFLOP/s; step reaches "
-          f"{flops['total'] / per_step / 1e9:.1f} GFLOP/s = "
-          f"{100 * flops['total'] / per_step / peak:.1f}% of it")
+    print(
+        f"W1 ({compute_dtype}): params {n_params / 1e6:.2f} M, batch {setup.batch_size}, "
+        f"{steps} steps per scan, {repeats} timed calls"
+    )
+    print(
+        f"  compile {compile_s:.1f} s; {per_step:.4f} s/step (median; calls "
+        f"{', '.join(f'{x:.2f}' for x in times)} s); {tokens / per_step:,.0f} tokens/s"
+    )
+    print(
+        "  FLOPs per step (from the model sizes): "
+        + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in flops.items())
+        + " (DESIGN.md §5: ~258 G)"
+    )
+    print(
+        f"  float32 matmul peak ({n}x{n} jnp.dot): {peak / 1e9:.1f} GFLOP/s; step reaches "
+        f"{flops['total'] / per_step / 1e9:.1f} GFLOP/s = "
+        f"{100 * flops['total'] / per_step / peak:.1f}% of it"
+    )
     print(f"  reward_mean at the last step: {float(metrics['reward_mean'][-1]):.4f}")
-    return dict(compile_s=compile_s, s_per_step=per_step, tokens_per_s=tokens / per_step,
-                gflop=flops["total"] / 1e9, peak_gflops=peak / 1e9,
-                peak_fraction=flops["total"] / per_step / peak)
+    return dict(
+        compile_s=compile_s,
+        s_per_step=per_step,
+        tokens_per_s=tokens / per_step,
+        gflop=flops["total"] / 1e9,
+        peak_gflops=peak / 1e9,
+        peak_fraction=flops["total"] / per_step / peak,
+    )
 
 
-def bench_w2(steps: int, repeats: int, populations=(1, 4, 16),
-             compute_dtype: str = "float32") -> dict:
+def bench_w2(
+    steps: int, repeats: int, populations=(1, 4, 16), compute_dtype: str = "float32"
+) -> dict:
     setup = make_setup("W2", compute_dtype=compute_dtype)
     tokens = setup.batch_size * setup.task.completion_len
     out = {}
@@ -215,10 +263,16 @@ def bench_w2(steps: int, repeats: int, populations=(1, 4, 16),
         state, hp = init_population(setup, list(range(s)))
         compile_s, sec, times, _ = compile_and_time(setup, state, hp, steps, repeats, True)
         per_step = sec / steps
-        out[s] = dict(compile_s=compile_s, s_per_step=per_step, seed_steps_per_s=s / per_step,
-                      tokens_per_s=s * tokens / per_step)
-        print(f"  population {s:2d}: compile {compile_s:.1f} s; {per_step:.5f} s/step; "
-              f"{s / per_step:,.1f} seed-steps/s; {s * tokens / per_step:,.0f} tokens/s")
+        out[s] = dict(
+            compile_s=compile_s,
+            s_per_step=per_step,
+            seed_steps_per_s=s / per_step,
+            tokens_per_s=s * tokens / per_step,
+        )
+        print(
+            f"  population {s:2d}: compile {compile_s:.1f} s; {per_step:.5f} s/step; "
+            f"{s / per_step:,.1f} seed-steps/s; {s * tokens / per_step:,.0f} tokens/s"
+        )
     return out
 
 
@@ -244,16 +298,27 @@ def bench_switch(steps: int, repeats: int, seeds_per_choice: int = 4) -> dict:
         sec_sep += sec
     total_sep = time.perf_counter() - t0
     members = len(KL_CHOICES) * seeds_per_choice
-    print(f"  one switch program : compile {c_one:.1f} s, {sec_one / steps:.5f} s per step of "
-          f"all {members} members, total wall {total_one:.1f} s")
-    print(f"  {len(KL_CHOICES)} programs        : compile {c_sep:.1f} s, {sec_sep / steps:.5f} s "
-          f"per step of all members, total wall {total_sep:.1f} s")
+    print(
+        f"  one switch program : compile {c_one:.1f} s, {sec_one / steps:.5f} s per step of "
+        f"all {members} members, total wall {total_one:.1f} s"
+    )
+    print(
+        f"  {len(KL_CHOICES)} programs        : compile {c_sep:.1f} s, {sec_sep / steps:.5f} s "
+        f"per step of all members, total wall {total_sep:.1f} s"
+    )
     faster = "one switch program" if total_one < total_sep else "separate programs"
-    print(f"  faster in total (compile + {(1 + repeats) * steps} steps): {faster}; per step "
-          f"alone: {'switch' if sec_one < sec_sep else 'separate'}")
-    return dict(switch_compile_s=c_one, switch_s_per_step=sec_one / steps,
-                switch_total_s=total_one, separate_compile_s=c_sep,
-                separate_s_per_step=sec_sep / steps, separate_total_s=total_sep)
+    print(
+        f"  faster in total (compile + {(1 + repeats) * steps} steps): {faster}; per step "
+        f"alone: {'switch' if sec_one < sec_sep else 'separate'}"
+    )
+    return dict(
+        switch_compile_s=c_one,
+        switch_s_per_step=sec_one / steps,
+        switch_total_s=total_one,
+        separate_compile_s=c_sep,
+        separate_s_per_step=sec_sep / steps,
+        separate_total_s=total_sep,
+    )
 
 
 FLAGS = flags.FLAGS
@@ -263,15 +328,20 @@ def define_flags():
     """The script's flags (defined only when it runs as a script: other benchmarks import
     this module for its workloads)."""
     flags.DEFINE_enum("workload", "all", ["W1", "W2", "all"], "Workload(s) to run.")
-    flags.DEFINE_integer("steps", None, "RL steps per lax.scan call (default W1 4, W2 20; "
-                         "--quick 1 / 5).")
-    flags.DEFINE_integer("repeats", None,
-                         "Timed calls after the warm-up (default 5; --quick 2).")
+    flags.DEFINE_integer(
+        "steps", None, "RL steps per lax.scan call (default W1 4, W2 20; " "--quick 1 / 5)."
+    )
+    flags.DEFINE_integer("repeats", None, "Timed calls after the warm-up (default 5; --quick 2).")
     flags.DEFINE_bool("quick", False, "Small counts (slow CPUs).")
-    flags.DEFINE_bool("skip_switch", False,
-                      "W2: skip the lax.switch vs separate programs comparison.")
-    flags.DEFINE_enum("compute_dtype", "float32", list(model.DTYPES),
-                      "Model compute dtype (parameters stay float32).")
+    flags.DEFINE_bool(
+        "skip_switch", False, "W2: skip the lax.switch vs separate programs comparison."
+    )
+    flags.DEFINE_enum(
+        "compute_dtype",
+        "float32",
+        list(model.DTYPES),
+        "Model compute dtype (parameters stay float32).",
+    )
 
 
 def main(argv):
@@ -279,8 +349,10 @@ def main(argv):
     warnings.filterwarnings("ignore", message=".*donated buffers.*")
     repeats = FLAGS.repeats or (2 if FLAGS.quick else 5)
     print("machine:", common.describe_machine())
-    print(f"settings: workload={FLAGS.workload} steps={FLAGS.steps} repeats={repeats} "
-          f"quick={FLAGS.quick} compute_dtype={FLAGS.compute_dtype}")
+    print(
+        f"settings: workload={FLAGS.workload} steps={FLAGS.steps} repeats={repeats} "
+        f"quick={FLAGS.quick} compute_dtype={FLAGS.compute_dtype}"
+    )
     if FLAGS.workload in ("W1", "all"):
         bench_w1(FLAGS.steps or (1 if FLAGS.quick else 4), repeats, FLAGS.compute_dtype)
     if FLAGS.workload in ("W2", "all"):

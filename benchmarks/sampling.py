@@ -32,10 +32,18 @@ from grpo_jax import sampling as S  # noqa: E402
 
 WORKLOADS = {
     # layers, width, heads, mlp, prompts x G, prompt len, new tokens
-    "w1": dict(num_layers=4, width=256, num_heads=4, mlp_width=1024, batch=16 * 8,
-               prompt_len=16, new_tokens=32),
-    "w2": dict(num_layers=2, width=64, num_heads=2, mlp_width=256, batch=8 * 8,
-               prompt_len=8, new_tokens=8),
+    "w1": dict(
+        num_layers=4,
+        width=256,
+        num_heads=4,
+        mlp_width=1024,
+        batch=16 * 8,
+        prompt_len=16,
+        new_tokens=32,
+    ),
+    "w2": dict(
+        num_layers=2, width=64, num_heads=2, mlp_width=256, batch=8 * 8, prompt_len=8, new_tokens=8
+    ),
 }
 VOCAB, SPECIALS = 68, (64, 65, 66, 67)
 
@@ -80,20 +88,28 @@ def main(argv):
 
     w = WORKLOADS[args.workload]
     b, p, t = w["batch"], w["prompt_len"], w["new_tokens"]
-    config = M.ModelConfig(vocab_size=VOCAB, num_layers=w["num_layers"], width=w["width"],
-                           num_heads=w["num_heads"], mlp_width=w["mlp_width"], max_len=p + t)
+    config = M.ModelConfig(
+        vocab_size=VOCAB,
+        num_layers=w["num_layers"],
+        width=w["width"],
+        num_heads=w["num_heads"],
+        mlp_width=w["mlp_width"],
+        max_len=p + t,
+    )
     params = jax.jit(M.init, static_argnums=0)(config, jax.random.key(0))
     prompts = jax.random.randint(jax.random.key(1), (b, p), 0, VOCAB - len(SPECIALS))
     key = jax.random.key(2)
 
     print("machine:", common.describe_machine())
-    print(f"workload {args.workload}: {M.num_params(params) / 1e6:.2f} M params, batch {b}, "
-          f"prompt {p}, new tokens {t}, float32, temperature 1, specials banned")
+    print(
+        f"workload {args.workload}: {M.num_params(params) / 1e6:.2f} M params, batch {b}, "
+        f"prompt {p}, new tokens {t}, float32, temperature 1, specials banned"
+    )
 
-    cached = jax.jit(functools.partial(S.sample, config, max_new_tokens=t,
-                                       banned_tokens=SPECIALS))
-    naive = jax.jit(functools.partial(naive_sample, config, max_new_tokens=t,
-                                      banned_tokens=SPECIALS))
+    cached = jax.jit(functools.partial(S.sample, config, max_new_tokens=t, banned_tokens=SPECIALS))
+    naive = jax.jit(
+        functools.partial(naive_sample, config, max_new_tokens=t, banned_tokens=SPECIALS)
+    )
     results = {}
     for name, fn in [("cached", cached), ("naive", naive)]:
         if name == "naive" and args.skip_naive:
@@ -102,14 +118,18 @@ def main(argv):
         repeats = args.naive_repeats if name == "naive" else args.repeats
         median, times = _time(compiled, (params, prompts, key), repeats)
         results[name] = compiled(params, prompts, key)
-        print(f"{name:>6}: compile {compile_s:6.2f} s | run median {median * 1e3:8.1f} ms "
-              f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}) | "
-              f"{b * t / median:10.0f} tokens/s ({repeats} repeats)")
+        print(
+            f"{name:>6}: compile {compile_s:6.2f} s | run median {median * 1e3:8.1f} ms "
+            f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}) | "
+            f"{b * t / median:10.0f} tokens/s ({repeats} repeats)"
+        )
         results[name + "_s"] = median
     if "naive" in results:
         agree = float(jnp.mean(results["cached"].tokens == results["naive"][0]))
-        print(f"speed-up cached / naive: {results['naive_s'] / results['cached_s']:.2f}x; "
-              f"token agreement {agree:.4f}")
+        print(
+            f"speed-up cached / naive: {results['naive_s'] / results['cached_s']:.2f}x; "
+            f"token agreement {agree:.4f}"
+        )
 
 
 if __name__ == "__main__":

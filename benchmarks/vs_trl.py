@@ -57,13 +57,18 @@ flags.DEFINE_list("workloads", ["W1", "W2"], "Workloads to run (W1, W2).")
 flags.DEFINE_integer("rounds", 2, "Alternating rounds (grpo_jax then TRL) per workload.")
 flags.DEFINE_integer("steps", None, "Timed steps per side and round (default W1 3, W2 20).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps at the start of each side's round.")
-flags.DEFINE_enum("compute_dtype", "float32", model_lib.DTYPES,
-                  "grpo_jax compute dtype (TRL always float32).")
+flags.DEFINE_enum(
+    "compute_dtype", "float32", model_lib.DTYPES, "grpo_jax compute dtype (TRL always float32)."
+)
 flags.DEFINE_bool("skip_trl", False, "Only grpo_jax (no torch needed).")
 flags.DEFINE_bool("skip_jax", False, "Only TRL.")
 flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: torch's own).")
-flags.DEFINE_bool("trl_phases", True, "Also time TRL's phases (generation, reference forward, "
-                  "policy forward, backward, optimiser) per step.")
+flags.DEFINE_bool(
+    "trl_phases",
+    True,
+    "Also time TRL's phases (generation, reference forward, "
+    "policy forward, backward, optimiser) per step.",
+)
 
 VOCAB, SPECIALS, REWARD_TOKEN = rl_step.VOCAB, rl_step.SPECIALS, rl_step.REWARD_TOKEN
 DEFAULT_STEPS = {"W1": 3, "W2": 20}
@@ -81,7 +86,8 @@ class JaxSide:
         self.setup = rl_step.make_setup(name, compute_dtype=compute_dtype)
         self.state, self.hp = rl_step.init_population(self.setup, 0)
         self.run, self.compile_s = common.compile_seconds(
-            make_rl_chunk(self.setup, 1), self.state, self.hp)
+            make_rl_chunk(self.setup, 1), self.state, self.hp
+        )
 
     def steps(self, n: int, warmup: int) -> list[float]:
         times = []
@@ -110,8 +116,13 @@ def trl_tokenizer():
     vocab.update({s: SPECIALS[i] for i, s in enumerate(specials)})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<bos>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+    )
 
 
 def trl_model(w: dict):
@@ -119,13 +130,24 @@ def trl_model(w: dict):
     from transformers import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
 
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=w["width"], intermediate_size=w["mlp_width"],
-        num_hidden_layers=w["num_layers"], num_attention_heads=w["num_heads"],
-        num_key_value_heads=w["num_heads"], max_position_embeddings=w["prompt_len"]
-        + w["completion_len"], rms_norm_eps=1e-6, rope_theta=10000.0,
-        tie_word_embeddings=False, initializer_range=0.02, attention_bias=False,
-        mlp_bias=False, hidden_act="silu", pad_token_id=SPECIALS[0], eos_token_id=SPECIALS[1],
-        bos_token_id=SPECIALS[2])
+        vocab_size=VOCAB,
+        hidden_size=w["width"],
+        intermediate_size=w["mlp_width"],
+        num_hidden_layers=w["num_layers"],
+        num_attention_heads=w["num_heads"],
+        num_key_value_heads=w["num_heads"],
+        max_position_embeddings=w["prompt_len"] + w["completion_len"],
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        initializer_range=0.02,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        pad_token_id=SPECIALS[0],
+        eos_token_id=SPECIALS[1],
+        bos_token_id=SPECIALS[2],
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).to(torch.float32)
 
@@ -133,8 +155,7 @@ def trl_model(w: dict):
 def token7_reward(completion_ids, **kwargs):
     """Fraction of completion tokens equal to id 7, one float per completion."""
     del kwargs
-    return [sum(int(t) == REWARD_TOKEN for t in ids) / max(len(ids), 1)
-            for ids in completion_ids]
+    return [sum(int(t) == REWARD_TOKEN for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
 
 class TRLSide:
@@ -142,6 +163,7 @@ class TRLSide:
 
     def __init__(self, name: str):
         import torch  # noqa: PLC0415
+
         if FLAGS.torch_threads:
             torch.set_num_threads(FLAGS.torch_threads)
         self.w = rl_step.WORKLOADS[name]
@@ -160,11 +182,13 @@ class TRLSide:
     def _dataset(self, num_steps: int):
         import datasets  # noqa: PLC0415
         import numpy as np  # noqa: PLC0415
+
         rng = np.random.default_rng(self.seed)
         n = self.w["num_prompts"] * num_steps
         ids = rng.integers(0, SPECIALS[0], size=(n, self.w["prompt_len"]))
         return datasets.Dataset.from_dict(
-            {"prompt": [" ".join(f"t{i}" for i in row) for row in ids]})
+            {"prompt": [" ".join(f"t{i}" for i in row) for row in ids]}
+        )
 
     def steps(self, n: int, warmup: int) -> list[float]:
         import transformers  # noqa: PLC0415
@@ -189,20 +213,50 @@ class TRLSide:
         w, total = self.w, warmup + n
         self.seed += 1
         args = GRPOConfig(
-            output_dir=self.outdir, report_to="none", save_strategy="no", logging_steps=10**6,
-            disable_tqdm=True, use_cpu=True, bf16=False, fp16=False, seed=self.seed,
-            max_steps=total, per_device_train_batch_size=w["num_prompts"] * w["group_size"],
-            gradient_accumulation_steps=1, num_generations=w["group_size"],
-            max_completion_length=w["completion_len"], temperature=1.0, top_p=1.0, top_k=0,
+            output_dir=self.outdir,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=10**6,
+            disable_tqdm=True,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            seed=self.seed,
+            max_steps=total,
+            per_device_train_batch_size=w["num_prompts"] * w["group_size"],
+            gradient_accumulation_steps=1,
+            num_generations=w["group_size"],
+            max_completion_length=w["completion_len"],
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
             generation_kwargs={"suppress_tokens": list(SPECIALS)},
-            beta=0.04, epsilon=0.2, num_iterations=1, loss_type="grpo", scale_rewards="group",
-            learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
-            optim="adamw_torch", weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
-            adam_epsilon=1e-8, max_grad_norm=0.0, gradient_checkpointing=False,
-            dataloader_num_workers=0, log_completions=False)
-        trainer = GRPOTrainer(model=self.model, reward_funcs=token7_reward, args=args,
-                              train_dataset=self._dataset(total),
-                              processing_class=self.tokenizer, callbacks=[StepTimer()])
+            beta=0.04,
+            epsilon=0.2,
+            num_iterations=1,
+            loss_type="grpo",
+            scale_rewards="group",
+            learning_rate=1e-4,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            optim="adamw_torch",
+            weight_decay=0.0,
+            adam_beta1=0.9,
+            adam_beta2=0.999,
+            adam_epsilon=1e-8,
+            max_grad_norm=0.0,
+            gradient_checkpointing=False,
+            dataloader_num_workers=0,
+            log_completions=False,
+        )
+        trainer = GRPOTrainer(
+            model=self.model,
+            reward_funcs=token7_reward,
+            args=args,
+            train_dataset=self._dataset(total),
+            processing_class=self.tokenizer,
+            callbacks=[StepTimer()],
+        )
         if FLAGS.trl_phases:
             _instrument(trainer, phases)
         trainer.train()
@@ -233,6 +287,7 @@ def _instrument(trainer, phases: list) -> None:
                 name = phase_of()
                 if name:
                     phases[-1][name] += time.perf_counter() - t0
+
         return wrapper
 
     score = trainer._generate_and_score_completions
@@ -245,11 +300,11 @@ def _instrument(trainer, phases: list) -> None:
             state["scoring"] = False
 
     trainer._generate_and_score_completions = scoring
-    trainer._generate_single_turn = timed(trainer._generate_single_turn,
-                                          lambda: "generation")
+    trainer._generate_single_turn = timed(trainer._generate_single_turn, lambda: "generation")
     trainer._get_per_token_logps_and_entropies = timed(
         trainer._get_per_token_logps_and_entropies,
-        lambda: "reference forward" if state["scoring"] else "policy forward")
+        lambda: "reference forward" if state["scoring"] else "policy forward",
+    )
     trainer.accelerator.backward = timed(trainer.accelerator.backward, lambda: "backward")
 
 
@@ -259,43 +314,57 @@ def _instrument(trainer, phases: list) -> None:
 def run_workload(name: str) -> dict:
     steps = FLAGS.steps or DEFAULT_STEPS[name]
     w = rl_step.WORKLOADS[name]
-    print(f"\n== {name}: {w['num_layers']} layers, width {w['width']}, {w['num_heads']} heads, "
-          f"MLP {w['mlp_width']}, {w['num_prompts']} x {w['group_size']}, prompt "
-          f"{w['prompt_len']}, {w['completion_len']} new tokens; {FLAGS.rounds} rounds x "
-          f"{steps} timed steps (+{FLAGS.warmup} warm-up) per side")
+    print(
+        f"\n== {name}: {w['num_layers']} layers, width {w['width']}, {w['num_heads']} heads, "
+        f"MLP {w['mlp_width']}, {w['num_prompts']} x {w['group_size']}, prompt "
+        f"{w['prompt_len']}, {w['completion_len']} new tokens; {FLAGS.rounds} rounds x "
+        f"{steps} timed steps (+{FLAGS.warmup} warm-up) per side"
+    )
     jax_side = None if FLAGS.skip_jax else JaxSide(name, FLAGS.compute_dtype)
     trl_side = None if FLAGS.skip_trl else TRLSide(name)
     if jax_side:
-        print(f"  grpo_jax ({FLAGS.compute_dtype}): compile {jax_side.compile_s:.1f} s, "
-              f"params {model_lib.num_params(jax_side.state.params) / 1e6:.2f} M")
+        print(
+            f"  grpo_jax ({FLAGS.compute_dtype}): compile {jax_side.compile_s:.1f} s, "
+            f"params {model_lib.num_params(jax_side.state.params) / 1e6:.2f} M"
+        )
     jt, tt = [], []
     for r in range(FLAGS.rounds):
         if jax_side:
             t = jax_side.steps(steps, FLAGS.warmup)
             jt += t
-            print(f"  round {r} grpo_jax s/step: {common.fmt_times(t, 4)}  [{common.load_average()}]")
+            print(
+                f"  round {r} grpo_jax s/step: {common.fmt_times(t, 4)}  [{common.load_average()}]"
+            )
         if trl_side:
             t = trl_side.steps(steps, FLAGS.warmup)
             tt += t
-            print(f"  round {r} TRL      s/step: {common.fmt_times(t, 4)}  [{common.load_average()}]")
+            print(
+                f"  round {r} TRL      s/step: {common.fmt_times(t, 4)}  [{common.load_average()}]"
+            )
     out = dict(workload=name)
     if jt:
         out["jax_s"] = statistics.median(jt)
-        print(f"  grpo_jax: {out['jax_s']:.4f} s/step (median of {len(jt)}; min {min(jt):.4f})"
-              f", compile {jax_side.compile_s:.1f} s, last reward {jax_side.last_reward:.3f}")
+        print(
+            f"  grpo_jax: {out['jax_s']:.4f} s/step (median of {len(jt)}; min {min(jt):.4f})"
+            f", compile {jax_side.compile_s:.1f} s, last reward {jax_side.last_reward:.3f}"
+        )
     if tt:
         out["trl_s"] = statistics.median(tt)
         print(f"  TRL:      {out['trl_s']:.4f} s/step (median of {len(tt)}; min {min(tt):.4f})")
         if trl_side.phases:
             med = {k: statistics.median(p[k] for p in trl_side.phases) for k in TRL_PHASES}
             out["trl_phases"] = med
-            print("  TRL phases (median s/step): " + ", ".join(
-                f"{k} {v:.4f}" for k, v in med.items())
-                + f"; rest {out['trl_s'] - sum(med.values()):.4f}")
+            print(
+                "  TRL phases (median s/step): "
+                + ", ".join(f"{k} {v:.4f}" for k, v in med.items())
+                + f"; rest {out['trl_s'] - sum(med.values()):.4f}"
+            )
     if jt and tt:
         out["ratio"] = out["trl_s"] / out["jax_s"]
-        print(f"  ratio TRL / grpo_jax = {out['ratio']:.2f}x "
-              f"({'grpo_jax' if out['ratio'] > 1 else 'TRL'} faster)")
+        print(
+            f"  ratio TRL / grpo_jax = {out['ratio']:.2f}x "
+            f"({'grpo_jax' if out['ratio'] > 1 else 'TRL'} faster)"
+        )
     return out
 
 
@@ -307,14 +376,21 @@ def main(argv):
         import torch  # noqa: PLC0415
         import transformers  # noqa: PLC0415
         import trl  # noqa: PLC0415
-        extra = dict(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                     transformers=transformers.__version__, trl=trl.__version__)
+
+        extra = dict(
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            transformers=transformers.__version__,
+            trl=trl.__version__,
+        )
     print("machine:", common.describe_machine(extra))
     results = [run_workload(name) for name in FLAGS.workloads]
     print("\nsummary (s/step, median):")
     for r in results:
-        print(f"  {r['workload']}: grpo_jax {r.get('jax_s', float('nan')):.4f}  "
-              f"TRL {r.get('trl_s', float('nan')):.4f}  ratio {r.get('ratio', float('nan')):.2f}x")
+        print(
+            f"  {r['workload']}: grpo_jax {r.get('jax_s', float('nan')):.4f}  "
+            f"TRL {r.get('trl_s', float('nan')):.4f}  ratio {r.get('ratio', float('nan')):.2f}x"
+        )
     print("end:", common.load_average())
 
 

@@ -31,59 +31,67 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.policy = "transformer"
 
     # Small Llama-style decoder (W2 scale by default, docs/design.md 'Benchmark workloads').
-    c.model = ml_collections.ConfigDict(dict(
-        num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32"))
+    c.model = ml_collections.ConfigDict(
+        dict(num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32")
+    )
 
     # Reference policy: restored from `checkpoint` (an experiments/pretrain.py workdir) if set,
     # otherwise pretrained on the task's reference data at the start of the run (and saved
     # under <workdir>/reference so a re-run reuses it).
-    c.reference = ml_collections.ConfigDict(dict(
-        checkpoint="", steps=600, batch_size=256, lr=3e-3, chunk_steps=100, seed=1234))
+    c.reference = ml_collections.ConfigDict(
+        dict(checkpoint="", steps=600, batch_size=256, lr=3e-3, chunk_steps=100, seed=1234)
+    )
 
-    c.grpo = ml_collections.ConfigDict(dict(
-        num_prompts=8, group_size=8, inner_steps=1, temperature=1.0))
+    c.grpo = ml_collections.ConfigDict(
+        dict(num_prompts=8, group_size=8, inner_steps=1, temperature=1.0)
+    )
 
-    c.loss = ml_collections.ConfigDict(dict(
-        kl_estimator="k3",            # kl.ESTIMATORS or an exact regulariser (losses)
-        kl_placement="loss",          # "loss" | "reward"
-        kl_choice="",                 # 'ESTIMATOR/PLACEMENT' overrides the two names above;
-                                      # populations mixing choices share one program (switch)
-        kl_reward_to_go=False,        # reward placement: per-token future-KL reward-to-go
-        beta=0.04,
-        entropy_coef=0.0,             # entropy bonus (no reference): the study's control
-        eps_low=0.2,
-        eps_high=0.2,
-        aggregation="seq_mean_token_mean",
-        advantage_estimator="grpo",   # "grpo" | "drgrpo" | "rloo"
-        is_level="token",             # "token" | "sequence" (GSPO)
-    ))
+    c.loss = ml_collections.ConfigDict(
+        dict(
+            kl_estimator="k3",  # kl.ESTIMATORS or an exact regulariser (losses)
+            kl_placement="loss",  # "loss" | "reward"
+            kl_choice="",  # 'ESTIMATOR/PLACEMENT' overrides the two names above;
+            # populations mixing choices share one program (switch)
+            kl_reward_to_go=False,  # reward placement: per-token future-KL reward-to-go
+            beta=0.04,
+            entropy_coef=0.0,  # entropy bonus (no reference): the study's control
+            eps_low=0.2,
+            eps_high=0.2,
+            aggregation="seq_mean_token_mean",
+            advantage_estimator="grpo",  # "grpo" | "drgrpo" | "rloo"
+            is_level="token",  # "token" | "sequence" (GSPO)
+        )
+    )
 
-    c.optim = ml_collections.ConfigDict(dict(lr=1e-3, grad_clip=1.0, b1=0.9, b2=0.999,
-                                             eps=1e-8))
+    c.optim = ml_collections.ConfigDict(dict(lr=1e-3, grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8))
 
-    c.train = ml_collections.ConfigDict(dict(
-        num_steps=200,
-        chunk_steps=25,               # RL steps per jit call (one lax.scan); host logs between
-        checkpoint_every_chunks=1,
-        seed=0,
-        num_seeds=1,                  # > 1: a vmapped population over seeds seed, seed+1, ...
-        on_nonfinite="stop",          # "stop" (keep last good checkpoint) | "skip" (count)
-        max_skipped_frac=0.1,         # "skip": a member skipping more fails the run
-        skip_zero_grad=False,         # no optimiser update when the gradient is exactly 0
-        max_to_keep=2,                # checkpoints kept (0: all)
-        tensorboard=True,
-        progress=True,
-    ))
+    c.train = ml_collections.ConfigDict(
+        dict(
+            num_steps=200,
+            chunk_steps=25,  # RL steps per jit call (one lax.scan); host logs between
+            checkpoint_every_chunks=1,
+            seed=0,
+            num_seeds=1,  # > 1: a vmapped population over seeds seed, seed+1, ...
+            on_nonfinite="stop",  # "stop" (keep last good checkpoint) | "skip" (count)
+            max_skipped_frac=0.1,  # "skip": a member skipping more fails the run
+            skip_zero_grad=False,  # no optimiser update when the gradient is exactly 0
+            max_to_keep=2,  # checkpoints kept (0: all)
+            tensorboard=True,
+            progress=True,
+        )
+    )
 
     # Sharding as data: mesh axes and which arrays go where (sharding.py reads these).
-    c.mesh = ml_collections.ConfigDict(dict(
-        data=-1,                      # devices on the data axis (-1: all)
-        shard_params=False,           # also shard parameters along `data` (FSDP-style)
-        multihost=False,              # call jax.distributed.initialize() first
-        coordinator_address="",
-        num_processes=1,
-        process_id=0,
-    ))
+    c.mesh = ml_collections.ConfigDict(
+        dict(
+            data=-1,  # devices on the data axis (-1: all)
+            shard_params=False,  # also shard parameters along `data` (FSDP-style)
+            multihost=False,  # call jax.distributed.initialize() first
+            coordinator_address="",
+            num_processes=1,
+            process_id=0,
+        )
+    )
 
     if opts["quick"]:
         c.reference.steps = 200

@@ -16,7 +16,7 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.cache_dir = ""                      # "" = ~/.cache/grpo_jax
+    c.cache_dir = ""  # "" = ~/.cache/grpo_jax
     # Prompts: "Name a prime number between lo and hi" (two-digit bounds: one token length).
     c.ranges = ((10, 50), (20, 60), (30, 90))
     c.choices = ("exact_fwd/loss", "exact_rev/loss", "k3/loss", "k2/loss")
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.group_size = 4
     c.steps = 3
     c.chunk_steps = 1
-    c.population = False                  # True: the choices as one vmapped program
+    c.population = False  # True: the choices as one vmapped program
     c.dtype = "float32"
     if arg == "full":
         c.num_prompts = 8

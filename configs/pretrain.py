@@ -26,15 +26,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = task_configs.task_config(opts["task"])
     # W2-scale Llama-style decoder (docs/design.md, 'Benchmark workloads'); vocab and max_len come from the task.
-    c.model = ml_collections.ConfigDict(dict(
-        num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32"))
-    c.pretrain = ml_collections.ConfigDict(dict(
-        steps=3000, batch_size=256, lr=3e-3, chunk_steps=250, seed=0,
-        rng_impl="threefry2x32"))  # or "rbg" (much faster to compile on CPU)
-    c.eval = ml_collections.ConfigDict(dict(
-        mode_share_tolerance=0.02,  # max |model share - data share| accepted per mode
-        num_samples=8192,           # for mode shares when not computable exactly
-        seed=1))
+    c.model = ml_collections.ConfigDict(
+        dict(num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32")
+    )
+    c.pretrain = ml_collections.ConfigDict(
+        dict(steps=3000, batch_size=256, lr=3e-3, chunk_steps=250, seed=0, rng_impl="threefry2x32")
+    )  # or "rbg" (much faster to compile on CPU)
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            mode_share_tolerance=0.02,  # max |model share - data share| accepted per mode
+            num_samples=8192,  # for mode shares when not computable exactly
+            seed=1,
+        )
+    )
     if opts["quick"]:
         c.model.update(num_layers=1, width=32, mlp_width=64)
         c.pretrain.update(steps=100, batch_size=64, lr=1e-2, chunk_steps=50)

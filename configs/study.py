@@ -64,14 +64,21 @@ from grpo_jax import study as study_lib
 from grpo_jax.config_utils import parse_arg
 from grpo_jax.sweep import zip_axis
 
-PRIMARY = ("exact_fwd/loss", "exact_rev/loss")          # (forward, reverse)
-SECONDARY = ("k3/loss", ("k2/loss", "k1/reward"))       # (GRPO's, reverse-gradient ones)
-Q2_EXTRA = ("k1/loss", "k3/reward")                     # full only: Q2's controls
+PRIMARY = ("exact_fwd/loss", "exact_rev/loss")  # (forward, reverse)
+SECONDARY = ("k3/loss", ("k2/loss", "k1/reward"))  # (GRPO's, reverse-gradient ones)
+Q2_EXTRA = ("k1/loss", "k3/reward")  # full only: Q2's controls
 
 
 def _bandit(label, multimodal, separation, **fields):
-    task = dict(name="bandit", num_tokens=64, sigma=3.0, reward_kind="distance",
-                reward_width=6.0, separation=max(float(separation), 0.0), **fields)
+    task = dict(
+        name="bandit",
+        num_tokens=64,
+        sigma=3.0,
+        reward_kind="distance",
+        reward_width=6.0,
+        separation=max(float(separation), 0.0),
+        **fields,
+    )
     return dict(label=label, multimodal=multimodal, separation=float(separation), task=task)
 
 
@@ -97,14 +104,17 @@ def matched_tail_background(num_tokens=64, sigma=3.0, separation=8.0, width=6.0)
 
 def _modalities(full: bool, tiny: bool):
     floor = round(matched_tail_background(), 4)
-    uni = [_bandit("1 mode", False, 0.0, num_modes=1),
-           _bandit("1 mode + floor", False, 0.0, num_modes=1, background=floor)]
+    uni = [
+        _bandit("1 mode", False, 0.0, num_modes=1),
+        _bandit("1 mode + floor", False, 0.0, num_modes=1, background=floor),
+    ]
     seps = (1.0, 2.0, 3.0, 4.0, 5.0, 5.6, 6.0, 7.0, 8.0) if full else (3.0, 5.6, 8.0)
     # Two equal Gaussians make a density with one peak up to 2 sigma apart: those points
     # are unimodal in shape (reported, not tested as multimodal).
     two = [_bandit(f"2 modes, {s:g}σ", s > 2.0, s, num_modes=2) for s in seps]
-    four = [_bandit(f"4 modes, {s:g}σ", True, s, num_modes=4) for s in ((3.0, 5.0) if full
-                                                                        else (5.0,))]
+    four = [
+        _bandit(f"4 modes, {s:g}σ", True, s, num_modes=4) for s in ((3.0, 5.0) if full else (5.0,))
+    ]
     if tiny:
         return [uni[0], two[-1]]
     return uni + two + four
@@ -118,33 +128,56 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.name = "full" if full else "tiny" if tiny else "default"
 
     # ---- declared before the run -------------------------------------------------------
-    c.question = ("At matched strength, does the KL direction (forward vs reverse) change "
-                  "what GRPO keeps only when the reference is multimodal?")
-    c.prediction = ("Delta = forward - reverse is equivalent to 0 on the unimodal reference "
-                    "and > 0 on multimodal ones: the interaction I = Delta(multi) - "
-                    "Delta(uni) is > 0 on the primary outcome")
+    c.question = (
+        "At matched strength, does the KL direction (forward vs reverse) change "
+        "what GRPO keeps only when the reference is multimodal?"
+    )
+    c.prediction = (
+        "Delta = forward - reverse is equivalent to 0 on the unimodal reference "
+        "and > 0 on multimodal ones: the interaction I = Delta(multi) - "
+        "Delta(uni) is > 0 on the primary outcome"
+    )
     c.sign = 1
     c.primary_outcome = "off_target"
     c.alpha = 0.05
     # name: (margin, low, high, description); ranges clip the intervals
-    c.outcomes = ml_collections.ConfigDict({
-        "off_target": dict(margin=0.02, low=0.0, high=1.0,
-                           text="mass on zero-reward answers"),
-        "entropy": dict(margin=0.1, low=0.0, high=math.log(64),
-                        text="entropy of the answer distribution (nats)"),
-        "between": dict(margin=0.02, low=0.0, high=1.0,
-                        text="mass between the modes (farther than 1 sigma from every "
-                             "centre, inside the outermost centres)"),
-        "pass_at_4": dict(margin=0.02, low=0.0, high=1.0,
-                          text="pass@4, success = the single best answer (does not "
-                               "saturate: the references give it 0.2-0.45)"),
-        "fwd_kl_per_reward": dict(margin=0.1, low=0.0, high=1e6,
-                                  text="forward KL per unit of reward gained over the "
-                                       "reference (nats)"),
-        "mode_coverage": dict(margin=0.1, low=0.0, high=1.0,
-                              text="modes keeping >= 5% of their reference share "
-                                   "(secondary)"),
-    })
+    c.outcomes = ml_collections.ConfigDict(
+        {
+            "off_target": dict(margin=0.02, low=0.0, high=1.0, text="mass on zero-reward answers"),
+            "entropy": dict(
+                margin=0.1,
+                low=0.0,
+                high=math.log(64),
+                text="entropy of the answer distribution (nats)",
+            ),
+            "between": dict(
+                margin=0.02,
+                low=0.0,
+                high=1.0,
+                text="mass between the modes (farther than 1 sigma from every "
+                "centre, inside the outermost centres)",
+            ),
+            "pass_at_4": dict(
+                margin=0.02,
+                low=0.0,
+                high=1.0,
+                text="pass@4, success = the single best answer (does not "
+                "saturate: the references give it 0.2-0.45)",
+            ),
+            "fwd_kl_per_reward": dict(
+                margin=0.1,
+                low=0.0,
+                high=1e6,
+                text="forward KL per unit of reward gained over the " "reference (nats)",
+            ),
+            "mode_coverage": dict(
+                margin=0.1,
+                low=0.0,
+                high=1.0,
+                text="modes keeping >= 5% of their reference share " "(secondary)",
+            ),
+        }
+    )
     c.match = dict(by="reward", fraction=0.5, check_by="exact_kl_rev")
     # The unimodal references every interaction is measured against: the plain one and the
     # matched-tail control (same zero-reward mass as 2 modes 8 sigma apart). A policy class
@@ -161,7 +194,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "pass (the pilot showed it reproduces the multimodal difference, which is the "
         "confusion it exists to catch); (2) points reached by fewer than half the seeds "
         "are not estimable (in the pilot a 3-seed point flipped between the replicates). "
-        "Everything else was declared before the pilot.")
+        "Everything else was declared before the pilot."
+    )
     c.primary = list(PRIMARY)
     c.secondary = [SECONDARY[0], list(SECONDARY[1]) if full else [SECONDARY[1][0]]]
     c.q2_extra = list(Q2_EXTRA) if full else []
@@ -180,8 +214,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # ---- training (configs/grpo.py fields) -----------------------------------------------
     c.grpo = dict(num_prompts=1, group_size=32 if full else 16)
     c.optim = dict(lr=0.03 if full else 0.05)
-    c.train = dict(num_steps=1000 if full else 400, chunk_steps=100,
-                   checkpoint_every_chunks=2, skip_zero_grad=True)
+    c.train = dict(
+        num_steps=1000 if full else 400,
+        chunk_steps=100,
+        checkpoint_every_chunks=2,
+        skip_zero_grad=True,
+    )
     c.loss = dict(advantage_estimator="rloo", eps_low=0.2, eps_high=0.2)
     if tiny:
         c.baselines = ["1 mode"]
@@ -190,8 +228,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.entropy_coefs = [0.02, 0.1]
         c.num_seeds = 3
         c.with_secondary = False
-        c.train = dict(num_steps=40, chunk_steps=20, checkpoint_every_chunks=1,
-                       skip_zero_grad=True)
+        c.train = dict(num_steps=40, chunk_steps=20, checkpoint_every_chunks=1, skip_zero_grad=True)
     return c
 
 
@@ -213,8 +250,9 @@ def base_config(study: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.update(tensorboard=False, progress=False, max_to_keep=2)
     c.loss.update(study.loss.to_dict())
     c.mesh.data = 1  # the population axis is the parallelism
-    c.eval = ml_collections.ConfigDict(dict(
-        arm="", replicate=0, label="", multimodal=False, separation=0.0, workdir=""))
+    c.eval = ml_collections.ConfigDict(
+        dict(arm="", replicate=0, label="", multimodal=False, separation=0.0, workdir="")
+    )
     return c
 
 
@@ -227,24 +265,36 @@ def grid(study: ml_collections.ConfigDict):
     for m in mods:
         fields = dict(m["task"])
         task_cfgs.append(task_configs.task_config(fields.pop("name"), **fields))
-    modality_axis = zip_axis({
-        "task": task_cfgs,
-        "eval.label": [m["label"] for m in mods],
-        "eval.multimodal": [bool(m["multimodal"]) for m in mods],
-        "eval.separation": [float(m["separation"]) for m in mods],
-    })
+    modality_axis = zip_axis(
+        {
+            "task": task_cfgs,
+            "eval.label": [m["label"] for m in mods],
+            "eval.multimodal": [bool(m["multimodal"]) for m in mods],
+            "eval.separation": [float(m["separation"]) for m in mods],
+        }
+    )
     rows = []  # (kl_choice, beta, entropy_coef, arm)
     for arm in arms(study):
         if arm == study_lib.ENTROPY_ARM:
             rows += [(study.primary[1], 0.0, float(a), arm) for a in study.entropy_coefs]
         else:
             rows += [(arm, float(b), 0.0, arm) for b in study.betas]
-    arm_axis = zip_axis({"loss.kl_choice": [r[0] for r in rows],
-                         "loss.beta": [r[1] for r in rows],
-                         "loss.entropy_coef": [r[2] for r in rows],
-                         "eval.arm": [r[3] for r in rows]})
+    arm_axis = zip_axis(
+        {
+            "loss.kl_choice": [r[0] for r in rows],
+            "loss.beta": [r[1] for r in rows],
+            "loss.entropy_coef": [r[2] for r in rows],
+            "eval.arm": [r[3] for r in rows],
+        }
+    )
     lr = float(study.optim.lr)
-    replicate_axis = zip_axis({"optim.lr": [lr, lr * float(study.replicate_lr_factor)],
-                               "eval.replicate": [0, 1]})
-    return base, [modality_axis, ("policy", list(study.policies)), arm_axis,
-                  ("train.seed", list(range(int(study.num_seeds)))), replicate_axis]
+    replicate_axis = zip_axis(
+        {"optim.lr": [lr, lr * float(study.replicate_lr_factor)], "eval.replicate": [0, 1]}
+    )
+    return base, [
+        modality_axis,
+        ("policy", list(study.policies)),
+        arm_axis,
+        ("train.seed", list(range(int(study.num_seeds)))),
+        replicate_axis,
+    ]

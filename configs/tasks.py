@@ -49,8 +49,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "bandit_unimodal": ("bandit", dict(num_modes=1)),
     "bandit_bimodal": ("bandit", dict(num_modes=2, sigma=3.0, separation=8.0)),
     "bandit_bimodal_near": ("bandit", dict(num_modes=2, sigma=3.0, separation=3.0)),
-    "bandit_bimodal_skewed": ("bandit", dict(num_modes=2, sigma=3.0, separation=8.0,
-                                             weights=(0.9, 0.1))),
+    "bandit_bimodal_skewed": (
+        "bandit",
+        dict(num_modes=2, sigma=3.0, separation=8.0, weights=(0.9, 0.1)),
+    ),
     "bandit_trimodal": ("bandit", dict(num_modes=3, sigma=3.0, separation=6.0)),
     "arithmetic": ("arithmetic", {}),
     "arithmetic_canonical": ("arithmetic", dict(num_modes=1)),
@@ -61,6 +63,7 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "format_90_10": ("format", dict(format_weights=(0.9, 0.1))),
     "format_100_0": ("format", dict(format_weights=(1.0, 0.0))),
 }
+
 
 def task_config(name: str = "bandit", **overrides) -> ml_collections.ConfigDict:
     """ConfigDict {"name": task name, **every dataclass field} for a task or preset name.

@@ -13,7 +13,7 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.cache_dir = ""          # model cache; "" = ~/.cache/grpo_jax (gguf.fetch_smollm2)
+    c.cache_dir = ""  # model cache; "" = ~/.cache/grpo_jax (gguf.fetch_smollm2)
     # Prompts per kind: arithmetic (one correct answer), multi (many valid answers), chat.
     c.num_arithmetic = 48
     c.num_multi = 48
@@ -21,16 +21,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Samples per prompt at temperature 1 (the model's own distribution); per-position
     # statistics are taken at every generated position of these samples.
     c.samples_per_prompt = 4
-    c.max_new_tokens_number = 8    # arithmetic / multi completions
-    c.max_new_tokens_chat = 24     # chat completions
-    c.prompt_batch = 16            # prompts per jitted call (memory)
+    c.max_new_tokens_number = 8  # arithmetic / multi completions
+    c.max_new_tokens_chat = 24  # chat completions
+    c.prompt_batch = 16  # prompts per jitted call (memory)
     # The separation rule (answer level): numbers 0..99 whose canonical answer
     # "N<|im_end|>" carries >= mode_threshold x the top number's probability are
     # significant; significant numbers form one mode when every integer between them is
     # significant too (a valley below the threshold separates modes).
     c.mode_threshold = 0.1
-    c.mass_fraction = 0.9          # "how many distinct answers carry 90% of the mass"
-    c.ratio_threshold = 0.5        # per position: p2 / p1 > 0.5 counts as "two real modes"
+    c.mass_fraction = 0.9  # "how many distinct answers carry 90% of the mass"
+    c.ratio_threshold = 0.5  # per position: p2 / p1 > 0.5 counts as "two real modes"
     if arg == "full":
         c.num_arithmetic = 100
         c.num_multi = 100

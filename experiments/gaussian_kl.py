@@ -80,8 +80,7 @@ def fit_all(mu2, inits, *, direction, steps=100, nodes=101):
         def step(carry, _):
             params, state = carry
             value, grad = value_and_grad(params, state=state)
-            updates, state = solver.update(grad, state, params, value=value, grad=grad,
-                                           value_fn=f)
+            updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=f)
             return (optax.apply_updates(params, updates), state), None
 
         (params, _), _ = jax.lax.scan(step, (params, solver.init(params)), length=steps)
@@ -95,8 +94,9 @@ def fit(mu2, direction, inits, *, steps=100, nodes=101):
     if direction not in ("forward", "reverse"):
         raise ValueError(f"direction must be 'forward' or 'reverse'; got {direction!r}.")
     inits = jnp.asarray(inits, jnp.result_type(float))
-    m, s, kl = fit_all(jnp.asarray(mu2, inits.dtype), inits, direction=direction, steps=steps,
-                       nodes=nodes)
+    m, s, kl = fit_all(
+        jnp.asarray(mu2, inits.dtype), inits, direction=direction, steps=steps, nodes=nodes
+    )
     kl = jnp.where(jnp.isfinite(kl), kl, jnp.inf)
     best = int(jnp.argmin(kl))
     return float(m[best]), float(s[best]), float(kl[best])
@@ -112,8 +112,9 @@ def run_all(config):
         inits = make_inits(mu2, config.init_m_fraction, config.init_s)
         for direction in ("forward", "reverse"):
             # Forward KL is convex in (m, log s): one init suffices, but all are cheap.
-            m, s, kl_value = fit(mu2, direction, inits, steps=config.steps,
-                                 nodes=config.quadrature_nodes)
+            m, s, kl_value = fit(
+                mu2, direction, inits, steps=config.steps, nodes=config.quadrature_nodes
+            )
             rows.append(dict(mu2=float(mu2), direction=direction, m=m, s=s, kl=kl_value))
     return rows
 
@@ -128,16 +129,25 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, len(mu2s), figsize=(4 * len(mu2s), 4.2), sharey=True)
     for ax, mu2 in zip(np.atleast_1d(axes), mu2s):
         x = np.linspace(-5, mu2 + 5, 600)
-        ax.fill_between(x, np.exp(np.asarray(log_mixture(jnp.asarray(x), mu2))), color="0.8",
-                        label="p (mixture)")
+        ax.fill_between(
+            x,
+            np.exp(np.asarray(log_mixture(jnp.asarray(x), mu2))),
+            color="0.8",
+            label="p (mixture)",
+        )
         for r in rows:
             if r["mu2"] != mu2:
                 continue
             style = {"forward": ("tab:blue", "-"), "reverse": ("tab:red", "--")}[r["direction"]]
             q = np.exp(np.asarray(log_normal(jnp.asarray(x), r["m"], r["s"])))
-            ax.plot(x, q, color=style[0], linestyle=style[1],
-                    label=f"{r['direction']}: m={r['m']:.2f}, s={r['s']:.2f}, "
-                    f"KL={max(r['kl'], 0.0):.3f}")
+            ax.plot(
+                x,
+                q,
+                color=style[0],
+                linestyle=style[1],
+                label=f"{r['direction']}: m={r['m']:.2f}, s={r['s']:.2f}, "
+                f"KL={max(r['kl'], 0.0):.3f}",
+            )
         ax.set_title(f"mu2 = {mu2:g}")
         ax.set_ylim(0, 0.55)
         ax.set_xlabel("x")
@@ -164,8 +174,10 @@ def main(argv):
     print("| mu2 | direction | m | s | KL | moment matching (m, s) |\n|---|---|---|---|---|---|")
     for r in rows:
         mm = f"{r['mu2'] / 2:.4f}, {np.sqrt(1 + r['mu2'] ** 2 / 4):.4f}"
-        print(f"| {r['mu2']:g} | {r['direction']} | {r['m']:.4f} | {r['s']:.4f} | "
-              f"{max(r['kl'], 0.0):.4f} | {mm} |")
+        print(
+            f"| {r['mu2']:g} | {r['direction']} | {r['m']:.4f} | {r['s']:.4f} | "
+            f"{max(r['kl'], 0.0):.4f} | {mm} |"
+        )
     print(f"wrote {_WORKDIR.value}/gaussian_kl.png and gaussian_kl.csv")
 
 

@@ -80,11 +80,17 @@ def run_audit(config):
     )
     res_tok = audit.token_audit(**tok, estimators=estimators)
     seq = audit.random_sequence_problem(
-        k_seq, config.sequence.vocab_size, config.sequence.length, config.sequence.scale,
+        k_seq,
+        config.sequence.vocab_size,
+        config.sequence.length,
+        config.sequence.scale,
         config.sequence.old_scale,
     )
     res_seq = audit.sequence_audit(
-        seq["logits"], seq["ref_logits"], seq["old_logits"], estimators=estimators,
+        seq["logits"],
+        seq["ref_logits"],
+        seq["old_logits"],
+        estimators=estimators,
         samplings=tuple(config.sequence.samplings),
     )
     rows = []
@@ -125,8 +131,10 @@ def main(argv):
     os.makedirs(_WORKDIR.value, exist_ok=True)
     with open(os.path.join(_WORKDIR.value, "audit.md"), "w") as f:
         f.write("# Gradient audit (exact enumeration)\n\n")
-        f.write("Command: `python experiments/gradient_audit.py --config "
-                "configs/gradient_audit.py --workdir <dir>`\n\n")
+        f.write(
+            "Command: `python experiments/gradient_audit.py --config "
+            "configs/gradient_audit.py --workdir <dir>`\n\n"
+        )
         f.write("Config:\n\n```\n" + str(config) + "```\n\n" + table)
     with open(os.path.join(_WORKDIR.value, "audit.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[k for k, _ in COLUMNS])

@@ -46,17 +46,18 @@ def answer_probs(config, params, prompts, digit_ids, special_ids):
     """Exact probability of each number 0..99 as the 2-token completion (the task's parse),
     under the sampling distribution (specials banned): ``prompts [N, P]`` -> ``[N, 100]``."""
     n, p = prompts.shape
-    rows = jnp.concatenate([jnp.repeat(prompts, 10, axis=0),
-                            jnp.tile(digit_ids, n)[:, None]], axis=1)        # [10N, P+1]
-    logits = model_lib.forward(config, params, rows)[:, -2:]                 # [10N, 2, V]
+    rows = jnp.concatenate(
+        [jnp.repeat(prompts, 10, axis=0), jnp.tile(digit_ids, n)[:, None]], axis=1
+    )  # [10N, P+1]
+    logits = model_lib.forward(config, params, rows)[:, -2:]  # [10N, 2, V]
     ban = jnp.zeros((config.vocab_size,), bool).at[special_ids].set(True)
     logp = jax.nn.log_softmax(jnp.where(ban, -1e9, logits), axis=-1)
-    first = logp[::10, 0][:, digit_ids]                                      # [N, 10]
-    second = logp[:, 1].reshape(n, 10, -1)                                   # [N, 10, V]
-    p_digit2 = jnp.exp(second[:, :, digit_ids])                              # [N, 10, 10]
+    first = logp[::10, 0][:, digit_ids]  # [N, 10]
+    second = logp[:, 1].reshape(n, 10, -1)  # [N, 10, V]
+    p_digit2 = jnp.exp(second[:, :, digit_ids])  # [N, 10, 10]
     p1 = jnp.exp(first)
-    one = p1 * (1.0 - p_digit2.sum(-1))                                      # "d" + non-digit
-    two = p1[:, 1:, None] * p_digit2[:, 1:]                                  # "d1 d2", d1 > 0
+    one = p1 * (1.0 - p_digit2.sum(-1))  # "d" + non-digit
+    two = p1[:, 1:, None] * p_digit2[:, 1:]  # "d1 d2", d1 > 0
     return jnp.concatenate([one, two.reshape(n, 90)], axis=1)
 
 
@@ -67,10 +68,15 @@ def answer_summary(probs: np.ndarray, task) -> dict:
         p = probs[i]
         pv = p[list(valid)]
         q = pv / pv.sum()
-        out.append({"valid_mass": float(pv.sum()),
-                    "shares": {int(v): float(s) for v, s in zip(valid, q)},
-                    "effective_valid": float(np.exp(-np.sum(q[q > 0] * np.log(q[q > 0])))),
-                    "top": int(valid[int(np.argmax(pv))]), "top_share": float(q.max())})
+        out.append(
+            {
+                "valid_mass": float(pv.sum()),
+                "shares": {int(v): float(s) for v, s in zip(valid, q)},
+                "effective_valid": float(np.exp(-np.sum(q[q > 0] * np.log(q[q > 0])))),
+                "top": int(valid[int(np.argmax(pv))]),
+                "top_share": float(q.max()),
+            }
+        )
     return out
 
 
@@ -82,20 +88,30 @@ def main(argv):
     t0 = time.time()
     path = gguf.fetch_smollm2(config.cache_dir or None)
     from grpo_jax import tokenizer  # pylint: disable=import-outside-toplevel
+
     tok = tokenizer.from_gguf(path)
     task = number_text.prime_task(tok, ranges=tuple(tuple(r) for r in config.ranges))
-    cfg, params, _ = gguf.load(path, max_len=task.prompt_len + task.completion_len,
-                               dtype=config.dtype)
-    print(f"loaded in {time.time() - t0:.1f} s; prompt length {task.prompt_len}; "
-          f"{task.num_modes} valid answers overall")
+    cfg, params, _ = gguf.load(
+        path, max_len=task.prompt_len + task.completion_len, dtype=config.dtype
+    )
+    print(
+        f"loaded in {time.time() - t0:.1f} s; prompt length {task.prompt_len}; "
+        f"{task.num_modes} valid answers overall"
+    )
     choices = tuple(config.choices)
-    setup = train.RLSetup(model=cfg, task=task, num_prompts=config.num_prompts,
-                          group_size=config.group_size, kl_choices=choices)
+    setup = train.RLSetup(
+        model=cfg,
+        task=task,
+        num_prompts=config.num_prompts,
+        group_size=config.group_size,
+        kl_choices=choices,
+    )
     digit_ids = jnp.asarray(task.digit_ids, jnp.int32)
     special = jnp.asarray(task.special_ids, jnp.int32)
     prompts = task.all_prompts()
-    ref_answers = answer_summary(np.asarray(answer_probs(cfg, params, prompts, digit_ids,
-                                                         special)), task)
+    ref_answers = answer_summary(
+        np.asarray(answer_probs(cfg, params, prompts, digit_ids, special)), task
+    )
     run = train.make_rl_chunk(setup, config.chunk_steps, population=config.population)
     loss_cfg = losses.LossConfig(beta=config.beta)
     results = {}
@@ -110,8 +126,9 @@ def main(argv):
                     for k in ("reward_mean", "exact_kl_fwd", "exact_kl_rev", "entropy", "loss"):
                         row[k] = float(metrics[k][m, s])
                     shares = np.asarray(metrics["mode_shares"][m, s])
-                    row["answer_shares"] = {int(a): float(x) for a, x in
-                                            zip(task.answers, shares) if x > 0}
+                    row["answer_shares"] = {
+                        int(a): float(x) for a, x in zip(task.answers, shares) if x > 0
+                    }
                     fh.write(json.dumps(row) + "\n")
                     print(json.dumps(row))
 
@@ -121,9 +138,11 @@ def main(argv):
         stack = lambda t: jax.tree.map(lambda x: jnp.stack([x] * s), t)
         keys = jax.random.split(jax.random.key(config.seed), s)
         state = jax.vmap(lambda p, r, k: train.init_rl_state(setup, p, r, k))(
-            stack(params), stack(params), keys)
-        hp = train.Hparams(loss=stack(loss_cfg), lr=jnp.full((s,), config.lr, jnp.float32),
-                           kl_choice=jnp.arange(s))
+            stack(params), stack(params), keys
+        )
+        hp = train.Hparams(
+            loss=stack(loss_cfg), lr=jnp.full((s,), config.lr, jnp.float32), kl_choice=jnp.arange(s)
+        )
         t1 = time.time()
         for c in range(config.steps // config.chunk_steps):
             state, metrics = run(state, hp)
@@ -131,8 +150,9 @@ def main(argv):
         timing["all"] = time.time() - t1
         for m, name in enumerate(choices):
             final = jax.tree.map(lambda x: x[m], state.params)
-            results[name] = answer_summary(np.asarray(answer_probs(
-                cfg, final, prompts, digit_ids, special)), task)
+            results[name] = answer_summary(
+                np.asarray(answer_probs(cfg, final, prompts, digit_ids, special)), task
+            )
     else:
         for m, name in enumerate(choices):
             # The state is donated: the reference gets its own buffers each run.
@@ -142,11 +162,15 @@ def main(argv):
             t1 = time.time()
             for c in range(config.steps // config.chunk_steps):
                 state, metrics = run(state, hp)
-                log_chunk([name], jax.device_get(jax.tree.map(lambda x: x[None], metrics)),
-                          c * config.chunk_steps)
+                log_chunk(
+                    [name],
+                    jax.device_get(jax.tree.map(lambda x: x[None], metrics)),
+                    c * config.chunk_steps,
+                )
             timing[name] = time.time() - t1
-            results[name] = answer_summary(np.asarray(answer_probs(
-                cfg, state.params, prompts, digit_ids, special)), task)
+            results[name] = answer_summary(
+                np.asarray(answer_probs(cfg, state.params, prompts, digit_ids, special)), task
+            )
             del state
     rows = [json.loads(line) for line in open(metrics_path)]
     lines = [
@@ -162,26 +186,37 @@ def main(argv):
         "| regulariser | reward (last step) | exact KL fwd | exact KL rev | entropy | "
         "valid mass (exact, mean over prompts) | effective valid answers exp(H) | "
         "top answer share |",
-        "|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|",
+    ]
     mean = lambda rs, k: float(np.mean([r[k] for r in rs]))
-    lines.append(f"| reference | - | 0 | 0 | - | {mean(ref_answers, 'valid_mass'):.3f} | "
-                 f"{mean(ref_answers, 'effective_valid'):.2f} | "
-                 f"{mean(ref_answers, 'top_share'):.3f} |")
+    lines.append(
+        f"| reference | - | 0 | 0 | - | {mean(ref_answers, 'valid_mass'):.3f} | "
+        f"{mean(ref_answers, 'effective_valid'):.2f} | "
+        f"{mean(ref_answers, 'top_share'):.3f} |"
+    )
     for name in choices:
         last = [r for r in rows if r["choice"] == name][-1]
         rs = results[name]
-        lines.append(f"| {name} | {last['reward_mean']:.3f} | {last['exact_kl_fwd']:.2e} | "
-                     f"{last['exact_kl_rev']:.2e} | {last['entropy']:.3f} | "
-                     f"{mean(rs, 'valid_mass'):.3f} | {mean(rs, 'effective_valid'):.2f} | "
-                     f"{mean(rs, 'top_share'):.3f} |")
-    lines += ["", "KL and entropy: exact per position over the full vocabulary (pi_old vs the "
-              "reference on that step's batch, nats per token). Answer columns: exact, by "
-              "enumerating every number 0..99 as the 2-token completion.", "",
-              "Reference answer shares (first prompt): " + ", ".join(
-                  f"{a}: {s:.3f}" for a, s in ref_answers[0]["shares"].items())]
+        lines.append(
+            f"| {name} | {last['reward_mean']:.3f} | {last['exact_kl_fwd']:.2e} | "
+            f"{last['exact_kl_rev']:.2e} | {last['entropy']:.3f} | "
+            f"{mean(rs, 'valid_mass'):.3f} | {mean(rs, 'effective_valid'):.2f} | "
+            f"{mean(rs, 'top_share'):.3f} |"
+        )
+    lines += [
+        "",
+        "KL and entropy: exact per position over the full vocabulary (pi_old vs the "
+        "reference on that step's batch, nats per token). Answer columns: exact, by "
+        "enumerating every number 0..99 as the 2-token completion.",
+        "",
+        "Reference answer shares (first prompt): "
+        + ", ".join(f"{a}: {s:.3f}" for a, s in ref_answers[0]["shares"].items()),
+    ]
     for name in choices:
-        lines.append(f"{name} answer shares (first prompt): " + ", ".join(
-            f"{a}: {s:.3f}" for a, s in results[name][0]["shares"].items()))
+        lines.append(
+            f"{name} answer shares (first prompt): "
+            + ", ".join(f"{a}: {s:.3f}" for a, s in results[name][0]["shares"].items())
+        )
     text = "\n".join(lines) + "\n"
     with open(os.path.join(workdir, "report.md"), "w") as fh:
         fh.write(text)
@@ -197,6 +232,7 @@ if __name__ == "__main__":
     from grpo_jax import config_utils
 
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", "configs/grpo_lm.py", "GRPO-on-SmolLM2 config file.", lock_config=True)
+        "config", "configs/grpo_lm.py", "GRPO-on-SmolLM2 config file.", lock_config=True
+    )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
     config_utils.run_app(main)

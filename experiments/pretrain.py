@@ -24,6 +24,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from grpo_jax import config_utils, jsonio, pretrain, writers  # noqa: E402
 
+
 def train_and_evaluate(config, workdir: str, log=logging.info) -> dict:
     """Pretrain, save the checkpoint in `workdir`, write report.json; returns the report."""
     os.makedirs(workdir, exist_ok=True)
@@ -33,25 +34,42 @@ def train_and_evaluate(config, workdir: str, log=logging.info) -> dict:
     p = config.pretrain
     with writers.MetricWriter(workdir, tensorboard=False) as writer:
         params, report = pretrain.pretrain_reference(
-            model_config, task, jax.random.key(int(p.seed), impl=p.rng_impl),
+            model_config,
+            task,
+            jax.random.key(int(p.seed), impl=p.rng_impl),
             steps=int(p.steps),
-            batch_size=int(p.batch_size), lr=float(p.lr), chunk_steps=int(p.chunk_steps),
-            log=log, writer=writer, eval_key=jax.random.key(int(config.eval.seed), impl=p.rng_impl),
+            batch_size=int(p.batch_size),
+            lr=float(p.lr),
+            chunk_steps=int(p.chunk_steps),
+            log=log,
+            writer=writer,
+            eval_key=jax.random.key(int(config.eval.seed), impl=p.rng_impl),
             mode_share_tolerance=float(config.eval.mode_share_tolerance),
-            num_eval_samples=int(config.eval.num_samples))
-    pretrain.save_reference(workdir, report["steps"], params, task_config=config.task,
-                            model_config=model_config, report=report,
-                            pretrain=config.pretrain.to_dict())
+            num_eval_samples=int(config.eval.num_samples),
+        )
+    pretrain.save_reference(
+        workdir,
+        report["steps"],
+        params,
+        task_config=config.task,
+        model_config=model_config,
+        report=report,
+        pretrain=config.pretrain.to_dict(),
+    )
     jsonio.write_json_atomic(os.path.join(workdir, "report.json"), report, indent=2)
-    log(f"fit: KL[data||model] = {report['data_kl_seq']:.4f} nats/sequence "
+    log(
+        f"fit: KL[data||model] = {report['data_kl_seq']:.4f} nats/sequence "
         f"(data entropy {report['data_entropy_seq']:.4f}); mode shares model "
         f"{report['mode_shares_model']} vs data {report['mode_shares_data']} "
         f"({report['mode_shares_method']}), max err {report['mode_share_max_abs_err']:.4f} "
         f"{'<=' if report['mode_shares_ok'] else '>'} tolerance "
-        f"{report['mode_share_tolerance']}")
+        f"{report['mode_share_tolerance']}"
+    )
     if not report["mode_shares_ok"]:
-        logging.warning("the reference does NOT reproduce the data's mode shares within "
-                        "tolerance; train longer or larger")
+        logging.warning(
+            "the reference does NOT reproduce the data's mode shares within "
+            "tolerance; train longer or larger"
+        )
     return report
 
 
@@ -63,7 +81,8 @@ def main(argv):
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so importing this module (tests, other
     # entry points defining the same flag names) never clashes.
-    _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py",
-                                              "Pretraining config file.", lock_config=True)
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", "configs/pretrain.py", "Pretraining config file.", lock_config=True
+    )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
     config_utils.run_app(main)

@@ -59,19 +59,42 @@ from grpo_jax import model as model_lib  # noqa: E402
 KINDS = ("arithmetic", "multi", "chat")
 SUFFIX = " Reply with only the number."
 
-TOPICS = ("the ocean", "autumn", "the moon", "coffee", "mountains", "cats", "rain", "music",
-          "friendship", "the city at night", "trees", "winter", "the desert", "books",
-          "stars", "bread", "rivers", "birds", "the wind", "gardens")
-CHAT_TEMPLATES = ("Tell me an interesting fact about {}.", "Write one line of a poem about {}.",
-                  "Describe {} in one sentence.", "Give me a tip related to {}.",
-                  "Write a short story opening about {}.")
+TOPICS = (
+    "the ocean",
+    "autumn",
+    "the moon",
+    "coffee",
+    "mountains",
+    "cats",
+    "rain",
+    "music",
+    "friendship",
+    "the city at night",
+    "trees",
+    "winter",
+    "the desert",
+    "books",
+    "stars",
+    "bread",
+    "rivers",
+    "birds",
+    "the wind",
+    "gardens",
+)
+CHAT_TEMPLATES = (
+    "Tell me an interesting fact about {}.",
+    "Write one line of a poem about {}.",
+    "Describe {} in one sentence.",
+    "Give me a tip related to {}.",
+    "Write a short story opening about {}.",
+)
 
 
 def _primes(n=100):
     s = np.ones(n, bool)
     s[:2] = False
-    for i in range(2, int(n ** 0.5) + 1):
-        s[i * i::i] = False
+    for i in range(2, int(n**0.5) + 1):
+        s[i * i :: i] = False
     return s
 
 
@@ -89,8 +112,9 @@ def make_prompts(config) -> list[dict]:
             a = int(rng.integers(10, 100))
             b = int(rng.integers(1, a))
             text, ans, prefix = f"What is {a} - {b}?", a - b, f"{a} - {b} = "
-        out.append({"kind": "arithmetic", "text": text + SUFFIX, "prefix": prefix,
-                    "valid": numbers == ans})
+        out.append(
+            {"kind": "arithmetic", "text": text + SUFFIX, "prefix": prefix, "valid": numbers == ans}
+        )
     primes = _primes()
     for i in range(config.num_multi):
         form = i % 4
@@ -129,8 +153,9 @@ def make_prompts(config) -> list[dict]:
 
 def _log_not_digit(lp, digit_ids):
     """log(1 - sum_d p(d)) from log-probs ``lp [..., V]``: the next token is not a digit."""
-    return jnp.log1p(-jnp.minimum(jnp.exp(jax.nn.logsumexp(lp[..., digit_ids], axis=-1)),
-                                  1.0 - 1e-7))
+    return jnp.log1p(
+        -jnp.minimum(jnp.exp(jax.nn.logsumexp(lp[..., digit_ids], axis=-1)), 1.0 - 1e-7)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -146,18 +171,18 @@ def number_logprobs(config, params, prompts, lengths, digit_ids):
     def one(prompt, length):
         cache = model_lib.init_cache(config, 1, pmax + 2)
         logits, cache = model.decode(prompt[None].astype(jnp.int32), cache, 0)
-        lp0 = jax.nn.log_softmax(jax.lax.dynamic_index_in_dim(logits[0], length - 1, 0,
-                                                              False))          # [V]
+        lp0 = jax.nn.log_softmax(
+            jax.lax.dynamic_index_in_dim(logits[0], length - 1, 0, False)
+        )  # [V]
         c10 = jax.tree.map(lambda c: jnp.repeat(c, 10, axis=0), cache)
         l1, c10 = model.decode(digit_ids[:, None], c10, length)
-        lp1 = jax.nn.log_softmax(l1[:, 0], axis=-1)                             # [10, V]
+        lp1 = jax.nn.log_softmax(l1[:, 0], axis=-1)  # [10, V]
         c100 = jax.tree.map(lambda c: jnp.repeat(c, 10, axis=0), c10)
         l2, _ = model.decode(jnp.tile(digit_ids, 10)[:, None], c100, length + 1)
-        lp2 = jax.nn.log_softmax(l2[:, 0], axis=-1).reshape(10, 10, -1)          # [10, 10, V]
-        first = lp0[digit_ids]                                                  # [10]
+        lp2 = jax.nn.log_softmax(l2[:, 0], axis=-1).reshape(10, 10, -1)  # [10, 10, V]
+        first = lp0[digit_ids]  # [10]
         one_digit = first + _log_not_digit(lp1, digit_ids)
-        two_digit = (first[:, None] + lp1[:, digit_ids]
-                     + _log_not_digit(lp2, digit_ids))                          # [d1, d2]
+        two_digit = first[:, None] + lp1[:, digit_ids] + _log_not_digit(lp2, digit_ids)  # [d1, d2]
         return jnp.concatenate([one_digit, two_digit[1:].reshape(90)])
 
     return jax.vmap(one)(prompts, lengths.astype(jnp.int32))
@@ -183,8 +208,9 @@ def run(config, log=print) -> dict:
     digit_ids = jnp.asarray([tok.token_to_id(str(d)) for d in range(10)], jnp.int32)
     prompts = make_prompts(config)
     for p in prompts:
-        p["ids"] = tok.encode(tok.apply_chat_template([{"role": "user", "content": p["text"]}])
-                              + p["prefix"])
+        p["ids"] = tok.encode(
+            tok.apply_chat_template([{"role": "user", "content": p["text"]}]) + p["prefix"]
+        )
     pmax = max(len(p["ids"]) for p in prompts)
     key = jax.random.key(config.seed)
     records = []
@@ -195,29 +221,46 @@ def run(config, log=print) -> dict:
         t_new = config.max_new_tokens_chat if kind == "chat" else config.max_new_tokens_number
         bs = config.prompt_batch
         for start in range(0, len(rows), bs):
-            chunk = rows[start:start + bs]
+            chunk = rows[start : start + bs]
             ids = [r["ids"] for r in chunk] + [chunk[-1]["ids"]] * (bs - len(chunk))
             padded, lengths = lm_greedy.pad_prompts(ids, length=pmax)  # one shape: one compile
             key, sub = jax.random.split(key)
-            out = jax.device_get(lm_greedy.ragged_sample(
-                cfg, params, padded, lengths, sub, 1.0, max_new_tokens=t_new,
-                num_samples=config.samples_per_prompt, eos_id=tok.eos_id))
+            out = jax.device_get(
+                lm_greedy.ragged_sample(
+                    cfg,
+                    params,
+                    padded,
+                    lengths,
+                    sub,
+                    1.0,
+                    max_new_tokens=t_new,
+                    num_samples=config.samples_per_prompt,
+                    eos_id=tok.eos_id,
+                )
+            )
             nums = None
             if kind != "chat":
-                nums = np.asarray(number_logprobs(cfg, params, padded, lengths, digit_ids),
-                                  np.float64)
+                nums = np.asarray(
+                    number_logprobs(cfg, params, padded, lengths, digit_ids), np.float64
+                )
             for j, r in enumerate(chunk):
                 m = out["mask"][j] > 0
                 st = out["token_stats"]
-                rec = {"kind": kind, "text": r["text"], "prefix": r["prefix"],
-                       "entropy": st["entropy"][j][m].tolist(),
-                       "top1": st["top1"][j][m].tolist(),
-                       "ratio21": st["ratio21"][j][m].tolist(),
-                       "within10x": st["within10x"][j][m].tolist(),
-                       "seq_logp": (out["logp"][j] * out["mask"][j]).sum(-1).tolist(),
-                       "ended": (out["tokens"][j] == tok.eos_id).any(-1).tolist(),
-                       "samples": [tok.decode(row[mk > 0], skip_special=True)
-                                   for row, mk in zip(out["tokens"][j], out["mask"][j])]}
+                rec = {
+                    "kind": kind,
+                    "text": r["text"],
+                    "prefix": r["prefix"],
+                    "entropy": st["entropy"][j][m].tolist(),
+                    "top1": st["top1"][j][m].tolist(),
+                    "ratio21": st["ratio21"][j][m].tolist(),
+                    "within10x": st["within10x"][j][m].tolist(),
+                    "seq_logp": (out["logp"][j] * out["mask"][j]).sum(-1).tolist(),
+                    "ended": (out["tokens"][j] == tok.eos_id).any(-1).tolist(),
+                    "samples": [
+                        tok.decode(row[mk > 0], skip_special=True)
+                        for row, mk in zip(out["tokens"][j], out["mask"][j])
+                    ],
+                }
                 if nums is not None:
                     p = np.exp(nums[j])
                     valid = r["valid"]
@@ -230,13 +273,12 @@ def run(config, log=print) -> dict:
                         valid_answers_5pct=int(np.sum(p[valid] / p.sum() >= 0.05)),
                         top_numbers=[int(i) for i in np.argsort(-p)[:5]],
                         top_probs=[float(x) for x in np.sort(p)[::-1][:5] / p.sum()],
-                        answer_entropy=float(-np.sum((q := p / p.sum())[q > 0]
-                                                     * np.log(q[q > 0]))))
+                        answer_entropy=float(-np.sum((q := p / p.sum())[q > 0] * np.log(q[q > 0]))),
+                    )
                 records.append(rec)
         timings[kind] = time.time() - t1
         log(f"{kind}: {len(rows)} prompts in {timings[kind]:.1f} s")
-    return {"records": records, "timings": timings, "total_s": time.time() - t0,
-            "model": str(cfg)}
+    return {"records": records, "timings": timings, "total_s": time.time() - t0, "model": str(cfg)}
 
 
 def summarize(records, config) -> dict[str, dict]:
@@ -250,18 +292,25 @@ def summarize(records, config) -> dict[str, dict]:
         r21 = np.concatenate([r["ratio21"] for r in rs])
         w10 = np.concatenate([r["within10x"] for r in rs])
         seq = -np.concatenate([r["seq_logp"] for r in rs])
-        row = {"prompts": len(rs), "positions": int(h.size),
-               "H_mean": float(h.mean()), "H_median": float(np.median(h)),
-               "expH_mean": float(np.exp(h).mean()), "expH_median": float(np.median(np.exp(h))),
-               "top1_mean": float(p1.mean()), "top1_gt_0.9": float((p1 > 0.9).mean()),
-               "ratio_gt": float((r21 > config.ratio_threshold).mean()),
-               "within10x_mean": float(w10.mean()),
-               "seq_H_mc": float(seq.mean()),
-               "first_H": float(np.mean([r["entropy"][0] for r in rs])),
-               "first_top1": float(np.mean([r["top1"][0] for r in rs])),
-               "first_ratio_gt": float(np.mean([r["ratio21"][0] > config.ratio_threshold
-                                                for r in rs])),
-               "ended": float(np.mean([e for r in rs for e in r["ended"]]))}
+        row = {
+            "prompts": len(rs),
+            "positions": int(h.size),
+            "H_mean": float(h.mean()),
+            "H_median": float(np.median(h)),
+            "expH_mean": float(np.exp(h).mean()),
+            "expH_median": float(np.median(np.exp(h))),
+            "top1_mean": float(p1.mean()),
+            "top1_gt_0.9": float((p1 > 0.9).mean()),
+            "ratio_gt": float((r21 > config.ratio_threshold).mean()),
+            "within10x_mean": float(w10.mean()),
+            "seq_H_mc": float(seq.mean()),
+            "first_H": float(np.mean([r["entropy"][0] for r in rs])),
+            "first_top1": float(np.mean([r["top1"][0] for r in rs])),
+            "first_ratio_gt": float(
+                np.mean([r["ratio21"][0] > config.ratio_threshold for r in rs])
+            ),
+            "ended": float(np.mean([e for r in rs for e in r["ended"]])),
+        }
         if "n90" in rs[0]:
             row.update(
                 canonical_mass=float(np.mean([r["canonical_mass"] for r in rs])),
@@ -271,26 +320,36 @@ def summarize(records, config) -> dict[str, dict]:
                 multimodal_frac=float(np.mean([r["modes"] >= 2 for r in rs])),
                 valid_share=float(np.mean([r["valid_share"] for r in rs])),
                 valid_5pct=float(np.mean([r["valid_answers_5pct"] for r in rs])),
-                answer_H=float(np.mean([r["answer_entropy"] for r in rs])))
+                answer_H=float(np.mean([r["answer_entropy"] for r in rs])),
+            )
         table[kind] = row
     return table
 
 
 def figures(records, workdir, config):
     import matplotlib  # pylint: disable=import-outside-toplevel
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    specs = (("entropy", "entropy H (nats) per position", np.linspace(0, 8, 41)),
-             ("top1", "top-1 mass p1 per position", np.linspace(0, 1, 41)),
-             ("ratio21", "p2 / p1 per position", np.linspace(0, 1, 41)))
+    specs = (
+        ("entropy", "entropy H (nats) per position", np.linspace(0, 8, 41)),
+        ("top1", "top-1 mass p1 per position", np.linspace(0, 1, 41)),
+        ("ratio21", "p2 / p1 per position", np.linspace(0, 1, 41)),
+    )
     for ax, (field, title, bins) in zip(axes, specs):
         for kind in KINDS:
             x = np.concatenate([r[field] for r in records if r["kind"] == kind] or [[]])
             if x.size:
-                ax.hist(x, bins=bins, histtype="step", density=True, linewidth=1.5,
-                        label=f"{kind} ({x.size})")
+                ax.hist(
+                    x,
+                    bins=bins,
+                    histtype="step",
+                    density=True,
+                    linewidth=1.5,
+                    label=f"{kind} ({x.size})",
+                )
         ax.set_title(title)
         ax.set_yscale("log")
         if field == "ratio21":
@@ -307,10 +366,12 @@ def figures(records, workdir, config):
             continue
         n90 = [r["n90"] for r in rs]
         modes = [r["modes"] for r in rs]
-        axes[0].hist(n90, bins=np.arange(0.5, max(n90) + 1.5), histtype="step",
-                     linewidth=1.5, label=kind)
-        axes[1].hist(modes, bins=np.arange(0.5, max(modes) + 1.5), histtype="step",
-                     linewidth=1.5, label=kind)
+        axes[0].hist(
+            n90, bins=np.arange(0.5, max(n90) + 1.5), histtype="step", linewidth=1.5, label=kind
+        )
+        axes[1].hist(
+            modes, bins=np.arange(0.5, max(modes) + 1.5), histtype="step", linewidth=1.5, label=kind
+        )
     axes[0].set_title(f"answers carrying {config.mass_fraction:.0%} of the mass (per prompt)")
     axes[1].set_title(f"modes (separation rule, threshold {config.mode_threshold} x peak)")
     axes[0].legend()
@@ -337,14 +398,16 @@ def write_report(result, config, workdir) -> str:
         "| kind | prompts | positions | H mean | H median | exp(H) mean | exp(H) median | "
         f"p1 mean | P(p1 > 0.9) | P(p2/p1 > {config.ratio_threshold}) | "
         "tokens >= 0.1 p1 | exp(H_seq) (MC) | ended |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for kind, r in table.items():
         lines.append(
             f"| {kind} | {r['prompts']} | {r['positions']} | {f(r['H_mean'])} | "
             f"{f(r['H_median'])} | {f(r['expH_mean'], 2)} | {f(r['expH_median'], 2)} | "
             f"{f(r['top1_mean'])} | {f(r['top1_gt_0.9'])} | {f(r['ratio_gt'])} | "
             f"{f(r['within10x_mean'], 2)} | {np.exp(min(r['seq_H_mc'], 700)):.3g} | "
-            f"{f(r['ended'], 2)} |")
+            f"{f(r['ended'], 2)} |"
+        )
     lines += [
         "",
         "H in nats. exp(H_seq): exp of the mean negative log-probability of the sampled "
@@ -355,10 +418,12 @@ def write_report(result, config, workdir) -> str:
         "the answer):",
         "",
         f"| kind | H mean | p1 mean | P(p2/p1 > {config.ratio_threshold}) |",
-        "|---|---|---|---|"]
+        "|---|---|---|---|",
+    ]
     for kind, r in table.items():
-        lines.append(f"| {kind} | {f(r['first_H'])} | {f(r['first_top1'])} | "
-                     f"{f(r['first_ratio_gt'])} |")
+        lines.append(
+            f"| {kind} | {f(r['first_H'])} | {f(r['first_top1'])} | " f"{f(r['first_ratio_gt'])} |"
+        )
     lines += [
         "",
         "## Per answer (exact, numbers 0..99)",
@@ -366,14 +431,16 @@ def write_report(result, config, workdir) -> str:
         f"| kind | prompts | numeric mass | answers for {config.mass_fraction:.0%} (mean) | "
         "(median) | modes (mean) | P(modes >= 2) | answer H (nats) | valid share | "
         "valid answers >= 5% |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for kind, r in table.items():
         if "n90_mean" in r:
             lines.append(
                 f"| {kind} | {r['prompts']} | {f(r['canonical_mass'])} | {f(r['n90_mean'], 2)} "
                 f"| {f(r['n90_median'], 1)} | {f(r['modes_mean'], 2)} | "
                 f"{f(r['multimodal_frac'], 2)} | {f(r['answer_H'])} | {f(r['valid_share'])} | "
-                f"{f(r['valid_5pct'], 2)} |")
+                f"{f(r['valid_5pct'], 2)} |"
+            )
     lines += [
         "",
         "numeric mass: total probability that the reply continues with a number 0..99 "
@@ -386,7 +453,8 @@ def write_report(result, config, workdir) -> str:
         "![positions](positions.png) ![answers](answers.png)",
         "",
         "## Examples (first prompt of each kind: top numbers, one sample)",
-        ""]
+        "",
+    ]
     for kind in KINDS:
         rs = [r for r in result["records"] if r["kind"] == kind]
         if rs:
@@ -394,9 +462,12 @@ def write_report(result, config, workdir) -> str:
             extra = ""
             if "top_numbers" in r:
                 extra = " top numbers " + ", ".join(
-                    f"{n} ({p:.2f})" for n, p in zip(r["top_numbers"], r["top_probs"]))
-            lines.append(f"- {kind}: *{r['text']}* / reply prefix {r['prefix']!r}:{extra}; "
-                         f"sample: {r['samples'][0]!r}")
+                    f"{n} ({p:.2f})" for n, p in zip(r["top_numbers"], r["top_probs"])
+                )
+            lines.append(
+                f"- {kind}: *{r['text']}* / reply prefix {r['prefix']!r}:{extra}; "
+                f"sample: {r['samples'][0]!r}"
+            )
     text = "\n".join(lines) + "\n"
     with open(os.path.join(workdir, "report.md"), "w") as fh:
         fh.write(text)
@@ -423,6 +494,7 @@ if __name__ == "__main__":
     from grpo_jax import config_utils
 
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", "configs/token_modality.py", "Token modality config file.", lock_config=True)
+        "config", "configs/token_modality.py", "Token modality config file.", lock_config=True
+    )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
     config_utils.run_app(main)

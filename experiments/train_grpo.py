@@ -22,13 +22,16 @@ from ml_collections import config_flags  # noqa: E402
 
 from grpo_jax import config_utils, runner  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/grpo.py", "GRPO config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/grpo.py", "GRPO config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-_OVERWRITE = flags.DEFINE_boolean("overwrite", False,
-                                  "Discard a run of another config in --workdir.")
-_KEEP = flags.DEFINE_boolean("keep_checkpoints", False,
-                             "Keep every checkpoint (train.max_to_keep = 0).")
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Discard a run of another config in --workdir."
+)
+_KEEP = flags.DEFINE_boolean(
+    "keep_checkpoints", False, "Keep every checkpoint (train.max_to_keep = 0)."
+)
 
 
 def main(argv):

@@ -59,7 +59,7 @@ def grpo_baseline_scale(r, *, eps=1e-6, std_ddof: int = 0):
     """GRPO: ``b = mean_g r``, ``s = std_g r + eps`` (``std_ddof`` 0 or 1). ``[n, G]`` ->
     ``([n, G], [n, G])``."""
     G = r.shape[1]
-    mean = jnp.mean(r, axis=1, keepdims=True)                                   # [n, 1]
+    mean = jnp.mean(r, axis=1, keepdims=True)  # [n, 1]
     dev = r - mean
     var = jnp.sum(dev * dev, axis=1, keepdims=True) / (G - std_ddof)
     ones = jnp.ones_like(r)
@@ -102,12 +102,20 @@ def _check_group(batch: int, group_size, what: str = "rewards") -> int:
         raise ValueError(f"group_size must be a static Python int >= 1, got {group_size!r}")
     if batch % group_size:
         raise ValueError(
-            f"{what} has batch size {batch}, not a multiple of group_size={group_size}")
+            f"{what} has batch size {batch}, not a multiple of group_size={group_size}"
+        )
     return batch // group_size
 
 
-def group_baseline_scale(totals, group_size: int, estimator: str = "grpo", *,
-                         eps=1e-6, batch_std_norm: bool = False, std_ddof: int = 0):
+def group_baseline_scale(
+    totals,
+    group_size: int,
+    estimator: str = "grpo",
+    *,
+    eps=1e-6,
+    batch_std_norm: bool = False,
+    std_ddof: int = 0,
+):
     """Baseline and scale per row, from the group statistics of ``totals``.
 
     Args:
@@ -141,8 +149,15 @@ def group_baseline_scale(totals, group_size: int, estimator: str = "grpo", *,
     return baseline.reshape(-1), scale.reshape(-1), zero_var.reshape(-1)
 
 
-def group_advantages(rewards, group_size: int, estimator: str = "grpo", *, eps=1e-6,
-                     batch_std_norm: bool = False, std_ddof: int = 0):
+def group_advantages(
+    rewards,
+    group_size: int,
+    estimator: str = "grpo",
+    *,
+    eps=1e-6,
+    batch_std_norm: bool = False,
+    std_ddof: int = 0,
+):
     """Outcome-supervised group-relative advantages.
 
     Args:
@@ -157,12 +172,15 @@ def group_advantages(rewards, group_size: int, estimator: str = "grpo", *, eps=1
     """
     rewards = jnp.asarray(rewards, jnp.float32)
     baseline, scale, zero_var = group_baseline_scale(
-        rewards, group_size, estimator, eps=eps, batch_std_norm=batch_std_norm,
-        std_ddof=std_ddof)
+        rewards, group_size, estimator, eps=eps, batch_std_norm=batch_std_norm, std_ddof=std_ddof
+    )
     adv = jnp.where(zero_var, 0.0, (rewards - baseline) / scale)
     aux = advantage_stats(adv)
-    aux.update(reward_mean=jnp.mean(rewards), reward_std=jnp.std(rewards),
-               zero_var_group_frac=zero_var_group_frac(zero_var, group_size))
+    aux.update(
+        reward_mean=jnp.mean(rewards),
+        reward_std=jnp.std(rewards),
+        zero_var_group_frac=zero_var_group_frac(zero_var, group_size),
+    )
     return adv, aux
 
 
@@ -179,9 +197,17 @@ def returns_to_go(x, mask=None):
     return jnp.flip(jnp.cumsum(jnp.flip(x, axis=-1), axis=-1), axis=-1)
 
 
-def reward_to_go_advantages(rewards, token_penalty, mask, group_size: int,
-                            estimator: str = "grpo", *, eps=1e-6,
-                            batch_std_norm: bool = False, std_ddof: int = 0):
+def reward_to_go_advantages(
+    rewards,
+    token_penalty,
+    mask,
+    group_size: int,
+    estimator: str = "grpo",
+    *,
+    eps=1e-6,
+    batch_std_norm: bool = False,
+    std_ddof: int = 0,
+):
     """Per-token advantages for a sequence reward minus per-token penalties (future-KL).
 
     ``A_it = mask_it * (R_i - sum_{u >= t} mask_iu p_iu - b_i) / s_i`` with ``b, s`` the
@@ -200,20 +226,27 @@ def reward_to_go_advantages(rewards, token_penalty, mask, group_size: int,
     """
     rewards = jnp.asarray(rewards, jnp.float32)
     token_penalty = jnp.asarray(token_penalty, jnp.float32)
-    checks.assert_shape("token_penalty", token_penalty, (rewards.shape[0], None),
-                        f"[B, T] with B = len(rewards) = {rewards.shape[0]}")
-    penalty_to_go = returns_to_go(token_penalty, mask)                           # [B, T]
+    checks.assert_shape(
+        "token_penalty",
+        token_penalty,
+        (rewards.shape[0], None),
+        f"[B, T] with B = len(rewards) = {rewards.shape[0]}",
+    )
+    penalty_to_go = returns_to_go(token_penalty, mask)  # [B, T]
     totals = rewards - penalty_to_go[:, 0]
     baseline, scale, zero_var = group_baseline_scale(
-        totals, group_size, estimator, eps=eps, batch_std_norm=batch_std_norm,
-        std_ddof=std_ddof)
-    returns = rewards[:, None] - penalty_to_go                                   # [B, T]
+        totals, group_size, estimator, eps=eps, batch_std_norm=batch_std_norm, std_ddof=std_ddof
+    )
+    returns = rewards[:, None] - penalty_to_go  # [B, T]
     adv = (returns - baseline[:, None]) / scale[:, None]
     valid = (mask > 0) & ~zero_var[:, None]
     adv = jnp.where(valid, adv, 0.0)
     aux = advantage_stats(adv, mask)
-    aux.update(reward_mean=jnp.mean(totals), reward_std=jnp.std(totals),
-               zero_var_group_frac=zero_var_group_frac(zero_var, group_size))
+    aux.update(
+        reward_mean=jnp.mean(totals),
+        reward_std=jnp.std(totals),
+        zero_var_group_frac=zero_var_group_frac(zero_var, group_size),
+    )
     return adv, aux
 
 
@@ -240,7 +273,7 @@ def process_advantages(step_rewards, step_mask, group_size: int, *, eps=1e-6, ma
     checks.assert_same_shape(step_rewards=step_rewards, step_mask=step_mask)
     B, T = step_rewards.shape
     num_groups = _check_group(B, group_size, "step_rewards")
-    m = (step_mask > 0)
+    m = step_mask > 0
     r = jnp.where(m, step_rewards, 0.0).reshape(num_groups, group_size * T)
     mg = m.reshape(num_groups, group_size * T)
     mean = checks.masked_mean(r, mg, axis=1)[:, None]
@@ -248,7 +281,7 @@ def process_advantages(step_rewards, step_mask, group_size: int, *, eps=1e-6, ma
     std = _safe_sqrt(checks.masked_mean(dev * dev, mg, axis=1)[:, None])
     rmax = jnp.max(jnp.where(mg, r, -jnp.inf), axis=1, keepdims=True)
     rmin = jnp.min(jnp.where(mg, r, jnp.inf), axis=1, keepdims=True)
-    zero_var = (rmax <= rmin)                                                   # [n, 1]
+    zero_var = rmax <= rmin  # [n, 1]
     norm = jnp.where(mg & ~zero_var, dev / (std + eps), 0.0).reshape(B, T)
     adv = returns_to_go(norm)
     if mask is not None:

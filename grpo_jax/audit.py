@@ -90,9 +90,7 @@ def _moments(q: Array, values: Array, grads: Array) -> dict[str, Any]:
     value_var = jnp.sum(q * jnp.square(values - value_mean))
     grad_mean = jnp.einsum("n,np->p", q, grads)
     grad_var = jnp.sum(q * jnp.sum(jnp.square(grads - grad_mean[None, :]), axis=-1))
-    return dict(
-        value_mean=value_mean, value_var=value_var, grad_mean=grad_mean, grad_var=grad_var
-    )
+    return dict(value_mean=value_mean, value_var=value_var, grad_mean=grad_mean, grad_var=grad_var)
 
 
 def compare(g: Array, target: Array, tol: float = 1e-7) -> tuple[float, float]:
@@ -113,8 +111,16 @@ def _result(exact_kl_fn, params, combos, stats, level: str) -> dict[str, Any]:
     for d in kl.DIRECTIONS:
         exact_kl[d], grads[d] = jax.value_and_grad(exact_kl_fn)(params, d)
     rows = [
-        _row(st, exact_kl, grads["reverse"], grads["forward"], level=level, estimator=e,
-             placement=p, sampling=s)
+        _row(
+            st,
+            exact_kl,
+            grads["reverse"],
+            grads["forward"],
+            level=level,
+            estimator=e,
+            placement=p,
+            sampling=s,
+        )
         for (e, p, s), st in zip(combos, stats)
     ]
     return dict(
@@ -188,8 +194,9 @@ def token_surrogates(
     """
     check_name("placement", placement, TOKEN_PLACEMENTS)
     column = lambda x: None if x is None else x[:, None]
-    return sequence_surrogates(column(logp), column(ref_logp), estimator, placement,
-                               sampling, column(old_logp))
+    return sequence_surrogates(
+        column(logp), column(ref_logp), estimator, placement, sampling, column(old_logp)
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -239,11 +246,12 @@ def token_audit(
       ``level, estimator, placement, sampling, value_target, value_mean, exact_kl,
       value_var, grad_mean [V], grad_var, rel_err_rev, cos_rev, rel_err_fwd, cos_fwd``.
     """
-    msg = (f"logits and ref_logits must both be [V]; got {jnp.shape(logits)} and "
-           f"{jnp.shape(ref_logits)}")
+    msg = (
+        f"logits and ref_logits must both be [V]; got {jnp.shape(logits)} and "
+        f"{jnp.shape(ref_logits)}"
+    )
     chex.assert_rank([logits, ref_logits], 1, custom_message=msg, exception_type=ValueError)
-    chex.assert_equal_shape([logits, ref_logits], custom_message=msg,
-                            exception_type=ValueError)
+    chex.assert_equal_shape([logits, ref_logits], custom_message=msg, exception_type=ValueError)
     if old_logits is not None:
         checks.assert_shape("old_logits", old_logits, jnp.shape(logits))
     for e in estimators:
@@ -251,9 +259,7 @@ def token_audit(
     samplings = ("on",) if old_logits is None else SAMPLINGS
     combos = tuple((e, p, s) for e in estimators for p in TOKEN_PLACEMENTS for s in samplings)
     old_logp = None if old_logits is None else jax.nn.log_softmax(old_logits)
-    stats = _stats(
-        jax.nn.log_softmax, logits, jax.nn.log_softmax(ref_logits), old_logp, combos
-    )
+    stats = _stats(jax.nn.log_softmax, logits, jax.nn.log_softmax(ref_logits), old_logp, combos)
     exact_kl = lambda x, d: kl.exact(x, ref_logits, d)
     return _result(exact_kl, logits, combos, stats, "token")
 
@@ -397,9 +403,12 @@ def sequence_audit(
     for name, other in (("ref_tables", ref_tables), ("old_tables", old_tables)):
         if other is not None:
             chex.assert_trees_all_equal_shapes(
-                tables, list(other), exception_type=ValueError,
+                tables,
+                list(other),
+                exception_type=ValueError,
                 custom_message=f"{name} must have the shapes of tables "
-                               f"{[jnp.shape(a) for a in tables]}")
+                f"{[jnp.shape(a) for a in tables]}",
+            )
     for e in estimators:
         kl.validate_estimator(e)
     if samplings is None:
@@ -408,9 +417,7 @@ def sequence_audit(
         check_name("sampling", s, SAMPLINGS)
         if s != "on" and old_tables is None:
             raise ValueError(f"sampling={s!r} needs old_tables.")
-    combos = tuple(
-        (e, p, s) for e in estimators for p in SEQUENCE_PLACEMENTS for s in samplings
-    )
+    combos = tuple((e, p, s) for e in estimators for p in SEQUENCE_PLACEMENTS for s in samplings)
     sequences = enumerate_sequences(tables[0].shape[-1], len(tables))
     flat, unravel = ravel_pytree(tables)
     ref_logp = sequence_logprobs(ref_tables, sequences)

@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 
 from grpo_jax import jsonio
 
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint's structure or shapes differ from the restore target's."""
 
@@ -45,12 +46,16 @@ def _is_key(x) -> bool:
 
 def _flatten(pytree) -> dict[str, Any]:
     leaves = jax.tree_util.tree_leaves(pytree)
-    return {f"{i:06d}": (jax.random.key_data(x) if _is_key(x) else x)
-            for i, x in enumerate(leaves)}
+    return {f"{i:06d}": (jax.random.key_data(x) if _is_key(x) else x) for i, x in enumerate(leaves)}
 
 
-def save(directory: str, step: int, pytree: Any, metadata: dict | None = None,
-         max_to_keep: int | None = None) -> None:
+def save(
+    directory: str,
+    step: int,
+    pytree: Any,
+    metadata: dict | None = None,
+    max_to_keep: int | None = None,
+) -> None:
     """Write `pytree` and JSON `metadata` as checkpoint `step` under `directory` (created if
     needed; an existing checkpoint with the same step is replaced). Blocks until done.
     With `max_to_keep`, older steps beyond the newest `max_to_keep` are deleted afterwards
@@ -62,12 +67,16 @@ def save(directory: str, step: int, pytree: Any, metadata: dict | None = None,
     with _manager(directory) as mngr:
         if step in mngr.all_steps():
             mngr.delete(step)
-        saved = mngr.save(step, force=True, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_flatten(pytree)),
-            metadata=ocp.args.JsonSave(metadata)))
+        saved = mngr.save(
+            step,
+            force=True,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_flatten(pytree)), metadata=ocp.args.JsonSave(metadata)
+            ),
+        )
         mngr.wait_until_finished()
         if saved and max_to_keep is not None:
-            for old in sorted(mngr.all_steps())[:-int(max_to_keep)]:
+            for old in sorted(mngr.all_steps())[: -int(max_to_keep)]:
                 mngr.delete(old)
     if not saved:
         raise RuntimeError(f"orbax did not save step {step} under {directory!r}")
@@ -123,24 +132,36 @@ def restore(directory: str, target: Any, step: int | None = None) -> tuple[Any, 
     abstract = {f"{i:06d}": _abstract(x) for i, x in enumerate(leaves)}
     with _manager(directory, read_only=True) as mngr:
         if step not in mngr.all_steps():
-            raise FileNotFoundError(f"no checkpoint for step {step} under {directory!r}; "
-                                    f"saved steps: {sorted(mngr.all_steps())}")
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} under {directory!r}; "
+                f"saved steps: {sorted(mngr.all_steps())}"
+            )
         saved = mngr.item_metadata(step)["state"]
         if saved is not None:
             saved_keys = set(saved.keys())
             if saved_keys != set(abstract):
-                raise CheckpointMismatchError(f"checkpoint {directory!r} step {step} has {len(saved_keys)} "
-                                 f"leaves but target has {len(abstract)}")
+                raise CheckpointMismatchError(
+                    f"checkpoint {directory!r} step {step} has {len(saved_keys)} "
+                    f"leaves but target has {len(abstract)}"
+                )
             for k, a in abstract.items():
                 if tuple(saved[k].shape) != tuple(a.shape):
-                    raise CheckpointMismatchError(f"leaf {k} ({jax.tree_util.keystr(_paths(target)[int(k)])})"
-                                     f": saved shape {tuple(saved[k].shape)} != target "
-                                     f"{tuple(a.shape)}")
-        out = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
+                    raise CheckpointMismatchError(
+                        f"leaf {k} ({jax.tree_util.keystr(_paths(target)[int(k)])})"
+                        f": saved shape {tuple(saved[k].shape)} != target "
+                        f"{tuple(a.shape)}"
+                    )
+        out = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()
+            ),
+        )
     restored = [out["state"][f"{i:06d}"] for i in range(len(leaves))]
-    restored = [jax.random.wrap_key_data(r, impl=t.dtype._impl) if _is_key(t) else r
-                for r, t in zip(restored, leaves)]
+    restored = [
+        jax.random.wrap_key_data(r, impl=t.dtype._impl) if _is_key(t) else r
+        for r, t in zip(restored, leaves)
+    ]
     return jax.tree_util.tree_unflatten(treedef, restored), dict(out["metadata"] or {})
 
 
@@ -148,8 +169,9 @@ def _paths(tree):
     return [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def restore_newest_intact(directory: str, target: Any,
-                          log: Callable[[str], Any] = print) -> tuple[Any, dict, int]:
+def restore_newest_intact(
+    directory: str, target: Any, log: Callable[[str], Any] = print
+) -> tuple[Any, dict, int]:
     """Restore the newest checkpoint under `directory` that reads back, newest first.
 
     An unreadable step (truncated files, a crash mid-write) is skipped with a warning naming
@@ -168,9 +190,12 @@ def restore_newest_intact(directory: str, target: Any,
         except Exception as e:  # noqa: BLE001  orbax/tensorstore raise many types
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             errors.append(f"step {step}: {type(e).__name__}: {first}")
-            log(f"warning: checkpoint step {step} in {directory} is unreadable ({first}); "
-                f"trying the previous step")
+            log(
+                f"warning: checkpoint step {step} in {directory} is unreadable ({first}); "
+                f"trying the previous step"
+            )
     raise RuntimeError(
         f"no intact checkpoint in {directory}: tried steps {list(reversed(steps))} and none "
         f"could be read ({'; '.join(errors) or 'no steps'}). Delete the directory (or use a "
-        f"new workdir) to start the run afresh.")
+        f"new workdir) to start the run afresh."
+    )

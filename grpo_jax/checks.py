@@ -38,16 +38,23 @@ def assert_shape(name: str, x, shape, what: str | None = None) -> None:
     ``what`` describes the expected shape in the message (default: the shape itself).
     """
     chex.assert_shape(
-        x, tuple(shape), exception_type=ValueError,
+        x,
+        tuple(shape),
+        exception_type=ValueError,
         custom_message=f"{name} has shape {_fmt(jnp.shape(x))}, expected "
-                       f"{what or _fmt('*' if d is None else d for d in shape)}")
+        f"{what or _fmt('*' if d is None else d for d in shape)}",
+    )
 
 
 def assert_rank(name: str, x, rank, what: str) -> None:
     """``x.ndim`` is ``rank`` (an int or a set of ints), else ValueError: ``name must be
     <what>``."""
-    chex.assert_rank(x, rank, exception_type=ValueError,
-                     custom_message=f"{name} must be {what}, got shape {_fmt(jnp.shape(x))}")
+    chex.assert_rank(
+        x,
+        rank,
+        exception_type=ValueError,
+        custom_message=f"{name} must be {what}, got shape {_fmt(jnp.shape(x))}",
+    )
 
 
 def assert_same_shape(what: str = "inputs", **arrays) -> None:
@@ -57,8 +64,11 @@ def assert_same_shape(what: str = "inputs", **arrays) -> None:
     if len(named) < 2:
         return
     shapes = ", ".join(f"{k}{_fmt(jnp.shape(v))}" for k, v in named.items())
-    chex.assert_equal_shape(list(named.values()), exception_type=ValueError,
-                            custom_message=f"{what} must have the same shape; got {shapes}.")
+    chex.assert_equal_shape(
+        list(named.values()),
+        exception_type=ValueError,
+        custom_message=f"{what} must have the same shape; got {shapes}.",
+    )
 
 
 def masked_mean(x: jax.Array, mask: jax.Array | None = None, axis=None) -> jax.Array:

@@ -30,15 +30,18 @@ def _convert(name: str, text: str, default: Any, arg: str) -> Any:
             return True
         if low in _FALSE:
             return False
-        raise ValueError(f"config argument {name}={text!r} in {arg!r} is not a boolean; "
-                         f"valid: {', '.join(_TRUE + _FALSE)}")
+        raise ValueError(
+            f"config argument {name}={text!r} in {arg!r} is not a boolean; "
+            f"valid: {', '.join(_TRUE + _FALSE)}"
+        )
     for kind in (int, float):
         if isinstance(default, kind):
             try:
                 return kind(text)
             except ValueError:
-                raise ValueError(f"config argument {name}={text!r} in {arg!r} is not "
-                                 f"{kind.__name__}") from None
+                raise ValueError(
+                    f"config argument {name}={text!r} in {arg!r} is not " f"{kind.__name__}"
+                ) from None
     return text
 
 
@@ -59,15 +62,18 @@ def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
         name, eq, text = part.partition("=")
         name = name.strip()
         if name not in defaults:
-            raise ValueError(f"unknown config argument {name!r} in {arg!r}; valid: "
-                             f"{', '.join(sorted(defaults))}")
+            raise ValueError(
+                f"unknown config argument {name!r} in {arg!r}; valid: "
+                f"{', '.join(sorted(defaults))}"
+            )
         if name in seen:
             raise ValueError(f"config argument {name!r} given twice in {arg!r}")
         seen.add(name)
         if not eq:
             if not isinstance(defaults[name], bool):
-                raise ValueError(f"config argument {name!r} in {arg!r} needs a value "
-                                 f"({name}=...)")
+                raise ValueError(
+                    f"config argument {name!r} in {arg!r} needs a value " f"({name}=...)"
+                )
             out[name] = True
         else:
             out[name] = _convert(name, text.strip(), defaults[name], arg)
@@ -139,7 +145,7 @@ def check_override_keys(config, argv, flag: str = "config") -> None:
     prefix = f"--{flag}."
     for arg in argv[1:]:
         if arg.startswith(prefix):
-            key = arg[len(prefix):].split("=", 1)[0]
+            key = arg[len(prefix) :].split("=", 1)[0]
             try:
                 get_value(config, key)
             except KeyError as e:
@@ -177,8 +183,9 @@ def run_app(main, flag: str = "config") -> None:
 
     xla_setup.apply_xla_flags()
     if "compilation_cache" not in flags.FLAGS:
-        flags.DEFINE_boolean("compilation_cache", True,
-                             "Persistent XLA compilation cache under ~/.cache/grpo_jax.")
+        flags.DEFINE_boolean(
+            "compilation_cache", True, "Persistent XLA compilation cache under ~/.cache/grpo_jax."
+        )
 
     try:
         flags.FLAGS(sys.argv)
@@ -199,7 +206,8 @@ def run_app(main, flag: str = "config") -> None:
 
     def main_with_cache(argv):
         cache = xla_setup.enable_compilation_cache(
-            enable=None if flags.FLAGS.compilation_cache else False)
+            enable=None if flags.FLAGS.compilation_cache else False
+        )
         if cache:
             print(f"compilation cache: {cache}", file=sys.stderr)
         return main(argv)

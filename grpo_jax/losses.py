@@ -56,8 +56,7 @@ from grpo_jax.checks import check_name, masked_mean
 sg = jax.lax.stop_gradient
 
 PLACEMENTS: tuple[str, ...] = ("loss", "reward")
-AGGREGATIONS: tuple[str, ...] = (
-    "seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
+AGGREGATIONS: tuple[str, ...] = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
 IS_LEVELS: tuple[str, ...] = ("token", "sequence")
 #: The exact per-position KL regularisers: name -> ``kl.exact`` direction
 #: (``{"exact_rev": "reverse", "exact_fwd": "forward"}``).
@@ -209,9 +208,8 @@ def importance_ratio(logp, old_logp, mask, level: str = "token"):
     log_ratio = logp - old_logp
     if level == "token":
         return jnp.exp(log_ratio)
-    seq_log_ratio = masked_mean(log_ratio, mask, axis=1)[:, None]                 # [B, 1]
-    return (sg(jnp.exp(seq_log_ratio)) * jnp.ones((1, logp.shape[1]))
-            * jnp.exp(logp - sg(logp)))
+    seq_log_ratio = masked_mean(log_ratio, mask, axis=1)[:, None]  # [B, 1]
+    return sg(jnp.exp(seq_log_ratio)) * jnp.ones((1, logp.shape[1])) * jnp.exp(logp - sg(logp))
 
 
 def clipped_surrogate(rho, advantages, eps_low, eps_high, dual_clip=None):
@@ -246,8 +244,17 @@ def exact_token_kl(logits, ref_logits, valid, direction: str):
     return jnp.where(valid, jnp.asarray(d, jnp.float32), 0.0)
 
 
-def kl_term(cfg: LossConfig, logp, ref_logp, valid, *, old_logp=None, logits=None,
-            ref_logits=None, caller: str = "grpo_loss"):
+def kl_term(
+    cfg: LossConfig,
+    logp,
+    ref_logp,
+    valid,
+    *,
+    old_logp=None,
+    logits=None,
+    ref_logits=None,
+    caller: str = "grpo_loss",
+):
     """Per-token KL term ``D [B, T]`` of ``cfg.kl_estimator`` (0 at masked positions).
 
     * a sample estimator of ``kl.ESTIMATORS`` (k1, k2, k3, ...):
@@ -268,12 +275,19 @@ def kl_term(cfg: LossConfig, logp, ref_logp, valid, *, old_logp=None, logits=Non
     if cfg.kl_estimator in EXACT_KL:
         if logits is None or ref_logits is None:
             raise ValueError(
-                f"kl_estimator={cfg.kl_estimator!r} needs logits and ref_logits ({caller})")
+                f"kl_estimator={cfg.kl_estimator!r} needs logits and ref_logits ({caller})"
+            )
         return exact_token_kl(logits, ref_logits, valid, EXACT_KL[cfg.kl_estimator])
     if ref_logp is None:
         raise ValueError(f"kl_estimator={cfg.kl_estimator!r} needs ref_logp ({caller})")
-    d = kl.estimate(logp, ref_logp, cfg.kl_estimator, old_logp=old_logp,
-                    clamp_log_ratio=cfg.kl_clamp_log_ratio, clamp_value=cfg.kl_clamp_value)
+    d = kl.estimate(
+        logp,
+        ref_logp,
+        cfg.kl_estimator,
+        old_logp=old_logp,
+        clamp_log_ratio=cfg.kl_clamp_log_ratio,
+        clamp_value=cfg.kl_clamp_value,
+    )
     return jnp.where(valid, jnp.asarray(d, jnp.float32), 0.0)
 
 
@@ -329,9 +343,13 @@ def aggregate(pg, d, mask, cfg: LossConfig, add_kl: bool, h=None):
     if h is not None:
         num = num - cfg.entropy_coef * jnp.sum(w * h)
     return dict(
-        loss=_divide(num, den), loss_num=num, loss_den=den,
-        pg_loss=_divide(pg_num, den), pg_num=pg_num,
-        kl_loss=_divide(kl_num, den), kl_num=kl_num,
+        loss=_divide(num, den),
+        loss_num=num,
+        loss_den=den,
+        pg_loss=_divide(pg_num, den),
+        pg_num=pg_num,
+        kl_loss=_divide(kl_num, den),
+        kl_num=kl_num,
         token_count=jnp.sum(mask),
     )
 
@@ -381,15 +399,25 @@ def logit_diagnostics(logits, ref_logits, mask):
     if ref_logits is not None:
         for direction in kl.DIRECTIONS:
             out[f"exact_kl_{kl.ABBREV[direction]}"] = masked_mean(
-                exact_token_kl(lg, sg(ref_logits), valid, direction), mask)
+                exact_token_kl(lg, sg(ref_logits), valid, direction), mask
+            )
     return out
 
 
 # ------------------------------------------------------------------ step 1: advantages
 
 
-def compute_advantages(rewards, group_size: int, cfg: LossConfig, *, old_logp=None,
-                       ref_logp=None, mask=None, old_logits=None, ref_logits=None):
+def compute_advantages(
+    rewards,
+    group_size: int,
+    cfg: LossConfig,
+    *,
+    old_logp=None,
+    ref_logp=None,
+    mask=None,
+    old_logits=None,
+    ref_logits=None,
+):
     """Advantages with the KL penalty in the reward when ``cfg.kl_placement == "reward"``.
 
     Args:
@@ -419,8 +447,9 @@ def compute_advantages(rewards, group_size: int, cfg: LossConfig, *, old_logp=No
 
     if mask is None:
         raise ValueError("kl_placement='reward' needs mask")
-    checks.assert_shape("mask", mask, (rewards.shape[0], None),
-                        f"[B, T] with B = len(rewards) = {rewards.shape[0]}")
+    checks.assert_shape(
+        "mask", mask, (rewards.shape[0], None), f"[B, T] with B = len(rewards) = {rewards.shape[0]}"
+    )
     B, T = mask.shape
     for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp)):
         if x is not None:
@@ -428,17 +457,25 @@ def compute_advantages(rewards, group_size: int, cfg: LossConfig, *, old_logp=No
     valid = mask > 0
     if cfg.kl_estimator not in EXACT_KL and old_logp is None:
         raise ValueError("kl_placement='reward' needs old_logp (the sampling log-probs)")
-    d = kl_term(cfg, None if old_logp is None else _clean(old_logp, valid),
-                None if ref_logp is None else _clean(ref_logp, valid), valid,
-                logits=old_logits, ref_logits=ref_logits, caller="compute_advantages")
-    d = sg(d)                                                                    # [B, T]
+    d = kl_term(
+        cfg,
+        None if old_logp is None else _clean(old_logp, valid),
+        None if ref_logp is None else _clean(ref_logp, valid),
+        valid,
+        logits=old_logits,
+        ref_logits=ref_logits,
+        caller="compute_advantages",
+    )
+    d = sg(d)  # [B, T]
     penalty = cfg.beta * d
     if cfg.kl_reward_to_go:
         adv, aux = adv_lib.reward_to_go_advantages(
-            rewards, penalty, mask, group_size, cfg.advantage_estimator, **kw)
+            rewards, penalty, mask, group_size, cfg.advantage_estimator, **kw
+        )
     else:
         adv, aux = adv_lib.group_advantages(
-            rewards - jnp.sum(penalty, axis=1), group_size, cfg.advantage_estimator, **kw)
+            rewards - jnp.sum(penalty, axis=1), group_size, cfg.advantage_estimator, **kw
+        )
     aux["kl_reward_mean"] = jnp.mean(jnp.sum(d, axis=1))
     return sg(adv), aux
 
@@ -453,16 +490,16 @@ def _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, logits, ref_l
         if x is not None:
             checks.assert_shape(name, x, (B, T))
     checks.assert_rank("advantages", advantages, {1, 2}, f"[B] or [B, T] = {[B]} or {[B, T]}")
-    checks.assert_shape("advantages", advantages, (B, T)[:advantages.ndim],
-                        f"{[B]} or {[B, T]}")
+    checks.assert_shape("advantages", advantages, (B, T)[: advantages.ndim], f"{[B]} or {[B, T]}")
     for name, x in (("logits", logits), ("ref_logits", ref_logits)):
         if x is not None:
             checks.assert_shape(name, x, (B, T, None), f"{[B, T]} + [V]")
     return B, T
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *,
-              logits=None, ref_logits=None):
+def grpo_loss(
+    logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *, logits=None, ref_logits=None
+):
     """GRPO clipped policy loss (see module docstring for the formula and aggregations).
 
     Args:
@@ -484,8 +521,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *,
       dual_clip_frac, ratio_min, ratio_mean, ratio_max, kl_mean, adv_mean, adv_std`` and,
       with logits, ``entropy`` and with both logits ``exact_kl_rev, exact_kl_fwd``.
     """
-    B, T = _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, logits,
-                              ref_logits)
+    B, T = _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, logits, ref_logits)
     valid = mask > 0
     m = valid.astype(jnp.float32)
     logp = _clean(logp, valid)
@@ -503,19 +539,26 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *,
     # The KL term: in the loss for placement "loss"; otherwise only reported (detached),
     # when its inputs are there.
     add_kl = cfg.kl_placement == "loss"
-    have_inputs = (ref_logp is not None if cfg.kl_estimator not in EXACT_KL
-                   else logits is not None and ref_logits is not None)
+    have_inputs = (
+        ref_logp is not None
+        if cfg.kl_estimator not in EXACT_KL
+        else logits is not None and ref_logits is not None
+    )
     if add_kl or have_inputs:
         iw_old = old_logp if (add_kl and cfg.kl_importance_weight) else None
-        d = kl_term(cfg, logp, ref_logp, valid, old_logp=iw_old, logits=logits,
-                    ref_logits=ref_logits)
+        d = kl_term(
+            cfg, logp, ref_logp, valid, old_logp=iw_old, logits=logits, ref_logits=ref_logits
+        )
         d = d if add_kl else sg(d)
     else:
         d = jnp.zeros((B, T), jnp.float32)
 
     # The entropy bonus (exact per-position entropy, differentiated) needs the logits.
-    h = None if logits is None else jnp.where(
-        valid, metrics.entropy(_clean_logits(logits, valid)), 0.0)
+    h = (
+        None
+        if logits is None
+        else jnp.where(valid, metrics.entropy(_clean_logits(logits, valid)), 0.0)
+    )
     aux = aggregate(pg, d, m, cfg, add_kl, h)
     aux.update(ratio_diagnostics(sg(rho), adv, m, cfg.eps_low, cfg.eps_high, cfg.dual_clip))
     aux["kl_mean"] = masked_mean(sg(d), m)
@@ -528,8 +571,19 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *,
 # --------------------------------------------------------------------- both together
 
 
-def grpo_objective(logp, old_logp, ref_logp, rewards, mask, group_size: int,
-                   cfg: LossConfig, *, logits=None, ref_logits=None, old_logits=None):
+def grpo_objective(
+    logp,
+    old_logp,
+    ref_logp,
+    rewards,
+    mask,
+    group_size: int,
+    cfg: LossConfig,
+    *,
+    logits=None,
+    ref_logits=None,
+    old_logits=None,
+):
     """The whole GRPO path: ``compute_advantages`` then ``grpo_loss``.
 
     ``advantages = compute_advantages(rewards, G, cfg, old_logp, ref_logp, mask)`` puts
@@ -549,10 +603,18 @@ def grpo_objective(logp, old_logp, ref_logp, rewards, mask, group_size: int,
       (``adv/zero_var_group_frac`` ...), and ``zero_var_group_frac`` at top level.
     """
     advantages, adv_aux = compute_advantages(
-        rewards, group_size, cfg, old_logp=old_logp, ref_logp=ref_logp, mask=mask,
-        old_logits=old_logits, ref_logits=ref_logits)
-    loss, aux = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg,
-                          logits=logits, ref_logits=ref_logits)
+        rewards,
+        group_size,
+        cfg,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
+        mask=mask,
+        old_logits=old_logits,
+        ref_logits=ref_logits,
+    )
+    loss, aux = grpo_loss(
+        logp, old_logp, ref_logp, advantages, mask, cfg, logits=logits, ref_logits=ref_logits
+    )
     aux.update({f"adv/{k}": v for k, v in adv_aux.items()})
     aux["zero_var_group_frac"] = adv_aux["zero_var_group_frac"]
     return loss, aux

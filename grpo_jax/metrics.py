@@ -93,7 +93,8 @@ def data_kl(data_probs: Array, model_logp: Array, prompt_probs: Array | None = N
     q = jnp.asarray(model_logp, jnp.float32)
     pos = p > 0
     per_prompt = jnp.sum(
-        jnp.where(pos, p * (jnp.log(jnp.where(pos, p, 1.0)) - jnp.where(pos, q, 0.0)), 0.0), -1)
+        jnp.where(pos, p * (jnp.log(jnp.where(pos, p, 1.0)) - jnp.where(pos, q, 0.0)), 0.0), -1
+    )
     if prompt_probs is None:
         return jnp.mean(per_prompt)
     checks.assert_shape("prompt_probs", prompt_probs, per_prompt.shape)
@@ -117,15 +118,20 @@ def mode_shares(labels: Array, num_modes: int, weights: Array | None = None) -> 
     if weights is None:
         w = jnp.full(labels.shape, 1.0 / max(labels.shape[0], 1), jnp.float32)
     else:
-        chex.assert_size(weights, labels.shape[0], exception_type=ValueError,
-                         custom_message=f"weights and labels {labels.shape} differ in size")
+        chex.assert_size(
+            weights,
+            labels.shape[0],
+            exception_type=ValueError,
+            custom_message=f"weights and labels {labels.shape} differ in size",
+        )
         w = jnp.asarray(weights, jnp.float32).reshape(-1)
     onehot = labels[:, None] == jnp.arange(num_modes)[None, :]  # [N, K]
     return jnp.sum(jnp.where(onehot, w[:, None], 0.0), axis=0)
 
 
-def mode_coverage(policy_shares: Array, ref_shares: Array, tau: float = 0.05,
-                  eps: float = 0.1) -> tuple[Array, Array]:
+def mode_coverage(
+    policy_shares: Array, ref_shares: Array, tau: float = 0.05, eps: float = 0.1
+) -> tuple[Array, Array]:
     """Which reference modes the policy keeps.
 
     A mode is *eligible* if ref_share >= tau and *covered* if in addition
@@ -191,18 +197,21 @@ def distinct_correct(completions: Array, correct: Array) -> Array:
 # ------------------------------------------------------------------------------------------
 
 
-def sequence_logprobs(model_config, params, prompts: Array, completions: Array,
-                      banned: Sequence[int] = ()) -> Array:
+def sequence_logprobs(
+    model_config, params, prompts: Array, completions: Array, banned: Sequence[int] = ()
+) -> Array:
     """log pi(completion | prompt) = sum_t log pi(y_t | x, y_<t): prompts [B, P],
     completions [B, T] -> float32 [B]. `banned` ids are renormalised away first (as a sampler
     with `banned_tokens` does)."""
-    logits = ban_tokens(model_lib.completion_logits(model_config, params, prompts, completions),
-                        tuple(banned))
+    logits = ban_tokens(
+        model_lib.completion_logits(model_config, params, prompts, completions), tuple(banned)
+    )
     return jnp.sum(model_lib.token_logprobs(logits, completions), axis=-1)
 
 
-def enumerated_logprobs(model_config, params, task, prompts: Array | None = None,
-                        banned: Sequence[int] | None = None) -> Array:
+def enumerated_logprobs(
+    model_config, params, task, prompts: Array | None = None, banned: Sequence[int] | None = None
+) -> Array:
     """log pi(y | x) for every ordinary-token completion y of every prompt x.
 
     prompts [N, P] (default `task.all_prompts()`) -> float32 [N, C], C = task.num_completions(),
@@ -232,8 +241,13 @@ def enumerated_mode_shares(task, logp: Array, prompt_probs: Array | None = None)
     return mode_shares(labels, task.num_modes, probs.reshape(-1))
 
 
-def pattern_mass(model_config, params, prompts: Array, pattern: Sequence[Sequence[int]],
-                 banned: Sequence[int] = ()) -> Array:
+def pattern_mass(
+    model_config,
+    params,
+    prompts: Array,
+    pattern: Sequence[Sequence[int]],
+    banned: Sequence[int] = (),
+) -> Array:
     """Exact probability that a completion falls in the product set S_1 x ... x S_T.
 
     pattern: T tuples of allowed token ids (S_t); prompts [N, P] -> float32 [N],
@@ -248,8 +262,9 @@ def pattern_mass(model_config, params, prompts: Array, pattern: Sequence[Sequenc
     n, m = prompts.shape[0], comps.shape[0]
     flat_p = jnp.repeat(prompts, m, axis=0)
     flat_c = jnp.tile(comps, (n, 1))
-    logits = ban_tokens(model_lib.completion_logits(model_config, params, flat_p, flat_c),
-                        tuple(banned))
+    logits = ban_tokens(
+        model_lib.completion_logits(model_config, params, flat_p, flat_c), tuple(banned)
+    )
     logq = jax.nn.log_softmax(logits, axis=-1)  # [N M, T, V]
     prefix = jnp.sum(model_lib.token_logprobs(logits[:, :-1], flat_c[:, :-1]), axis=-1)
     last = jax.nn.logsumexp(logq[:, -1, jnp.asarray(tuple(pattern[-1]), jnp.int32)], axis=-1)

@@ -90,14 +90,20 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.width % self.num_heads:
             raise ValueError(
-                f"width ({self.width}) must be divisible by num_heads ({self.num_heads}).")
+                f"width ({self.width}) must be divisible by num_heads ({self.num_heads})."
+            )
         if (self.width // self.num_heads) % 2:
-            raise ValueError(f"head_dim = width // num_heads = {self.width // self.num_heads} "
-                             "must be even for rotary embeddings.")
+            raise ValueError(
+                f"head_dim = width // num_heads = {self.width // self.num_heads} "
+                "must be even for rotary embeddings."
+            )
         if self.num_kv_heads is not None and (
-                int(self.num_kv_heads) < 1 or self.num_heads % self.num_kv_heads):
-            raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must be >= 1 and divide "
-                             f"num_heads ({self.num_heads}).")
+            int(self.num_kv_heads) < 1 or self.num_heads % self.num_kv_heads
+        ):
+            raise ValueError(
+                f"num_kv_heads ({self.num_kv_heads}) must be >= 1 and divide "
+                f"num_heads ({self.num_heads})."
+            )
         if not self.norm_eps > 0:
             raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps}.")
 
@@ -141,8 +147,13 @@ class Attention(nnx.Module):
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         self.config = config
-        kw = dict(use_bias=False, kernel_init=_init(), dtype=config.compute_dtype,
-                  param_dtype=jnp.float32, rngs=rngs)
+        kw = dict(
+            use_bias=False,
+            kernel_init=_init(),
+            dtype=config.compute_dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
         d = config.width
         d_kv = config.kv_heads * config.head_dim
         self.q = nnx.Linear(d, d, **kw)
@@ -150,8 +161,9 @@ class Attention(nnx.Module):
         self.v = nnx.Linear(d, d_kv, **kw)
         self.o = nnx.Linear(d, d, **kw)
 
-    def __call__(self, x: jax.Array, positions: jax.Array,
-                 kv: dict | None = None, index: jax.Array | int = 0):
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, kv: dict | None = None, index: jax.Array | int = 0
+    ):
         """``x [B, L, D]``, ``positions [B, L]``.
 
         Without ``kv``: causal attention within x. With ``kv`` (``{"k", "v"}: [B, Hkv, S, Dh]``):
@@ -167,19 +179,20 @@ class Attention(nnx.Module):
         b, l, _ = x.shape
         dt = c.compute_dtype
         hkv, group = c.kv_heads, c.num_heads // c.kv_heads
-        w_qkv = jnp.concatenate([self.q.kernel[...], self.k.kernel[...], self.v.kernel[...]],
-                                axis=1)                                     # [D, 3D]
-        qkv = jnp.dot(x.astype(dt), w_qkv.astype(dt))                        # [B, L, 3D]
+        w_qkv = jnp.concatenate(
+            [self.q.kernel[...], self.k.kernel[...], self.v.kernel[...]], axis=1
+        )  # [D, 3D]
+        qkv = jnp.dot(x.astype(dt), w_qkv.astype(dt))  # [B, L, 3D]
         if group == 1:
             qkv = qkv.reshape(b, l, 3, c.num_heads, c.head_dim)
             q_raw, k_raw, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         else:
             d, d_kv = c.width, hkv * c.head_dim
             q_raw = qkv[..., :d].reshape(b, l, c.num_heads, c.head_dim)
-            k_raw = qkv[..., d:d + d_kv].reshape(b, l, hkv, c.head_dim)
-            v = qkv[..., d + d_kv:].reshape(b, l, hkv, c.head_dim)
-        q = rope(q_raw, positions, c.rope_theta)                             # [B, L, H, Dh]
-        k = rope(k_raw, positions, c.rope_theta)                             # [B, L, Hkv, Dh]
+            k_raw = qkv[..., d : d + d_kv].reshape(b, l, hkv, c.head_dim)
+            v = qkv[..., d + d_kv :].reshape(b, l, hkv, c.head_dim)
+        q = rope(q_raw, positions, c.rope_theta)  # [B, L, H, Dh]
+        k = rope(k_raw, positions, c.rope_theta)  # [B, L, Hkv, Dh]
         # Heads-major [B, H, L, Dh]: the layout of the cache, so that no step transposes it.
         q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
         if kv is None:
@@ -194,18 +207,18 @@ class Attention(nnx.Module):
             key_pos = jnp.broadcast_to(jnp.arange(s, dtype=positions.dtype)[None, :], (b, s))
         allowed = key_pos[:, None, None, :] <= positions[:, None, :, None]  # [B, 1, L, S]
         if group == 1:
-            scores = jnp.einsum("bhld,bhsd->bhls", q, k_all.astype(q.dtype),
-                                preferred_element_type=jnp.float32) / jnp.sqrt(
-                                    jnp.float32(c.head_dim))
+            scores = jnp.einsum(
+                "bhld,bhsd->bhls", q, k_all.astype(q.dtype), preferred_element_type=jnp.float32
+            ) / jnp.sqrt(jnp.float32(c.head_dim))
             scores = jnp.where(allowed, scores, -jnp.inf)
             probs = jax.nn.softmax(scores, axis=-1).astype(dt)
             y = jnp.einsum("bhls,bhsd->blhd", probs, v_all.astype(dt))
         else:
             # Grouped-query: query head h = kv_head * group + g reads key/value head kv_head.
             qg = q.reshape(b, hkv, group, l, c.head_dim)
-            scores = jnp.einsum("bkgld,bksd->bkgls", qg, k_all.astype(q.dtype),
-                                preferred_element_type=jnp.float32) / jnp.sqrt(
-                                    jnp.float32(c.head_dim))
+            scores = jnp.einsum(
+                "bkgld,bksd->bkgls", qg, k_all.astype(q.dtype), preferred_element_type=jnp.float32
+            ) / jnp.sqrt(jnp.float32(c.head_dim))
             scores = jnp.where(allowed[:, :, None], scores, -jnp.inf)
             probs = jax.nn.softmax(scores, axis=-1).astype(dt)
             y = jnp.einsum("bkgls,bksd->blkgd", probs, v_all.astype(dt))
@@ -216,8 +229,13 @@ class MLP(nnx.Module):
     """SiLU-gated MLP: ``W_down(silu(W_gate x) * W_up x)``, no biases."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        kw = dict(use_bias=False, kernel_init=_init(), dtype=config.compute_dtype,
-                  param_dtype=jnp.float32, rngs=rngs)
+        kw = dict(
+            use_bias=False,
+            kernel_init=_init(),
+            dtype=config.compute_dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
         self.gate = nnx.Linear(config.width, config.mlp_width, **kw)
         self.up = nnx.Linear(config.width, config.mlp_width, **kw)
         self.down = nnx.Linear(config.mlp_width, config.width, **kw)
@@ -234,8 +252,9 @@ class Block(nnx.Module):
     """Pre-norm decoder block: ``x + Attn(norm(x))``, then ``x + MLP(norm(x))``."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        kw = dict(epsilon=config.norm_eps, dtype=config.compute_dtype,
-                  param_dtype=jnp.float32, rngs=rngs)
+        kw = dict(
+            epsilon=config.norm_eps, dtype=config.compute_dtype, param_dtype=jnp.float32, rngs=rngs
+        )
         self.attn_norm = nnx.RMSNorm(config.width, **kw)
         self.attn = Attention(config, rngs)
         self.mlp_norm = nnx.RMSNorm(config.width, **kw)
@@ -253,22 +272,38 @@ class Transformer(nnx.Module):
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         self.config = config
-        self.embed = nnx.Embed(config.vocab_size, config.width, embedding_init=_init(),
-                               dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+        self.embed = nnx.Embed(
+            config.vocab_size,
+            config.width,
+            embedding_init=_init(),
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
         self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
-        self.final_norm = nnx.RMSNorm(config.width, epsilon=config.norm_eps,
-                                      dtype=config.compute_dtype, param_dtype=jnp.float32,
-                                      rngs=rngs)
+        self.final_norm = nnx.RMSNorm(
+            config.width,
+            epsilon=config.norm_eps,
+            dtype=config.compute_dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
         if not config.tie_embeddings:
-            self.head = nnx.Linear(config.width, config.vocab_size, use_bias=False,
-                                   kernel_init=_init(), dtype=config.compute_dtype,
-                                   param_dtype=jnp.float32, rngs=rngs)
+            self.head = nnx.Linear(
+                config.width,
+                config.vocab_size,
+                use_bias=False,
+                kernel_init=_init(),
+                dtype=config.compute_dtype,
+                param_dtype=jnp.float32,
+                rngs=rngs,
+            )
 
     def _logits(self, x: jax.Array) -> jax.Array:
         h = self.final_norm(x)
         if self.config.tie_embeddings:
             dt = self.config.compute_dtype
-            emb = self.embed.embedding[...]                                  # [V, D]
+            emb = self.embed.embedding[...]  # [V, D]
             return jnp.dot(h.astype(dt), emb.T.astype(dt)).astype(jnp.float32)
         return self.head(h).astype(jnp.float32)
 
@@ -293,12 +328,12 @@ class Transformer(nnx.Module):
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}.")
         if len(cache) != self.config.num_layers:
-            raise ValueError(f"cache has {len(cache)} layers, model has "
-                             f"{self.config.num_layers}.")
+            raise ValueError(
+                f"cache has {len(cache)} layers, model has " f"{self.config.num_layers}."
+            )
         b, l = tokens.shape
         index = jnp.asarray(index, jnp.int32)
-        positions = jnp.broadcast_to(
-            (index + jnp.arange(l, dtype=jnp.int32))[None, :], (b, l))
+        positions = jnp.broadcast_to((index + jnp.arange(l, dtype=jnp.int32))[None, :], (b, l))
         x = self.embed(tokens)
         new_cache = []
         for block, kv in zip(self.blocks, cache):
@@ -311,8 +346,9 @@ def _check_tokens(tokens: jax.Array, config: ModelConfig) -> None:
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}.")
     if tokens.shape[1] > config.max_len:
-        raise ValueError(f"tokens length {tokens.shape[1]} exceeds config.max_len "
-                         f"{config.max_len}.")
+        raise ValueError(
+            f"tokens length {tokens.shape[1]} exceeds config.max_len " f"{config.max_len}."
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -345,7 +381,7 @@ def init(config: ModelConfig, key: jax.Array) -> nnx.State:
         if scale:
             leaves.append(jnp.ones(x.shape, jnp.float32))
         else:
-            leaves.append(flat[offset:offset + x.size].reshape(x.shape))
+            leaves.append(flat[offset : offset + x.size].reshape(x.shape))
             offset += x.size
     return jax.tree.unflatten(treedef, leaves)
 
@@ -375,29 +411,34 @@ def forward(config: ModelConfig, params: nnx.State, tokens: jax.Array) -> jax.Ar
     return module(config, params)(tokens)
 
 
-def completion_logits(config: ModelConfig, params: nnx.State, prompts: jax.Array,
-                      completions: jax.Array) -> jax.Array:
+def completion_logits(
+    config: ModelConfig, params: nnx.State, prompts: jax.Array, completions: jax.Array
+) -> jax.Array:
     """Logits ``[B, T, V]`` (float32) whose row t predicts ``completions[:, t]``.
 
     ``prompts [B, P]`` (P >= 1), ``completions [B, T]``; one forward pass over the
     concatenation, rows ``P-1 .. P+T-2``.
     """
     if prompts.ndim != 2 or completions.ndim != 2 or prompts.shape[0] != completions.shape[0]:
-        raise ValueError(f"prompts [B, P] and completions [B, T] must share B; got prompts "
-                         f"{prompts.shape}, completions {completions.shape}.")
+        raise ValueError(
+            f"prompts [B, P] and completions [B, T] must share B; got prompts "
+            f"{prompts.shape}, completions {completions.shape}."
+        )
     if prompts.shape[1] < 1:
         raise ValueError("prompts must have at least one token (P >= 1).")
     p, t = prompts.shape[1], completions.shape[1]
     tokens = jnp.concatenate([prompts, completions.astype(prompts.dtype)], axis=1)
-    return forward(config, params, tokens)[:, p - 1:p + t - 1]
+    return forward(config, params, tokens)[:, p - 1 : p + t - 1]
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     """``log softmax(logits)[..., tokens]``: logits ``[..., V]``, tokens ``[...]`` -> ``[...]``
     float32."""
     if logits.shape[:-1] != tokens.shape:
-        raise ValueError(f"logits [..., V] and tokens [...] disagree: logits {logits.shape}, "
-                         f"tokens {tokens.shape}.")
+        raise ValueError(
+            f"logits [..., V] and tokens [...] disagree: logits {logits.shape}, "
+            f"tokens {tokens.shape}."
+        )
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
@@ -408,13 +449,15 @@ def init_cache(config: ModelConfig, batch: int, length: int) -> Cache:
     if length > config.max_len:
         raise ValueError(f"cache length {length} exceeds config.max_len {config.max_len}.")
     shape = (batch, config.kv_heads, length, config.head_dim)
-    return tuple({"k": jnp.zeros(shape, config.compute_dtype),
-                  "v": jnp.zeros(shape, config.compute_dtype)}
-                 for _ in range(config.num_layers))
+    return tuple(
+        {"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
+        for _ in range(config.num_layers)
+    )
 
 
-def decode(config: ModelConfig, params: nnx.State, tokens: jax.Array, cache: Cache,
-           index: jax.Array | int):
+def decode(
+    config: ModelConfig, params: nnx.State, tokens: jax.Array, cache: Cache, index: jax.Array | int
+):
     """Cached forward of ``tokens [B, L]`` at positions ``index ..`` ->
     ``(logits [B, L, V] float32, new cache)``. See ``Transformer.decode``."""
     return module(config, params).decode(tokens, cache, index)

@@ -122,18 +122,20 @@ def make(name: str, task, **kwargs):
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
     if task.completion_len != 1:
-        raise ValueError(f"policy {name!r} is for one-token tasks; {task.name} has "
-                         f"completion_len {task.completion_len}")
-    return POLICIES[name](vocab_size=task.vocab_size, support=tuple(task.ordinary_ids),
-                          **kwargs)
+        raise ValueError(
+            f"policy {name!r} is for one-token tasks; {task.name} has "
+            f"completion_len {task.completion_len}"
+        )
+    return POLICIES[name](vocab_size=task.vocab_size, support=tuple(task.ordinary_ids), **kwargs)
 
 
 def reference_params(task) -> dict[str, jax.Array]:
     """TabularPolicy params whose distribution is the task's exact reference (one prompt)."""
     t = task.table()
     if t["prompts"].shape[0] != 1:
-        raise ValueError(f"{task.name} has {t['prompts'].shape[0]} prompts; the tabular "
-                         f"reference needs one")
+        raise ValueError(
+            f"{task.name} has {t['prompts'].shape[0]} prompts; the tabular " f"reference needs one"
+        )
     logits = np.full(task.vocab_size, _NEG, np.float64)
     answers = np.asarray(t["answers"])[0, :, 0]
     probs = np.asarray(t["answer_probs"], np.float64)[0]
@@ -141,8 +143,15 @@ def reference_params(task) -> dict[str, jax.Array]:
     return {"logits": jnp.asarray(logits, jnp.float32)}
 
 
-def sample(policy, params, prompts: jax.Array, key: jax.Array, *, temperature: float = 1.0,
-           banned_tokens=()):
+def sample(
+    policy,
+    params,
+    prompts: jax.Array,
+    key: jax.Array,
+    *,
+    temperature: float = 1.0,
+    banned_tokens=(),
+):
     """One token per row: `sampling.SampleOutput(tokens [B,1], logp [B,1], mask [B,1],
     logits [B,1,V])`, logits raw (before temperature and bans, as the transformer sampler)."""
     from grpo_jax import sampling  # pylint: disable=import-outside-toplevel
@@ -152,5 +161,9 @@ def sample(policy, params, prompts: jax.Array, key: jax.Array, *, temperature: f
     z = sampling.sampling_logits(logits[:, 0], temperature, banned_tokens=banned_tokens)
     tok = jax.random.categorical(key, z, axis=-1)
     logp = jnp.take_along_axis(jax.nn.log_softmax(z, -1), tok[:, None], -1)
-    return sampling.SampleOutput(tokens=tok[:, None].astype(jnp.int32), logp=logp,
-                                 mask=jnp.ones((b, 1), jnp.float32), logits=logits)
+    return sampling.SampleOutput(
+        tokens=tok[:, None].astype(jnp.int32),
+        logp=logp,
+        mask=jnp.ones((b, 1), jnp.float32),
+        logits=logits,
+    )

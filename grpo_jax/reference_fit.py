@@ -32,7 +32,8 @@ def _answer_table_logprobs(model_config, params, task):
     flat_p = jnp.repeat(prompts, a, axis=0)
     flat_c = answers.reshape(n * a, t)
     logits = metrics_lib.ban_tokens(
-        model_lib.completion_logits(model_config, params, flat_p, flat_c), task.special_ids)
+        model_lib.completion_logits(model_config, params, flat_p, flat_c), task.special_ids
+    )
     logp = model_lib.token_logprobs(logits, flat_c).sum(-1).reshape(n, a)
     ent = metrics_lib.entropy(logits).reshape(n, a, t)
     return logp, ent
@@ -47,13 +48,19 @@ def _enumerated_mode_shares(model_config, params, task):
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _pattern_mode_shares(model_config, params, task):
     prompts, w = task.all_prompts(), task.prompt_probs()
-    return jnp.stack([jnp.sum(w * metrics_lib.pattern_mass(model_config, params, prompts, pat,
-                                                           task.special_ids))
-                      for pat in task.mode_patterns()])
+    return jnp.stack(
+        [
+            jnp.sum(
+                w * metrics_lib.pattern_mass(model_config, params, prompts, pat, task.special_ids)
+            )
+            for pat in task.mode_patterns()
+        ]
+    )
 
 
-def model_mode_shares(model_config, params, task, key: jax.Array, num_samples: int = 4096,
-                      max_enumerate: int = 20_000) -> tuple[np.ndarray | None, str]:
+def model_mode_shares(
+    model_config, params, task, key: jax.Array, num_samples: int = 4096, max_enumerate: int = 20_000
+) -> tuple[np.ndarray | None, str]:
     """The policy's mode shares (specials banned, as the sampler does), by the first of
       1. "exact": enumerating all C completions of all Np prompts, if Np * C <= max_enumerate;
       2. "exact": if the task has `mode_patterns()` (modes as product sets), summing
@@ -72,14 +79,27 @@ def model_mode_shares(model_config, params, task, key: jax.Array, num_samples: i
         return None, "none"
     k_p, k_s = jax.random.split(key)
     prompts = task.sample_prompts(k_p, num_samples)
-    out = sampling.sample(model_config, params, prompts, k_s,
-                          max_new_tokens=task.completion_len, banned_tokens=task.special_ids)
+    out = sampling.sample(
+        model_config,
+        params,
+        prompts,
+        k_s,
+        max_new_tokens=task.completion_len,
+        banned_tokens=task.special_ids,
+    )
     labels = task.mode_labels(prompts, out.tokens)
     return np.asarray(metrics_lib.mode_shares(labels, task.num_modes)), f"sampled:{num_samples}"
 
 
-def fit_report(model_config, params, task, key: jax.Array, *,
-               mode_share_tolerance: float = 0.05, num_samples: int = 4096) -> dict[str, Any]:
+def fit_report(
+    model_config,
+    params,
+    task,
+    key: jax.Array,
+    *,
+    mode_share_tolerance: float = 0.05,
+    num_samples: int = 4096,
+) -> dict[str, Any]:
     """How well a pretrained reference reproduces its data (JSON-serialisable dict).
 
     Exact, for every task (the data support is enumerable; specials banned, i.e. the

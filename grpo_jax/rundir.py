@@ -33,9 +33,15 @@ LOCK_FILE = ".lock"
 
 # Keys whose change does not alter what a run computes (patterns over dotted keys).
 # The mesh changes the device layout only: results agree across layouts to float rounding.
-NON_COMPUTATIONAL = ("train.num_steps", "train.tensorboard", "train.progress",
-                     "train.checkpoint_every_chunks", "train.max_to_keep",
-                     "train.max_skipped_frac", "mesh.*")
+NON_COMPUTATIONAL = (
+    "train.num_steps",
+    "train.tensorboard",
+    "train.progress",
+    "train.checkpoint_every_chunks",
+    "train.max_to_keep",
+    "train.max_skipped_frac",
+    "mesh.*",
+)
 
 
 class ConfigMismatchError(ValueError):
@@ -50,8 +56,11 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tup
     """`{dotted key: (old, new)}` over the keys whose values differ (absent = '<absent>')."""
     a = config_utils.flatten(jsonio.to_jsonable(old))
     b = config_utils.flatten(jsonio.to_jsonable(new))
-    return {k: (a.get(k, "<absent>"), b.get(k, "<absent>"))
-            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")}
+    return {
+        k: (a.get(k, "<absent>"), b.get(k, "<absent>"))
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>")
+    }
 
 
 def _computational(key: str, safe: Iterable[str]) -> bool:
@@ -66,9 +75,15 @@ def format_diff(diff: Mapping[str, tuple]) -> str:
     return "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
 
 
-def check_config(workdir: str, config, *, what: str = "run", overwrite: bool = False,
-                 safe: Iterable[str] = NON_COMPUTATIONAL,
-                 log: Callable[[str], Any] = print) -> dict[str, tuple]:
+def check_config(
+    workdir: str,
+    config,
+    *,
+    what: str = "run",
+    overwrite: bool = False,
+    safe: Iterable[str] = NON_COMPUTATIONAL,
+    log: Callable[[str], Any] = print,
+) -> dict[str, tuple]:
     """Compare `config` with the one saved in `workdir`; save it at the first start.
 
     Returns the diff of the keys that changed without changing the computation (logged).
@@ -87,10 +102,13 @@ def check_config(workdir: str, config, *, what: str = "run", overwrite: bool = F
         raise ConfigMismatchError(
             f"{workdir} holds a {what} of a different config; these keys change the "
             f"computation:\n{format_diff(hard)}\nUse a new --workdir, or pass --overwrite to "
-            f"discard the old {what}.")
+            f"discard the old {what}."
+        )
     if diff:
-        log(f"{workdir}: resuming with changed keys that do not alter the computation:\n"
-            f"{format_diff(diff)}")
+        log(
+            f"{workdir}: resuming with changed keys that do not alter the computation:\n"
+            f"{format_diff(diff)}"
+        )
         jsonio.write_json_atomic(path, new)
     return diff
 
@@ -121,16 +139,22 @@ def lock(workdir: str, log: Callable[[str], Any] = print):
                 holder = {}
             pid, host = int(holder.get("pid", -1)), holder.get("host", "?")
             if pid == me["pid"] and host == me["host"]:
-                raise LockedError(f"{workdir} is already locked by this process "
-                                  f"(PID {pid}); runs in one workdir cannot nest") from None
+                raise LockedError(
+                    f"{workdir} is already locked by this process "
+                    f"(PID {pid}); runs in one workdir cannot nest"
+                ) from None
             if host == me["host"] and (pid <= 0 or not _alive(pid)):
-                log(f"warning: taking over the stale lock {path} (PID {pid} on {host} is "
-                    f"not running)")
+                log(
+                    f"warning: taking over the stale lock {path} (PID {pid} on {host} is "
+                    f"not running)"
+                )
                 os.remove(path)
                 continue
-            raise LockedError(f"{workdir} is in use by PID {pid} on host {host} (lock "
-                              f"{path}); wait for it, or delete the lock if that process "
-                              f"is gone") from None
+            raise LockedError(
+                f"{workdir} is in use by PID {pid} on host {host} (lock "
+                f"{path}); wait for it, or delete the lock if that process "
+                f"is gone"
+            ) from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
@@ -159,9 +183,12 @@ def recover_jsonl(path: str, log: Callable[[str], Any] = print) -> list[dict]:
             if i < len(lines) - 1:
                 raise jsonio.CorruptFileError(
                     f"{path}: line {i + 1} of {len(lines)} is damaged ({e}); only a partial "
-                    f"last line can be recovered") from None
-            log(f"warning: {path}: line {i + 1} is a partial write ({len(line)} chars, "
-                f"{e}); truncated")
+                    f"last line can be recovered"
+                ) from None
+            log(
+                f"warning: {path}: line {i + 1} is a partial write ({len(line)} chars, "
+                f"{e}); truncated"
+            )
             with open(path, "r+b") as f:
                 f.truncate(good_bytes)
             break

@@ -37,8 +37,15 @@ from grpo_jax.kl_choice import KLChoice
 
 # Keys of a config that may differ between members of one population (pytree leaves of the
 # train state / hyperparameters); everything else changes the compiled program.
-VMAPPABLE_KEYS = ("train.seed", "loss.beta", "loss.eps_low", "loss.eps_high", "optim.lr",
-                  "loss.kl_choice", "loss.entropy_coef")
+VMAPPABLE_KEYS = (
+    "train.seed",
+    "loss.beta",
+    "loss.eps_low",
+    "loss.eps_high",
+    "optim.lr",
+    "loss.kl_choice",
+    "loss.entropy_coef",
+)
 
 NONFINITE_MODES = ("stop", "skip")
 
@@ -62,21 +69,29 @@ def _require(cond: bool, field: str, msg: str) -> None:
         raise ValueError(f"config.{field}: {msg}")
 
 
-def _require_number(config, field: str, low: float, high: float = math.inf,
-                    low_open: bool = False) -> None:
+def _require_number(
+    config, field: str, low: float, high: float = math.inf, low_open: bool = False
+) -> None:
     """config.<field> is a finite number in [low, high] ((low, high] with low_open)."""
     v = config_utils.get_value(config, field)
     bound = f"{'(' if low_open else '['}{low}, {high}{']' if math.isfinite(high) else ')'}"
-    ok = isinstance(v, (int, float)) and math.isfinite(v) and v <= high and (
-        v > low if low_open else v >= low)
+    ok = (
+        isinstance(v, (int, float))
+        and math.isfinite(v)
+        and v <= high
+        and (v > low if low_open else v >= low)
+    )
     _require(ok, field, f"{v!r} is not a finite number in {bound}")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Check every field a run depends on; raise `ValueError` naming the bad field and its
     valid values or range. Runs before anything is traced or compiled."""
-    _require(config.task.name in tasks.TASKS, "task.name",
-             f"{config.task.name!r} is not a task; valid: {', '.join(tasks.TASKS)}")
+    _require(
+        config.task.name in tasks.TASKS,
+        "task.name",
+        f"{config.task.name!r} is not a task; valid: {', '.join(tasks.TASKS)}",
+    )
     _require_number(config, "loss.beta", 0.0)
     _require_number(config, "loss.entropy_coef", 0.0)
     _require_number(config, "loss.eps_low", 0.0, 1.0)
@@ -86,47 +101,79 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         kl_choice_of(config)
     except ValueError as e:  # re-raise with the config path
         raise ValueError(f"config.loss: {e}") from None
-    _require(config.policy in ("transformer",) + tuple(policies.POLICIES), "policy",
-             f"{config.policy!r}; valid: transformer, {', '.join(policies.POLICIES)}")
+    _require(
+        config.policy in ("transformer",) + tuple(policies.POLICIES),
+        "policy",
+        f"{config.policy!r}; valid: transformer, {', '.join(policies.POLICIES)}",
+    )
     if config.policy != "transformer":
-        _require(config.task.name == "bandit", "policy",
-                 f"{config.policy!r} is for one-token tasks (bandit), not {config.task.name!r}")
+        _require(
+            config.task.name == "bandit",
+            "policy",
+            f"{config.policy!r} is for one-token tasks (bandit), not {config.task.name!r}",
+        )
     for field in ("num_layers", "width", "num_heads", "mlp_width"):
         _require(int(config.model[field]) >= 1, f"model.{field}", "must be >= 1")
-    _require(config.model.width % config.model.num_heads == 0, "model.width",
-             f"{config.model.width} is not divisible by model.num_heads "
-             f"{config.model.num_heads}")
-    _require(config.model.dtype in ("float32", "bfloat16"), "model.dtype",
-             f"{config.model.dtype!r}; valid: float32, bfloat16")
+    _require(
+        config.model.width % config.model.num_heads == 0,
+        "model.width",
+        f"{config.model.width} is not divisible by model.num_heads " f"{config.model.num_heads}",
+    )
+    _require(
+        config.model.dtype in ("float32", "bfloat16"),
+        "model.dtype",
+        f"{config.model.dtype!r}; valid: float32, bfloat16",
+    )
     for field in ("num_prompts", "group_size", "inner_steps"):
         _require(int(config.grpo[field]) >= 1, f"grpo.{field}", "must be >= 1")
-    _require(config.grpo.group_size >= 2, "grpo.group_size",
-             "group-relative advantages need at least 2 completions per prompt")
+    _require(
+        config.grpo.group_size >= 2,
+        "grpo.group_size",
+        "group-relative advantages need at least 2 completions per prompt",
+    )
     _require_number(config, "grpo.temperature", 0.0, low_open=True)
     _require_number(config, "optim.lr", 0.0, low_open=True)
     t = config.train
     for field in ("num_steps", "chunk_steps", "num_seeds", "checkpoint_every_chunks"):
         _require(int(t[field]) >= 1, f"train.{field}", f"{t[field]!r}; must be >= 1")
-    _require(int(t.num_steps) % int(t.chunk_steps) == 0,
-             "train.num_steps", f"{t.num_steps} is not a multiple of "
-             f"train.chunk_steps {t.chunk_steps} (every jit call runs a whole chunk)")
-    _require(int(t.max_to_keep) >= 0, "train.max_to_keep",
-             f"{t.max_to_keep!r}; must be >= 0 (0 keeps every checkpoint)")
+    _require(
+        int(t.num_steps) % int(t.chunk_steps) == 0,
+        "train.num_steps",
+        f"{t.num_steps} is not a multiple of "
+        f"train.chunk_steps {t.chunk_steps} (every jit call runs a whole chunk)",
+    )
+    _require(
+        int(t.max_to_keep) >= 0,
+        "train.max_to_keep",
+        f"{t.max_to_keep!r}; must be >= 0 (0 keeps every checkpoint)",
+    )
     _require_number(config, "train.max_skipped_frac", 0.0, 1.0)
-    _require(t.on_nonfinite in NONFINITE_MODES, "train.on_nonfinite",
-             f"{t.on_nonfinite!r}; valid: {', '.join(NONFINITE_MODES)}")
+    _require(
+        t.on_nonfinite in NONFINITE_MODES,
+        "train.on_nonfinite",
+        f"{t.on_nonfinite!r}; valid: {', '.join(NONFINITE_MODES)}",
+    )
     ref = config.reference.checkpoint
-    _require(not ref or checkpoint.latest_step(ref) is not None, "reference.checkpoint",
-             f"{ref!r} holds no checkpoint (a typo? leave it empty to pretrain one)")
+    _require(
+        not ref or checkpoint.latest_step(ref) is not None,
+        "reference.checkpoint",
+        f"{ref!r} holds no checkpoint (a typo? leave it empty to pretrain one)",
+    )
     n_dev = len(jax.devices())
     data = int(config.mesh.data)
-    _require(data == -1 or 1 <= data <= n_dev, "mesh.data",
-             f"{data}; must be -1 (all) or between 1 and {n_dev}")
+    _require(
+        data == -1 or 1 <= data <= n_dev,
+        "mesh.data",
+        f"{data}; must be -1 (all) or between 1 and {n_dev}",
+    )
     size = n_dev if data == -1 else data
     batch = config.grpo.num_prompts * config.grpo.group_size
-    _require(batch % size == 0, "grpo.num_prompts",
-             f"batch num_prompts*group_size = {batch} must be divisible by the {size} "
-             f"devices of the data axis (config.mesh.data)")
+    _require(
+        batch % size == 0,
+        "grpo.num_prompts",
+        f"batch num_prompts*group_size = {batch} must be divisible by the {size} "
+        f"devices of the data axis (config.mesh.data)",
+    )
 
 
 def make_task(config) -> Any:
@@ -156,8 +203,11 @@ def kl_choice_of(config, cell: Mapping[str, Any] | None = None) -> KLChoice:
     `KLChoice.of(choice, beta)` names what the run actually does.)"""
     cell = cell or {}
     choice = cell.get("loss.kl_choice", config.loss.get("kl_choice", ""))
-    return KLChoice.parse(choice) if choice else KLChoice(config.loss.kl_estimator,
-                                                          config.loss.kl_placement)
+    return (
+        KLChoice.parse(choice)
+        if choice
+        else KLChoice(config.loss.kl_estimator, config.loss.kl_placement)
+    )
 
 
 def make_loss_config(config, choice: KLChoice | None = None, **numeric) -> losses.LossConfig:
@@ -180,15 +230,21 @@ def population_kl_choices(config, cells) -> tuple[KLChoice, ...]:
 def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RLSetup:
     g, o = config.grpo, config.optim
     return train.RLSetup(
-        model=model_config, task=task, num_prompts=int(g.num_prompts),
-        group_size=int(g.group_size), inner_steps=int(g.inner_steps),
-        temperature=float(g.temperature), grad_clip=float(o.grad_clip),
-        adam_b1=float(o.b1), adam_b2=float(o.b2), adam_eps=float(o.eps),
+        model=model_config,
+        task=task,
+        num_prompts=int(g.num_prompts),
+        group_size=int(g.group_size),
+        inner_steps=int(g.inner_steps),
+        temperature=float(g.temperature),
+        grad_clip=float(o.grad_clip),
+        adam_b1=float(o.b1),
+        adam_b2=float(o.b2),
+        adam_eps=float(o.eps),
         skip_zero_grad=bool(config.train.skip_zero_grad),
         data_sharding=None if mesh is None else sharding.data_sharding(mesh),
         kl_choices=tuple(kl_choices),
-        ref_model=(None if config.policy == "transformer"
-                   else policies.make("tabular", task)))
+        ref_model=(None if config.policy == "transformer" else policies.make("tabular", task)),
+    )
 
 
 def cell_value(config, cell: Mapping[str, Any], key: str):
@@ -199,13 +255,19 @@ def cell_value(config, cell: Mapping[str, Any], key: str):
 def population_cells(config) -> list[dict[str, Any]]:
     """The members of `config`'s own population: `num_seeds` consecutive seeds."""
     base = {k: config_utils.get_value(config, k) for k in VMAPPABLE_KEYS}
-    return [dict(base, **{"train.seed": int(config.train.seed) + i})
-            for i in range(int(config.train.num_seeds))]
+    return [
+        dict(base, **{"train.seed": int(config.train.seed) + i})
+        for i in range(int(config.train.num_seeds))
+    ]
 
 
-MEMBER_RANGES = (("loss.beta", 0.0, math.inf), ("loss.entropy_coef", 0.0, math.inf),
-                 ("loss.eps_low", 0.0, 1.0), ("loss.eps_high", 0.0, math.inf),
-                 ("optim.lr", 0.0, math.inf))
+MEMBER_RANGES = (
+    ("loss.beta", 0.0, math.inf),
+    ("loss.entropy_coef", 0.0, math.inf),
+    ("loss.eps_low", 0.0, 1.0),
+    ("loss.eps_high", 0.0, math.inf),
+    ("optim.lr", 0.0, math.inf),
+)
 
 
 def check_member(cell: Mapping[str, Any], value: Callable[[str], float]) -> None:
@@ -214,8 +276,10 @@ def check_member(cell: Mapping[str, Any], value: Callable[[str], float]) -> None
     for key, low, high in MEMBER_RANGES:
         v = value(key)
         if not (math.isfinite(v) and low <= v <= high) or (key == "optim.lr" and v <= 0):
-            raise ValueError(f"cell {dict(cell)}: {key} = {v!r} is not a finite number in "
-                             f"[{low}, {high}]" + (" (and > 0)" if key == "optim.lr" else ""))
+            raise ValueError(
+                f"cell {dict(cell)}: {key} = {v!r} is not a finite number in "
+                f"[{low}, {high}]" + (" (and > 0)" if key == "optim.lr" else "")
+            )
 
 
 def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hparams:
@@ -229,12 +293,19 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
         value = lambda k: float(cell_value(config, cell, k))
         check_member(cell, value)
         choice = kl_choice_of(config, cell)
-        loss_cfg = make_loss_config(config, static_choice, beta=value("loss.beta"),
-                                    eps_low=value("loss.eps_low"),
-                                    eps_high=value("loss.eps_high"),
-                                    entropy_coef=value("loss.entropy_coef"))
-        return train.Hparams(loss=loss_cfg, lr=jnp.float32(value("optim.lr")),
-                             kl_choice=jnp.int32(choices.index(choice) if choices else 0))
+        loss_cfg = make_loss_config(
+            config,
+            static_choice,
+            beta=value("loss.beta"),
+            eps_low=value("loss.eps_low"),
+            eps_high=value("loss.eps_high"),
+            entropy_coef=value("loss.entropy_coef"),
+        )
+        return train.Hparams(
+            loss=loss_cfg,
+            lr=jnp.float32(value("optim.lr")),
+            kl_choice=jnp.int32(choices.index(choice) if choices else 0),
+        )
 
     members = [one(c) for c in cells]
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *members)
@@ -255,10 +326,13 @@ def _check_reference(directory: str, config, model_config, cached: bool) -> None
     (and, for the run's own cache, whose pretraining settings differ)."""
     meta = checkpoint.read_metadata(directory)
     if "task" not in meta or "model" not in meta:
-        raise ValueError(f"{directory}: not a reference checkpoint (metadata keys "
-                         f"{sorted(meta)}; want task, model)")
-    want = pretrain.reference_metadata(config.task, model_config,
-                                       pretrain=_pretrain_settings(config))
+        raise ValueError(
+            f"{directory}: not a reference checkpoint (metadata keys "
+            f"{sorted(meta)}; want task, model)"
+        )
+    want = pretrain.reference_metadata(
+        config.task, model_config, pretrain=_pretrain_settings(config)
+    )
     saved = dict(meta)
     try:  # fields added to ModelConfig later take their defaults in an older reference
         saved["model"] = dataclasses.asdict(model_lib.ModelConfig(**meta["model"]))
@@ -270,13 +344,16 @@ def _check_reference(directory: str, config, model_config, cached: bool) -> None
         raise rundir.ConfigMismatchError(
             f"the reference in {directory} was made for another run:\n"
             f"{rundir.format_diff(diff)}\n"
-            + ("Use a new --workdir (or --overwrite) for a different task or model."
-               if cached else "Point config.reference.checkpoint at a reference of this "
-                              "task and model, or leave it empty to pretrain one."))
+            + (
+                "Use a new --workdir (or --overwrite) for a different task or model."
+                if cached
+                else "Point config.reference.checkpoint at a reference of this "
+                "task and model, or leave it empty to pretrain one."
+            )
+        )
 
 
-def load_or_pretrain_reference(config, task, model_config, directory: str | None,
-                               log=print) -> Any:
+def load_or_pretrain_reference(config, task, model_config, directory: str | None, log=print) -> Any:
     """Reference parameters: restored from `config.reference.checkpoint` (or the cache
     `directory`), else pretrained on the task's reference data and saved in `directory`.
     A saved reference of another task, model or pretraining is refused with a diff.
@@ -293,18 +370,29 @@ def load_or_pretrain_reference(config, task, model_config, directory: str | None
             log(f"reference restored from {path}")
             return params
         if path and not cached:
-            raise FileNotFoundError(f"config.reference.checkpoint {path!r} holds no "
-                                    f"checkpoint")
+            raise FileNotFoundError(f"config.reference.checkpoint {path!r} holds no " f"checkpoint")
     t0 = time.time()
     settings = _pretrain_settings(config)
     params, report = pretrain.pretrain_reference(
-        model_config, task, jax.random.PRNGKey(int(settings["seed"])),
-        steps=int(settings["steps"]), batch_size=int(settings["batch_size"]),
-        lr=float(settings["lr"]), chunk_steps=int(settings["chunk_steps"]))
+        model_config,
+        task,
+        jax.random.PRNGKey(int(settings["seed"])),
+        steps=int(settings["steps"]),
+        batch_size=int(settings["batch_size"]),
+        lr=float(settings["lr"]),
+        chunk_steps=int(settings["chunk_steps"]),
+    )
     log(f"reference pretrained in {time.time() - t0:.1f}s: {report}")
     if directory and jax.process_index() == 0:
-        pretrain.save_reference(directory, report["steps"], params, task_config=config.task,
-                                model_config=model_config, report=report, pretrain=settings)
+        pretrain.save_reference(
+            directory,
+            report["steps"],
+            params,
+            task_config=config.task,
+            model_config=model_config,
+            report=report,
+            pretrain=settings,
+        )
     return params
 
 
@@ -334,13 +422,18 @@ class ProgramCache:
     def get(self, setup: train.RLSetup, chunk_steps: int, state, hp) -> tuple[Any, bool]:
         """(ahead-of-time compiled population chunk program, whether it was cached)."""
         spec = lambda x: (x.shape, str(x.dtype), getattr(x, "sharding", None))
-        key = (setup, chunk_steps, jax.tree.structure((state, hp)),
-               tuple(spec(x) for x in jax.tree.leaves((state, hp))))
+        key = (
+            setup,
+            chunk_steps,
+            jax.tree.structure((state, hp)),
+            tuple(spec(x) for x in jax.tree.leaves((state, hp))),
+        )
         if key in self._programs:
             self._programs.move_to_end(key)
             return self._programs[key], True
-        program = train.make_rl_chunk(setup, chunk_steps, population=True).lower(
-            state, hp).compile()
+        program = (
+            train.make_rl_chunk(setup, chunk_steps, population=True).lower(state, hp).compile()
+        )
         self._programs[key] = program
         while len(self._programs) > self.max_size:
             self._programs.popitem(last=False)
@@ -382,11 +475,11 @@ def _init_population(setup, config, cells, init_params, ref_params, mesh):
     def init(start, ref, keys):
         return jax.vmap(lambda k: train.init_rl_state(setup, start, ref, k))(keys)
 
-    keys = jnp.stack([jax.random.PRNGKey(int(cell_value(config, c, "train.seed")))
-                      for c in cells])
+    keys = jnp.stack([jax.random.PRNGKey(int(cell_value(config, c, "train.seed"))) for c in cells])
     shape = jax.eval_shape(init, init_params, ref_params, keys)
-    shardings = sharding.param_shardings(shape, mesh, bool(config.mesh.shard_params),
-                                         leading_axes=1)
+    shardings = sharding.param_shardings(
+        shape, mesh, bool(config.mesh.shard_params), leading_axes=1
+    )
     return jax.jit(init, out_shardings=shardings)(init_params, ref_params, keys)
 
 
@@ -403,21 +496,28 @@ def _resume(ckpt_dir: str, state: train.RLState, total: int, log) -> tuple[Any, 
     if step > total:
         raise rundir.ConfigMismatchError(
             f"{ckpt_dir} holds step {step}, beyond train.num_steps = {total}; use a new "
-            f"--workdir, or --overwrite to discard the run")
+            f"--workdir, or --overwrite to discard the run"
+        )
     log(f"resumed from {ckpt_dir} at step {step}")
     return restored.replace(ref_params=state.ref_params), step
 
 
 def _nonfinite_message(step, member, cell, ckpt_dir) -> str:
     last = checkpoint.latest_step(ckpt_dir)
-    kept = (f"the last good checkpoint, step {last}, is kept in {ckpt_dir}" if last is not None
-            else "no checkpoint exists yet (it failed in the first chunk)")
-    return (f"non-finite loss or gradient at step {step} (member {member}, cell {dict(cell)}); "
-            f"stopped; {kept}")
+    kept = (
+        f"the last good checkpoint, step {last}, is kept in {ckpt_dir}"
+        if last is not None
+        else "no checkpoint exists yet (it failed in the first chunk)"
+    )
+    return (
+        f"non-finite loss or gradient at step {step} (member {member}, cell {dict(cell)}); "
+        f"stopped; {kept}"
+    )
 
 
-def _check_skipped(state: train.RLState, cells, steps_run: int, inner_steps: int,
-                   max_frac: float) -> None:
+def _check_skipped(
+    state: train.RLState, cells, steps_run: int, inner_steps: int, max_frac: float
+) -> None:
     skipped = np.asarray(state.num_skipped, np.float64)
     frac = skipped / max(1, steps_run * inner_steps)
     bad = [(i, int(skipped[i]), frac[i]) for i in range(len(cells)) if frac[i] > max_frac]
@@ -426,11 +526,18 @@ def _check_skipped(state: train.RLState, cells, steps_run: int, inner_steps: int
         raise TooManySkippedError(
             f"{len(bad)} of {len(cells)} members skipped more than train.max_skipped_frac = "
             f"{max_frac:g} of their updates as non-finite (member {i}, cell {dict(cells[i])}: "
-            f"{n} of {steps_run * inner_steps}, {f:.0%}); its results mean little")
+            f"{n} of {steps_run * inner_steps}, {f:.0%}); its results mean little"
+        )
 
 
-def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
-                   ref_params=None, log=print, overwrite: bool = False) -> PopulationResult:
+def run_population(
+    config,
+    cells: Sequence[Mapping[str, Any]],
+    workdir: str,
+    ref_params=None,
+    log=print,
+    overwrite: bool = False,
+) -> PopulationResult:
     """Train one vmapped population (one compiled program); return a `PopulationResult`.
 
     Args:
@@ -461,8 +568,12 @@ def run_population(config, cells: Sequence[Mapping[str, Any]], workdir: str,
 def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> PopulationResult:
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if lead:
-        rundir.check_config(workdir, {"config": config, "cells": [dict(c) for c in cells]},
-                            overwrite=overwrite, log=log)
+        rundir.check_config(
+            workdir,
+            {"config": config, "cells": [dict(c) for c in cells]},
+            overwrite=overwrite,
+            log=log,
+        )
         if overwrite:
             for name in ("checkpoints", "metrics.jsonl", "tb", "reference"):
                 _remove(os.path.join(workdir, name))
@@ -472,10 +583,12 @@ def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> Pop
     setup = make_setup(config, task, mcfg, mesh, population_kl_choices(config, cells))
     hp = population_hparams(config, cells)
     if ref_params is None:
-        ref_params = load_or_pretrain_reference(config, task, mcfg,
-                                                os.path.join(workdir, "reference"), log=log)
-    state = _init_population(setup, config, cells,
-                             initial_params(config, task, mcfg, ref_params), ref_params, mesh)
+        ref_params = load_or_pretrain_reference(
+            config, task, mcfg, os.path.join(workdir, "reference"), log=log
+        )
+    state = _init_population(
+        setup, config, cells, initial_params(config, task, mcfg, ref_params), ref_params, mesh
+    )
     total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
     state, start = _resume(ckpt_dir, state, total, log)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -485,20 +598,32 @@ def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> Pop
     t0 = time.perf_counter()
     run_chunk, cached = PROGRAMS.get(setup, chunk, state, hp)
     compile_s = time.perf_counter() - t0
-    log(f"{'reused' if cached else 'compiled'} a {len(cells)}-member population program, "
-        f"{chunk} steps per chunk, in {compile_s:.1f}s")
-    state, history = _train_chunks(config, cells, setup, task, state, hp, run_chunk, start,
-                                   workdir, lead)
+    log(
+        f"{'reused' if cached else 'compiled'} a {len(cells)}-member population program, "
+        f"{chunk} steps per chunk, in {compile_s:.1f}s"
+    )
+    state, history = _train_chunks(
+        config, cells, setup, task, state, hp, run_chunk, start, workdir, lead
+    )
     if start > 0 and lead:  # resumed: the whole history is in the JSONL
         hist = writers.stacked_history(workdir, len(cells))
     else:
-        hist = ({k: np.concatenate([h[k] for h in history], axis=1) for k in history[0]}
-                if history else {})
-    _check_skipped(state, cells, total, setup.inner_steps,
-                   float(config.train.max_skipped_frac))
-    return PopulationResult(state=state, history=hist, setup=setup, task=task, hparams=hp,
-                            cells=[dict(c) for c in cells], start_step=start,
-                            compile_s=compile_s)
+        hist = (
+            {k: np.concatenate([h[k] for h in history], axis=1) for k in history[0]}
+            if history
+            else {}
+        )
+    _check_skipped(state, cells, total, setup.inner_steps, float(config.train.max_skipped_frac))
+    return PopulationResult(
+        state=state,
+        history=hist,
+        setup=setup,
+        task=task,
+        hparams=hp,
+        cells=[dict(c) for c in cells],
+        start_step=start,
+        compile_s=compile_s,
+    )
 
 
 def _remove(path: str) -> None:
@@ -516,10 +641,17 @@ def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workd
     keep = int(config.train.max_to_keep) or None
     meta = {"config": config.to_dict(), "cells": [dict(c) for c in cells]}
     history: list[dict[str, np.ndarray]] = []
-    bar = writers.Progress(total, initial=start, desc=f"grpo {config.task.name}",
-                           disable=not (config.train.progress and lead))
-    writer = (writers.MetricWriter(workdir, tensorboard=config.train.tensorboard) if lead
-              else writers.NullWriter())
+    bar = writers.Progress(
+        total,
+        initial=start,
+        desc=f"grpo {config.task.name}",
+        disable=not (config.train.progress and lead),
+    )
+    writer = (
+        writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
+        if lead
+        else writers.NullWriter()
+    )
     with writer:
         step = start
         while step < total:
@@ -531,8 +663,9 @@ def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workd
             if config.train.on_nonfinite == "stop" and not ok.all():
                 member, bad = np.argwhere(~ok)[0]
                 bar.close()
-                raise NonFiniteError(_nonfinite_message(step + int(bad), member,
-                                                        cells[member], ckpt_dir))
+                raise NonFiniteError(
+                    _nonfinite_message(step + int(bad), member, cells[member], ckpt_dir)
+                )
             state = new_state
             tokens = len(cells) * setup.batch_size * task.completion_len * chunk
             metrics["step_time"] = np.full(ok.shape, seconds / chunk)
@@ -540,24 +673,38 @@ def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workd
             history.append(metrics)
             for m, cell in enumerate(cells):
                 seed = int(cell_value(config, cell, "train.seed"))
-                writer.write_many(step, [dict(r, member=m, seed=seed)
-                                         for r in _member_rows(metrics, m)])
+                writer.write_many(
+                    step, [dict(r, member=m, seed=seed) for r in _member_rows(metrics, m)]
+                )
             step += chunk
             if (step // chunk) % every == 0 or step >= total:
-                checkpoint.save(ckpt_dir, step, _policy_part(state), dict(meta, step=step),
-                                max_to_keep=keep)
-            bar.update(chunk, {"reward": float(np.mean(metrics["reward_mean"][:, -1])),
-                               "kl_rev": float(np.mean(metrics["exact_kl_rev"][:, -1])),
-                               "s/step": seconds / chunk})
+                checkpoint.save(
+                    ckpt_dir, step, _policy_part(state), dict(meta, step=step), max_to_keep=keep
+                )
+            bar.update(
+                chunk,
+                {
+                    "reward": float(np.mean(metrics["reward_mean"][:, -1])),
+                    "kl_rev": float(np.mean(metrics["exact_kl_rev"][:, -1])),
+                    "s/step": seconds / chunk,
+                },
+            )
     bar.close()
     return state, history
 
 
-def train_and_evaluate(config, workdir: str, ref_params=None, log=print,
-                       overwrite: bool = False) -> PopulationResult:
+def train_and_evaluate(
+    config, workdir: str, ref_params=None, log=print, overwrite: bool = False
+) -> PopulationResult:
     """Train `config`'s population (`train.num_seeds` seeds) and write `summary.json`."""
-    out = run_population(config, population_cells(config), workdir, ref_params=ref_params,
-                         log=log, overwrite=overwrite)
+    out = run_population(
+        config,
+        population_cells(config),
+        workdir,
+        ref_params=ref_params,
+        log=log,
+        overwrite=overwrite,
+    )
     hist = out.history
     summary = {
         "task": config.task.name,
@@ -570,7 +717,11 @@ def train_and_evaluate(config, workdir: str, ref_params=None, log=print,
     if jax.process_index() == 0:
         jsonio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     if hist:
-        log("final (mean over seeds): " + ", ".join(
-            f"{k}={np.mean(np.asarray(hist[k])[:, -1]):.4g}"
-            for k in ("reward_mean", "exact_kl_rev", "exact_kl_fwd", "entropy")))
+        log(
+            "final (mean over seeds): "
+            + ", ".join(
+                f"{k}={np.mean(np.asarray(hist[k])[:, -1]):.4g}"
+                for k in ("reward_mean", "exact_kl_rev", "exact_kl_fwd", "entropy")
+            )
+        )
     return out

@@ -51,9 +51,13 @@ class SampleOutput(NamedTuple):
     logits: jax.Array | None
 
 
-def sampling_logits(logits: jax.Array, temperature: jax.Array | float = 1.0,
-                    top_k: int | None = None, top_p: jax.Array | float | None = None,
-                    banned_tokens: tuple[int, ...] = ()) -> jax.Array:
+def sampling_logits(
+    logits: jax.Array,
+    temperature: jax.Array | float = 1.0,
+    top_k: int | None = None,
+    top_p: jax.Array | float | None = None,
+    banned_tokens: tuple[int, ...] = (),
+) -> jax.Array:
     """Logits of the distribution actually sampled from (steps 1-4 of the module doc).
 
     ``logits [..., V]`` -> ``[..., V]`` float32, ``-inf`` for excluded tokens; ``softmax`` of
@@ -89,8 +93,10 @@ def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens):
     if int(max_new_tokens) < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     if prompts.shape[1] + max_new_tokens > config.max_len:
-        raise ValueError(f"prompt length {prompts.shape[1]} + max_new_tokens {max_new_tokens} "
-                         f"exceeds config.max_len {config.max_len}.")
+        raise ValueError(
+            f"prompt length {prompts.shape[1]} + max_new_tokens {max_new_tokens} "
+            f"exceeds config.max_len {config.max_len}."
+        )
     v = config.vocab_size
     if top_k is not None and not 1 <= top_k <= v:
         raise ValueError(f"top_k must be in [1, vocab_size={v}], got {top_k}.")
@@ -102,11 +108,20 @@ def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens):
         raise ValueError("banned_tokens exclude the whole vocabulary.")
 
 
-def sample(config: model_lib.ModelConfig, params, prompts: jax.Array, key: jax.Array, *,
-           max_new_tokens: int, temperature: jax.Array | float = 1.0,
-           top_k: int | None = None, top_p: jax.Array | float | None = None,
-           eos_id: int | None = None, banned_tokens: tuple[int, ...] = (),
-           return_logits: bool = False) -> SampleOutput:
+def sample(
+    config: model_lib.ModelConfig,
+    params,
+    prompts: jax.Array,
+    key: jax.Array,
+    *,
+    max_new_tokens: int,
+    temperature: jax.Array | float = 1.0,
+    top_k: int | None = None,
+    top_p: jax.Array | float | None = None,
+    eos_id: int | None = None,
+    banned_tokens: tuple[int, ...] = (),
+    return_logits: bool = False,
+) -> SampleOutput:
     """Sample ``T = max_new_tokens`` tokens after ``prompts [B, P]`` with a KV cache.
 
     Args:
@@ -128,17 +143,46 @@ def sample(config: model_lib.ModelConfig, params, prompts: jax.Array, key: jax.A
     """
     banned_tokens = tuple(sorted(set(int(t) for t in banned_tokens)))
     _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens)
-    return _sample(config, params, prompts, key, max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
-                   banned_tokens=banned_tokens, return_logits=return_logits)
+    return _sample(
+        config,
+        params,
+        prompts,
+        key,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+        banned_tokens=banned_tokens,
+        return_logits=return_logits,
+    )
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("config", "max_new_tokens", "top_k", "eos_id", "banned_tokens",
-                     "return_logits"))
-def _sample(config, params, prompts, key, *, max_new_tokens, temperature, top_k, top_p,
-            eos_id, banned_tokens, return_logits) -> SampleOutput:
+    static_argnames=(
+        "config",
+        "max_new_tokens",
+        "top_k",
+        "eos_id",
+        "banned_tokens",
+        "return_logits",
+    ),
+)
+def _sample(
+    config,
+    params,
+    prompts,
+    key,
+    *,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    eos_id,
+    banned_tokens,
+    return_logits,
+) -> SampleOutput:
     """The jitted body of ``sample`` (arguments already validated)."""
     b, p = prompts.shape
     t_len = max_new_tokens

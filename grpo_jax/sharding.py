@@ -35,9 +35,11 @@ def maybe_initialize_distributed(mesh_config) -> None:
         return
     kwargs: dict[str, Any] = {}
     if mesh_config.get("coordinator_address"):
-        kwargs = dict(coordinator_address=mesh_config.coordinator_address,
-                      num_processes=int(mesh_config.num_processes),
-                      process_id=int(mesh_config.process_id))
+        kwargs = dict(
+            coordinator_address=mesh_config.coordinator_address,
+            num_processes=int(mesh_config.num_processes),
+            process_id=int(mesh_config.process_id),
+        )
     jax.distributed.initialize(**kwargs)
 
 
@@ -48,8 +50,10 @@ def make_mesh(mesh_config) -> Mesh:
     if n == -1:
         n = len(devices)
     if n < 1 or n > len(devices):
-        raise ValueError(f"config.mesh.data={n}: must be -1 or in [1, {len(devices)}] "
-                         f"(devices available: {len(devices)})")
+        raise ValueError(
+            f"config.mesh.data={n}: must be -1 or in [1, {len(devices)}] "
+            f"(devices available: {len(devices)})"
+        )
     return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
 
 

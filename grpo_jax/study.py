@@ -59,9 +59,15 @@ def task_vectors(task) -> dict[str, np.ndarray]:
     between = (dist > task.sigma) & (y > centres.min()) & (y < centres.max())
     labels = np.asarray(task.table()["answer_modes"])[0]
     ref_shares = np.asarray([ref[labels == k].sum() for k in range(task.num_modes)])
-    return {"reward": reward, "ref": ref / ref.sum(), "zero": reward <= 0,
-            "between": between, "best": reward >= reward.max(), "labels": labels,
-            "ref_shares": ref_shares}
+    return {
+        "reward": reward,
+        "ref": ref / ref.sum(),
+        "zero": reward <= 0,
+        "between": between,
+        "best": reward >= reward.max(),
+        "labels": labels,
+        "ref_shares": ref_shares,
+    }
 
 
 def one_token_outcomes(logp: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -84,9 +90,14 @@ def one_token_outcomes(logp: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict[
     shares = np.asarray([p[vec["labels"] == k].sum() for k in range(len(vec["ref_shares"]))])
     gain = reward - ref_reward
     return {
-        "reward": reward, "exact_kl_rev": kl_rev, "exact_kl_fwd": kl_fwd, "entropy": entropy,
-        "off_target": float(p[vec["zero"]].sum()), "between": float(p[vec["between"]].sum()),
-        "pass_at_1": p_best, "pass_at_4": 1.0 - (1.0 - p_best) ** 4,
+        "reward": reward,
+        "exact_kl_rev": kl_rev,
+        "exact_kl_fwd": kl_fwd,
+        "entropy": entropy,
+        "off_target": float(p[vec["zero"]].sum()),
+        "between": float(p[vec["between"]].sum()),
+        "pass_at_1": p_best,
+        "pass_at_4": 1.0 - (1.0 - p_best) ** 4,
         "fwd_kl_per_reward": kl_fwd / gain if gain > 0.01 else float("nan"),
         "mode_coverage": float(np.mean(shares >= 0.05 * vec["ref_shares"])),
     }
@@ -113,8 +124,7 @@ def _optimum(vec, arm: str, beta: float) -> np.ndarray | None:
     return bandit_optimum(vec["reward"], vec["ref"], np.asarray([beta]), direction)[0]
 
 
-def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
-                 ) -> list[dict]:
+def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec) -> list[dict]:
     """One record per population member (see the module docstring)."""
     logp = final_logprobs(result.setup.model, result.state.params)
     probs = np.exp(logp)
@@ -125,25 +135,34 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
         arm = str(cell.eval.arm)
         strength = float(cell.loss.entropy_coef if arm == ENTROPY_ARM else cell.loss.beta)
         opt = _optimum(vec, arm, float(cell.loss.beta)) if config.policy == "tabular" else None
-        records.append({
-            "policy": config.policy, "modality": str(cell.eval.label),
-            "multimodal": bool(cell.eval.multimodal),
-            "separation": float(cell.eval.separation), "num_modes": int(cell.task.num_modes),
-            "arm": arm, "strength": strength, "seed": int(cell.train.seed),
-            "replicate": int(cell.eval.replicate),
-            "final": one_token_outcomes(logp[m], vec),
-            "tv_to_optimum": None if opt is None else float(0.5 * np.abs(probs[m] - opt).sum()),
-            "zero_grad_frac": float(np.mean(hist["zero_grad_skipped"][m])),
-            "policy_probs": probs[m].tolist(),
-            "history": {"step": (idx + 1).tolist(),
-                        "reward": np.asarray(hist["reward_mean"])[m, idx].tolist(),
-                        "mode_shares": np.asarray(hist["mode_shares"])[m, idx].tolist()},
-        })
+        records.append(
+            {
+                "policy": config.policy,
+                "modality": str(cell.eval.label),
+                "multimodal": bool(cell.eval.multimodal),
+                "separation": float(cell.eval.separation),
+                "num_modes": int(cell.task.num_modes),
+                "arm": arm,
+                "strength": strength,
+                "seed": int(cell.train.seed),
+                "replicate": int(cell.eval.replicate),
+                "final": one_token_outcomes(logp[m], vec),
+                "tv_to_optimum": None if opt is None else float(0.5 * np.abs(probs[m] - opt).sum()),
+                "zero_grad_frac": float(np.mean(hist["zero_grad_skipped"][m])),
+                "policy_probs": probs[m].tolist(),
+                "history": {
+                    "step": (idx + 1).tolist(),
+                    "reward": np.asarray(hist["reward_mean"])[m, idx].tolist(),
+                    "mode_shares": np.asarray(hist["mode_shares"])[m, idx].tolist(),
+                },
+            }
+        )
     return records
 
 
-def run_group(static_config, cells, workdir: str | None = None, log=print,
-              keep_checkpoints: bool = False) -> list[dict]:
+def run_group(
+    static_config, cells, workdir: str | None = None, log=print, keep_checkpoints: bool = False
+) -> list[dict]:
     """`sweep.run_sweep` runner: one population per (modality, policy), evaluated exactly.
 
     Working files go to `<workdir>/groups/<hash>` (metrics, checkpoints); the checkpoints
@@ -153,10 +172,10 @@ def run_group(static_config, cells, workdir: str | None = None, log=print,
     if keep_checkpoints:  # every checkpoint kept; not part of the cells' config (hash)
         config_utils.set_value(config, "train.max_to_keep", 0)
     workdir = workdir or static_config.eval.get("workdir", "") or tempfile.mkdtemp("study")
-    members = [{k: config_utils.get_value(c, k) for k in runner.VMAPPABLE_KEYS}
-               for c in cells]
-    group_dir = os.path.join(workdir, "groups", sweep.cell_hash(
-        {"static": static_config, "members": members}))
+    members = [{k: config_utils.get_value(c, k) for k in runner.VMAPPABLE_KEYS} for c in cells]
+    group_dir = os.path.join(
+        workdir, "groups", sweep.cell_hash({"static": static_config, "members": members})
+    )
     result = runner.run_population(config, members, group_dir, log=log)
     records = make_records(config, cells, result, task_vectors(result.task))
     if not keep_checkpoints:

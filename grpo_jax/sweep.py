@@ -124,7 +124,9 @@ def expand(
 
 def canonical_json(config: ml_collections.ConfigDict | dict) -> str:
     """Sorted, whitespace-free JSON of a config: the exact text that :func:`cell_hash` hashes."""
-    return json.dumps(jsonio.to_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return json.dumps(
+        jsonio.to_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=True
+    )
 
 
 def cell_hash(config: ml_collections.ConfigDict | dict, length: int = 16) -> str:

@@ -41,12 +41,16 @@ class GGUFTokenizer:
 
         model = meta.get("tokenizer.ggml.model")
         if model != "gpt2":
-            raise ValueError(f"{where}: tokenizer.ggml.model {model!r} is not supported "
-                             "(only 'gpt2', byte-level BPE)")
+            raise ValueError(
+                f"{where}: tokenizer.ggml.model {model!r} is not supported "
+                "(only 'gpt2', byte-level BPE)"
+            )
         pre = meta.get("tokenizer.ggml.pre", "default")
         if pre not in SUPPORTED_PRE:
-            raise ValueError(f"{where}: tokenizer.ggml.pre {pre!r} is not supported "
-                             f"(supported: {SUPPORTED_PRE})")
+            raise ValueError(
+                f"{where}: tokenizer.ggml.pre {pre!r} is not supported "
+                f"(supported: {SUPPORTED_PRE})"
+            )
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
             if key not in meta:
                 raise ValueError(f"{where}: metadata key {key!r} missing")
@@ -71,13 +75,18 @@ class GGUFTokenizer:
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         if pre == "smollm":
             tok.pre_tokenizer = pre_tokenizers.Sequence(
-                [pre_tokenizers.Digits(individual_digits=True), byte_level])
+                [pre_tokenizers.Digits(individual_digits=True), byte_level]
+            )
         else:
             tok.pre_tokenizer = byte_level
         tok.decoder = decoders.ByteLevel()
         self.special_ids = tuple(i for i, t in enumerate(types) if t in (CONTROL, USER_DEFINED))
-        tok.add_special_tokens([tokenizers.AddedToken(tokens[i], special=True, normalized=False)
-                                for i in self.special_ids])
+        tok.add_special_tokens(
+            [
+                tokenizers.AddedToken(tokens[i], special=True, normalized=False)
+                for i in self.special_ids
+            ]
+        )
         self._tok = tok
         self.bos_id = meta.get("tokenizer.ggml.bos_token_id")
         self.eos_id = meta.get("tokenizer.ggml.eos_token_id")
@@ -115,19 +124,29 @@ class GGUFTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
-    def apply_chat_template(self, messages: Sequence[dict[str, str]], *,
-                            add_generation_prompt: bool = True, **extra) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True, **extra
+    ) -> str:
         """The file's chat template rendered for ``messages`` (a string; ``encode`` it)."""
         if not self.chat_template:
             raise ValueError("this GGUF file has no tokenizer.chat_template")
         return render_chat_template(
-            self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
             bos_token=self.tokens[self.bos_id] if self.bos_id is not None else "",
-            eos_token=self.tokens[self.eos_id] if self.eos_id is not None else "", **extra)
+            eos_token=self.tokens[self.eos_id] if self.eos_id is not None else "",
+            **extra,
+        )
 
 
-def render_chat_template(template: str, messages: Sequence[dict[str, str]], *,
-                         add_generation_prompt: bool = True, **variables) -> str:
+def render_chat_template(
+    template: str,
+    messages: Sequence[dict[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+    **variables,
+) -> str:
     """Render a Jinja chat template as ``transformers`` does (sandboxed, trim_blocks,
     lstrip_blocks, ``raise_exception``)."""
     import jinja2  # pylint: disable=import-outside-toplevel
@@ -139,7 +158,8 @@ def render_chat_template(template: str, messages: Sequence[dict[str, str]], *,
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     return env.from_string(template).render(
-        messages=list(messages), add_generation_prompt=add_generation_prompt, **variables)
+        messages=list(messages), add_generation_prompt=add_generation_prompt, **variables
+    )
 
 
 def from_metadata(meta: dict[str, Any], where: str = "GGUF") -> GGUFTokenizer:
@@ -148,4 +168,5 @@ def from_metadata(meta: dict[str, Any], where: str = "GGUF") -> GGUFTokenizer:
 
 def from_gguf(path: str) -> GGUFTokenizer:
     from grpo_jax import gguf  # pylint: disable=import-outside-toplevel
+
     return GGUFTokenizer(gguf.read_metadata(path), where=path)

@@ -60,12 +60,12 @@ class Hparams:
 class RLState:
     """The GRPO train state. `ref_params` is carried but never updated."""
 
-    step: jax.Array          # int32 scalar: RL steps done
-    params: Any              # policy parameters
-    opt_state: Any           # optax state of `params`
-    ref_params: Any          # frozen reference parameters
-    key: jax.Array           # base PRNG key; step keys are fold_in(key, step)
-    num_skipped: jax.Array   # int32: inner updates skipped because loss or grads were not finite
+    step: jax.Array  # int32 scalar: RL steps done
+    params: Any  # policy parameters
+    opt_state: Any  # optax state of `params`
+    ref_params: Any  # frozen reference parameters
+    key: jax.Array  # base PRNG key; step keys are fold_in(key, step)
+    num_skipped: jax.Array  # int32: inner updates skipped because loss or grads were not finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +111,19 @@ class RLSetup:
     ref_model: Any = None
 
     def __post_init__(self):
-        choices = tuple(kl_choice_lib.KLChoice.parse(c) if isinstance(c, str)
-                        else kl_choice_lib.KLChoice(*c) if isinstance(c, tuple) else c
-                        for c in self.kl_choices)
+        choices = tuple(
+            (
+                kl_choice_lib.KLChoice.parse(c)
+                if isinstance(c, str)
+                else kl_choice_lib.KLChoice(*c) if isinstance(c, tuple) else c
+            )
+            for c in self.kl_choices
+        )
         if any(c.is_none for c in choices):
-            raise ValueError("RLSetup.kl_choices: run the 'none' baseline as beta = 0 with "
-                             "any estimator, not as a KL choice")
+            raise ValueError(
+                "RLSetup.kl_choices: run the 'none' baseline as beta = 0 with "
+                "any estimator, not as a KL choice"
+            )
         object.__setattr__(self, "kl_choices", choices)
 
     @property
@@ -151,12 +158,12 @@ def init_rl_state(setup: RLSetup, params, ref_params, key) -> RLState:
 class Rollout(NamedTuple):
     """One batch sampled from pi_old. B = num_prompts * group_size."""
 
-    prompts: jax.Array       # int32 [B, P] (each prompt repeated group_size times)
-    tokens: jax.Array        # int32 [B, T]
-    mask: jax.Array          # float32 [B, T]
-    old_logp: jax.Array      # float32 [B, T], stop-gradient
-    old_logits: jax.Array    # float32 [B, T, V], the sampling distribution's logits
-    rewards: jax.Array       # float32 [B]
+    prompts: jax.Array  # int32 [B, P] (each prompt repeated group_size times)
+    tokens: jax.Array  # int32 [B, T]
+    mask: jax.Array  # float32 [B, T]
+    old_logp: jax.Array  # float32 [B, T], stop-gradient
+    old_logits: jax.Array  # float32 [B, T, V], the sampling distribution's logits
+    rewards: jax.Array  # float32 [B]
 
 
 def _constrain(x, setup: RLSetup):
@@ -178,8 +185,9 @@ def completion_logits(model, params, prompts: jax.Array, tokens: jax.Array) -> j
     return model_lib.completion_logits(model, params, prompts, tokens)
 
 
-def policy_logits(setup: RLSetup, params, prompts: jax.Array, tokens: jax.Array,
-                  model=None) -> jax.Array:
+def policy_logits(
+    setup: RLSetup, params, prompts: jax.Array, tokens: jax.Array, model=None
+) -> jax.Array:
     """Teacher-forced `sampling_logits` of `tokens` [B, T] after `prompts` [B, P] under
     `model` (default: the policy's)."""
     model = setup.model if model is None else model
@@ -190,24 +198,37 @@ def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
     """Sample prompts, G completions each from `params` (pi_old), and their rewards."""
     task = setup.task
     k_prompt, k_sample = jax.random.split(key)
-    prompts = task.sample_prompts(k_prompt, setup.num_prompts)                 # [N, P]
+    prompts = task.sample_prompts(k_prompt, setup.num_prompts)  # [N, P]
     prompts = _constrain(jnp.repeat(prompts, setup.group_size, axis=0), setup)  # [B, P]
     if policies.is_policy(setup.model):
-        out = policies.sample(setup.model, params, prompts, k_sample,
-                              temperature=setup.temperature,
-                              banned_tokens=tuple(task.special_ids))
+        out = policies.sample(
+            setup.model,
+            params,
+            prompts,
+            k_sample,
+            temperature=setup.temperature,
+            banned_tokens=tuple(task.special_ids),
+        )
     else:
         out = sampling.sample(
-            setup.model, params, prompts, k_sample, max_new_tokens=task.completion_len,
-            temperature=setup.temperature, banned_tokens=tuple(task.special_ids),
-            return_logits=True)
+            setup.model,
+            params,
+            prompts,
+            k_sample,
+            max_new_tokens=task.completion_len,
+            temperature=setup.temperature,
+            banned_tokens=tuple(task.special_ids),
+            return_logits=True,
+        )
     tokens = _constrain(out.tokens, setup)
     return Rollout(
-        prompts=prompts, tokens=tokens,
+        prompts=prompts,
+        tokens=tokens,
         mask=_constrain(out.mask.astype(jnp.float32), setup),
         old_logp=jax.lax.stop_gradient(out.logp),
         old_logits=sampling_logits(setup, out.logits),
-        rewards=task.reward(prompts, tokens).astype(jnp.float32))
+        rewards=task.reward(prompts, tokens).astype(jnp.float32),
+    )
 
 
 def _loss_of_logits(setup: RLSetup, hp: Hparams, batch: Rollout, ref_logits, ref_logp):
@@ -218,27 +239,41 @@ def _loss_of_logits(setup: RLSetup, hp: Hparams, batch: Rollout, ref_logits, ref
     `losses.compute_advantages`; placement "loss" adds beta * D_t inside `losses.grpo_loss`.
     """
 
-    def advantages_for(loss_cfg):                                             # [B, T], []
+    def advantages_for(loss_cfg):  # [B, T], []
         adv, aux = losses.compute_advantages(
-            batch.rewards, setup.group_size, loss_cfg, old_logp=batch.old_logp,
-            ref_logp=ref_logp, mask=batch.mask, old_logits=batch.old_logits,
-            ref_logits=ref_logits)
+            batch.rewards,
+            setup.group_size,
+            loss_cfg,
+            old_logp=batch.old_logp,
+            ref_logp=ref_logp,
+            mask=batch.mask,
+            old_logits=batch.old_logits,
+            ref_logits=ref_logits,
+        )
         adv = jnp.broadcast_to(adv if adv.ndim == 2 else adv[:, None], batch.tokens.shape)
         return adv, aux["zero_var_group_frac"]
 
     def loss_for(loss_cfg, advantages, logp, logits):
-        return losses.grpo_loss(logp, batch.old_logp, ref_logp, advantages, batch.mask,
-                                loss_cfg, logits=logits, ref_logits=ref_logits)
+        return losses.grpo_loss(
+            logp,
+            batch.old_logp,
+            ref_logp,
+            advantages,
+            batch.mask,
+            loss_cfg,
+            logits=logits,
+            ref_logits=ref_logits,
+        )
 
     if not setup.kl_choices:
         advantages, zero_var = advantages_for(hp.loss)
         return (lambda logp, logits: loss_for(hp.loss, advantages, logp, logits)), zero_var
-    return _switch_kl_choice(advantages_for, loss_for, setup.kl_choices, hp, ref_logits,
-                             batch.tokens)
+    return _switch_kl_choice(
+        advantages_for, loss_for, setup.kl_choices, hp, ref_logits, batch.tokens
+    )
 
 
-def _switch_kl_choice(advantages_for, loss_for, kl_choices, hp: Hparams, logits_like,
-                      tokens_like):
+def _switch_kl_choice(advantages_for, loss_for, kl_choices, hp: Hparams, logits_like, tokens_like):
     """Loss as a function of (logp, logits) for the KL choice `hp.kl_choice`, by `lax.switch`.
 
     The switch covers only the element-wise advantage and loss math; the model forward and
@@ -251,15 +286,21 @@ def _switch_kl_choice(advantages_for, loss_for, kl_choices, hp: Hparams, logits_
     index = jnp.clip(jnp.asarray(hp.kl_choice, jnp.int32), 0, len(cfgs) - 1)
     advs, zero_vars = zip(*(advantages_for(c) for c in cfgs))
     logp_like = jax.ShapeDtypeStruct(tokens_like.shape, jnp.float32)
-    aux_keys = [set(jax.eval_shape(lambda lp, lg, c=c, a=a: loss_for(c, a, lp, lg)[1],
-                                   logp_like, logits_like))
-                for c, a in zip(cfgs, advs)]
+    aux_keys = [
+        set(
+            jax.eval_shape(
+                lambda lp, lg, c=c, a=a: loss_for(c, a, lp, lg)[1], logp_like, logits_like
+            )
+        )
+        for c, a in zip(cfgs, advs)
+    ]
     common = sorted(set.intersection(*aux_keys))
 
     def branch(i):
         def f(logp, logits):
             loss, aux = loss_for(cfgs[i], advs[i], logp, logits)
             return loss, {k: aux[k] for k in common}
+
         return f
 
     branches = [branch(i) for i in range(len(cfgs))]
@@ -275,8 +316,9 @@ def _global_norm(tree) -> jax.Array:
     return optax.global_norm(tree).astype(jnp.float32)
 
 
-def inner_updates(setup: RLSetup, hp: Hparams, loss_fn: Callable, params, opt_state,
-                  num_skipped: jax.Array):
+def inner_updates(
+    setup: RLSetup, hp: Hparams, loss_fn: Callable, params, opt_state, num_skipped: jax.Array
+):
     """`setup.inner_steps` optimiser updates of `loss_fn(params) -> (loss, aux)` in a scan.
 
     An update is skipped (parameters and optimiser state unchanged) when the loss or a
@@ -296,16 +338,24 @@ def inner_updates(setup: RLSetup, hp: Hparams, loss_fn: Callable, params, opt_st
         zero = (grad_norm == 0) if setup.skip_zero_grad else jnp.zeros((), bool)
         apply = finite & ~zero
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
-        stats = dict(aux, loss=loss, grad_norm=grad_norm,
-                     update_norm=jnp.where(apply, _global_norm(updates), 0.0),
-                     nonfinite=1.0 - finite.astype(jnp.float32),
-                     zero_grad_skipped=(finite & zero).astype(jnp.float32))
-        carry = (keep(optax.apply_updates(params, updates), params),
-                 keep(new_opt_state, opt_state), skipped + (1 - finite.astype(jnp.int32)))
+        stats = dict(
+            aux,
+            loss=loss,
+            grad_norm=grad_norm,
+            update_norm=jnp.where(apply, _global_norm(updates), 0.0),
+            nonfinite=1.0 - finite.astype(jnp.float32),
+            zero_grad_skipped=(finite & zero).astype(jnp.float32),
+        )
+        carry = (
+            keep(optax.apply_updates(params, updates), params),
+            keep(new_opt_state, opt_state),
+            skipped + (1 - finite.astype(jnp.int32)),
+        )
         return carry, stats
 
     (params, opt_state, num_skipped), stats = jax.lax.scan(
-        inner, (params, opt_state, num_skipped), None, length=setup.inner_steps)
+        inner, (params, opt_state, num_skipped), None, length=setup.inner_steps
+    )
     return params, opt_state, num_skipped, stats
 
 
@@ -313,12 +363,14 @@ def inner_updates(setup: RLSetup, hp: Hparams, loss_fn: Callable, params, opt_st
 _PI_OLD_AUX = ("exact_kl_rev", "exact_kl_fwd", "entropy")
 
 
-def step_metrics(setup: RLSetup, batch: Rollout, inner_stats: dict, params,
-                 zero_var_group_frac) -> dict[str, jax.Array]:
+def step_metrics(
+    setup: RLSetup, batch: Rollout, inner_stats: dict, params, zero_var_group_frac
+) -> dict[str, jax.Array]:
     """Scalars of the loss averaged over the inner steps; exact per-token KL (both
     directions) and entropy of pi_old on this batch; rewards, norms, mode shares [K]."""
-    metrics = {k: jnp.mean(v) for k, v in inner_stats.items()
-               if jnp.ndim(v) == 1 and k not in _PI_OLD_AUX}
+    metrics = {
+        k: jnp.mean(v) for k, v in inner_stats.items() if jnp.ndim(v) == 1 and k not in _PI_OLD_AUX
+    }
     metrics.update({k: inner_stats[k][0] for k in _PI_OLD_AUX if k in inner_stats})
     labels = setup.task.mode_labels(batch.prompts, batch.tokens)
     metrics.update(
@@ -338,10 +390,16 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
     Returns the new state and a dict of scalar metrics (plus `mode_shares [num_modes]`).
     """
     batch = rollout(setup, state.params, jax.random.fold_in(state.key, state.step))
-    ref_logits = jax.lax.stop_gradient(policy_logits(
-        setup, state.ref_params, batch.prompts, batch.tokens,
-        setup.model if setup.ref_model is None else setup.ref_model))
-    ref_logp = model_lib.token_logprobs(ref_logits, batch.tokens)               # [B, T]
+    ref_logits = jax.lax.stop_gradient(
+        policy_logits(
+            setup,
+            state.ref_params,
+            batch.prompts,
+            batch.tokens,
+            setup.model if setup.ref_model is None else setup.ref_model,
+        )
+    )
+    ref_logp = model_lib.token_logprobs(ref_logits, batch.tokens)  # [B, T]
     loss_of_logits, zero_var = _loss_of_logits(setup, hp, batch, ref_logits, ref_logp)
 
     def loss_fn(params):  # one model forward per inner step, whatever the KL choice
@@ -349,9 +407,11 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
         return loss_of_logits(model_lib.token_logprobs(logits, batch.tokens), logits)
 
     params, opt_state, skipped, stats = inner_updates(
-        setup, hp, loss_fn, state.params, state.opt_state, state.num_skipped)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              num_skipped=skipped)
+        setup, hp, loss_fn, state.params, state.opt_state, state.num_skipped
+    )
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, num_skipped=skipped
+    )
     return new_state, step_metrics(setup, batch, stats, params, zero_var)
 
 

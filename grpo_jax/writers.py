@@ -30,8 +30,9 @@ def unstack_steps(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     num = {a.shape[0] for a in arrays.values()}
     if len(num) != 1:
-        raise ValueError(f"metrics have different step counts: "
-                         f"{ {k: a.shape for k, a in arrays.items()} }")
+        raise ValueError(
+            f"metrics have different step counts: " f"{ {k: a.shape for k, a in arrays.items()} }"
+        )
     (k_steps,) = num
     return [{k: _to_python(a[i]) for k, a in arrays.items()} for i in range(k_steps)]
 
@@ -136,8 +137,9 @@ def truncate_jsonl(path: str, step: int, log=print) -> None:
     jsonio.write_text_atomic(path, "".join(keep))
 
 
-def stacked_history(workdir: str, num_members: int,
-                    filename: str = "metrics.jsonl") -> dict[str, np.ndarray]:
+def stacked_history(
+    workdir: str, num_members: int, filename: str = "metrics.jsonl"
+) -> dict[str, np.ndarray]:
     """`{metric: [S, steps, ...]}` from a population's JSONL (one line per step and member,
     tagged `member`), steps in order: the whole history of a run, resumed or not."""
     rows: list[list[dict[str, Any]]] = [[] for _ in range(num_members)]
@@ -148,8 +150,7 @@ def stacked_history(workdir: str, num_members: int,
     if not rows[0]:
         return {}
     keys = [k for k in rows[0][0] if k not in ("step", "member", "seed")]
-    return {k: np.asarray([[r[k] for r in member_rows] for member_rows in rows])
-            for k in keys}
+    return {k: np.asarray([[r[k] for r in member_rows] for member_rows in rows]) for k in keys}
 
 
 class Progress:
@@ -158,8 +159,14 @@ class Progress:
     def __init__(self, total: int, initial: int = 0, desc: str = "grpo", disable: bool = False):
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, initial=initial, desc=desc, disable=disable,
-                         dynamic_ncols=True, smoothing=0.3)
+        self._bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            disable=disable,
+            dynamic_ncols=True,
+            smoothing=0.3,
+        )
 
     def update(self, n: int, postfix: Mapping[str, float] | None = None) -> None:
         if postfix:

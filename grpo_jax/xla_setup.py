@@ -53,6 +53,7 @@ def xla_flags_with_defaults(current: str, flags: tuple[str, ...] = CPU_FLAGS) ->
 def backends_initialised() -> bool:
     """Whether jax has created its backends already (then XLA_FLAGS are fixed)."""
     import sys  # noqa: PLC0415
+
     xb = sys.modules.get("jax._src.xla_bridge")
     return bool(xb is not None and getattr(xb, "_backends", None))
 
@@ -68,7 +69,8 @@ def apply_xla_flags(flags: tuple[str, ...] | None = None) -> bool:
     if backends_initialised():
         return False
     os.environ["XLA_FLAGS"] = xla_flags_with_defaults(
-        os.environ.get("XLA_FLAGS", ""), CPU_FLAGS if flags is None else tuple(flags))
+        os.environ.get("XLA_FLAGS", ""), CPU_FLAGS if flags is None else tuple(flags)
+    )
     return True
 
 
@@ -81,8 +83,9 @@ def default_cache_dir() -> str:
     return os.path.join(base, "grpo_jax", "jax_cache")
 
 
-def enable_compilation_cache(cache_dir: str | None = None, enable: bool | None = None
-                             ) -> str | None:
+def enable_compilation_cache(
+    cache_dir: str | None = None, enable: bool | None = None
+) -> str | None:
     """Turn on jax's persistent compilation cache; returns the directory, or None when off.
 
     Args:
@@ -109,4 +112,5 @@ def enable_compilation_cache(cache_dir: str | None = None, enable: bool | None =
 def disable_compilation_cache() -> None:
     """Turn the persistent compilation cache off for this process."""
     import jax  # noqa: PLC0415
+
     jax.config.update("jax_enable_compilation_cache", False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+
 T0 = time.time()
 import os
 import sys
@@ -51,31 +52,39 @@ def main(argv=None):
     # have non-zero advantages and the steps move the policy.
     config.task.update(reward_kind="distance", reward_width=64.0)
     config.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
-    config.grpo.update(num_prompts=4, group_size=4)          # B = 16 over 4 devices
+    config.grpo.update(num_prompts=4, group_size=4)  # B = 16 over 4 devices
     config.optim.lr = 3e-2
-    config.train.update(num_steps=args.steps, chunk_steps=args.steps, tensorboard=False,
-                        progress=False, num_seeds=2)
+    config.train.update(
+        num_steps=args.steps, chunk_steps=args.steps, tensorboard=False, progress=False, num_seeds=2
+    )
     if args.num_processes > 1:
-        config.mesh.update(multihost=True, coordinator_address=f"127.0.0.1:{args.port}",
-                           num_processes=args.num_processes, process_id=args.process_id)
+        config.mesh.update(
+            multihost=True,
+            coordinator_address=f"127.0.0.1:{args.port}",
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
     # Before any other JAX call (validate_config inside the runner counts devices).
     sharding.maybe_initialize_distributed(config.mesh)
     assert jax.device_count() == 4, jax.devices()
     assert jax.process_count() == args.num_processes
 
     from grpo_jax import model, runner
+
     task = runner.make_task(config)
     mcfg = runner.make_model_config(config, task)
     ref = model.init(mcfg, jax.random.PRNGKey(7))
     workdir = args.workdir or os.path.join(os.path.dirname(args.out), f"w{args.process_id}")
     log = lambda *a: print(f"[{time.time() - T0:.1f}s]", *a, flush=True)
-    out = runner.run_population(config, runner.population_cells(config), workdir,
-                                ref_params=ref, log=log)
+    out = runner.run_population(
+        config, runner.population_cells(config), workdir, ref_params=ref, log=log
+    )
     log("trained")
     leaves = jax.tree.leaves(out.state.params)
     arrays = {f"p{i:03d}": np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)}
-    arrays.update({f"ref{i:03d}": np.asarray(x) for i, x in
-                   enumerate(jax.tree.leaves(out.state.ref_params))})
+    arrays.update(
+        {f"ref{i:03d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(out.state.ref_params))}
+    )
     arrays["reward_mean"] = np.asarray(out.history["reward_mean"])
     np.savez(args.out, **arrays)
     print("ok", jax.process_index(), jax.device_count(), jax.process_count(), flush=True)

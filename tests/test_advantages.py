@@ -16,7 +16,7 @@ B = 16
 def _rewards(seed=0):
     rng = np.random.default_rng(seed)
     r = rng.normal(size=B).astype(np.float32)
-    r[4:8] = np.float32(0.1)            # a zero-variance group (mean has rounding error)
+    r[4:8] = np.float32(0.1)  # a zero-variance group (mean has rounding error)
     r[8:12] = rng.integers(0, 2, size=4).astype(np.float32)
     r[8] = 1.0
     r[9] = 0.0
@@ -52,8 +52,9 @@ def _np_advantages(r, G, estimator, eps, batch_std_norm=False, ddof=0):
 @pytest.mark.parametrize("batch_std_norm,ddof", [(False, 0), (True, 0), (False, 1)])
 def test_group_advantages_match_loops(estimator, batch_std_norm, ddof):
     r = _rewards()
-    adv, aux = A.group_advantages(jnp.asarray(r), G, estimator, eps=1e-6,
-                                  batch_std_norm=batch_std_norm, std_ddof=ddof)
+    adv, aux = A.group_advantages(
+        jnp.asarray(r), G, estimator, eps=1e-6, batch_std_norm=batch_std_norm, std_ddof=ddof
+    )
     want = _np_advantages(r, G, estimator, 1e-6, batch_std_norm, ddof)
     np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-6)
     # The all-equal group is exactly zero, not rounding / eps.
@@ -82,8 +83,7 @@ def test_every_registered_estimator(name, ddof):
         mean = sum(vals) / G
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (G - ddof))
         for i in range(G):
-            want_b = {"grpo": mean, "drgrpo": mean,
-                      "rloo": (sum(vals) - vals[i]) / (G - 1)}[name]
+            want_b = {"grpo": mean, "drgrpo": mean, "rloo": (sum(vals) - vals[i]) / (G - 1)}[name]
             want_s = std + 1e-6 if name == "grpo" else 1.0
             assert float(baseline[g, i]) == pytest.approx(want_b, abs=1e-6)
             assert float(scale[g, i]) == pytest.approx(want_s, rel=1e-5)
@@ -107,10 +107,12 @@ def test_reward_to_go_matches_loops():
     pen = rng.normal(size=(B, T)).astype(np.float32)
     mask = (np.arange(T)[None] < rng.integers(1, T + 1, size=B)[:, None]).astype(np.float32)
     pen_garbage = np.where(mask > 0, pen, np.nan).astype(np.float32)
-    adv, aux = A.reward_to_go_advantages(jnp.asarray(r), jnp.asarray(pen_garbage),
-                                         jnp.asarray(mask), G, "grpo")
-    totals = np.array([r[i] - sum(pen[i, t] for t in range(T) if mask[i, t])
-                       for i in range(B)], np.float64)
+    adv, aux = A.reward_to_go_advantages(
+        jnp.asarray(r), jnp.asarray(pen_garbage), jnp.asarray(mask), G, "grpo"
+    )
+    totals = np.array(
+        [r[i] - sum(pen[i, t] for t in range(T) if mask[i, t]) for i in range(B)], np.float64
+    )
     want = np.zeros((B, T))
     for g in range(B // G):
         idx = range(g * G, (g + 1) * G)
@@ -135,12 +137,13 @@ def test_process_supervision_matches_loops():
     step_rewards = rng.normal(size=(B, T)).astype(np.float32)
     step_mask = (rng.random((B, T)) < 0.4).astype(np.float32)
     step_mask[:, -1] = 1.0
-    step_rewards[4:8] = 0.5          # a group whose step rewards are all equal
+    step_rewards[4:8] = 0.5  # a group whose step rewards are all equal
     mask = np.ones((B, T), np.float32)
     mask[0, 4:] = 0.0
     garbage = np.where(step_mask > 0, step_rewards, np.inf).astype(np.float32)
-    adv, aux = A.process_advantages(jnp.asarray(garbage), jnp.asarray(step_mask), G,
-                                    mask=jnp.asarray(mask))
+    adv, aux = A.process_advantages(
+        jnp.asarray(garbage), jnp.asarray(step_mask), G, mask=jnp.asarray(mask)
+    )
     want = np.zeros((B, T))
     for g in range(B // G):
         idx = range(g * G, (g + 1) * G)
@@ -151,8 +154,11 @@ def test_process_supervision_matches_loops():
             for t in range(T):
                 if not mask[i, t] or max(vals) == min(vals):
                     continue
-                want[i, t] = sum((step_rewards[i, u] - mean) / (std + 1e-6)
-                                 for u in range(t, T) if step_mask[i, u])
+                want[i, t] = sum(
+                    (step_rewards[i, u] - mean) / (std + 1e-6)
+                    for u in range(t, T)
+                    if step_mask[i, u]
+                )
     np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-5)
     assert float(aux["zero_var_group_frac"]) == pytest.approx(0.25)
 

@@ -130,8 +130,13 @@ def test_sequence_level_facts(sequence):
     g = lambda e, pl, s="on": grad_of(res, estimator=e, placement=pl, sampling=s)
     # Exact: k1 as a sequence reward or reward-to-go; unbiased per-token losses plus the
     # score term of the future KL.
-    for e, pl in [("k1", "reward"), ("k1", "reward_to_go"), ("k1_st", "loss+future"),
-                  ("k3_st", "loss+future"), ("k1_st", "reward_to_go")]:
+    for e, pl in [
+        ("k1", "reward"),
+        ("k1", "reward_to_go"),
+        ("k1_st", "loss+future"),
+        ("k3_st", "loss+future"),
+        ("k1_st", "reward_to_go"),
+    ]:
         assert close(g(e, pl), rev), (e, pl)
     # Per-token losses alone: biased, including those exact at the token level.
     for e in ("k2", "k1_st", "k3_st", "k3"):

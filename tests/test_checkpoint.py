@@ -10,18 +10,21 @@ from grpo_jax import checkpoint, model
 
 
 def _state():
-    cfg = model.ModelConfig(vocab_size=11, num_layers=1, width=16, num_heads=2, mlp_width=32,
-                            max_len=5)
+    cfg = model.ModelConfig(
+        vocab_size=11, num_layers=1, width=16, num_heads=2, mlp_width=32, max_len=5
+    )
     params = jax.jit(model.init, static_argnums=0)(cfg, jax.random.key(0, impl="rbg"))
     opt_state = optax.adam(1e-3).init(params)
     return {
         "params": params,
         "opt": opt_state,
-        "key": jax.random.key(7),                 # typed key
-        "raw_key": jax.random.PRNGKey(3),         # uint32 key data
+        "key": jax.random.key(7),  # typed key
+        "raw_key": jax.random.PRNGKey(3),  # uint32 key data
         "step": jnp.int32(12),
-        "misc": (jnp.asarray([1.5, -0.0, jnp.nan, 1e-38], jnp.float32),
-                 [jnp.ones((2, 3), jnp.bfloat16) / 3, jnp.arange(4, dtype=jnp.int8)]),
+        "misc": (
+            jnp.asarray([1.5, -0.0, jnp.nan, 1e-38], jnp.float32),
+            [jnp.ones((2, 3), jnp.bfloat16) / 3, jnp.arange(4, dtype=jnp.int8)],
+        ),
     }
 
 
@@ -43,8 +46,9 @@ def test_round_trip_is_bit_exact(tmp_path):
             assert _bits(a) == _bits(b)
         assert meta == {"step": 5, "config": {"lr": 1e-3, "shape": [2, 3]}}
     # The restored key draws the same numbers.
-    np.testing.assert_array_equal(jax.random.uniform(restored["key"], (3,)),
-                                  jax.random.uniform(state["key"], (3,)))
+    np.testing.assert_array_equal(
+        jax.random.uniform(restored["key"], (3,)), jax.random.uniform(state["key"], (3,))
+    )
 
 
 def test_steps_metadata_and_errors(tmp_path):

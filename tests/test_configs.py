@@ -8,7 +8,9 @@ from configs import study as study_config
 
 def test_grpo_parse_arg():
     assert grpo_config.parse_arg("task=arithmetic, quick", task="bandit", quick=False) == {
-        "task": "arithmetic", "quick": True}
+        "task": "arithmetic",
+        "quick": True,
+    }
     quick = grpo_config.get_config("task=bandit,quick")
     assert quick.train.num_steps % quick.train.chunk_steps == 0
     assert quick.train.num_steps < grpo_config.get_config("task=bandit").train.num_steps

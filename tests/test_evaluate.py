@@ -11,8 +11,14 @@ KS = (1, 3)
 
 
 def _mcfg(task):
-    return model.ModelConfig(vocab_size=task.vocab_size, num_layers=1, width=16, num_heads=2,
-                             mlp_width=32, max_len=task.prompt_len + task.completion_len)
+    return model.ModelConfig(
+        vocab_size=task.vocab_size,
+        num_layers=1,
+        width=16,
+        num_heads=2,
+        mlp_width=32,
+        max_len=task.prompt_len + task.completion_len,
+    )
 
 
 def _params(task, seed):
@@ -34,16 +40,24 @@ def _arith_probs(task, params):
     out = np.zeros((prompts.shape[0], 10, 10))
     for i, pr in enumerate(prompts):
         comps = np.stack([np.repeat(np.arange(10), 1), np.zeros(10, int)], -1)  # [10, 2]
-        logits = model.completion_logits(mcfg, params, jnp.asarray(np.tile(pr, (10, 1))),
-                                          jnp.asarray(comps, jnp.int32))       # [10, 2, V]
-        p = _softmax_ordinary(logits, task)                                      # [10, 2, V]
+        logits = model.completion_logits(
+            mcfg, params, jnp.asarray(np.tile(pr, (10, 1))), jnp.asarray(comps, jnp.int32)
+        )  # [10, 2, V]
+        p = _softmax_ordinary(logits, task)  # [10, 2, V]
         out[i] = p[0, 0, :10][:, None] * p[:, 1, :10]
     return out
 
 
 def test_bandit_exact_matches_hand_computation():
-    task = tasks.make("bandit", num_tokens=8, num_modes=2, sigma=0.7, separation=4.0,
-                      reward_kind="distance", reward_width=3.0)
+    task = tasks.make(
+        "bandit",
+        num_tokens=8,
+        num_modes=2,
+        sigma=0.7,
+        separation=4.0,
+        reward_kind="distance",
+        reward_width=3.0,
+    )
     params, ref = _params(task, 0), _params(task, 1)
     ev = evaluate.evaluate_enumerated(_mcfg(task), task, params, ref, KS)
     bos = jnp.full((1, 1), task.bos_id, jnp.int32)
@@ -55,8 +69,7 @@ def test_bandit_exact_matches_hand_computation():
     np.testing.assert_allclose(ev["exact_kl_rev"], (pi * np.log(pi / pr)).sum(), rtol=1e-4)
     np.testing.assert_allclose(ev["exact_kl_fwd"], (pr * np.log(pr / pi)).sum(), rtol=1e-4)
     np.testing.assert_allclose(ev["entropy"], -(pi * np.log(pi)).sum(), rtol=1e-5)
-    labels = np.asarray(task.mode_labels(jnp.full((8, 1), task.bos_id),
-                                         jnp.arange(8)[:, None]))
+    labels = np.asarray(task.mode_labels(jnp.full((8, 1), task.bos_id), jnp.arange(8)[:, None]))
     shares = np.array([pi[labels == k].sum() for k in range(2)])
     ref_shares = np.array([pr[labels == k].sum() for k in range(2)])
     np.testing.assert_allclose(ev["mode_shares"], shares, rtol=1e-5)
@@ -68,28 +81,30 @@ def test_bandit_exact_matches_hand_computation():
 
 
 def test_arithmetic_sequence_level_matches_chain_rule():
-    task = tasks.make("arithmetic", n_min=8, n_max=10, num_modes=2, preferred_mode=1,
-                      preference_bonus=0.5)
+    task = tasks.make(
+        "arithmetic", n_min=8, n_max=10, num_modes=2, preferred_mode=1, preference_bonus=0.5
+    )
     params, ref = _params(task, 2), _params(task, 3)
     ev = evaluate.evaluate_enumerated(_mcfg(task), task, params, ref, KS)
-    pi, pr = _arith_probs(task, params), _arith_probs(task, ref)      # [Np, 10, 10]
+    pi, pr = _arith_probs(task, params), _arith_probs(task, ref)  # [Np, 10, 10]
     prompts = np.asarray(task.all_prompts())
     n = prompts.shape[0]
     comps = np.asarray([(a, b) for a in range(10) for b in range(10)], np.int32)
-    r = np.asarray(task.reward(jnp.asarray(np.repeat(prompts, 100, 0)),
-                               jnp.asarray(np.tile(comps, (n, 1))))).reshape(n, 10, 10)
+    r = np.asarray(
+        task.reward(jnp.asarray(np.repeat(prompts, 100, 0)), jnp.asarray(np.tile(comps, (n, 1))))
+    ).reshape(n, 10, 10)
     w = 1.0 / n
     np.testing.assert_allclose(ev["reward"], w * (pi * r).sum(), rtol=1e-4)
     np.testing.assert_allclose(ev["exact_kl_rev"], w * (pi * np.log(pi / pr)).sum(), rtol=1e-3)
     np.testing.assert_allclose(ev["exact_kl_fwd"], w * (pr * np.log(pr / pi)).sum(), rtol=1e-3)
     np.testing.assert_allclose(ev["entropy"], -w * (pi * np.log(pi)).sum(), rtol=1e-4)
-    p_succ = (pi * (r > 0)).sum((1, 2))                                  # [Np]
+    p_succ = (pi * (r > 0)).sum((1, 2))  # [Np]
     np.testing.assert_allclose(
-        ev["pass_at_k"], [w * (1 - (1 - p_succ) ** k).sum() for k in KS], rtol=1e-4)
+        ev["pass_at_k"], [w * (1 - (1 - p_succ) ** k).sum() for k in KS], rtol=1e-4
+    )
     # The same policy against itself: both KLs vanish.
     self_ev = evaluate.evaluate_enumerated(_mcfg(task), task, params, params, KS)
-    np.testing.assert_allclose([self_ev["exact_kl_rev"], self_ev["exact_kl_fwd"]], 0.0,
-                               atol=1e-5)
+    np.testing.assert_allclose([self_ev["exact_kl_rev"], self_ev["exact_kl_fwd"]], 0.0, atol=1e-5)
 
 
 def test_correct_answers_are_distinct_and_correct():
@@ -118,8 +133,11 @@ def test_population_sampled_vs_exact_and_vmap():
         one = evaluate.evaluate_enumerated(_mcfg(task), task, p, ref, KS)
         for k in ("reward", "exact_kl_rev", "exact_kl_fwd", "entropy", "pass_at_k"):
             np.testing.assert_allclose(pop[k][m], one[k], rtol=1e-5, err_msg=k)
-    samp = jax.jit(lambda p, r, k: evaluate.evaluate_sampled(  # traced, as in a population
-        _mcfg(task), task, p, r, k, KS, num_samples=4096))(members[0], ref, jax.random.PRNGKey(0))
+    samp = jax.jit(
+        lambda p, r, k: evaluate.evaluate_sampled(  # traced, as in a population
+            _mcfg(task), task, p, r, k, KS, num_samples=4096
+        )
+    )(members[0], ref, jax.random.PRNGKey(0))
     np.testing.assert_allclose(samp["pass_at_k"], pop["pass_at_k"][0], rtol=1e-4)
     for k in ("reward", "exact_kl_rev", "exact_kl_fwd", "entropy"):
         np.testing.assert_allclose(samp[k], pop[k][0], rtol=0.05, atol=0.02, err_msg=k)

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "experiments", "gaussian_kl.py")
+_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "gaussian_kl.py"
+)
 _spec = importlib.util.spec_from_file_location("gaussian_kl_experiment", _PATH)
 gaussian_kl = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gaussian_kl)

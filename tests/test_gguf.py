@@ -25,11 +25,21 @@ from grpo_jax import tokenizer as T  # noqa: E402
 D, H, HKV, DH, MLP, LAYERS = 32, 4, 2, 8, 64, 2
 EPS, THETA, CTX = 1e-5, 500.0, 32
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-MERGE_PAIRS = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "c"), ("a", "t"), ("Ġc", "at"),
-               ("i", "n"), ("Ġ", "in")]
-TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-            "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+MERGE_PAIRS = [
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("Ġ", "c"),
+    ("a", "t"),
+    ("Ġc", "at"),
+    ("i", "n"),
+    ("Ġ", "in"),
+]
+TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -39,8 +49,11 @@ TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '
 
 def bytes_to_unicode():
     """GPT-2's byte -> printable character table (byte-level BPE's alphabet)."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -63,8 +76,11 @@ V = len(tiny_vocab()[0])
 
 def converter_permute(w, n_head):
     """llama.cpp convert_hf_to_gguf.py, LlamaModel.permute (written out again here)."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def hf_weights(seed=0):
@@ -73,10 +89,19 @@ def hf_weights(seed=0):
     n = lambda *s: (0.2 * rng.standard_normal(s)).astype(np.float32)
     w = {"embed": n(V, D), "final_norm": (1 + n(D)).astype(np.float32), "layers": []}
     for _ in range(LAYERS):
-        w["layers"].append(dict(
-            attn_norm=(1 + n(D)).astype(np.float32), q=n(H * DH, D), k=n(HKV * DH, D),
-            v=n(HKV * DH, D), o=n(D, H * DH), ffn_norm=(1 + n(D)).astype(np.float32),
-            gate=n(MLP, D), up=n(MLP, D), down=n(D, MLP)))
+        w["layers"].append(
+            dict(
+                attn_norm=(1 + n(D)).astype(np.float32),
+                q=n(H * DH, D),
+                k=n(HKV * DH, D),
+                v=n(HKV * DH, D),
+                o=n(D, H * DH),
+                ffn_norm=(1 + n(D)).astype(np.float32),
+                gate=n(MLP, D),
+                up=n(MLP, D),
+                down=n(D, MLP),
+            )
+        )
     return w
 
 
@@ -113,19 +138,24 @@ def write_tiny(path, w, *, arch="llama", drop=(), untied=False):
     if untied:
         file_tensors["output.weight"] = w["embed"] * 0.5
     for i, lw in enumerate(w["layers"]):
-        file_tensors.update({
-            f"blk.{i}.attn_norm.weight": lw["attn_norm"],
-            f"blk.{i}.attn_q.weight": converter_permute(lw["q"], H),
-            f"blk.{i}.attn_k.weight": converter_permute(lw["k"], HKV),
-            f"blk.{i}.attn_v.weight": lw["v"],
-            f"blk.{i}.attn_output.weight": lw["o"],
-            f"blk.{i}.ffn_norm.weight": lw["ffn_norm"],
-            f"blk.{i}.ffn_gate.weight": lw["gate"],
-            f"blk.{i}.ffn_up.weight": lw["up"],
-            f"blk.{i}.ffn_down.weight": lw["down"]})
+        file_tensors.update(
+            {
+                f"blk.{i}.attn_norm.weight": lw["attn_norm"],
+                f"blk.{i}.attn_q.weight": converter_permute(lw["q"], H),
+                f"blk.{i}.attn_k.weight": converter_permute(lw["k"], HKV),
+                f"blk.{i}.attn_v.weight": lw["v"],
+                f"blk.{i}.attn_output.weight": lw["o"],
+                f"blk.{i}.ffn_norm.weight": lw["ffn_norm"],
+                f"blk.{i}.ffn_gate.weight": lw["gate"],
+                f"blk.{i}.ffn_up.weight": lw["up"],
+                f"blk.{i}.ffn_down.weight": lw["down"],
+            }
+        )
     expected = {}
-    quant = {"blk.0.ffn_up.weight": gguf.GGMLQuantizationType.Q8_0,
-             "blk.1.attn_q.weight": gguf.GGMLQuantizationType.Q4_1}
+    quant = {
+        "blk.0.ffn_up.weight": gguf.GGMLQuantizationType.Q8_0,
+        "blk.1.attn_q.weight": gguf.GGMLQuantizationType.Q4_1,
+    }
     for name, arr in file_tensors.items():
         if name in drop:
             continue
@@ -175,9 +205,8 @@ def rope_half(x, pos):
     """Hugging Face Llama / NeoX: pairs (i, i + Dh/2). x [L, h, Dh]."""
     i = np.arange(DH // 2)
     a = pos[:, None, None] * THETA ** (-2.0 * i / DH)
-    x1, x2 = x[..., :DH // 2], x[..., DH // 2:]
-    return np.concatenate([x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)],
-                          -1)
+    x1, x2 = x[..., : DH // 2], x[..., DH // 2 :]
+    return np.concatenate([x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)], -1)
 
 
 def numpy_forward(t, tokens, rope_fn):
@@ -228,9 +257,18 @@ TOKENS = np.array([5, 17, 200, 3, 99, 250, 7, 12, 40, 41, 260, 1], np.int32)
 def test_config_from_metadata(tiny):
     path, _, _ = tiny
     cfg, params, meta = G.load(path)
-    assert cfg == M.ModelConfig(vocab_size=V, num_layers=LAYERS, width=D, num_heads=H,
-                                mlp_width=MLP, max_len=CTX, rope_theta=THETA,
-                                num_kv_heads=HKV, tie_embeddings=True, norm_eps=cfg.norm_eps)
+    assert cfg == M.ModelConfig(
+        vocab_size=V,
+        num_layers=LAYERS,
+        width=D,
+        num_heads=H,
+        mlp_width=MLP,
+        max_len=CTX,
+        rope_theta=THETA,
+        num_kv_heads=HKV,
+        tie_embeddings=True,
+        norm_eps=cfg.norm_eps,
+    )
     assert cfg.norm_eps == pytest.approx(EPS)
     assert "head" not in params
     assert meta["general.architecture"] == "llama"
@@ -240,7 +278,7 @@ def test_logits_match_numpy_reference_both_rope_conventions(tiny):
     path, w, expected = tiny
     cfg, params, _ = G.load(path)
     ours = np.asarray(M.forward(cfg, params, jnp.asarray(TOKENS[None])))[0]
-    llama_cpp = numpy_forward(expected, TOKENS, rope_adjacent)      # file rows as stored
+    llama_cpp = numpy_forward(expected, TOKENS, rope_adjacent)  # file rows as stored
     hf = numpy_forward(hf_tensors(w, expected), TOKENS, rope_half)  # original rows
     np.testing.assert_allclose(llama_cpp, hf, atol=1e-9)  # the converter's premise
     np.testing.assert_allclose(ours, llama_cpp, atol=1e-4, rtol=0)
@@ -283,8 +321,9 @@ def test_quantized_tensors_dequantize_to_reference_values(tiny):
     m = raw[:, 2:4].copy().view(np.float16).astype(np.float32)
     qs = raw[:, 4:]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)
-    np.testing.assert_allclose((d * q + m).reshape(H * DH, D),
-                               tensors["blk.1.attn_q.weight"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        (d * q + m).reshape(H * DH, D), tensors["blk.1.attn_q.weight"], rtol=0, atol=1e-6
+    )
     # Quantisation error is small but real (the test is not comparing a float32 tensor).
     orig = converter_permute(w["layers"][1]["q"], H)
     err = np.abs(tensors["blk.1.attn_q.weight"] - orig).max()
@@ -297,19 +336,18 @@ def test_errors_name_the_problem(tiny, tmp_path):
     with pytest.raises(ValueError, match="unsupported architecture 'gpt2'"):
         G.model_config_from_metadata({**meta, "general.architecture": "gpt2"})
     with pytest.raises(ValueError, match="llama.block_count"):
-        G.model_config_from_metadata({k: v for k, v in meta.items()
-                                      if k != "llama.block_count"})
+        G.model_config_from_metadata({k: v for k, v in meta.items() if k != "llama.block_count"})
     cfg, _, _ = G.load(path)
     tensors = G.read_tensors(path)
     with pytest.raises(ValueError, match=r"missing tensor.*blk\.1\.ffn_down\.weight"):
-        G.params_from_tensors(cfg, {k: v for k, v in tensors.items()
-                                    if k != "blk.1.ffn_down.weight"})
+        G.params_from_tensors(
+            cfg, {k: v for k, v in tensors.items() if k != "blk.1.ffn_down.weight"}
+        )
     bad = dict(tensors, **{"blk.0.attn_v.weight": tensors["blk.0.attn_v.weight"][:8]})
     with pytest.raises(ValueError, match=r"'blk\.0\.attn_v\.weight' has shape"):
         G.params_from_tensors(cfg, bad)
     with pytest.raises(ValueError, match="no place for.*output.weight"):
-        G.params_from_tensors(cfg, dict(tensors, **{"output.weight": tensors[
-            "token_embd.weight"]}))
+        G.params_from_tensors(cfg, dict(tensors, **{"output.weight": tensors["token_embd.weight"]}))
     # A file with its own head is loaded untied; one missing a tensor fails with its name.
     untied = tmp_path / "untied.gguf"
     write_tiny(untied, w, untied=True)
@@ -326,8 +364,15 @@ def test_kv_cache_greedy_sampling_matches_teacher_forcing(tiny):
     path, _, _ = tiny
     cfg, params, _ = G.load(path)
     prompts = jnp.asarray(np.stack([TOKENS[:5], TOKENS[5:10]]))
-    out = sampling.sample(cfg, params, prompts, jax.random.key(0), max_new_tokens=6,
-                          temperature=0.0, return_logits=True)
+    out = sampling.sample(
+        cfg,
+        params,
+        prompts,
+        jax.random.key(0),
+        max_new_tokens=6,
+        temperature=0.0,
+        return_logits=True,
+    )
     tf = M.completion_logits(cfg, params, prompts, out.tokens)
     np.testing.assert_allclose(out.logits, tf, atol=1e-4)
     np.testing.assert_array_equal(out.tokens, np.argmax(np.asarray(tf), -1))
@@ -338,7 +383,7 @@ def test_tokenizer_round_trip_and_chat_template(tiny):
     tok = T.from_gguf(path)
     tokens, _ = tiny_vocab()
     assert tok.vocab_size == V
-    assert [tok.token_to_id(t) for t in tokens] == list(range(V))   # the file's own ids
+    assert [tok.token_to_id(t) for t in tokens] == list(range(V))  # the file's own ids
     assert [tok.id_to_token(i) for i in range(V)] == tokens
     assert tok.special_ids == (0, 1, 2) and tok.bos_id == 1 and tok.eos_id == 2
     ids = tok.encode("the cat in 42")
@@ -349,8 +394,10 @@ def test_tokenizer_round_trip_and_chat_template(tiny):
         assert tok.decode(ids) == text
         # The ids spell the text in the file's own vocabulary.
         byte_of = {c: b for b, c in bytes_to_unicode().items()}
-        spelled = b"".join(tokens[i].encode() if i < len(SPECIALS)
-                           else bytes(byte_of[c] for c in tokens[i]) for i in ids)
+        spelled = b"".join(
+            tokens[i].encode() if i < len(SPECIALS) else bytes(byte_of[c] for c in tokens[i])
+            for i in ids
+        )
         assert spelled.decode() == text
     assert tok.encode("<|im_start|>user")[:1] == [1]  # a control token is one id
     text = tok.apply_chat_template([{"role": "user", "content": "the cat?"}])
@@ -374,9 +421,17 @@ def test_number_text_task_reward_and_labels(tiny):
     assert task.prompts[0][-1] == tok.token_to_id("Ġ")  # the reply stops before the number
     d = lambda c: tok.token_to_id(c)
     prompts = jnp.asarray([task.prompts[0]] * 5 + [task.prompts[1]] * 2)
-    comps = jnp.asarray([[d("1"), d("3")], [d("1"), d("5")], [d("7"), d(".")],
-                         [d("0"), d("7")], [d("a"), d("3")], [d("2"), d("3")],
-                         [d("1"), d("3")]])
+    comps = jnp.asarray(
+        [
+            [d("1"), d("3")],
+            [d("1"), d("5")],
+            [d("7"), d(".")],
+            [d("0"), d("7")],
+            [d("a"), d("3")],
+            [d("2"), d("3")],
+            [d("1"), d("3")],
+        ]
+    )
     np.testing.assert_array_equal(task.numbers(comps), [13, 15, 7, -1, -1, 23, 13])
     np.testing.assert_array_equal(task.reward(prompts, comps), [1, 0, 0, 0, 0, 1, 0])
     np.testing.assert_array_equal(task.mode_labels(prompts, comps), [1, -1, -1, -1, -1, 4, -1])
@@ -392,9 +447,14 @@ def _grpo_setup(path, **kw):
     task = number_text.prime_task(tok, ranges=((10, 50), (20, 60)))
     cfg, params, _ = G.load(path, max_len=task.prompt_len + task.completion_len)
     assert cfg.kv_heads < cfg.num_heads and cfg.tie_embeddings
-    setup = train.RLSetup(model=cfg, task=task, num_prompts=4, group_size=4,
-                          kl_choices=("exact_fwd/loss", "exact_rev/loss", "k3/loss", "k2/loss"),
-                          **kw)
+    setup = train.RLSetup(
+        model=cfg,
+        task=task,
+        num_prompts=4,
+        group_size=4,
+        kl_choices=("exact_fwd/loss", "exact_rev/loss", "k3/loss", "k2/loss"),
+        **kw,
+    )
     # The policy starts a little off the reference, so the KL term has a gradient even when
     # no sample of this tiny random model earns a reward.
     noise = jax.random.normal(jax.random.key(9), params["embed"]["embedding"].shape)
@@ -418,9 +478,13 @@ def test_grpo_population_of_the_four_regularisers_on_8_devices(tiny):
     stack = lambda t: jax.tree.map(lambda x: jnp.stack([x] * 4), t)
     keys = jax.random.split(jax.random.key(2), 4)
     state = jax.vmap(lambda p, r, k: train.init_rl_state(setup, p, r, k))(
-        stack(policy), stack(ref), keys)
-    hp = train.Hparams(loss=stack(losses.LossConfig(beta=0.1)),
-                       lr=jnp.full((4,), 1e-2, jnp.float32), kl_choice=jnp.arange(4))
+        stack(policy), stack(ref), keys
+    )
+    hp = train.Hparams(
+        loss=stack(losses.LossConfig(beta=0.1)),
+        lr=jnp.full((4,), 1e-2, jnp.float32),
+        kl_choice=jnp.arange(4),
+    )
     state, metrics = train.make_rl_chunk(setup, chunk_steps=2, population=True)(state, hp)
     np.testing.assert_array_equal(state.step, [2, 2, 2, 2])
     for k in ("loss", "exact_kl_fwd", "exact_kl_rev", "entropy", "reward_mean"):

@@ -61,12 +61,13 @@ def test_t_interval_coverage():
 
 def test_matched_strength_recovers_a_known_crossing():
     betas = np.geomspace(0.01, 10, 12)
-    reward = 1.0 / (1.0 + betas)          # falls with strength
-    fwd = 0.5 * (1 - reward)              # two outcome-vs-reward lines crossing at r = 0.5:
-    rev = (1 - reward) ** 2               # 0.5 (1 - r) = (1 - r)^2  <=>  r = 0.5
+    reward = 1.0 / (1.0 + betas)  # falls with strength
+    fwd = 0.5 * (1 - reward)  # two outcome-vs-reward lines crossing at r = 0.5:
+    rev = (1 - reward) ** 2  # 0.5 (1 - r) = (1 - r)^2  <=>  r = 0.5
     for target, want in ((0.5, 0.0), (0.2, 0.4 - 0.64), (0.8, 0.1 - 0.04)):
-        got = inf.at_matched(betas, reward, fwd, target) - inf.at_matched(betas, reward, rev,
-                                                                            target)
+        got = inf.at_matched(betas, reward, fwd, target) - inf.at_matched(
+            betas, reward, rev, target
+        )
         assert got == pytest.approx(want, abs=0.02)
     # Outside the sweep: NaN; a noisy (non-monotone) reward is made monotone first.
     assert math.isnan(inf.at_matched(betas, reward, fwd, 0.999))
@@ -83,15 +84,17 @@ def _simulate(delta_uni, delta_multi, seeds, rng, sd=0.5, margin=0.5):
     return inf.decide(i, u, margin_interaction=margin, margin_unimodal=margin).verdict
 
 
-@pytest.mark.parametrize("case,uni,multi,expect,rate", [
-    ("planted interaction", 0.0, 2.0, "holds", 0.9),
-    ("planted unimodal effect", 2.0, 2.0, "refuted", 0.9),
-])
+@pytest.mark.parametrize(
+    "case,uni,multi,expect,rate",
+    [
+        ("planted interaction", 0.0, 2.0, "holds", 0.9),
+        ("planted unimodal effect", 2.0, 2.0, "refuted", 0.9),
+    ],
+)
 def test_decision_rule_on_planted_effects(case, uni, multi, expect, rate):
     rng = np.random.default_rng(2)
     got = [_simulate(uni, multi, 32, rng) for _ in range(300)]
-    assert np.mean([g == expect for g in got]) >= rate, (case, {v: got.count(v) for v in
-                                                                set(got)})
+    assert np.mean([g == expect for g in got]) >= rate, (case, {v: got.count(v) for v in set(got)})
 
 
 def test_decision_rule_false_verdict_rate_under_pure_noise():

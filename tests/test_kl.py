@@ -77,8 +77,7 @@ def test_every_estimator(name):
             np.testing.assert_allclose(out["e_on"], out["e_k2"], rtol=1e-12)
             assert abs(out["e_on"] - out["exact"]["reverse"]) > 1e-3
         else:
-            np.testing.assert_allclose(out["e_on"], out["exact"][kl.VALUE_TARGET[name]],
-                                       rtol=1e-12)
+            np.testing.assert_allclose(out["e_on"], out["exact"][kl.VALUE_TARGET[name]], rtol=1e-12)
 
 
 def test_hand_computed_values():
@@ -87,8 +86,13 @@ def test_hand_computed_values():
     old = logp - np.log(2.0)  # importance weight w = 2
     d, r = np.log(2.0), 0.5
     expected = {
-        "k1": d, "k2": d * d / 2, "k3": r - 1 + d, "fwd_rlogr": r * np.log(r),
-        "fwd_nonneg": r * np.log(r) - (r - 1), "k1_st": d, "k3_st": r - 1 + d,
+        "k1": d,
+        "k2": d * d / 2,
+        "k3": r - 1 + d,
+        "fwd_rlogr": r * np.log(r),
+        "fwd_nonneg": r * np.log(r) - (r - 1),
+        "k1_st": d,
+        "k3_st": r - 1 + d,
     }
 
     @jax.jit
@@ -130,11 +134,15 @@ def test_exact_matches_naive_and_finite_differences():
             for d in kl.DIRECTIONS:
                 f = lambda a, b: jnp.sum(kl.exact(a, b, d) * weights)
                 ga, gb = jax.grad(f, argnums=(0, 1))(logits, ref_logits)
-                fd = (f(logits + eps * direction[0], ref_logits + eps * direction[1])
-                      - f(logits - eps * direction[0], ref_logits - eps * direction[1]))
-                out[d] = (kl.exact(logits, ref_logits, d),
-                          jnp.sum(ga * direction[0]) + jnp.sum(gb * direction[1]),
-                          fd / (2 * eps), ga)
+                fd = f(logits + eps * direction[0], ref_logits + eps * direction[1]) - f(
+                    logits - eps * direction[0], ref_logits - eps * direction[1]
+                )
+                out[d] = (
+                    kl.exact(logits, ref_logits, d),
+                    jnp.sum(ga * direction[0]) + jnp.sum(gb * direction[1]),
+                    fd / (2 * eps),
+                    ga,
+                )
             return out
 
         out = compute(logits, ref_logits, direction)
@@ -150,8 +158,9 @@ def test_exact_matches_naive_and_finite_differences():
             np.testing.assert_allclose(value, naive[d], rtol=1e-12)
             np.testing.assert_allclose(directional, fd, rtol=1e-7)
         # Closed form: grad_logits KL_fwd = w * (pi - pi_ref).
-        np.testing.assert_allclose(out["forward"][3], np.asarray(weights)[..., None] * (p - q),
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            out["forward"][3], np.asarray(weights)[..., None] * (p - q), atol=1e-12
+        )
 
 
 def test_exact_is_stable_for_large_logits_and_bfloat16():
@@ -178,9 +187,14 @@ def test_extreme_log_ratios(dtype):
 
             def f(lp, shift):
                 old = (lp - shift).astype(dtype) if has_old else None
-                return kl.estimate(lp.astype(dtype), jnp.zeros_like(lp, dtype), name,
-                                   old_logp=old, clamp_log_ratio=clamp_lr,
-                                   clamp_value=clamp_v)
+                return kl.estimate(
+                    lp.astype(dtype),
+                    jnp.zeros_like(lp, dtype),
+                    name,
+                    old_logp=old,
+                    clamp_log_ratio=clamp_lr,
+                    clamp_value=clamp_v,
+                )
 
             vg = jax.vmap(jax.value_and_grad(f), (0, None))
             out.append(jax.vmap(vg, (None, 0))(delta, shifts))  # 2 x [shifts, deltas]
@@ -201,15 +215,17 @@ def test_clamps_and_clamp_fraction():
     logp = jnp.array([-30.0, -5.0, 0.0, 5.0, 30.0])
     ref = jnp.zeros(5)
     # Log-ratio clamp: value at the clamp, zero gradient past it, untouched inside.
-    v, g = jax.vmap(jax.value_and_grad(
-        lambda x, r: kl.estimate(x, r, "k3", clamp_log_ratio=10.0)))(logp, ref)
+    v, g = jax.vmap(jax.value_and_grad(lambda x, r: kl.estimate(x, r, "k3", clamp_log_ratio=10.0)))(
+        logp, ref
+    )
     np.testing.assert_allclose(v[0], np.expm1(10.0) - 10.0, rtol=1e-6)
     np.testing.assert_allclose(v[4], np.expm1(-10.0) + 10.0, rtol=1e-6)
     np.testing.assert_allclose(g[jnp.array([0, 4])], 0.0)
     np.testing.assert_allclose(g[1], -np.expm1(5.0), rtol=1e-6)
     # Value clamp.
-    v, g = jax.vmap(jax.value_and_grad(
-        lambda x, r: kl.estimate(x, r, "k3", clamp_value=10.0)))(logp, ref)
+    v, g = jax.vmap(jax.value_and_grad(lambda x, r: kl.estimate(x, r, "k3", clamp_value=10.0)))(
+        logp, ref
+    )
     np.testing.assert_allclose(v, [10.0, 10.0, 0.0, np.expm1(-5.0) + 5.0, 10.0], rtol=1e-6)
     np.testing.assert_allclose(g[jnp.array([0, 1, 4])], 0.0)
     np.testing.assert_allclose(g[3], -np.expm1(-5.0), rtol=1e-6)
@@ -228,16 +244,17 @@ def test_jit_vmap_and_sharded_inputs():
     eager = {n: kl.estimate(logp, ref, n) for n in kl.ESTIMATORS}
     jitted = jax.jit(kl.estimate, static_argnames=("estimator",))
     for n in kl.ESTIMATORS:
+        np.testing.assert_allclose(jitted(logp, ref, estimator=n), eager[n], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
-            jitted(logp, ref, estimator=n), eager[n], rtol=1e-5, atol=1e-6
-        )
-        np.testing.assert_allclose(
-            jax.vmap(lambda a, b: kl.estimate(a, b, n))(logp, ref), eager[n], rtol=1e-5,
+            jax.vmap(lambda a, b: kl.estimate(a, b, n))(logp, ref),
+            eager[n],
+            rtol=1e-5,
             atol=1e-6,
         )
     exact_eager = kl.exact(logits, ref_logits, "reverse")
     np.testing.assert_allclose(
-        jax.vmap(lambda a, b: kl.exact(a, b, "reverse"))(logits, ref_logits), exact_eager,
+        jax.vmap(lambda a, b: kl.exact(a, b, "reverse"))(logits, ref_logits),
+        exact_eager,
         rtol=1e-6,
     )
     # Sharded over the 8 test devices along the batch axis.

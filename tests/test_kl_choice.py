@@ -24,13 +24,16 @@ def test_beta_zero_is_none():
     assert KLChoice.parse("none").is_none and not KLChoice.parse("k1/loss").is_none
 
 
-@pytest.mark.parametrize("text,match", [
-    ("k4/loss", "unknown KL estimator 'k4'.*valid: k1"),
-    ("k3/everywhere", "unknown KL placement 'everywhere'.*valid: loss, reward"),
-    ("k3/", "empty placement"),
-    ("", "bad KL choice"),
-    ("exact_forward/loss", "unknown KL estimator 'exact_forward'.*exact_fwd"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("k4/loss", "unknown KL estimator 'k4'.*valid: k1"),
+        ("k3/everywhere", "unknown KL placement 'everywhere'.*valid: loss, reward"),
+        ("k3/", "empty placement"),
+        ("", "bad KL choice"),
+        ("exact_forward/loss", "unknown KL estimator 'exact_forward'.*exact_fwd"),
+    ],
+)
 def test_bad_names_list_the_valid_ones(text, match):
     with pytest.raises(ValueError, match=match):
         KLChoice.parse(text)
@@ -39,5 +42,7 @@ def test_bad_names_list_the_valid_ones(text, match):
 def test_none_has_no_loss_fields():
     with pytest.raises(ValueError, match="beta = 0"):
         KLChoice.none().loss_fields()
-    assert KLChoice.parse("k2/reward").loss_fields() == {"kl_estimator": "k2",
-                                                         "kl_placement": "reward"}
+    assert KLChoice.parse("k2/reward").loss_fields() == {
+        "kl_estimator": "k2",
+        "kl_placement": "reward",
+    }

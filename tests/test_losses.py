@@ -25,7 +25,7 @@ def _inputs(seed=0):
     lengths[5] = 0
     mask = (np.arange(T)[None] < lengths[:, None]).astype(np.float32)
     rewards = rng.integers(0, 3, size=B).astype(np.float32)
-    rewards[0:4] = 1.0                        # one zero-variance group
+    rewards[0:4] = 1.0  # one zero-variance group
     return dict(logp=logp, old=old, ref=ref, mask=mask, rewards=rewards)
 
 
@@ -34,11 +34,23 @@ def _np_kl(est, logp, ref):
     return {"k1": d, "k2": 0.5 * d * d, "k3": math.exp(-d) - 1.0 + d}[est]
 
 
-def _np_objective(x, *, beta, eps_low, eps_high, aggregation, placement, est, adv_est,
-                  dual_clip=None, is_level="token", norm_len=None, adv_eps=1e-6):
+def _np_objective(
+    x,
+    *,
+    beta,
+    eps_low,
+    eps_high,
+    aggregation,
+    placement,
+    est,
+    adv_est,
+    dual_clip=None,
+    is_level="token",
+    norm_len=None,
+    adv_eps=1e-6,
+):
     """DeepSeekMath GRPO with explicit loops over i and t (float64)."""
-    logp, old, ref, mask = (np.asarray(x[k], np.float64) for k in ("logp", "old", "ref",
-                                                                    "mask"))
+    logp, old, ref, mask = (np.asarray(x[k], np.float64) for k in ("logp", "old", "ref", "mask"))
     R = np.asarray(x["rewards"], np.float64).copy()
     if placement == "reward":
         for i in range(B):
@@ -82,8 +94,9 @@ def _j(x):
     return {k: jnp.asarray(v) for k, v in x.items()}
 
 
-CASES = [(agg, pl, "k3", "grpo", None, "token") for agg in L.AGGREGATIONS
-         for pl in L.PLACEMENTS] + [
+CASES = [
+    (agg, pl, "k3", "grpo", None, "token") for agg in L.AGGREGATIONS for pl in L.PLACEMENTS
+] + [
     ("seq_mean_token_mean", "loss", "k1", "drgrpo", 1.5, "token"),
     ("token_mean", "reward", "k1", "rloo", 1.5, "token"),
     ("seq_mean_token_mean", "loss", "k2", "grpo", None, "sequence"),
@@ -92,25 +105,41 @@ CASES = [(agg, pl, "k3", "grpo", None, "token") for agg in L.AGGREGATIONS
 
 
 @pytest.mark.parametrize("aggregation,placement,est,adv_est,dual_clip,is_level", CASES)
-def test_matches_numpy_transcription(aggregation, placement, est, adv_est, dual_clip,
-                                     is_level):
+def test_matches_numpy_transcription(aggregation, placement, est, adv_est, dual_clip, is_level):
     x = _inputs(1)
     norm_len = 8.0 if aggregation == "seq_mean_token_sum_norm" and is_level == "token" else None
     eps = 0.2 if is_level == "token" else 0.05
-    cfg = L.make_config(beta=0.1, eps_low=eps, eps_high=eps + 0.08,
-                        dual_clip=math.inf if dual_clip is None else dual_clip,
-                        norm_len=norm_len, aggregation=aggregation, kl_placement=placement,
-                        kl_estimator=est, advantage_estimator=adv_est, is_level=is_level)
-    want, want_adv = _np_objective(x, beta=0.1, eps_low=eps, eps_high=eps + 0.08,
-                                   aggregation=aggregation, placement=placement, est=est,
-                                   adv_est=adv_est, dual_clip=dual_clip,
-                                   is_level=is_level, norm_len=norm_len)
+    cfg = L.make_config(
+        beta=0.1,
+        eps_low=eps,
+        eps_high=eps + 0.08,
+        dual_clip=math.inf if dual_clip is None else dual_clip,
+        norm_len=norm_len,
+        aggregation=aggregation,
+        kl_placement=placement,
+        kl_estimator=est,
+        advantage_estimator=adv_est,
+        is_level=is_level,
+    )
+    want, want_adv = _np_objective(
+        x,
+        beta=0.1,
+        eps_low=eps,
+        eps_high=eps + 0.08,
+        aggregation=aggregation,
+        placement=placement,
+        est=est,
+        adv_est=adv_est,
+        dual_clip=dual_clip,
+        is_level=is_level,
+        norm_len=norm_len,
+    )
     j = _j(x)
-    adv, _ = L.compute_advantages(j["rewards"], G, cfg, old_logp=j["old"],
-                                  ref_logp=j["ref"], mask=j["mask"])
+    adv, _ = L.compute_advantages(
+        j["rewards"], G, cfg, old_logp=j["old"], ref_logp=j["ref"], mask=j["mask"]
+    )
     np.testing.assert_allclose(adv, want_adv, rtol=1e-6, atol=1e-6)
-    loss, aux = L.grpo_objective(j["logp"], j["old"], j["ref"], j["rewards"], j["mask"], G,
-                                 cfg)
+    loss, aux = L.grpo_objective(j["logp"], j["old"], j["ref"], j["rewards"], j["mask"], G, cfg)
     np.testing.assert_allclose(float(loss), want, rtol=1e-6, atol=1e-6)
     assert float(aux["loss_num"] / aux["loss_den"]) == pytest.approx(float(loss), rel=1e-6)
     # Group 0 has equal rewards; in the reward placement the KL makes them differ.
@@ -119,26 +148,27 @@ def test_matches_numpy_transcription(aggregation, placement, est, adv_est, dual_
     # The inputs produce some clipping both ways, so the test exercises both branches.
     if is_level == "token":
         assert 0 < float(aux["clip_frac_low"]) < 1 and 0 < float(aux["clip_frac_high"]) < 1
-    if placement == "reward":   # KL reported, not added
+    if placement == "reward":  # KL reported, not added
         assert float(aux["loss"]) == pytest.approx(float(aux["pg_loss"]))
     else:
         assert float(aux["loss"]) == pytest.approx(
-            float(aux["pg_loss"] + 0.1 * aux["kl_loss"]), rel=1e-6)
+            float(aux["pg_loss"] + 0.1 * aux["kl_loss"]), rel=1e-6
+        )
 
 
 def test_reward_to_go_path():
     """kl_reward_to_go: A_it from returns R_i - beta * sum_{u>=t} D_iu, normalised by totals."""
     x = _inputs(2)
     j = _j(x)
-    cfg = L.make_config(beta=0.3, kl_placement="reward", kl_estimator="k1",
-                        kl_reward_to_go=True)
-    adv, _ = L.compute_advantages(j["rewards"], G, cfg, old_logp=j["old"],
-                                  ref_logp=j["ref"], mask=j["mask"])
+    cfg = L.make_config(beta=0.3, kl_placement="reward", kl_estimator="k1", kl_reward_to_go=True)
+    adv, _ = L.compute_advantages(
+        j["rewards"], G, cfg, old_logp=j["old"], ref_logp=j["ref"], mask=j["mask"]
+    )
     assert adv.shape == (B, T)
     d = (x["old"] - x["ref"]).astype(np.float64) * x["mask"]
     totals = x["rewards"] - 0.3 * d.sum(1)
     for g in range(B // G):
-        z = totals[g * G:(g + 1) * G]
+        z = totals[g * G : (g + 1) * G]
         mean, std = z.mean(), z.std()
         for i in range(g * G, (g + 1) * G):
             for t in range(T):
@@ -147,8 +177,9 @@ def test_reward_to_go_path():
                     want = (x["rewards"][i] - 0.3 * d[i, t:].sum() - mean) / (std + 1e-6)
                 assert float(adv[i, t]) == pytest.approx(want, abs=1e-5)
     # The loss accepts [B, T] advantages and, at logp = old, equals -mean A.
-    loss, _ = L.grpo_loss(j["old"], j["old"], j["ref"], adv, j["mask"],
-                          cfg.replace(aggregation="token_mean"))
+    loss, _ = L.grpo_loss(
+        j["old"], j["old"], j["ref"], adv, j["mask"], cfg.replace(aggregation="token_mean")
+    )
     want = -np.sum(np.asarray(adv) * x["mask"]) / x["mask"].sum()
     assert float(loss) == pytest.approx(want, abs=1e-6)
 
@@ -169,8 +200,9 @@ def _logp_of(theta, tokens):
 def test_gradient_is_policy_gradient_at_rho_one(aggregation, is_level):
     theta, tokens = _softmax_policy()
     x = _inputs(4)
-    mask, adv = jnp.asarray(x["mask"]), jnp.asarray(np.random.default_rng(5).normal(size=B),
-                                                    jnp.float32)
+    mask, adv = jnp.asarray(x["mask"]), jnp.asarray(
+        np.random.default_rng(5).normal(size=B), jnp.float32
+    )
     old = _logp_of(theta, tokens)
     cfg = L.make_config(beta=0.0, aggregation=aggregation, is_level=is_level)
 
@@ -184,14 +216,20 @@ def test_gradient_is_policy_gradient_at_rho_one(aggregation, is_level):
     p /= p.sum(-1, keepdims=True)
     n = m.sum(1)
     want = np.zeros_like(th)
-    den = {"seq_mean_token_mean": (n > 0).sum(), "token_mean": m.sum(),
-           "seq_mean_token_sum_norm": B}[aggregation]
+    den = {
+        "seq_mean_token_mean": (n > 0).sum(),
+        "token_mean": m.sum(),
+        "seq_mean_token_sum_norm": B,
+    }[aggregation]
     for i in range(B):
         for t in range(T):
             if not m[i, t]:
                 continue
-            w = {"seq_mean_token_mean": 1.0 / max(n[i], 1), "token_mean": 1.0,
-                 "seq_mean_token_sum_norm": 1.0 / T}[aggregation]
+            w = {
+                "seq_mean_token_mean": 1.0 / max(n[i], 1),
+                "token_mean": 1.0,
+                "seq_mean_token_sum_norm": 1.0 / T,
+            }[aggregation]
             score = -p[i, t].copy()
             score[int(y[i, t])] += 1.0
             want[i, t] = -a[i] * w * score / den
@@ -204,10 +242,12 @@ def test_clipped_branch_has_zero_gradient():
     shift = jnp.asarray([[up, down, up, down, math.log(3.0), math.log(1.1)]])
     adv = jnp.asarray([[1.0, -1.0, -1.0, 1.0, -1.0, -1.0]])
     mask = jnp.ones((1, 6))
-    cfg = L.make_config(beta=0.0, eps_low=0.2, eps_high=0.28, dual_clip=2.0,
-                        aggregation="token_mean")
+    cfg = L.make_config(
+        beta=0.0, eps_low=0.2, eps_high=0.28, dual_clip=2.0, aggregation="token_mean"
+    )
     g, aux = jax.grad(lambda lp: L.grpo_loss(lp, old, old, adv, mask, cfg), has_aux=True)(
-        old + shift)
+        old + shift
+    )
     g = np.asarray(g)[0]
     # rho=1.5, A>0: clipped high -> 0.  rho=0.5, A<0: clipped low -> 0.
     assert g[0] == 0.0 and g[1] == 0.0
@@ -231,16 +271,23 @@ def _logits_inputs(seed=6):
     return logits, ref_logits
 
 
-@pytest.mark.parametrize("placement,est,is_level", [("loss", "k3", "token"),
-                                                    ("reward", "k1", "sequence"),
-                                                    ("loss", "exact_fwd", "token")])
+@pytest.mark.parametrize(
+    "placement,est,is_level",
+    [("loss", "k3", "token"), ("reward", "k1", "sequence"), ("loss", "exact_fwd", "token")],
+)
 def test_masked_garbage_changes_nothing(placement, est, is_level):
     """Garbage sits directly in the differentiated inputs (logp, logits) and in the rest."""
     x = _inputs(7)
     logits, ref_logits = _logits_inputs()
     m = x["mask"] > 0
-    cfg = L.make_config(beta=0.1, kl_placement=placement, kl_estimator=est,
-                        is_level=is_level, aggregation="token_mean", dual_clip=3.0)
+    cfg = L.make_config(
+        beta=0.1,
+        kl_placement=placement,
+        kl_estimator=est,
+        is_level=is_level,
+        aggregation="token_mean",
+        dual_clip=3.0,
+    )
     rewards, mask = jnp.asarray(x["rewards"]), jnp.asarray(x["mask"])
 
     def run(bad):
@@ -249,11 +296,20 @@ def test_masked_garbage_changes_nothing(placement, est, is_level):
             return jnp.asarray(np.where(mm, a, sign * bad).astype(np.float32))
 
         def f(logp, lg):
-            return L.grpo_objective(logp, fill(x["old"]), fill(x["ref"], -1.0), rewards,
-                                    mask, G, cfg, logits=lg, ref_logits=fill(ref_logits),
-                                    old_logits=fill(logits))
-        return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(fill(x["logp"]),
-                                                                   fill(logits))
+            return L.grpo_objective(
+                logp,
+                fill(x["old"]),
+                fill(x["ref"], -1.0),
+                rewards,
+                mask,
+                G,
+                cfg,
+                logits=lg,
+                ref_logits=fill(ref_logits),
+                old_logits=fill(logits),
+            )
+
+        return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(fill(x["logp"]), fill(logits))
 
     (loss0, aux0), g0 = run(0.0)
     assert np.isfinite(float(loss0)) and all(np.all(np.isfinite(g)) for g in g0)
@@ -263,8 +319,7 @@ def test_masked_garbage_changes_nothing(placement, est, is_level):
         assert float(loss) == float(loss0)
         for a, b in zip(g, g0):
             np.testing.assert_array_equal(a, b)
-        for k in ("loss", "kl_mean", "ratio_max", "entropy", "exact_kl_rev",
-                  "adv/adv_mean"):
+        for k in ("loss", "kl_mean", "ratio_max", "entropy", "exact_kl_rev", "adv/adv_mean"):
             assert float(aux[k]) == float(aux0[k]), k
 
 
@@ -278,8 +333,7 @@ def test_exact_kl_regulariser():
     zero_adv = jnp.zeros(B)
 
     def f(lg):
-        return L.grpo_loss(old, old, None, zero_adv, mask, cfg, logits=lg,
-                           ref_logits=ref_logits)
+        return L.grpo_loss(old, old, None, zero_adv, mask, cfg, logits=lg, ref_logits=ref_logits)
 
     (loss, aux), g = jax.value_and_grad(f, has_aux=True)(logits)
     lq = np.asarray(jax.nn.log_softmax(logits), np.float64)
@@ -293,23 +347,27 @@ def test_exact_kl_regulariser():
                 kl_fwd[i, t] += math.exp(lr[i, t, v]) * (lr[i, t, v] - lq[i, t, v])
     mk = x["mask"]
     np.testing.assert_allclose(float(loss), 0.5 * (kl_rev * mk).sum() / mk.sum(), rtol=1e-5)
-    np.testing.assert_allclose(float(aux["exact_kl_fwd"]), (kl_fwd * mk).sum() / mk.sum(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(aux["exact_kl_fwd"]), (kl_fwd * mk).sum() / mk.sum(), rtol=1e-5
+    )
     # Gradient wrt logits of sum(w * KL_rev): zero at masked rows, nonzero elsewhere.
     gn = np.asarray(g)
     assert np.all(gn[mk == 0] == 0.0) and np.all(np.abs(gn[mk > 0]).sum(-1) > 0)
     with pytest.raises(ValueError, match="logits and ref_logits"):
         L.grpo_loss(old, old, None, zero_adv, mask, cfg)
     # In the reward placement the exact KL of the sampling logits is the per-token penalty.
-    cfg_r = L.make_config(beta=0.5, kl_estimator="exact_rev", kl_placement="reward",
-                          advantage_estimator="drgrpo")
-    adv, aux_r = L.compute_advantages(jnp.asarray(x["rewards"]), G, cfg_r, mask=mask,
-                                      old_logits=logits, ref_logits=ref_logits)
+    cfg_r = L.make_config(
+        beta=0.5, kl_estimator="exact_rev", kl_placement="reward", advantage_estimator="drgrpo"
+    )
+    adv, aux_r = L.compute_advantages(
+        jnp.asarray(x["rewards"]), G, cfg_r, mask=mask, old_logits=logits, ref_logits=ref_logits
+    )
     totals = x["rewards"] - 0.5 * (kl_rev * mk).sum(1)
     want = totals - np.repeat(totals.reshape(-1, G).mean(1), G)
     np.testing.assert_allclose(adv, want, atol=1e-5)
-    np.testing.assert_allclose(float(aux_r["kl_reward_mean"]), (kl_rev * mk).sum(1).mean(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(aux_r["kl_reward_mean"]), (kl_rev * mk).sum(1).mean(), rtol=1e-5
+    )
 
 
 def test_importance_weighted_kl():
@@ -341,7 +399,7 @@ def test_split_over_eight_devices():
         # Accumulated over 8 micro-batches of 2 rows: sum(num) / sum(den).
         nums, dens = [], []
         for k in range(8):
-            part = tuple(a[2 * k:2 * k + 2] for a in args)
+            part = tuple(a[2 * k : 2 * k + 2] for a in args)
             _, aux = L.grpo_loss(*part, cfg)
             nums.append(float(aux["loss_num"]))
             dens.append(float(aux["loss_den"]))
@@ -352,12 +410,12 @@ def test_jit_vmap_grad_population():
     x = _inputs(13)
     j = _j(x)
     betas = jnp.asarray([0.0, 0.04, 0.3])
-    cfg = L.make_config(kl_placement="reward", kl_estimator="k1",
-                        aggregation="token_mean", beta=betas)
+    cfg = L.make_config(
+        kl_placement="reward", kl_estimator="k1", aggregation="token_mean", beta=betas
+    )
 
     def objective(cfg):
-        return L.grpo_objective(j["logp"], j["old"], j["ref"], j["rewards"], j["mask"], G,
-                                cfg)[0]
+        return L.grpo_objective(j["logp"], j["old"], j["ref"], j["rewards"], j["mask"], G, cfg)[0]
 
     axes = jax.tree.map(lambda _: None, cfg).replace(beta=0)
     pop = jax.jit(jax.vmap(objective, in_axes=(axes,)))(cfg)
@@ -366,9 +424,16 @@ def test_jit_vmap_grad_population():
         np.testing.assert_allclose(pop[s], single, rtol=1e-6)
     # grad wrt logp, under jit and vmap over beta (loss placement).
     cfg2 = L.make_config(aggregation="seq_mean_token_mean")
-    g = jax.jit(jax.vmap(jax.grad(lambda lp, b: L.grpo_objective(
-        lp, j["old"], j["ref"], j["rewards"], j["mask"], G, cfg2.replace(beta=b))[0]),
-        in_axes=(None, 0)))(j["logp"], betas)
+    g = jax.jit(
+        jax.vmap(
+            jax.grad(
+                lambda lp, b: L.grpo_objective(
+                    lp, j["old"], j["ref"], j["rewards"], j["mask"], G, cfg2.replace(beta=b)
+                )[0]
+            ),
+            in_axes=(None, 0),
+        )
+    )(j["logp"], betas)
     assert g.shape == (3, B, T) and np.all(np.isfinite(g))
     assert np.all(np.asarray(g)[:, x["mask"] == 0] == 0.0)
     assert not np.allclose(g[0], g[2])
@@ -379,10 +444,12 @@ def test_building_blocks_hand_computed():
     rho = jnp.asarray([[1.5, 0.5, 3.0, 1.1]])
     adv = jnp.asarray([[1.0, -1.0, -1.0, -1.0]])
     # -min(rho' A, clip(rho, 0.8, 1.28) A); the dual clip caps rho' at 2 where A < 0.
-    np.testing.assert_allclose(L.clipped_surrogate(rho, adv, 0.2, 0.28, 2.0),
-                               [[-1.28, 0.8, 2.0, 1.1]], rtol=1e-6)
-    np.testing.assert_allclose(L.clipped_surrogate(rho, adv, 0.2, 0.28),
-                               [[-1.28, 0.8, 3.0, 1.1]], rtol=1e-6)
+    np.testing.assert_allclose(
+        L.clipped_surrogate(rho, adv, 0.2, 0.28, 2.0), [[-1.28, 0.8, 2.0, 1.1]], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        L.clipped_surrogate(rho, adv, 0.2, 0.28), [[-1.28, 0.8, 3.0, 1.1]], rtol=1e-6
+    )
     diag = L.ratio_diagnostics(rho, adv, jnp.ones((1, 4)), 0.2, 0.28, 2.0)
     assert float(diag["clip_frac_high"]) == pytest.approx(0.25)
     assert float(diag["clip_frac_low"]) == pytest.approx(0.25)
@@ -391,14 +458,15 @@ def test_building_blocks_hand_computed():
     logp = jnp.log(jnp.asarray([[0.5, 0.25, 0.9]]))
     old = jnp.log(jnp.asarray([[0.25, 0.25, 0.1]]))
     mask = jnp.asarray([[1.0, 1.0, 0.0]])
-    np.testing.assert_allclose(L.importance_ratio(logp, old, mask), [[2.0, 1.0, 9.0]],
-                               rtol=1e-6)
-    np.testing.assert_allclose(L.importance_ratio(logp, old, mask, "sequence"),
-                               [[math.sqrt(2.0)] * 3], rtol=1e-6)
+    np.testing.assert_allclose(L.importance_ratio(logp, old, mask), [[2.0, 1.0, 9.0]], rtol=1e-6)
+    np.testing.assert_allclose(
+        L.importance_ratio(logp, old, mask, "sequence"), [[math.sqrt(2.0)] * 3], rtol=1e-6
+    )
     # Sum and denominator.
     cfg = L.make_config(beta=0.5, aggregation="token_mean")
-    out = L.aggregate(jnp.asarray([[1.0, 2.0, 0.0]]), jnp.asarray([[4.0, 0.0, 0.0]]),
-                      mask, cfg, add_kl=True)
+    out = L.aggregate(
+        jnp.asarray([[1.0, 2.0, 0.0]]), jnp.asarray([[4.0, 0.0, 0.0]]), mask, cfg, add_kl=True
+    )
     assert float(out["loss_den"]) == 2.0 and float(out["loss_num"]) == 5.0
     assert float(out["loss"]) == 2.5 and float(out["kl_loss"]) == 2.0
     # The exact regularisers' names and the directions they use.
@@ -407,9 +475,13 @@ def test_building_blocks_hand_computed():
 
 
 def test_bad_names_and_shapes_raise():
-    for field, valid in [("kl_estimator", "k3, fwd_rlogr"), ("kl_placement", "loss, reward"),
-                         ("aggregation", "token_mean"), ("is_level", "token, sequence"),
-                         ("advantage_estimator", "grpo, drgrpo, rloo")]:
+    for field, valid in [
+        ("kl_estimator", "k3, fwd_rlogr"),
+        ("kl_placement", "loss, reward"),
+        ("aggregation", "token_mean"),
+        ("is_level", "token, sequence"),
+        ("advantage_estimator", "grpo, drgrpo, rloo"),
+    ]:
         with pytest.raises(ValueError, match=valid):
             L.LossConfig(**{field: "nope"})
     with pytest.raises(ValueError, match="exact_rev, exact_fwd"):
@@ -433,8 +505,16 @@ def test_bad_names_and_shapes_raise():
     with pytest.raises(ValueError, match="mask"):
         L.grpo_loss(z, z, z, jnp.zeros(B), jnp.zeros((B, T + 1)), cfg)
     with pytest.raises(ValueError, match="ref_logits"):
-        L.grpo_loss(z, z, z, jnp.zeros(B), z, cfg, logits=jnp.zeros((B, T, V)),
-                    ref_logits=jnp.zeros((B, T + 1, V)))
+        L.grpo_loss(
+            z,
+            z,
+            z,
+            jnp.zeros(B),
+            z,
+            cfg,
+            logits=jnp.zeros((B, T, V)),
+            ref_logits=jnp.zeros((B, T + 1, V)),
+        )
     with pytest.raises(ValueError, match="rewards must be"):
         L.compute_advantages(z, G, cfg)
     with pytest.raises(ValueError, match="old_logp"):

@@ -18,23 +18,29 @@ def test_token_kl_and_entropy_hand_computed():
     p, q = [0.5, 0.5], [0.25, 0.75]
     rev = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     fwd = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
-    np.testing.assert_allclose(metrics.token_kl(logits_of(p), logits_of(q), "reverse"), rev,
-                               rtol=1e-6)
-    np.testing.assert_allclose(metrics.token_kl(logits_of(p), logits_of(q), "forward"), fwd,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.token_kl(logits_of(p), logits_of(q), "reverse"), rev, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        metrics.token_kl(logits_of(p), logits_of(q), "forward"), fwd, rtol=1e-6
+    )
     with pytest.raises(ValueError, match="direction"):
         metrics.token_kl(logits_of(p), logits_of(q), "both")
     np.testing.assert_allclose(metrics.entropy(jnp.zeros((3, 4))), [math.log(4)] * 3, rtol=1e-6)
     banned = metrics.ban_tokens(jnp.zeros((2, 4)), (1, 3))
     np.testing.assert_allclose(jax.nn.softmax(banned), [[0.5, 0, 0.5, 0]] * 2)
     np.testing.assert_allclose(metrics.entropy(banned), [math.log(2)] * 2, rtol=1e-6)
-    np.testing.assert_allclose(metrics.masked_mean(jnp.asarray([1.0, 2.0, 9.0]),
-                                                   jnp.asarray([1.0, 1.0, 0.0])), 1.5)
+    np.testing.assert_allclose(
+        metrics.masked_mean(jnp.asarray([1.0, 2.0, 9.0]), jnp.asarray([1.0, 1.0, 0.0])), 1.5
+    )
     # One implementation each: exact KL is kl.exact, the masked mean is checks.masked_mean.
     assert metrics.token_kl is kl.exact and metrics.masked_mean is checks.masked_mean
     np.testing.assert_allclose(
-        metrics.masked_mean(jnp.asarray([[1.0, 3.0], [5.0, 7.0]]),
-                            jnp.asarray([[1.0, 1.0], [0.0, 0.0]]), axis=1), [2.0, 0.0])
+        metrics.masked_mean(
+            jnp.asarray([[1.0, 3.0], [5.0, 7.0]]), jnp.asarray([[1.0, 1.0], [0.0, 0.0]]), axis=1
+        ),
+        [2.0, 0.0],
+    )
     with pytest.raises(ValueError, match=r"x\[3\], mask\[2\]"):
         metrics.masked_mean(jnp.zeros(3), jnp.zeros(2))
 
@@ -53,8 +59,9 @@ def test_sequence_and_data_kl_hand_computed():
     model_lp = jnp.log(jnp.asarray([[0.5, 0.5], [0.25, 0.5]]))
     want = 0.5 * math.log(2) + 0.5 * (0.5 * math.log(2) + 0.5 * 0)
     np.testing.assert_allclose(metrics.data_kl(data, model_lp), want, rtol=1e-6)
-    np.testing.assert_allclose(metrics.data_kl(data, model_lp, jnp.asarray([1.0, 0.0])),
-                               math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.data_kl(data, model_lp, jnp.asarray([1.0, 0.0])), math.log(2), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="shape"):
         metrics.data_kl(data, model_lp[:, :1])
 
@@ -63,7 +70,8 @@ def test_mode_shares_and_coverage():
     np.testing.assert_allclose(metrics.mode_shares(jnp.asarray([0, 1, 1, -1]), 2), [0.25, 0.5])
     np.testing.assert_allclose(
         metrics.mode_shares(jnp.asarray([0, 1, 2]), 3, jnp.asarray([0.2, 0.5, 0.3])),
-        [0.2, 0.5, 0.3])
+        [0.2, 0.5, 0.3],
+    )
     ref = jnp.asarray([0.5, 0.3, 0.15, 0.05])
     pol = jnp.asarray([0.9, 0.02, 0.08, 0.0])
     frac, covered = metrics.mode_coverage(pol, ref, tau=0.1, eps=0.1)
@@ -74,8 +82,11 @@ def test_mode_shares_and_coverage():
 
 
 def test_pass_at_k():
-    np.testing.assert_allclose(metrics.pass_at_k_exact(jnp.asarray([0.5, 0.0, 1.0, 0.1]), 3),
-                               [0.875, 0.0, 1.0, 1 - 0.9 ** 3], rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.pass_at_k_exact(jnp.asarray([0.5, 0.0, 1.0, 0.1]), 3),
+        [0.875, 0.0, 1.0, 1 - 0.9**3],
+        rtol=1e-6,
+    )
     # Hand case: n=5, c=2, k=2 -> 1 - C(3,2)/C(5,2) = 0.7.
     np.testing.assert_allclose(metrics.pass_at_k_unbiased(5, 2, 2), 0.7, rtol=1e-5)
     n, k = 10, 3
@@ -85,23 +96,27 @@ def test_pass_at_k():
     np.testing.assert_allclose(est, want, atol=2e-6)
     # Unbiasedness: E_{c ~ Binomial(n, p)}[estimate] = 1 - (1 - p)^k exactly.
     for p in (0.05, 0.3, 0.8):
-        weights = [math.comb(n, ci) * p ** ci * (1 - p) ** (n - ci) for ci in range(n + 1)]
+        weights = [math.comb(n, ci) * p**ci * (1 - p) ** (n - ci) for ci in range(n + 1)]
         np.testing.assert_allclose(np.dot(weights, est), 1 - (1 - p) ** k, atol=1e-5)
 
 
 def test_distinct_correct():
-    comps = jnp.asarray([[[1, 2], [1, 2], [3, 4], [5, 6]],
-                         [[1, 2], [1, 2], [1, 2], [7, 7]]])
-    correct = jnp.asarray([[True, True, True, False],
-                           [False, True, True, False]])
+    comps = jnp.asarray([[[1, 2], [1, 2], [3, 4], [5, 6]], [[1, 2], [1, 2], [1, 2], [7, 7]]])
+    correct = jnp.asarray([[True, True, True, False], [False, True, True, False]])
     np.testing.assert_array_equal(metrics.distinct_correct(comps, correct), [2, 1])
     with pytest.raises(ValueError, match="N, k, T"):
         metrics.distinct_correct(comps[0], correct[0])
 
 
 def _tiny(task, seed):
-    cfg = model.ModelConfig(vocab_size=task.vocab_size, num_layers=1, width=16, num_heads=2,
-                            mlp_width=32, max_len=task.prompt_len + task.completion_len)
+    cfg = model.ModelConfig(
+        vocab_size=task.vocab_size,
+        num_layers=1,
+        width=16,
+        num_heads=2,
+        mlp_width=32,
+        max_len=task.prompt_len + task.completion_len,
+    )
     return cfg, jax.jit(model.init, static_argnums=0)(cfg, jax.random.key(seed, impl="rbg"))
 
 
@@ -129,15 +144,20 @@ def test_sequence_level_identities_on_a_model():
 
     lp, lr, tok, mass = compute(pol, ref)
     np.testing.assert_allclose(jnp.exp(lp).sum(-1), [1, 1], rtol=1e-5)
-    np.testing.assert_allclose(metrics.sequence_kl(lp, lr, "reverse"),
-                               jnp.sum(jnp.exp(lp) * tok["reverse"], -1), rtol=1e-4)
-    np.testing.assert_allclose(metrics.sequence_kl(lp, lr, "forward"),
-                               jnp.sum(jnp.exp(lr) * tok["forward"], -1), rtol=1e-4)
+    np.testing.assert_allclose(
+        metrics.sequence_kl(lp, lr, "reverse"), jnp.sum(jnp.exp(lp) * tok["reverse"], -1), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        metrics.sequence_kl(lp, lr, "forward"), jnp.sum(jnp.exp(lr) * tok["forward"], -1), rtol=1e-4
+    )
     comps = np.asarray(task.enumerate_completions())
     sel = np.isin(comps[:, 0], (3, 4)) & np.isin(comps[:, 1], (5, 6))
     np.testing.assert_allclose(mass, np.exp(np.asarray(lp))[:, sel].sum(-1), rtol=1e-5)
     shares = metrics.enumerated_mode_shares(task, lp)
-    labels = np.asarray(task.mode_labels(jnp.repeat(task.all_prompts(), 100, axis=0),
-                                         jnp.tile(jnp.asarray(comps), (2, 1)))).reshape(2, 100)
+    labels = np.asarray(
+        task.mode_labels(
+            jnp.repeat(task.all_prompts(), 100, axis=0), jnp.tile(jnp.asarray(comps), (2, 1))
+        )
+    ).reshape(2, 100)
     want = [0.5 * (np.exp(np.asarray(lp)) * (labels == k)).sum() for k in range(2)]
     np.testing.assert_allclose(shares, want, rtol=1e-5)

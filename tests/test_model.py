@@ -8,8 +8,7 @@ import pytest
 
 from grpo_jax import model as M
 
-CFG = M.ModelConfig(vocab_size=11, num_layers=2, width=16, num_heads=2, mlp_width=24,
-                    max_len=16)
+CFG = M.ModelConfig(vocab_size=11, num_layers=2, width=16, num_heads=2, mlp_width=24, max_len=16)
 forward = jax.jit(M.forward, static_argnums=0)
 
 
@@ -24,8 +23,9 @@ def _expected_num_params(c):
 
 
 def test_param_count_and_init_statistics(params):
-    w1 = M.ModelConfig(vocab_size=68, num_layers=4, width=256, num_heads=4, mlp_width=1024,
-                       max_len=48)
+    w1 = M.ModelConfig(
+        vocab_size=68, num_layers=4, width=256, num_heads=4, mlp_width=1024, max_len=48
+    )
     assert M.num_params(M.abstract_params(w1)) == _expected_num_params(w1) == 4_231_424
     assert M.num_params(params) == _expected_num_params(CFG)
     leaves = jax.tree_util.tree_leaves_with_path(params)
@@ -64,7 +64,7 @@ def test_cached_decode_matches_teacher_forcing(params):
     logits, cache = decode(CFG, params, tokens[:, :5], cache, 0)
     rows = [logits]
     for i in range(5, 9):
-        logits, cache = decode(CFG, params, tokens[:, i:i + 1], cache, jnp.int32(i))
+        logits, cache = decode(CFG, params, tokens[:, i : i + 1], cache, jnp.int32(i))
         rows.append(logits)
     np.testing.assert_allclose(jnp.concatenate(rows, axis=1), full, atol=1e-5, rtol=0)
 
@@ -104,8 +104,9 @@ def test_completion_logits_and_token_logprobs(params):
     np.testing.assert_allclose(logits, full[:, 4:7], atol=1e-6)
     # token_logprobs on a hand case: logits log([.5, .25, .25]) -> log probs of the tokens.
     lg = jnp.log(jnp.array([[0.5, 0.25, 0.25], [0.1, 0.6, 0.3]])) + 3.0
-    np.testing.assert_allclose(M.token_logprobs(lg, jnp.array([0, 2])),
-                               np.log([0.5, 0.3]), rtol=1e-6)
+    np.testing.assert_allclose(
+        M.token_logprobs(lg, jnp.array([0, 2])), np.log([0.5, 0.3]), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="logits"):
         M.token_logprobs(lg, jnp.array([0, 1, 2]))
 
@@ -115,8 +116,7 @@ def test_vmap_population(params):
     keys = jax.random.split(jax.random.key(8), 3)
     pop = jax.jit(jax.vmap(M.init, in_axes=(None, 0)), static_argnums=0)(CFG, keys)
     tokens = jax.random.randint(jax.random.key(9), (2, 8), 0, CFG.vocab_size)
-    out = jax.jit(jax.vmap(M.forward, in_axes=(None, 0, None)), static_argnums=0)(
-        CFG, pop, tokens)
+    out = jax.jit(jax.vmap(M.forward, in_axes=(None, 0, None)), static_argnums=0)(CFG, pop, tokens)
     assert out.shape == (3, 2, 8, CFG.vocab_size)
     for i in range(3):
         member = jax.tree.map(lambda x: x[i], pop)
@@ -172,8 +172,9 @@ def test_config_validation():
     with pytest.raises(ValueError, match="max_len"):
         M.forward(CFG, M.abstract_params(CFG), jnp.zeros((1, 17), jnp.int32))
     with pytest.raises(ValueError, match="completions"):
-        M.completion_logits(CFG, M.abstract_params(CFG), jnp.zeros((2, 3), jnp.int32),
-                            jnp.zeros((3, 2), jnp.int32))
+        M.completion_logits(
+            CFG, M.abstract_params(CFG), jnp.zeros((2, 3), jnp.int32), jnp.zeros((3, 2), jnp.int32)
+        )
 
 
 # bf16 compute (ModelConfig.dtype = "bfloat16"): matmuls in bf16, float32 master weights,
@@ -183,8 +184,9 @@ BF16_LOGP_ATOL = 2e-2
 
 
 def test_bfloat16_logprobs_close_to_float32_and_float32_typed():
-    cfg32 = M.ModelConfig(vocab_size=68, num_layers=4, width=256, num_heads=4, mlp_width=1024,
-                          max_len=48)
+    cfg32 = M.ModelConfig(
+        vocab_size=68, num_layers=4, width=256, num_heads=4, mlp_width=1024, max_len=48
+    )
     cfg16 = M.ModelConfig(**{**cfg32.__dict__, "dtype": "bfloat16"})
     params = M.init(cfg32, jax.random.key(20))
     prompts = jax.random.randint(jax.random.key(21), (8, 16), 0, 64)
@@ -196,7 +198,9 @@ def test_bfloat16_logprobs_close_to_float32_and_float32_typed():
             def loss(p):
                 lp = M.token_logprobs(M.completion_logits(cfg, p, prompts, comps), comps)
                 return jnp.mean(lp), lp
+
             return jax.value_and_grad(loss, has_aux=True)(p)
+
         return f(cfg32), f(cfg16)
 
     ((_, lp32), g32), ((_, lp16), g16) = logp_and_grad(params)
@@ -225,14 +229,24 @@ def test_bfloat16_cache_and_decode_dtypes(params):
 
 # Grouped-query attention, tied embeddings, norm_eps (options for pretrained checkpoints;
 # their GGUF round trip against a NumPy forward is tests/test_gguf.py).
-GQA = M.ModelConfig(vocab_size=11, num_layers=2, width=24, num_heads=6, mlp_width=24,
-                    max_len=16, num_kv_heads=2, tie_embeddings=True, norm_eps=1e-5)
+GQA = M.ModelConfig(
+    vocab_size=11,
+    num_layers=2,
+    width=24,
+    num_heads=6,
+    mlp_width=24,
+    max_len=16,
+    num_kv_heads=2,
+    tie_embeddings=True,
+    norm_eps=1e-5,
+)
 
 
 def test_gqa_tied_params_cache_and_mha_equivalence():
     p = M.init(GQA, jax.random.key(1))
-    names = {"/".join(M._path_names(path)) for path, _ in
-             jax.tree_util.tree_flatten_with_path(p)[0]}
+    names = {
+        "/".join(M._path_names(path)) for path, _ in jax.tree_util.tree_flatten_with_path(p)[0]
+    }
     assert not any(n.startswith("head") for n in names)
     assert p["blocks"][0]["attn"]["k"]["kernel"].shape == (24, 2 * 4)
     assert M.init_cache(GQA, 3, 8)[0]["k"].shape == (3, 2, 8, 4)
@@ -242,7 +256,7 @@ def test_gqa_tied_params_cache_and_mha_equivalence():
     pre, cache = M.decode(GQA, p, tokens[:, :5], cache, 0)
     rows = [pre]
     for i in range(5, 9):
-        lg, cache = M.decode(GQA, p, tokens[:, i:i + 1], cache, i)
+        lg, cache = M.decode(GQA, p, tokens[:, i : i + 1], cache, i)
         rows.append(lg)
     np.testing.assert_allclose(np.concatenate(rows, 1), full, atol=1e-5)
     # GQA == multi-head attention whose k/v heads are the GQA heads repeated per group.
@@ -255,8 +269,9 @@ def test_gqa_tied_params_cache_and_mha_equivalence():
             q["blocks"][b]["attn"][name]["kernel"] = p["blocks"][b]["attn"][name]["kernel"]
         for name in ("k", "v"):
             w = p["blocks"][b]["attn"][name]["kernel"][...].reshape(24, 2, 1, 4)
-            q["blocks"][b]["attn"][name]["kernel"] = jnp.broadcast_to(
-                w, (24, 2, 3, 4)).reshape(24, 24)
+            q["blocks"][b]["attn"][name]["kernel"] = jnp.broadcast_to(w, (24, 2, 3, 4)).reshape(
+                24, 24
+            )
         for part in ("attn_norm", "mlp_norm", "mlp"):
             q["blocks"][b][part] = p["blocks"][b][part]
     q["final_norm"] = p["final_norm"]

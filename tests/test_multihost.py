@@ -35,8 +35,9 @@ def _env():
 
 def _start(args, log_path):
     log = open(log_path, "w", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, WORKER, *args], cwd=ROOT, env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, WORKER, *args], cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT
+    )
     return proc, log
 
 
@@ -61,30 +62,61 @@ def test_two_processes_equal_one_process(tmp_path):
     port = _free_port()
     shared = tmp_path / "multi"  # one workdir for both processes (a shared filesystem)
     specs = [
-        (["--out", str(tmp_path / "single.npz"), "--devices", "4",
-          "--workdir", str(tmp_path / "single")], tmp_path / "single.log"),
+        (
+            [
+                "--out",
+                str(tmp_path / "single.npz"),
+                "--devices",
+                "4",
+                "--workdir",
+                str(tmp_path / "single"),
+            ],
+            tmp_path / "single.log",
+        ),
     ] + [
-        (["--out", str(tmp_path / f"proc{i}.npz"), "--devices", "2", "--num_processes", "2",
-          "--process_id", str(i), "--port", str(port), "--workdir", str(shared)],
-         tmp_path / f"proc{i}.log")
+        (
+            [
+                "--out",
+                str(tmp_path / f"proc{i}.npz"),
+                "--devices",
+                "2",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+                "--port",
+                str(port),
+                "--workdir",
+                str(shared),
+            ],
+            tmp_path / f"proc{i}.log",
+        )
         for i in range(2)
     ]
     procs = [(*_start(a, log), log) for a, log in specs]  # all three run concurrently
     codes = _finish(procs)
     logs = {str(p): open(p, encoding="utf-8").read()[-3000:] for _, _, p in procs}
     assert codes == [0, 0, 0], f"exit codes {codes}; logs:\n" + "\n".join(
-        f"--- {k}\n{v}" for k, v in logs.items())
+        f"--- {k}\n{v}" for k, v in logs.items()
+    )
 
     single = np.load(tmp_path / "single.npz")
     multi = [np.load(tmp_path / f"proc{i}.npz") for i in range(2)]
     assert sorted(single.files) == sorted(multi[0].files) == sorted(multi[1].files)
     for name in single.files:
         for i in range(2):
-            np.testing.assert_allclose(multi[i][name], single[name], rtol=0, atol=1e-5,
-                                       err_msg=f"{name}: process {i} vs one process")
+            np.testing.assert_allclose(
+                multi[i][name],
+                single[name],
+                rtol=0,
+                atol=1e-5,
+                err_msg=f"{name}: process {i} vs one process",
+            )
     # The steps did something: the policy moved away from the reference.
-    moved = [np.abs(single[f"p{i:03d}"] - single[f"ref{i:03d}"]).max()
-             for i in range(sum(f.startswith("ref") for f in single.files))]
+    moved = [
+        np.abs(single[f"p{i:03d}"] - single[f"ref{i:03d}"]).max()
+        for i in range(sum(f.startswith("ref") for f in single.files))
+    ]
     assert max(moved) > 1e-3
     # Each process reports the global 4-device, 2-process runtime.
     for i in range(2):

@@ -26,16 +26,23 @@ def test_tiny_pretraining_fits_modes(name):
     task = tasks.make(name, **kwargs)
     cfg = pretrain.model_config_for(task, num_layers=1, width=32, num_heads=2, mlp_width=64)
     params, report = pretrain.pretrain_reference(
-        cfg, task, jax.random.key(0, impl="rbg"), steps=steps, batch_size=256, lr=1e-2,
-        chunk_steps=steps, mode_share_tolerance=tol, num_eval_samples=0)
+        cfg,
+        task,
+        jax.random.key(0, impl="rbg"),
+        steps=steps,
+        batch_size=256,
+        lr=1e-2,
+        chunk_steps=steps,
+        mode_share_tolerance=tol,
+        num_eval_samples=0,
+    )
     assert report["steps"] == steps
     floor = float(np.mean(report["entropy_per_position_data"]))  # the loss at a perfect fit
     assert report["final_loss"] < report["initial_loss"] - 0.2
     assert report["final_loss"] > floor - 0.05
     assert report["mode_shares_method"] == "exact"  # enumeration or exact pattern mass
     assert report["mode_shares_ok"], report
-    np.testing.assert_allclose(report["mode_shares_model"], task.reference_mode_shares(),
-                               atol=tol)
+    np.testing.assert_allclose(report["mode_shares_model"], task.reference_mode_shares(), atol=tol)
     assert report["data_kl_seq"] >= 0.0
 
 
@@ -60,6 +67,7 @@ def test_make_pretrain_is_pure_and_descends():
 
 def test_experiment_saves_a_restorable_reference(tmp_path):
     from experiments import pretrain as pretrain_exp  # pylint: disable=import-outside-toplevel
+
     config = pretrain_config.get_config("task=bandit,quick")
     config.task.num_tokens = 16
     config.task.sigma = 2.0
@@ -77,5 +85,7 @@ def test_experiment_saves_a_restorable_reference(tmp_path):
     assert cfg.width == 16 and cfg.vocab_size == 17
     assert meta["report"]["data_kl_seq"] == pytest.approx(report["data_kl_seq"])
     # The restored reference reproduces the saved report's fit exactly.
-    again = reference_fit.fit_report(cfg, params, task, jax.random.key(0, impl="rbg"), num_samples=0)
+    again = reference_fit.fit_report(
+        cfg, params, task, jax.random.key(0, impl="rbg"), num_samples=0
+    )
     assert again["data_kl_seq"] == pytest.approx(report["data_kl_seq"], abs=1e-6)

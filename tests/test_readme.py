@@ -27,6 +27,7 @@ def test_readme_results_are_the_published_results_md():
     `experiments/study.py --publish`), with figure paths under docs/results/: generated,
     never hand-copied."""
     from grpo_jax.report import markdown  # pylint: disable=import-outside-toplevel
+
     root = os.path.dirname(README)
     text = open(README, encoding="utf-8").read()
     block = text.split(markdown.README_BEGIN, 1)[1].split(markdown.README_END, 1)[0].strip()

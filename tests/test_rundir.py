@@ -32,8 +32,9 @@ def test_changed_config_is_refused_with_a_diff(tmp_path):
     rundir.check_config(str(tmp_path), _config(), log=logs.append)  # the same: resumes
     changed = _config()
     changed.loss.beta = 0.5
-    with pytest.raises(rundir.ConfigMismatchError,
-                       match=r"(?s)loss.beta: 0.04 -> 0.5.*--workdir.*--overwrite"):
+    with pytest.raises(
+        rundir.ConfigMismatchError, match=r"(?s)loss.beta: 0.04 -> 0.5.*--workdir.*--overwrite"
+    ):
         rundir.check_config(str(tmp_path), changed, log=logs.append)
     # A change that does not alter the computation resumes and says so.
     longer = _config(num_steps=400, progress=False)
@@ -46,23 +47,36 @@ def test_changed_config_is_refused_with_a_diff(tmp_path):
 
 
 def test_second_process_is_refused_and_stale_lock_taken_over(tmp_path):
-    code = ("import sys; from grpo_jax import rundir\n"
-            "try:\n"
-            "    with rundir.lock(sys.argv[1]): pass\n"
-            "except rundir.LockedError as e:\n"
-            "    print(e); sys.exit(3)\n")
+    code = (
+        "import sys; from grpo_jax import rundir\n"
+        "try:\n"
+        "    with rundir.lock(sys.argv[1]): pass\n"
+        "except rundir.LockedError as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
     with rundir.lock(str(tmp_path)):
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                             text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )
         assert out.returncode == 3, out.stderr
         assert f"in use by PID {os.getpid()} on host" in out.stdout
     assert not os.path.exists(tmp_path / rundir.LOCK_FILE)  # released
     # A lock left by a dead process (same host) is taken over with a warning.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import socket  # pylint: disable=import-outside-toplevel
-    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(
-        {"pid": int(dead.stdout), "host": socket.gethostname()}))
+
+    (tmp_path / rundir.LOCK_FILE).write_text(
+        json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()})
+    )
     logs = []
     with rundir.lock(str(tmp_path), log=logs.append):
         pass
@@ -146,17 +160,23 @@ def _tiny_reference(seed: int):
 def test_reference_of_another_task_is_refused(tmp_path):
     c, task, mcfg, params = _tiny_reference(0)
     ref_dir = str(tmp_path / "reference")
-    pretrain.save_reference(ref_dir, 1, params, task_config=c.task, model_config=mcfg,
-                            pretrain={k: c.reference[k] for k in
-                                      ("steps", "batch_size", "lr", "chunk_steps", "seed")})
+    pretrain.save_reference(
+        ref_dir,
+        1,
+        params,
+        task_config=c.task,
+        model_config=mcfg,
+        pretrain={k: c.reference[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")},
+    )
     restored = runner.load_or_pretrain_reference(c, task, mcfg, ref_dir, log=lambda *_: None)
     np.testing.assert_array_equal(jax.tree.leaves(restored)[0], jax.tree.leaves(params)[0])
     # The runner's cache format is the one restore_reference reads.
     t2, m2, _, meta = pretrain.restore_reference(ref_dir)
     assert t2 == task and m2 == mcfg and meta["task"]["num_tokens"] == 16
     other = _config()
-    other.task = task_configs.task_config("bandit", num_tokens=16, sigma=2.0, num_modes=2,
-                                          separation=3.0)
+    other.task = task_configs.task_config(
+        "bandit", num_tokens=16, sigma=2.0, num_modes=2, separation=3.0
+    )
     other.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
     with pytest.raises(rundir.ConfigMismatchError, match=r"(?s)task.num_modes: 1 -> 2"):
         runner.load_or_pretrain_reference(other, runner.make_task(other), mcfg, ref_dir)
@@ -165,29 +185,44 @@ def test_reference_of_another_task_is_refused(tmp_path):
         runner.load_or_pretrain_reference(other, runner.make_task(other), mcfg, None)
 
 
-@pytest.mark.parametrize("arg,match", [
-    ("task=bandit,quikc", "unknown config argument 'quikc'.*valid: full, quick, task"),
-    ("arithmetic", "unknown config argument 'arithmetic'"),
-    ("task=bandit,quick=maybe", "not a boolean"),
-])
+@pytest.mark.parametrize(
+    "arg,match",
+    [
+        ("task=bandit,quikc", "unknown config argument 'quikc'.*valid: full, quick, task"),
+        ("arithmetic", "unknown config argument 'arithmetic'"),
+        ("task=bandit,quick=maybe", "not a boolean"),
+    ],
+)
 def test_misspelt_config_argument_fails(arg, match):
     with pytest.raises(ValueError, match=match):
         grpo_config.get_config(arg)
 
 
 def test_config_argument_types():
-    assert grpo_config.get_config("task=arithmetic,quick=False").train.num_steps == \
-        grpo_config.get_config("task=arithmetic").train.num_steps
+    assert (
+        grpo_config.get_config("task=arithmetic,quick=False").train.num_steps
+        == grpo_config.get_config("task=arithmetic").train.num_steps
+    )
     assert config_utils.parse_arg("", a=1) == {"a": 1}
     assert config_utils.parse_arg("a=3", a=1) == {"a": 3}
 
 
 def test_misspelt_override_names_the_key_and_the_valid_ones():
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "train_grpo.py"),
-         "--config", os.path.join(ROOT, "configs", "grpo.py") + ":task=bandit",
-         "--config.train.num_stepz=3", "--workdir", "/nonexistent"],
-        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+        [
+            sys.executable,
+            os.path.join(ROOT, "experiments", "train_grpo.py"),
+            "--config",
+            os.path.join(ROOT, "configs", "grpo.py") + ":task=bandit",
+            "--config.train.num_stepz=3",
+            "--workdir",
+            "/nonexistent",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     assert out.returncode != 0
     assert "--config.train.num_stepz" in out.stderr and "'num_steps'" in out.stderr
     assert "Traceback" not in out.stderr
@@ -197,8 +232,11 @@ def test_runner_cached_reference_loads_through_restore_reference(tmp_path, monke
     """The runner pretrains and caches a reference in the one metadata format that
     `pretrain.restore_reference` reads (the old runner wrote one it could not load)."""
     c, task, mcfg, params = _tiny_reference(1)
-    monkeypatch.setattr(pretrain, "pretrain_reference",  # skip the training, keep the saving
-                        lambda *a, **k: (params, {"steps": 7, "data_kl_seq": 0.5}))
+    monkeypatch.setattr(
+        pretrain,
+        "pretrain_reference",  # skip the training, keep the saving
+        lambda *a, **k: (params, {"steps": 7, "data_kl_seq": 0.5}),
+    )
     cache = str(tmp_path / "reference")
     runner.load_or_pretrain_reference(c, task, mcfg, cache, log=lambda *_: None)
     t2, m2, p2, meta = pretrain.restore_reference(cache)
@@ -212,8 +250,11 @@ def test_reference_saved_before_new_model_fields_still_matches(tmp_path):
     when an older reference's metadata lacks them."""
     c, task, mcfg, params = _tiny_reference(2)
     ref_dir = str(tmp_path / "reference")
-    meta = pretrain.reference_metadata(c.task, mcfg, pretrain={
-        k: c.reference[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")})
+    meta = pretrain.reference_metadata(
+        c.task,
+        mcfg,
+        pretrain={k: c.reference[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")},
+    )
     for field in ("num_kv_heads", "tie_embeddings", "norm_eps"):
         meta["model"].pop(field, None)
     checkpoint.save(ref_dir, 1, params, meta)

@@ -10,8 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from grpo_jax import model as M
 from grpo_jax import sampling as S
 
-CFG = M.ModelConfig(vocab_size=6, num_layers=2, width=16, num_heads=2, mlp_width=32,
-                    max_len=12)
+CFG = M.ModelConfig(vocab_size=6, num_layers=2, width=16, num_heads=2, mlp_width=32, max_len=12)
 forward = jax.jit(M.forward, static_argnums=0)
 completion_logits = jax.jit(M.completion_logits, static_argnums=0)
 B, P, T = 8, 3, 6
@@ -19,9 +18,11 @@ B, P, T = 8, 3, 6
 
 def _peaky(params, scale=3.0, head=4.0):
     """Scale the init so the tiny model has far-from-uniform, context-dependent outputs."""
+
     def f(path, x):
         names = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
         return x * scale * (head if "head" in names else 1.0)
+
     return jax.tree_util.tree_map_with_path(f, params)
 
 
@@ -48,8 +49,9 @@ def test_cached_logprobs_equal_teacher_forced(params, prompts):
     # float32 rounding: the cached step's matmuls ([B, 1] rows) and the teacher-forced ones
     # ([B, P + T] rows) sum in different orders; logits here reach ~10, so allow 1e-5 relative.
     np.testing.assert_allclose(out.logits, tf_logits, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(out.logp, M.token_logprobs(tf_logits, out.tokens),
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        out.logp, M.token_logprobs(tf_logits, out.tokens), atol=1e-5, rtol=1e-5
+    )
     np.testing.assert_array_equal(out.mask, 1.0)
 
 
@@ -64,10 +66,14 @@ def _exact_first_two(params, prompt, **kw):
     return np.asarray(q1[:, None] * q2, np.float64)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(),
-    dict(temperature=0.7, top_k=4, top_p=0.9, banned_tokens=(5,)),
-], ids=["plain", "temp_topk_topp_banned"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(temperature=0.7, top_k=4, top_p=0.9, banned_tokens=(5,)),
+    ],
+    ids=["plain", "temp_topk_topp_banned"],
+)
 def test_first_two_token_frequencies_match_exact(params, prompts, kw):
     """Empirical joint of (y1, y2) over N samples vs the exact product of conditionals.
 
@@ -78,8 +84,9 @@ def test_first_two_token_frequencies_match_exact(params, prompts, kw):
     n = 20000
     prompt = prompts[0]
     joint = _exact_first_two(params, prompt, **kw)
-    out = S.sample(CFG, params, jnp.tile(prompt[None], (n, 1)), jax.random.key(3),
-                   max_new_tokens=2, **kw)
+    out = S.sample(
+        CFG, params, jnp.tile(prompt[None], (n, 1)), jax.random.key(3), max_new_tokens=2, **kw
+    )
     y = np.asarray(out.tokens)
     counts = np.zeros_like(joint)
     np.add.at(counts, (y[:, 0], y[:, 1]), 1)
@@ -88,8 +95,9 @@ def test_first_two_token_frequencies_match_exact(params, prompts, kw):
     assert np.all(np.abs(freq - joint) <= bound), (freq, joint)
     assert np.all(counts[joint == 0] == 0)
     # The sampler's logp is the log of the exact sampling probability of what it drew.
-    np.testing.assert_allclose(np.asarray(out.logp.sum(-1)), np.log(joint[y[:, 0], y[:, 1]]),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(out.logp.sum(-1)), np.log(joint[y[:, 0], y[:, 1]]), atol=1e-4
+    )
     # Sensitivity: sampling y2 from its marginal (ignoring y1) would fail the bound.
     independent = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
     assert np.any(np.abs(independent - joint) > 3 * bound)
@@ -130,7 +138,7 @@ def test_nothing_after_eos_counts(params, prompts):
     np.testing.assert_array_equal(mask, expected)
     after = mask == 0
     assert after.any() and (first == T).any() and (first < T - 1).any()  # test is sensitive
-    np.testing.assert_array_equal(tok[after], eos)   # padded with EOS
+    np.testing.assert_array_equal(tok[after], eos)  # padded with EOS
     np.testing.assert_array_equal(logp[after], 0.0)  # contribute nothing
     # Up to the EOS the log-probs are the model's; the sequence log-prob is the masked sum.
     tf_logits = completion_logits(CFG, params, prompts, out.tokens)
@@ -140,7 +148,8 @@ def test_nothing_after_eos_counts(params, prompts):
     # Hand case of the mask itself.
     np.testing.assert_array_equal(
         S.completion_mask(jnp.array([[1, 3, 2, 3], [3, 3, 1, 1], [1, 1, 1, 1]]), 3),
-        [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+        [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]],
+    )
 
 
 def test_vmap_over_stacked_params(params, prompts):
@@ -197,8 +206,9 @@ def test_validation(params, prompts):
     with pytest.raises(ValueError, match="max_len"):
         S.sample(CFG, params, prompts, jax.random.key(0), max_new_tokens=10)
     with pytest.raises(ValueError, match="whole vocabulary"):
-        S.sample(CFG, params, prompts, jax.random.key(0), max_new_tokens=2,
-                 banned_tokens=tuple(range(6)))
+        S.sample(
+            CFG, params, prompts, jax.random.key(0), max_new_tokens=2, banned_tokens=tuple(range(6))
+        )
     with pytest.raises(ValueError, match="prompts"):
         S.sample(CFG, params, prompts[0], jax.random.key(0), max_new_tokens=2)
 
@@ -207,8 +217,7 @@ def test_bfloat16_compute_samples_float32_logprobs(params, prompts):
     """bf16 compute: log-probs and logits come back float32 and equal the bf16 model's own
     teacher-forced log-probs (up to bf16 cache rounding)."""
     cfg16 = M.ModelConfig(**{**CFG.__dict__, "dtype": "bfloat16"})
-    out = S.sample(cfg16, params, prompts, jax.random.key(2), max_new_tokens=T,
-                   return_logits=True)
+    out = S.sample(cfg16, params, prompts, jax.random.key(2), max_new_tokens=T, return_logits=True)
     assert out.logp.dtype == out.logits.dtype == jnp.float32
     tf = M.token_logprobs(completion_logits(cfg16, params, prompts, out.tokens), out.tokens)
     np.testing.assert_allclose(out.logp, tf, atol=5e-2)

@@ -14,7 +14,8 @@ from grpo_jax import config_utils, losses, model, policies, study, tasks, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SPEC = importlib.util.spec_from_file_location(
-    "experiments_study", os.path.join(ROOT, "experiments", "study.py"))
+    "experiments_study", os.path.join(ROOT, "experiments", "study.py")
+)
 experiment = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(experiment)
 
@@ -22,8 +23,9 @@ TINY_DISK_BOUND_MB = 20  # the tiny study's whole workdir stays under this
 
 
 def _bandit(**fields):
-    return tasks.make("bandit", num_tokens=64, sigma=3.0, reward_kind="distance",
-                      reward_width=6.0, **fields)
+    return tasks.make(
+        "bandit", num_tokens=64, sigma=3.0, reward_kind="distance", reward_width=6.0, **fields
+    )
 
 
 def test_one_token_outcomes_by_hand():
@@ -44,8 +46,9 @@ def test_one_token_outcomes_by_hand():
     assert np.isnan(ref["fwd_kl_per_reward"])  # no reward gained over the reference
     # A narrow Gaussian far from most of the reference: its forward KL is large but finite.
     policy = policies.make("gaussian", task)
-    logp = study.final_logprobs(policy, {"mean": jnp.asarray([43.5]),
-                                         "log_std": jnp.asarray([0.0])})[0]
+    logp = study.final_logprobs(
+        policy, {"mean": jnp.asarray([43.5]), "log_std": jnp.asarray([0.0])}
+    )[0]
     far = study.one_token_outcomes(logp, vec)
     assert np.isfinite(far["exact_kl_fwd"]) and far["exact_kl_fwd"] > 100
 
@@ -63,21 +66,23 @@ def test_every_study_reference_starts_below_its_reward_ceiling():
 def test_matched_tail_control_abandons_as_much_mass_as_two_modes():
     cfg = study_config.get_config()
     by_label = {m["label"]: config_utils.make_task(dict(m["task"])) for m in cfg.modalities}
-    zero = lambda t: study.one_token_outcomes(np.log(study.task_vectors(t)["ref"]),
-                                              study.task_vectors(t))["off_target"]
-    assert zero(by_label["1 mode + floor"]) == pytest.approx(zero(by_label["2 modes, 8σ"]),
-                                                             abs=1e-3)
+    zero = lambda t: study.one_token_outcomes(
+        np.log(study.task_vectors(t)["ref"]), study.task_vectors(t)
+    )["off_target"]
+    assert zero(by_label["1 mode + floor"]) == pytest.approx(
+        zero(by_label["2 modes, 8σ"]), abs=1e-3
+    )
     assert zero(by_label["1 mode"]) < 0.1  # the plain unimodal reference abandons little
 
 
 def test_closed_form_curves_trade_reward_for_kl():
-    curves = study.optimum_curves(_bandit(num_modes=2, separation=8.0), np.geomspace(0.01, 0.5,
-                                                                                    12))
+    curves = study.optimum_curves(_bandit(num_modes=2, separation=8.0), np.geomspace(0.01, 0.5, 12))
     for d in ("forward", "reverse"):
         assert np.all(np.diff(curves[d]["reward"]) < 0)  # stronger beta, less reward
     # At the same beta (up to 0.5; they cross near 1), forward keeps more mass off target.
-    assert np.all(np.asarray(curves["forward"]["off_target"]) >
-                  np.asarray(curves["reverse"]["off_target"]))
+    assert np.all(
+        np.asarray(curves["forward"]["off_target"]) > np.asarray(curves["reverse"]["off_target"])
+    )
 
 
 @pytest.mark.parametrize("skip,moves", [(True, False), (False, True)])
@@ -87,8 +92,7 @@ def test_zero_gradient_skip_stops_adam_momentum(skip, moves):
     still moves them."""
     task = _bandit(num_modes=1)
     policy = policies.make("tabular", task)
-    setup = train.RLSetup(model=policy, task=task, num_prompts=1, group_size=8,
-                          skip_zero_grad=skip)
+    setup = train.RLSetup(model=policy, task=task, num_prompts=1, group_size=8, skip_zero_grad=skip)
     params = policies.reference_params(task)
     opt_state = setup.optimizer().init(params)
     tokens = jnp.arange(8, dtype=jnp.int32)[:, None] + 20
@@ -97,19 +101,29 @@ def test_zero_gradient_skip_stops_adam_momentum(skip, moves):
 
     def loss_fn_for(advantages, beta):
         cfg = losses.make_config(beta=beta, kl_estimator="k3")
+
         def loss_fn(p):
             logits = train.policy_logits(setup, p, prompts, tokens)
             logp = model.token_logprobs(logits, tokens)
-            return losses.grpo_loss(logp, jax.lax.stop_gradient(logp),
-                                    jax.lax.stop_gradient(logp), advantages, mask, cfg)
+            return losses.grpo_loss(
+                logp,
+                jax.lax.stop_gradient(logp),
+                jax.lax.stop_gradient(logp),
+                advantages,
+                mask,
+                cfg,
+            )
+
         return loss_fn
 
     hp = train.Hparams(loss=losses.make_config(), lr=jnp.float32(0.1))
     zero = jnp.zeros((), jnp.int32)
     params, opt_state, _, _ = train.inner_updates(  # an ordinary update builds momentum
-        setup, hp, loss_fn_for(jnp.linspace(-1, 1, 8), 0.0), params, opt_state, zero)
+        setup, hp, loss_fn_for(jnp.linspace(-1, 1, 8), 0.0), params, opt_state, zero
+    )
     new, _, _, stats = train.inner_updates(
-        setup, hp, loss_fn_for(jnp.zeros(8), 0.0), params, opt_state, zero)
+        setup, hp, loss_fn_for(jnp.zeros(8), 0.0), params, opt_state, zero
+    )
     assert float(stats["grad_norm"][0]) == 0.0
     changed = not np.array_equal(np.asarray(new["logits"]), np.asarray(params["logits"]))
     assert changed == moves
@@ -120,8 +134,9 @@ def test_zero_gradient_skip_stops_adam_momentum(skip, moves):
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("study"))
     lines = []
-    out = experiment.run(workdir, study_config.get_config("tiny"),
-                         log=lambda s: lines.append(str(s)))
+    out = experiment.run(
+        workdir, study_config.get_config("tiny"), log=lambda s: lines.append(str(s))
+    )
     return workdir, out, lines
 
 
@@ -134,8 +149,13 @@ def test_tiny_run_writes_report_results_and_the_glance_figure(tiny_run):
     results = open(paths["results_md"]).read()
     assert "### Verdicts" in results and "glance.png" in results
     report_md = open(paths["report_md"]).read()
-    for section in ("## Verdicts", "## Design", "**Decision rule.**", "## Power",
-                    "Robustness replicate"):
+    for section in (
+        "## Verdicts",
+        "## Design",
+        "**Decision rule.**",
+        "## Power",
+        "Robustness replicate",
+    ):
         assert section in report_md, section
     for contrast in out["q1"].values():
         assert contrast["overall"] in ("holds", "refuted", "undecided")
@@ -145,8 +165,9 @@ def test_tiny_run_writes_report_results_and_the_glance_figure(tiny_run):
 def test_tiny_rerun_reuses_every_cell(tiny_run):
     workdir, out, _ = tiny_run
     lines = []
-    again = experiment.run(workdir, study_config.get_config("tiny"),
-                           log=lambda s: lines.append(str(s)))
+    again = experiment.run(
+        workdir, study_config.get_config("tiny"), log=lambda s: lines.append(str(s))
+    )
     assert any("96 cached, 0 to run" in line for line in lines)
     assert [r["final"] for r in again["records"]] == [r["final"] for r in out["records"]]
 
@@ -157,14 +178,15 @@ def test_report_only_with_another_config_reports_the_stored_one(tiny_run):
     other.num_seeds = 5
     lines = []
     out = experiment.run(workdir, other, report_only=True, log=lambda s: lines.append(str(s)))
-    assert any("warning: the report describes the stored cells" in line and "num_seeds"
-               in line for line in lines)
+    assert any(
+        "warning: the report describes the stored cells" in line and "num_seeds" in line
+        for line in lines
+    )
     scale = open(out["paths"]["report_md"]).read().split("**Scale.**")[1].split("\n")[0]
     assert "3 seeds" in scale and "5 seeds" not in scale  # the stored cells' scale
 
 
 def test_tiny_run_disk_use_is_bounded(tiny_run):
     workdir, _, _ = tiny_run
-    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(workdir)
-                for f in fs)
-    assert total < TINY_DISK_BOUND_MB * 2 ** 20, total
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs)
+    assert total < TINY_DISK_BOUND_MB * 2**20, total

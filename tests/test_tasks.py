@@ -88,11 +88,13 @@ def test_interface_attributes_and_jit():
 def test_bandit_rewards_hand_written():
     prompts = jnp.full((6, 1), 64, jnp.int32)
     t = tasks.make("bandit", targets=(5, 9))
-    np.testing.assert_array_equal(t.reward(prompts, i32([[5], [6], [9], [0], [63], [64]])),
-                                  [1, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(
+        t.reward(prompts, i32([[5], [6], [9], [0], [63], [64]])), [1, 0, 1, 0, 0, 0]
+    )
     t = tasks.make("bandit", reward_kind="distance", targets=(10,), reward_width=4.0)
-    np.testing.assert_allclose(t.reward(prompts, i32([[10], [12], [8], [14], [20], [64]])),
-                               [1, 0.5, 0.5, 0, 0, 0])
+    np.testing.assert_allclose(
+        t.reward(prompts, i32([[10], [12], [8], [14], [20], [64]])), [1, 0.5, 0.5, 0, 0, 0]
+    )
     t = tasks.make("bandit", reward_kind="distance", targets=(10, 20), reward_width=4.0)
     np.testing.assert_allclose(t.reward(prompts[:3], i32([[11], [19], [15]])), [0.75, 0.75, 0])
 
@@ -118,13 +120,13 @@ def test_bandit_reference_distribution():
     np.testing.assert_allclose(p[:64], want, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(t.reference_mode_shares(), [0.8, 0.2], atol=3e-3)
     ent = t.reference_entropy()
-    np.testing.assert_allclose(ent, [-(want[want > 0] * np.log(want[want > 0])).sum()],
-                               rtol=1e-6)
+    np.testing.assert_allclose(ent, [-(want[want > 0] * np.log(want[want > 0])).sum()], rtol=1e-6)
 
 
 def test_bandit_optima():
-    t = tasks.make("bandit", num_modes=2, sigma=3.0, separation=8.0, reward_kind="distance",
-                   reward_width=10.0)
+    t = tasks.make(
+        "bandit", num_modes=2, sigma=3.0, separation=8.0, reward_kind="distance", reward_width=10.0
+    )
     p = np.asarray(t.reference_probs(), np.float64)
     r = np.asarray(t.reward_vector(), np.float64)
     optimum = jax.jit(t.optimum, static_argnums=1)
@@ -147,7 +149,8 @@ def test_bandit_optima():
             noise = np.exp(0.3 * rng.standard_normal((5, 65))) * opt[None, :]
             noise /= noise.sum(-1, keepdims=True)
             vals = jax.vmap(objective, in_axes=(0, None, None))(
-                jnp.asarray(noise, jnp.float32), beta, direction)
+                jnp.asarray(noise, jnp.float32), beta, direction
+            )
             assert float(jnp.max(vals)) <= best + 1e-5
     # Large beta: the optimum is the reference.
     np.testing.assert_allclose(optimum(1e4, "forward"), p, atol=1e-4)
@@ -178,8 +181,7 @@ def test_bandit_optimum_closed_forms(direction):
         assert p[2] / p[3] == pytest.approx(ref[2] / ref[3], rel=1e-9)
     np.testing.assert_allclose(pi[-1], ref, atol=1e-4)  # large beta: the reference
     # Arms of reference probability 0 stay at 0 (the bandit's special token).
-    padded = tasks.bandit_optimum(np.append(rewards, 2.0), np.append(ref, 0.0), betas,
-                                  direction)
+    padded = tasks.bandit_optimum(np.append(rewards, 2.0), np.append(ref, 0.0), betas, direction)
     np.testing.assert_array_equal(padded[:, -1], 0.0)
     np.testing.assert_allclose(padded[:, :-1], pi, rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match="direction"):
@@ -197,7 +199,8 @@ def test_bandit_optimum_is_the_one_implementation():
     for direction in ("reverse", "forward"):
         want = tasks.bandit_optimum(rewards, ref, betas, direction)
         got = jax.jit(jax.vmap(t.optimum, in_axes=(0, None)), static_argnums=1)(
-            jnp.asarray(betas, jnp.float32), direction)
+            jnp.asarray(betas, jnp.float32), direction
+        )
         assert got.shape == (2, 65) and got.dtype == jnp.float32
         np.testing.assert_allclose(got[:, :64], want, rtol=1e-6, atol=1e-12)
         assert np.all(np.asarray(got[:, 64]) == 0.0)
@@ -211,8 +214,7 @@ def test_arithmetic_rewards_and_modes_hand_written():
     # N = 12: valid a in [3, 9]; anchors 3, 5, 7, 9.
     comps = [[3, 9], [4, 8], [6, 6], [8, 4], [9, 3], [4, 9], [10, 2], [2, 10]]
     prompts = jnp.tile(i32([[10, 1, 2]]), (len(comps), 1))
-    np.testing.assert_array_equal(t.mode_labels(prompts, i32(comps)),
-                                  [0, 0, 1, 2, 3, -1, -1, -1])
+    np.testing.assert_array_equal(t.mode_labels(prompts, i32(comps)), [0, 0, 1, 2, 3, -1, -1, -1])
     np.testing.assert_allclose(t.reward(prompts, i32(comps)), [1, 1, 1, 1, 2, 0, 0, 0])
     # The reference's slips for N = 12 (second digit one too many, or one too few when it is
     # 9): wrong, so no mode and reward 0, even next to the preferred anchor 9.
@@ -239,8 +241,11 @@ def test_arithmetic_reference_tables():
     canon = tasks.make("arithmetic", num_modes=1)
     ans, probs = canon.reference_answers()
     i = 12 - canon.n_min
-    got = {tuple(int(v) for v in ans[i, k]): float(probs[i, k])
-           for k in range(ans.shape[1]) if probs[i, k] > 0}
+    got = {
+        tuple(int(v) for v in ans[i, k]): float(probs[i, k])
+        for k in range(ans.shape[1])
+        if probs[i, k] > 0
+    }
     assert got == pytest.approx({(6, 6): 1 - e, (6, 7): e})  # canonical pair and its slip
     np.testing.assert_allclose(canon.reference_entropy(), [0, h], atol=1e-12)
     np.testing.assert_allclose(canon.reference_mode_shares(), [1 - e], rtol=1e-6)
@@ -253,8 +258,7 @@ def test_arithmetic_reference_tables():
 
     uniform = tasks.make("arithmetic", background=1.0)
     m = [min(9, n) - max(0, n - 9) + 1 for n in range(uniform.n_min, uniform.n_max + 1)]
-    np.testing.assert_allclose(uniform.reference_entropy(), [np.mean(np.log(m)), h],
-                               rtol=1e-9)
+    np.testing.assert_allclose(uniform.reference_entropy(), [np.mean(np.log(m)), h], rtol=1e-9)
     four = tasks.make("arithmetic")
     np.testing.assert_allclose(four.reference_entropy(), [math.log(4), h], rtol=1e-9)
     np.testing.assert_allclose(four.reference_mode_shares(), [(1 - e) / 4] * 4, rtol=1e-6)
@@ -262,23 +266,34 @@ def test_arithmetic_reference_tables():
     assert stats["num_modes"] == 4 and abs(stats["effective_modes"] - 4) < 1e-6
 
 
-@pytest.mark.parametrize("kwargs", [{}, dict(num_modes=1), dict(background=1.0),
-                                    dict(weights=(0.85, 0.05, 0.05, 0.05))])
+@pytest.mark.parametrize(
+    "kwargs", [{}, dict(num_modes=1), dict(background=1.0), dict(weights=(0.85, 0.05, 0.05, 0.05))]
+)
 def test_arithmetic_slips_leave_the_dial_intact(kwargs):
     """The first-digit distribution and the relative mode shares are those of the slip-free
     reference; all slip mass is wrong (reward 0) and unlabelled."""
     t = tasks.make("arithmetic", **kwargs)
     t0 = tasks.make("arithmetic", error_mass=0.0, **kwargs)
     tab, tab0 = t.table(), t0.table()
-    first = lambda tb: np.stack([np.bincount(tb["answers"][i, :, 0], tb["answer_probs"][i], 10)
-                                 for i in range(tb["answers"].shape[0])])
+    first = lambda tb: np.stack(
+        [
+            np.bincount(tb["answers"][i, :, 0], tb["answer_probs"][i], 10)
+            for i in range(tb["answers"].shape[0])
+        ]
+    )
     np.testing.assert_allclose(first(tab), first(tab0), atol=1e-12)
-    np.testing.assert_allclose(t.reference_mode_shares(),
-                               (1 - t.error_mass) * np.asarray(t0.reference_mode_shares()),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        t.reference_mode_shares(),
+        (1 - t.error_mass) * np.asarray(t0.reference_mode_shares()),
+        atol=1e-6,
+    )
     n, a, _ = tab["answers"].shape
-    r = np.asarray(t.reward(jnp.asarray(np.repeat(tab["prompts"], a, 0)),
-                            jnp.asarray(tab["answers"].reshape(n * a, 2)))).reshape(n, a)
+    r = np.asarray(
+        t.reward(
+            jnp.asarray(np.repeat(tab["prompts"], a, 0)),
+            jnp.asarray(tab["answers"].reshape(n * a, 2)),
+        )
+    ).reshape(n, a)
     wrong = (tab["answer_probs"] > 0) & (r == 0)
     assert np.all(tab["answer_modes"][wrong] == -1)
     np.testing.assert_allclose((tab["answer_probs"] * wrong).sum(-1), t.error_mass, atol=1e-12)
@@ -289,17 +304,20 @@ def test_arithmetic_slips_leave_the_dial_intact(kwargs):
 
 def test_format_rewards_and_modes_hand_written():
     prompts = jnp.tile(i32([[13, 3, 4, 8]]), (8, 1))  # s = 15 % 10 = 5, r = 7
-    comps = i32([[EQ, 5, DOT, DOT, DOT],     # direct, right
-                 [7, PLUS, 8, EQ, 5],        # worked, right
-                 [EQ, 4, DOT, DOT, DOT],     # direct, wrong
-                 [6, PLUS, 8, EQ, 5],        # worked, wrong intermediate
-                 [7, PLUS, 8, EQ, 4],        # worked, wrong answer
-                 [1, 2, 3, 4, 5],            # neither
-                 [EQ, 5, DOT, DOT, EQ],      # the reference's direct slip (malformed)
-                 [7, PLUS, 8, DOT, 5]])      # the reference's worked slip (malformed)
+    comps = i32(
+        [
+            [EQ, 5, DOT, DOT, DOT],  # direct, right
+            [7, PLUS, 8, EQ, 5],  # worked, right
+            [EQ, 4, DOT, DOT, DOT],  # direct, wrong
+            [6, PLUS, 8, EQ, 5],  # worked, wrong intermediate
+            [7, PLUS, 8, EQ, 4],  # worked, wrong answer
+            [1, 2, 3, 4, 5],  # neither
+            [EQ, 5, DOT, DOT, EQ],  # the reference's direct slip (malformed)
+            [7, PLUS, 8, DOT, 5],
+        ]
+    )  # the reference's worked slip (malformed)
     strict = tasks.make("format")
-    np.testing.assert_array_equal(strict.mode_labels(prompts, comps),
-                                  [0, 1, 0, 1, 1, -1, -1, -1])
+    np.testing.assert_array_equal(strict.mode_labels(prompts, comps), [0, 1, 0, 1, 1, -1, -1, -1])
     np.testing.assert_array_equal(strict.reward(prompts, comps), [1, 1, 0, 0, 0, 0, 0, 0])
     lenient = tasks.make("format", strict=False)
     np.testing.assert_array_equal(lenient.reward(prompts, comps), [1, 1, 0, 1, 0, 0, 0, 0])
@@ -317,12 +335,11 @@ def test_format_reference_tables():
     e = t.error_mass
     assert e == 0.4
     h, he = _binary_entropy(0.9), _binary_entropy(e)
-    np.testing.assert_allclose(t.reference_entropy(), [h, 0, 0, 0.1 * he, 0.9 * he],
-                               atol=1e-12)
-    np.testing.assert_allclose(t.reference_mode_shares(), [0.9 * (1 - e), 0.1 * (1 - e)],
-                               rtol=1e-6)
-    np.testing.assert_allclose(t.table()["answer_probs"][0],
-                               [0.9 * (1 - e), 0.1 * (1 - e), 0.9 * e, 0.1 * e], atol=1e-12)
+    np.testing.assert_allclose(t.reference_entropy(), [h, 0, 0, 0.1 * he, 0.9 * he], atol=1e-12)
+    np.testing.assert_allclose(t.reference_mode_shares(), [0.9 * (1 - e), 0.1 * (1 - e)], rtol=1e-6)
+    np.testing.assert_allclose(
+        t.table()["answer_probs"][0], [0.9 * (1 - e), 0.1 * (1 - e), 0.9 * e, 0.1 * e], atol=1e-12
+    )
     # error_mass = 0 gives back the all-well-formed reference (at the reward ceiling).
     t0 = tasks.make("format", format_weights=(0.9, 0.1), error_mass=0.0)
     np.testing.assert_allclose(t0.reference_entropy(), [h, 0, 0, 0, 0], atol=1e-12)
@@ -332,11 +349,14 @@ def test_format_reference_tables():
 # ------------------------------------------------------------------------------ all tasks
 
 
-@pytest.mark.parametrize("name,kwargs", [
-    ("bandit", dict(num_modes=3, sigma=3.0, separation=6.0, weights=(0.5, 0.3, 0.2))),
-    ("arithmetic", dict(weights=(0.85, 0.05, 0.05, 0.05))),
-    ("format", dict(format_weights=(0.9, 0.1))),
-])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("bandit", dict(num_modes=3, sigma=3.0, separation=6.0, weights=(0.5, 0.3, 0.2))),
+        ("arithmetic", dict(weights=(0.85, 0.05, 0.05, 0.05))),
+        ("format", dict(format_weights=(0.9, 0.1))),
+    ],
+)
 def test_reference_data_has_declared_modality(name, kwargs):
     task = tasks.make(name, **kwargs)
     n = 20000
@@ -350,8 +370,10 @@ def test_reference_data_has_declared_modality(name, kwargs):
         comps = task.sample_reference(key_r, prompts)
         labels = task.mode_labels(prompts, comps)
         shares = jnp.mean(labels[:, None] == jnp.arange(task.num_modes)[None, :], axis=0)
-        table_labels = task.mode_labels(jnp.repeat(jnp.asarray(tab["prompts"]), n_a, axis=0),
-                                        jnp.asarray(tab["answers"]).reshape(-1, t_len))
+        table_labels = task.mode_labels(
+            jnp.repeat(jnp.asarray(tab["prompts"]), n_a, axis=0),
+            jnp.asarray(tab["answers"]).reshape(-1, t_len),
+        )
         return comps, shares, task.reward(prompts, comps), labels, table_labels
 
     comps, shares, rewards, labels, table_labels = run(rbg(1))
@@ -368,17 +390,24 @@ def test_reference_data_has_declared_modality(name, kwargs):
         assert abs(np.mean(labels < 0) - task.error_mass) < 0.015  # ~4 s.e. at n=20000
     # The table's mode column agrees with mode_labels on every answer with mass.
     live = tab["answer_probs"].reshape(-1) > 0
-    np.testing.assert_array_equal(np.asarray(table_labels)[live],
-                                  tab["answer_modes"].reshape(-1)[live])
+    np.testing.assert_array_equal(
+        np.asarray(table_labels)[live], tab["answer_modes"].reshape(-1)[live]
+    )
 
 
 def _preset_cases():
-    cases = [(f"preset:{name}", task_configs.make_task(task_configs.task_config(name)))
-             for name in task_configs.PRESETS]
+    cases = [
+        (f"preset:{name}", task_configs.make_task(task_configs.task_config(name)))
+        for name in task_configs.PRESETS
+    ]
     cases += [(f"default:{name}", tasks.make(name)) for name in tasks.TASKS]
     # A preference bonus raises the ceiling as well as the reference's reward.
-    cases.append(("arithmetic preferring mode 3", tasks.make(
-        "arithmetic", preferred_mode=3, preference_bonus=1.0)))
+    cases.append(
+        (
+            "arithmetic preferring mode 3",
+            tasks.make("arithmetic", preferred_mode=3, preference_bonus=1.0),
+        )
+    )
     return cases
 
 
@@ -393,16 +422,22 @@ def test_every_reference_starts_below_its_reward_ceiling(label, task):
     tab = task.table()
     n, a, t_len = tab["answers"].shape
     prompts = np.repeat(tab["prompts"], a, axis=0)
-    r = np.asarray(task.reward(jnp.asarray(prompts), jnp.asarray(
-        tab["answers"].reshape(n * a, t_len))), np.float64).reshape(n, a)
+    r = np.asarray(
+        task.reward(jnp.asarray(prompts), jnp.asarray(tab["answers"].reshape(n * a, t_len))),
+        np.float64,
+    ).reshape(n, a)
     w = tab["prompt_probs"]
     ref_reward = float(w @ (tab["answer_probs"] * r).sum(-1))
     ceiling = float(w @ r.max(-1))  # the table lists a best answer for every prompt:
     if task.num_completions() <= 1000:  # checked against every completion where enumerable
         comps = np.asarray(task.enumerate_completions())
         c = comps.shape[0]
-        full = np.asarray(task.reward(jnp.asarray(np.repeat(tab["prompts"], c, axis=0)),
-                                      jnp.asarray(np.tile(comps, (n, 1))))).reshape(n, c)
+        full = np.asarray(
+            task.reward(
+                jnp.asarray(np.repeat(tab["prompts"], c, axis=0)),
+                jnp.asarray(np.tile(comps, (n, 1))),
+            )
+        ).reshape(n, c)
         assert ceiling == pytest.approx(float(w @ full.max(-1)), abs=1e-6)
     else:  # format: rewards are 0/1 and both correct answers are listed
         assert task.name == "format" and ceiling == pytest.approx(1.0)

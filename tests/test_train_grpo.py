@@ -53,8 +53,9 @@ def optima(task, ref_probs, beta):
     prompts = jnp.full((comps.shape[0], 1), task.bos_id, jnp.int32)
     r = np.asarray(task.reward(prompts, comps), np.float64)
     q = np.asarray(ref_probs, np.float64)
-    rev, fwd = (bandit_optimum(r, q / q.sum(), np.array([beta]), d)[0]
-                for d in ("reverse", "forward"))
+    rev, fwd = (
+        bandit_optimum(r, q / q.sum(), np.array([beta]), d)[0] for d in ("reverse", "forward")
+    )
     return rev, fwd, r
 
 
@@ -66,13 +67,15 @@ def tv(p, q):
 def bandit_population(tmp_path_factory):
     """k2/loss, exact_fwd/loss, k3/loss with unbiased advantages (RLOO, no std, so the
     objective is E[R] - beta KL), one program, 200 steps."""
-    c = tiny_config(steps=200, chunk=50, beta=BETA, advantage_estimator="rloo",
-                    aggregation="token_mean")
+    c = tiny_config(
+        steps=200, chunk=50, beta=BETA, advantage_estimator="rloo", aggregation="token_mean"
+    )
     task, mcfg, ref = reference(c)
     choices = ("k2/loss", "exact_fwd/loss", "k3/loss")
     cells = [{"train.seed": 0, "loss.kl_choice": ch} for ch in choices]
-    out = runner.run_population(c, cells, str(tmp_path_factory.mktemp("pop")), ref_params=ref,
-                                log=lambda *_: None)
+    out = runner.run_population(
+        c, cells, str(tmp_path_factory.mktemp("pop")), ref_params=ref, log=lambda *_: None
+    )
     return c, task, mcfg, ref, choices, out
 
 
@@ -99,8 +102,7 @@ def test_bandit_reward_rises_and_reference_is_frozen(bandit_population):
     final = np.asarray(out.history["reward_mean"])[:, -20:].mean(axis=1)
     assert np.all(final > ref_reward + 0.15), (final, ref_reward)
     for i in range(3):  # the reference is never updated
-        for a, b in zip(jax.tree.leaves(member(out.state.ref_params, i)),
-                        jax.tree.leaves(ref)):
+        for a, b in zip(jax.tree.leaves(member(out.state.ref_params, i)), jax.tree.leaves(ref)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(out.state.step[0]) == 200
 
@@ -119,35 +121,42 @@ def test_one_and_eight_devices_agree(tmp_path):
         c.mesh.data = devices
         c.mesh.shard_params = shard_params  # FSDP-style: parameters split along `data` too
         _, _, ref = reference(c)
-        out = runner.run_population(c, runner.population_cells(c),
-                                    str(tmp_path / f"{devices}-{shard_params}"),
-                                    ref_params=ref, log=lambda *_: None)
+        out = runner.run_population(
+            c,
+            runner.population_cells(c),
+            str(tmp_path / f"{devices}-{shard_params}"),
+            ref_params=ref,
+            log=lambda *_: None,
+        )
         finals.append(out)
     sharded = [x.sharding for x in jax.tree.leaves(finals[2].state.params)]
     assert any(not s.is_fully_replicated for s in sharded)  # parameters really are split
     for other in finals[1:]:
-        for a, b in zip(jax.tree.leaves(finals[0].state.params),
-                        jax.tree.leaves(other.state.params)):
+        for a, b in zip(
+            jax.tree.leaves(finals[0].state.params), jax.tree.leaves(other.state.params)
+        ):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
         for k in ("reward_mean", "loss", "exact_kl_rev"):
-            np.testing.assert_allclose(finals[0].history[k], other.history[k],
-                                       atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(finals[0].history[k], other.history[k], atol=1e-5, rtol=1e-5)
 
 
 def test_kill_and_resume_equals_uninterrupted_bit_for_bit(tmp_path):
     c = tiny_config(steps=6, chunk=2)
     _, _, ref = reference(c)
     quiet = lambda *_: None
-    full = runner.run_population(c, runner.population_cells(c), str(tmp_path / "full"),
-                                 ref_params=ref, log=quiet)
+    full = runner.run_population(
+        c, runner.population_cells(c), str(tmp_path / "full"), ref_params=ref, log=quiet
+    )
     # "Killed" after 2 of 3 chunks, then the same command again resumes from the checkpoint.
     c_cut = tiny_config(steps=4, chunk=2)
-    runner.run_population(c_cut, runner.population_cells(c_cut), str(tmp_path / "cut"),
-                          ref_params=ref, log=quiet)
+    runner.run_population(
+        c_cut, runner.population_cells(c_cut), str(tmp_path / "cut"), ref_params=ref, log=quiet
+    )
     assert checkpoint.latest_step(str(tmp_path / "cut" / "checkpoints")) == 4
     logs = []
-    resumed = runner.run_population(c, runner.population_cells(c), str(tmp_path / "cut"),
-                                    ref_params=ref, log=logs.append)
+    resumed = runner.run_population(
+        c, runner.population_cells(c), str(tmp_path / "cut"), ref_params=ref, log=logs.append
+    )
     assert resumed.start_step == 4 and any("resumed" in line for line in logs)
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -160,18 +169,28 @@ def test_population_equals_separate_runs(tmp_path):
     c.optim.eps = 1e-3  # vmap changes summation order only; see test_one_and_eight_devices
     _, _, ref = reference(c)
     quiet = lambda *_: None
-    pop = runner.run_population(c, [{"train.seed": 3}, {"train.seed": 4, "loss.beta": 0.1}],
-                                str(tmp_path / "pop"), ref_params=ref, log=quiet)
+    pop = runner.run_population(
+        c,
+        [{"train.seed": 3}, {"train.seed": 4, "loss.beta": 0.1}],
+        str(tmp_path / "pop"),
+        ref_params=ref,
+        log=quiet,
+    )
     for i, cell in enumerate([{"train.seed": 3}, {"train.seed": 4, "loss.beta": 0.1}]):
-        one = runner.run_population(c, [cell], str(tmp_path / f"one{i}"), ref_params=ref,
-                                    log=quiet)
-        for a, b in zip(jax.tree.leaves(member(pop.state.params, i)),
-                        jax.tree.leaves(member(one.state.params, 0))):
+        one = runner.run_population(c, [cell], str(tmp_path / f"one{i}"), ref_params=ref, log=quiet)
+        for a, b in zip(
+            jax.tree.leaves(member(pop.state.params, i)),
+            jax.tree.leaves(member(one.state.params, 0)),
+        ):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
     # the two members really differ (so the comparison above could fail)
-    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
-        jax.tree.leaves(member(pop.state.params, 0)),
-        jax.tree.leaves(member(pop.state.params, 1))))
+    diff = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(
+            jax.tree.leaves(member(pop.state.params, 0)),
+            jax.tree.leaves(member(pop.state.params, 1)),
+        )
+    )
     assert diff > 1e-4, diff
 
 
@@ -189,8 +208,7 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     c = tiny_config(steps=2, chunk=2)
     _, _, ref = reference(c)
     quiet = lambda *_: None
-    runner.run_population(c, runner.population_cells(c), str(tmp_path), ref_params=ref,
-                          log=quiet)
+    runner.run_population(c, runner.population_cells(c), str(tmp_path), ref_params=ref, log=quiet)
     good = checkpoint.latest_step(str(tmp_path / "checkpoints"))
     bad = tiny_config(steps=4, chunk=2)
     bad_cells = [{"train.seed": 0, "loss.beta": float("inf")}]
@@ -199,43 +217,45 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     # Resume the good run with beta = inf on purpose (bypassing the run-config check) to put
     # a non-finite loss in the middle of a run.
     os.remove(tmp_path / rundir.CONFIG_FILE)
-    with pytest.raises(runner.NonFiniteError, match="non-finite loss or gradient at step 2.*"
-                       "last good checkpoint, step 2, is kept in"):
+    with pytest.raises(
+        runner.NonFiniteError,
+        match="non-finite loss or gradient at step 2.*" "last good checkpoint, step 2, is kept in",
+    ):
         runner.run_population(bad, bad_cells, str(tmp_path), ref_params=ref, log=quiet)
     assert checkpoint.latest_step(str(tmp_path / "checkpoints")) == good == 2
     with pytest.raises(runner.NonFiniteError, match="step 0.*no checkpoint exists yet"):
-        runner.run_population(bad, bad_cells, str(tmp_path / "fresh"), ref_params=ref,
-                              log=quiet)
+        runner.run_population(bad, bad_cells, str(tmp_path / "fresh"), ref_params=ref, log=quiet)
 
     # "skip": the bad updates are skipped and counted; parameters stay finite and unchanged.
     skip = tiny_config(steps=2, chunk=2)
     skip.train.on_nonfinite = "skip"
     with pytest.raises(runner.TooManySkippedError, match="2 of 2, 100%"):  # default 10%
-        runner.run_population(skip, bad_cells, str(tmp_path / "skip0"), ref_params=ref,
-                              log=quiet)
+        runner.run_population(skip, bad_cells, str(tmp_path / "skip0"), ref_params=ref, log=quiet)
     skip.train.max_skipped_frac = 1.0
-    out = runner.run_population(skip, bad_cells, str(tmp_path / "skip"), ref_params=ref,
-                                log=quiet)
+    out = runner.run_population(skip, bad_cells, str(tmp_path / "skip"), ref_params=ref, log=quiet)
     assert int(out.state.num_skipped[0]) == 2
     for a, b in zip(jax.tree.leaves(member(out.state.params, 0)), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("loss.kl_estimator", "k4", "config.loss.*k4.*k1"),
-    ("loss.kl_choice", "k3/everywhere", "config.loss.*everywhere"),
-    ("loss.aggregation", "mean", "config.loss.*aggregation"),
-    ("grpo.group_size", 1, "config.grpo.group_size"),
-    ("model.num_heads", 3, "config.model.width"),
-    ("train.on_nonfinite", "ignore", "config.train.on_nonfinite.*stop, skip"),
-    ("task.name", "chess", "config.task.name.*bandit"),
-    ("train.num_steps", 10, "config.train.num_steps.*multiple of train.chunk_steps"),
-    ("train.checkpoint_every_chunks", 0, "config.train.checkpoint_every_chunks.*>= 1"),
-    ("loss.beta", float("inf"), r"config.loss.beta: inf is not a finite number in \[0.0, "),
-    ("loss.beta", -1.0, r"config.loss.beta: -1.0 is not a finite number in \[0.0, inf\)"),
-    ("train.max_skipped_frac", 1.5, r"config.train.max_skipped_frac.*\[0.0, 1.0\]"),
-    ("reference.checkpoint", "/no/such/ref", "config.reference.checkpoint.*no checkpoint"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("loss.kl_estimator", "k4", "config.loss.*k4.*k1"),
+        ("loss.kl_choice", "k3/everywhere", "config.loss.*everywhere"),
+        ("loss.aggregation", "mean", "config.loss.*aggregation"),
+        ("grpo.group_size", 1, "config.grpo.group_size"),
+        ("model.num_heads", 3, "config.model.width"),
+        ("train.on_nonfinite", "ignore", "config.train.on_nonfinite.*stop, skip"),
+        ("task.name", "chess", "config.task.name.*bandit"),
+        ("train.num_steps", 10, "config.train.num_steps.*multiple of train.chunk_steps"),
+        ("train.checkpoint_every_chunks", 0, "config.train.checkpoint_every_chunks.*>= 1"),
+        ("loss.beta", float("inf"), r"config.loss.beta: inf is not a finite number in \[0.0, "),
+        ("loss.beta", -1.0, r"config.loss.beta: -1.0 is not a finite number in \[0.0, inf\)"),
+        ("train.max_skipped_frac", 1.5, r"config.train.max_skipped_frac.*\[0.0, 1.0\]"),
+        ("reference.checkpoint", "/no/such/ref", "config.reference.checkpoint.*no checkpoint"),
+    ],
+)
 def test_invalid_config_names_the_field(field, value, match):
     c = tiny_config()
     section, key = field.split(".")
@@ -251,10 +271,24 @@ def test_metrics_jsonl_has_the_promised_fields(tmp_path):
     runner.train_and_evaluate(c, str(tmp_path), ref_params=ref, log=lambda *_: None)
     rows = writers.read_metrics(str(tmp_path))
     assert len(rows) == 2
-    for key in ("reward_mean", "reward_std", "kl_mean", "exact_kl_rev", "exact_kl_fwd",
-                "entropy", "clip_frac_low", "clip_frac_high", "ratio_min", "ratio_max",
-                "grad_norm", "param_norm", "update_norm", "mode_shares", "step_time",
-                "tokens_per_s"):
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "kl_mean",
+        "exact_kl_rev",
+        "exact_kl_fwd",
+        "entropy",
+        "clip_frac_low",
+        "clip_frac_high",
+        "ratio_min",
+        "ratio_max",
+        "grad_norm",
+        "param_norm",
+        "update_norm",
+        "mode_shares",
+        "step_time",
+        "tokens_per_s",
+    ):
         assert key in rows[0] and np.all(np.isfinite(rows[0][key])), key
     assert os.listdir(tmp_path / "tb")
     summary = json.load(open(tmp_path / "summary.json"))

@@ -13,7 +13,8 @@ from grpo_jax import xla_setup
 
 def test_flags_merge_keeps_user_choices():
     merged = xla_setup.xla_flags_with_defaults(
-        "--xla_force_host_platform_device_count=8 --a=1", ("--a=2", "--b=3"))
+        "--xla_force_host_platform_device_count=8 --a=1", ("--a=2", "--b=3")
+    )
     assert merged.split() == ["--xla_force_host_platform_device_count=8", "--a=1", "--b=3"]
     assert xla_setup.xla_flags_with_defaults("", ()) == ""
 
@@ -56,8 +57,9 @@ def _run(tmp_path, name, cache_dir):
     out = tmp_path / f"{name}.npz"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     env.pop("GRPO_JAX_COMPILATION_CACHE", None)
-    subprocess.run([sys.executable, "-c", _CHILD, str(out), cache_dir], check=True, env=env,
-                   timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", _CHILD, str(out), cache_dir], check=True, env=env, timeout=300
+    )
     return dict(np.load(out))
 
 

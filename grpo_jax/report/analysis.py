@@ -49,20 +49,23 @@ def modalities(records) -> list[tuple[str, bool, float, int]]:
     """(label, multimodal, separation, num_modes) in first-seen order."""
     seen = {}
     for r in records:
-        seen.setdefault(r["modality"], (r["modality"], r["multimodal"], r["separation"],
-                                        r["num_modes"]))
+        seen.setdefault(
+            r["modality"], (r["modality"], r["multimodal"], r["separation"], r["num_modes"])
+        )
     return list(seen.values())
 
 
-def target_reward(cv, policy, modality, primary, seeds, fraction, by="reward"
-                  ) -> dict[str, float]:
+def target_reward(cv, policy, modality, primary, seeds, fraction, by="reward") -> dict[str, float]:
     """r* = r_lo + fraction (r_hi - r_lo): r_lo the larger of the two primary arms' median
     (over seeds) smallest reward along the sweep, r_hi the smaller of their median largest
     reward, so that every seed of both arms brackets r* in the typical case."""
     lo, hi = [], []
     for arm in primary:
-        rs = [cv[(policy, modality, arm, s, 0)][by] for s in seeds
-              if (policy, modality, arm, s, 0) in cv]
+        rs = [
+            cv[(policy, modality, arm, s, 0)][by]
+            for s in seeds
+            if (policy, modality, arm, s, 0) in cv
+        ]
         lo.append(np.median([x.min() for x in rs]))
         hi.append(np.median([x.max() for x in rs]))
     r_lo, r_hi = float(max(lo)), float(min(hi))
@@ -74,8 +77,9 @@ def matched(cv, policy, modality, arm, seeds, replicate, outcome, by, target) ->
     out = []
     for s in seeds:
         c = cv.get((policy, modality, arm, s, replicate))
-        out.append(math.nan if c is None else
-                   inf.at_matched(c["strength"], c[by], c[outcome], target))
+        out.append(
+            math.nan if c is None else inf.at_matched(c["strength"], c[by], c[outcome], target)
+        )
     return np.asarray(out)
 
 
@@ -98,9 +102,11 @@ class _Study:
         self.by = config["match"]["by"]
         self.check_by = config["match"]["check_by"]
         frac = float(config["match"]["fraction"])
-        self.targets = {(p, m[0]): target_reward(self.cv, p, m[0], self.primary, self.seeds,
-                                                 frac, self.by)
-                        for p in self.policies for m in self.mods}
+        self.targets = {
+            (p, m[0]): target_reward(self.cv, p, m[0], self.primary, self.seeds, frac, self.by)
+            for p in self.policies
+            for m in self.mods
+        }
 
     def bounds(self, outcome, order=1):
         o = self.config["outcomes"][outcome]
@@ -117,8 +123,7 @@ class _Study:
         return matched(self.cv, policy, modality, arm, self.seeds, replicate, outcome, by, t)
 
     def _check_target(self, policy, modality, replicate, by):
-        ks = [np.nanmedian(self.values(policy, modality, a, by, replicate))
-              for a in self.primary]
+        ks = [np.nanmedian(self.values(policy, modality, a, by, replicate)) for a in self.primary]
         return float(np.mean(ks))
 
 
@@ -126,7 +131,8 @@ def _delta(st: _Study, policy, modality, a, b, outcome, replicate=0, by=None):
     """Seed-paired a - b at matched strength, or None when fewer than 2 seeds reach r*."""
     with np.errstate(invalid="ignore"):  # NaN where a seed does not reach r*
         d = st.values(policy, modality, a, outcome, replicate, by) - st.values(
-            policy, modality, b, outcome, replicate, by)
+            policy, modality, b, outcome, replicate, by
+        )
     if np.isfinite(d).sum() < 2:
         return None, d
     return inf.paired(d, st.bounds(outcome)), d
@@ -148,8 +154,7 @@ def _family(st: _Study, policy, pairs, replicate):
     and the other outcomes' (reported). A point where fewer than `min_matched_fraction` of
     the seeds reach the matched reward is not estimable and left out (listed as such)."""
     rows, skipped = [], []
-    need = max(2, math.ceil(float(st.config.get("min_matched_fraction", 0.0)) *
-                            len(st.seeds)))
+    need = max(2, math.ceil(float(st.config.get("min_matched_fraction", 0.0)) * len(st.seeds)))
     for a, b in pairs:
         for o in st.outcomes:
             for base in (b for b in st.baselines if b not in st.missing_baselines):
@@ -157,8 +162,16 @@ def _family(st: _Study, policy, pairs, replicate):
                 if uni is None or uni.n < need:
                     skipped.append(dict(modality=base, outcome=o, pair=[a, b]))
                     continue
-                rows.append(dict(kind="unimodal", baseline=base, modality=base, outcome=o,
-                                 pair=(a, b), est=uni))
+                rows.append(
+                    dict(
+                        kind="unimodal",
+                        baseline=base,
+                        modality=base,
+                        outcome=o,
+                        pair=(a, b),
+                        est=uni,
+                    )
+                )
                 for label, multi, sep, k in st.mods:
                     if not multi:
                         continue
@@ -168,9 +181,19 @@ def _family(st: _Study, policy, pairs, replicate):
                         continue
                     with np.errstate(invalid="ignore"):
                         est = inf.paired(d_multi - d_uni, st.bounds(o, order=2))
-                    rows.append(dict(kind="interaction", baseline=base, modality=label,
-                                     separation=sep, num_modes=k, outcome=o, pair=(a, b),
-                                     est=est, delta=dm))
+                    rows.append(
+                        dict(
+                            kind="interaction",
+                            baseline=base,
+                            modality=label,
+                            separation=sep,
+                            num_modes=k,
+                            outcome=o,
+                            pair=(a, b),
+                            est=est,
+                            delta=dm,
+                        )
+                    )
     alpha = float(st.config["alpha"])
     primary = st.config["primary_outcome"]
     inf.apply_holm([r["est"] for r in rows if r["outcome"] == primary], alpha)  # decides
@@ -191,14 +214,14 @@ def _combine_points(points) -> tuple[str, str]:
     if beyond:
         return "refuted", beyond[0]["reason"]
     if len(refuted) == len(points):
-        return "refuted", (f"refuted at every point ({', '.join(p['modality'] for p in points)}"
-                           f"); " + refuted[0]["reason"])
+        return "refuted", (
+            f"refuted at every point ({', '.join(p['modality'] for p in points)}"
+            f"); " + refuted[0]["reason"]
+        )
     if held and not opposite:
-        return "holds", f"holds at {', '.join(p['modality'] for p in held)}; " + \
-            held[0]["reason"]
+        return "holds", f"holds at {', '.join(p['modality'] for p in held)}; " + held[0]["reason"]
     word = "mixed" if held or refuted else "no point decides"
-    return "undecided", (f"{word}: " + "; ".join(f"{p['modality']} {p['verdict']}"
-                                                 for p in points))
+    return "undecided", (f"{word}: " + "; ".join(f"{p['modality']} {p['verdict']}" for p in points))
 
 
 def _verdict(st: _Study, rows, primary_outcome) -> dict[str, Any]:
@@ -212,26 +235,35 @@ def _verdict(st: _Study, rows, primary_outcome) -> dict[str, Any]:
     for base in st.baselines:
         pts = []
         for pair in dict.fromkeys(r["pair"] for r in rows):
-            sel = [r for r in rows if r["outcome"] == primary_outcome and r["pair"] == pair
-                   and r["baseline"] == base]
+            sel = [
+                r
+                for r in rows
+                if r["outcome"] == primary_outcome and r["pair"] == pair and r["baseline"] == base
+            ]
             uni = [r for r in sel if r["kind"] == "unimodal"]
             for r in (r for r in sel if r["kind"] == "interaction" and uni):
                 v = inf.decide(r["est"], uni[0]["est"], margin, margin, alpha, sign)
-                pts.append(dict(baseline=base, modality=r["modality"], pair=list(pair),
-                                **vars(v)))
+                pts.append(dict(baseline=base, modality=r["modality"], pair=list(pair), **vars(v)))
         verdict, reason = _combine_points(pts)
         if base in st.missing_baselines:
             verdict, reason = "undecided", f"the baseline {base!r} is not in the records"
         need = max([p["seeds_to_decide"] for p in pts] + [-1])
-        per_base[base] = dict(verdict=verdict, reason=reason,
-                              seeds_to_decide=need if verdict == "undecided" else -1)
+        per_base[base] = dict(
+            verdict=verdict, reason=reason, seeds_to_decide=need if verdict == "undecided" else -1
+        )
         points += pts
     verdict = inf.overall([v["verdict"] for v in per_base.values()])
-    reason = "; ".join(f"vs {b}: {v['verdict'].upper()} ({v['reason']})"
-                       for b, v in per_base.items())
+    reason = "; ".join(
+        f"vs {b}: {v['verdict'].upper()} ({v['reason']})" for b, v in per_base.items()
+    )
     need = max([v["seeds_to_decide"] for v in per_base.values()] + [-1])
-    return dict(verdict=verdict, reason=reason, baselines=per_base, points=points,
-                seeds_to_decide=need if verdict == "undecided" else -1)
+    return dict(
+        verdict=verdict,
+        reason=reason,
+        baselines=per_base,
+        points=points,
+        seeds_to_decide=need if verdict == "undecided" else -1,
+    )
 
 
 def _row_json(r) -> dict:
@@ -250,10 +282,14 @@ def q1(st: _Study, replicate=0) -> dict[str, Any]:
         per_policy = {}
         for p in st.policies:
             rows, skipped = _family(st, p, pairs, replicate)
-            per_policy[p] = dict(_verdict(st, rows, st.config["primary_outcome"]),
-                                 tests=[_row_json(r) for r in rows], not_estimable=skipped)
-        out[name] = dict(policies=per_policy,
-                         overall=inf.overall([v["verdict"] for v in per_policy.values()]))
+            per_policy[p] = dict(
+                _verdict(st, rows, st.config["primary_outcome"]),
+                tests=[_row_json(r) for r in rows],
+                not_estimable=skipped,
+            )
+        out[name] = dict(
+            policies=per_policy, overall=inf.overall([v["verdict"] for v in per_policy.values()])
+        )
     return out
 
 
@@ -264,9 +300,17 @@ def deltas_table(st: _Study, outcome, replicate=0, by=None) -> list[dict]:
     for p in st.policies:
         for label, multi, sep, k in st.mods:
             est, _ = _delta(st, p, label, a, b, outcome, replicate, by)
-            rows.append(dict(policy=p, modality=label, multimodal=multi, separation=sep,
-                             num_modes=k, target=st.targets[(p, label)],
-                             estimate=None if est is None else est.as_dict()))
+            rows.append(
+                dict(
+                    policy=p,
+                    modality=label,
+                    multimodal=multi,
+                    separation=sep,
+                    num_modes=k,
+                    target=st.targets[(p, label)],
+                    estimate=None if est is None else est.as_dict(),
+                )
+            )
     return rows
 
 
@@ -299,15 +343,23 @@ def behaved_like(st: _Study) -> list[dict]:
         for p in st.policies:
             for label, multi, sep, k in st.mods:
                 x = st.values(p, label, arm, o)
-                d = np.abs(x - st.values(p, label, fwd, o)) - np.abs(x - st.values(p, label,
-                                                                                     rev, o))
+                d = np.abs(x - st.values(p, label, fwd, o)) - np.abs(
+                    x - st.values(p, label, rev, o)
+                )
                 if np.isfinite(d).sum() < 2:
                     continue
                 est = inf.paired(d)
-                like = ("forward" if est.high < 0 else "reverse" if est.low > 0
-                        else "unclear")
-                rows.append(dict(arm=arm, policy=p, modality=label, multimodal=multi,
-                                 estimate=est.as_dict(), like=like))
+                like = "forward" if est.high < 0 else "reverse" if est.low > 0 else "unclear"
+                rows.append(
+                    dict(
+                        arm=arm,
+                        policy=p,
+                        modality=label,
+                        multimodal=multi,
+                        estimate=est.as_dict(),
+                        like=like,
+                    )
+                )
     return rows
 
 
@@ -322,37 +374,60 @@ def power(st: _Study, q1_result) -> list[dict]:
     for p, v in q1_result["primary"]["policies"].items():
         for o in st.outcomes:
             margin = float(st.config["outcomes"][o]["margin"])
-            uni = [t for t in v["tests"] if t["kind"] == "unimodal" and t["outcome"] == o
-                   and t["baseline"] == st.baselines[0]]
+            uni = [
+                t
+                for t in v["tests"]
+                if t["kind"] == "unimodal"
+                and t["outcome"] == o
+                and t["baseline"] == st.baselines[0]
+            ]
             ints = [t for t in v["tests"] if t["kind"] == "interaction" and t["outcome"] == o]
             if not uni:
                 continue
             sd_u = uni[0]["estimate"]["sd"]
             sd_i = max([t["estimate"]["sd"] for t in ints] + [0.0])
-            m = sum(t["outcome"] == o if o == primary else t["outcome"] != primary
-                    for t in v["tests"])  # the size of the Holm family the test is in
-            rows.append(dict(policy=p, outcome=o, margin=margin, sd_unimodal=sd_u,
-                             sd_interaction=sd_i, seeds=len(st.seeds),
-                             family=m,
-                             seeds_for_equivalence=inf.seeds_for_halfwidth(
-                                 sd_u, margin, 1 - 2 * alpha, pw),
-                             seeds_for_interaction=inf.seeds_for_halfwidth(
-                                 sd_i, margin, 1 - alpha / max(m, 1), pw)))
+            m = sum(
+                t["outcome"] == o if o == primary else t["outcome"] != primary for t in v["tests"]
+            )  # the size of the Holm family the test is in
+            rows.append(
+                dict(
+                    policy=p,
+                    outcome=o,
+                    margin=margin,
+                    sd_unimodal=sd_u,
+                    sd_interaction=sd_i,
+                    seeds=len(st.seeds),
+                    family=m,
+                    seeds_for_equivalence=inf.seeds_for_halfwidth(sd_u, margin, 1 - 2 * alpha, pw),
+                    seeds_for_interaction=inf.seeds_for_halfwidth(
+                        sd_i, margin, 1 - alpha / max(m, 1), pw
+                    ),
+                )
+            )
     return rows
 
 
 def training_quality(records, tv_target: float = 0.05) -> dict[str, Any]:
     """How close the tabular primary runs came to their closed-form optima, and how often
     an update was skipped for an exactly zero gradient."""
-    tv = np.asarray([r["tv_to_optimum"] for r in records if r.get("tv_to_optimum") is not None
-                     and r["replicate"] == 0], np.float64)
+    tv = np.asarray(
+        [
+            r["tv_to_optimum"]
+            for r in records
+            if r.get("tv_to_optimum") is not None and r["replicate"] == 0
+        ],
+        np.float64,
+    )
     zg = np.asarray([r["zero_grad_frac"] for r in records], np.float64)
-    return {"tv_mean": float(tv.mean()) if tv.size else None,
-            "tv_max": float(tv.max()) if tv.size else None,
-            "tv_target": tv_target,
-            "tv_within": float(np.mean(tv <= tv_target)) if tv.size else None,
-            "tv_count": int(tv.size), "zero_grad_frac_mean": float(zg.mean()),
-            "zero_grad_frac_max": float(zg.max())}
+    return {
+        "tv_mean": float(tv.mean()) if tv.size else None,
+        "tv_max": float(tv.max()) if tv.size else None,
+        "tv_target": tv_target,
+        "tv_within": float(np.mean(tv <= tv_target)) if tv.size else None,
+        "tv_count": int(tv.size),
+        "zero_grad_frac_mean": float(zg.mean()),
+        "zero_grad_frac_max": float(zg.max()),
+    }
 
 
 def robustness(base: Mapping[str, Any], replicate: Mapping[str, Any]) -> dict[str, Any]:
@@ -361,11 +436,24 @@ def robustness(base: Mapping[str, Any], replicate: Mapping[str, Any]) -> dict[st
     for name, c in base.items():
         for p, v in c["policies"].items():
             w = replicate[name]["policies"][p]
-            pairs.append(dict(contrast=name, policy=p, main=v["verdict"],
-                              replicate=w["verdict"], same=v["verdict"] == w["verdict"]))
-        pairs.append(dict(contrast=name, policy="overall", main=c["overall"],
-                          replicate=replicate[name]["overall"],
-                          same=c["overall"] == replicate[name]["overall"]))
+            pairs.append(
+                dict(
+                    contrast=name,
+                    policy=p,
+                    main=v["verdict"],
+                    replicate=w["verdict"],
+                    same=v["verdict"] == w["verdict"],
+                )
+            )
+        pairs.append(
+            dict(
+                contrast=name,
+                policy="overall",
+                main=c["overall"],
+                replicate=replicate[name]["overall"],
+                same=c["overall"] == replicate[name]["overall"],
+            )
+        )
     return {"rows": pairs, "all_same": all(p["same"] for p in pairs)}
 
 
@@ -377,8 +465,7 @@ def analyse(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> 
         "targets": [dict(policy=p, modality=m, **t) for (p, m), t in st.targets.items()],
         "q1": main,
         "deltas": {o: deltas_table(st, o) for o in st.outcomes},
-        "deltas_at_matched_kl": deltas_table(st, config["primary_outcome"],
-                                             by=st.check_by),
+        "deltas_at_matched_kl": deltas_table(st, config["primary_outcome"], by=st.check_by),
         "entropy_control": entropy_control(st),
         "behaved_like": behaved_like(st),
         "power": power(st, main),

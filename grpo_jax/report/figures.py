@@ -19,11 +19,21 @@ import numpy as np
 
 from grpo_jax.report import analysis
 
-ARM_COLOURS = {"exact_fwd/loss": "tab:blue", "exact_rev/loss": "tab:red",
-               "k3/loss": "tab:cyan", "k2/loss": "tab:orange", "k1/reward": "tab:pink",
-               "k1/loss": "tab:gray", "k3/reward": "tab:olive", "entropy": "tab:green"}
-LABELS = {"exact_fwd/loss": "forward KL", "exact_rev/loss": "reverse KL",
-          "entropy": "entropy bonus"}
+ARM_COLOURS = {
+    "exact_fwd/loss": "tab:blue",
+    "exact_rev/loss": "tab:red",
+    "k3/loss": "tab:cyan",
+    "k2/loss": "tab:orange",
+    "k1/reward": "tab:pink",
+    "k1/loss": "tab:gray",
+    "k3/reward": "tab:olive",
+    "entropy": "tab:green",
+}
+LABELS = {
+    "exact_fwd/loss": "forward KL",
+    "exact_rev/loss": "reverse KL",
+    "entropy": "entropy bonus",
+}
 
 
 def _slug(*parts) -> str:
@@ -47,20 +57,29 @@ def _band(records, policy, modality, arm, x_key, y_key, replicate=0):
     """Per strength: mean x, mean y and the y spread (1 sd over seeds), sorted by x."""
     by_s: dict[float, list] = {}
     for r in records:
-        if (r["policy"], r["modality"], r["arm"], r["replicate"]) == (policy, modality, arm,
-                                                                     replicate):
+        if (r["policy"], r["modality"], r["arm"], r["replicate"]) == (
+            policy,
+            modality,
+            arm,
+            replicate,
+        ):
             by_s.setdefault(r["strength"], []).append((r["final"][x_key], r["final"][y_key]))
     if not by_s:
         return None
-    pts = np.asarray([[np.mean([p[0] for p in v]), np.mean([p[1] for p in v]),
-                       np.std([p[1] for p in v])] for _, v in sorted(by_s.items())])
+    pts = np.asarray(
+        [
+            [np.mean([p[0] for p in v]), np.mean([p[1] for p in v]), np.std([p[1] for p in v])]
+            for _, v in sorted(by_s.items())
+        ]
+    )
     return pts[np.argsort(pts[:, 0])]
 
 
 def _curve(ax, pts, colour, label):
     ax.plot(pts[:, 0], pts[:, 1], "-o", color=colour, ms=2.5, lw=1.2, label=label)
-    ax.fill_between(pts[:, 0], pts[:, 1] - pts[:, 2], pts[:, 1] + pts[:, 2], color=colour,
-                    alpha=0.2, lw=0)
+    ax.fill_between(
+        pts[:, 0], pts[:, 1] - pts[:, 2], pts[:, 1] + pts[:, 2], color=colour, alpha=0.2, lw=0
+    )
 
 
 def _interaction_panel(ax, result, outcome):
@@ -73,20 +92,36 @@ def _interaction_panel(ax, result, outcome):
         baselines = list(dict.fromkeys(t["baseline"] for t in v["tests"]))
         for j, base in enumerate(baselines):
             for modes, marker in ((2, "o"), (4, "D")):
-                rows = sorted((t for t in v["tests"] if t["kind"] == "interaction"
-                               and t["outcome"] == outcome and t["baseline"] == base
-                               and t.get("num_modes") == modes),
-                              key=lambda t: t["separation"])
+                rows = sorted(
+                    (
+                        t
+                        for t in v["tests"]
+                        if t["kind"] == "interaction"
+                        and t["outcome"] == outcome
+                        and t["baseline"] == base
+                        and t.get("num_modes") == modes
+                    ),
+                    key=lambda t: t["separation"],
+                )
                 if not rows:
                     continue
                 x = np.asarray([t["separation"] for t in rows]) + 0.1 * (2 * i + j)
                 e = [t["estimate"] for t in rows]
                 y = np.asarray([t["mean"] for t in e])
-                err = np.asarray([[t["mean"] - t["low"] for t in e],
-                                  [t["high"] - t["mean"] for t in e]])
-                ax.errorbar(x, y, yerr=err, fmt=marker, ls="-" if j == 0 else "--", ms=4,
-                            capsize=2, color=colours.get(policy),
-                            label=f"{policy} vs {base}" if modes == 2 else None)
+                err = np.asarray(
+                    [[t["mean"] - t["low"] for t in e], [t["high"] - t["mean"] for t in e]]
+                )
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=err,
+                    fmt=marker,
+                    ls="-" if j == 0 else "--",
+                    ms=4,
+                    capsize=2,
+                    color=colours.get(policy),
+                    label=f"{policy} vs {base}" if modes == 2 else None,
+                )
     ax.axhline(0.0, color="k", lw=0.8)
     ax.axvline(5.6, color="gray", ls=":", lw=0.8)
     ax.set_xlabel("mode separation (σ); diamonds: 4 modes", fontsize=7)
@@ -96,8 +131,9 @@ def _interaction_panel(ax, result, outcome):
     ax.legend(fontsize=5)
 
 
-def plot_glance(records, result, outdir, optima: Mapping[str, Any] | None = None,
-                outcome: str = "off_target") -> str:
+def plot_glance(
+    records, result, outdir, optima: Mapping[str, Any] | None = None, outcome: str = "off_target"
+) -> str:
     """The one-glance figure (see the module docstring). `optima`: {modality: {"forward" |
     "reverse": {"reward": [...], outcome: [...]}}} closed-form curves (tabular)."""
     mods = analysis.modalities(records)
@@ -114,8 +150,14 @@ def plot_glance(records, result, outdir, optima: Mapping[str, Any] | None = None
                 for d, arm in (("forward", "exact_fwd/loss"), ("reverse", "exact_rev/loss")):
                     c = optima[label][d]
                     ax.plot(c["reward"], c[outcome], "--", color=ARM_COLOURS[arm], lw=0.9)
-            target = next((t["target"] for t in result["targets"]
-                           if t["policy"] == policy and t["modality"] == label), None)
+            target = next(
+                (
+                    t["target"]
+                    for t in result["targets"]
+                    if t["policy"] == policy and t["modality"] == label
+                ),
+                None,
+            )
             if target is not None:
                 ax.axvline(target, color="gray", lw=0.6, ls=":")
             ax.set_title(f"{policy}: {label}" + (" (multi)" if multi else ""), fontsize=8)
@@ -127,8 +169,11 @@ def plot_glance(records, result, outdir, optima: Mapping[str, Any] | None = None
     for i in range(len(policies)):
         axes[i, -1].set_visible(i == 0)
     _interaction_panel(axes[0, -1], result, outcome)
-    fig.suptitle("Forward vs reverse KL at matched reward (dashed: closed-form optima; "
-                 "dotted: the matched reward r*)", fontsize=9)
+    fig.suptitle(
+        "Forward vs reverse KL at matched reward (dashed: closed-form optima; "
+        "dotted: the matched reward r*)",
+        fontsize=9,
+    )
     return _save(fig, outdir, "glance.png")
 
 
@@ -145,15 +190,21 @@ def plot_frontier(records, outdir) -> list[str]:
                 for arm in arms:
                     pts = _band(records, policy, label, arm, kl, "reward")
                     if pts is not None:
-                        ax.plot(pts[:, 0], pts[:, 1], "-o", ms=2, lw=1,
-                                color=ARM_COLOURS.get(arm), label=LABELS.get(arm, arm))
+                        ax.plot(
+                            pts[:, 0],
+                            pts[:, 1],
+                            "-o",
+                            ms=2,
+                            lw=1,
+                            color=ARM_COLOURS.get(arm),
+                            label=LABELS.get(arm, arm),
+                        )
                 ax.set_title(label, fontsize=8)
                 ax.set_xlabel(kl, fontsize=7)
                 ax.tick_params(labelsize=6)
             axes[0, j].set_ylabel("reward", fontsize=7)
         axes[0, 0].legend(fontsize=6)
-        fig.suptitle(f"{policy}: reward against exact KL (seed means over the sweep)",
-                     fontsize=9)
+        fig.suptitle(f"{policy}: reward against exact KL (seed means over the sweep)", fontsize=9)
         paths.append(_save(fig, outdir, f"frontier_{_slug(policy)}.png"))
     return paths
 
@@ -166,13 +217,20 @@ def plot_mode_shares(records, outdir, modality: str | None = None) -> list[str]:
         return []
     modality = modality or mods[-1 if len(mods) < 3 else len(mods) // 2][0]
     policies = list(dict.fromkeys(r["policy"] for r in records))
-    arms = [a for a in ("exact_fwd/loss", "exact_rev/loss", "entropy")
-            if any(r["arm"] == a for r in records)]
+    arms = [
+        a
+        for a in ("exact_fwd/loss", "exact_rev/loss", "entropy")
+        if any(r["arm"] == a for r in records)
+    ]
     fig, axes = _figure(len(policies), len(arms), w=2.6, h=2.2)
     for i, policy in enumerate(policies):
         for j, arm in enumerate(arms):
-            recs = [r for r in records if (r["policy"], r["modality"], r["arm"],
-                                           r["replicate"]) == (policy, modality, arm, 0)]
+            recs = [
+                r
+                for r in records
+                if (r["policy"], r["modality"], r["arm"], r["replicate"])
+                == (policy, modality, arm, 0)
+            ]
             strengths = sorted({r["strength"] for r in recs})
             if not strengths:
                 continue
@@ -189,15 +247,19 @@ def plot_mode_shares(records, outdir, modality: str | None = None) -> list[str]:
             ax.tick_params(labelsize=6)
         axes[i, 0].set_ylabel("mode share (batch)", fontsize=7)
     axes[0, 0].legend(fontsize=6)
-    fig.suptitle(f"Mode shares over training: {modality} (the last mode is rewarded)",
-                 fontsize=9)
+    fig.suptitle(f"Mode shares over training: {modality} (the last mode is rewarded)", fontsize=9)
     return [_save(fig, outdir, f"mode_shares_{_slug(modality)}.png")]
 
 
 def make_figures(records, result, outdir, optima=None) -> dict[str, list[str]]:
     """Every figure; returns {kind: [paths]}."""
     os.makedirs(outdir, exist_ok=True)
-    return {"glance": [plot_glance(records, result, outdir, optima,
-                                   result.get("primary_outcome", "off_target"))],
-            "frontier": plot_frontier(records, outdir),
-            "mode_shares": plot_mode_shares(records, outdir)}
+    return {
+        "glance": [
+            plot_glance(
+                records, result, outdir, optima, result.get("primary_outcome", "off_target")
+            )
+        ],
+        "frontier": plot_frontier(records, outdir),
+        "mode_shares": plot_mode_shares(records, outdir),
+    }

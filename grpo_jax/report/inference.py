@@ -69,8 +69,9 @@ class Estimate:
         return float(max(lower, upper))
 
     def as_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+        }
 
 
 def _interval(mean, se, df, level, bounds):
@@ -85,8 +86,7 @@ def _p(mean, se, df) -> float:
     return float(2 * sps.t.sf(abs(mean) / se, df))
 
 
-def paired(diffs: Sequence[float], bounds=(-math.inf, math.inf),
-           level: float = 0.95) -> Estimate:
+def paired(diffs: Sequence[float], bounds=(-math.inf, math.inf), level: float = 0.95) -> Estimate:
     """Mean of per-seed differences (NaNs dropped) with a t interval clipped to `bounds`."""
     d = np.asarray(diffs, np.float64)
     d = d[np.isfinite(d)]
@@ -136,8 +136,9 @@ def apply_holm(estimates: Sequence[Estimate], alpha: float = 0.05) -> None:
         e.low, e.high = e.interval(e.level)
 
 
-def seeds_for_halfwidth(sd: float, halfwidth: float, level: float = 0.95,
-                        power: float = 0.8) -> int:
+def seeds_for_halfwidth(
+    sd: float, halfwidth: float, level: float = 0.95, power: float = 0.8
+) -> int:
     """Seeds n for which a t interval at `level` has half-width below `halfwidth` with
     probability about `power`: n = ((z_level + z_power) sd / halfwidth)^2, then the t
     correction by iterating with t quantiles."""
@@ -170,8 +171,9 @@ def decreasing_fit(y: Sequence[float]) -> np.ndarray:
     return np.concatenate([np.full(int(c), s / c) for s, c in blocks])
 
 
-def at_matched(strength: Sequence[float], matched: Sequence[float],
-               outcome: Sequence[float], target: float) -> float:
+def at_matched(
+    strength: Sequence[float], matched: Sequence[float], outcome: Sequence[float], target: float
+) -> float:
     """The outcome at `matched` = `target` along a beta sweep (sorted by ascending beta).
 
     `matched` (e.g. reward) falls with the regulariser's strength; per-seed noise can break
@@ -199,13 +201,19 @@ def at_matched(strength: Sequence[float], matched: Sequence[float],
 
 @dataclasses.dataclass
 class Verdict:
-    verdict: str           # "holds" | "refuted" | "undecided"
+    verdict: str  # "holds" | "refuted" | "undecided"
     reason: str
-    seeds_to_decide: int   # -1 when decided
+    seeds_to_decide: int  # -1 when decided
 
 
-def decide(interaction: Estimate, unimodal: Estimate, margin_interaction: float,
-           margin_unimodal: float, alpha: float = 0.05, sign: int = 1) -> Verdict:
+def decide(
+    interaction: Estimate,
+    unimodal: Estimate,
+    margin_interaction: float,
+    margin_unimodal: float,
+    alpha: float = 0.05,
+    sign: int = 1,
+) -> Verdict:
     """The decision rule of the module docstring. `interaction` and `unimodal` carry their
     Holm-adjusted p-values and intervals (`apply_holm`)."""
     i, u = interaction, unimodal
@@ -215,20 +223,34 @@ def decide(interaction: Estimate, unimodal: Estimate, margin_interaction: float,
     uni_beyond = u.low > margin_unimodal or u.high < -margin_unimodal
     fmt = lambda e: f"{e.mean:+.3g} [{e.low:+.3g}, {e.high:+.3g}]"
     if sig and np.sign(i.mean) == sign and uni_eq and not int_eq:
-        return Verdict("holds", f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}) has the predicted "
-                                f"sign and unimodal difference {fmt(u)} is within "
-                                f"±{margin_unimodal:g} (TOST p {u.tost_p(margin_unimodal):.2g})",
-                       -1)
+        return Verdict(
+            "holds",
+            f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}) has the predicted "
+            f"sign and unimodal difference {fmt(u)} is within "
+            f"±{margin_unimodal:g} (TOST p {u.tost_p(margin_unimodal):.2g})",
+            -1,
+        )
     if uni_beyond:
-        return Verdict("refuted", f"unimodal difference {fmt(u)} exceeds its margin "
-                                  f"±{margin_unimodal:g}", -1)
+        return Verdict(
+            "refuted",
+            f"unimodal difference {fmt(u)} exceeds its margin " f"±{margin_unimodal:g}",
+            -1,
+        )
     if int_eq:
-        return Verdict("refuted", f"interaction {fmt(i)} is equivalent to 0 within "
-                                  f"±{margin_interaction:g} (TOST p "
-                                  f"{i.tost_p(margin_interaction):.2g})", -1)
+        return Verdict(
+            "refuted",
+            f"interaction {fmt(i)} is equivalent to 0 within "
+            f"±{margin_interaction:g} (TOST p "
+            f"{i.tost_p(margin_interaction):.2g})",
+            -1,
+        )
     if sig and np.sign(i.mean) == -sign:
-        return Verdict("refuted", f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}) has the sign "
-                                  f"opposite to the prediction", -1)
+        return Verdict(
+            "refuted",
+            f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}) has the sign "
+            f"opposite to the prediction",
+            -1,
+        )
     need = []
     if not sig and i.mean != 0:  # seeds for the interaction to reach significance
         need.append(seeds_for_halfwidth(i.sd, abs(i.mean), i.level))
@@ -236,9 +258,12 @@ def decide(interaction: Estimate, unimodal: Estimate, margin_interaction: float,
         gap = abs(margin_unimodal - abs(u.mean)) or margin_unimodal
         need.append(seeds_for_halfwidth(u.sd, gap, 1 - 2 * alpha))
     n = max(need) if need else -1
-    return Verdict("undecided", f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}); unimodal "
-                                f"difference {fmt(u)} not shown within ±{margin_unimodal:g}",
-                   n)
+    return Verdict(
+        "undecided",
+        f"interaction {fmt(i)} (p_adj {i.p_adj:.2g}); unimodal "
+        f"difference {fmt(u)} not shown within ±{margin_unimodal:g}",
+        n,
+    )
 
 
 def overall(verdicts: Sequence[str]) -> str:

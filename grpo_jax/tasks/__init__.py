@@ -40,5 +40,13 @@ def make(name: str, **kwargs) -> TableTask:
     return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["Arithmetic", "Bandit", "FormatMixture", "Task", "TableTask", "TASKS", "make",
-           "bandit_optimum"]
+__all__ = [
+    "Arithmetic",
+    "Bandit",
+    "FormatMixture",
+    "Task",
+    "TableTask",
+    "TASKS",
+    "make",
+    "bandit_optimum",
+]

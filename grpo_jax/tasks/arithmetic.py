@@ -95,9 +95,11 @@ class Arithmetic(base.MixtureWeights, base.TableTask):
             raise ValueError(f"num_modes must be >= 1, got {self.num_modes}")
         m_min = min(min(9, n) - max(0, n - 9) + 1 for n in range(self.n_min, self.n_max + 1))
         if m_min < self.num_modes:
-            raise ValueError(f"some N in [{self.n_min}, {self.n_max}] has only {m_min} valid "
-                             f"answers "
-                             f"< num_modes={self.num_modes}; narrow the range")
+            raise ValueError(
+                f"some N in [{self.n_min}, {self.n_max}] has only {m_min} valid "
+                f"answers "
+                f"< num_modes={self.num_modes}; narrow the range"
+            )
         self._check_weights()
         if not 0.0 <= self.background <= 1.0:
             raise ValueError(f"background must be in [0, 1], got {self.background}")
@@ -132,8 +134,13 @@ class Arithmetic(base.MixtureWeights, base.TableTask):
             probs[i, 10:] = self.error_mass * first
             d = np.abs(a[:, None] - anchors[i][None, :])
             modes[i, :10] = np.where(valid, d.argmin(-1), -1)
-        return {"prompts": prompts, "prompt_probs": np.full(n_p, 1.0 / n_p), "answers": answers,
-                "answer_probs": probs, "answer_modes": modes}
+        return {
+            "prompts": prompts,
+            "prompt_probs": np.full(n_p, 1.0 / n_p),
+            "answers": answers,
+            "answer_probs": probs,
+            "answer_modes": modes,
+        }
 
     def prompt_index(self, prompts: jax.Array) -> jax.Array:
         """Index of each prompt in `all_prompts()`: N - n_min, int32 [B]."""

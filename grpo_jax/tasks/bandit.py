@@ -114,8 +114,10 @@ class Bandit(base.MixtureWeights, base.TableTask):
         self._check_weights()
         c = self.centres
         if min(c) < -0.5 or max(c) > self.num_tokens - 0.5:
-            raise ValueError(f"mode centres {c} fall outside [0, {self.num_tokens - 1}]; "
-                             "reduce separation or sigma")
+            raise ValueError(
+                f"mode centres {c} fall outside [0, {self.num_tokens - 1}]; "
+                "reduce separation or sigma"
+            )
         for t in self.target_tokens:
             if not 0 <= t < self.num_tokens:
                 raise ValueError(f"target {t} outside [0, {self.num_tokens})")
@@ -201,14 +203,16 @@ class Bandit(base.MixtureWeights, base.TableTask):
         d = jnp.abs(y[:, None] - centres[None, :])  # [B, K]
         k = jnp.argmin(d, axis=-1).astype(jnp.int32)
         near = (jnp.min(d, axis=-1) <= self.mode_radius * self.sigma) & (
-            completions[:, 0] < self.num_tokens)
+            completions[:, 0] < self.num_tokens
+        )
         return jnp.where(near, k, -1)
 
     # ---------------------------------------------------------------- closed forms
     def reference_probs(self) -> jax.Array:
         """pi_ref over the whole vocabulary: float32 [vocab_size] (0 on specials)."""
-        return jnp.concatenate([jnp.asarray(self._reference_np(), jnp.float32),
-                                jnp.zeros((1,), jnp.float32)])
+        return jnp.concatenate(
+            [jnp.asarray(self._reference_np(), jnp.float32), jnp.zeros((1,), jnp.float32)]
+        )
 
     def reward_vector(self) -> jax.Array:
         """R(y) for every token: float32 [vocab_size]."""
@@ -243,9 +247,23 @@ class Bandit(base.MixtureWeights, base.TableTask):
         p = self.reference_probs()
         r = self.reward_vector()
         if direction == "reverse":
-            d = jnp.sum(jnp.where(probs > 0, probs * (jnp.log(jnp.where(probs > 0, probs, 1.0))
-                                                       - jnp.log(jnp.where(p > 0, p, 1e-30))), 0.0))
+            d = jnp.sum(
+                jnp.where(
+                    probs > 0,
+                    probs
+                    * (
+                        jnp.log(jnp.where(probs > 0, probs, 1.0))
+                        - jnp.log(jnp.where(p > 0, p, 1e-30))
+                    ),
+                    0.0,
+                )
+            )
         else:
-            d = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0))
-                                               - jnp.log(jnp.maximum(probs, 1e-30))), 0.0))
+            d = jnp.sum(
+                jnp.where(
+                    p > 0,
+                    p * (jnp.log(jnp.where(p > 0, p, 1.0)) - jnp.log(jnp.maximum(probs, 1e-30))),
+                    0.0,
+                )
+            )
         return jnp.sum(probs * r) - beta * d

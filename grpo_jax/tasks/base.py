@@ -91,7 +91,8 @@ class TableTask:
         count = self.num_completions()
         if count > max_count:
             raise ValueError(
-                f"{self.name}: {count} completions exceed max_count={max_count}; not enumerable")
+                f"{self.name}: {count} completions exceed max_count={max_count}; not enumerable"
+            )
         ids = self.ordinary_ids
         rows = list(itertools.product(ids, repeat=self.completion_len))
         return jnp.asarray(np.asarray(rows, np.int32).reshape(count, self.completion_len))
@@ -166,14 +167,18 @@ class TableTask:
 
     # ---------------------------------------------------------------- helpers
     def _check_prompts(self, prompts) -> None:
-        checks.assert_shape(f"{self.name}: prompts", prompts, (None, self.prompt_len),
-                            f"[B, {self.prompt_len}]")
+        checks.assert_shape(
+            f"{self.name}: prompts", prompts, (None, self.prompt_len), f"[B, {self.prompt_len}]"
+        )
 
     def _check_completions(self, prompts, completions) -> None:
         self._check_prompts(prompts)
-        checks.assert_shape(f"{self.name}: completions", completions,
-                            (prompts.shape[0], self.completion_len),
-                            f"[B, {self.completion_len}] with B = {prompts.shape[0]} (prompts)")
+        checks.assert_shape(
+            f"{self.name}: completions",
+            completions,
+            (prompts.shape[0], self.completion_len),
+            f"[B, {self.completion_len}] with B = {prompts.shape[0]} (prompts)",
+        )
 
 
 class MixtureWeights:
@@ -184,7 +189,8 @@ class MixtureWeights:
         if self.weights is not None:
             if len(self.weights) != self.num_modes or min(self.weights) <= 0:
                 raise ValueError(
-                    f"weights {self.weights} must be {self.num_modes} positive numbers")
+                    f"weights {self.weights} must be {self.num_modes} positive numbers"
+                )
 
     @property
     def mixture_weights(self) -> tuple[float, ...]:

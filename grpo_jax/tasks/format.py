@@ -104,8 +104,9 @@ class FormatMixture(base.TableTask):
         return {
             "prompts": prompts,
             "prompt_probs": np.full(n_p, 1.0 / n_p),
-            "answers": np.stack([direct, worked, direct_slip, worked_slip],
-                                axis=1).astype(np.int32),
+            "answers": np.stack([direct, worked, direct_slip, worked_slip], axis=1).astype(
+                np.int32
+            ),
             "answer_probs": np.tile(row[None, :], (n_p, 1)),
             "answer_modes": np.tile(np.asarray([[0, 1, -1, -1]], np.int32), (n_p, 1)),
         }
@@ -120,8 +121,7 @@ class FormatMixture(base.TableTask):
         shape): direct = {EQ} x digits/ordinary x {DOT}^3, worked = ordinary x {PLUS} x
         ordinary x {EQ} x ordinary. Lets `metrics.pattern_mass` compute exact mode mass."""
         o = self.ordinary_ids
-        return (((EQ,), o, (DOT,), (DOT,), (DOT,)),
-                (o, (PLUS,), o, (EQ,), o))
+        return (((EQ,), o, (DOT,), (DOT,), (DOT,)), (o, (PLUS,), o, (EQ,), o))
 
     # ---------------------------------------------------------------- reward and modes
     def mode_labels(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:
@@ -140,9 +140,13 @@ class FormatMixture(base.TableTask):
         if self.strict:
             ok_worked = jnp.all(completions == worked, axis=-1)
         else:
-            ok_worked = ((completions[:, 1] == PLUS) & (completions[:, 3] == EQ)
-                         & (completions[:, 4] == worked[:, 4]) & (completions[:, 0] <= 9)
-                         & (completions[:, 2] <= 9))
+            ok_worked = (
+                (completions[:, 1] == PLUS)
+                & (completions[:, 3] == EQ)
+                & (completions[:, 4] == worked[:, 4])
+                & (completions[:, 0] <= 9)
+                & (completions[:, 2] <= 9)
+            )
         return ok_direct | ok_worked
 
     def reward(self, prompts: jax.Array, completions: jax.Array) -> jax.Array:

@@ -37,7 +37,7 @@ PRIME_REPLY = "A prime number between {lo} and {hi} is "
 
 
 def _is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +67,11 @@ class NumberText:
     def __post_init__(self):
         lengths = {len(p) for p in self.prompts}
         if len(lengths) != 1:
-            raise ValueError(f"{self.name}: prompts must share one token length, got "
-                             f"{sorted(lengths)}")
+            raise ValueError(
+                f"{self.name}: prompts must share one token length, got " f"{sorted(lengths)}"
+            )
         if len(self.valid) != len(self.prompts) or not all(self.valid):
-            raise ValueError(f"{self.name}: every prompt needs a non-empty set of valid "
-                             "numbers")
+            raise ValueError(f"{self.name}: every prompt needs a non-empty set of valid " "numbers")
         if len(self.digit_ids) != 10:
             raise ValueError(f"{self.name}: digit_ids must hold 10 ids")
         if self.completion_len != 2:
@@ -111,9 +111,9 @@ class NumberText:
     def numbers(self, completions: jax.Array) -> jax.Array:
         """[B, 2] tokens -> [B] int32: the number written, or -1 (module docstring)."""
         digits = jnp.asarray(self.digit_ids, jnp.int32)
-        hit = completions[:, :, None] == digits[None, None, :]                   # [B, 2, 10]
+        hit = completions[:, :, None] == digits[None, None, :]  # [B, 2, 10]
         is_digit = jnp.any(hit, axis=-1)
-        value = jnp.argmax(hit, axis=-1).astype(jnp.int32)                       # [B, 2]
+        value = jnp.argmax(hit, axis=-1).astype(jnp.int32)  # [B, 2]
         d1, d2 = value[:, 0], value[:, 1]
         two = is_digit[:, 0] & is_digit[:, 1] & (d1 > 0)
         one = is_digit[:, 0] & ~is_digit[:, 1]
@@ -133,9 +133,10 @@ class NumberText:
         return jnp.where(self.reward(prompts, completions) > 0, label, -1)
 
 
-def prime_task(tok, ranges=((10, 50),), question: str = PRIME_QUESTION,
-               reply: str = PRIME_REPLY) -> NumberText:
-    """"Name a prime number between lo and hi" for each ``(lo, hi)`` of ``ranges`` (two-digit
+def prime_task(
+    tok, ranges=((10, 50),), question: str = PRIME_QUESTION, reply: str = PRIME_REPLY
+) -> NumberText:
+    """ "Name a prime number between lo and hi" for each ``(lo, hi)`` of ``ranges`` (two-digit
     bounds keep the prompts one length), rendered with the tokenizer's chat template."""
     prompts, valid, texts = [], [], []
     for lo, hi in ranges:
@@ -147,6 +148,11 @@ def prime_task(tok, ranges=((10, 50),), question: str = PRIME_QUESTION,
     digit_ids = tuple(tok.token_to_id(str(d)) for d in range(10))
     if any(i is None for i in digit_ids):
         raise ValueError("the tokenizer has no single-token digits")
-    return NumberText(prompts=tuple(prompts), valid=tuple(valid), digit_ids=digit_ids,
-                      vocab_size=tok.vocab_size, special_ids=tuple(tok.special_ids),
-                      texts=tuple(texts))
+    return NumberText(
+        prompts=tuple(prompts),
+        valid=tuple(valid),
+        digit_ids=digit_ids,
+        vocab_size=tok.vocab_size,
+        special_ids=tuple(tok.special_ids),
+        texts=tuple(texts),
+    )
