@@ -46,11 +46,13 @@ mass equals the 2-mode, 8-sigma reference's, so "multimodal" is not confused wit
 mass the reward abandons"); 2 modes at increasing separation (the continuous lock-on point is
 about 5.6 sigma); 4 modes.
 
-Disk: each (modality, policy) population keeps at most two checkpoints of its policy and Adam
-state (tabular: 3 x 65 floats per member; about 0.2 MB per population), metrics.jsonl of
-every member's steps (about 1 KB per member-step chunk row: 25 MB for the default, 150 MB
-for `full`) and one JSON result per cell. The default run stays under 100 MB; `full` under
-1 GB.
+Disk: one JSON result per cell (about 10 KB: 75 MB for the default's 7,680 cells, about
+1.1 GB for `full`'s 106,496) and, while a (modality, policy) population runs, its metrics
+(one row per member every 100 steps, about 0.7 KB a row: 2 MB for the default, 30 MB for
+`full`) and at most two checkpoints of its policy and Adam state; both are deleted once the
+population's records exist (`--keep_checkpoints` keeps them). The default run stays under
+100 MB (measured: see the README), `full` under 2 GB. (The first default run, which kept a
+row per step and member, wrote 2.8 GB.)
 """
 
 import math
@@ -217,6 +219,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train = dict(
         num_steps=1000 if full else 400,
         chunk_steps=100,
+        log_every_steps=100,  # one metrics row per chunk and member (disk)
         checkpoint_every_chunks=2,
         skip_zero_grad=True,
     )
@@ -228,7 +231,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.entropy_coefs = [0.02, 0.1]
         c.num_seeds = 3
         c.with_secondary = False
-        c.train = dict(num_steps=40, chunk_steps=20, checkpoint_every_chunks=1, skip_zero_grad=True)
+        c.train = dict(
+            num_steps=40,
+            chunk_steps=20,
+            log_every_steps=20,
+            checkpoint_every_chunks=1,
+            skip_zero_grad=True,
+        )
     return c
 
 

@@ -134,9 +134,11 @@ def reference_params(task) -> dict[str, jax.Array]:
     t = task.table()
     if t["prompts"].shape[0] != 1:
         raise ValueError(
-            f"{task.name} has {t['prompts'].shape[0]} prompts; the tabular " f"reference needs one"
+            f"{task.name} has {t['prompts'].shape[0]} prompts; the tabular reference needs one"
         )
-    logits = np.full(task.vocab_size, _NEG, np.float64)
+    # Tokens outside the table keep logit 0 here: the policy's support mask removes them
+    # (so the parameters carry no -1e9 and their norm means something).
+    logits = np.zeros(task.vocab_size, np.float64)
     answers = np.asarray(t["answers"])[0, :, 0]
     probs = np.asarray(t["answer_probs"], np.float64)[0]
     logits[answers] = np.log(np.maximum(probs, 1e-30))

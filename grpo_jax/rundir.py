@@ -40,6 +40,7 @@ NON_COMPUTATIONAL = (
     "train.checkpoint_every_chunks",
     "train.max_to_keep",
     "train.max_skipped_frac",
+    "train.log_every_steps",
     "mesh.*",
 )
 

@@ -134,7 +134,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require_number(config, "grpo.temperature", 0.0, low_open=True)
     _require_number(config, "optim.lr", 0.0, low_open=True)
     t = config.train
-    for field in ("num_steps", "chunk_steps", "num_seeds", "checkpoint_every_chunks"):
+    for field in (
+        "num_steps",
+        "chunk_steps",
+        "num_seeds",
+        "checkpoint_every_chunks",
+        "log_every_steps",
+    ):
         _require(int(t[field]) >= 1, f"train.{field}", f"{t[field]!r}; must be >= 1")
     _require(
         int(t.num_steps) % int(t.chunk_steps) == 0,
@@ -638,6 +644,7 @@ def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workd
     total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     every = int(config.train.checkpoint_every_chunks)
+    log_every = int(config.train.log_every_steps)
     keep = int(config.train.max_to_keep) or None
     meta = {"config": config.to_dict(), "cells": [dict(c) for c in cells]}
     history: list[dict[str, np.ndarray]] = []
@@ -671,11 +678,15 @@ def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workd
             metrics["step_time"] = np.full(ok.shape, seconds / chunk)
             metrics["tokens_per_s"] = np.full(ok.shape, tokens / seconds)
             history.append(metrics)
+            logged = [
+                i for i in range(chunk) if (step + i + 1) % log_every == 0 or step + i + 1 == total
+            ]
             for m, cell in enumerate(cells):
                 seed = int(cell_value(config, cell, "train.seed"))
-                writer.write_many(
-                    step, [dict(r, member=m, seed=seed) for r in _member_rows(metrics, m)]
-                )
+                rows = _member_rows(metrics, m)
+                for i in logged:
+                    writer.write(step + i, dict(rows[i], member=m, seed=seed))
+            writer.flush()
             step += chunk
             if (step // chunk) % every == 0 or step >= total:
                 checkpoint.save(

@@ -23,6 +23,7 @@ Every member is evaluated exactly from its final policy over the 64 answers
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -178,8 +179,10 @@ def run_group(
     )
     result = runner.run_population(config, members, group_dir, log=log)
     records = make_records(config, cells, result, task_vectors(result.task))
-    if not keep_checkpoints:
+    if not keep_checkpoints:  # the records hold what the report needs
         shutil.rmtree(os.path.join(group_dir, "checkpoints"), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(group_dir, "metrics.jsonl"))
     return records
 
 

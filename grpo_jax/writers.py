@@ -140,8 +140,9 @@ def truncate_jsonl(path: str, step: int, log=print) -> None:
 def stacked_history(
     workdir: str, num_members: int, filename: str = "metrics.jsonl"
 ) -> dict[str, np.ndarray]:
-    """`{metric: [S, steps, ...]}` from a population's JSONL (one line per step and member,
-    tagged `member`), steps in order: the whole history of a run, resumed or not."""
+    """`{metric: [S, steps, ...]}` from a population's JSONL (one line per logged step and
+    member, tagged `member`), steps in order: the whole history of a run, resumed or not
+    (every `train.log_every_steps`-th step when that is > 1)."""
     rows: list[list[dict[str, Any]]] = [[] for _ in range(num_members)]
     for r in read_metrics(workdir, filename):
         rows[int(r["member"])].append(r)
