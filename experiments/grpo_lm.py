@@ -29,13 +29,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import lm_greedy  # noqa: E402
 from grpo_jax import gguf, losses, train  # noqa: E402
 from grpo_jax import model as model_lib  # noqa: E402
 from grpo_jax.tasks import number_text  # noqa: E402

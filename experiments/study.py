@@ -247,7 +247,7 @@ def main(argv):
     out = run(_WORKDIR.value, _CONFIG.value, _REPORT_ONLY.value, _OVERWRITE.value, _KEEP.value)
     if _PUBLISH.value:
         publish(os.path.dirname(out["paths"]["report_md"]))
-        print(f"published results.md to docs/results/ and README.md")
+        print("published results.md to docs/results/ and README.md")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ Pure evaluation only: the study's records and group runner are in study.py.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

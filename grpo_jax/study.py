@@ -28,7 +28,7 @@ import copy
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import ml_collections
