@@ -125,6 +125,59 @@ def _init(std: float = 0.02):
     return nnx.initializers.normal(stddev=std)
 
 
+def dense(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    """``x [..., K] @ w [K, N]`` in ``dtype`` as ONE 2D matmul over ``[prod(...), K]``.
+
+    The same products as ``jnp.dot(x, w)``; flattening the leading axes first makes the
+    weight gradient a plain ``x2d.T @ g2d`` that XLA CPU runs as one GEMM, without first
+    copying (transposing) the activation gradient, as it does for a 3D ``x`` (issue 13).
+    """
+    lead = x.shape[:-1]
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), w.astype(dtype))
+    return y.reshape(*lead, w.shape[-1])
+
+
+@jax.custom_vjp
+def gated_mlp(x: jax.Array, w_gate_up: jax.Array, w_down: jax.Array) -> jax.Array:
+    """``silu(x @ W_gate) * (x @ W_up) @ W_down`` for ``x [N, D]``, ``w_gate_up [D, 2M]`` (the
+    gate and up kernels side by side), ``w_down [M, D]``, all in one dtype.
+
+    A custom VJP with the backward written out as 2D GEMMs: ``d_gate_up`` is built by ONE
+    elementwise pass straight into the ``[N, 2M]`` layout (autodiff of ``split`` writes the
+    two halves and then copies them into a concatenation), and only ``x @ W_gate_up`` is kept
+    for the backward (the SiLU product is recomputed from it).
+    """
+    return _gated_mlp_fwd(x, w_gate_up, w_down)[0]
+
+
+def _gated_mlp_fwd(x, w_gate_up, w_down):
+    gu = jnp.dot(x, w_gate_up)
+    gate, up = jnp.split(gu, 2, axis=-1)
+    return jnp.dot(jax.nn.silu(gate) * up, w_down), (x, w_gate_up, w_down, gu)
+
+
+def _gated_mlp_bwd(res, dy):
+    x, w_gate_up, w_down, gu = res
+    n, m = gu.shape[0], w_down.shape[0]
+    gate, up = jnp.split(gu, 2, axis=-1)
+    act = jax.nn.silu(gate)
+    dh = jnp.dot(dy, w_down.T)
+    dw_down = jnp.dot((act * up).T, dy)
+    # [N, 2, M] view of [N, 2M]: row 0 the gate half, row 1 the up half; one select writes
+    # both halves of d_gate_up in a single elementwise pass.
+    g3 = gu.reshape(n, 2, m)
+    gate3, up3, dh3 = g3[:, :1], g3[:, 1:], dh[:, None]
+    sig = jax.nn.sigmoid(gate3)
+    d_gate = dh3 * up3 * (sig * (1 + gate3 * (1 - sig)))
+    d_up = dh3 * (gate3 * sig)
+    half = jnp.arange(2)[None, :, None]
+    d_gu = jnp.where(half == 0, d_gate, d_up).reshape(n, 2 * m)
+    return jnp.dot(d_gu, w_gate_up.T), jnp.dot(x.T, d_gu), dw_down
+
+
+gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
+
+
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary embedding, rotate-half form (Su et al. 2021; Llama).
 
@@ -182,7 +235,7 @@ class Attention(nnx.Module):
         w_qkv = jnp.concatenate(
             [self.q.kernel[...], self.k.kernel[...], self.v.kernel[...]], axis=1
         )  # [D, 3D]
-        qkv = jnp.dot(x.astype(dt), w_qkv.astype(dt))  # [B, L, 3D]
+        qkv = dense(x, w_qkv, dt)  # [B, L, 3D]
         if group == 1:
             qkv = qkv.reshape(b, l, 3, c.num_heads, c.head_dim)
             q_raw, k_raw, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -222,7 +275,7 @@ class Attention(nnx.Module):
             scores = jnp.where(allowed[:, :, None], scores, -jnp.inf)
             probs = jax.nn.softmax(scores, axis=-1).astype(dt)
             y = jnp.einsum("bkgls,bksd->blkgd", probs, v_all.astype(dt))
-        return self.o(y.reshape(b, l, c.width)), new_kv
+        return dense(y.reshape(b, l, c.width), self.o.kernel[...], dt), new_kv
 
 
 class MLP(nnx.Module):
@@ -244,8 +297,10 @@ class MLP(nnx.Module):
         # gate and up as ONE matmul with the kernels side by side ([D, 2M]).
         dt = self.down.dtype
         w = jnp.concatenate([self.gate.kernel[...], self.up.kernel[...]], axis=1)
-        gate, up = jnp.split(jnp.dot(x.astype(dt), w.astype(dt)), 2, axis=-1)
-        return self.down(jax.nn.silu(gate) * up)
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, x.shape[-1]).astype(dt)
+        y = gated_mlp(x2d, w.astype(dt), self.down.kernel[...].astype(dt))
+        return y.reshape(*lead, y.shape[-1])
 
 
 class Block(nnx.Module):
@@ -304,8 +359,8 @@ class Transformer(nnx.Module):
         if self.config.tie_embeddings:
             dt = self.config.compute_dtype
             emb = self.embed.embedding[...]  # [V, D]
-            return jnp.dot(h.astype(dt), emb.T.astype(dt)).astype(jnp.float32)
-        return self.head(h).astype(jnp.float32)
+            return dense(h, emb.T, dt).astype(jnp.float32)
+        return dense(h, self.head.kernel[...], self.config.compute_dtype).astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """Teacher-forced: ``tokens [B, L]`` int -> logits ``[B, L, V]`` float32; row l
