@@ -224,7 +224,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         skip_zero_grad=True,
     )
     c.loss = dict(advantage_estimator="rloo", eps_low=0.2, eps_high=0.2)
+    c.gaussian = {}  # overrides of configs/gaussian_kl.py for the report's toy figure
     if tiny:
+        c.gaussian = dict(mu2=(2.5, 7.5), steps=20, init_m_fraction=(0.0, 0.5), init_s=(1.0,))
         c.baselines = ["1 mode"]
         c.policies = ["tabular"]
         c.betas = [0.05, 0.2, 0.8]

@@ -85,9 +85,9 @@ def publish(report_dir: str, root: str = ROOT, docs: str = "docs/results") -> st
     return block
 
 
-def gaussian_figure(outdir: str, log=print) -> list[str]:
-    """The Gaussian toy figure (experiments/gaussian_kl.py, configs/gaussian_kl.py), in
-    float32; [] with a log line if it fails."""
+def gaussian_figure(outdir: str, overrides=None, log=print) -> list[str]:
+    """The Gaussian toy figure (experiments/gaussian_kl.py, configs/gaussian_kl.py with the
+    study config's `gaussian` overrides), in float32; [] with a log line if it fails."""
     import importlib.util  # pylint: disable=import-outside-toplevel
 
     try:  # by path, without putting experiments/ on sys.path (it would shadow packages)
@@ -102,7 +102,9 @@ def gaussian_figure(outdir: str, log=print) -> list[str]:
         )  # pylint: disable=import-outside-toplevel
 
         path = os.path.join(outdir, "gaussian_kl.png")
-        module.plot(module.run_all(gaussian_config.get_config()), path)
+        config = gaussian_config.get_config()
+        config.update(dict(overrides or {}))
+        module.plot(module.run_all(config), path)
     except Exception as e:  # noqa: BLE001  the figure is optional; say why it is absent
         log(f"gaussian toy figure failed: {e!r}")
         return []
@@ -221,7 +223,7 @@ def _report(workdir, config, records, missing, run_s, t0, log) -> dict:
     outdir = os.path.join(workdir, "report")
     notes = _notes(config, workdir, run_s, missing, len(records), machine)
     result = report.write_report(records, config.to_dict(), outdir, notes, optima)
-    figs = gaussian_figure(outdir, log=log)
+    figs = gaussian_figure(outdir, config.get("gaussian", {}), log=log)
     if figs:
         with open(result["paths"]["report_md"], "a", encoding="utf-8") as f:
             f.write(
