@@ -195,18 +195,24 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
+def _linear_kwargs(config: ModelConfig, rngs: nnx.Rngs) -> dict:
+    """The keyword arguments of every `nnx.Linear` here: no bias, float32 parameters,
+    computed in `config.compute_dtype`."""
+    return dict(
+        use_bias=False,
+        kernel_init=_init(),
+        dtype=config.compute_dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
 class Attention(nnx.Module):
     """Multi-head (or grouped-query) causal self-attention with RoPE, no biases."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         self.config = config
-        kw = dict(
-            use_bias=False,
-            kernel_init=_init(),
-            dtype=config.compute_dtype,
-            param_dtype=jnp.float32,
-            rngs=rngs,
-        )
+        kw = _linear_kwargs(config, rngs)
         d = config.width
         d_kv = config.kv_heads * config.head_dim
         self.q = nnx.Linear(d, d, **kw)
@@ -282,13 +288,7 @@ class MLP(nnx.Module):
     """SiLU-gated MLP: ``W_down(silu(W_gate x) * W_up x)``, no biases."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        kw = dict(
-            use_bias=False,
-            kernel_init=_init(),
-            dtype=config.compute_dtype,
-            param_dtype=jnp.float32,
-            rngs=rngs,
-        )
+        kw = _linear_kwargs(config, rngs)
         self.gate = nnx.Linear(config.width, config.mlp_width, **kw)
         self.up = nnx.Linear(config.width, config.mlp_width, **kw)
         self.down = nnx.Linear(config.mlp_width, config.width, **kw)

@@ -4,20 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import evaluate, model, tasks
+from grpo_jax import evaluate, model, pretrain, tasks
 
 KS = (1, 3)
 
 
 def _mcfg(task):
-    return model.ModelConfig(
-        vocab_size=task.vocab_size,
-        num_layers=1,
-        width=16,
-        num_heads=2,
-        mlp_width=32,
-        max_len=task.prompt_len + task.completion_len,
-    )
+    return pretrain.model_config_for(task, num_layers=1, width=16, num_heads=2, mlp_width=32)
 
 
 def _params(task, seed):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax import checks, kl, metrics, model, tasks
+from grpo_jax import checks, kl, metrics, model, pretrain, tasks
 
 
 def logits_of(p):
@@ -109,14 +109,7 @@ def test_distinct_correct():
 
 
 def _tiny(task, seed):
-    cfg = model.ModelConfig(
-        vocab_size=task.vocab_size,
-        num_layers=1,
-        width=16,
-        num_heads=2,
-        mlp_width=32,
-        max_len=task.prompt_len + task.completion_len,
-    )
+    cfg = pretrain.model_config_for(task, num_layers=1, width=16, num_heads=2, mlp_width=32)
     return cfg, jax.jit(model.init, static_argnums=0)(cfg, jax.random.key(seed, impl="rbg"))
 
 
