@@ -178,6 +178,102 @@ def _gated_mlp_bwd(res, dy):
 gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
 
 
+@jax.custom_vjp
+def replayed_dense(x2d: jax.Array, w: jax.Array, y: jax.Array) -> jax.Array:
+    """``x2d @ w`` whose value ``y`` was computed before (by the sampler, on the same ``x2d``
+    and ``w``): returns ``y`` at no cost; the gradient is that of the matmul,
+    ``(g w^T, x2d^T g)`` (none flows into ``y``)."""
+    del x2d, w
+    return y
+
+
+def _replayed_dense_fwd(x2d, w, y):
+    return y, (x2d, w, y)
+
+
+def _replayed_dense_bwd(res, g):
+    x2d, w, y = res
+    return jnp.dot(g, w.T), jnp.dot(x2d.T, g), jnp.zeros_like(y)
+
+
+replayed_dense.defvjp(_replayed_dense_fwd, _replayed_dense_bwd)
+
+
+@jax.custom_vjp
+def replayed_gated_mlp(x, w_gate_up, w_down, gu, y):
+    """``gated_mlp(x, w_gate_up, w_down)`` whose ``x @ w_gate_up`` (``gu``) and output ``y``
+    were computed before: returns ``y``; the backward is ``gated_mlp``'s."""
+    del x, w_gate_up, w_down, gu
+    return y
+
+
+def _replayed_gated_mlp_fwd(x, w_gate_up, w_down, gu, y):
+    return y, ((x, w_gate_up, w_down, gu), y)
+
+
+def _replayed_gated_mlp_bwd(res, dy):
+    mlp_res, y = res
+    gu = mlp_res[3]
+    return (*_gated_mlp_bwd(mlp_res, dy), jnp.zeros_like(gu), jnp.zeros_like(y))
+
+
+replayed_gated_mlp.defvjp(_replayed_gated_mlp_fwd, _replayed_gated_mlp_bwd)
+
+
+class Tape:
+    """The outputs of every matmul of one pass, by site name: recorded, or replayed.
+
+    ``Tape()`` records: each site computes its matmul and keeps the output in ``records``
+    (``"{layer}.qkv"``, ``"{layer}.o"``, ``"{layer}.gu"``, ``"{layer}.down"``, ``"head"``;
+    2D ``[rows, N]`` in the compute dtype). ``Tape(replay=records)`` replays: each site
+    returns the recorded output without computing it (`replayed_dense`,
+    `replayed_gated_mlp`), while its gradient is the matmul's. A pass replayed with the
+    parameters and inputs it was recorded with therefore computes the same values as a
+    plain pass, up to rounding, without the matmul FLOPs of its forward: the policy
+    forward of an on-policy GRPO step replays the sampler's (DESIGN.md §5; docs/design.md,
+    "Shared prompts and replay").
+    """
+
+    def __init__(self, replay: dict | None = None, prefix: str = "", records=None):
+        self.replay = replay
+        self.prefix = prefix
+        self.records = {} if records is None else records
+
+    def sub(self, name: str) -> "Tape":
+        """The same tape, its site names prefixed with ``name + "."``."""
+        return Tape(self.replay, f"{self.prefix}{name}.", self.records)
+
+    def dense(self, name: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+        lead, key = x.shape[:-1], self.prefix + name
+        x2d, w = x.reshape(-1, x.shape[-1]).astype(dtype), w.astype(dtype)
+        if self.replay is None:
+            y = jnp.dot(x2d, w)
+            self.records[key] = y
+        else:
+            y = replayed_dense(x2d, w, self.replay[key])
+        return y.reshape(*lead, w.shape[-1])
+
+    def gated_mlp(self, name: str, x2d, w_gate_up, w_down) -> jax.Array:
+        key = self.prefix + name
+        if self.replay is not None:
+            return replayed_gated_mlp(
+                x2d, w_gate_up, w_down, self.replay[key + ".gu"], self.replay[key + ".down"]
+            )
+        gu = jnp.dot(x2d, w_gate_up)
+        gate, up = jnp.split(gu, 2, axis=-1)
+        y = jnp.dot(jax.nn.silu(gate) * up, w_down)
+        self.records[key + ".gu"], self.records[key + ".down"] = gu, y
+        return y
+
+
+def _sub(tape: Tape | None, name) -> Tape | None:
+    return None if tape is None else tape.sub(str(name))
+
+
+def _dense_site(tape: Tape | None, name: str, x, w, dtype):
+    return dense(x, w, dtype) if tape is None else tape.dense(name, x, w, dtype)
+
+
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary embedding, rotate-half form (Su et al. 2021; Llama).
 
@@ -221,13 +317,22 @@ class Attention(nnx.Module):
         self.o = nnx.Linear(d, d, **kw)
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, kv: dict | None = None, index: jax.Array | int = 0
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        kv: dict | None = None,
+        index: jax.Array | int = 0,
+        prefix: dict | None = None,
+        tape: Tape | None = None,
     ):
-        """``x [B, L, D]``, ``positions [B, L]``.
+        """``x [B, L, D]`` at ``positions [B, L]`` (rotary angles only).
 
-        Without ``kv``: causal attention within x. With ``kv`` (``{"k", "v"}: [B, Hkv, S, Dh]``):
-        write this step's keys/values at slots ``index .. index+L-1`` and attend to all slots
-        whose position is ``<=`` the query's. Returns ``(y [B, L, D], new kv or None)``.
+        Self keys: without ``kv``, this call's own (query l at slot l); with ``kv``
+        (``{"k", "v"}: [B, Hkv, S, Dh]``), this step's keys/values are written at slots
+        ``index .. index+L-1`` first. Query l (slot ``index + l``) attends to self slots
+        ``<= index + l``, and to every key of ``prefix`` (``{"k", "v"}: [N, Hkv, P, Dh]``,
+        shared by each run of ``B // N`` consecutive rows: a prompt's keys, computed once
+        for its group). Returns ``(y [B, L, D], {"k", "v"} self keys/values)``.
 
         q, k and v come from ONE matmul with the three kernels side by side (``[D, 3D]``;
         ``[D, D + 2 Hkv Dh]`` with grouped-query attention): the same products as three
@@ -237,12 +342,12 @@ class Attention(nnx.Module):
         c = self.config
         b, l, _ = x.shape
         dt = c.compute_dtype
-        hkv, group = c.kv_heads, c.num_heads // c.kv_heads
+        hkv = c.kv_heads
         w_qkv = jnp.concatenate(
             [self.q.kernel[...], self.k.kernel[...], self.v.kernel[...]], axis=1
         )  # [D, 3D]
-        qkv = dense(x, w_qkv, dt)  # [B, L, 3D]
-        if group == 1:
+        qkv = _dense_site(tape, "qkv", x, w_qkv, dt)  # [B, L, 3D]
+        if hkv == c.num_heads:
             qkv = qkv.reshape(b, l, 3, c.num_heads, c.head_dim)
             q_raw, k_raw, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         else:
@@ -252,36 +357,70 @@ class Attention(nnx.Module):
             v = qkv[..., d + d_kv :].reshape(b, l, hkv, c.head_dim)
         q = rope(q_raw, positions, c.rope_theta)  # [B, L, H, Dh]
         k = rope(k_raw, positions, c.rope_theta)  # [B, L, Hkv, Dh]
-        # Heads-major [B, H, L, Dh]: the layout of the cache, so that no step transposes it.
-        q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+        # Heads-major [B, Hkv, L, Dh]: the layout of the cache, so that no step transposes it.
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         if kv is None:
-            k_all, v_all, key_pos = k, v, positions  # [B, H, L, Dh], [B, L]
-            new_kv = None
+            new_kv, index = {"k": k, "v": v}, 0
         else:
             start = (0, 0, index, 0)
-            k_all = jax.lax.dynamic_update_slice(kv["k"], k.astype(kv["k"].dtype), start)
-            v_all = jax.lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), start)
-            new_kv = {"k": k_all, "v": v_all}
-            s = k_all.shape[2]
-            key_pos = jnp.broadcast_to(jnp.arange(s, dtype=positions.dtype)[None, :], (b, s))
-        allowed = key_pos[:, None, None, :] <= positions[:, None, :, None]  # [B, 1, L, S]
-        if group == 1:
-            scores = jnp.einsum(
-                "bhld,bhsd->bhls", q, k_all.astype(q.dtype), preferred_element_type=jnp.float32
-            ) / jnp.sqrt(jnp.float32(c.head_dim))
-            scores = jnp.where(allowed, scores, -jnp.inf)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-            y = jnp.einsum("bhls,bhsd->blhd", probs, v_all.astype(dt))
-        else:
-            # Grouped-query: query head h = kv_head * group + g reads key/value head kv_head.
-            qg = q.reshape(b, hkv, group, l, c.head_dim)
-            scores = jnp.einsum(
-                "bkgld,bksd->bkgls", qg, k_all.astype(q.dtype), preferred_element_type=jnp.float32
-            ) / jnp.sqrt(jnp.float32(c.head_dim))
-            scores = jnp.where(allowed[:, :, None], scores, -jnp.inf)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-            y = jnp.einsum("bkgls,bksd->blkgd", probs, v_all.astype(dt))
-        return dense(y.reshape(b, l, c.width), self.o.kernel[...], dt), new_kv
+            new_kv = {
+                name: jax.lax.dynamic_update_slice(kv[name], t.astype(kv[name].dtype), start)
+                for name, t in (("k", k), ("v", v))
+            }
+        y = attend(c, q, new_kv["k"], new_kv["v"], index, prefix)
+        return _dense_site(tape, "o", y, self.o.kernel[...], dt), new_kv
+
+
+def attend(
+    config: ModelConfig,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    index: jax.Array | int = 0,
+    prefix: dict | None = None,
+) -> jax.Array:
+    """Causal softmax attention, optionally over a shared prefix as well.
+
+    ``q [B, L, H, Dh]`` (rotated) at self slots ``index .. index+L-1``; ``k, v
+    [B, Hkv, S, Dh]`` at slots ``0 .. S-1``; query l sees the slots ``<= index + l``, and every
+    key of ``prefix`` (``{"k", "v"}: [N, Hkv, P, Dh]``, row n shared by the ``G = B // N``
+    rows ``n G .. n G + G - 1``). Grouped-query: query head ``h`` reads key/value head
+    ``h // (H / Hkv)``. Scores and softmax in float32. Returns ``y [B, L, H Dh]`` in the
+    compute dtype.
+    """
+    c = config
+    dt = c.compute_dtype
+    b, l = q.shape[:2]
+    hkv, grp, dh = c.kv_heads, c.num_heads // c.kv_heads, c.head_dim
+    qh = jnp.swapaxes(q, 1, 2).reshape(b, hkv, grp, l, dh)  # [B, Hkv, grp, L, Dh]
+    scale = jnp.sqrt(jnp.float32(dh))
+    scores = (
+        jnp.einsum("bkgld,bksd->bkgls", qh, k.astype(qh.dtype), preferred_element_type=jnp.float32)
+        / scale
+    )
+    slots = jnp.arange(k.shape[2])
+    allowed = slots[None, :] <= (index + jnp.arange(l))[:, None]  # [L, S]
+    scores = jnp.where(allowed, scores, -jnp.inf)
+    if prefix is None:
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        y = jnp.einsum("bkgls,bksd->blkgd", probs, v.astype(dt))
+        return y.reshape(b, l, c.width)
+    kp, vp = prefix["k"], prefix["v"]
+    n, p = kp.shape[0], kp.shape[2]
+    if b % n:
+        raise ValueError(f"attend: {b} query rows are not a multiple of {n} prefix rows.")
+    qn = qh.reshape(n, b // n, hkv, grp, l, dh)
+    pre = (
+        jnp.einsum(
+            "njkgld,nkpd->njkglp", qn, kp.astype(qh.dtype), preferred_element_type=jnp.float32
+        )
+        / scale
+    ).reshape(b, hkv, grp, l, p)
+    probs = jax.nn.softmax(jnp.concatenate([pre, scores], axis=-1), axis=-1).astype(dt)
+    p_pre = probs[..., :p].reshape(n, b // n, hkv, grp, l, p)
+    y_pre = jnp.einsum("njkglp,nkpd->njlkgd", p_pre, vp.astype(dt)).reshape(b, l, hkv, grp, dh)
+    y = jnp.einsum("bkgls,bksd->blkgd", probs[..., p:], v.astype(dt)) + y_pre
+    return y.reshape(b, l, c.width)
 
 
 class MLP(nnx.Module):
@@ -293,13 +432,14 @@ class MLP(nnx.Module):
         self.up = nnx.Linear(config.width, config.mlp_width, **kw)
         self.down = nnx.Linear(config.mlp_width, config.width, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, tape: Tape | None = None) -> jax.Array:
         # gate and up as ONE matmul with the kernels side by side ([D, 2M]).
         dt = self.down.dtype
         w = jnp.concatenate([self.gate.kernel[...], self.up.kernel[...]], axis=1)
         lead = x.shape[:-1]
         x2d = x.reshape(-1, x.shape[-1]).astype(dt)
-        y = gated_mlp(x2d, w.astype(dt), self.down.kernel[...].astype(dt))
+        args = (x2d, w.astype(dt), self.down.kernel[...].astype(dt))
+        y = gated_mlp(*args) if tape is None else tape.gated_mlp("mlp", *args)
         return y.reshape(*lead, y.shape[-1])
 
 
@@ -315,10 +455,10 @@ class Block(nnx.Module):
         self.mlp_norm = nnx.RMSNorm(config.width, **kw)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, positions, kv=None, index=0):
-        h, new_kv = self.attn(self.attn_norm(x), positions, kv, index)
+    def __call__(self, x, positions, kv=None, index=0, prefix=None, tape=None):
+        h, new_kv = self.attn(self.attn_norm(x), positions, kv, index, prefix, tape)
         x = x + h
-        x = x + self.mlp(self.mlp_norm(x))
+        x = x + self.mlp(self.mlp_norm(x), tape)
         return x, new_kv
 
 
@@ -354,13 +494,13 @@ class Transformer(nnx.Module):
                 rngs=rngs,
             )
 
-    def _logits(self, x: jax.Array) -> jax.Array:
+    def _logits(self, x: jax.Array, tape: Tape | None = None) -> jax.Array:
         h = self.final_norm(x)
         if self.config.tie_embeddings:
-            dt = self.config.compute_dtype
-            emb = self.embed.embedding[...]  # [V, D]
-            return dense(h, emb.T, dt).astype(jnp.float32)
-        return dense(h, self.head.kernel[...], self.config.compute_dtype).astype(jnp.float32)
+            w = self.embed.embedding[...].T  # [D, V]
+        else:
+            w = self.head.kernel[...]
+        return _dense_site(tape, "head", h, w, self.config.compute_dtype).astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """Teacher-forced: ``tokens [B, L]`` int -> logits ``[B, L, V]`` float32; row l
@@ -395,6 +535,48 @@ class Transformer(nnx.Module):
             x, kv = block(x, positions, kv, index)
             new_cache.append(kv)
         return self._logits(x), tuple(new_cache)
+
+    def prompt_pass(self, prompts: jax.Array, tape: Tape | None = None):
+        """The shared prefix of a group: ``prompts [N, P]`` -> ``(logits [N, V] float32 of
+        the last prompt row (the first completion token's distribution), prefix)``, where
+        ``prefix`` holds one ``{"k", "v"}: [N, Hkv, P, Dh]`` per layer for `extend`."""
+        _check_tokens(prompts, self.config)
+        n, p = prompts.shape
+        positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None, :], (n, p))
+        x = self.embed(prompts)
+        prefix = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, positions, tape=_sub(tape, i))
+            prefix.append(kv)
+        return self._logits(x[:, -1:], tape)[:, 0], tuple(prefix)
+
+    def extend(
+        self,
+        tokens: jax.Array,
+        prefix: Cache,
+        cache: Cache | None = None,
+        index: jax.Array | int = 0,
+        tape: Tape | None = None,
+    ):
+        """Tokens after a shared prefix: ``tokens [B, L]`` at self slots ``index ..
+        index+L-1`` (positions ``P + slot``) after ``prefix`` (from `prompt_pass`, N rows,
+        each shared by ``B // N`` consecutive rows of ``tokens``).
+
+        Without ``cache``: teacher-forced over the L tokens (``index`` 0). With ``cache``
+        (`init_cache` of the completion's length): one cached decode step, as `decode`.
+        Returns ``(logits [B, L, V] float32, self cache or per-layer keys/values)``.
+        """
+        b, l = tokens.shape
+        p = prefix[0]["k"].shape[2]
+        index = jnp.asarray(index, jnp.int32)
+        positions = jnp.broadcast_to((p + index + jnp.arange(l, dtype=jnp.int32))[None], (b, l))
+        x = self.embed(tokens)
+        caches = (None,) * len(self.blocks) if cache is None else cache
+        new_cache = []
+        for i, (block, kv, pre) in enumerate(zip(self.blocks, caches, prefix)):
+            x, kv = block(x, positions, kv, index, pre, _sub(tape, i))
+            new_cache.append(kv)
+        return self._logits(x, tape), tuple(new_cache)
 
 
 def _check_tokens(tokens: jax.Array, config: ModelConfig) -> None:
@@ -467,23 +649,52 @@ def forward(config: ModelConfig, params: nnx.State, tokens: jax.Array) -> jax.Ar
 
 
 def completion_logits(
-    config: ModelConfig, params: nnx.State, prompts: jax.Array, completions: jax.Array
+    config: ModelConfig,
+    params: nnx.State,
+    prompts: jax.Array,
+    completions: jax.Array,
+    replay: dict | None = None,
 ) -> jax.Array:
     """Logits ``[B, T, V]`` (float32) whose row t predicts ``completions[:, t]``.
 
-    ``prompts [B, P]`` (P >= 1), ``completions [B, T]``; one forward pass over the
-    concatenation, rows ``P-1 .. P+T-2``.
+    ``prompts [N, P]`` (P >= 1), ``completions [B, T]`` with ``B = N G``: prompt n is shared
+    by the G consecutive rows ``n G .. n G + G - 1`` (G = 1: one prompt per row; GRPO: a
+    group). The prompt is computed once per group (`Transformer.prompt_pass`), then the
+    completions' first T - 1 tokens attend to it (`Transformer.extend`); the same logits as
+    one teacher-forced pass over each row's concatenation (rows ``P-1 .. P+T-2``), up to
+    rounding, with ``(N P + B (T-1)) / (B (P+T))`` of its FLOPs.
+
+    ``replay``: ``{"prompt": records, "completion": records}`` of `Tape`s recorded by
+    `sampling.sample(record=True)` with these parameters on these tokens: the forward's
+    matmuls are replayed instead of recomputed (gradients unchanged; see `Tape`).
     """
-    if prompts.ndim != 2 or completions.ndim != 2 or prompts.shape[0] != completions.shape[0]:
+    if prompts.ndim != 2 or completions.ndim != 2:
         raise ValueError(
-            f"prompts [B, P] and completions [B, T] must share B; got prompts "
-            f"{prompts.shape}, completions {completions.shape}."
+            f"prompts must be [N, P] and completions [B, T]; got prompts {prompts.shape}, "
+            f"completions {completions.shape}."
+        )
+    n, b = prompts.shape[0], completions.shape[0]
+    if n < 1 or b % n:
+        raise ValueError(
+            f"completions rows B must be a multiple of prompts rows N (B = N * group size); "
+            f"got prompts {prompts.shape}, completions {completions.shape}."
         )
     if prompts.shape[1] < 1:
         raise ValueError("prompts must have at least one token (P >= 1).")
     p, t = prompts.shape[1], completions.shape[1]
-    tokens = jnp.concatenate([prompts, completions.astype(prompts.dtype)], axis=1)
-    return forward(config, params, tokens)[:, p - 1 : p + t - 1]
+    if p + t - 1 > config.max_len:
+        raise ValueError(
+            f"prompt length {p} + completion length {t} - 1 exceeds config.max_len "
+            f"{config.max_len}."
+        )
+    tapes = {k: None if replay is None else Tape(replay[k]) for k in ("prompt", "completion")}
+    mod = module(config, params)
+    first, prefix = mod.prompt_pass(prompts.astype(jnp.int32), tapes["prompt"])  # [N, V]
+    first = jnp.repeat(first, b // n, axis=0)[:, None]  # [B, 1, V]
+    if t == 1:
+        return first
+    rest, _ = mod.extend(completions[:, :-1].astype(jnp.int32), prefix, tape=tapes["completion"])
+    return jnp.concatenate([first, rest], axis=1)
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:

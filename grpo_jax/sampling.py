@@ -1,9 +1,14 @@
 """Jitted autoregressive sampling with a KV cache (flax gemma / tunix sampler pattern).
 
-One ``jax.jit``: prefill the prompt ``[B, P]`` into a KV cache of length ``P + T - 1``, sample
-the first token from the last prompt row, then ``lax.scan`` over ``T - 1`` decode steps with
-the cache in the carry (XLA updates it in place; the cache is created inside the jit, so
-there is nothing for the caller to donate).
+One ``jax.jit``: the prompts ``[N, P]`` pass once (`model.Transformer.prompt_pass`: their
+keys/values are the shared prefix of the ``G = group_size`` completions of each prompt), the
+first token of each of the ``B = N G`` rows is sampled from its prompt's last row, then
+``lax.scan`` runs ``T - 1`` decode steps (`model.Transformer.extend`) with the completions'
+KV cache ``[B, Hkv, T - 1, Dh]`` in the carry (XLA updates it in place; the cache is created
+inside the jit, so there is nothing for the caller to donate). With ``record=True`` every
+matmul output of the prompt pass and of the decode steps is kept (`model.Tape`), laid out
+as a teacher-forced pass over the same tokens would compute it, so that the GRPO step can
+replay the policy's forward instead of recomputing it.
 
 Sampling distribution at each step, from the raw model logits ``z [B, V]`` (float32):
 
@@ -43,12 +48,15 @@ class SampleOutput(NamedTuple):
       mask: ``[B, T]`` float32, 1 up to and including the first EOS, 0 after.
       logits: ``[B, T, V]`` float32 raw model logits at each sampled position (row t is the
         model's prediction for ``tokens[:, t]``), or None unless ``return_logits``.
+      record: ``{"prompt": records, "completion": records}`` (`model.Tape` records, the
+        argument ``replay`` of `model.completion_logits`), or None unless ``record``.
     """
 
     tokens: jax.Array
     logp: jax.Array
     mask: jax.Array
     logits: jax.Array | None
+    record: dict | None = None
 
 
 def sampling_logits(
@@ -121,13 +129,16 @@ def sample(
     eos_id: int | None = None,
     banned_tokens: tuple[int, ...] = (),
     return_logits: bool = False,
+    group_size: int = 1,
+    record: bool = False,
 ) -> SampleOutput:
-    """Sample ``T = max_new_tokens`` tokens after ``prompts [B, P]`` with a KV cache.
+    """Sample ``T = max_new_tokens`` tokens after ``prompts [N, P]``, ``group_size`` rows per
+    prompt, with a KV cache.
 
     Args:
       config: the model's ``ModelConfig`` (static).
       params: parameter pytree from ``model.init``.
-      prompts: ``[B, P]`` int tokens; all rows share the length P (no padding).
+      prompts: ``[N, P]`` int tokens; all rows share the length P (no padding).
       key: PRNG key; the same key gives the same output.
       max_new_tokens: T (static); every row runs the full T steps.
       temperature: scalar; ``<= 0`` is greedy decoding (logp 0).
@@ -136,13 +147,19 @@ def sample(
       eos_id: end-of-sequence id (static), or None.
       banned_tokens: tuple of ids never sampled (static), e.g. special tokens.
       return_logits: also return the raw logits ``[B, T, V]`` (static).
+      group_size: G completions per prompt (static); ``B = N G``, rows ``n G .. n G + G - 1``
+        continue prompt n (its prompt pass is computed once).
+      record: also return the matmul records for `model.completion_logits(replay=...)`
+        (static).
 
     Returns:
-      ``SampleOutput(tokens [B, T] int32, logp [B, T] f32, mask [B, T] f32, logits)``.
+      ``SampleOutput(tokens [B, T] int32, logp [B, T] f32, mask [B, T] f32, logits, record)``.
     Pure and jitted; vmappable over (params, key), and the batch may be sharded.
     """
     banned_tokens = tuple(sorted(set(int(t) for t in banned_tokens)))
     _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens)
+    if int(group_size) < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}.")
     return _sample(
         config,
         params,
@@ -155,6 +172,8 @@ def sample(
         eos_id=eos_id,
         banned_tokens=banned_tokens,
         return_logits=return_logits,
+        group_size=int(group_size),
+        record=bool(record),
     )
 
 
@@ -167,6 +186,8 @@ def sample(
         "eos_id",
         "banned_tokens",
         "return_logits",
+        "group_size",
+        "record",
     ),
 )
 def _sample(
@@ -182,9 +203,12 @@ def _sample(
     eos_id,
     banned_tokens,
     return_logits,
+    group_size,
+    record,
 ) -> SampleOutput:
     """The jitted body of ``sample`` (arguments already validated)."""
-    b, p = prompts.shape
+    n, p = prompts.shape
+    b = n * group_size
     t_len = max_new_tokens
     model = model_lib.module(config, params)
     temperature = jnp.asarray(temperature, jnp.float32)
@@ -205,30 +229,66 @@ def _sample(
         return tok, lp, done
 
     keys = jax.random.split(key, t_len)
-    cache = model_lib.init_cache(config, b, p + t_len - 1)
-    prefill_logits, cache = model.decode(prompts.astype(jnp.int32), cache, 0)
-    raw0 = prefill_logits[:, -1]  # [B, V]
+    prompt_tape = model_lib.Tape() if record else None
+    first, prefix = model.prompt_pass(prompts.astype(jnp.int32), prompt_tape)
+    raw0 = jnp.repeat(first, group_size, axis=0)  # [B, V]
     done0 = jnp.zeros((b,), bool)
     tok0, lp0, done0 = choose(raw0, keys[0], done0)
+    steps = t_len - 1
+    tokens, logp, logits = tok0[:, None], lp0[:, None], raw0[:, None]
+    completion_records = {}
+    if steps:
+        cache = model_lib.init_cache(config, b, steps)
 
-    def step(carry, xs):
-        cache, tok, done = carry
-        index, step_key = xs
-        logits, cache = model.decode(tok[:, None], cache, index)
-        raw = logits[:, 0]
-        tok, lp, done = choose(raw, step_key, done)
-        out = (tok, lp, raw if return_logits else None)
-        return (cache, tok, done), out
+        def step(carry, xs):
+            cache, tok, done, records = carry
+            index, step_key = xs
+            tape = model_lib.Tape() if record else None
+            raw, cache = model.extend(tok[:, None], prefix, cache, index, tape)
+            if record:  # written in place at the step's slot: [B, T-1, N] each
+                records = {
+                    k: jax.lax.dynamic_update_slice(r, tape.records[k][:, None], (0, index, 0))
+                    for k, r in records.items()
+                }
+            tok, lp, done = choose(raw[:, 0], step_key, done)
+            return (cache, tok, done, records), (tok, lp, raw[:, 0] if return_logits else None)
 
-    indices = p + jnp.arange(t_len - 1, dtype=jnp.int32)
-    _, (toks, lps, raws) = jax.lax.scan(step, (cache, tok0, done0), (indices, keys[1:]))
-    tokens = jnp.concatenate([tok0[:, None], toks.T], axis=1)  # [B, T]
-    logp = jnp.concatenate([lp0[:, None], lps.T], axis=1)
-    logits = None
-    if return_logits:
-        logits = jnp.concatenate([raw0[:, None], jnp.swapaxes(raws, 0, 1)], axis=1)
+        if record:  # the record buffers: one per matmul site, the row order of a
+            # teacher-forced pass over tokens[:, :T-1] (`model.completion_logits`).
+            shapes = jax.eval_shape(
+                lambda: _step_records(model, tok0, prefix, cache)
+            )  # name -> [B, N]
+            completion_records = {
+                k: jnp.zeros((b, steps, s.shape[-1]), s.dtype) for k, s in shapes.items()
+            }
+        carry = (cache, tok0, done0, completion_records)
+        xs = (jnp.arange(steps, dtype=jnp.int32), keys[1:])
+        (_, _, _, completion_records), (toks, lps, raws) = jax.lax.scan(step, carry, xs)
+        tokens = jnp.concatenate([tokens, toks.T], axis=1)  # [B, T]
+        logp = jnp.concatenate([logp, lps.T], axis=1)
+        if return_logits:
+            logits = jnp.concatenate([logits, jnp.swapaxes(raws, 0, 1)], axis=1)
+    rec = None
+    if record:
+        rec = {
+            "prompt": prompt_tape.records,
+            "completion": {k: r.reshape(b * steps, -1) for k, r in completion_records.items()},
+        }
     mask = completion_mask(tokens, eos_id)
-    return SampleOutput(tokens=tokens, logp=logp, mask=mask, logits=logits)
+    return SampleOutput(
+        tokens=tokens,
+        logp=logp,
+        mask=mask,
+        logits=logits if return_logits else None,
+        record=rec,
+    )
+
+
+def _step_records(model, tok, prefix, cache) -> dict:
+    """The `model.Tape` records of one decode step (for their shapes)."""
+    tape = model_lib.Tape()
+    model.extend(tok[:, None], prefix, cache, 0, tape)
+    return tape.records
 
 
 def completion_mask(tokens: jax.Array, eos_id: int | None) -> jax.Array:

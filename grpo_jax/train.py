@@ -84,6 +84,10 @@ class RLSetup:
       temperature: sampling and training temperature (logits / temperature).
       grad_clip: global-norm clip before Adam (<= 0 disables).
       adam_b1, adam_b2, adam_eps: Adam moments.
+      replay: transformer policies with one inner step (mu = 1): the loss's policy forward
+        replays the sampler's matmul outputs (`model.Tape`; pi_theta = pi_old there) instead
+        of recomputing them, so only the backward's matmuls run. Same values up to
+        rounding; off recomputes the forward (as mu > 1 always does).
       skip_zero_grad: skip the optimiser update (parameters *and* Adam moments unchanged)
         when the gradient is exactly zero, e.g. every group's rewards are equal and there is
         no KL gradient. Off, Adam keeps moving the parameters on momentum alone.
@@ -106,6 +110,7 @@ class RLSetup:
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     skip_zero_grad: bool = False
+    replay: bool = True
     data_sharding: Any = None
     kl_choices: tuple = ()
     ref_model: Any = None
@@ -129,6 +134,11 @@ class RLSetup:
     @property
     def batch_size(self) -> int:
         return self.num_prompts * self.group_size
+
+    @property
+    def replays(self) -> bool:
+        """Whether the step replays the sampler's forward (see `replay`)."""
+        return self.replay and self.inner_steps == 1 and not policies.is_policy(self.model)
 
     def optimizer(self) -> optax.GradientTransformation:
         """Adam *direction* only; the step applies `-lr * update`, so lr can be a traced leaf."""
@@ -158,12 +168,14 @@ def init_rl_state(setup: RLSetup, params, ref_params, key) -> RLState:
 class Rollout(NamedTuple):
     """One batch sampled from pi_old. B = num_prompts * group_size."""
 
+    group_prompts: jax.Array  # int32 [N, P], one row per group
     prompts: jax.Array  # int32 [B, P] (each prompt repeated group_size times)
     tokens: jax.Array  # int32 [B, T]
     mask: jax.Array  # float32 [B, T]
     old_logp: jax.Array  # float32 [B, T], stop-gradient
     old_logits: jax.Array  # float32 [B, T, V], the sampling distribution's logits
     rewards: jax.Array  # float32 [B]
+    record: Any = None  # the sampler's matmul records (`RLSetup.replays`), or None
 
 
 def _constrain(x, setup: RLSetup):
@@ -178,28 +190,35 @@ def sampling_logits(setup: RLSetup, logits: jax.Array) -> jax.Array:
     return metrics_lib.ban_tokens(logits / setup.temperature, tuple(setup.task.special_ids))
 
 
-def completion_logits(model, params, prompts: jax.Array, tokens: jax.Array) -> jax.Array:
-    """Raw teacher-forced logits [B, T, V] of a transformer config or a one-token policy."""
+def completion_logits(model, params, prompts: jax.Array, tokens: jax.Array, replay=None):
+    """Raw teacher-forced logits [B, T, V] of a transformer config or a one-token policy;
+    `prompts` [N, P], one per group of B // N consecutive rows of `tokens` [B, T]."""
     if policies.is_policy(model):
-        return model.completion_logits(params, prompts, tokens)
-    return model_lib.completion_logits(model, params, prompts, tokens)
+        g = tokens.shape[0] // prompts.shape[0]
+        return model.completion_logits(params, jnp.repeat(prompts, g, axis=0), tokens)
+    return model_lib.completion_logits(model, params, prompts, tokens, replay)
 
 
 def policy_logits(
-    setup: RLSetup, params, prompts: jax.Array, tokens: jax.Array, model=None
+    setup: RLSetup, params, prompts: jax.Array, tokens: jax.Array, model=None, replay=None
 ) -> jax.Array:
-    """Teacher-forced `sampling_logits` of `tokens` [B, T] after `prompts` [B, P] under
-    `model` (default: the policy's)."""
+    """Teacher-forced `sampling_logits` of `tokens` [B, T] under `model` (default: the
+    policy's); `prompts` [N, P] holds one prompt per group of `setup.group_size` rows."""
     model = setup.model if model is None else model
-    return sampling_logits(setup, completion_logits(model, params, prompts, tokens))
+    if prompts.shape[0] * setup.group_size != tokens.shape[0]:
+        raise ValueError(
+            f"prompts [N, P] must have one row per group of {setup.group_size} rows of tokens "
+            f"[B, T]; got prompts {prompts.shape}, tokens {tokens.shape}."
+        )
+    return sampling_logits(setup, completion_logits(model, params, prompts, tokens, replay))
 
 
 def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
     """Sample prompts, G completions each from `params` (pi_old), and their rewards."""
     task = setup.task
     k_prompt, k_sample = jax.random.split(key)
-    prompts = task.sample_prompts(k_prompt, setup.num_prompts)  # [N, P]
-    prompts = _constrain(jnp.repeat(prompts, setup.group_size, axis=0), setup)  # [B, P]
+    group_prompts = task.sample_prompts(k_prompt, setup.num_prompts)  # [N, P]
+    prompts = _constrain(jnp.repeat(group_prompts, setup.group_size, axis=0), setup)  # [B, P]
     if policies.is_policy(setup.model):
         out = policies.sample(
             setup.model,
@@ -213,21 +232,25 @@ def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
         out = sampling.sample(
             setup.model,
             params,
-            prompts,
+            group_prompts,
             k_sample,
             max_new_tokens=task.completion_len,
             temperature=setup.temperature,
             banned_tokens=tuple(task.special_ids),
             return_logits=True,
+            group_size=setup.group_size,
+            record=setup.replays,
         )
     tokens = _constrain(out.tokens, setup)
     return Rollout(
+        group_prompts=group_prompts,
         prompts=prompts,
         tokens=tokens,
         mask=_constrain(out.mask.astype(jnp.float32), setup),
         old_logp=jax.lax.stop_gradient(out.logp),
         old_logits=sampling_logits(setup, out.logits),
         rewards=task.reward(prompts, tokens).astype(jnp.float32),
+        record=out.record if setup.replays else None,
     )
 
 
@@ -394,7 +417,7 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
         policy_logits(
             setup,
             state.ref_params,
-            batch.prompts,
+            batch.group_prompts,
             batch.tokens,
             setup.model if setup.ref_model is None else setup.ref_model,
         )
@@ -403,7 +426,7 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
     loss_of_logits, zero_var = _loss_of_logits(setup, hp, batch, ref_logits, ref_logp)
 
     def loss_fn(params):  # one model forward per inner step, whatever the KL choice
-        logits = policy_logits(setup, params, batch.prompts, batch.tokens)
+        logits = policy_logits(setup, params, batch.group_prompts, batch.tokens, None, batch.record)
         return loss_of_logits(model_lib.token_logprobs(logits, batch.tokens), logits)
 
     params, opt_state, skipped, stats = inner_updates(

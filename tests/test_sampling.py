@@ -221,3 +221,70 @@ def test_bfloat16_compute_samples_float32_logprobs(params, prompts):
     assert out.logp.dtype == out.logits.dtype == jnp.float32
     tf = M.token_logprobs(completion_logits(cfg16, params, prompts, out.tokens), out.tokens)
     np.testing.assert_allclose(out.logp, tf, atol=5e-2)
+
+
+# Shared prompts (group_size) and replay (record=True): the GRPO step computes each prompt
+# once per group and replays the sampler's matmuls in the policy forward (model.Tape).
+GQA_CFG = M.ModelConfig(
+    vocab_size=6, num_layers=2, width=24, num_heads=6, mlp_width=16, max_len=12, num_kv_heads=2
+)
+
+
+@pytest.mark.parametrize("cfg", [CFG, GQA_CFG], ids=["mha", "gqa"])
+def test_grouped_prompts_and_replay_equal_plain_forward(cfg):
+    """Per group of G rows: logits equal one teacher-forced pass over each row's
+    concatenation (prompt repeated); the replayed forward gives the sampler's logits exactly
+    and the recomputed forward's gradient (1e-5 of each leaf's largest entry)."""
+    g, n = 3, 2
+    params = _peaky(M.init(cfg, jax.random.key(5)))
+    group_prompts = jax.random.randint(jax.random.key(6), (n, P), 0, cfg.vocab_size)
+    out = S.sample(
+        cfg,
+        params,
+        group_prompts,
+        jax.random.key(7),
+        max_new_tokens=T,
+        return_logits=True,
+        group_size=g,
+        record=True,
+    )
+    assert out.tokens.shape == (n * g, T)
+    prompts = jnp.repeat(group_prompts, g, axis=0)
+    full = M.forward(cfg, params, jnp.concatenate([prompts, out.tokens], 1))[:, P - 1 : P + T - 1]
+    np.testing.assert_allclose(out.logits, full, atol=1e-5, rtol=1e-5)
+    grouped = M.completion_logits(cfg, params, group_prompts, out.tokens)
+    np.testing.assert_allclose(grouped, full, atol=1e-5, rtol=1e-5)
+    replayed = M.completion_logits(cfg, params, group_prompts, out.tokens, out.record)
+    np.testing.assert_array_equal(replayed, out.logits)  # the sampler's values, not recomputed
+
+    weights = jax.random.normal(jax.random.key(8), out.tokens.shape)
+
+    def loss(p, replay):
+        logits = M.completion_logits(cfg, p, group_prompts, out.tokens, replay)
+        return jnp.sum(weights * M.token_logprobs(logits, out.tokens))
+
+    g_replay = jax.grad(loss)(params, out.record)
+    g_plain = jax.grad(loss)(params, None)
+    for a, b in zip(jax.tree.leaves(g_replay), jax.tree.leaves(g_plain)):
+        scale = float(jnp.abs(b).max())  # float32 rounding, relative to the leaf's size
+        np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0)
+    # The replay really skips the forward: with other parameters it still returns the
+    # recorded logits (so the step only replays with the parameters that sampled).
+    other = M.init(cfg, jax.random.key(9))
+    np.testing.assert_array_equal(
+        M.completion_logits(cfg, other, group_prompts, out.tokens, out.record), out.logits
+    )
+
+
+def test_group_size_validation(params):
+    with pytest.raises(ValueError, match="group_size"):
+        S.sample(
+            CFG,
+            params,
+            jnp.zeros((2, 3), jnp.int32),
+            jax.random.key(0),
+            max_new_tokens=2,
+            group_size=0,
+        )
+    with pytest.raises(ValueError, match="multiple of prompts rows"):
+        M.completion_logits(CFG, params, jnp.zeros((2, 3), jnp.int32), jnp.zeros((3, 2), jnp.int32))

@@ -96,7 +96,7 @@ def test_zero_gradient_skip_stops_adam_momentum(skip, moves):
     params = policies.reference_params(task)
     opt_state = setup.optimizer().init(params)
     tokens = jnp.arange(8, dtype=jnp.int32)[:, None] + 20
-    prompts = jnp.full((8, 1), task.bos_id, jnp.int32)
+    prompts = jnp.full((1, 1), task.bos_id, jnp.int32)  # one group of 8
     mask = jnp.ones((8, 1))
 
     def loss_fn_for(advantages, beta):
