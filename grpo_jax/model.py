@@ -44,6 +44,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 DTYPES = ("float32", "bfloat16")
@@ -274,17 +275,39 @@ def _dense_site(tape: Tape | None, name: str, x, w, dtype):
     return dense(x, w, dtype) if tape is None else tape.dense(name, x, w, dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+@functools.lru_cache(maxsize=16)
+def rope_table(max_len: int, head_dim: int, theta: float):
+    """``(cos, sin)`` of the rotary angles ``pos * theta^(-2i/Dh)`` for ``pos < max_len``:
+    NumPy float32 ``[max_len, Dh/2]`` each, computed once in float64.
+
+    A table read by position instead of ``jnp.cos``/``jnp.sin`` in the program: XLA fuses the
+    angle's cosine into every consumer, recomputing it per element of q and k (a third of
+    the W1 decode step's elementwise time, issue 13).
+    """
+    half = head_dim // 2
+    freq = float(theta) ** (-np.arange(half, dtype=np.float64) * 2.0 / head_dim)
+    angle = np.arange(max_len, dtype=np.float64)[:, None] * freq[None, :]
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float, max_len: int | None = None) -> jax.Array:
     """Rotary embedding, rotate-half form (Su et al. 2021; Llama).
 
     ``x [B, L, H, Dh]``, ``positions [B, L]`` (int) -> ``[B, L, H, Dh]`` in x's dtype.
     With ``f_i = theta^(-2i/Dh)``, ``a = pos * f``:
     ``out = [x1 cos a - x2 sin a, x2 cos a + x1 sin a]`` for the halves ``x = [x1, x2]``.
+    With ``max_len`` (positions ``< max_len``) cos and sin are read from `rope_table`;
+    without, computed in float32.
     """
     half = x.shape[-1] // 2
-    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])  # [Dh/2]
-    angle = positions.astype(jnp.float32)[:, :, None, None] * freq[None, None, None, :]
-    cos, sin = jnp.cos(angle), jnp.sin(angle)  # [B, L, 1, Dh/2]
+    if max_len is None:
+        freq = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])  # [Dh/2]
+        angle = positions.astype(jnp.float32)[:, :, None, None] * freq[None, None, None, :]
+        cos, sin = jnp.cos(angle), jnp.sin(angle)  # [B, L, 1, Dh/2]
+    else:
+        cos_t, sin_t = rope_table(int(max_len), x.shape[-1], float(theta))
+        cos = jnp.asarray(cos_t)[positions][:, :, None, :]  # [B, L, 1, Dh/2]
+        sin = jnp.asarray(sin_t)[positions][:, :, None, :]
     xf = x.astype(jnp.float32)
     x1, x2 = xf[..., :half], xf[..., half:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -355,8 +378,8 @@ class Attention(nnx.Module):
             q_raw = qkv[..., :d].reshape(b, l, c.num_heads, c.head_dim)
             k_raw = qkv[..., d : d + d_kv].reshape(b, l, hkv, c.head_dim)
             v = qkv[..., d + d_kv :].reshape(b, l, hkv, c.head_dim)
-        q = rope(q_raw, positions, c.rope_theta)  # [B, L, H, Dh]
-        k = rope(k_raw, positions, c.rope_theta)  # [B, L, Hkv, Dh]
+        q = rope(q_raw, positions, c.rope_theta, c.max_len)  # [B, L, H, Dh]
+        k = rope(k_raw, positions, c.rope_theta, c.max_len)  # [B, L, Hkv, Dh]
         # Heads-major [B, Hkv, L, Dh]: the layout of the cache, so that no step transposes it.
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         if kv is None:
