@@ -241,27 +241,38 @@ def _sample(
         cache = model_lib.init_cache(config, b, steps)
 
         def step(carry, xs):
-            cache, tok, done = carry
+            cache, tok, done, records = carry
             index, step_key = xs
             tape = model_lib.Tape() if record else None
             raw, cache = model.extend(tok[:, None], prefix, cache, index, tape)
+            if record:  # written in place at the step's slot: [B, T-1, N] each
+                records = {
+                    k: jax.lax.dynamic_update_slice(r, tape.records[k][:, None], (0, index, 0))
+                    for k, r in records.items()
+                }
             tok, lp, done = choose(raw[:, 0], step_key, done)
-            out = (tok, lp, raw[:, 0] if return_logits else None, tape.records if record else None)
-            return (cache, tok, done), out
+            return (cache, tok, done, records), (tok, lp, raw[:, 0] if return_logits else None)
 
+        if record:  # the record buffers: one per matmul site, the row order of a
+            # teacher-forced pass over tokens[:, :T-1] (`model.completion_logits`).
+            shapes = jax.eval_shape(
+                lambda: _step_records(model, tok0, prefix, cache)
+            )  # name -> [B, N]
+            completion_records = {
+                k: jnp.zeros((b, steps, s.shape[-1]), s.dtype) for k, s in shapes.items()
+            }
+        carry = (cache, tok0, done0, completion_records)
         xs = (jnp.arange(steps, dtype=jnp.int32), keys[1:])
-        _, (toks, lps, raws, recs) = jax.lax.scan(step, (cache, tok0, done0), xs)
+        (_, _, _, completion_records), (toks, lps, raws) = jax.lax.scan(step, carry, xs)
         tokens = jnp.concatenate([tokens, toks.T], axis=1)  # [B, T]
         logp = jnp.concatenate([logp, lps.T], axis=1)
         if return_logits:
             logits = jnp.concatenate([logits, jnp.swapaxes(raws, 0, 1)], axis=1)
-        if record:  # [T-1, B, N] -> rows (b, t): a teacher-forced pass over tokens[:, :T-1]
-            completion_records = {k: r.reshape(b * steps, -1) for k, r in recs.items()}
     rec = None
     if record:
         rec = {
             "prompt": prompt_tape.records,
-            "completion": completion_records,
+            "completion": {k: r.reshape(b * steps, -1) for k, r in completion_records.items()},
         }
     mask = completion_mask(tokens, eos_id)
     return SampleOutput(
