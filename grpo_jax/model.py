@@ -159,20 +159,15 @@ def _gated_mlp_fwd(x, w_gate_up, w_down):
 
 def _gated_mlp_bwd(res, dy):
     x, w_gate_up, w_down, gu = res
-    n, m = gu.shape[0], w_down.shape[0]
     gate, up = jnp.split(gu, 2, axis=-1)
-    act = jax.nn.silu(gate)
+    sig = jax.nn.sigmoid(gate)
+    act = gate * sig  # silu(gate)
     dh = jnp.dot(dy, w_down.T)
     dw_down = jnp.dot((act * up).T, dy)
-    # [N, 2, M] view of [N, 2M]: row 0 the gate half, row 1 the up half; one select writes
-    # both halves of d_gate_up in a single elementwise pass.
-    g3 = gu.reshape(n, 2, m)
-    gate3, up3, dh3 = g3[:, :1], g3[:, 1:], dh[:, None]
-    sig = jax.nn.sigmoid(gate3)
-    d_gate = dh3 * up3 * (sig * (1 + gate3 * (1 - sig)))
-    d_up = dh3 * (gate3 * sig)
-    half = jnp.arange(2)[None, :, None]
-    d_gu = jnp.where(half == 0, d_gate, d_up).reshape(n, 2 * m)
+    d_gate = dh * up * (sig * (1 + gate * (1 - sig)))
+    # One concatenation fusion writes d_gate and d_up side by side: the [N, 2M] layout of
+    # d_gu (13% faster on the W1 shapes than a select over an [N, 2, M] view, issue 13).
+    d_gu = jnp.concatenate([d_gate, dh * act], axis=-1)
     return jnp.dot(d_gu, w_gate_up.T), jnp.dot(x.T, d_gu), dw_down
 
 
