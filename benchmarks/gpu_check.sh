@@ -14,16 +14,16 @@
 # `timeout`; a part that fails or times out is reported and the next one runs. A part is
 # skipped when the time left of GPU_CHECK_BUDGET (seconds, default 480) is under its floor.
 #
-#   a1  vs_trl.py W1,W2, 2 rounds, as the script is: grpo_jax on the GPU at jax's default
-#       matmul precision (float32 dots may use TF32 on the GPU), TRL on the CPU (vs_trl.py
-#       passes use_cpu=True to GRPOConfig, so its TRL side never uses the GPU).
-#   a2  the same with TRL on the GPU (GRPOConfig's use_cpu forced to False by a wrapper; torch
-#       keeps float32 matmuls in full float32, TF32 off by default) and grpo_jax at strict
-#       float32 (JAX_DEFAULT_MATMUL_PRECISION=highest; vs_trl.py has no precision flag): the
+#   a1  vs_trl.py W1,W2, 2 rounds: grpo_jax on the GPU at jax's default matmul precision
+#       (float32 dots may use TF32), TRL on the GPU (vs_trl.py --trl_device=auto; torch keeps
+#       float32 matmuls in full float32, TF32 off by default).
+#   a2  the same with grpo_jax at strict float32 (JAX_DEFAULT_MATMUL_PRECISION=highest): the
 #       float32-for-float32 comparison of issue 13.
 #   b   grpo_jax alone, W1, bfloat16 compute (vs_trl.py --compute_dtype=bfloat16 --skip_trl).
 #   c   rl_step.py's W2 populations, 1 to 1024 seeds as one vmapped program (rl_step.py has no
 #       flag for the population sizes: bench_w2 is called with them; switch question skipped).
+#   e   the W1 comparison on 2 of the host's CPU cores (taskset, no GPU): a second CPU type
+#       beside the development machine's, for issue 13's "AVX2 and AVX-512 alike".
 #   d1  phases.py W1 float32 (default precision), d2 bfloat16, d3 float32 at precision highest,
 #       each with --skip_step: the whole step of d1 / d2 / d3 is the very program a1 / b / a2
 #       time (same workload, dtype and precision), so its compile (the longest) is not repeated.
@@ -45,51 +45,24 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH=${PYTHONPATH:-.}
 case ":$PYTHONPATH:" in *":.:"*) ;; *) export PYTHONPATH=$PYTHONPATH:. ;; esac
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET:-480}
+BUDGET=${GPU_CHECK_BUDGET:-540}
 
 if [[ ${GPU_CHECK_SMOKE:-0} == 1 ]]; then
   WL_BOTH=W2 WL_1=W2
   CNT_TRL="--rounds=1 --steps=1 --warmup=0"
   CNT_BF16="--rounds=1 --steps=1 --warmup=0"
+  CNT_CPU="--rounds=1 --steps=1 --warmup=0"
   POP_STEPS=1 POP_REPEATS=1 POPS="1,2"
   PH_REPEATS=1
 else
   WL_BOTH=W1,W2 WL_1=W1
   CNT_TRL="--rounds=2"                          # default steps: W1 3, W2 20; warm-up 1
   CNT_BF16="--rounds=2 --steps=10"
+  CNT_CPU="--rounds=2 --steps=3 --warmup=1"
   # 1024 second, so that a timeout loses the middle of the curve rather than its end.
   POP_STEPS=10 POP_REPEATS=3 POPS="1,1024,16,128"
   PH_REPEATS=5
 fi
-
-# vs_trl.py with TRL on the GPU: GRPOConfig's use_cpu forced to False (vs_trl.py imports
-# GRPOConfig from trl inside TRLSide.steps, so replacing the module attribute is enough).
-# vs_trl.py's timers (time.perf_counter) also synchronise CUDA once torch has started it, so
-# that TRL's phase split (generation, forwards, backward, optimiser) counts the GPU work of
-# each phase rather than its launch; grpo_jax's timing is unchanged (it blocks on its results).
-TRL_GPU_PY='
-import sys, time, types
-sys.argv[0] = "benchmarks/vs_trl.py"
-sys.path.insert(0, "benchmarks")
-import vs_trl
-import torch, trl
-from absl import app
-def synced_clock():
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-    return time.perf_counter()
-vs_trl.time = types.SimpleNamespace(perf_counter=synced_clock)
-_config, _said = trl.GRPOConfig, []
-def gpu_config(**kw):
-    kw["use_cpu"] = False
-    args = _config(**kw)
-    if not _said:
-        _said.append(1)
-        print(f"  (wrapper) TRL GRPOConfig use_cpu=False, device {args.device}", flush=True)
-    return args
-trl.GRPOConfig = gpu_config
-app.run(vs_trl.main)
-'
 
 # rl_step.py's W2 population table for the sizes in POPS (its main() has no flag for them).
 POP_PY='
@@ -161,14 +134,18 @@ print("torch cuda:", torch.cuda.is_available(), torch.cuda.get_device_name(0) if
 ' 2>&1 | grep -v -i "warning"
   echo "XLA_FLAGS=${XLA_FLAGS:-} JAX_DEFAULT_MATMUL_PRECISION=${JAX_DEFAULT_MATMUL_PRECISION:-}"
 
-  part a1-vs_trl-f32-default-trl-cpu 170 60 \
+  part a1-vs_trl-f32-default-trl-gpu 170 60 \
     "$PY" benchmarks/vs_trl.py --workloads=$WL_BOTH $CNT_TRL
   part a2-vs_trl-f32-highest-trl-gpu 170 60 \
-    env JAX_DEFAULT_MATMUL_PRECISION=highest "$PY" -c "$TRL_GPU_PY" --workloads=$WL_BOTH $CNT_TRL
+    env JAX_DEFAULT_MATMUL_PRECISION=highest "$PY" benchmarks/vs_trl.py --workloads=$WL_BOTH $CNT_TRL
   part b-vs_trl-W1-bf16-jax-only 100 40 \
     "$PY" benchmarks/vs_trl.py --workloads=$WL_1 --compute_dtype=bfloat16 --skip_trl $CNT_BF16
   part c-rl_step-W2-populations 150 60 \
     env POP_STEPS=$POP_STEPS POP_REPEATS=$POP_REPEATS POPS=$POPS "$PY" -c "$POP_PY"
+  lscpu | grep -E "Model name|Flags" | cut -c1-400
+  part e-vs_trl-W1-2-cpu-cores 110 60 \
+    env CUDA_VISIBLE_DEVICES= JAX_PLATFORMS=cpu taskset -c 0,1 "$PY" benchmarks/vs_trl.py \
+    --workloads=$WL_1 --trl_device=cpu --torch_threads=2 $CNT_CPU
   part d1-phases-W1-f32 90 35 \
     "$PY" benchmarks/phases.py --workload=$WL_1 --compute_dtype=float32 --repeats=$PH_REPEATS \
     --skip_step

@@ -7,15 +7,18 @@ Each phase of `grpo_jax.train.rl_step` runs as its own jitted function on the in
 step would give it, and the whole step (`make_rl_chunk`, one step per call) runs beside
 them:
 
-* sampling: `sampling.sample` (prefill of the prompt + `lax.scan` of T - 1 cached decode
-  steps, logits returned as the step asks);
-* reference forward: teacher-forced `completion_logits` of the reference + `token_logprobs`;
+* sampling: `sampling.sample` (one prompt pass per group + `lax.scan` of T - 1 cached
+  decode steps, logits and, when the step replays, the matmul records returned);
+* reference forward: teacher-forced grouped `completion_logits` of the reference +
+  `token_logprobs`;
 * policy forward + backward: `jax.value_and_grad` of the GRPO loss (k3 in the loss, beta
-  0.04, eps 0.2) through the policy forward, as in `rl_step`'s `loss_fn`;
+  0.04, eps 0.2) through the policy forward (replayed from the sampler's records when
+  `setup.replays`), as in `rl_step`'s `loss_fn`;
 * optimiser: Adam direction (`setup.optimizer()`) + parameter update.
 
-For each: compile seconds, median run seconds, FLOPs (from the model sizes,
-`rl_step.step_flops`) and GFLOP/s against the measured float32 and bf16 matmul peaks
+For each: compile seconds, median run seconds, the workload's FLOPs as TRL runs it
+(`rl_step.step_flops`), the FLOPs grpo_jax executes (`rl_step.executed_flops`: shared
+prompts, replay), and executed GFLOP/s against the measured float32 and bf16 matmul peaks
 (`common.matmul_peak`, 2048^2 on the CPU).
 """
 
@@ -53,36 +56,39 @@ def phase_functions(setup):
     banned = tuple(task.special_ids)
     cfg = rl_step.make_hparams().loss
     opt = setup.optimizer()
+    g = setup.group_size
 
     @jax.jit
-    def sample(params, prompts, key):
+    def sample(params, group_prompts, key):
         out = sampling.sample(
             mcfg,
             params,
-            prompts,
+            group_prompts,
             key,
             max_new_tokens=task.completion_len,
             temperature=1.0,
             banned_tokens=banned,
             return_logits=True,
+            group_size=g,
+            record=setup.replays,
         )
-        return out.tokens, out.logp, out.logits
+        return out.tokens, out.logp, out.logits, out.record
 
-    def logits_of(params, prompts, tokens):
-        logits = model_lib.completion_logits(mcfg, params, prompts, tokens)
+    def logits_of(params, group_prompts, tokens, record=None):
+        logits = model_lib.completion_logits(mcfg, params, group_prompts, tokens, record)
         return metrics_lib.ban_tokens(logits, banned)
 
     @jax.jit
-    def reference(ref_params, prompts, tokens):
-        logits = logits_of(ref_params, prompts, tokens)
+    def reference(ref_params, group_prompts, tokens):
+        logits = logits_of(ref_params, group_prompts, tokens)
         return logits, model_lib.token_logprobs(logits, tokens)
 
     @jax.jit
-    def policy_grad(params, prompts, tokens, old_logp, ref_logp, ref_logits, adv):
+    def policy_grad(params, group_prompts, tokens, old_logp, ref_logp, ref_logits, adv, record):
         mask = jnp.ones(tokens.shape, jnp.float32)
 
         def loss_fn(p):
-            logits = logits_of(p, prompts, tokens)
+            logits = logits_of(p, group_prompts, tokens, record)
             logp = model_lib.token_logprobs(logits, tokens)
             return losses.grpo_loss(
                 logp, old_logp, ref_logp, adv, mask, cfg, logits=logits, ref_logits=ref_logits
@@ -106,37 +112,34 @@ def main(argv):
     task, b = setup.task, setup.batch_size
     ref = model_lib.init(setup.model, jax.random.PRNGKey(1234))
     params = jax.tree.map(jnp.copy, ref)
-    prompts = jnp.repeat(
-        task.sample_prompts(jax.random.PRNGKey(0), setup.num_prompts), setup.group_size, axis=0
-    )
+    prompts = task.sample_prompts(jax.random.PRNGKey(0), setup.num_prompts)  # one per group
     key = jax.random.PRNGKey(1)
     sample, reference, policy_grad, optimiser = phase_functions(setup)
     flops = rl_step.step_flops(setup)
+    done = rl_step.executed_flops(setup)
 
     rows = []
 
-    def run(name, fn, args, gflop):
+    def run(name, fn, args, key):
         compiled, compile_s = common.compile_seconds(fn, *args)
         out = compiled(*args)
         sec, _ = common.time_calls(lambda: jax.block_until_ready(compiled(*args)), FLAGS.repeats)
-        rows.append((name, compile_s, sec, gflop))
+        rows.append((name, compile_s, sec, flops.get(key, 0.0), done.get(key, 0.0)))
         return out
 
-    tokens, old_logp, _ = run(
-        "sampling (prefill + decode)", sample, (params, prompts, key), flops["generation"]
+    tokens, old_logp, _, record = run(
+        "sampling (prompt pass + decode)", sample, (params, prompts, key), "generation"
     )
-    ref_logits, ref_logp = run(
-        "reference forward", reference, (ref, prompts, tokens), flops["reference"]
-    )
+    ref_logits, ref_logp = run("reference forward", reference, (ref, prompts, tokens), "reference")
     adv = jax.random.normal(jax.random.PRNGKey(2), (b,), jnp.float32)
     (_, _), grads = run(
         "policy forward + backward",
         policy_grad,
-        (params, prompts, tokens, old_logp, ref_logp, ref_logits, adv),
-        flops["policy_fwd_bwd"],
+        (params, prompts, tokens, old_logp, ref_logp, ref_logits, adv, record),
+        "policy_fwd_bwd",
     )
     opt_state = setup.optimizer().init(params)
-    run("optimiser (Adam)", optimiser, (params, opt_state, grads), 0.0)
+    run("optimiser (Adam)", optimiser, (params, opt_state, grads), "optimiser")
 
     if not FLAGS.skip_step:
         state, hp = rl_step.init_population(setup, 0)
@@ -148,7 +151,7 @@ def main(argv):
             jax.block_until_ready((box[0], m))
 
         sec, _ = common.time_calls(call, FLAGS.repeats)
-        rows.append(("whole step (make_rl_chunk)", compile_s, sec, flops["total"]))
+        rows.append(("whole step (make_rl_chunk)", compile_s, sec, flops["total"], done["total"]))
 
     peaks = {}
     if not FLAGS.skip_peaks:
@@ -163,16 +166,16 @@ def main(argv):
         )
     print(f"{FLAGS.workload} compute_dtype={FLAGS.compute_dtype}, median of {FLAGS.repeats}")
     print(
-        f"{'phase':30s} {'compile s':>9s} {'run s':>8s} {'GFLOP':>7s} {'GFLOP/s':>8s} "
-        + " ".join(f"{'%' + k + ' peak':>9s}" for k in peaks)
+        f"{'phase':32s} {'compile s':>9s} {'run s':>8s} {'GFLOP TRL':>9s} {'GFLOP run':>9s} "
+        f"{'GFLOP/s':>8s} " + " ".join(f"{'%' + k + ' peak':>9s}" for k in peaks)
     )
-    for name, c, sec, gflop in rows:
-        rate = gflop / sec
+    for name, c, sec, gflop, executed in rows:
+        rate = executed / sec
         print(
-            f"{name:30s} {c:9.2f} {sec:8.4f} {gflop / 1e9:7.1f} {rate / 1e9:8.1f} "
-            + " ".join(f"{100 * rate / p:8.1f}%" for p in peaks.values())
+            f"{name:32s} {c:9.2f} {sec:8.4f} {gflop / 1e9:9.1f} {executed / 1e9:9.1f} "
+            f"{rate / 1e9:8.1f} " + " ".join(f"{100 * rate / p:8.1f}%" for p in peaks.values())
         )
-    parts = sum(sec for name, _, sec, _ in rows if not name.startswith("whole"))
+    parts = sum(sec for name, _, sec, _, _ in rows if not name.startswith("whole"))
     print(f"sum of phases {parts:.4f} s; {common.load_average()}")
 
 

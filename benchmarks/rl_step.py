@@ -203,6 +203,21 @@ def step_flops(setup: RLSetup) -> dict[str, float]:
     return out
 
 
+def executed_flops(setup: RLSetup) -> dict[str, float]:
+    """The FLOPs grpo_jax's step executes (same keys as `step_flops`, which counts the
+    workload as TRL runs it): each prompt passes once per group (N P tokens, not B P), the
+    completions' last token feeds no logit (T - 1 tokens), and with `setup.replays` the
+    policy forward's matmuls are the sampler's, replayed: only its backward (2x) runs."""
+    task, n, b = setup.task, setup.num_prompts, setup.batch_size
+    p, t = task.prompt_len, task.completion_len
+    once = forward_flops(setup.model, n, p, causal_ctx=p) + forward_flops(
+        setup.model, b, t - 1, causal_ctx=p + t
+    )
+    out = dict(generation=once, reference=once, policy_fwd_bwd=(2 if setup.replays else 3) * once)
+    out["total"] = sum(out.values())
+    return out
+
+
 def matmul_peak(n: int, repeats: int = 5) -> float:
     """Measured float32 FLOP/s of an n x n `jnp.dot` (see `common.matmul_peak`)."""
     return common.matmul_peak(n, jnp.float32, repeats)

@@ -63,6 +63,12 @@ flags.DEFINE_enum(
 flags.DEFINE_bool("skip_trl", False, "Only grpo_jax (no torch needed).")
 flags.DEFINE_bool("skip_jax", False, "Only TRL.")
 flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: torch's own).")
+flags.DEFINE_enum(
+    "trl_device",
+    "auto",
+    ["auto", "cpu"],
+    "TRL's device: auto = the GPU when torch sees one (timers then synchronise CUDA), else CPU.",
+)
 flags.DEFINE_bool(
     "trl_phases",
     True,
@@ -158,6 +164,22 @@ def token7_reward(completion_ids, **kwargs):
     return [sum(int(t) == REWARD_TOKEN for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
 
+def trl_clock() -> float:
+    """`time.perf_counter()` after the GPU's queued work is done (when torch uses CUDA), so
+    TRL's step and phase times count the GPU work, not its launch."""
+    import torch  # noqa: PLC0415
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def trl_on_cpu() -> bool:
+    import torch  # noqa: PLC0415
+
+    return FLAGS.trl_device == "cpu" or not torch.cuda.is_available()
+
+
 class TRLSide:
     """TRL's GRPOTrainer on the workload; `steps(n, warmup)` runs one `trainer.train()`."""
 
@@ -199,16 +221,16 @@ class TRLSide:
         class StepTimer(transformers.TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
                 phases.append(dict.fromkeys(TRL_PHASES, 0.0))
-                starts.append(time.perf_counter())
+                starts.append(trl_clock())
 
             def on_pre_optimizer_step(self, args, state, control, **kw):
-                opt_t0.append(time.perf_counter())
+                opt_t0.append(trl_clock())
 
             def on_optimizer_step(self, args, state, control, **kw):
-                phases[-1]["optimiser"] += time.perf_counter() - opt_t0[-1]
+                phases[-1]["optimiser"] += trl_clock() - opt_t0[-1]
 
             def on_step_end(self, args, state, control, **kw):
-                times.append(time.perf_counter() - starts[-1])
+                times.append(trl_clock() - starts[-1])
 
         w, total = self.w, warmup + n
         self.seed += 1
@@ -218,7 +240,7 @@ class TRLSide:
             save_strategy="no",
             logging_steps=10**6,
             disable_tqdm=True,
-            use_cpu=True,
+            use_cpu=trl_on_cpu(),
             bf16=False,
             fp16=False,
             seed=self.seed,
@@ -280,13 +302,13 @@ def _instrument(trainer, phases: list) -> None:
 
     def timed(fn, phase_of):
         def wrapper(*a, **kw):
-            t0 = time.perf_counter()
+            t0 = trl_clock()
             try:
                 return fn(*a, **kw)
             finally:
                 name = phase_of()
                 if name:
-                    phases[-1][name] += time.perf_counter() - t0
+                    phases[-1][name] += trl_clock() - t0
 
         return wrapper
 
@@ -350,7 +372,11 @@ def run_workload(name: str) -> dict:
         )
     if tt:
         out["trl_s"] = statistics.median(tt)
-        print(f"  TRL:      {out['trl_s']:.4f} s/step (median of {len(tt)}; min {min(tt):.4f})")
+        where = "cpu" if trl_on_cpu() else "cuda"
+        print(
+            f"  TRL:      {out['trl_s']:.4f} s/step (median of {len(tt)}; min {min(tt):.4f})"
+            f", on {where}"
+        )
         if trl_side.phases:
             med = {k: statistics.median(p[k] for p in trl_side.phases) for k in TRL_PHASES}
             out["trl_phases"] = med
