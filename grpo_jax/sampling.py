@@ -238,26 +238,48 @@ def _sample(
     tokens, logp, logits = tok0[:, None], lp0[:, None], raw0[:, None]
     completion_records = {}
     if steps:
-        cache = model_lib.init_cache(config, b, steps)
+        # The decode runs as `streams` independent chains of B / streams rows (whole groups
+        # each): on the CPU the runtime overlaps one chain's small ops with the other's
+        # (issue 13). Sampling draws once for all rows, so the tokens are the same.
+        streams = _decode_streams(n)
+        rows, groups = b // streams, n // streams
+        prefixes = [
+            tuple({k: v[i * groups : (i + 1) * groups] for k, v in kv.items()} for kv in prefix)
+            for i in range(streams)
+        ]
+        cache = tuple(model_lib.init_cache(config, rows, steps) for _ in range(streams))
 
         def step(carry, xs):
-            cache, tok, done, records = carry
+            caches, tok, done, records = carry
             index, step_key = xs
-            tape = model_lib.Tape() if record else None
-            raw, cache = model.extend(tok[:, None], prefix, cache, index, tape)
-            if record:  # written in place at the step's slot: [B, T-1, N] each
-                records = {
-                    k: jax.lax.dynamic_update_slice(r, tape.records[k][:, None], (0, index, 0))
-                    for k, r in records.items()
-                }
-            tok, lp, done = choose(raw[:, 0], step_key, done)
-            return (cache, tok, done, records), (tok, lp, raw[:, 0] if return_logits else None)
+            raws, new_caches = [], []
+            for i in range(streams):
+                tape = model_lib.Tape() if record else None
+                raw, c = model.extend(
+                    tok[i * rows : (i + 1) * rows, None], prefixes[i], caches[i], index, tape
+                )
+                raws.append(raw[:, 0])
+                new_caches.append(c)
+                if record:  # written in place at the step's slot: [B, T-1, N] each
+                    records = {
+                        k: jax.lax.dynamic_update_slice(
+                            r, tape.records[k][:, None], (i * rows, index, 0)
+                        )
+                        for k, r in records.items()
+                    }
+            raw = jnp.concatenate(raws, axis=0) if streams > 1 else raws[0]
+            tok, lp, done = choose(raw, step_key, done)
+            return (tuple(new_caches), tok, done, records), (
+                tok,
+                lp,
+                raw if return_logits else None,
+            )
 
         if record:  # the record buffers: one per matmul site, the row order of a
             # teacher-forced pass over tokens[:, :T-1] (`model.completion_logits`).
             shapes = jax.eval_shape(
-                lambda: _step_records(model, tok0, prefix, cache)
-            )  # name -> [B, N]
+                lambda: _step_records(model, tok0[:rows], prefixes[0], cache[0])
+            )  # name -> [rows, N]
             completion_records = {
                 k: jnp.zeros((b, steps, s.shape[-1]), s.dtype) for k, s in shapes.items()
             }
@@ -282,6 +304,11 @@ def _sample(
         logits=logits if return_logits else None,
         record=rec,
     )
+
+
+def _decode_streams(num_prompts: int) -> int:
+    """Independent decode chains: 2 on the CPU when the prompts split evenly, else 1."""
+    return 2 if jax.default_backend() == "cpu" and num_prompts % 2 == 0 else 1
 
 
 def _step_records(model, tok, prefix, cache) -> dict:
