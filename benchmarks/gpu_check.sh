@@ -114,7 +114,7 @@ main() {
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo 'n/a (no .git here)')"
   # The working tree travels, uncommitted edits included: this fingerprint ties the figures to
   # a code state (run the same line at home to compare).
-  echo "code fingerprint: $(cat grpo_jax/*.py benchmarks/*.py | sha1sum | cut -c1-12)" \
+  echo "code fingerprint: $(LC_ALL=C cat grpo_jax/*.py benchmarks/*.py | sha1sum | cut -c1-12)" \
     "(cat grpo_jax/*.py benchmarks/*.py | sha1sum)"
   nvidia-smi -L 2>&1 || echo "nvidia-smi: not available"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
