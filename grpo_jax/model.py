@@ -412,11 +412,23 @@ def attend(
     hkv, grp, dh = c.kv_heads, c.num_heads // c.kv_heads, c.head_dim
     qh = jnp.swapaxes(q, 1, 2).reshape(b, hkv, grp, l, dh)  # [B, Hkv, grp, L, Dh]
     scale = jnp.sqrt(jnp.float32(dh))
+    p = 0
+    if prefix is not None and l > 1:
+        # Teacher-forced: each row's prefix copied in front of its own keys (the copy is
+        # small next to the separate prefix attention's transposes and score concatenation).
+        n, p = prefix["k"].shape[0], prefix["k"].shape[2]
+        if b % n:
+            raise ValueError(f"attend: {b} query rows are not a multiple of {n} prefix rows.")
+        k, v = (
+            jnp.concatenate([jnp.repeat(prefix[x].astype(t.dtype), b // n, axis=0), t], axis=2)
+            for x, t in (("k", k), ("v", v))
+        )
+        prefix = None
     scores = (
         jnp.einsum("bkgld,bksd->bkgls", qh, k.astype(qh.dtype), preferred_element_type=jnp.float32)
         / scale
     )
-    slots = jnp.arange(k.shape[2])
+    slots = jnp.arange(k.shape[2]) - p  # prefix slots < 0: always visible
     allowed = slots[None, :] <= (index + jnp.arange(l))[:, None]  # [L, S]
     scores = jnp.where(allowed, scores, -jnp.inf)
     if prefix is None:
@@ -425,7 +437,7 @@ def attend(
         return y.reshape(b, l, c.width)
     kp, vp = prefix["k"], prefix["v"]
     n, p = kp.shape[0], kp.shape[2]
-    if b % n:
+    if b % n:  # a decode step: the prefix attended apart (no per-step copy of it)
         raise ValueError(f"attend: {b} query rows are not a multiple of {n} prefix rows.")
     qn = qh.reshape(n, b // n, hkv, grp, l, dh)
     pre = (
