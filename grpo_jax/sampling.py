@@ -241,7 +241,7 @@ def _sample(
         # The decode runs as `streams` independent chains of B / streams rows (whole groups
         # each): on the CPU the runtime overlaps one chain's small ops with the other's
         # (issue 13). Sampling draws once for all rows, so the tokens are the same.
-        streams = _decode_streams(n)
+        streams = _decode_streams(n, b)
         rows, groups = b // streams, n // streams
         prefixes = [
             tuple({k: v[i * groups : (i + 1) * groups] for k, v in kv.items()} for kv in prefix)
@@ -306,9 +306,11 @@ def _sample(
     )
 
 
-def _decode_streams(num_prompts: int) -> int:
-    """Independent decode chains: 2 on the CPU when the prompts split evenly, else 1."""
-    return 2 if jax.default_backend() == "cpu" and num_prompts % 2 == 0 else 1
+def _decode_streams(num_prompts: int, batch: int) -> int:
+    """Independent decode chains: 2 on the CPU for batches of 128 rows or more whose prompts
+    split evenly (smaller ones gain little and compile a loop body twice the size), else 1."""
+    cpu = jax.default_backend() == "cpu"
+    return 2 if cpu and batch >= 128 and num_prompts % 2 == 0 else 1
 
 
 def _step_records(model, tok, prefix, cache) -> dict:

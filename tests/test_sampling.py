@@ -237,43 +237,50 @@ def test_grouped_prompts_and_replay_equal_plain_forward(cfg):
     and the recomputed forward's gradient (1e-5 of each leaf's largest entry)."""
     g, n = 3, 2
     params = _peaky(M.init(cfg, jax.random.key(5)))
+    other = M.init(cfg, jax.random.key(9))
     group_prompts = jax.random.randint(jax.random.key(6), (n, P), 0, cfg.vocab_size)
-    out = S.sample(
-        cfg,
-        params,
-        group_prompts,
-        jax.random.key(7),
-        max_new_tokens=T,
-        return_logits=True,
-        group_size=g,
-        record=True,
-    )
+    weights = jax.random.normal(jax.random.key(8), (n * g, T))
+
+    @jax.jit
+    def everything(params, other):
+        out = S.sample(
+            cfg,
+            params,
+            group_prompts,
+            jax.random.key(7),
+            max_new_tokens=T,
+            return_logits=True,
+            group_size=g,
+            record=True,
+        )
+        prompts = jnp.repeat(group_prompts, g, axis=0)
+        full = M.forward(cfg, params, jnp.concatenate([prompts, out.tokens], 1))
+        logits_of = lambda p, replay: M.completion_logits(cfg, p, group_prompts, out.tokens, replay)
+        loss = lambda p, replay: jnp.sum(
+            weights * M.token_logprobs(logits_of(p, replay), out.tokens)
+        )
+        return dict(
+            out=out,
+            full=full[:, P - 1 : P + T - 1],
+            grouped=logits_of(params, None),
+            replayed=logits_of(params, out.record),
+            # The replay really skips the forward: with other parameters it still returns
+            # the recorded logits (so the step only replays with the parameters that sampled).
+            replayed_other=logits_of(other, out.record),
+            g_replay=jax.grad(loss)(params, out.record),
+            g_plain=jax.grad(loss)(params, None),
+        )
+
+    r = everything(params, other)
+    out = r["out"]
     assert out.tokens.shape == (n * g, T)
-    prompts = jnp.repeat(group_prompts, g, axis=0)
-    full = M.forward(cfg, params, jnp.concatenate([prompts, out.tokens], 1))[:, P - 1 : P + T - 1]
-    np.testing.assert_allclose(out.logits, full, atol=1e-5, rtol=1e-5)
-    grouped = M.completion_logits(cfg, params, group_prompts, out.tokens)
-    np.testing.assert_allclose(grouped, full, atol=1e-5, rtol=1e-5)
-    replayed = M.completion_logits(cfg, params, group_prompts, out.tokens, out.record)
-    np.testing.assert_array_equal(replayed, out.logits)  # the sampler's values, not recomputed
-
-    weights = jax.random.normal(jax.random.key(8), out.tokens.shape)
-
-    def loss(p, replay):
-        logits = M.completion_logits(cfg, p, group_prompts, out.tokens, replay)
-        return jnp.sum(weights * M.token_logprobs(logits, out.tokens))
-
-    g_replay = jax.grad(loss)(params, out.record)
-    g_plain = jax.grad(loss)(params, None)
-    for a, b in zip(jax.tree.leaves(g_replay), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(out.logits, r["full"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(r["grouped"], r["full"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(r["replayed"], out.logits)  # the sampler's values
+    np.testing.assert_array_equal(r["replayed_other"], out.logits)
+    for a, b in zip(jax.tree.leaves(r["g_replay"]), jax.tree.leaves(r["g_plain"])):
         scale = float(jnp.abs(b).max())  # float32 rounding, relative to the leaf's size
         np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0)
-    # The replay really skips the forward: with other parameters it still returns the
-    # recorded logits (so the step only replays with the parameters that sampled).
-    other = M.init(cfg, jax.random.key(9))
-    np.testing.assert_array_equal(
-        M.completion_logits(cfg, other, group_prompts, out.tokens, out.record), out.logits
-    )
 
 
 def test_group_size_validation(params):
