@@ -26,7 +26,14 @@ setup(
         # template) and the real-model experiments (experiments/lm_greedy.py,
         # experiments/token_modality.py).
         # black: the one formatter, checked in CI (pinned so the check is reproducible).
-        "test": ["pytest>=8.0", "gguf>=0.10", "tokenizers>=0.19", "jinja2>=3.1", "black==26.10.1"],
+        "test": [
+            "pytest>=8.0",
+            "pytest-xdist>=3.5",
+            "gguf>=0.10",
+            "tokenizers>=0.19",
+            "jinja2>=3.1",
+            "black==26.10.1",
+        ],
         # benchmarks/vs_trl.py only (never needed by the tests). torch 2.13.0 is the CPU
         # wheel the CI machines carry; install it first so pip does not fetch a CUDA build.
         "bench": [
