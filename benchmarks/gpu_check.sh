@@ -114,8 +114,9 @@ main() {
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo 'n/a (no .git here)')"
   # The working tree travels, uncommitted edits included: this fingerprint ties the figures to
   # a code state (run the same line at home to compare).
-  echo "code fingerprint: $(LC_ALL=C cat grpo_jax/*.py benchmarks/*.py | sha1sum | cut -c1-12)" \
-    "(cat grpo_jax/*.py benchmarks/*.py | sha1sum)"
+  echo "code fingerprint: $(printf '%s\n' grpo_jax/*.py benchmarks/*.py | LC_ALL=C sort \
+    | xargs cat | sha1sum | cut -c1-12)" \
+    "(the files in C-locale order, concatenated, sha1)"
   nvidia-smi -L 2>&1 || echo "nvidia-smi: not available"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
   echo "nproc $(nproc); $(uptime)"
