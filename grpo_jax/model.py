@@ -17,14 +17,17 @@ Parameters are always float32; ``config.dtype`` is the *compute* dtype ("float32
 
 Two ways to use it:
 
-* the nnx module ``Transformer(config, rngs)``: ``model(tokens)`` (teacher-forced) and
-  ``model.decode(tokens, cache, index)`` (cached);
+* the nnx module ``Transformer(config, rngs)``: ``model(tokens)`` (teacher-forced),
+  ``model.decode(tokens, cache, index)`` (cached), and for groups sharing a prompt
+  ``model.prompt_pass(prompts)`` + ``model.extend(tokens, prefix, cache, index)``;
 * the functional API, which carries the parameters as a plain pytree (an ``nnx.State``)
   through ``jax.jit`` / ``jax.vmap`` / ``jax.grad`` / ``lax.scan``::
 
       params = init(config, key)                      # jax.vmap(init, (None, 0)) -> population
       logits = forward(config, params, tokens)        # [B, L, V] float32
       logits = completion_logits(config, params, prompts, completions)   # [B, T, V]
+      # prompts [N, P], completions [N G, T]: each prompt computed once for its G rows;
+      # replay=sample(..., record=True).record reuses the sampler's matmuls (`Tape`).
       logp = token_logprobs(logits, completions)      # [B, T]
 
   The graph definition is rebuilt from the (hashable, static) config by ``graphdef(config)``;
