@@ -293,19 +293,15 @@ def _sample(
             logits = jnp.concatenate([logits, jnp.swapaxes(raws, 0, 1)], axis=1)
     rec = None
     if record:
-        rec = {
-            "prompt": prompt_tape.records,
-            "completion": dict(
-                zip(
-                    names,
-                    jnp.split(
-                        completion_records.reshape(b * steps, -1),
-                        list(itertools.accumulate(widths))[:-1],
-                        axis=1,
-                    ),
-                )
-            ),
-        }
+        completion = {}
+        if steps:  # split the one buffer back into its sites
+            columns = jnp.split(
+                completion_records.reshape(b * steps, -1),
+                list(itertools.accumulate(widths))[:-1],
+                axis=1,
+            )
+            completion = dict(zip(names, columns))
+        rec = {"prompt": prompt_tape.records, "completion": completion}
     mask = completion_mask(tokens, eos_id)
     return SampleOutput(
         tokens=tokens,
