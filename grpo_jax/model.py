@@ -258,9 +258,7 @@ class Tape:
             return replayed_gated_mlp(
                 x2d, w_gate_up, w_down, self.replay[key + ".gu"], self.replay[key + ".down"]
             )
-        gu = jnp.dot(x2d, w_gate_up)
-        gate, up = jnp.split(gu, 2, axis=-1)
-        y = jnp.dot(jax.nn.silu(gate) * up, w_down)
+        y, (_, _, _, gu) = _gated_mlp_fwd(x2d, w_gate_up, w_down)  # gated_mlp's forward
         self.records[key + ".gu"], self.records[key + ".down"] = gu, y
         return y
 
