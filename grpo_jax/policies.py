@@ -155,13 +155,14 @@ def sample(
     banned_tokens=(),
 ):
     """One token per row: `sampling.SampleOutput(tokens [B,1], logp [B,1], mask [B,1],
-    logits [B,1,V])`, logits raw (before temperature and bans, as the transformer sampler)."""
+    logits [B,1,V])`, logits raw (before temperature and bans, as the transformer sampler).
+    The token is drawn by `sampling.inverse_cdf_categorical` (one uniform per row)."""
     from grpo_jax import sampling  # pylint: disable=import-outside-toplevel
 
     b = prompts.shape[0]
     logits = policy.completion_logits(params, prompts, jnp.zeros((b, 1), jnp.int32))
     z = sampling.sampling_logits(logits[:, 0], temperature, banned_tokens=banned_tokens)
-    tok = jax.random.categorical(key, z, axis=-1)
+    tok = sampling.inverse_cdf_categorical(key, z)
     logp = jnp.take_along_axis(jax.nn.log_softmax(z, -1), tok[:, None], -1)
     return sampling.SampleOutput(
         tokens=tok[:, None].astype(jnp.int32),

@@ -94,6 +94,35 @@ def sampling_logits(
     return z
 
 
+def inverse_cdf_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from ``softmax(logits [..., V])`` -> ``[...]`` int32, by inverting
+    the CDF at one uniform ``u ~ U(0, 1]`` per row (`inverse_cdf_index`).
+
+    `jax.random.categorical` draws V Gumbels per row and takes two logs of each; this draws
+    one number. In the study's bandit populations the Gumbel draw was 36 % of a step's
+    thread time; this one cuts the population chunk from 2.0 to 1.05 s (issue 13). Used by
+    the one-token policies (`policies.sample`); the transformer sampler keeps Gumbels.
+    """
+    u = 1.0 - jax.random.uniform(key, logits.shape[:-1], jnp.float32)  # (0, 1]
+    return inverse_cdf_index(logits, u)
+
+
+def inverse_cdf_index(logits: jax.Array, u: jax.Array) -> jax.Array:
+    """The token whose CDF interval holds ``u [...]`` in (0, 1]: ``k`` with
+    ``cdf[k-1] < u * cdf[V-1] <= cdf[k]`` for ``cdf = cumsum(softmax(logits [..., V]))``.
+
+    So token k covers a fraction ``p_k`` of (0, 1] (up to float32 rounding of the CDF) and a
+    token of probability 0 (a ``-inf`` logit) covers none, at either end too. The CDF is a
+    matmul with an upper-triangular ones matrix at full float32 precision (on the CPU faster
+    than ``cumsum``, which lowers to a reduce-window).
+    """
+    v = logits.shape[-1]
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    upper = jnp.triu(jnp.ones((v, v), jnp.float32))
+    cdf = jnp.matmul(probs, upper, precision=jax.lax.Precision.HIGHEST)
+    return jnp.sum(cdf < (u * cdf[..., -1])[..., None], axis=-1, dtype=jnp.int32)
+
+
 def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens):
     if not isinstance(config, model_lib.ModelConfig):
         raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}.")

@@ -38,6 +38,7 @@ import importlib.util
 import itertools
 import json
 import os
+import pickle
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -109,9 +110,17 @@ def expand(
                 raise ValueError(f"Key {k!r} appears on more than one axis.")
             seen.add(k)
             get_value(base, k)  # fail early, naming the key
+    # Each cell starts from a deep copy of `base`: unpickling one pickle of it is ~4x faster
+    # than `copy.deepcopy` of a ConfigDict (FieldReferences included); deepcopy remains
+    # for a base that does not pickle (e.g. a lambda in a reference).
+    try:
+        blob = pickle.dumps(base)
+        fresh = lambda: pickle.loads(blob)  # noqa: E731
+    except (pickle.PicklingError, AttributeError, TypeError):
+        fresh = lambda: copy.deepcopy(base)  # noqa: E731
     cells = []
     for combo in itertools.product(*(vals for _, vals in norm)):
-        cell = copy.deepcopy(base)
+        cell = fresh()
         for (keys, _), values in zip(norm, combo):
             for k, v in zip(keys, values):
                 set_value(cell, k, v)
@@ -169,6 +178,20 @@ def static_part(
     return out
 
 
+def _static_dict(config: ml_collections.ConfigDict, vmappable_keys: Iterable[str]) -> dict:
+    """`static_part(config, vmappable_keys).to_dict()` without copying the ConfigDict (a
+    ConfigDict deep copy costs ~0.5 ms; grouping a 7,680-cell sweep did 15,360 of them)."""
+    out = config.to_dict()
+    for k in vmappable_keys:
+        *path, name = k.split(".")
+        parent = out
+        for p in path:
+            parent = parent.get(p) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(name, None)
+    return out
+
+
 def group_cells(
     cells: Sequence[ml_collections.ConfigDict],
     vmappable_keys: Iterable[str],
@@ -185,9 +208,9 @@ def group_cells(
     vmappable_keys = set(vmappable_keys)
     by_key: dict[str, Group] = {}
     for i, cell in enumerate(cells):
-        static = static_part(cell, vmappable_keys)
-        key = cell_hash(static)
+        key = cell_hash(_static_dict(cell, vmappable_keys))  # == cell_hash(static_part(...))
         if key not in by_key:
+            static = static_part(cell, vmappable_keys)
             by_key[key] = Group(static_config=static, cells=[], indices=[], key=key)
         by_key[key].cells.append(cell)
         by_key[key].indices.append(i)

@@ -178,6 +178,23 @@ def test_batch_sharded_over_devices(params, prompts):
     np.testing.assert_allclose(out.logits, ref.logits, atol=1e-4)
 
 
+def test_inverse_cdf_covers_each_token_its_probability():
+    """Enumerate u on a fine grid of (0, 1]: each token's share of the grid is its
+    probability; zero-probability tokens (first, middle, last) are never chosen."""
+    p = np.array([0.0, 0.1, 0.35, 0.0, 0.05, 0.5, 0.0])
+    logits = jnp.log(jnp.asarray(p, jnp.float32))  # -inf for the zeros
+    n = 200_000
+    u = jnp.arange(1, n + 1, dtype=jnp.float32) / n
+    tok = np.asarray(jax.jit(S.inverse_cdf_index)(jnp.broadcast_to(logits, (n, 7)), u))
+    np.testing.assert_allclose(np.bincount(tok, minlength=7) / n, p, atol=2e-5)
+    assert tok[0] == 1 and tok[-1] == 5  # the ends fall on the first / last positive token
+    # Random draws: same distribution (4 sigma per token), batch axes kept, int32.
+    draws = S.inverse_cdf_categorical(jax.random.key(3), jnp.broadcast_to(logits, (50, 400, 7)))
+    assert draws.shape == (50, 400) and draws.dtype == jnp.int32
+    freq = np.bincount(np.asarray(draws).ravel(), minlength=7) / draws.size
+    np.testing.assert_array_less(np.abs(freq - p), 4 * np.sqrt(p * (1 - p) / draws.size) + 1e-9)
+
+
 def test_sampling_logits_hand_cases():
     z = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
     inf = -np.inf

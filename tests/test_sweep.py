@@ -75,6 +75,11 @@ def test_group_cells_by_static_part():
     for g in groups:
         assert {c.loss.estimator for c in g.cells} == {g.static_config.loss.estimator}
         assert "seed" not in g.static_config and "beta" not in g.static_config.loss
+        # The key is the hash of the static part (grouping hashes dicts, not copies).
+        assert g.key == sweep.cell_hash(g.static_config)
+        assert g.key == sweep.cell_hash(sweep.static_part(g.cells[-1], {"seed", "loss.beta"}))
+    # A vmappable key under a missing or non-dict parent is ignored, as in static_part.
+    assert len(sweep.group_cells(cells, {"seed", "nope.x", "seed.x", "loss.beta"})) == 2
     # Nothing vmappable: every cell is its own program.
     assert len(sweep.group_cells(cells, set())) == 12
     # Everything that varies is vmappable: one program.

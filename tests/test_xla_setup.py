@@ -77,3 +77,72 @@ def test_results_equal_with_cache_off_cold_and_warm(tmp_path):
         assert off.keys() == other.keys()
         for k in off:
             np.testing.assert_array_equal(off[k], other[k], err_msg=k)
+
+
+def _tiny_population():
+    import ml_collections  # noqa: PLC0415
+
+    from configs import grpo as grpo_config  # noqa: PLC0415
+
+    c = grpo_config.get_config("task=bandit")
+    c.task = ml_collections.ConfigDict(dict(name="bandit", num_tokens=16, sigma=2.0))
+    c.policy = "tabular"
+    c.grpo.update(num_prompts=2, group_size=8)
+    c.train.update(num_steps=4, chunk_steps=2, progress=False, tensorboard=False)
+    c.mesh.data = 1
+    cells = [{"train.seed": s, "loss.beta": b} for s, b in ((0, 0.1), (1, 0.5))]
+    return c, cells
+
+
+def test_program_cache_on_disk_loads_the_same_program(tmp_path, monkeypatch):
+    """A population run with the serialized-program cache off, cold (compile + store) and
+    warm (load, no tracing): the same final state and metrics, bit for bit; a damaged file
+    is recompiled with a warning."""
+    import jax  # noqa: PLC0415
+    import pytest  # noqa: PLC0415
+
+    from grpo_jax import runner  # noqa: PLC0415
+
+    c, cells = _tiny_population()
+    programs = tmp_path / "programs"
+    logs = []
+
+    def run(name, directory):
+        monkeypatch.setattr(xla_setup, "program_cache_dir", lambda: directory)
+        runner.PROGRAMS.clear()  # forget the in-memory programs: only the disk remains
+        logs.clear()
+        out = runner.run_population(c, cells, str(tmp_path / name), log=logs.append)
+        return out, [line.split()[0] for line in logs if "population program" in line]
+
+    off, off_log = run("off", None)
+    cold, cold_log = run("cold", str(programs))
+    (stored,) = os.listdir(programs)
+    warm, warm_log = run("warm", str(programs))
+    assert (off_log, cold_log, warm_log) == (["compiled"], ["compiled"], ["reused"])
+    for other in (cold, warm):
+        for a, b in zip(jax.tree.leaves(off.state), jax.tree.leaves(other.state)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert off.history.keys() == other.history.keys()
+        for k in set(off.history) - {"step_time", "tokens_per_s"}:  # not the clocks
+            np.testing.assert_array_equal(off.history[k], other.history[k], err_msg=k)
+    (programs / stored).write_bytes(b"not a program")
+    with pytest.warns(UserWarning, match="cached program not loaded"):
+        again, again_log = run("again", str(programs))
+    assert again_log == ["compiled"] and (programs / stored).read_bytes() != b"not a program"
+    np.testing.assert_array_equal(again.history["loss"], off.history["loss"])
+
+
+def test_program_key_covers_its_inputs(monkeypatch):
+    import numpy as np  # noqa: PLC0415
+
+    key = xla_setup.program_key("setup", 4, np.arange(3.0))
+    assert key == xla_setup.program_key("setup", 4, np.arange(3.0))
+    assert key != xla_setup.program_key("setup", 5, np.arange(3.0))
+    # Arrays are printed in full and exactly: a change far inside a long array counts.
+    big = np.linspace(0.0, 1.0, 5000)
+    bumped = big.copy()
+    bumped[2500] = np.nextafter(bumped[2500], 2.0)
+    assert xla_setup.program_key(big) != xla_setup.program_key(bumped)
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_fake=1")
+    assert xla_setup.program_key("setup", 4, np.arange(3.0)) != key
+    assert len(xla_setup.code_fingerprint()) == 64
