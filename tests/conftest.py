@@ -3,14 +3,20 @@ compilation cache, so a second run of the suite loads its compiled programs inst
 recompiling them (`GRPO_JAX_COMPILATION_CACHE=0` turns it off; `GRPO_JAX_CACHE_DIR` moves it,
 default ~/.cache/grpo_jax/jax_cache; see grpo_jax/xla_setup.py).
 
-The XLA flag must be set before jax is first imported, which is why it lives here.
+The tests compile the CPU code with LLVM optimisation level 0
+(`--xla_backend_optimization_level=0`; XLA's own HLO passes run as usual): the suite is mostly
+compiles of programs that then run a few steps, and this makes it ~40 % faster (test_runner.py
++ test_evaluate.py, cache off: 98 -> 57 s). `GRPO_JAX_TEST_FULL_OPT=1` compiles at the
+default level, as the entry points and benchmarks do. The XLA flags must be set before jax is
+first imported, which is why they live here.
 """
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+_FLAGS = ["--xla_force_host_platform_device_count=8"]
+if os.environ.get("GRPO_JAX_TEST_FULL_OPT", "0").lower() in ("0", "false", "no", "off", ""):
+    _FLAGS.append("--xla_backend_optimization_level=0")
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FLAGS]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
