@@ -43,7 +43,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     c.grpo = ml_collections.ConfigDict(
-        dict(num_prompts=8, group_size=8, inner_steps=1, temperature=1.0)
+        dict(
+            num_prompts=8,
+            group_size=8,
+            inner_steps=1,
+            temperature=1.0,
+            # one-token policies (tabular, gaussian): how the token is drawn (policies.DRAWS);
+            # "gumbel" reproduces runs before issue 13's "inverse_cdf" (same distribution)
+            one_token_draw="inverse_cdf",
+        )
     )
 
     c.loss = ml_collections.ConfigDict(

@@ -214,7 +214,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tv_target = 0.05
 
     # ---- training (configs/grpo.py fields) -----------------------------------------------
-    c.grpo = dict(num_prompts=1, group_size=32 if full else 16)
+    # one_token_draw="gumbel" reproduces the publications before issue 13's inverse-CDF draw
+    c.grpo = dict(num_prompts=1, group_size=32 if full else 16, one_token_draw="inverse_cdf")
     c.optim = dict(lr=0.03 if full else 0.05)
     c.train = dict(
         num_steps=1000 if full else 400,

@@ -145,6 +145,9 @@ def reference_params(task) -> dict[str, jax.Array]:
     return {"logits": jnp.asarray(logits, jnp.float32)}
 
 
+DRAWS = ("inverse_cdf", "gumbel")  # how `sample` draws the token (RLSetup.one_token_draw)
+
+
 def sample(
     policy,
     params,
@@ -153,16 +156,25 @@ def sample(
     *,
     temperature: float = 1.0,
     banned_tokens=(),
+    draw: str = "inverse_cdf",
 ):
     """One token per row: `sampling.SampleOutput(tokens [B,1], logp [B,1], mask [B,1],
     logits [B,1,V])`, logits raw (before temperature and bans, as the transformer sampler).
-    The token is drawn by `sampling.inverse_cdf_categorical` (one uniform per row)."""
+
+    `draw` (static): "inverse_cdf" (`sampling.inverse_cdf_categorical`, one uniform per row;
+    the default since issue 13) or "gumbel" (`jax.random.categorical`, V Gumbels per row).
+    Both sample the same distribution; their random streams differ."""
     from grpo_jax import sampling  # pylint: disable=import-outside-toplevel
 
+    if draw not in DRAWS:
+        raise ValueError(f"draw {draw!r} is not one of {DRAWS}.")
     b = prompts.shape[0]
     logits = policy.completion_logits(params, prompts, jnp.zeros((b, 1), jnp.int32))
     z = sampling.sampling_logits(logits[:, 0], temperature, banned_tokens=banned_tokens)
-    tok = sampling.inverse_cdf_categorical(key, z)
+    if draw == "inverse_cdf":
+        tok = sampling.inverse_cdf_categorical(key, z)
+    else:
+        tok = jax.random.categorical(key, z, axis=-1)
     logp = jnp.take_along_axis(jax.nn.log_softmax(z, -1), tok[:, None], -1)
     return sampling.SampleOutput(
         tokens=tok[:, None].astype(jnp.int32),

@@ -136,6 +136,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "group-relative advantages need at least 2 completions per prompt",
     )
     _require_number(config, "grpo.temperature", 0.0, low_open=True)
+    _require(
+        config.grpo.get("one_token_draw", "inverse_cdf") in policies.DRAWS,
+        "grpo.one_token_draw",
+        f"{config.grpo.get('one_token_draw')!r}; valid: {', '.join(policies.DRAWS)}",
+    )
     _require_number(config, "optim.lr", 0.0, low_open=True)
     t = config.train
     for field in (
@@ -246,6 +251,7 @@ def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RL
         group_size=int(g.group_size),
         inner_steps=int(g.inner_steps),
         temperature=float(g.temperature),
+        one_token_draw=str(g.get("one_token_draw", "inverse_cdf")),
         grad_clip=float(o.grad_clip),
         adam_b1=float(o.b1),
         adam_b2=float(o.b2),

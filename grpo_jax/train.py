@@ -82,6 +82,7 @@ class RLSetup:
       group_size: G completions per prompt.
       inner_steps: mu, optimiser updates per batch of samples (pi_old = params at sampling).
       temperature: sampling and training temperature (logits / temperature).
+      one_token_draw: how a one-token policy draws its token (`policies.DRAWS`).
       grad_clip: global-norm clip before Adam (<= 0 disables).
       adam_b1, adam_b2, adam_eps: Adam moments.
       replay: transformer policies with one inner step (mu = 1): the loss's policy forward
@@ -105,6 +106,7 @@ class RLSetup:
     group_size: int
     inner_steps: int = 1
     temperature: float = 1.0
+    one_token_draw: str = "inverse_cdf"
     grad_clip: float = 1.0
     adam_b1: float = 0.9
     adam_b2: float = 0.999
@@ -227,6 +229,7 @@ def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
             k_sample,
             temperature=setup.temperature,
             banned_tokens=tuple(task.special_ids),
+            draw=setup.one_token_draw,
         )
     else:
         out = sampling.sample(

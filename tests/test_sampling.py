@@ -195,6 +195,33 @@ def test_inverse_cdf_covers_each_token_its_probability():
     np.testing.assert_array_less(np.abs(freq - p), 4 * np.sqrt(p * (1 - p) / draws.size) + 1e-9)
 
 
+def test_one_token_policy_draws_by_its_named_method():
+    """`policies.sample(draw=...)`: "inverse_cdf" and "gumbel" are exactly those draws on the
+    sampling logits; a bad name lists the valid ones."""
+    from grpo_jax import policies, tasks  # noqa: PLC0415
+
+    task = tasks.make("bandit", num_tokens=16, sigma=2.0)
+    policy = policies.make("tabular", task)
+    params = policies.reference_params(task)
+    prompts = jnp.full((64, 1), task.bos_id, jnp.int32)
+    key = jax.random.key(5)
+    z = S.sampling_logits(
+        policy.completion_logits(params, prompts, jnp.zeros((64, 1), jnp.int32))[:, 0],
+        banned_tokens=tuple(task.special_ids),
+    )
+    expected = {
+        "inverse_cdf": S.inverse_cdf_categorical(key, z),
+        "gumbel": jax.random.categorical(key, z, axis=-1),
+    }
+    for draw, tokens in expected.items():
+        out = policies.sample(
+            policy, params, prompts, key, banned_tokens=tuple(task.special_ids), draw=draw
+        )
+        np.testing.assert_array_equal(out.tokens[:, 0], tokens, err_msg=draw)
+    with pytest.raises(ValueError, match="inverse_cdf.*gumbel"):
+        policies.sample(policy, params, prompts, key, draw="exact")
+
+
 def test_sampling_logits_hand_cases():
     z = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
     inf = -np.inf

@@ -99,6 +99,7 @@ def test_member_values_are_validated():
         ("loss.kl_choice", "k3/everywhere", "config.loss.*everywhere"),
         ("loss.aggregation", "mean", "config.loss.*aggregation"),
         ("grpo.group_size", 1, "config.grpo.group_size"),
+        ("grpo.one_token_draw", "bogus", "config.grpo.one_token_draw.*inverse_cdf, gumbel"),
         ("model.num_heads", 3, "config.model.width"),
         ("train.on_nonfinite", "ignore", "config.train.on_nonfinite.*stop, skip"),
         ("task.name", "chess", "config.task.name.*bandit"),
