@@ -187,22 +187,23 @@ def run_app(main, flag: str = "config") -> None:
             "compilation_cache", True, "Persistent XLA compilation cache under ~/.cache/grpo_jax."
         )
 
-    try:
-        flags.FLAGS(sys.argv)
-    except flags.Error:
-        pass  # app.run reports these itself
-    except (AttributeError, KeyError, ValueError) as e:
+    def parse(argv):
+        """absl's parser (usage errors as usual), run once: a second parse of `--config FILE`
+        would define its `--config.KEY` override flags again ("defined twice")."""
         try:
-            spec = flags.FLAGS[flag].default
-            for i, a in enumerate(sys.argv):
-                if a.startswith(f"--{flag}="):
-                    spec = a.split("=", 1)[1]
-                elif a == f"--{flag}" and i + 1 < len(sys.argv):
-                    spec = sys.argv[i + 1]
-            check_override_keys(load_config_file(spec), sys.argv, flag)
-        except ValueError as bad:
-            sys.exit(f"FATAL config error: {bad}")
-        sys.exit(f"FATAL config error: {e}")
+            return app.parse_flags_with_usage(argv)
+        except (AttributeError, KeyError, ValueError) as e:
+            try:
+                spec = flags.FLAGS[flag].default
+                for i, a in enumerate(argv):
+                    if a.startswith(f"--{flag}="):
+                        spec = a.split("=", 1)[1]
+                    elif a == f"--{flag}" and i + 1 < len(argv):
+                        spec = argv[i + 1]
+                check_override_keys(load_config_file(spec), argv, flag)
+            except ValueError as bad:
+                sys.exit(f"FATAL config error: {bad}")
+            sys.exit(f"FATAL config error: {e}")
 
     def main_with_cache(argv):
         cache = xla_setup.enable_compilation_cache(
@@ -212,4 +213,4 @@ def run_app(main, flag: str = "config") -> None:
             print(f"compilation cache: {cache}", file=sys.stderr)
         return main(argv)
 
-    app.run(main_with_cache)
+    app.run(main_with_cache, flags_parser=parse)

@@ -27,3 +27,45 @@ def test_study_variants():
         assert o.margin > 0 and o.high > o.low
     with pytest.raises(ValueError, match="fast.*valid: full, tiny"):
         study_config.get_config("fast")
+
+
+_APP = """
+import sys
+from absl import flags
+from ml_collections import config_flags
+from grpo_jax import config_utils
+
+_CONFIG = config_flags.DEFINE_config_file("config", sys.argv.pop(1), "config", lock_config=True)
+
+
+def main(argv):
+    print("lr", _CONFIG.value.optim.lr, "task", _CONFIG.value.task.name)
+
+
+config_utils.run_app(main)
+"""
+
+
+def _run_app(tmp_path, *args):
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "app.py"
+    script.write_text(_APP)
+    env = dict(os.environ, PYTHONPATH=root, GRPO_JAX_COMPILATION_CACHE="0")
+    cmd = [sys.executable, str(script), "configs/grpo.py", *args]
+    return subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=120)
+
+
+def test_entry_point_takes_a_config_file_and_overrides(tmp_path):
+    """`--config FILE:ARG` and `--config.KEY=VALUE` together (the flags are parsed once: a
+    second parse defined the override flags twice and every such command failed), and a
+    misspelt key names the valid ones."""
+    out = _run_app(tmp_path, "--config", "configs/grpo.py:task=bandit", "--config.optim.lr=0.5")
+    assert out.returncode == 0, out.stderr
+    assert "lr 0.5 task bandit" in out.stdout
+    bad = _run_app(tmp_path, "--config=configs/grpo.py:task=bandit", "--config.optim.lrr=0.5")
+    assert bad.returncode != 0
+    assert "FATAL config error: --config.optim.lrr" in bad.stderr and "'lr'" in bad.stderr
