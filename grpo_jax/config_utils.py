@@ -193,15 +193,18 @@ def run_app(main, flag: str = "config") -> None:
         try:
             return app.parse_flags_with_usage(argv)
         except (AttributeError, KeyError, ValueError) as e:
+            spec = None
+            for i, a in enumerate(argv):
+                if a.startswith(f"--{flag}="):
+                    spec = a.split("=", 1)[1]
+                elif a == f"--{flag}" and i + 1 < len(argv):
+                    spec = argv[i + 1]
+            # (Without `--config` on the command line, ml_collections applies the overrides
+            # to the default file when the flag is defined, before this runs.)
             try:
-                spec = flags.FLAGS[flag].default
-                for i, a in enumerate(argv):
-                    if a.startswith(f"--{flag}="):
-                        spec = a.split("=", 1)[1]
-                    elif a == f"--{flag}" and i + 1 < len(argv):
-                        spec = argv[i + 1]
-                check_override_keys(load_config_file(spec), argv, flag)
-            except ValueError as bad:
+                if spec:
+                    check_override_keys(load_config_file(spec), argv, flag)
+            except (ValueError, OSError) as bad:
                 sys.exit(f"FATAL config error: {bad}")
             sys.exit(f"FATAL config error: {e}")
 

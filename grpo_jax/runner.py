@@ -137,7 +137,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
     _require_number(config, "grpo.temperature", 0.0, low_open=True)
     _require(
-        config.grpo.get("one_token_draw", "inverse_cdf") in policies.DRAWS,
+        config.grpo.get("one_token_draw", "gumbel") in policies.DRAWS,
         "grpo.one_token_draw",
         f"{config.grpo.get('one_token_draw')!r}; valid: {', '.join(policies.DRAWS)}",
     )
@@ -251,7 +251,7 @@ def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RL
         group_size=int(g.group_size),
         inner_steps=int(g.inner_steps),
         temperature=float(g.temperature),
-        one_token_draw=str(g.get("one_token_draw", "inverse_cdf")),
+        one_token_draw=str(g.get("one_token_draw", "gumbel")),  # absent: as before the key
         grad_clip=float(o.grad_clip),
         adam_b1=float(o.b1),
         adam_b2=float(o.b2),

@@ -99,28 +99,37 @@ def inverse_cdf_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
     the CDF at one uniform ``u ~ U(0, 1]`` per row (`inverse_cdf_index`).
 
     `jax.random.categorical` draws V Gumbels per row and takes two logs of each; this draws
-    one number. In the study's bandit populations the Gumbel draw was 36 % of a step's
-    thread time; this one cuts the population chunk from 2.0 to 1.05 s (issue 13). Used by
-    the one-token policies (`policies.sample`); the transformer sampler keeps Gumbels.
+    one number: in the study's bandit populations a chunk takes 1.05 s instead of 2.0 s
+    (issue 13). The price is resolution in the tails: ``u`` lies on a grid of 2^-23 and the
+    CDF is float32 (spacing ~6e-8 near 1), so a token's probability is represented only to
+    ~1.2e-7: a token far below that is drawn either never or at ~1.2e-7 (e.g. 100x too often
+    at p = 1e-9), where Gumbels draw it about right down to ~1e-8 of the largest. Sampled
+    tail-sensitive estimators (k3 with a tiny pi) can then see rare huge ratios, so the
+    one-token policies keep Gumbels by default (`policies.sample`, config key
+    `grpo.one_token_draw`); use this where tokens below ~1e-7 do not matter.
     """
     u = 1.0 - jax.random.uniform(key, logits.shape[:-1], jnp.float32)  # (0, 1]
     return inverse_cdf_index(logits, u)
 
 
 def inverse_cdf_index(logits: jax.Array, u: jax.Array) -> jax.Array:
-    """The token whose CDF interval holds ``u [...]`` in (0, 1]: ``k`` with
-    ``cdf[k-1] < u * cdf[V-1] <= cdf[k]`` for ``cdf = cumsum(softmax(logits [..., V]))``.
+    """The token whose CDF interval holds ``u [...]`` in (0, 1]: the first ``k`` with
+    ``p_k > 0`` and ``cdf[k] >= u * total`` for ``cdf = cumsum(p)``, ``p = softmax(logits
+    [..., V])``, ``total`` the largest CDF value of a token with ``p > 0``.
 
-    So token k covers a fraction ``p_k`` of (0, 1] (up to float32 rounding of the CDF) and a
-    token of probability 0 (a ``-inf`` logit) covers none, at either end too. The CDF is a
-    matmul with an upper-triangular ones matrix at full float32 precision (on the CPU faster
-    than ``cumsum``, which lowers to a reduce-window).
+    So token k covers a fraction ``p_k`` of (0, 1] (up to float32 rounding) and a token of
+    probability 0 (a ``-inf`` logit) is never chosen, even if the matmul's rounding made the
+    CDF non-monotone. The CDF is a matmul with an upper-triangular ones matrix at full
+    float32 precision (on the CPU faster than ``cumsum``, which lowers to a reduce-window).
     """
     v = logits.shape[-1]
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     upper = jnp.triu(jnp.ones((v, v), jnp.float32))
     cdf = jnp.matmul(probs, upper, precision=jax.lax.Precision.HIGHEST)
-    return jnp.sum(cdf < (u * cdf[..., -1])[..., None], axis=-1, dtype=jnp.int32)
+    live = probs > 0
+    total = jnp.max(jnp.where(live, cdf, 0.0), axis=-1)
+    hit = live & (cdf >= (u * total)[..., None])
+    return jnp.argmax(hit, axis=-1).astype(jnp.int32)
 
 
 def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens):

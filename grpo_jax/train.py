@@ -106,7 +106,7 @@ class RLSetup:
     group_size: int
     inner_steps: int = 1
     temperature: float = 1.0
-    one_token_draw: str = "inverse_cdf"
+    one_token_draw: str = "gumbel"
     grad_clip: float = 1.0
     adam_b1: float = 0.9
     adam_b2: float = 0.999

@@ -80,6 +80,12 @@ def test_group_cells_by_static_part():
         assert g.key == sweep.cell_hash(sweep.static_part(g.cells[-1], {"seed", "loss.beta"}))
     # A vmappable key under a missing or non-dict parent is ignored, as in static_part.
     assert len(sweep.group_cells(cells, {"seed", "nope.x", "seed.x", "loss.beta"})) == 2
+    # ... and so is one inside a plain dict (static_part walks ConfigDicts only); the cell
+    # itself is not changed by the grouping.
+    plain = ml_collections.ConfigDict({"a": {"b": 1, "c": 2}}, convert_dict=False)
+    (g,) = sweep.group_cells([plain], {"a.b"})
+    assert g.key == sweep.cell_hash(sweep.static_part(plain, {"a.b"})) == sweep.cell_hash(plain)
+    assert plain.a == {"b": 1, "c": 2}
     # Nothing vmappable: every cell is its own program.
     assert len(sweep.group_cells(cells, set())) == 12
     # Everything that varies is vmappable: one program.
