@@ -448,7 +448,12 @@ class ProgramCache:
     def get(self, setup: train.RLSetup, chunk_steps: int, state, hp) -> tuple[Any, bool]:
         """(ahead-of-time compiled population chunk program, whether it was cached, in
         memory or on disk)."""
-        spec = lambda x: (x.shape, str(x.dtype), getattr(x, "sharding", None))
+        spec = lambda x: (
+            x.shape,
+            str(x.dtype),
+            bool(getattr(x, "weak_type", False)),
+            getattr(x, "sharding", None),
+        )
         key = (
             setup,
             chunk_steps,
@@ -763,7 +768,7 @@ def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workd
             logged = [
                 i for i in range(chunk) if (step + i + 1) % log_every == 0 or step + i + 1 == total
             ]
-            if logged:
+            if logged and lead:  # (the other processes write nothing)
                 rows = writers.member_rows(metrics, logged)  # [member][logged step]
                 for m, seed in enumerate(seeds):
                     for i, row in zip(logged, rows[m]):

@@ -30,6 +30,8 @@ def _to_python(value: Any) -> Any:
 
 def unstack_steps(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     """`{name: [K, ...]}` stacked over K steps -> K dicts `{name: [...]}` (host side)."""
+    if not metrics:
+        return []
     return member_rows({k: np.asarray(v)[None] for k, v in metrics.items()})[0]
 
 
@@ -169,12 +171,12 @@ def stacked_history(
     rows: list[list[dict[str, Any]]] = [[] for _ in range(num_members)]
     for r in read_metrics(workdir, filename):
         rows[int(r["member"])].append(r)
-    for member_rows in rows:
-        member_rows.sort(key=lambda r: r["step"])
+    for own in rows:
+        own.sort(key=lambda r: r["step"])
     if not rows[0]:
         return {}
     keys = [k for k in rows[0][0] if k not in ("step", "member", "seed")]
-    return {k: np.asarray([[r[k] for r in member_rows] for member_rows in rows]) for k in keys}
+    return {k: np.asarray([[r[k] for r in own] for own in rows]) for k in keys}
 
 
 class Progress:

@@ -149,10 +149,13 @@ def code_fingerprint() -> str:
 
 
 def program_cache_dir() -> str | None:
-    """`<jax compilation cache dir>/programs` when the compilation cache is on and this is a
-    single-process run, else None (serialized executables are not kept)."""
+    """`<jax compilation cache dir>/programs` when the compilation cache is on, this is a
+    single-process run and `GRPO_JAX_PROGRAM_CACHE` is not "0"; else None (serialized
+    executables are neither kept nor loaded)."""
     import jax  # noqa: PLC0415
 
+    if os.environ.get("GRPO_JAX_PROGRAM_CACHE", "1").lower() in _FALSE:
+        return None
     cache_dir = jax.config.jax_compilation_cache_dir
     if not (jax.config.jax_enable_compilation_cache and cache_dir) or jax.process_count() > 1:
         return None

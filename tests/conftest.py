@@ -13,10 +13,13 @@ first imported, which is why they live here.
 
 import os
 
-_FLAGS = ["--xla_force_host_platform_device_count=8"]
+from grpo_jax.xla_setup import xla_flags_with_defaults  # noqa: E402  (does not import jax)
+
+_flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 if os.environ.get("GRPO_JAX_TEST_FULL_OPT", "0").lower() in ("0", "false", "no", "off", ""):
-    _FLAGS.append("--xla_backend_optimization_level=0")
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FLAGS]).strip()
+    # An optimisation level the user set in XLA_FLAGS wins.
+    _flags = xla_flags_with_defaults(_flags, ("--xla_backend_optimization_level=0",))
+os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -146,3 +146,5 @@ def test_program_key_covers_its_inputs(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_fake=1")
     assert xla_setup.program_key("setup", 4, np.arange(3.0)) != key
     assert len(xla_setup.code_fingerprint()) == 64
+    monkeypatch.setenv("GRPO_JAX_PROGRAM_CACHE", "0")  # the switch for this cache alone
+    assert xla_setup.program_cache_dir() is None
