@@ -260,3 +260,24 @@ def test_reference_saved_before_new_model_fields_still_matches(tmp_path):
     checkpoint.save(ref_dir, 1, params, meta)
     restored = runner.load_or_pretrain_reference(c, task, mcfg, ref_dir, log=lambda *_: None)
     np.testing.assert_array_equal(jax.tree.leaves(restored)[0], jax.tree.leaves(params)[0])
+
+
+def test_member_rows_selects_steps_and_converts_once():
+    """`writers.member_rows`: rows[member][i] for the chosen steps, values as Python numbers
+    and lists (trailing shapes may differ); mismatched [members, steps] axes are refused."""
+    from grpo_jax import writers  # noqa: PLC0415
+
+    metrics = {
+        "loss": np.arange(6, dtype=np.float32).reshape(2, 3),  # [S=2, K=3]
+        "shares": np.arange(12).reshape(2, 3, 2),  # [S, K, 2]
+    }
+    rows = writers.member_rows(metrics, [0, 2])
+    assert rows == [
+        [{"loss": 0.0, "shares": [0, 1]}, {"loss": 2.0, "shares": [4, 5]}],
+        [{"loss": 3.0, "shares": [6, 7]}, {"loss": 5.0, "shares": [10, 11]}],
+    ]
+    assert type(rows[1][1]["loss"]) is float and type(rows[0][0]["shares"][0]) is int
+    assert writers.member_rows(metrics, [])[0] == [] and writers.member_rows({}) == []
+    assert writers.unstack_steps({"loss": np.array([1.5, 2.5])}) == [{"loss": 1.5}, {"loss": 2.5}]
+    with pytest.raises(ValueError, match=r"\[members, steps\]"):
+        writers.member_rows({"a": np.zeros((2, 3)), "b": np.zeros((2, 4))})
