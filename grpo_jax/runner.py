@@ -445,33 +445,39 @@ class ProgramCache:
     def clear(self) -> None:
         self._programs.clear()
 
-    def get(self, setup: train.RLSetup, chunk_steps: int, state, hp) -> tuple[Any, bool]:
-        """(ahead-of-time compiled population chunk program, whether it was cached, in
-        memory or on disk)."""
+    @staticmethod
+    def key(setup: train.RLSetup, chunk_steps: int, state, hp) -> tuple:
+        """The in-memory key: setup, chunk length, tree structure and each leaf's shape,
+        dtype, weak type and sharding."""
         spec = lambda x: (
             x.shape,
             str(x.dtype),
             bool(getattr(x, "weak_type", False)),
             getattr(x, "sharding", None),
         )
-        key = (
-            setup,
-            chunk_steps,
-            jax.tree.structure((state, hp)),
-            tuple(spec(x) for x in jax.tree.leaves((state, hp))),
-        )
+        leaves = jax.tree.leaves((state, hp))
+        return (setup, chunk_steps, jax.tree.structure((state, hp)), tuple(map(spec, leaves)))
+
+    @staticmethod
+    def disk_path(key: tuple, state, hp) -> str | None:
+        """`<program cache dir>/chunk-<program_key>.pkl` of an in-memory `key` (the mesh's
+        device ids added: a sharding's repr omits them), or None when the disk cache is off."""
+        directory = xla_setup.program_cache_dir()
+        if not directory:
+            return None
+        devices = [
+            _sharding_devices(getattr(x, "sharding", None)) for x in jax.tree.leaves((state, hp))
+        ]
+        return os.path.join(directory, f"chunk-{xla_setup.program_key(*key, devices)}.pkl")
+
+    def get(self, setup: train.RLSetup, chunk_steps: int, state, hp) -> tuple[Any, bool]:
+        """(ahead-of-time compiled population chunk program, whether it was cached, in
+        memory or on disk)."""
+        key = self.key(setup, chunk_steps, state, hp)
         if key in self._programs:
             self._programs.move_to_end(key)
             return self._programs[key], True
-        directory = xla_setup.program_cache_dir()
-        path = None
-        if directory:
-            devices = [
-                _sharding_devices(getattr(x, "sharding", None))
-                for x in jax.tree.leaves((state, hp))
-            ]
-            name = xla_setup.program_key(*key, devices)
-            path = os.path.join(directory, f"chunk-{name}.pkl")
+        path = self.disk_path(key, state, hp)
         program = _load_program(path) if path else None
         cached = program is not None
         if program is None:

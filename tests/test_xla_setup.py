@@ -148,3 +148,46 @@ def test_program_key_covers_its_inputs(monkeypatch):
     assert len(xla_setup.code_fingerprint()) == 64
     monkeypatch.setenv("GRPO_JAX_PROGRAM_CACHE", "0")  # the switch for this cache alone
     assert xla_setup.program_cache_dir() is None
+
+
+_KEY_CHILD = textwrap.dedent("""
+    import sys
+    from grpo_jax import xla_setup
+    xla_setup.enable_compilation_cache(sys.argv[1])
+    import jax
+    from grpo_jax import runner
+    sys.path.insert(0, sys.argv[2])
+    from test_xla_setup import _tiny_population
+
+    c, cells = _tiny_population()
+    task = runner.make_task(c)
+    mcfg = runner.make_model_config(c, task)
+    mesh = runner.sharding.make_mesh(c.mesh)
+    setup = runner.make_setup(c, task, mcfg, mesh, runner.population_kl_choices(c, cells))
+    hp = runner.population_hparams(c, cells)
+    ref = runner.load_or_pretrain_reference(c, task, mcfg, sys.argv[1] + "/ref", log=print)
+    init = runner.initial_params(c, task, mcfg, ref)
+    state = runner._init_population(setup, c, cells, init, ref, mesh)
+    key = runner.ProgramCache.key(setup, 2, state, hp)
+    print("PATH", runner.ProgramCache.disk_path(key, state, hp))
+""")
+
+
+def test_program_key_is_the_same_in_another_process(tmp_path):
+    """The disk key must not depend on the process (an address in a repr, hash
+    randomisation): two processes with different hash seeds name the same file."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONHASHSEED=seed)
+        env.pop("GRPO_JAX_PROGRAM_CACHE", None)
+        out = subprocess.run(
+            [sys.executable, "-c", _KEY_CHILD, str(tmp_path), here],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        paths += [line.split(" ", 1)[1] for line in out.stdout.splitlines() if line[:5] == "PATH "]
+    assert len(paths) == 2 and paths[0] == paths[1] and paths[0].endswith(".pkl"), paths
