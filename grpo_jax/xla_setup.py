@@ -174,7 +174,7 @@ def persistent_cache_off():
     from jax.experimental.compilation_cache import compilation_cache  # noqa: PLC0415
 
     was = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
+    disable_compilation_cache()
     compilation_cache.reset_cache()
     try:
         yield
