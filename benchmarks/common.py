@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from grpo_jax import xla_setup  # noqa: E402
 
 xla_setup.apply_xla_flags()
+xla_setup.reuse_host_memory()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -171,7 +171,8 @@ def run_app(main, flag: str = "config") -> None:
 
     * a misspelt `--config.KEY=VALUE` override ends with one line naming the bad key and
       the valid keys (ml_collections alone raises a bare traceback);
-    * the library's XLA CPU flags are applied and the persistent compilation cache is on
+    * the library's XLA CPU flags are applied, freed host memory is kept for the next call
+      (`xla_setup.reuse_host_memory`), and the persistent compilation cache is on
       (grpo_jax/xla_setup.py; `--nocompilation_cache` or GRPO_JAX_COMPILATION_CACHE=0 turn
       it off), so a second run loads its compiled programs instead of recompiling.
     """
@@ -182,6 +183,7 @@ def run_app(main, flag: str = "config") -> None:
     from grpo_jax import xla_setup  # pylint: disable=import-outside-toplevel
 
     xla_setup.apply_xla_flags()
+    xla_setup.reuse_host_memory()
     if "compilation_cache" not in flags.FLAGS:
         flags.DEFINE_boolean(
             "compilation_cache", True, "Persistent XLA compilation cache under ~/.cache/grpo_jax."

@@ -83,6 +83,52 @@ def apply_xla_flags(flags: tuple[str, ...] | None = None) -> bool:
     return True
 
 
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def reuse_host_memory(enable: bool | None = None) -> bool:
+    """Keep the host memory XLA frees for its next call instead of handing it back to the OS.
+
+    XLA's CPU runtime allocates each call's temporary buffers (733 MB for the W1 step) and
+    frees them when the call ends. glibc maps blocks that large with mmap and unmaps them on
+    free, so every call page-faults its temporaries in afresh as zeroed pages: 179,000 minor
+    faults and 0.3 CPU seconds of kernel time per W1 step on 2 cores (issue 13). Here glibc
+    serves large blocks from the heap (`M_MMAP_MAX` 0) and never trims it
+    (`M_TRIM_THRESHOLD` at its maximum), and jax runs CPU programs on the calling thread
+    (`jax_cpu_enable_async_dispatch` False): the allocation then comes from the main thread's
+    heap, since glibc's other threads' arenas map large blocks whatever the settings (one
+    arena for all threads, `M_ARENA_MAX` 1, instead costs more in lock contention than it
+    saves). W1 step on the 2-core Xeon: 1.18 -> 1.02 s, no page faults
+    (benchmarks/README.md).
+
+    The cost: the process keeps the memory of its largest call (it would be mapped again at
+    the next call anyway), and Python waits for each CPU program instead of running ahead
+    (the runner calls one chunk of steps at a time). Computations and results do not change.
+    Linux with glibc only (elsewhere nothing happens); call before jax creates its CPU
+    backend. Returns True if both settings took effect.
+
+    Args:
+      enable: force on/off; None reads `GRPO_JAX_REUSE_MEMORY` (default on; "0" = off).
+    """
+    import ctypes  # noqa: PLC0415
+    import platform  # noqa: PLC0415
+
+    if enable is None:
+        enable = os.environ.get("GRPO_JAX_REUSE_MEMORY", "1").lower() not in _FALSE
+    if not enable or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if backends_initialised():
+        return False
+    libc = ctypes.CDLL(None)
+    if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        return False
+    import jax  # noqa: PLC0415
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True
+
+
 def default_cache_dir() -> str:
     """`$GRPO_JAX_CACHE_DIR`, else `$XDG_CACHE_HOME/grpo_jax/jax_cache`, else
     `~/.cache/grpo_jax/jax_cache`."""

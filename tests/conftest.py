@@ -29,3 +29,4 @@ from grpo_jax import xla_setup  # noqa: E402
 # Fail loudly on accidental broadcasting between ranks (rlax's habit).
 jax.config.update("jax_numpy_rank_promotion", "raise")
 xla_setup.enable_compilation_cache()
+xla_setup.reuse_host_memory()  # as the entry points do
