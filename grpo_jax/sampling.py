@@ -253,11 +253,13 @@ def _sample(
     temperature = jnp.asarray(temperature, jnp.float32)
     greedy = temperature <= 0
 
-    def choose(raw, step_key, done):
-        """raw [B, V] -> (token [B] int32, logp [B] f32, done [B] bool) for one step."""
+    def choose(raw, noise, done):
+        """raw [B, V], noise [B, V] (the step's Gumbel draws) -> (token [B] int32, logp [B]
+        f32, done [B] bool) for one step."""
         z = sampling_logits(raw, temperature, top_k, top_p, banned_tokens)
         logpi = jax.nn.log_softmax(z, axis=-1)
-        sampled = jax.random.categorical(step_key, z, axis=-1)
+        # = jax.random.categorical(step_key, z): argmax of Gumbel noise + logits.
+        sampled = jnp.argmax(noise + z, axis=-1)
         tok = jnp.where(greedy, jnp.argmax(z, axis=-1), sampled).astype(jnp.int32)
         lp = jnp.take_along_axis(logpi, tok[:, None], axis=-1)[:, 0]
         lp = jnp.where(greedy, 0.0, lp)
@@ -267,15 +269,19 @@ def _sample(
             done = done | (tok == eos_id)
         return tok, lp, done
 
-    keys = jax.random.split(key, t_len)
     prompt_tape = model_lib.Tape() if record else None
     first, prefix = model.prompt_pass(prompts.astype(jnp.int32), prompt_tape)
     raw0 = jnp.repeat(first, group_size, axis=0)  # [B, V]
+    # Every step's Gumbel noise drawn before the loop, as `jax.random.categorical` draws it
+    # from that step's key (the same tokens); the loop body keeps no RNG of its own.
+    noise = jax.vmap(lambda k: jax.random.gumbel(k, raw0.shape, raw0.dtype))(
+        jax.random.split(key, t_len)
+    )  # [T, B, V]
     done0 = jnp.zeros((b,), bool)
-    tok0, lp0, done0 = choose(raw0, keys[0], done0)
+    tok0, lp0, done0 = choose(raw0, noise[0], done0)
     steps = t_len - 1
     tokens, logp, logits = tok0[:, None], lp0[:, None], raw0[:, None]
-    completion_records = {}
+    completion_records = ()
     if steps:
         # The decode runs as `streams` independent chains of B / streams rows (whole groups
         # each): on the CPU the runtime overlaps one chain's small ops with the other's
@@ -290,8 +296,8 @@ def _sample(
 
         def step(carry, xs):
             caches, tok, done, records = carry
-            index, step_key = xs
-            raws, new_caches = [], []
+            index, step_noise = xs
+            raws, new_caches, new_records = [], [], []
             for i in range(streams):
                 tape = model_lib.Tape() if record else None
                 raw, c = model.extend(
@@ -301,29 +307,33 @@ def _sample(
                 new_caches.append(c)
                 if record:  # all sites side by side, written in place at the step's slot
                     update = jnp.concatenate([tape.records[k] for k in names], axis=1)
-                    records = jax.lax.dynamic_update_slice(
-                        records, update[:, None], (i * rows, index, 0)
+                    new_records.append(
+                        jax.lax.dynamic_update_slice(records[i], update[:, None], (0, index, 0))
                     )
             raw = jnp.concatenate(raws, axis=0) if streams > 1 else raws[0]
-            tok, lp, done = choose(raw, step_key, done)
-            return (tuple(new_caches), tok, done, records), (
+            tok, lp, done = choose(raw, step_noise, done)
+            return (tuple(new_caches), tok, done, tuple(new_records)), (
                 tok,
                 lp,
                 raw if return_logits else None,
             )
 
-        if record:  # ONE record buffer [B, T-1, sum of widths], every site side by side, so
-            # that a decode step writes one slab (fewer in-place updates: -1.5 to -3.5 % W1
-            # step, issue 13); split per site afterwards, in the row order of a
+        if record:  # ONE record buffer per chain, [rows, T-1, sum of widths], every site side
+            # by side, so that a decode step writes one slab per chain (fewer in-place
+            # updates: -1.5 to -3.5 % W1 step; a buffer per chain lets the chains' writes run
+            # side by side, issue 13); split per site afterwards, in the row order of a
             # teacher-forced pass over tokens[:, :T-1] (`model.completion_logits`).
             shapes = jax.eval_shape(
                 lambda: _step_records(model, tok0[:rows], prefixes[0], cache[0])
             )  # name -> [rows, N]
             names = sorted(shapes)
             widths = [shapes[k].shape[-1] for k in names]
-            completion_records = jnp.zeros((b, steps, sum(widths)), shapes[names[0]].dtype)
+            dtype = shapes[names[0]].dtype
+            completion_records = tuple(
+                jnp.zeros((rows, steps, sum(widths)), dtype) for _ in range(streams)
+            )
         carry = (cache, tok0, done0, completion_records)
-        xs = (jnp.arange(steps, dtype=jnp.int32), keys[1:])
+        xs = (jnp.arange(steps, dtype=jnp.int32), noise[1:])
         (_, _, _, completion_records), (toks, lps, raws) = jax.lax.scan(step, carry, xs)
         tokens = jnp.concatenate([tokens, toks.T], axis=1)  # [B, T]
         logp = jnp.concatenate([logp, lps.T], axis=1)
@@ -332,13 +342,20 @@ def _sample(
     rec = None
     if record:
         completion = {}
-        if steps:  # split the one buffer back into its sites
-            columns = jnp.split(
-                completion_records.reshape(b * steps, -1),
-                list(itertools.accumulate(widths))[:-1],
-                axis=1,
-            )
-            completion = dict(zip(names, columns))
+        if steps:  # split each chain's buffer into its sites, chains one after the other
+            # (one copy per site: a concatenation of the chains' buffers first would be a
+            # second copy of them all, 19 ms on the W1 shapes)
+            columns = [
+                jnp.split(
+                    chain.reshape(rows * steps, -1),
+                    list(itertools.accumulate(widths))[:-1],
+                    axis=1,
+                )
+                for chain in completion_records
+            ]
+            completion = {
+                k: jnp.concatenate([c[j] for c in columns], axis=0) for j, k in enumerate(names)
+            }
         rec = {"prompt": prompt_tape.records, "completion": completion}
     mask = completion_mask(tokens, eos_id)
     return SampleOutput(
