@@ -1,11 +1,12 @@
 """XLA CPU flags and the persistent compilation cache, set in one place.
 
-Two process-level settings that speed up grpo_jax on the CPU; everything else in the library
-stays pure. Call them at the top of an entry point (experiments, benchmarks, the test
-conftest), before the first computation:
+Three process-level settings that speed up grpo_jax on the CPU; everything else in the
+library stays pure. Call them at the top of an entry point (experiments, benchmarks, the test
+conftest; `config_utils.run_app` does), before the first computation:
 
     from grpo_jax import xla_setup
     xla_setup.apply_xla_flags()          # before jax initialises its CPU backend
+    xla_setup.reuse_host_memory()        # likewise (glibc malloc, synchronous CPU dispatch)
     xla_setup.enable_compilation_cache() # any time before the first compile
 
 `apply_xla_flags` appends `CPU_FLAGS` to the `XLA_FLAGS` environment variable. XLA reads
