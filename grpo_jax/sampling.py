@@ -292,7 +292,10 @@ def _sample(
             tuple({k: v[i * groups : (i + 1) * groups] for k, v in kv.items()} for kv in prefix)
             for i in range(streams)
         ]
-        cache = tuple(model_lib.init_cache(config, rows, steps) for _ in range(streams))
+        # The self cache grows by segments: steps a..z-1 attend over z slots, not all T-1
+        # (masked slots cost as much as used ones; issue 13).
+        segments = _decode_segments(steps)
+        cache = tuple(model_lib.init_cache(config, rows, segments[0][1]) for _ in range(streams))
 
         def step(carry, xs):
             caches, tok, done, records = carry
@@ -333,8 +336,16 @@ def _sample(
                 jnp.zeros((rows, steps, sum(widths)), dtype) for _ in range(streams)
             )
         carry = (cache, tok0, done0, completion_records)
-        xs = (jnp.arange(steps, dtype=jnp.int32), noise[1:])
-        (_, _, _, completion_records), (toks, lps, raws) = jax.lax.scan(step, carry, xs)
+        ys = []
+        for start, stop in segments:
+            caches = tuple(_grow_cache(c, stop) for c in carry[0])
+            xs = (jnp.arange(start, stop, dtype=jnp.int32), noise[1 + start : 1 + stop])
+            carry, y = jax.lax.scan(step, (caches, *carry[1:]), xs)
+            ys.append(y)
+        completion_records = carry[3]
+        toks, lps, raws = (
+            jnp.concatenate(y, axis=0) if y[0] is not None else None for y in zip(*ys)
+        )  # [T-1, B, ...]
         tokens = jnp.concatenate([tokens, toks.T], axis=1)  # [B, T]
         logp = jnp.concatenate([logp, lps.T], axis=1)
         if return_logits:
@@ -372,6 +383,23 @@ def _decode_streams(num_prompts: int, batch: int) -> int:
     split evenly (smaller ones gain little and compile a loop body twice the size), else 1."""
     cpu = jax.default_backend() == "cpu"
     return 2 if cpu and batch >= 128 and num_prompts % 2 == 0 else 1
+
+
+def _decode_segments(steps: int) -> list[tuple[int, int]]:
+    """Decode steps ``[start, stop)`` per segment: on the CPU 4 near-equal segments for 16
+    steps or more (step t attends over ``stop`` cache slots instead of all ``steps``; each
+    segment is one more loop body to compile), else one."""
+    n = 4 if jax.default_backend() == "cpu" and steps >= 16 else 1
+    bounds = [round(i * steps / n) for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _grow_cache(cache, length: int):
+    """Each layer's ``{"k", "v"}: [B, Hkv, S, Dh]`` zero-padded to ``length`` slots."""
+    return tuple(
+        {k: jnp.pad(v, ((0, 0), (0, 0), (0, length - v.shape[2]), (0, 0))) for k, v in kv.items()}
+        for kv in cache
+    )
 
 
 def _step_records(model, tok, prefix, cache) -> dict:

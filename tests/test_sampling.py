@@ -339,3 +339,50 @@ def test_group_size_validation(params):
         )
     with pytest.raises(ValueError, match="multiple of prompts rows"):
         M.completion_logits(CFG, params, jnp.zeros((2, 3), jnp.int32), jnp.zeros((3, 2), jnp.int32))
+
+
+def test_decode_segments_and_chains_change_only_rounding(monkeypatch):
+    """The decode split into chains (rows) and segments (a self cache growing by segments)
+    samples the same tokens as one chain over one segment, with the same log-probs, logits
+    and matmul records up to float32 rounding; the default segments tile the steps."""
+    assert S._decode_segments(31) in ([(0, 31)], [(0, 8), (8, 16), (16, 23), (23, 31)])
+    for steps in (1, 5, 15, 16, 31, 40):
+        bounds = S._decode_segments(steps)
+        assert bounds[0][0] == 0 and bounds[-1][1] == steps
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(bounds, bounds[1:]))
+    cfg = M.ModelConfig(vocab_size=9, num_layers=2, width=16, num_heads=2, mlp_width=32, max_len=16)
+    params = _peaky(M.init(cfg, jax.random.key(3)))
+    group_prompts = jax.random.randint(jax.random.key(4), (4, 3), 0, cfg.vocab_size)
+    outs, traced = [], []
+    layouts = ((1, [(0, 11)]), (2, [(0, 2), (2, 3), (3, 7), (7, 11)]))
+    for streams, segments in layouts:
+        monkeypatch.setattr(S, "_decode_streams", lambda n, b, s=streams: s)
+        monkeypatch.setattr(
+            S, "_decode_segments", lambda steps, s=(streams, segments): traced.append(s) or s[1]
+        )
+        run = jax.jit(  # traced afresh for each layout
+            lambda p, k: S._sample.__wrapped__(
+                cfg,
+                p,
+                group_prompts,
+                k,
+                max_new_tokens=12,
+                temperature=1.0,
+                top_k=None,
+                top_p=None,
+                eos_id=None,
+                banned_tokens=(8,),
+                return_logits=True,
+                group_size=4,
+                record=True,
+            )
+        )
+        outs.append(run(params, jax.random.key(5)))
+    assert traced == list(layouts)  # really two programs
+    one, split = outs
+    np.testing.assert_array_equal(one.tokens, split.tokens)
+    np.testing.assert_allclose(one.logp, split.logp, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(one.logits, split.logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one.record), jax.tree.leaves(split.record)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert len(jax.tree.leaves(one.record)) == len(jax.tree.leaves(split.record)) > 0
