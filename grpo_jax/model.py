@@ -594,7 +594,7 @@ class Transformer(nnx.Module):
         each shared by ``B // N`` consecutive rows of ``tokens``).
 
         Without ``cache``: teacher-forced over the L tokens (``index`` 0). With ``cache``
-        (`init_cache` of the completion's length): one cached decode step, as `decode`.
+        (`init_cache` of at least ``index + L`` slots): one cached decode step, as `decode`.
         Returns ``(logits [B, L, V] float32, self cache or per-layer keys/values)``.
         """
         b, l = tokens.shape

@@ -4,8 +4,11 @@ One ``jax.jit``: the prompts ``[N, P]`` pass once (`model.Transformer.prompt_pas
 keys/values are the shared prefix of the ``G = group_size`` completions of each prompt), the
 first token of each of the ``B = N G`` rows is sampled from its prompt's last row, then
 ``lax.scan`` runs ``T - 1`` decode steps (`model.Transformer.extend`) with the completions'
-KV cache ``[B, Hkv, T - 1, Dh]`` in the carry (XLA updates it in place; the cache is created
-inside the jit, so there is nothing for the caller to donate). With ``record=True`` every
+KV cache ``[B, Hkv, S, Dh]`` in the carry (XLA updates it in place; the cache is created
+inside the jit, so there is nothing for the caller to donate). On the CPU the decode runs as
+two chains of rows (`_decode_streams`) and in segments whose cache holds only the slots
+filled by the segment's end (`_decode_segments`: one scan per segment, the cache zero-padded
+between them), so that a step does not attend over empty slots. With ``record=True`` every
 matmul output of the prompt pass and of the decode steps is kept (`model.Tape`), laid out
 as a teacher-forced pass over the same tokens would compute it, so that the GRPO step can
 replay the policy's forward instead of recomputing it.
@@ -272,13 +275,20 @@ def _sample(
     prompt_tape = model_lib.Tape() if record else None
     first, prefix = model.prompt_pass(prompts.astype(jnp.int32), prompt_tape)
     raw0 = jnp.repeat(first, group_size, axis=0)  # [B, V]
-    # Every step's Gumbel noise drawn before the loop, as `jax.random.categorical` draws it
-    # from that step's key (the same tokens); the loop body keeps no RNG of its own.
-    noise = jax.vmap(lambda k: jax.random.gumbel(k, raw0.shape, raw0.dtype))(
-        jax.random.split(key, t_len)
-    )  # [T, B, V]
+    # Step t draws with key t, as `jax.random.categorical(keys[t], z)` would. While small
+    # (`NOISE_BEFORE_LOOP_BYTES`), every step's noise is drawn before the loop (one
+    # vectorised draw; the loop body keeps no RNG of its own), else each step draws its own:
+    # the same noise either way.
+    draws = jax.random.split(key, t_len)
+    before = t_len * raw0.size * 4 <= NOISE_BEFORE_LOOP_BYTES
+    if before:
+        draws = gumbel_draws(draws, raw0.shape)  # [T, B, V]
+
+    def noise_of(draw):
+        return draw if before else jax.random.gumbel(draw, raw0.shape, jnp.float32)
+
     done0 = jnp.zeros((b,), bool)
-    tok0, lp0, done0 = choose(raw0, noise[0], done0)
+    tok0, lp0, done0 = choose(raw0, noise_of(draws[0]), done0)
     steps = t_len - 1
     tokens, logp, logits = tok0[:, None], lp0[:, None], raw0[:, None]
     completion_records = ()
@@ -299,7 +309,7 @@ def _sample(
 
         def step(carry, xs):
             caches, tok, done, records = carry
-            index, step_noise = xs
+            index, step_draw = xs
             raws, new_caches, new_records = [], [], []
             for i in range(streams):
                 tape = model_lib.Tape() if record else None
@@ -314,7 +324,7 @@ def _sample(
                         jax.lax.dynamic_update_slice(records[i], update[:, None], (0, index, 0))
                     )
             raw = jnp.concatenate(raws, axis=0) if streams > 1 else raws[0]
-            tok, lp, done = choose(raw, step_noise, done)
+            tok, lp, done = choose(raw, noise_of(step_draw), done)
             return (tuple(new_caches), tok, done, tuple(new_records)), (
                 tok,
                 lp,
@@ -339,7 +349,7 @@ def _sample(
         ys = []
         for start, stop in segments:
             caches = tuple(_grow_cache(c, stop) for c in carry[0])
-            xs = (jnp.arange(start, stop, dtype=jnp.int32), noise[1 + start : 1 + stop])
+            xs = (jnp.arange(start, stop, dtype=jnp.int32), draws[1 + start : 1 + stop])
             carry, y = jax.lax.scan(step, (caches, *carry[1:]), xs)
             ys.append(y)
         completion_records = carry[3]
@@ -383,6 +393,18 @@ def _decode_streams(num_prompts: int, batch: int) -> int:
     split evenly (smaller ones gain little and compile a loop body twice the size), else 1."""
     cpu = jax.default_backend() == "cpu"
     return 2 if cpu and batch >= 128 and num_prompts % 2 == 0 else 1
+
+
+# The sampler draws every step's Gumbel noise before its decode loop while it takes at most
+# this many bytes (W1: 1.1 MB), else inside the loop (a large vocabulary and long completions).
+NOISE_BEFORE_LOOP_BYTES = 64 << 20
+
+
+def gumbel_draws(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``[len(keys), *shape]`` float32: row t is the Gumbel noise that
+    ``jax.random.categorical(keys[t], z)`` adds to float32 logits ``z`` of ``shape`` before
+    its argmax (``jax.random.gumbel(keys[t], shape)``), all rows in one vectorised draw."""
+    return jax.vmap(lambda k: jax.random.gumbel(k, shape, jnp.float32))(keys)
 
 
 def _decode_segments(steps: int) -> list[tuple[int, int]]:

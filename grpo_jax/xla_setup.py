@@ -104,25 +104,32 @@ def reuse_host_memory(enable: bool | None = None) -> bool:
     (benchmarks/README.md).
 
     The cost: the process keeps the memory of its largest call (it would be mapped again at
-    the next call anyway), and Python waits for each CPU program instead of running ahead
-    (the runner calls one chunk of steps at a time). Computations and results do not change.
-    Linux with glibc only (elsewhere nothing happens); call before jax creates its CPU
-    backend. Returns True if both settings took effect.
+    the next call anyway), for every host allocation of the process (numpy, torch, also on a
+    GPU run, where it gains nothing), and Python waits for each CPU program instead of
+    running ahead (the runner calls one chunk of steps at a time). Computations and results
+    do not change. Linux with glibc only, and not with another allocator in `LD_PRELOAD`
+    (elsewhere nothing happens); call before jax creates its CPU backend. Returns True if
+    all three settings took effect.
 
     Args:
       enable: force on/off; None reads `GRPO_JAX_REUSE_MEMORY` (default on; "0" = off).
     """
     import ctypes  # noqa: PLC0415
-    import platform  # noqa: PLC0415
 
     if enable is None:
         enable = os.environ.get("GRPO_JAX_REUSE_MEMORY", "1").lower() not in _FALSE
-    if not enable or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not enable or backends_initialised():
         return False
-    if backends_initialised():
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):
+        glibc = ""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if not glibc.startswith("glibc") or "malloc" in preload:  # tcmalloc, jemalloc, ...
         return False
     libc = ctypes.CDLL(None)
-    if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+    # Trim first: if the second call failed, large blocks would still be unmapped as before.
+    if not (libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) and libc.mallopt(_M_MMAP_MAX, 0)):
         return False
     import jax  # noqa: PLC0415
 

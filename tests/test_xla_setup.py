@@ -3,6 +3,7 @@ with the persistent compilation cache off, cold and warm, and host memory reuse.
 
 import os
 import platform
+import resource
 import subprocess
 import sys
 import textwrap
@@ -156,7 +157,7 @@ def test_program_key_covers_its_inputs(monkeypatch):
 _KEY_CHILD = textwrap.dedent("""
     import sys
     from grpo_jax import xla_setup
-    xla_setup.enable_compilation_cache(sys.argv[1])
+    xla_setup.enable_compilation_cache(sys.argv[1], enable=True)  # whatever the caller's env
     import jax
     from grpo_jax import runner
     sys.path.insert(0, sys.argv[2])
@@ -221,11 +222,13 @@ _MEMORY_CHILD = textwrap.dedent("""
 )
 def test_reuse_host_memory_stops_page_faults_and_keeps_results():
     """With `reuse_host_memory` a program's temporaries come back from the heap on later calls
-    (after a few calls: a few hundred page faults for 3 calls) instead of being mapped afresh (~33,000 faults per
-    call); the results are the same, and `GRPO_JAX_REUSE_MEMORY=0` turns it off."""
+    (after a few calls: a few hundred page faults for 3 calls) instead of being mapped afresh
+    (~33,000 4 KiB faults per call); the results are the same, and `GRPO_JAX_REUSE_MEMORY=0`
+    turns it off."""
     runs = {}
     for setting in ("1", "0"):
         env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", GRPO_JAX_REUSE_MEMORY=setting)
+        env.pop("LD_PRELOAD", None)
         out = subprocess.run(
             [sys.executable, "-c", _MEMORY_CHILD],
             env=env,
@@ -238,13 +241,22 @@ def test_reuse_host_memory_stops_page_faults_and_keeps_results():
         runs[setting] = (fields[1], int(fields[3]), fields[5:])
     (on, faults_on, y_on), (off, faults_off, y_off) = runs["1"], runs["0"]
     assert (on, off) == ("True", "False")
-    assert faults_off > 3 * 20_000, faults_off
-    assert faults_on < faults_off / 20, (faults_on, faults_off)
     assert y_on == y_off
+    if faults_off * resource.getpagesize() < 3 * 100e6:
+        # Huge pages (transparent_hugepage "always") or large base pages: the default
+        # faults too little for the difference to show.
+        pytest.skip(f"the default run faulted only {faults_off} pages of 3 x 135 MB")
+    assert faults_on < faults_off / 20, (faults_on, faults_off)
 
 
-def test_reuse_host_memory_is_refused_once_backends_exist():
-    """After jax created its backends the settings cannot reach the CPU client: False."""
+def test_reuse_host_memory_is_refused_once_backends_exist(monkeypatch):
+    """After jax created its backends the settings cannot reach the CPU client: False, and
+    neither glibc nor jax's configuration is touched."""
+    import ctypes  # noqa: PLC0415
+
     jax.devices()
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: pytest.fail("mallopt called"))
+    before = jax.config.values["jax_cpu_enable_async_dispatch"]
+    monkeypatch.setenv("GRPO_JAX_REUSE_MEMORY", "1")
     assert xla_setup.reuse_host_memory() is False
-    assert xla_setup.reuse_host_memory(enable=False) is False
+    assert jax.config.values["jax_cpu_enable_async_dispatch"] == before
