@@ -341,6 +341,18 @@ def test_group_size_validation(params):
         M.completion_logits(CFG, params, jnp.zeros((2, 3), jnp.int32), jnp.zeros((3, 2), jnp.int32))
 
 
+def _fresh_sample(cfg, prompts, **kw):
+    """`(params, key) -> SampleOutput` of the sampler's body under a new `jax.jit`, so it is
+    traced afresh (with whatever module settings a test has patched): `sample`'s own jit
+    would reuse an earlier trace."""
+    kw = {
+        **dict(temperature=1.0, top_k=None, top_p=None, eos_id=None, banned_tokens=()),
+        **dict(return_logits=True, group_size=1, record=False),
+        **kw,
+    }
+    return jax.jit(lambda p, k: S._sample.__wrapped__(cfg, p, prompts, k, **kw))
+
+
 def test_decode_segments_and_chains_change_only_rounding(monkeypatch):
     """The decode split into chains (rows) and segments (a self cache growing by segments)
     samples the same tokens as one chain over one segment, with the same log-probs, logits
@@ -361,22 +373,17 @@ def test_decode_segments_and_chains_change_only_rounding(monkeypatch):
         monkeypatch.setattr(
             S, "_decode_segments", lambda steps, s=(streams, segments): traced.append(s) or s[1]
         )
-        run = jax.jit(  # traced afresh for each layout
-            lambda p, k: S._sample.__wrapped__(
-                cfg,
-                p,
-                group_prompts,
-                k,
-                max_new_tokens=12,
-                temperature=0.8,
-                top_k=6,
-                top_p=0.95,
-                eos_id=2,
-                banned_tokens=(8,),
-                return_logits=True,
-                group_size=4,
-                record=True,
-            )
+        run = _fresh_sample(
+            cfg,
+            group_prompts,
+            max_new_tokens=12,
+            temperature=0.8,
+            top_k=6,
+            top_p=0.95,
+            eos_id=2,
+            banned_tokens=(8,),
+            group_size=4,
+            record=True,
         )
         outs.append(run(params, jax.random.key(5)))
     assert traced == list(layouts)  # really two programs
@@ -403,23 +410,7 @@ def test_noise_drawn_before_or_inside_the_loop_is_categoricals(params, prompts, 
     outs = []
     for limit in (S.NOISE_BEFORE_LOOP_BYTES, 0):
         monkeypatch.setattr(S, "NOISE_BEFORE_LOOP_BYTES", limit)
-        run = jax.jit(  # traced afresh for each limit
-            lambda p, k: S._sample.__wrapped__(
-                CFG,
-                p,
-                prompts,
-                k,
-                max_new_tokens=T,
-                temperature=1.0,
-                top_k=None,
-                top_p=None,
-                eos_id=None,
-                banned_tokens=(),
-                return_logits=True,
-                group_size=1,
-                record=False,
-            )
-        )
+        run = _fresh_sample(CFG, prompts, max_new_tokens=T)
         outs.append(run(params, jax.random.key(13)))
     np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
     np.testing.assert_array_equal(outs[0].logp, outs[1].logp)
