@@ -261,9 +261,11 @@ def _sample(
         f32, done [B] bool) for one step."""
         z = sampling_logits(raw, temperature, top_k, top_p, banned_tokens)
         logpi = jax.nn.log_softmax(z, axis=-1)
-        # = jax.random.categorical(step_key, z): argmax of Gumbel noise + logits.
-        sampled = jnp.argmax(noise + z, axis=-1)
-        tok = jnp.where(greedy, jnp.argmax(z, axis=-1), sampled).astype(jnp.int32)
+        # = jax.random.categorical(step_key, z): argmax of Gumbel noise + logits (greedy:
+        # of the logits alone). One argmax, never of `z` alone: at step 0 `z` is a broadcast
+        # of the N prompt rows to B, and XLA:CPU's LLVM backend takes many minutes to compile
+        # an argmax of such a broadcast when V is not a power of two (benchmarks/compile.py).
+        tok = jnp.argmax(z + jnp.where(greedy, 0.0, noise), axis=-1).astype(jnp.int32)
         lp = jnp.take_along_axis(logpi, tok[:, None], axis=-1)[:, 0]
         lp = jnp.where(greedy, 0.0, lp)
         if eos_id is not None:
