@@ -581,6 +581,22 @@ def _init_population(setup, config, cells, init_params, ref_params, mesh):
     return jax.jit(init, out_shardings=shardings)(init_params, ref_params, keys)
 
 
+def build_population(config, cells, ref_params=None, reference_dir=None, log=print):
+    """(setup, task, initial population state, stacked hparams) of `config` and its member
+    `cells`: what the chunk program is compiled for. `ref_params` default:
+    `load_or_pretrain_reference` (cached in `reference_dir`)."""
+    task = make_task(config)
+    mcfg = make_model_config(config, task)
+    mesh = sharding.make_mesh(config.mesh)
+    setup = make_setup(config, task, mcfg, mesh, population_kl_choices(config, cells))
+    hp = population_hparams(config, cells)
+    if ref_params is None:
+        ref_params = load_or_pretrain_reference(config, task, mcfg, reference_dir, log=log)
+    start = initial_params(config, task, mcfg, ref_params)
+    state = _init_population(setup, config, cells, start, ref_params, mesh)
+    return setup, task, state, hp
+
+
 def _policy_part(state: train.RLState) -> train.RLState:
     """The state without the frozen reference: what a checkpoint holds."""
     return state.replace(ref_params=None)
@@ -675,18 +691,8 @@ def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> Pop
         if overwrite:
             for name in ("checkpoints", "metrics.jsonl", "tb", "reference"):
                 _remove(os.path.join(workdir, name))
-    task = make_task(config)
-    mcfg = make_model_config(config, task)
-    mesh = sharding.make_mesh(config.mesh)
-    setup = make_setup(config, task, mcfg, mesh, population_kl_choices(config, cells))
-    hp = population_hparams(config, cells)
-    if ref_params is None:
-        ref_params = load_or_pretrain_reference(
-            config, task, mcfg, os.path.join(workdir, "reference"), log=log
-        )
-    state = _init_population(
-        setup, config, cells, initial_params(config, task, mcfg, ref_params), ref_params, mesh
-    )
+    reference_dir = os.path.join(workdir, "reference")
+    setup, task, state, hp = build_population(config, cells, ref_params, reference_dir, log)
     total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
     state, start = _resume(ckpt_dir, state, total, log)
     metrics_path = os.path.join(workdir, "metrics.jsonl")

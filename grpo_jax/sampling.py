@@ -5,10 +5,11 @@ keys/values are the shared prefix of the ``G = group_size`` completions of each 
 first token of each of the ``B = N G`` rows is sampled from its prompt's last row, then
 ``lax.scan`` runs ``T - 1`` decode steps (`model.Transformer.extend`) with the completions'
 KV cache ``[B, Hkv, S, Dh]`` in the carry (XLA updates it in place; the cache is created
-inside the jit, so there is nothing for the caller to donate). On the CPU the decode runs as
-two chains of rows (`_decode_streams`) and in segments whose cache holds only the slots
-filled by the segment's end (`_decode_segments`: one scan per segment, the cache zero-padded
-between them), so that a step does not attend over empty slots. With ``record=True`` every
+inside the jit, so there is nothing for the caller to donate). The caller's `DecodePlan` may
+split the decode into independent chains of rows (the runtime can overlap their small ops)
+and into segments whose cache holds only the slots filled by the segment's end (one scan per
+segment, the cache zero-padded between them, so a step does not attend over empty slots);
+each chain and segment is one more loop body to compile. With ``record=True`` every
 matmul output of the prompt pass and of the decode steps is kept (`model.Tape`), laid out
 as a teacher-forced pass over the same tokens would compute it, so that the GRPO step can
 replay the policy's forward instead of recomputing it.
@@ -33,6 +34,7 @@ teacher-forced recomputation on the returned tokens sees exactly what the sample
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from typing import NamedTuple
@@ -135,6 +137,35 @@ def inverse_cdf_index(logits: jax.Array, u: jax.Array) -> jax.Array:
     return jnp.argmax(hit, axis=-1).astype(jnp.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodePlan:
+    """How the decode loop is laid out (static; the same tokens whatever the plan, float32
+    rounding aside). `streams`: independent chains of rows, whole groups each (a batch whose
+    prompts do not split evenly runs as one chain). `segments`: loops over consecutive steps
+    whose self cache holds only the slots filled by the segment's end (at most one per step).
+    Every chain and segment is one more copy of the decode body to compile; the default, one
+    of each, compiles fastest (benchmarks/README.md has what the others bought on the CPU)."""
+
+    streams: int = 1
+    segments: int = 1
+
+    def __post_init__(self):
+        for name in ("streams", "segments"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"DecodePlan.{name} must be an int >= 1, got {value!r}.")
+
+    def num_streams(self, num_prompts: int) -> int:
+        """Chains for `num_prompts` prompts: `streams` if they split evenly, else 1."""
+        return self.streams if num_prompts % self.streams == 0 else 1
+
+    def segment_bounds(self, steps: int) -> list[tuple[int, int]]:
+        """Decode steps ``[start, stop)`` of each segment: near-equal, tiling ``0..steps``."""
+        n = min(self.segments, steps)
+        bounds = [round(i * steps / n) for i in range(n + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+
 def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens):
     if not isinstance(config, model_lib.ModelConfig):
         raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}.")
@@ -173,6 +204,7 @@ def sample(
     return_logits: bool = False,
     group_size: int = 1,
     record: bool = False,
+    decode_plan: DecodePlan = DecodePlan(),
 ) -> SampleOutput:
     """Sample ``T = max_new_tokens`` tokens after ``prompts [N, P]``, ``group_size`` rows per
     prompt, with a KV cache.
@@ -193,6 +225,7 @@ def sample(
         continue prompt n (its prompt pass is computed once).
       record: also return the matmul records for `model.completion_logits(replay=...)`
         (static).
+      decode_plan: the decode loop's layout (`DecodePlan`, static).
 
     Returns:
       ``SampleOutput(tokens [B, T] int32, logp [B, T] f32, mask [B, T] f32, logits, record)``.
@@ -216,6 +249,7 @@ def sample(
         return_logits=return_logits,
         group_size=int(group_size),
         record=bool(record),
+        decode_plan=decode_plan,
     )
 
 
@@ -230,6 +264,7 @@ def sample(
         "return_logits",
         "group_size",
         "record",
+        "decode_plan",
     ),
 )
 def _sample(
@@ -247,6 +282,7 @@ def _sample(
     return_logits,
     group_size,
     record,
+    decode_plan,
 ) -> SampleOutput:
     """The jitted body of ``sample`` (arguments already validated)."""
     n, p = prompts.shape
@@ -296,17 +332,17 @@ def _sample(
     completion_records = ()
     if steps:
         # The decode runs as `streams` independent chains of B / streams rows (whole groups
-        # each): on the CPU the runtime overlaps one chain's small ops with the other's
-        # (issue 13). Sampling draws once for all rows, so the tokens are the same.
-        streams = _decode_streams(n, b)
+        # each; the runtime can overlap one chain's small ops with the other's). Sampling
+        # draws once for all rows, so the tokens are the same.
+        streams = decode_plan.num_streams(n)
         rows, groups = b // streams, n // streams
         prefixes = [
             tuple({k: v[i * groups : (i + 1) * groups] for k, v in kv.items()} for kv in prefix)
             for i in range(streams)
         ]
         # The self cache grows by segments: steps a..z-1 attend over z slots, not all T-1
-        # (masked slots cost as much as used ones; issue 13).
-        segments = _decode_segments(steps)
+        # (masked slots cost as much as used ones).
+        segments = decode_plan.segment_bounds(steps)
         cache = tuple(model_lib.init_cache(config, rows, segments[0][1]) for _ in range(streams))
 
         def step(carry, xs):
@@ -390,13 +426,6 @@ def _sample(
     )
 
 
-def _decode_streams(num_prompts: int, batch: int) -> int:
-    """Independent decode chains: 2 on the CPU for batches of 128 rows or more whose prompts
-    split evenly (smaller ones gain little and compile a loop body twice the size), else 1."""
-    cpu = jax.default_backend() == "cpu"
-    return 2 if cpu and batch >= 128 and num_prompts % 2 == 0 else 1
-
-
 # The sampler draws every step's Gumbel noise before its decode loop while it takes at most
 # this many bytes (W1: 1.1 MB), else inside the loop (a large vocabulary and long completions).
 NOISE_BEFORE_LOOP_BYTES = 64 << 20
@@ -407,15 +436,6 @@ def gumbel_draws(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     ``jax.random.categorical(keys[t], z)`` adds to float32 logits ``z`` of ``shape`` before
     its argmax (``jax.random.gumbel(keys[t], shape)``), all rows in one vectorised draw."""
     return jax.vmap(lambda k: jax.random.gumbel(k, shape, jnp.float32))(keys)
-
-
-def _decode_segments(steps: int) -> list[tuple[int, int]]:
-    """Decode steps ``[start, stop)`` per segment: on the CPU 4 near-equal segments for 16
-    steps or more (step t attends over ``stop`` cache slots instead of all ``steps``; each
-    segment is one more loop body to compile), else one."""
-    n = 4 if jax.default_backend() == "cpu" and steps >= 16 else 1
-    bounds = [round(i * steps / n) for i in range(n + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _grow_cache(cache, length: int):

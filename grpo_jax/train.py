@@ -94,6 +94,8 @@ class RLSetup:
         no KL gradient. Off, Adam keeps moving the parameters on momentum alone.
       data_sharding: a `NamedSharding` for `[B, ...]` arrays (batch split along the mesh's data
         axis), or None for no constraint.
+      decode_plan: the sampler's decode layout (`sampling.DecodePlan`): chains and
+        segments of the decode loop, each one more loop body to compile.
       kl_choices: optional tuple of `kl_choice.KLChoice`. Non-empty, the KL choice becomes
         data: `Hparams.kl_choice` indexes it through `lax.switch` (a select under vmap), so
         runs with different estimators and placements share one compiled program and one
@@ -114,6 +116,7 @@ class RLSetup:
     skip_zero_grad: bool = False
     replay: bool = True
     data_sharding: Any = None
+    decode_plan: sampling.DecodePlan = sampling.DecodePlan()
     kl_choices: tuple = ()
     ref_model: Any = None
 
@@ -243,6 +246,7 @@ def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
             return_logits=True,
             group_size=setup.group_size,
             record=setup.replays,
+            decode_plan=setup.decode_plan,
         )
     tokens = _constrain(out.tokens, setup)
     return Rollout(

@@ -347,32 +347,32 @@ def _fresh_sample(cfg, prompts, **kw):
     would reuse an earlier trace."""
     kw = {
         **dict(temperature=1.0, top_k=None, top_p=None, eos_id=None, banned_tokens=()),
-        **dict(return_logits=True, group_size=1, record=False),
+        **dict(return_logits=True, group_size=1, record=False, decode_plan=S.DecodePlan()),
         **kw,
     }
     return jax.jit(lambda p, k: S._sample.__wrapped__(cfg, p, prompts, k, **kw))
 
 
-def test_decode_segments_and_chains_change_only_rounding(monkeypatch):
+def test_decode_segments_and_chains_change_only_rounding():
     """The decode split into chains (rows) and segments (a self cache growing by segments)
     samples the same tokens as one chain over one segment, with the same log-probs, logits
-    and matmul records up to float32 rounding; the default segments tile the steps."""
-    assert S._decode_segments(31) in ([(0, 31)], [(0, 8), (8, 16), (16, 23), (23, 31)])
+    and matmul records up to float32 rounding; the segments tile the steps."""
+    assert S.DecodePlan(2, 4).segment_bounds(31) == [(0, 8), (8, 16), (16, 23), (23, 31)]
     for steps in (1, 5, 15, 16, 31, 40):
-        bounds = S._decode_segments(steps)
-        assert bounds[0][0] == 0 and bounds[-1][1] == steps
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-        assert all(start < stop for start, stop in bounds)
+        for segments in (1, 2, 4, 8):
+            bounds = S.DecodePlan(1, segments).segment_bounds(steps)
+            assert len(bounds) == min(segments, steps)
+            assert bounds[0][0] == 0 and bounds[-1][1] == steps
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            assert all(start < stop for start, stop in bounds)
+    assert S.DecodePlan(2, 1).num_streams(4) == 2 and S.DecodePlan(2, 1).num_streams(3) == 1
+    with pytest.raises(ValueError, match="DecodePlan.streams"):
+        S.DecodePlan(0, 1)
     cfg = M.ModelConfig(vocab_size=9, num_layers=2, width=16, num_heads=2, mlp_width=32, max_len=16)
     params = _peaky(M.init(cfg, jax.random.key(3)))
     group_prompts = jax.random.randint(jax.random.key(4), (4, 3), 0, cfg.vocab_size)
-    outs, traced = [], []
-    layouts = ((1, [(0, 11)]), (2, [(0, 2), (2, 3), (3, 7), (7, 11)]))
-    for streams, segments in layouts:
-        monkeypatch.setattr(S, "_decode_streams", lambda n, b, s=streams: s)
-        monkeypatch.setattr(
-            S, "_decode_segments", lambda steps, s=(streams, segments): traced.append(s) or s[1]
-        )
+    outs = []
+    for plan in (S.DecodePlan(1, 1), S.DecodePlan(2, 4)):
         run = _fresh_sample(
             cfg,
             group_prompts,
@@ -384,9 +384,9 @@ def test_decode_segments_and_chains_change_only_rounding(monkeypatch):
             banned_tokens=(8,),
             group_size=4,
             record=True,
+            decode_plan=plan,
         )
         outs.append(run(params, jax.random.key(5)))
-    assert traced == list(layouts)  # really two programs
     one, split = outs
     np.testing.assert_array_equal(one.tokens, split.tokens)
     np.testing.assert_allclose(one.logp, split.logp, atol=1e-5, rtol=1e-5)
