@@ -41,7 +41,7 @@ def child(root: str) -> None:
     import common  # noqa: PLC0415
     import jax  # noqa: PLC0415
     import rl_step  # noqa: PLC0415
-    from grpo_jax.train import make_rl_chunk  # noqa: PLC0415
+    from grpo_jax.rl.train import make_rl_chunk  # noqa: PLC0415
 
     setup = rl_step.make_setup(FLAGS.workload, compute_dtype=FLAGS.compute_dtype)
     state, hp = rl_step.init_population(setup, 0)

@@ -52,7 +52,7 @@ flags.DEFINE_string("one", None, "Internal: compile this one program and print a
 def _rl_workload(name: str):
     import rl_step  # noqa: PLC0415
 
-    from grpo_jax.train import make_rl_chunk  # noqa: PLC0415
+    from grpo_jax.rl.train import make_rl_chunk  # noqa: PLC0415
 
     setup = rl_step.make_setup(name)
     state, hp = rl_step.init_population(setup, 0)
@@ -60,8 +60,9 @@ def _rl_workload(name: str):
 
 
 def _population_program(config, cells):
-    from grpo_jax import model as model_lib  # noqa: PLC0415
-    from grpo_jax import runner, train  # noqa: PLC0415
+    from grpo_jax.models import model as model_lib  # noqa: PLC0415
+    from grpo_jax.run import runner  # noqa: PLC0415
+    from grpo_jax.rl import train
 
     ref = None
     if config.policy == "transformer":  # a random reference: its values do not change the cost
@@ -74,8 +75,8 @@ def _population_program(config, cells):
 
 def _study(policy: str):
     from configs import study as study_config  # noqa: PLC0415
-    from grpo_jax import config_utils, runner, sweep  # noqa: PLC0415
-    from grpo_jax import study as study_lib  # noqa: PLC0415
+    from grpo_jax.run import config_utils, runner, sweep  # noqa: PLC0415
+    from grpo_jax.study import groups as study_lib  # noqa: PLC0415
 
     cells = sweep.expand(*study_config.grid(study_config.get_config()))
     groups = sweep.group_cells(cells, study_lib.GROUP_KEYS)
@@ -89,8 +90,9 @@ def _study(policy: str):
 
 def _lm():
     from configs import grpo_lm as lm_config  # noqa: PLC0415
-    from grpo_jax import gguf, tokenizer, train  # noqa: PLC0415
-    from grpo_jax import losses  # noqa: PLC0415
+    from grpo_jax.models import gguf, tokenizer  # noqa: PLC0415
+    from grpo_jax.rl import train
+    from grpo_jax.core import losses  # noqa: PLC0415
     from grpo_jax.tasks import number_text  # noqa: PLC0415
 
     config = lm_config.get_config()

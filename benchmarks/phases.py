@@ -39,9 +39,10 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import rl_step  # noqa: E402
-from grpo_jax import losses, metrics as metrics_lib, model as model_lib  # noqa: E402
-from grpo_jax import sampling  # noqa: E402
-from grpo_jax.train import make_rl_chunk  # noqa: E402
+from grpo_jax.core import losses, stats  # noqa: E402
+from grpo_jax.models import model as model_lib
+from grpo_jax.models import sampling  # noqa: E402
+from grpo_jax.rl.train import make_rl_chunk  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("workload", "W1", ["W1", "W2"], "Workload.")
@@ -76,7 +77,7 @@ def phase_functions(setup):
 
     def logits_of(params, group_prompts, tokens, record=None):
         logits = model_lib.completion_logits(mcfg, params, group_prompts, tokens, record)
-        return metrics_lib.ban_tokens(logits, banned)
+        return stats.ban_tokens(logits, banned)
 
     @jax.jit
     def reference(ref_params, group_prompts, tokens):

@@ -44,10 +44,11 @@ import common  # noqa: E402  (applies grpo_jax.xla_setup's XLA flags before jax 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from grpo_jax import losses, model  # noqa: E402
+from grpo_jax.core import losses  # noqa: E402
+from grpo_jax.models import model
 
 # The GRPO step API.
-from grpo_jax.train import Hparams, RLSetup, init_rl_state, make_rl_chunk  # noqa: E402
+from grpo_jax.rl.train import Hparams, RLSetup, init_rl_state, make_rl_chunk  # noqa: E402
 
 VOCAB = 68
 SPECIALS = (64, 65, 66, 67)

@@ -27,8 +27,8 @@ import common  # noqa: E402  (applies grpo_jax.xla_setup's XLA flags before jax 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from grpo_jax import model as M  # noqa: E402
-from grpo_jax import sampling as S  # noqa: E402
+from grpo_jax.models import model as M  # noqa: E402
+from grpo_jax.models import sampling as S  # noqa: E402
 
 WORKLOADS = {
     # layers, width, heads, mlp, prompts x G, prompt len, new tokens

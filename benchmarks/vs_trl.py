@@ -49,8 +49,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import rl_step  # noqa: E402
-from grpo_jax import model as model_lib  # noqa: E402
-from grpo_jax.train import make_rl_chunk  # noqa: E402
+from grpo_jax.models import model as model_lib  # noqa: E402
+from grpo_jax.rl.train import make_rl_chunk  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workloads", ["W1", "W2"], "Workloads to run (W1, W2).")

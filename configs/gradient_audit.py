@@ -10,7 +10,7 @@ integer fields (e.g. `seed=3`); any field can also be set with `--config.FIELD=V
 
 import ml_collections
 
-from grpo_jax.config_utils import parse_arg
+from grpo_jax.run.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ sizes, ...) before anything compiles, naming the bad field.
 import ml_collections
 
 from configs import tasks as task_configs
-from grpo_jax.config_utils import parse_arg
+from grpo_jax.run.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -18,7 +18,7 @@ The model section must match the GRPO config's model to be restored there.
 import ml_collections
 
 from configs import tasks as task_configs
-from grpo_jax.config_utils import parse_arg
+from grpo_jax.run.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

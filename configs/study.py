@@ -62,9 +62,9 @@ import numpy as np
 
 from configs import grpo as grpo_config
 from configs import tasks as task_configs
-from grpo_jax import study as study_lib
-from grpo_jax.config_utils import parse_arg
-from grpo_jax.sweep import zip_axis
+from grpo_jax.study import groups as study_lib
+from grpo_jax.run.config_utils import parse_arg
+from grpo_jax.run.sweep import zip_axis
 
 PRIMARY = ("exact_fwd/loss", "exact_rev/loss")  # (forward, reverse)
 SECONDARY = ("k3/loss", ("k2/loss", "k1/reward"))  # (GRPO's, reverse-gradient ones)

@@ -42,7 +42,7 @@ import dataclasses
 import ml_collections
 
 from grpo_jax import tasks as tasks_lib
-from grpo_jax.config_utils import make_task
+from grpo_jax.run.config_utils import make_task
 
 PRESETS: dict[str, tuple[str, dict]] = {
     "bandit": ("bandit", {}),

@@ -185,7 +185,7 @@ if __name__ == "__main__":
     from absl import flags
     from ml_collections import config_flags
 
-    from grpo_jax import config_utils
+    from grpo_jax.run import config_utils
 
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/gaussian_kl.py", "Gaussian fit config file.", lock_config=True

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from grpo_jax import config_utils  # noqa: E402
+from grpo_jax.run import config_utils  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/gradient_audit.py", "Audit config file.", lock_config=True
@@ -70,7 +70,7 @@ def run_audit(config):
     """Runs both levels; returns (rows as dicts of plain values, header lines)."""
     import jax
 
-    from grpo_jax import audit
+    from grpo_jax.core import audit
 
     key = jax.random.key(config.seed)
     k_tok, k_seq = jax.random.split(key)

@@ -34,8 +34,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from grpo_jax import gguf, losses, train  # noqa: E402
-from grpo_jax import model as model_lib  # noqa: E402
+from grpo_jax.models import gguf  # noqa: E402
+from grpo_jax.core import losses
+from grpo_jax.rl import train
+from grpo_jax.models import model as model_lib  # noqa: E402
 from grpo_jax.tasks import number_text  # noqa: E402
 
 
@@ -85,7 +87,7 @@ def main(argv):
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     path = gguf.fetch_smollm2(config.cache_dir or None)
-    from grpo_jax import tokenizer  # pylint: disable=import-outside-toplevel
+    from grpo_jax.models import tokenizer  # pylint: disable=import-outside-toplevel
 
     tok = tokenizer.from_gguf(path)
     task = number_text.prime_task(tok, ranges=tuple(tuple(r) for r in config.ranges))
@@ -227,7 +229,7 @@ if __name__ == "__main__":
     from absl import flags
     from ml_collections import config_flags
 
-    from grpo_jax import config_utils
+    from grpo_jax.run import config_utils
 
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/grpo_lm.py", "GRPO-on-SmolLM2 config file.", lock_config=True

@@ -36,7 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from grpo_jax import model as model_lib  # noqa: E402
+from grpo_jax.models import model as model_lib  # noqa: E402
 
 PROMPTS = (
     "What is the capital of France?",
@@ -169,7 +169,7 @@ def chat_ids(tok, text: str) -> list[int]:
 
 def load_smollm2(cache_dir: str | None = None, max_len: int = 512, unpermute: bool = True):
     """``(config, params, tokenizer)`` of SmolLM2-135M-Instruct from the cache directory."""
-    from grpo_jax import gguf, tokenizer  # pylint: disable=import-outside-toplevel
+    from grpo_jax.models import gguf, tokenizer  # pylint: disable=import-outside-toplevel
 
     path = gguf.fetch_smollm2(cache_dir)
     config, params, meta = gguf.load(path, max_len=max_len, unpermute=unpermute)
@@ -265,7 +265,7 @@ def main(argv):
     # The RoPE convention on the real file: loss of an English passage.
     pid = tok.encode(PASSAGE)
     loss_ok = passage_loss(config, params, pid)
-    from grpo_jax import gguf  # pylint: disable=import-outside-toplevel
+    from grpo_jax.models import gguf  # pylint: disable=import-outside-toplevel
 
     config_raw, params_raw, _ = gguf.load(
         gguf.fetch_smollm2(FLAGS.cache_dir), max_len=512, unpermute=False

@@ -22,7 +22,8 @@ from absl import flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from grpo_jax import config_utils, jsonio, pretrain, writers  # noqa: E402
+from grpo_jax.run import config_utils, jsonio, writers  # noqa: E402
+from grpo_jax.rl import pretrain
 
 
 def train_and_evaluate(config, workdir: str, log=logging.info) -> dict:

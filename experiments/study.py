@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from grpo_jax import config_utils  # noqa: E402
+from grpo_jax.run import config_utils  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/study.py", "'configs/study.py[:full|tiny]'.", lock_config=True
@@ -64,8 +64,8 @@ def publish(report_dir: str, root: str = ROOT, docs: str = "docs/results") -> st
     under `docs`, replaces the README's block between the results markers. Returns the
     README block."""
     import re  # pylint: disable=import-outside-toplevel
-    from grpo_jax import jsonio  # pylint: disable=import-outside-toplevel
-    from grpo_jax.report.markdown import README_BEGIN, README_END, readme_block
+    from grpo_jax.run import jsonio  # pylint: disable=import-outside-toplevel
+    from grpo_jax.study.report.markdown import README_BEGIN, README_END, readme_block
 
     text = open(os.path.join(report_dir, "results.md"), encoding="utf-8").read()
     os.makedirs(os.path.join(root, docs), exist_ok=True)
@@ -115,7 +115,7 @@ def _stored_config(workdir: str, config, log):
     """`--report_only`: the config the stored cells were run with, and a warning with the
     diff when the given one differs (the report describes the data, not the flags)."""
     import ml_collections  # pylint: disable=import-outside-toplevel
-    from grpo_jax import jsonio, rundir  # pylint: disable=import-outside-toplevel
+    from grpo_jax.run import jsonio, rundir  # pylint: disable=import-outside-toplevel
 
     path = os.path.join(workdir, rundir.CONFIG_FILE)
     if not os.path.exists(path):
@@ -174,7 +174,8 @@ def run(
 ) -> dict:
     """Run (or resume) the study and write its report; returns the report's result."""
     from configs import study as study_config  # pylint: disable=import-outside-toplevel
-    from grpo_jax import jsonio, rundir, study, sweep  # pylint: disable=import-outside-toplevel
+    from grpo_jax.run import jsonio, rundir, sweep  # pylint: disable=import-outside-toplevel
+    from grpo_jax.study import groups as study
 
     t0 = time.time()
     config = study_config.get_config() if config is None else config
@@ -208,8 +209,8 @@ def run(
 def _report(workdir, config, records, missing, run_s, t0, log) -> dict:
     """The report of `records` (with the closed-form optima and the Gaussian toy figure)."""
     import jax  # pylint: disable=import-outside-toplevel
-    from grpo_jax import config_utils as cu  # pylint: disable=import-outside-toplevel
-    from grpo_jax import report, study  # pylint: disable=import-outside-toplevel
+    from grpo_jax.run import config_utils as cu  # pylint: disable=import-outside-toplevel
+    from grpo_jax.study import report, groups as study  # pylint: disable=import-outside-toplevel
 
     optima = {}
     for m in config.modalities:

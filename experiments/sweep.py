@@ -19,7 +19,7 @@ from absl import app, flags, logging
 
 # Run from a clone without `pip install -e .`: the repository root holds grpo_jax/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from grpo_jax import sweep  # noqa: E402
+from grpo_jax.run import sweep  # noqa: E402
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, 'path/to/sweep.py[:arg]'.", required=True)
 _WORKDIR = flags.DEFINE_string(

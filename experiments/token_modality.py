@@ -54,7 +54,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import lm_greedy  # noqa: E402  (experiments/lm_greedy.py: loader, ragged sampler)
-from grpo_jax import model as model_lib  # noqa: E402
+from grpo_jax.models import model as model_lib  # noqa: E402
 
 KINDS = ("arithmetic", "multi", "chat")
 SUFFIX = " Reply with only the number."
@@ -491,7 +491,7 @@ if __name__ == "__main__":
     from absl import flags
     from ml_collections import config_flags
 
-    from grpo_jax import config_utils
+    from grpo_jax.run import config_utils
 
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/token_modality.py", "Token modality config file.", lock_config=True

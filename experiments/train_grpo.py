@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from grpo_jax import config_utils, runner  # noqa: E402
+from grpo_jax.run import config_utils, runner  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/grpo.py", "GRPO config file.", lock_config=True

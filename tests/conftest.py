@@ -13,7 +13,7 @@ first imported, which is why they live here.
 
 import os
 
-from grpo_jax.xla_setup import xla_flags_with_defaults  # noqa: E402  (does not import jax)
+from grpo_jax.run.xla_setup import xla_flags_with_defaults  # noqa: E402  (does not import jax)
 
 _flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 if os.environ.get("GRPO_JAX_TEST_FULL_OPT", "0").lower() in ("0", "false", "no", "off", ""):
@@ -24,7 +24,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
-from grpo_jax import xla_setup  # noqa: E402
+from grpo_jax.run import xla_setup  # noqa: E402
 
 # Fail loudly on accidental broadcasting between ranks (rlax's habit).
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -45,7 +45,7 @@ def main(argv=None):
     jax.config.update("jax_numpy_rank_promotion", "raise")
 
     from configs import grpo as grpo_config
-    from grpo_jax import sharding
+    from grpo_jax.run import sharding
 
     config = grpo_config.get_config("task=bandit")
     # Dense reward (every token scores differently), so the random-init reference's groups
@@ -69,7 +69,8 @@ def main(argv=None):
     assert jax.device_count() == 4, jax.devices()
     assert jax.process_count() == args.num_processes
 
-    from grpo_jax import model, runner
+    from grpo_jax.models import model
+    from grpo_jax.run import runner
 
     task = runner.make_task(config)
     mcfg = runner.make_model_config(config, task)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax import advantages as A
+from grpo_jax.core import advantages as A
 
 G = 4
 B = 16

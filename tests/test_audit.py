@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax import audit, kl
+from grpo_jax.core import audit, kl
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from grpo_jax import checkpoint, model
+from grpo_jax.run import checkpoint
+from grpo_jax.models import model
 
 
 def _state():

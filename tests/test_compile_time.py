@@ -23,7 +23,9 @@ PROGRAM = """
 import time
 import jax
 from configs import transformer_population as pop
-from grpo_jax import model, runner, train
+from grpo_jax.models import model
+from grpo_jax.run import runner
+from grpo_jax.rl import train
 
 config = pop.get_config("small")
 task = runner.make_task(config)

@@ -33,7 +33,7 @@ _APP = """
 import sys
 from absl import flags
 from ml_collections import config_flags
-from grpo_jax import config_utils
+from grpo_jax.run import config_utils
 
 _CONFIG = config_flags.DEFINE_config_file("config", sys.argv.pop(1), "config", lock_config=True)
 

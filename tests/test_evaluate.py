@@ -4,7 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import evaluate, model, pretrain, tasks
+from grpo_jax.rl import evaluate, pretrain
+from grpo_jax.models import model
+from grpo_jax import tasks
 
 KS = (1, 3)
 

@@ -17,10 +17,10 @@ import gguf  # in setup.py's `test` extra, so CI installs it (never skipped)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from grpo_jax import gguf as G  # noqa: E402
-from grpo_jax import model as M  # noqa: E402
-from grpo_jax import sampling  # noqa: E402
-from grpo_jax import tokenizer as T  # noqa: E402
+from grpo_jax.models import gguf as G  # noqa: E402
+from grpo_jax.models import model as M  # noqa: E402
+from grpo_jax.models import sampling  # noqa: E402
+from grpo_jax.models import tokenizer as T  # noqa: E402
 
 D, H, HKV, DH, MLP, LAYERS = 32, 4, 2, 8, 64, 2
 EPS, THETA, CTX = 1e-5, 500.0, 32
@@ -440,7 +440,7 @@ def test_number_text_task_reward_and_labels(tiny):
 
 
 def _grpo_setup(path, **kw):
-    from grpo_jax import train
+    from grpo_jax.rl import train
     from grpo_jax.tasks import number_text
 
     tok = T.from_gguf(path)
@@ -469,7 +469,8 @@ def test_grpo_population_of_the_four_regularisers_on_8_devices(tiny):
     (exact_fwd, exact_rev, k3, k2 in the loss), the batch sharded over the 8 CPU devices."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from grpo_jax import losses, train
+    from grpo_jax.core import losses
+    from grpo_jax.rl import train
 
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()), ("data",))

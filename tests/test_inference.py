@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from grpo_jax.report import inference as inf
+from grpo_jax.study.report import inference as inf
 
 
 def test_holm_intervals_agree_with_p_adj_after_the_step_down_stops():

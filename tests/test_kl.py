@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from grpo_jax import kl
+from grpo_jax.core import kl
 
 sg = jax.lax.stop_gradient
 

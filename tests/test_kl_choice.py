@@ -2,8 +2,8 @@
 
 import pytest
 
-from grpo_jax import losses
-from grpo_jax.kl_choice import KLChoice
+from grpo_jax.core import losses
+from grpo_jax.core.kl_choice import KLChoice
 
 
 def test_round_trip_every_choice():

@@ -9,7 +9,9 @@ import optax
 import pytest
 
 from configs import pretrain as pretrain_config
-from grpo_jax import model, pretrain, reference_fit, tasks
+from grpo_jax.models import model
+from grpo_jax.rl import pretrain, reference_fit
+from grpo_jax import tasks
 
 # Tiny runs (1 layer, width 32, batch 256 so the final minibatch noise stays well below the
 # tolerance): each compiles one scan and one exact evaluation of the model's mode shares.

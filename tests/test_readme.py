@@ -26,7 +26,7 @@ def test_readme_results_are_the_published_results_md():
     """The README's results block is docs/results/results.md (written by
     `experiments/study.py --publish`), with figure paths under docs/results/: generated,
     never hand-copied."""
-    from grpo_jax.report import markdown  # pylint: disable=import-outside-toplevel
+    from grpo_jax.study.report import markdown  # pylint: disable=import-outside-toplevel
 
     root = os.path.dirname(README)
     text = open(README, encoding="utf-8").read()

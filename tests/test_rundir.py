@@ -13,8 +13,10 @@ import pytest
 
 from configs import grpo as grpo_config
 from configs import tasks as task_configs
-from grpo_jax import checkpoint, config_utils, jsonio, model, pretrain, rundir, runner, sweep
-from grpo_jax import writers
+from grpo_jax.run import checkpoint, config_utils, jsonio, rundir, runner, sweep
+from grpo_jax.models import model
+from grpo_jax.rl import pretrain
+from grpo_jax.run import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -265,7 +267,7 @@ def test_reference_saved_before_new_model_fields_still_matches(tmp_path):
 def test_member_rows_selects_steps_and_converts_once():
     """`writers.member_rows`: rows[member][i] for the chosen steps, values as Python numbers
     and lists (trailing shapes may differ); mismatched [members, steps] axes are refused."""
-    from grpo_jax import writers  # noqa: PLC0415
+    from grpo_jax.run import writers  # noqa: PLC0415
 
     metrics = {
         "loss": np.arange(6, dtype=np.float32).reshape(2, 3),  # [S=2, K=3]

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from grpo_jax import checkpoint, rundir, runner, writers
+from grpo_jax.run import checkpoint, rundir, runner, writers
 from train_helpers import member, reference, tiny_config
 
 

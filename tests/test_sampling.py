@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grpo_jax import model as M
-from grpo_jax import sampling as S
+from grpo_jax.models import model as M
+from grpo_jax.models import sampling as S
 
 CFG = M.ModelConfig(vocab_size=6, num_layers=2, width=16, num_heads=2, mlp_width=32, max_len=12)
 forward = jax.jit(M.forward, static_argnums=0)
@@ -198,7 +198,8 @@ def test_inverse_cdf_covers_each_token_its_probability():
 def test_one_token_policy_draws_by_its_named_method():
     """`policies.sample(draw=...)`: "inverse_cdf" and "gumbel" are exactly those draws on the
     sampling logits; a bad name lists the valid ones."""
-    from grpo_jax import policies, tasks  # noqa: PLC0415
+    from grpo_jax.models import policies  # noqa: PLC0415
+    from grpo_jax import tasks
 
     task = tasks.make("bandit", num_tokens=16, sigma=2.0)
     policy = policies.make("tabular", task)

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from configs import study as study_config
-from grpo_jax import config_utils, losses, model, policies, study, tasks, train
+from grpo_jax.run import config_utils
+from grpo_jax.core import losses
+from grpo_jax.models import model, policies
+from grpo_jax.study import groups as study
+from grpo_jax import tasks
+from grpo_jax.rl import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SPEC = importlib.util.spec_from_file_location(

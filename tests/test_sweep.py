@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from grpo_jax import jsonio, sweep
+from grpo_jax.run import jsonio, sweep
 from grpo_jax.tasks.bandit import bandit_optimum
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax import metrics, runner, writers
+from grpo_jax.run import runner, writers
+from grpo_jax.tasks import enumeration
 from grpo_jax.tasks.bandit import bandit_optimum
 from train_helpers import member, reference, tiny_config
 
@@ -22,7 +23,7 @@ BETA = 0.5
 
 def policy_probs(mcfg, task, params):
     """Exact bandit policy over the vocabulary (specials have probability 0)."""
-    return np.exp(np.asarray(metrics.enumerated_logprobs(mcfg, params, task)))[0]
+    return np.exp(np.asarray(enumeration.enumerated_logprobs(mcfg, params, task)))[0]
 
 
 def optima(task, ref_probs, beta):
@@ -154,7 +155,7 @@ def test_replayed_policy_forward_equals_recomputed():
     """`RLSetup.replay` (the loss's policy forward replays the sampler's matmuls) and the
     recomputed forward give the same step: loss, gradient norm and the updated parameters
     agree to float32 rounding (both share one sample: same key, same prompts)."""
-    from grpo_jax import train  # noqa: PLC0415
+    from grpo_jax.rl import train  # noqa: PLC0415
 
     c = tiny_config()
     task, mcfg, ref = reference(c)

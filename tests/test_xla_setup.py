@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from grpo_jax import xla_setup
+from grpo_jax.run import xla_setup
 
 
 def test_flags_merge_keeps_user_choices():
@@ -34,12 +34,12 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
 _CHILD = textwrap.dedent("""
     import sys
     import numpy as np
-    from grpo_jax import xla_setup
+    from grpo_jax.run import xla_setup
     xla_setup.apply_xla_flags()
     cache = xla_setup.enable_compilation_cache(sys.argv[2] or None,
                                                enable=bool(sys.argv[2]))
     import jax, jax.numpy as jnp
-    from grpo_jax import model as M, sampling as S
+    from grpo_jax.models import model as M, sampling as S
     cfg = M.ModelConfig(vocab_size=11, num_layers=2, width=16, num_heads=2, mlp_width=24,
                         max_len=12)
     params = M.init(cfg, jax.random.key(0))
@@ -105,7 +105,7 @@ def test_program_cache_on_disk_loads_the_same_program(tmp_path, monkeypatch):
     import jax  # noqa: PLC0415
     import pytest  # noqa: PLC0415
 
-    from grpo_jax import runner  # noqa: PLC0415
+    from grpo_jax.run import runner  # noqa: PLC0415
 
     c, cells = _tiny_population()
     programs = tmp_path / "programs"
@@ -156,10 +156,10 @@ def test_program_key_covers_its_inputs(monkeypatch):
 
 _KEY_CHILD = textwrap.dedent("""
     import sys
-    from grpo_jax import xla_setup
+    from grpo_jax.run import xla_setup
     xla_setup.enable_compilation_cache(sys.argv[1], enable=True)  # whatever the caller's env
     import jax
-    from grpo_jax import runner
+    from grpo_jax.run import runner
     sys.path.insert(0, sys.argv[2])
     from test_xla_setup import _tiny_population
 
@@ -199,7 +199,7 @@ def test_program_key_is_the_same_in_another_process(tmp_path):
 
 _MEMORY_CHILD = textwrap.dedent("""
     import resource
-    from grpo_jax import xla_setup
+    from grpo_jax.run import xla_setup
     on = xla_setup.reuse_host_memory()
     import jax, jax.numpy as jnp
 

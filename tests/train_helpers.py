@@ -5,7 +5,8 @@ import jax
 import ml_collections
 
 from configs import grpo as grpo_config
-from grpo_jax import model, runner
+from grpo_jax.models import model
+from grpo_jax.run import runner
 
 
 def tiny_config(steps=8, chunk=4, **loss):

@@ -13,8 +13,8 @@ Run (finishes in about a second; a re-run finds every cell cached)::
 import ml_collections
 import numpy as np
 
-from grpo_jax.config_utils import parse_arg
-from grpo_jax.sweep import zip_axis
+from grpo_jax.run.config_utils import parse_arg
+from grpo_jax.run.sweep import zip_axis
 from grpo_jax.tasks.bandit import bandit_optimum
 
 

@@ -18,7 +18,7 @@ Tasks: "bandit" (tasks.bandit.Bandit; closed-form optima: tasks.bandit.bandit_op
 (tasks.arithmetic.Arithmetic), "format" (tasks.format.FormatMixture).
 """
 
-from grpo_jax.checks import check_name
+from grpo_jax.core.checks import check_name
 from grpo_jax.tasks.arithmetic import Arithmetic
 from grpo_jax.tasks.bandit import Bandit, bandit_optimum
 from grpo_jax.tasks.base import TableTask

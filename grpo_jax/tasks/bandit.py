@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import kl
-from grpo_jax.checks import check_name
+from grpo_jax.core import kl
+from grpo_jax.core.checks import check_name
 from grpo_jax.tasks import base
 
 REWARD_KINDS = ("target", "distance")

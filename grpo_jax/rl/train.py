@@ -1,0 +1,461 @@
+"""GRPO as one pure function of (state, hparams), run as chunked `lax.scan`s (purejaxrl's
+make_train).
+
+    setup = RLSetup(model=..., task=..., num_prompts=N, group_size=G)   # static
+    state = init_rl_state(setup, params, ref_params, key)               # pytree
+    run = make_rl_chunk(setup, chunk_steps=K)                           # jitted
+    state, metrics = run(state, Hparams(loss=LossConfig(...), lr=1e-3))
+
+One step (DeepSeekMath, Alg. 1, one iteration of the inner loop) is a composition of named
+parts:
+
+    rollout        prompts ~ task [N, P] -> repeated G times [B, P]; completions, old_logp,
+                   mask ~ pi_old (cached sampling, one jit); rewards = task.reward [B]
+    reference      ref_logits, ref_logp = pi_ref(completions)     [B, T, V], [B, T]
+    loss function  advantages (KL-in-reward goes here), then grpo_loss (KL-in-loss goes
+                   here) as a function of the policy parameters; with several KL choices in
+                   one program, a `lax.switch` over the element-wise math only
+    inner updates  mu optimiser updates (Adam direction times -lr), each skipped when the
+                   loss or gradient is not finite, or (`skip_zero_grad`) when the gradient
+                   is exactly zero, so Adam's momentum cannot drift the policy
+    step metrics   reward, exact KL both ways and entropy of pi_old on this batch, norms
+
+The reference parameters travel in the state and are never updated. Host orchestration
+(config, checkpoints, writers) is runner.py; reference pretraining is pretrain.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from grpo_jax.core import kl_choice as kl_choice_lib
+from grpo_jax.core import losses
+from grpo_jax.core import stats
+from grpo_jax.models import model as model_lib
+from grpo_jax.models import policies
+from grpo_jax.models import sampling
+
+
+@flax.struct.dataclass
+class Hparams:
+    """Numeric hyperparameters: pytree leaves, so a population vmaps over them.
+
+    loss: a `losses.LossConfig` (beta, eps_low, eps_high, ... are leaves; names are static).
+    lr:   learning rate (scalar).
+    kl_choice: index into `RLSetup.kl_choices` (ignored when that is empty).
+    """
+
+    loss: Any
+    lr: jax.Array
+    kl_choice: jax.Array = 0
+
+
+@flax.struct.dataclass
+class RLState:
+    """The GRPO train state. `ref_params` is carried but never updated."""
+
+    step: jax.Array  # int32 scalar: RL steps done
+    params: Any  # policy parameters
+    opt_state: Any  # optax state of `params`
+    ref_params: Any  # frozen reference parameters
+    key: jax.Array  # base PRNG key; step keys are fold_in(key, step)
+    num_skipped: jax.Array  # int32: inner updates skipped because loss or grads were not finite
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSetup:
+    """Static description of one compiled GRPO program (hashable, never traced).
+
+    Attributes:
+      model: the policy: a transformer `model.ModelConfig`, or a one-token policy of
+        policies.py (TabularPolicy, GaussianPolicy).
+      ref_model: the reference's model when it differs from the policy's (e.g. a tabular
+        reference holding a task's exact distribution under a Gaussian policy); None = model.
+      task: the `tasks.Task` (prompts, reward, mode labels).
+      num_prompts: prompts per step N; the batch is B = N * group_size.
+      group_size: G completions per prompt.
+      inner_steps: mu, optimiser updates per batch of samples (pi_old = params at sampling).
+      temperature: sampling and training temperature (logits / temperature).
+      one_token_draw: how a one-token policy draws its token (`policies.DRAWS`).
+      grad_clip: global-norm clip before Adam (<= 0 disables).
+      adam_b1, adam_b2, adam_eps: Adam moments.
+      replay: transformer policies with one inner step (mu = 1): the loss's policy forward
+        replays the sampler's matmul outputs (`model.Tape`; pi_theta = pi_old there) instead
+        of recomputing them, so only the backward's matmuls run. Same values up to
+        rounding; off recomputes the forward (as mu > 1 always does).
+      skip_zero_grad: skip the optimiser update (parameters *and* Adam moments unchanged)
+        when the gradient is exactly zero, e.g. every group's rewards are equal and there is
+        no KL gradient. Off, Adam keeps moving the parameters on momentum alone.
+      data_sharding: a `NamedSharding` for `[B, ...]` arrays (batch split along the mesh's data
+        axis), or None for no constraint.
+      decode_plan: the sampler's decode layout (`sampling.DecodePlan`): chains and
+        segments of the decode loop, each one more loop body to compile.
+      kl_choices: optional tuple of `kl_choice.KLChoice`. Non-empty, the KL choice becomes
+        data: `Hparams.kl_choice` indexes it through `lax.switch` (a select under vmap), so
+        runs with different estimators and placements share one compiled program and one
+        population. Empty, `Hparams.loss` names the choice statically.
+    """
+
+    model: Any
+    task: Any
+    num_prompts: int
+    group_size: int
+    inner_steps: int = 1
+    temperature: float = 1.0
+    one_token_draw: str = "gumbel"
+    grad_clip: float = 1.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    skip_zero_grad: bool = False
+    replay: bool = True
+    data_sharding: Any = None
+    decode_plan: sampling.DecodePlan = sampling.DecodePlan()
+    kl_choices: tuple = ()
+    ref_model: Any = None
+
+    def __post_init__(self):
+        choices = tuple(
+            (
+                kl_choice_lib.KLChoice.parse(c)
+                if isinstance(c, str)
+                else kl_choice_lib.KLChoice(*c) if isinstance(c, tuple) else c
+            )
+            for c in self.kl_choices
+        )
+        if any(c.is_none for c in choices):
+            raise ValueError(
+                "RLSetup.kl_choices: run the 'none' baseline as beta = 0 with "
+                "any estimator, not as a KL choice"
+            )
+        object.__setattr__(self, "kl_choices", choices)
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_prompts * self.group_size
+
+    @property
+    def replays(self) -> bool:
+        """Whether the step replays the sampler's forward (see `replay`)."""
+        return self.replay and self.inner_steps == 1 and not policies.is_policy(self.model)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """Adam *direction* only; the step applies `-lr * update`, so lr can be a traced leaf."""
+        parts = [optax.clip_by_global_norm(self.grad_clip)] if self.grad_clip > 0 else []
+        parts.append(optax.scale_by_adam(b1=self.adam_b1, b2=self.adam_b2, eps=self.adam_eps))
+        return optax.chain(*parts)
+
+
+def init_rl_state(setup: RLSetup, params, ref_params, key) -> RLState:
+    """Policy starts at `params` (usually the reference itself). The policy gets its own
+    buffers, so the state can be donated even when `params is ref_params`."""
+    return RLState(
+        step=jnp.zeros((), jnp.int32),
+        params=jax.tree.map(jnp.copy, params),
+        opt_state=setup.optimizer().init(params),
+        ref_params=ref_params,
+        key=key,
+        num_skipped=jnp.zeros((), jnp.int32),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# The parts of one step
+# ------------------------------------------------------------------------------------------
+
+
+class Rollout(NamedTuple):
+    """One batch sampled from pi_old. B = num_prompts * group_size."""
+
+    group_prompts: jax.Array  # int32 [N, P], one row per group
+    prompts: jax.Array  # int32 [B, P] (each prompt repeated group_size times)
+    tokens: jax.Array  # int32 [B, T]
+    mask: jax.Array  # float32 [B, T]
+    old_logp: jax.Array  # float32 [B, T], stop-gradient
+    old_logits: jax.Array  # float32 [B, T, V], the sampling distribution's logits
+    rewards: jax.Array  # float32 [B]
+    record: Any = None  # the sampler's matmul records (`RLSetup.replays`), or None
+
+
+def _constrain(x, setup: RLSetup):
+    if setup.data_sharding is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, setup.data_sharding)
+
+
+def sampling_logits(setup: RLSetup, logits: jax.Array) -> jax.Array:
+    """The distribution the sampler draws from: logits / temperature, specials banned
+    (-1e9: probability exactly 0). [B, T, V] float32."""
+    return stats.ban_tokens(logits / setup.temperature, tuple(setup.task.special_ids))
+
+
+def completion_logits(model, params, prompts: jax.Array, tokens: jax.Array, replay=None):
+    """Raw teacher-forced logits [B, T, V] of a transformer config or a one-token policy;
+    `prompts` [N, P], one per group of B // N consecutive rows of `tokens` [B, T]."""
+    if policies.is_policy(model):
+        g = tokens.shape[0] // prompts.shape[0]
+        return model.completion_logits(params, jnp.repeat(prompts, g, axis=0), tokens)
+    return model_lib.completion_logits(model, params, prompts, tokens, replay)
+
+
+def policy_logits(
+    setup: RLSetup, params, prompts: jax.Array, tokens: jax.Array, model=None, replay=None
+) -> jax.Array:
+    """Teacher-forced `sampling_logits` of `tokens` [B, T] under `model` (default: the
+    policy's); `prompts` [N, P] holds one prompt per group of `setup.group_size` rows."""
+    model = setup.model if model is None else model
+    if prompts.shape[0] * setup.group_size != tokens.shape[0]:
+        raise ValueError(
+            f"prompts [N, P] must have one row per group of {setup.group_size} rows of tokens "
+            f"[B, T]; got prompts {prompts.shape}, tokens {tokens.shape}."
+        )
+    return sampling_logits(setup, completion_logits(model, params, prompts, tokens, replay))
+
+
+def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
+    """Sample prompts, G completions each from `params` (pi_old), and their rewards."""
+    task = setup.task
+    k_prompt, k_sample = jax.random.split(key)
+    group_prompts = task.sample_prompts(k_prompt, setup.num_prompts)  # [N, P]
+    prompts = _constrain(jnp.repeat(group_prompts, setup.group_size, axis=0), setup)  # [B, P]
+    if policies.is_policy(setup.model):
+        out = policies.sample(
+            setup.model,
+            params,
+            prompts,
+            k_sample,
+            temperature=setup.temperature,
+            banned_tokens=tuple(task.special_ids),
+            draw=setup.one_token_draw,
+        )
+    else:
+        out = sampling.sample(
+            setup.model,
+            params,
+            group_prompts,
+            k_sample,
+            max_new_tokens=task.completion_len,
+            temperature=setup.temperature,
+            banned_tokens=tuple(task.special_ids),
+            return_logits=True,
+            group_size=setup.group_size,
+            record=setup.replays,
+            decode_plan=setup.decode_plan,
+        )
+    tokens = _constrain(out.tokens, setup)
+    return Rollout(
+        group_prompts=group_prompts,
+        prompts=prompts,
+        tokens=tokens,
+        mask=_constrain(out.mask.astype(jnp.float32), setup),
+        old_logp=jax.lax.stop_gradient(out.logp),
+        old_logits=sampling_logits(setup, out.logits),
+        rewards=task.reward(prompts, tokens).astype(jnp.float32),
+        record=out.record if setup.replays else None,
+    )
+
+
+def _loss_of_logits(setup: RLSetup, hp: Hparams, batch: Rollout, ref_logits, ref_logp):
+    """`(loss_of_logits(logp, logits) -> (loss, aux), zero_var_group_frac)` for the step's
+    KL choice: static (`hp.loss`), or `hp.kl_choice` of `setup.kl_choices` by `lax.switch`.
+
+    The KL path in one place: placement "reward" shapes the rewards inside
+    `losses.compute_advantages`; placement "loss" adds beta * D_t inside `losses.grpo_loss`.
+    """
+
+    def advantages_for(loss_cfg):  # [B, T], []
+        adv, aux = losses.compute_advantages(
+            batch.rewards,
+            setup.group_size,
+            loss_cfg,
+            old_logp=batch.old_logp,
+            ref_logp=ref_logp,
+            mask=batch.mask,
+            old_logits=batch.old_logits,
+            ref_logits=ref_logits,
+        )
+        adv = jnp.broadcast_to(adv if adv.ndim == 2 else adv[:, None], batch.tokens.shape)
+        return adv, aux["zero_var_group_frac"]
+
+    def loss_for(loss_cfg, advantages, logp, logits):
+        return losses.grpo_loss(
+            logp,
+            batch.old_logp,
+            ref_logp,
+            advantages,
+            batch.mask,
+            loss_cfg,
+            logits=logits,
+            ref_logits=ref_logits,
+        )
+
+    if not setup.kl_choices:
+        advantages, zero_var = advantages_for(hp.loss)
+        return (lambda logp, logits: loss_for(hp.loss, advantages, logp, logits)), zero_var
+    return _switch_kl_choice(
+        advantages_for, loss_for, setup.kl_choices, hp, ref_logits, batch.tokens
+    )
+
+
+def _switch_kl_choice(advantages_for, loss_for, kl_choices, hp: Hparams, logits_like, tokens_like):
+    """Loss as a function of (logp, logits) for the KL choice `hp.kl_choice`, by `lax.switch`.
+
+    The switch covers only the element-wise advantage and loss math; the model forward and
+    backward stay outside it and are shared. Under vmap the switch becomes a select, so a
+    population mixing choices evaluates every branch's cheap math once per member. Aux keys
+    are cut to those common to all branches so the branches return one structure.
+    Returns (loss_of_logits(logp, logits) -> (loss, aux), zero_var_group_frac).
+    """
+    cfgs = [hp.loss.replace(**c.loss_fields()) for c in kl_choices]
+    index = jnp.clip(jnp.asarray(hp.kl_choice, jnp.int32), 0, len(cfgs) - 1)
+    advs, zero_vars = zip(*(advantages_for(c) for c in cfgs))
+    logp_like = jax.ShapeDtypeStruct(tokens_like.shape, jnp.float32)
+    aux_keys = [
+        set(
+            jax.eval_shape(
+                lambda lp, lg, c=c, a=a: loss_for(c, a, lp, lg)[1], logp_like, logits_like
+            )
+        )
+        for c, a in zip(cfgs, advs)
+    ]
+    common = sorted(set.intersection(*aux_keys))
+
+    def branch(i):
+        def f(logp, logits):
+            loss, aux = loss_for(cfgs[i], advs[i], logp, logits)
+            return loss, {k: aux[k] for k in common}
+
+        return f
+
+    branches = [branch(i) for i in range(len(cfgs))]
+    loss_of_logits = lambda logp, logits: jax.lax.switch(index, branches, logp, logits)
+    return loss_of_logits, jnp.stack(zero_vars)[index]
+
+
+def _tree_all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _global_norm(tree) -> jax.Array:
+    return optax.global_norm(tree).astype(jnp.float32)
+
+
+def inner_updates(
+    setup: RLSetup, hp: Hparams, loss_fn: Callable, params, opt_state, num_skipped: jax.Array
+):
+    """`setup.inner_steps` optimiser updates of `loss_fn(params) -> (loss, aux)` in a scan.
+
+    An update is skipped (parameters and optimiser state unchanged) when the loss or a
+    gradient is not finite (counted in `num_skipped` and `nonfinite`), and, with
+    `setup.skip_zero_grad`, when the gradient is exactly zero (`zero_grad_skipped`).
+    Returns (params, opt_state, num_skipped, per-inner-step stats [inner_steps]).
+    """
+    opt = setup.optimizer()
+
+    def inner(carry, _):
+        params, opt_state, skipped = carry
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        direction, new_opt_state = opt.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: -hp.lr * u, direction)
+        grad_norm = _global_norm(grads)
+        finite = jnp.isfinite(loss) & _tree_all_finite(grads)
+        zero = (grad_norm == 0) if setup.skip_zero_grad else jnp.zeros((), bool)
+        apply = finite & ~zero
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
+        stats = dict(
+            aux,
+            loss=loss,
+            grad_norm=grad_norm,
+            update_norm=jnp.where(apply, _global_norm(updates), 0.0),
+            nonfinite=1.0 - finite.astype(jnp.float32),
+            zero_grad_skipped=(finite & zero).astype(jnp.float32),
+        )
+        carry = (
+            keep(optax.apply_updates(params, updates), params),
+            keep(new_opt_state, opt_state),
+            skipped + (1 - finite.astype(jnp.int32)),
+        )
+        return carry, stats
+
+    (params, opt_state, num_skipped), stats = jax.lax.scan(
+        inner, (params, opt_state, num_skipped), None, length=setup.inner_steps
+    )
+    return params, opt_state, num_skipped, stats
+
+
+# Taken at the first inner step, where params = pi_old: they describe the sampling policy.
+_PI_OLD_AUX = ("exact_kl_rev", "exact_kl_fwd", "entropy")
+
+
+def step_metrics(
+    setup: RLSetup, batch: Rollout, inner_stats: dict, params, zero_var_group_frac
+) -> dict[str, jax.Array]:
+    """Scalars of the loss averaged over the inner steps; exact per-token KL (both
+    directions) and entropy of pi_old on this batch; rewards, norms, mode shares [K]."""
+    metrics = {
+        k: jnp.mean(v) for k, v in inner_stats.items() if jnp.ndim(v) == 1 and k not in _PI_OLD_AUX
+    }
+    metrics.update({k: inner_stats[k][0] for k in _PI_OLD_AUX if k in inner_stats})
+    labels = setup.task.mode_labels(batch.prompts, batch.tokens)
+    metrics.update(
+        reward_mean=batch.rewards.mean(),
+        reward_std=batch.rewards.std(),
+        mode_shares=jnp.mean(jax.nn.one_hot(labels, setup.task.num_modes), axis=0),
+        param_norm=_global_norm(params),
+        completion_len=batch.mask.sum(-1).mean(),
+        zero_var_group_frac=zero_var_group_frac,
+    )
+    return metrics
+
+
+def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]:
+    """One GRPO step: rollout, reference, loss function, inner updates, metrics. Pure.
+
+    Returns the new state and a dict of scalar metrics (plus `mode_shares [num_modes]`).
+    """
+    batch = rollout(setup, state.params, jax.random.fold_in(state.key, state.step))
+    ref_logits = jax.lax.stop_gradient(
+        policy_logits(
+            setup,
+            state.ref_params,
+            batch.group_prompts,
+            batch.tokens,
+            setup.model if setup.ref_model is None else setup.ref_model,
+        )
+    )
+    ref_logp = model_lib.token_logprobs(ref_logits, batch.tokens)  # [B, T]
+    loss_of_logits, zero_var = _loss_of_logits(setup, hp, batch, ref_logits, ref_logp)
+
+    def loss_fn(params):  # one model forward per inner step, whatever the KL choice
+        logits = policy_logits(setup, params, batch.group_prompts, batch.tokens, None, batch.record)
+        return loss_of_logits(model_lib.token_logprobs(logits, batch.tokens), logits)
+
+    params, opt_state, skipped, stats = inner_updates(
+        setup, hp, loss_fn, state.params, state.opt_state, state.num_skipped
+    )
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, num_skipped=skipped
+    )
+    return new_state, step_metrics(setup, batch, stats, params, zero_var)
+
+
+def make_rl_chunk(setup: RLSetup, chunk_steps: int, population: bool = False):
+    """`run(state, hp) -> (state, metrics)` running `chunk_steps` RL steps in one lax.scan.
+
+    With `population=True` every leaf of state and hp carries a leading population axis and the
+    whole chunk is vmapped (one compiled program for all seeds / hyperparameters). The state is
+    donated. Metrics are stacked `[chunk_steps]` (or `[S, chunk_steps]`).
+    """
+
+    def run(state, hp):
+        return jax.lax.scan(lambda s, _: rl_step(setup, s, hp), state, None, length=chunk_steps)
+
+    if population:
+        run = jax.vmap(run)
+    return jax.jit(run, donate_argnums=0)

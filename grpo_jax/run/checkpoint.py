@@ -1,0 +1,201 @@
+"""Orbax save / restore of any pytree plus JSON metadata (the only file I/O of the library,
+with writers.py).
+
+Layout: `<directory>/<step>/state` (the pytree, orbax StandardSave) and
+`<directory>/<step>/metadata` (JSON). The pytree is stored as a flat dict
+`{"000000": leaf, ...}` in `jax.tree_util` flattening order, so any pytree (nnx.State,
+NamedTuples, dataclasses, optax states, integer-keyed dicts) round-trips; `restore` rebuilds
+it with the structure of `target`. Typed PRNG keys (`jax.random.key`) are stored as their
+raw key data and re-wrapped. Restoring is exact: bit-for-bit identical leaves.
+
+    save(directory, step, pytree, metadata)                   # blocks until written
+    pytree, metadata = restore(directory, target, step=None)  # latest step by default
+    latest_step(directory) -> int | None
+    read_metadata(directory, step=None) -> dict
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from grpo_jax.run import jsonio
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's structure or shapes differ from the restore target's."""
+
+
+def _manager(directory: str, read_only: bool = False) -> ocp.CheckpointManager:
+    directory = os.path.abspath(os.fspath(directory))
+    options = ocp.CheckpointManagerOptions(create=not read_only, enable_async_checkpointing=False)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def _is_key(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _flatten(pytree) -> dict[str, Any]:
+    leaves = jax.tree_util.tree_leaves(pytree)
+    return {f"{i:06d}": (jax.random.key_data(x) if _is_key(x) else x) for i, x in enumerate(leaves)}
+
+
+def save(
+    directory: str,
+    step: int,
+    pytree: Any,
+    metadata: dict | None = None,
+    max_to_keep: int | None = None,
+) -> None:
+    """Write `pytree` and JSON `metadata` as checkpoint `step` under `directory` (created if
+    needed; an existing checkpoint with the same step is replaced). Blocks until done.
+    With `max_to_keep`, older steps beyond the newest `max_to_keep` are deleted afterwards
+    (orbax writes a step to a temporary directory and renames it, so a crash mid-save
+    leaves the previous steps intact)."""
+    metadata = jsonio.to_jsonable(dict(metadata or {}))
+    json.dumps(metadata)  # fail here, before anything is written, if not serialisable
+    step = int(step)
+    with _manager(directory) as mngr:
+        if step in mngr.all_steps():
+            mngr.delete(step)
+        saved = mngr.save(
+            step,
+            force=True,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_flatten(pytree)), metadata=ocp.args.JsonSave(metadata)
+            ),
+        )
+        mngr.wait_until_finished()
+        if saved and max_to_keep is not None:
+            for old in sorted(mngr.all_steps())[: -int(max_to_keep)]:
+                mngr.delete(old)
+    if not saved:
+        raise RuntimeError(f"orbax did not save step {step} under {directory!r}")
+
+
+def latest_step(directory: str) -> int | None:
+    """The largest saved step under `directory`, or None (also when it does not exist)."""
+    if not directory or not os.path.isdir(directory):
+        return None
+    with _manager(directory, read_only=True) as mngr:
+        return mngr.latest_step()
+
+
+def all_steps(directory: str) -> list[int]:
+    """Every saved step under `directory`, ascending ([] if none)."""
+    if not directory or not os.path.isdir(directory):
+        return []
+    with _manager(directory, read_only=True) as mngr:
+        return sorted(mngr.all_steps())
+
+
+def read_metadata(directory: str, step: int | None = None) -> dict:
+    """The JSON metadata of checkpoint `step` (default: the latest) without the pytree."""
+    step = latest_step(directory) if step is None else int(step)
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {directory!r}")
+    with _manager(directory, read_only=True) as mngr:
+        out = mngr.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+    return dict(out["metadata"] or {})
+
+
+def _abstract(x):
+    if _is_key(x):
+        x = jax.eval_shape(jax.random.key_data, x)
+    sharding = getattr(x, "sharding", None)
+    if not isinstance(sharding, jax.sharding.Sharding):
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+
+def restore(directory: str, target: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restore checkpoint `step` (default: the latest) into the structure of `target`.
+
+    target: a pytree of arrays or `jax.ShapeDtypeStruct`s (e.g. `jax.eval_shape(init)`) with
+    the saved structure; leaves come back with target's dtypes and, where target leaves carry
+    one, their sharding. Returns (pytree, metadata dict). Raises FileNotFoundError if there
+    is no checkpoint, ValueError if the structure or shapes differ.
+    """
+    step = latest_step(directory) if step is None else int(step)
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {directory!r}")
+    leaves, treedef = jax.tree_util.tree_flatten(target)
+    abstract = {f"{i:06d}": _abstract(x) for i, x in enumerate(leaves)}
+    with _manager(directory, read_only=True) as mngr:
+        if step not in mngr.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} under {directory!r}; "
+                f"saved steps: {sorted(mngr.all_steps())}"
+            )
+        saved = mngr.item_metadata(step)["state"]
+        if saved is not None:
+            saved_keys = set(saved.keys())
+            if saved_keys != set(abstract):
+                raise CheckpointMismatchError(
+                    f"checkpoint {directory!r} step {step} has {len(saved_keys)} "
+                    f"leaves but target has {len(abstract)}"
+                )
+            for k, a in abstract.items():
+                if tuple(saved[k].shape) != tuple(a.shape):
+                    raise CheckpointMismatchError(
+                        f"leaf {k} ({jax.tree_util.keystr(_paths(target)[int(k)])})"
+                        f": saved shape {tuple(saved[k].shape)} != target "
+                        f"{tuple(a.shape)}"
+                    )
+        out = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()
+            ),
+        )
+    restored = [out["state"][f"{i:06d}"] for i in range(len(leaves))]
+    restored = [
+        jax.random.wrap_key_data(r, impl=t.dtype._impl) if _is_key(t) else r
+        for r, t in zip(restored, leaves)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, restored), dict(out["metadata"] or {})
+
+
+def _paths(tree):
+    return [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def restore_newest_intact(
+    directory: str, target: Any, log: Callable[[str], Any] = print
+) -> tuple[Any, dict, int]:
+    """Restore the newest checkpoint under `directory` that reads back, newest first.
+
+    An unreadable step (truncated files, a crash mid-write) is skipped with a warning naming
+    it. Returns (pytree, metadata, step). If no step is intact, raises `RuntimeError` with
+    one paragraph naming the directory and the steps tried (shape mismatches, i.e. a
+    different model, still raise `ValueError` at once).
+    """
+    steps = all_steps(directory)
+    errors = []
+    for step in reversed(steps):
+        try:
+            pytree, meta = restore(directory, target, step)
+            return pytree, meta, step
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # noqa: BLE001  orbax/tensorstore raise many types
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            errors.append(f"step {step}: {type(e).__name__}: {first}")
+            log(
+                f"warning: checkpoint step {step} in {directory} is unreadable ({first}); "
+                f"trying the previous step"
+            )
+    raise RuntimeError(
+        f"no intact checkpoint in {directory}: tried steps {list(reversed(steps))} and none "
+        f"could be read ({'; '.join(errors) or 'no steps'}). Delete the directory (or use a "
+        f"new workdir) to start the run afresh."
+    )

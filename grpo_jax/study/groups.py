@@ -1,0 +1,203 @@
+"""The study's grid, group runner and records (configs/study.py declares the design).
+
+    base, axes = configs.study.grid(study_config)      # the sweep (configs/study.py)
+    records = sweep.run_sweep(sweep.expand(base, axes), study.run_group, ...)
+
+One group = one (modality, policy class): every arm x strength x seed x replicate of it is a
+member of one vmapped population (the KL choice is a `lax.switch` index, the entropy bonus
+and beta are leaves), so a group is one compiled program. Arms:
+
+  "exact_fwd/loss", "exact_rev/loss"     the primary contrast (KL choice, beta = strength)
+  "k3/loss", "k2/loss", "k1/reward"...   the secondary contrast and Q2's arms
+  "entropy"                              the control: an entropy bonus, no KL (beta = 0,
+                                         loss.entropy_coef = strength)
+
+Every member is evaluated exactly from its final policy over the 64 answers
+(`one_token_outcomes`); a record is one member:
+
+  {"policy", "modality", "multimodal", "separation", "num_modes", "arm", "strength", "seed",
+   "replicate", "final": {outcome: float}, "tv_to_optimum": float | None,
+   "zero_grad_frac": float, "policy_probs": [A] (final), "history": {"step", "reward",
+   "mode_shares"}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import tempfile
+from typing import Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from grpo_jax.run import config_utils, runner, sweep
+from grpo_jax.study.report import analysis
+from grpo_jax.tasks.bandit import bandit_optimum
+
+ENTROPY_ARM = analysis.ENTROPY_ARM
+# Cells of one group differ only in these: the population's members.
+GROUP_KEYS = runner.VMAPPABLE_KEYS + ("eval.arm", "eval.replicate")
+
+
+# ------------------------------------------------------------------------------------------
+# Exact outcomes of a one-token policy
+# ------------------------------------------------------------------------------------------
+
+
+def task_vectors(task) -> dict[str, np.ndarray]:
+    """Per-answer constants of a bandit: reward [A], reference [A], zero-reward, between-mode
+    and best-answer masks [A], mode labels [A] and the reference's mode shares [K]."""
+    a = task.num_tokens
+    y = np.arange(a, dtype=np.float64)
+    reward = np.asarray(task.reward_vector(), np.float64)[:a]
+    ref = np.asarray(task.table()["answer_probs"], np.float64)[0]
+    centres = np.asarray(task.centres)
+    dist = np.abs(y[:, None] - centres[None, :]).min(axis=1)
+    between = (dist > task.sigma) & (y > centres.min()) & (y < centres.max())
+    labels = np.asarray(task.table()["answer_modes"])[0]
+    ref_shares = np.asarray([ref[labels == k].sum() for k in range(task.num_modes)])
+    return {
+        "reward": reward,
+        "ref": ref / ref.sum(),
+        "zero": reward <= 0,
+        "between": between,
+        "best": reward >= reward.max(),
+        "labels": labels,
+        "ref_shares": ref_shares,
+    }
+
+
+def one_token_outcomes(logp: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Exact outcomes of a distribution over the answers given by its log-probabilities
+    `logp` [A] (float64, normalised here; -inf allowed). Log-probabilities, not
+    probabilities, so that a narrow policy's forward KL stays finite however small its
+    mass on the reference's support."""
+    logp = np.asarray(logp, np.float64)
+    logp = logp - np.logaddexp.reduce(logp)
+    p = np.exp(logp)
+    ref = vec["ref"]
+    reward = float(p @ vec["reward"])
+    ref_reward = float(ref @ vec["reward"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ref = np.log(ref)
+        kl_rev = float(np.sum(np.where(p > 0, p * (logp - log_ref), 0.0)))
+        kl_fwd = float(np.sum(np.where(ref > 0, ref * (log_ref - logp), 0.0)))
+        entropy = float(-np.sum(np.where(p > 0, p * logp, 0.0)))
+    p_best = float(p[vec["best"]].sum())
+    shares = np.asarray([p[vec["labels"] == k].sum() for k in range(len(vec["ref_shares"]))])
+    gain = reward - ref_reward
+    return {
+        "reward": reward,
+        "exact_kl_rev": kl_rev,
+        "exact_kl_fwd": kl_fwd,
+        "entropy": entropy,
+        "off_target": float(p[vec["zero"]].sum()),
+        "between": float(p[vec["between"]].sum()),
+        "pass_at_1": p_best,
+        "pass_at_4": 1.0 - (1.0 - p_best) ** 4,
+        "fwd_kl_per_reward": kl_fwd / gain if gain > 0.01 else float("nan"),
+        "mode_coverage": float(np.mean(shares >= 0.05 * vec["ref_shares"])),
+    }
+
+
+def final_logprobs(model, params) -> np.ndarray:
+    """[S, A] answer log-probabilities of a population of one-token policies over the
+    ordinary tokens, normalised in float64 from the float32 logits."""
+    dummy = np.zeros((1, 1), np.int32)
+    logits = jax.vmap(lambda p: model.completion_logits(p, dummy, dummy)[0, 0])(params)
+    z = np.asarray(logits, np.float64)[:, list(model.support)]
+    return z - np.logaddexp.reduce(z, axis=-1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Records and the group runner
+# ------------------------------------------------------------------------------------------
+
+
+def _optimum(vec, arm: str, beta: float) -> np.ndarray | None:
+    direction = {"exact_fwd/loss": "forward", "exact_rev/loss": "reverse"}.get(arm)
+    if direction is None or beta <= 0:
+        return None
+    return bandit_optimum(vec["reward"], vec["ref"], np.asarray([beta]), direction)[0]
+
+
+def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec) -> list[dict]:
+    """One record per population member (see the module docstring)."""
+    logp = final_logprobs(result.setup.model, result.state.params)
+    probs = np.exp(logp)
+    hist = result.history
+    idx = np.unique(np.linspace(0, hist["reward_mean"].shape[1] - 1, 20).round().astype(int))
+    records = []
+    for m, cell in enumerate(cells):
+        arm = str(cell.eval.arm)
+        strength = float(cell.loss.entropy_coef if arm == ENTROPY_ARM else cell.loss.beta)
+        opt = _optimum(vec, arm, float(cell.loss.beta)) if config.policy == "tabular" else None
+        records.append(
+            {
+                "policy": config.policy,
+                "modality": str(cell.eval.label),
+                "multimodal": bool(cell.eval.multimodal),
+                "separation": float(cell.eval.separation),
+                "num_modes": int(cell.task.num_modes),
+                "arm": arm,
+                "strength": strength,
+                "seed": int(cell.train.seed),
+                "replicate": int(cell.eval.replicate),
+                "final": one_token_outcomes(logp[m], vec),
+                "tv_to_optimum": None if opt is None else float(0.5 * np.abs(probs[m] - opt).sum()),
+                "zero_grad_frac": float(np.mean(hist["zero_grad_skipped"][m])),
+                "policy_probs": probs[m].tolist(),
+                "history": {
+                    "step": (idx + 1).tolist(),
+                    "reward": np.asarray(hist["reward_mean"])[m, idx].tolist(),
+                    "mode_shares": np.asarray(hist["mode_shares"])[m, idx].tolist(),
+                },
+            }
+        )
+    return records
+
+
+def run_group(
+    static_config, cells, workdir: str | None = None, log=print, keep_checkpoints: bool = False
+) -> list[dict]:
+    """`sweep.run_sweep` runner: one population per (modality, policy), evaluated exactly.
+
+    Working files go to `<workdir>/groups/<hash>` (metrics, checkpoints); the checkpoints
+    are deleted once the records exist (they serve only a mid-run resume) unless
+    `keep_checkpoints`."""
+    config = copy.deepcopy(cells[0])
+    if keep_checkpoints:  # every checkpoint kept; not part of the cells' config (hash)
+        config_utils.set_value(config, "train.max_to_keep", 0)
+    workdir = workdir or static_config.eval.get("workdir", "") or tempfile.mkdtemp("study")
+    members = [{k: config_utils.get_value(c, k) for k in runner.VMAPPABLE_KEYS} for c in cells]
+    group_dir = os.path.join(
+        workdir, "groups", sweep.cell_hash({"static": static_config, "members": members})
+    )
+    result = runner.run_population(config, members, group_dir, log=log)
+    records = make_records(config, cells, result, task_vectors(result.task))
+    if not keep_checkpoints:  # the records hold what the report needs
+        shutil.rmtree(os.path.join(group_dir, "checkpoints"), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(group_dir, "metrics.jsonl"))
+    return records
+
+
+run_group.vmappable_keys = GROUP_KEYS
+
+
+def optimum_curves(task, betas=None) -> dict[str, dict[str, list[float]]]:
+    """Closed-form KL-regularised optima of a bandit over a fine beta grid, as outcome
+    curves: {"forward" | "reverse": {outcome: [len(betas)]}} (the figure's dashed lines)."""
+    betas = np.geomspace(0.005, 5.0, 80) if betas is None else np.asarray(betas)
+    vec = task_vectors(task)
+    out = {}
+    for direction in ("forward", "reverse"):
+        probs = bandit_optimum(vec["reward"], vec["ref"], betas, direction)
+        with np.errstate(divide="ignore"):
+            rows = [one_token_outcomes(np.log(p), vec) for p in probs]
+        out[direction] = {k: [r[k] for r in rows] for k in rows[0]}
+    return out

@@ -1,0 +1,15 @@
+"""The study's report: inference, analysis, figures and Markdown.
+
+    result = report.write_report(records, study_config, outdir, notes, optima)
+    result["q1"]["primary"]["overall"]    # "holds" | "refuted" | "undecided"
+
+Modules: `inference` (seed-paired estimates, Holm, TOST, power, matched strength, the
+decision rule), `analysis` (the study's contrasts, interactions, families and verdicts),
+`figures` (the one-glance figure, frontiers, mode shares), `markdown` (sections,
+report.md / results.md / report.json). Everything here is NumPy on host data.
+"""
+
+from grpo_jax.study.report import analysis, figures, inference
+from grpo_jax.study.report.markdown import table, write_report
+
+__all__ = ["analysis", "figures", "inference", "table", "write_report"]

@@ -1,0 +1,420 @@
+"""The study's report: `write_report` composes sections over one table helper and writes
+report.md (everything), results.md (the verdicts, key effects and figures the README
+includes) and report.json (the analysis); it returns what it wrote."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping, Sequence
+
+from grpo_jax.run import jsonio
+from grpo_jax.study.report import analysis, figures, inference
+
+README_BEGIN = "<!-- results.md: begin (written by experiments/study.py --publish) -->"
+README_END = "<!-- results.md: end -->"
+
+
+def readme_block(results_text: str, docs: str = "docs/results") -> str:
+    """results.md's text as the README shows it: figure paths moved under `docs`."""
+    return re.sub(r"(!\[[^\]]*\]\()([^)/]+\))", rf"\g<1>{docs}/\g<2>", results_text).strip()
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A Markdown table (every cell through `str`)."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def ci(e: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """'mean [low, high]' of an `inference.Estimate` dict, or '–'."""
+    if not e:
+        return "–"
+    return f"{e['mean']:+.{digits}g} [{e['low']:+.{digits}g}, {e['high']:+.{digits}g}]"
+
+
+def _verdicts_section(result) -> list[str]:
+    """The verdict table (one column per declared unimodal baseline), the deciding evidence
+    and the robustness replicate."""
+    baselines = list(
+        dict.fromkeys(
+            b for c in result["q1"].values() for v in c["policies"].values() for b in v["baselines"]
+        )
+    )
+    rows, evidence = [], []
+    for name, c in result["q1"].items():
+        for p, v in c["policies"].items():
+            rows.append(
+                [f"Q1 {name}", p, f"**{v['verdict'].upper()}**"]
+                + [v["baselines"][b]["verdict"] if b in v["baselines"] else "–" for b in baselines]
+                + [fmt(v["seeds_to_decide"]) if v["seeds_to_decide"] > 0 else ""]
+            )
+            evidence += [
+                f"- Q1 {name}, {p}, vs {b}: {bv['verdict'].upper()} — {bv['reason']}"
+                for b, bv in v["baselines"].items()
+            ]
+        rows.append(
+            [f"Q1 {name}", "overall", f"**{c['overall'].upper()}**"] + [""] * len(baselines) + [""]
+        )
+    out = ["## Verdicts", ""] + table(
+        ["question", "policy class", "verdict"]
+        + [f"vs {b}" for b in baselines]
+        + ["seeds to decide"],
+        rows,
+    )
+    out += (
+        [
+            "Deciding evidence (primary outcome, forward − reverse at matched reward; "
+            "interaction I = Δ(multimodal) − Δ(baseline), Holm-adjusted):",
+            "",
+        ]
+        + evidence
+        + [""]
+    )
+    rob = result.get("robustness")
+    if rob is not None:
+        out += [
+            f"Robustness replicate (learning rate × (1 + 1e-6), same grid): "
+            f"{'every verdict survives' if rob['all_same'] else 'SOME VERDICTS CHANGE'}"
+            f" ({sum(r['same'] for r in rob['rows'])} of {len(rob['rows'])} equal"
+            + (
+                ""
+                if rob["all_same"]
+                else ": "
+                + "; ".join(
+                    f"{r['contrast']}/{r['policy']} {r['main']} -> {r['replicate']}"
+                    for r in rob["rows"]
+                    if not r["same"]
+                )
+            )
+            + ").",
+            "",
+        ]
+    return out
+
+
+def _design_section(config, notes) -> list[str]:
+    o = config["outcomes"]
+    rows = [
+        [
+            k + (" (primary)" if k == config["primary_outcome"] else ""),
+            o[k]["text"],
+            fmt(o[k]["margin"]),
+            f"[{fmt(o[k]['low'])}, {fmt(o[k]['high'])}]",
+        ]
+        for k in analysis.outcome_order(config)
+    ]
+    m = config["match"]
+    return (
+        [
+            "## Design (declared in configs/study.py before the run)",
+            "",
+            f"**Question.** {config['question']}",
+            "",
+            f"**Prediction.** {config['prediction']}.",
+            "",
+            f"**Matched strength.** Each seed's beta sweep ({len(config['betas'])} "
+            f"log-spaced values per arm, "
+            f"{', '.join(fmt(b) for b in config['betas'])}; entropy bonus "
+            f"{', '.join(fmt(a) for a in config['entropy_coefs'])}) is read at the reward "
+            f"r* = r_lo + {m['fraction']} (r_hi − r_lo) after making reward monotone in "
+            f"strength (pool-adjacent-violators) and interpolating linearly; as a check, "
+            f"also at the reverse KL the primary arms reach at r*. Seeds whose sweep "
+            f"does not reach r* drop out (counts in the tables).",
+            "",
+            "**Outcomes and margins.**",
+            "",
+        ]
+        + table(["outcome", "what", "equivalence margin", "range (intervals clipped)"], rows)
+        + [
+            f"**Statistics.** Common random numbers (every arm and every reference "
+            f"shares the seeds): differences and interactions are seed-paired, with "
+            f"Student-t intervals clipped to the outcome's range. Per (policy class, "
+            f"contrast), two Holm families: the primary outcome's tests (each baseline's "
+            f"unimodal difference and every multimodal interaction against it; they "
+            f"decide) and the other outcomes' (reported). Equivalence by TOST at alpha = "
+            f"{config['alpha']}.",
+            "",
+            "**Decision rule.**",
+            "",
+            "```",
+            inference.DECISION_RULE,
+            "```",
+            "",
+            "**Scale.** " + notes.get("scale", ""),
+            "",
+        ]
+        + ([f"**History.** {config['design_history']}", ""] if config.get("design_history") else [])
+    )
+
+
+def _targets_section(result) -> list[str]:
+    rows = [
+        [t["policy"], t["modality"], fmt(t["r_lo"]), fmt(t["r_hi"]), fmt(t["target"])]
+        for t in result["targets"]
+    ]
+    return ["## Matched reward per modality", ""] + table(
+        ["policy", "modality", "r_lo", "r_hi", "r*"], rows
+    )
+
+
+def _deltas_section(result, config) -> list[str]:
+    out = ["## Forward − reverse at matched reward (Δ, seed-paired, 95% t interval)", ""]
+    mods = list(dict.fromkeys(r["modality"] for r in result["deltas"][config["primary_outcome"]]))
+    for policy in dict.fromkeys(r["policy"] for r in result["targets"]):
+        rows = []
+        for label in mods:
+            row = [label]
+            for o in analysis.outcome_order(config):
+                e = next(
+                    r["estimate"]
+                    for r in result["deltas"][o]
+                    if r["policy"] == policy and r["modality"] == label
+                )
+                row.append(ci(e) + (f" (n={e['n']})" if e else ""))
+            kl = next(
+                r["estimate"]
+                for r in result["deltas_at_matched_kl"]
+                if r["policy"] == policy and r["modality"] == label
+            )
+            row.append(ci(kl))
+            rows.append(row)
+        out += [f"**{policy}**", ""] + table(
+            ["modality"]
+            + analysis.outcome_order(config)
+            + [f"{config['primary_outcome']} at matched KL_rev (check)"],
+            rows,
+        )
+    return out
+
+
+def _tests_section(result, name) -> list[str]:
+    c = result["q1"].get(name)
+    if not c:
+        return []
+    out = [f"## Q1 {name} contrast: every test of the family (Holm-adjusted)", ""]
+    for policy, v in c["policies"].items():
+        rows = [
+            [
+                t["kind"],
+                t["baseline"],
+                t["modality"],
+                " − ".join(t["pair"]),
+                t["outcome"],
+                ci(t["estimate"]),
+                fmt(t["estimate"]["p_adj"], 2),
+            ]
+            for t in v["tests"]
+        ]
+        skipped = sorted({f"{s['modality']} ({s['outcome']})" for s in v["not_estimable"]})
+        out += [f"**{policy}**", ""] + table(
+            [
+                "test",
+                "baseline",
+                "modality",
+                "contrast",
+                "outcome",
+                "estimate [adjusted interval]",
+                "p (Holm)",
+            ],
+            rows,
+        )
+        if skipped:
+            out += [
+                f"Not estimable (fewer than half the seeds reach r*): " f"{', '.join(skipped)}.",
+                "",
+            ]
+    return out
+
+
+def _entropy_section(result, config) -> list[str]:
+    rows = [
+        [
+            r["policy"],
+            r["modality"],
+            ci(r.get(config["primary_outcome"])),
+            ci(r.get("mode_coverage")),
+            ci(r.get("entropy")),
+        ]
+        for r in result["entropy_control"]
+    ]
+    if not rows:
+        return []
+    return [
+        "## Control arm: forward KL − entropy bonus at matched reward",
+        "",
+        "Does forward KL keep what plain entropy regularisation (no reference) does "
+        "not? Positive: forward keeps more.",
+        "",
+    ] + table(["policy", "modality", config["primary_outcome"], "mode_coverage", "entropy"], rows)
+
+
+def _q2_section(result) -> list[str]:
+    rows = [
+        [r["arm"], r["policy"], r["modality"], ci(r["estimate"]), r["like"]]
+        for r in result["behaved_like"]
+    ]
+    if not rows:
+        return [
+            "## Q2: estimator and placement",
+            "",
+            "Not in this configuration (the `full` config runs k3/loss, k2/loss, "
+            "k1/reward, k1/loss and k3/reward). The gradient audit "
+            "(experiments/gradient_audit.py) gives each estimator's bias exactly.",
+            "",
+        ]
+    return [
+        "## Q2: estimator and placement (does not decide Q1)",
+        "",
+        "Per seed, d = |o − o_forward| − |o − o_reverse| on the primary outcome at "
+        "matched reward: negative means the arm behaves like the forward KL. Bias of "
+        "each estimator: the gradient audit (experiments/gradient_audit.py).",
+        "",
+    ] + table(["arm", "policy", "modality", "d [95% interval]", "behaves like"], rows)
+
+
+def _power_section(result) -> list[str]:
+    rows = [
+        [
+            r["policy"],
+            r["outcome"],
+            fmt(r["margin"]),
+            fmt(r["sd_unimodal"]),
+            fmt(r["sd_interaction"]),
+            r["seeds"],
+            r["family"],
+            r["seeds_for_equivalence"],
+            r["seeds_for_interaction"],
+        ]
+        for r in result["power"]
+    ]
+    return [
+        "## Power (from the observed per-seed spreads, power 0.8)",
+        "",
+        "Seeds for the unimodal difference to be shown equivalent within its margin "
+        "(TOST, 90% interval) when it is 0, and for an interaction the size of the "
+        "margin to be detected at the Holm family's Bonferroni level alpha/m.",
+        "",
+    ] + table(
+        [
+            "policy",
+            "outcome",
+            "margin",
+            "sd Δ(uni)",
+            "sd I",
+            "seeds run",
+            "family size m",
+            "seeds for equivalence",
+            "seeds to detect I = margin",
+        ],
+        rows,
+    )
+
+
+def _training_section(result) -> list[str]:
+    t = result["training"]
+    return [
+        "## Training",
+        "",
+        f"Tabular primary runs vs their closed-form optima: TV mean {fmt(t['tv_mean'])}, "
+        f"max {fmt(t['tv_max'])}; {fmt(t['tv_within'])} of {t['tv_count']} runs within "
+        f"TV {fmt(t['tv_target'])}. Updates skipped for an exactly zero gradient: mean "
+        f"{fmt(t['zero_grad_frac_mean'])}, max {fmt(t['zero_grad_frac_max'])} of a run's "
+        f"steps.",
+        "",
+    ]
+
+
+def _figures_section(figs: Mapping[str, Sequence[str]], prefix: str = "") -> list[str]:
+    out = ["## Figures", ""]
+    for kind, paths in figs.items():
+        out += [f"![{kind}]({prefix}{os.path.basename(p)})" for p in paths]
+    return out + [""]
+
+
+def _notes_section(notes) -> list[str]:
+    return ["## Run", ""] + [f"- **{k}**: {v}" for k, v in notes.items()] + [""]
+
+
+def results_markdown(result, config, notes, figs, prefix="") -> str:
+    """results.md: what the README includes (verdicts, key effects, the glance figure)."""
+    lines = ["### Verdicts", ""] + _verdicts_section(result)[2:]
+    o = config["primary_outcome"]
+    lines += [f"### Key effects: {o}, forward − reverse at matched reward (primary contrast)", ""]
+    for p, r in result["q1"]["primary"]["policies"].items():
+        rows = [
+            [
+                t["kind"],
+                t["baseline"],
+                t["modality"],
+                ci(t["estimate"]),
+                fmt(t["estimate"]["p_adj"], 2),
+            ]
+            for t in r["tests"]
+            if t["outcome"] == o
+        ]
+        lines += [f"**{p}**", ""] + table(
+            ["test", "baseline", "modality", "estimate [Holm interval]", "p (Holm)"], rows
+        )
+    lines += [f"![glance]({prefix}{os.path.basename(figs['glance'][0])})", ""]
+    lines += [
+        f"*{notes.get('command', '')}* — {notes.get('machine', '')}; "
+        f"{notes.get('wall time', '')}.",
+        "",
+    ]
+    if notes.get("missing cells"):
+        lines += [f"**Missing cells:** {notes['missing cells']}.", ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    records: Sequence[Mapping[str, Any]],
+    config: Mapping[str, Any],
+    outdir: str,
+    notes: Mapping[str, str] | None = None,
+    optima: Mapping[str, Any] | None = None,
+    results_prefix: str = "",
+) -> dict[str, Any]:
+    """Analyse `records` under the declared `config`, write report.md, results.md,
+    report.json and the figures to `outdir`; return the analysis plus "paths"."""
+    os.makedirs(outdir, exist_ok=True)
+    notes = dict(notes or {})
+    result = analysis.analyse(records, config)
+    result["primary_outcome"] = config["primary_outcome"]
+    figs = figures.make_figures(records, result, outdir, optima)
+    sections = [
+        ["# The study: does the KL direction matter only for multimodal " "references?", ""],
+        _verdicts_section(result),
+        _design_section(config, notes),
+        _targets_section(result),
+        _deltas_section(result, config),
+        _tests_section(result, "primary"),
+        _tests_section(result, "secondary"),
+        _entropy_section(result, config),
+        _q2_section(result),
+        _power_section(result),
+        _training_section(result),
+        _figures_section(figs),
+        _notes_section(notes),
+    ]
+    paths = {
+        "report_md": os.path.join(outdir, "report.md"),
+        "results_md": os.path.join(outdir, "results.md"),
+        "report_json": os.path.join(outdir, "report.json"),
+        "figures": {k: list(v) for k, v in figs.items()},
+    }
+    jsonio.write_text_atomic(paths["report_md"], "\n".join(sum(sections, [])))
+    jsonio.write_text_atomic(
+        paths["results_md"], results_markdown(result, config, notes, figs, results_prefix)
+    )
+    jsonio.write_json_atomic(paths["report_json"], dict(result, notes=notes))
+    return dict(result, paths=paths)
