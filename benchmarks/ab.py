@@ -36,8 +36,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def child(root: str) -> None:
-    sys.path.insert(0, root)
-    sys.path.insert(0, os.path.join(root, "benchmarks"))
     import common  # noqa: PLC0415
     import jax  # noqa: PLC0415
     import rl_step  # noqa: PLC0415
@@ -93,11 +91,16 @@ def main(argv):
     cpus = {name: [] for name, *_ in variants}
     for r in range(FLAGS.rounds):
         for name, root, xla, is_tree in variants:
-            env = dict(os.environ, XLA_FLAGS=xla, PYTHONPATH=root)
+            env = dict(
+                os.environ,
+                XLA_FLAGS=xla,
+                PYTHONPATH=os.pathsep.join([root, os.path.join(root, "benchmarks")]),
+            )
             if not is_tree:
                 env["GRPO_JAX_XLA_FLAGS"] = "0"
             cmd = [
                 sys.executable,
+                "-P",  # not this script's folder first: the variant's benchmarks/ and tree
                 os.path.join(HERE, "ab.py"),
                 f"--child={root}",
                 f"--steps={FLAGS.steps}",

@@ -17,7 +17,6 @@ import time
 from typing import Callable
 
 # The library's XLA CPU flags must be in XLA_FLAGS before jax initialises its backends.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from grpo_jax.run import xla_setup  # noqa: E402
 
 xla_setup.apply_xla_flags()

@@ -11,10 +11,10 @@ its StableHLO text and the number of instructions of its optimised HLO.
 
 Programs (each the chunk program its experiment compiles):
   W1, W2        benchmarks/rl_step.py's workloads, one RL step per call (benchmarks/vs_trl.py)
-  study_tabular the study's first population (configs/study.py, tabular policy; 640
+  study_tabular the study's first population (grpo_jax/configs/study.py, tabular policy; 640
                 members, a chunk of 100 steps)
   study_gaussian  the same population with the Gaussian policy
-  population    configs/transformer_population.py: a 1-layer transformer population of 6 KL
+  population    grpo_jax/configs/transformer_population.py: a 1-layer transformer population of 6 KL
                 choices on a 20-token two-mode bandit, 4 prompts x 16, a chunk of 100 steps
                 (the program XLA:CPU took over 15 minutes to compile before the sampler's
                 argmax was changed; see README.md here)
@@ -34,7 +34,6 @@ import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import jax  # noqa: E402
@@ -74,7 +73,7 @@ def _population_program(config, cells):
 
 
 def _study(policy: str):
-    from configs import study as study_config  # noqa: PLC0415
+    from grpo_jax.configs import study as study_config  # noqa: PLC0415
     from grpo_jax.run import config_utils, runner, sweep  # noqa: PLC0415
     from grpo_jax.study import groups as study_lib  # noqa: PLC0415
 
@@ -89,7 +88,7 @@ def _study(policy: str):
 
 
 def _lm():
-    from configs import grpo_lm as lm_config  # noqa: PLC0415
+    from grpo_jax.configs import grpo_lm as lm_config  # noqa: PLC0415
     from grpo_jax.models import gguf, tokenizer  # noqa: PLC0415
     from grpo_jax.rl import train
     from grpo_jax.core import losses  # noqa: PLC0415
@@ -120,7 +119,7 @@ def build(name: str):
     if name.startswith("study_"):
         return _study(name[len("study_") :])
     if name == "population":
-        from configs import transformer_population as pop  # noqa: PLC0415
+        from grpo_jax.configs import transformer_population as pop  # noqa: PLC0415
 
         config = pop.get_config()
         return _population_program(config, pop.member_cells(config))

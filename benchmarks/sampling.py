@@ -21,7 +21,6 @@ import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (applies grpo_jax.xla_setup's XLA flags before jax starts)
 
 import jax  # noqa: E402

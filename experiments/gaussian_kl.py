@@ -1,6 +1,6 @@
 """Fit one Gaussian to a two-component mixture by forward and by reverse KL.
 
-  python experiments/gaussian_kl.py --config configs/gaussian_kl.py --workdir runs/gaussian_kl
+  python experiments/gaussian_kl.py --config grpo_jax/configs/gaussian_kl.py --workdir runs/gaussian_kl
 
 p = 0.5 N(0, 1) + 0.5 N(mu2, 1), q = N(m, s). Forward KL[p || q] is minimised by moment
 matching (m = mu2/2, s^2 = 1 + mu2^2/4); reverse KL[q || p] straddles both modes while they
@@ -15,7 +15,6 @@ import functools
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -188,7 +187,7 @@ if __name__ == "__main__":
     from grpo_jax.run import config_utils
 
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", "configs/gaussian_kl.py", "Gaussian fit config file.", lock_config=True
+        "config", "grpo_jax/configs/gaussian_kl.py", "Gaussian fit config file.", lock_config=True
     )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
     config_utils.run_app(main)

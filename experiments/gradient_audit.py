@@ -1,6 +1,6 @@
 """The gradient audit: which KL does each estimator and placement actually descend?
 
-  python experiments/gradient_audit.py --config configs/gradient_audit.py --workdir runs/audit
+  python experiments/gradient_audit.py --config grpo_jax/configs/gradient_audit.py --workdir runs/audit
 
 Exact enumeration (grpo_jax.audit), no sampling. Prints one table (token level, then
 sequence level) and writes it to <workdir>/audit.md and <workdir>/audit.csv (disk: a few
@@ -12,7 +12,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -20,7 +19,7 @@ from ml_collections import config_flags  # noqa: E402
 from grpo_jax.run import config_utils  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/gradient_audit.py", "Audit config file.", lock_config=True
+    "config", "grpo_jax/configs/gradient_audit.py", "Audit config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
@@ -133,7 +132,7 @@ def main(argv):
         f.write("# Gradient audit (exact enumeration)\n\n")
         f.write(
             "Command: `python experiments/gradient_audit.py --config "
-            "configs/gradient_audit.py --workdir <dir>`\n\n"
+            "grpo_jax/configs/gradient_audit.py --workdir <dir>`\n\n"
         )
         f.write("Config:\n\n```\n" + str(config) + "```\n\n" + table)
     with open(os.path.join(_WORKDIR.value, "audit.csv"), "w", newline="") as f:

@@ -1,7 +1,7 @@
 """GRPO on the real model: SmolLM2-135M-Instruct names primes, under four regularisers.
 
-  python experiments/grpo_lm.py --config configs/grpo_lm.py --workdir runs/grpo_lm
-  (``configs/grpo_lm.py:full`` for a GPU)
+  python experiments/grpo_lm.py --config grpo_jax/configs/grpo_lm.py --workdir runs/grpo_lm
+  (``grpo_jax/configs/grpo_lm.py:full`` for a GPU)
 
 Task: ``tasks.number_text.prime_task`` ("Name a prime number between lo and hi", the reply
 written up to the number; reward 1 for a prime inside the range; several valid answers).
@@ -28,7 +28,6 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -232,7 +231,7 @@ if __name__ == "__main__":
     from grpo_jax.run import config_utils
 
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", "configs/grpo_lm.py", "GRPO-on-SmolLM2 config file.", lock_config=True
+        "config", "grpo_jax/configs/grpo_lm.py", "GRPO-on-SmolLM2 config file.", lock_config=True
     )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
     config_utils.run_app(main)

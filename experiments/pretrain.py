@@ -1,14 +1,14 @@
 """Pretrain a reference policy on a task's reference data and report its fit.
 
-  python experiments/pretrain.py --config configs/pretrain.py:task=bandit_bimodal \
+  python experiments/pretrain.py --config grpo_jax/configs/pretrain.py:task=bandit_bimodal \
       --workdir runs/ref-bandit-bimodal
 
 Writes to <workdir>: the orbax checkpoint (params + the reference metadata of
-`pretrain.reference_metadata`: task, model, pretrain settings, report),
+`reference.reference_metadata`: task, model, pretrain settings, report),
 metrics.jsonl (per-step loss, token accuracy, gradient norm) and report.json (the fit:
 exact KL[data || model] per sequence, per-position entropies, mode shares vs the data and
 whether they are within `eval.mode_share_tolerance`). Load with
-`grpo_jax.pretrain.restore_reference(workdir) -> (task, model_config, params, metadata)`.
+`grpo_jax.run.reference.restore_reference(workdir) -> (task, model_config, params, metadata)`.
 Disk: one checkpoint of the parameters (4 bytes each: 0.56 MB for the W2-scale default) plus
 a metrics line per step (about 150 bytes).
 """
@@ -16,13 +16,12 @@ a metrics line per step (about 150 bytes).
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from grpo_jax.run import config_utils, jsonio, writers  # noqa: E402
+from grpo_jax.run import config_utils, jsonio, reference, writers  # noqa: E402
 from grpo_jax.rl import pretrain
 
 
@@ -48,7 +47,7 @@ def train_and_evaluate(config, workdir: str, log=logging.info) -> dict:
             mode_share_tolerance=float(config.eval.mode_share_tolerance),
             num_eval_samples=int(config.eval.num_samples),
         )
-    pretrain.save_reference(
+    reference.save_reference(
         workdir,
         report["steps"],
         params,
@@ -83,7 +82,7 @@ if __name__ == "__main__":
     # Flags are defined only when run as a script, so importing this module (tests, other
     # entry points defining the same flag names) never clashes.
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", "configs/pretrain.py", "Pretraining config file.", lock_config=True
+        "config", "grpo_jax/configs/pretrain.py", "Pretraining config file.", lock_config=True
     )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
     config_utils.run_app(main)

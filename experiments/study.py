@@ -1,10 +1,10 @@
 """The study: does the KL *direction* matter only for multimodal references?
 
   pip install -e . && python experiments/study.py --workdir runs/study
-  python experiments/study.py --workdir runs/study-full --config configs/study.py:full
+  python experiments/study.py --workdir runs/study-full --config grpo_jax/configs/study.py:full
   python experiments/study.py --workdir runs/study --report_only --publish
 
-configs/study.py declares the design (question, outcomes, margins, matched strength,
+grpo_jax/configs/study.py declares the design (question, outcomes, margins, matched strength,
 decision rule, grid); any field can be overridden with `--config.FIELD=VALUE`. The grid runs
 through `grpo_jax.sweep.run_sweep` with the runner `grpo_jax.study.run_group`: one vmapped
 population per (modality, policy class), finished cells cached by config hash (a rerun, or a
@@ -15,7 +15,7 @@ report.json and the figures, plus the Gaussian toy figure.
 The workdir records its config (`config.json`): a rerun with a config that changes the
 computation is refused with a diff (`--overwrite` discards the old run); `--report_only`
 reports the stored cells with the stored config and lists missing cells. Disk: see the
-docstring of configs/study.py (default under 100 MB; `full` under 1 GB); population
+docstring of grpo_jax/configs/study.py (default under 100 MB; `full` under 1 GB); population
 checkpoints are deleted once a group's records exist unless `--keep_checkpoints`.
 `--publish` copies results.md (and its figures) to docs/results/ and puts its text into the
 README between the results markers: the README's results are generated, never hand-copied.
@@ -28,8 +28,6 @@ import shutil
 import sys
 import time
 
-# Run from a clone without `pip install -e .`: the repository root holds grpo_jax/.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -37,7 +35,10 @@ from ml_collections import config_flags  # noqa: E402
 from grpo_jax.run import config_utils  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/study.py", "'configs/study.py[:full|tiny]'.", lock_config=True
+    "config",
+    "grpo_jax/configs/study.py",
+    "'grpo_jax/configs/study.py[:full|tiny]'.",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", "runs/study", "Run directory.")
 _REPORT_ONLY = flags.DEFINE_boolean(
@@ -86,7 +87,7 @@ def publish(report_dir: str, root: str = ROOT, docs: str = "docs/results") -> st
 
 
 def gaussian_figure(outdir: str, overrides=None, log=print) -> list[str]:
-    """The Gaussian toy figure (experiments/gaussian_kl.py, configs/gaussian_kl.py with the
+    """The Gaussian toy figure (experiments/gaussian_kl.py, grpo_jax/configs/gaussian_kl.py with the
     study config's `gaussian` overrides), in float32; [] with a log line if it fails."""
     import importlib.util  # pylint: disable=import-outside-toplevel
 
@@ -97,7 +98,7 @@ def gaussian_figure(outdir: str, overrides=None, log=print) -> list[str]:
         )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        from configs import (
+        from grpo_jax.configs import (
             gaussian_kl as gaussian_config,
         )  # pylint: disable=import-outside-toplevel
 
@@ -131,7 +132,7 @@ def _stored_config(workdir: str, config, log):
 
 
 def _notes(config, workdir, wall_s, missing, cells, machine) -> dict:
-    arg = "" if config.name == "default" else f" --config configs/study.py:{config.name}"
+    arg = "" if config.name == "default" else f" --config grpo_jax/configs/study.py:{config.name}"
     notes = {
         "command": f"python experiments/study.py --workdir {workdir}{arg}",
         "machine": machine,
@@ -173,7 +174,7 @@ def run(
     log=print,
 ) -> dict:
     """Run (or resume) the study and write its report; returns the report's result."""
-    from configs import study as study_config  # pylint: disable=import-outside-toplevel
+    from grpo_jax.configs import study as study_config  # pylint: disable=import-outside-toplevel
     from grpo_jax.run import jsonio, rundir, sweep  # pylint: disable=import-outside-toplevel
     from grpo_jax.study import groups as study
 

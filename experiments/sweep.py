@@ -1,7 +1,7 @@
 """Run a sweep: expand the grid, run unfinished cells group by group, cache each result.
 
-  python experiments/sweep.py --sweep configs/sweeps/example.py --workdir runs/sweep-example \
-      --runner configs.sweeps.example:closed_form_bandit_runner
+  python experiments/sweep.py --sweep grpo_jax/configs/sweeps/example.py --workdir runs/sweep-example \
+      --runner grpo_jax.configs.sweeps.example:closed_form_bandit_runner
 
 ``--runner module:function`` is imported by name and called as
 ``function(static_config, cells) -> list[dict]``. The vmappable keys (cells differing only
@@ -17,8 +17,6 @@ import sys
 
 from absl import app, flags, logging
 
-# Run from a clone without `pip install -e .`: the repository root holds grpo_jax/.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from grpo_jax.run import sweep  # noqa: E402
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, 'path/to/sweep.py[:arg]'.", required=True)

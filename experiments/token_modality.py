@@ -1,7 +1,7 @@
 """The premise, measured: are a real LM's next-token distributions unimodal?
 
-  python experiments/token_modality.py --config configs/token_modality.py --workdir runs/tm
-  (``configs/token_modality.py:full`` for a few hundred prompts on a GPU)
+  python experiments/token_modality.py --config grpo_jax/configs/token_modality.py --workdir runs/tm
+  (``grpo_jax/configs/token_modality.py:full`` for a few hundred prompts on a GPU)
 
 SmolLM2-135M-Instruct (the GGUF from ``gguf.fetch_smollm2``; float32) answers chat prompts of
 three kinds:
@@ -25,7 +25,7 @@ each digit as its own token, so this is a 2-level tree: 1 + 10 + 100 forward row
 prompt). These events are disjoint; their total (the numeric mass, reported) is the
 probability of a 1- or 2-digit number right away. Over these numbers (renormalised):
 how many distinct answers carry 90% of the mass, and how many modes the separation rule
-finds (``configs/token_modality.py``: numbers with >= 0.1 x the top number's probability
+finds (``grpo_jax/configs/token_modality.py``: numbers with >= 0.1 x the top number's probability
 are significant; significant numbers form one mode when every integer between them is
 significant too, so a valley below 10% of the peak separates modes). For every kind, the
 Monte Carlo sequence entropy ``H_seq = E[-log p(completion)]`` of the sampled completions
@@ -46,8 +46,6 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -494,7 +492,10 @@ if __name__ == "__main__":
     from grpo_jax.run import config_utils
 
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", "configs/token_modality.py", "Token modality config file.", lock_config=True
+        "config",
+        "grpo_jax/configs/token_modality.py",
+        "Token modality config file.",
+        lock_config=True,
     )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
     config_utils.run_app(main)

@@ -1,6 +1,6 @@
 """Train GRPO on a synthetic task.
 
-  python experiments/train_grpo.py --config configs/grpo.py:task=bandit \
+  python experiments/train_grpo.py --config grpo_jax/configs/grpo.py:task=bandit \
       --config.loss.kl_estimator=k2 --workdir runs/bandit-k2
 
 Writes <workdir>/metrics.jsonl, TensorBoard events under <workdir>/tb, checkpoints under
@@ -15,7 +15,6 @@ member: 0.5 MB per member for the default W2-scale model).
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -23,7 +22,7 @@ from ml_collections import config_flags  # noqa: E402
 from grpo_jax.run import config_utils, runner  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/grpo.py", "GRPO config file.", lock_config=True
+    "config", "grpo_jax/configs/grpo.py", "GRPO config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _OVERWRITE = flags.DEFINE_boolean(

@@ -36,7 +36,6 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     import jax
     import numpy as np
@@ -44,7 +43,7 @@ def main(argv=None):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the default; explicit
     jax.config.update("jax_numpy_rank_promotion", "raise")
 
-    from configs import grpo as grpo_config
+    from grpo_jax.configs import grpo as grpo_config
     from grpo_jax.run import sharding
 
     config = grpo_config.get_config("task=bandit")

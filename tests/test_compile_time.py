@@ -3,7 +3,7 @@
 The rest of the suite compiles at LLVM optimisation level 0 (conftest.py), which would hide a
 program that only the default level takes minutes to compile: XLA:CPU once spent over 15
 minutes on an argmax in the sampler (benchmarks/README.md). This guard compiles a small but
-representative population program (configs/transformer_population.py:small: a transformer
+representative population program (grpo_jax/configs/transformer_population.py:small: a transformer
 policy, 3 KL choices as data, a chunk of 50 steps) in a fresh process with XLA's default
 flags and no compilation cache, and fails when it has not finished within `BOUND_S`: loose
 enough for a slow machine (it takes about 10 s on 2 cores), far below such a pathology.
@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = """
 import time
 import jax
-from configs import transformer_population as pop
+from grpo_jax.configs import transformer_population as pop
 from grpo_jax.models import model
 from grpo_jax.run import runner
 from grpo_jax.rl import train

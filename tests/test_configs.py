@@ -2,8 +2,8 @@
 
 import pytest
 
-from configs import grpo as grpo_config
-from configs import study as study_config
+from grpo_jax.configs import grpo as grpo_config
+from grpo_jax.configs import study as study_config
 
 
 def test_grpo_parse_arg():
@@ -55,7 +55,7 @@ def _run_app(tmp_path, *args):
     script = tmp_path / "app.py"
     script.write_text(_APP)
     env = dict(os.environ, PYTHONPATH=root, GRPO_JAX_COMPILATION_CACHE="0")
-    cmd = [sys.executable, str(script), "configs/grpo.py", *args]
+    cmd = [sys.executable, str(script), "grpo_jax/configs/grpo.py", *args]
     return subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=120)
 
 
@@ -63,9 +63,13 @@ def test_entry_point_takes_a_config_file_and_overrides(tmp_path):
     """`--config FILE:ARG` and `--config.KEY=VALUE` together (the flags are parsed once: a
     second parse defined the override flags twice and every such command failed), and a
     misspelt key names the valid ones."""
-    out = _run_app(tmp_path, "--config", "configs/grpo.py:task=bandit", "--config.optim.lr=0.5")
+    out = _run_app(
+        tmp_path, "--config", "grpo_jax/configs/grpo.py:task=bandit", "--config.optim.lr=0.5"
+    )
     assert out.returncode == 0, out.stderr
     assert "lr 0.5 task bandit" in out.stdout
-    bad = _run_app(tmp_path, "--config=configs/grpo.py:task=bandit", "--config.optim.lrr=0.5")
+    bad = _run_app(
+        tmp_path, "--config=grpo_jax/configs/grpo.py:task=bandit", "--config.optim.lrr=0.5"
+    )
     assert bad.returncode != 0
     assert "FATAL config error: --config.optim.lrr" in bad.stderr and "'lr'" in bad.stderr

@@ -8,9 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from configs import pretrain as pretrain_config
+from grpo_jax.configs import pretrain as pretrain_config
 from grpo_jax.models import model
 from grpo_jax.rl import pretrain, reference_fit
+from grpo_jax.run import reference
 from grpo_jax import tasks
 
 # Tiny runs (1 layer, width 32, batch 256 so the final minibatch noise stays well below the
@@ -82,7 +83,7 @@ def test_experiment_saves_a_restorable_reference(tmp_path):
     report = pretrain_exp.train_and_evaluate(config, workdir, log=lambda *_: None)
     assert os.path.exists(os.path.join(workdir, "report.json"))
     assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-    task, cfg, params, meta = pretrain.restore_reference(workdir)
+    task, cfg, params, meta = reference.restore_reference(workdir)
     assert task == tasks.make("bandit", num_tokens=16, sigma=2.0)
     assert cfg.width == 16 and cfg.vocab_size == 17
     assert meta["report"]["data_kl_seq"] == pytest.approx(report["data_kl_seq"])

@@ -11,9 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import grpo as grpo_config
-from configs import tasks as task_configs
-from grpo_jax.run import checkpoint, config_utils, jsonio, rundir, runner, sweep
+from grpo_jax.configs import grpo as grpo_config
+from grpo_jax.configs import tasks as task_configs
+from grpo_jax.run import checkpoint, config_utils, jsonio, reference, rundir, runner, sweep
 from grpo_jax.models import model
 from grpo_jax.rl import pretrain
 from grpo_jax.run import writers
@@ -50,7 +50,7 @@ def test_changed_config_is_refused_with_a_diff(tmp_path):
 
 def test_second_process_is_refused_and_stale_lock_taken_over(tmp_path):
     code = (
-        "import sys; from grpo_jax import rundir\n"
+        "import sys; from grpo_jax.run import rundir\n"
         "try:\n"
         "    with rundir.lock(sys.argv[1]): pass\n"
         "except rundir.LockedError as e:\n"
@@ -162,7 +162,7 @@ def _tiny_reference(seed: int):
 def test_reference_of_another_task_is_refused(tmp_path):
     c, task, mcfg, params = _tiny_reference(0)
     ref_dir = str(tmp_path / "reference")
-    pretrain.save_reference(
+    reference.save_reference(
         ref_dir,
         1,
         params,
@@ -170,10 +170,10 @@ def test_reference_of_another_task_is_refused(tmp_path):
         model_config=mcfg,
         pretrain={k: c.reference[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")},
     )
-    restored = runner.load_or_pretrain_reference(c, task, mcfg, ref_dir, log=lambda *_: None)
+    restored = reference.load_or_pretrain_reference(c, task, mcfg, ref_dir, log=lambda *_: None)
     np.testing.assert_array_equal(jax.tree.leaves(restored)[0], jax.tree.leaves(params)[0])
     # The runner's cache format is the one restore_reference reads.
-    t2, m2, _, meta = pretrain.restore_reference(ref_dir)
+    t2, m2, _, meta = reference.restore_reference(ref_dir)
     assert t2 == task and m2 == mcfg and meta["task"]["num_tokens"] == 16
     other = _config()
     other.task = task_configs.task_config(
@@ -181,10 +181,10 @@ def test_reference_of_another_task_is_refused(tmp_path):
     )
     other.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
     with pytest.raises(rundir.ConfigMismatchError, match=r"(?s)task.num_modes: 1 -> 2"):
-        runner.load_or_pretrain_reference(other, runner.make_task(other), mcfg, ref_dir)
+        reference.load_or_pretrain_reference(other, runner.make_task(other), mcfg, ref_dir)
     other.reference.checkpoint = ref_dir  # an explicit reference of another task, too
     with pytest.raises(rundir.ConfigMismatchError, match="task.num_modes"):
-        runner.load_or_pretrain_reference(other, runner.make_task(other), mcfg, None)
+        reference.load_or_pretrain_reference(other, runner.make_task(other), mcfg, None)
 
 
 @pytest.mark.parametrize(
@@ -215,7 +215,7 @@ def test_misspelt_override_names_the_key_and_the_valid_ones():
             sys.executable,
             os.path.join(ROOT, "experiments", "train_grpo.py"),
             "--config",
-            os.path.join(ROOT, "configs", "grpo.py") + ":task=bandit",
+            os.path.join(ROOT, "grpo_jax", "configs", "grpo.py") + ":task=bandit",
             "--config.train.num_stepz=3",
             "--workdir",
             "/nonexistent",
@@ -232,7 +232,7 @@ def test_misspelt_override_names_the_key_and_the_valid_ones():
 
 def test_runner_cached_reference_loads_through_restore_reference(tmp_path, monkeypatch):
     """The runner pretrains and caches a reference in the one metadata format that
-    `pretrain.restore_reference` reads (the old runner wrote one it could not load)."""
+    `reference.restore_reference` reads (the old runner wrote one it could not load)."""
     c, task, mcfg, params = _tiny_reference(1)
     monkeypatch.setattr(
         pretrain,
@@ -240,8 +240,8 @@ def test_runner_cached_reference_loads_through_restore_reference(tmp_path, monke
         lambda *a, **k: (params, {"steps": 7, "data_kl_seq": 0.5}),
     )
     cache = str(tmp_path / "reference")
-    runner.load_or_pretrain_reference(c, task, mcfg, cache, log=lambda *_: None)
-    t2, m2, p2, meta = pretrain.restore_reference(cache)
+    reference.load_or_pretrain_reference(c, task, mcfg, cache, log=lambda *_: None)
+    t2, m2, p2, meta = reference.restore_reference(cache)
     assert t2 == task and m2 == mcfg and meta["report"]["data_kl_seq"] == 0.5
     for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -252,7 +252,7 @@ def test_reference_saved_before_new_model_fields_still_matches(tmp_path):
     when an older reference's metadata lacks them."""
     c, task, mcfg, params = _tiny_reference(2)
     ref_dir = str(tmp_path / "reference")
-    meta = pretrain.reference_metadata(
+    meta = reference.reference_metadata(
         c.task,
         mcfg,
         pretrain={k: c.reference[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")},
@@ -260,7 +260,7 @@ def test_reference_saved_before_new_model_fields_still_matches(tmp_path):
     for field in ("num_kv_heads", "tie_embeddings", "norm_eps"):
         meta["model"].pop(field, None)
     checkpoint.save(ref_dir, 1, params, meta)
-    restored = runner.load_or_pretrain_reference(c, task, mcfg, ref_dir, log=lambda *_: None)
+    restored = reference.load_or_pretrain_reference(c, task, mcfg, ref_dir, log=lambda *_: None)
     np.testing.assert_array_equal(jax.tree.leaves(restored)[0], jax.tree.leaves(params)[0])
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import study as study_config
+from grpo_jax.configs import study as study_config
 from grpo_jax.run import config_utils
 from grpo_jax.core import losses
 from grpo_jax.models import model, policies

@@ -108,7 +108,7 @@ def test_hash_stable_order_independent_and_sensitive():
     assert sweep.cell_hash(c) != sweep.cell_hash(a)
     # Same hash in a fresh interpreter with a different PYTHONHASHSEED.
     code = (
-        "import ml_collections; from grpo_jax import sweep; "
+        "import ml_collections; from grpo_jax.run import sweep; "
         "print(sweep.cell_hash(ml_collections.ConfigDict({'b': 1, 'a': {'y': (1, 2), 'x': 's'}})))"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=ROOT)
@@ -232,11 +232,11 @@ def test_entry_point_runs_example_sweep_and_resumes(tmp_path):
         sys.executable,
         os.path.join(ROOT, "experiments", "sweep.py"),
         "--sweep",
-        os.path.join(ROOT, "configs", "sweeps", "example.py") + ":small",
+        os.path.join(ROOT, "grpo_jax", "configs", "sweeps", "example.py") + ":small",
         "--workdir",
         workdir,
         "--runner",
-        "configs.sweeps.example:closed_form_bandit_runner",
+        "grpo_jax.configs.sweeps.example:closed_form_bandit_runner",
         "--logtostderr",
     ]
     env = dict(os.environ, PYTHONPATH=ROOT)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tasks as task_configs
+from grpo_jax.configs import tasks as task_configs
 from grpo_jax import tasks
 from grpo_jax.tasks import bandit as bandit_lib
 from grpo_jax.tasks import format as fmt

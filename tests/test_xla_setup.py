@@ -86,7 +86,7 @@ def test_results_equal_with_cache_off_cold_and_warm(tmp_path):
 def _tiny_population():
     import ml_collections  # noqa: PLC0415
 
-    from configs import grpo as grpo_config  # noqa: PLC0415
+    from grpo_jax.configs import grpo as grpo_config  # noqa: PLC0415
 
     c = grpo_config.get_config("task=bandit")
     c.task = ml_collections.ConfigDict(dict(name="bandit", num_tokens=16, sigma=2.0))
@@ -160,18 +160,10 @@ _KEY_CHILD = textwrap.dedent("""
     xla_setup.enable_compilation_cache(sys.argv[1], enable=True)  # whatever the caller's env
     import jax
     from grpo_jax.run import runner
-    sys.path.insert(0, sys.argv[2])
-    from test_xla_setup import _tiny_population
+    from test_xla_setup import _tiny_population  # tests/ is on PYTHONPATH
 
     c, cells = _tiny_population()
-    task = runner.make_task(c)
-    mcfg = runner.make_model_config(c, task)
-    mesh = runner.sharding.make_mesh(c.mesh)
-    setup = runner.make_setup(c, task, mcfg, mesh, runner.population_kl_choices(c, cells))
-    hp = runner.population_hparams(c, cells)
-    ref = runner.load_or_pretrain_reference(c, task, mcfg, sys.argv[1] + "/ref", log=print)
-    init = runner.initial_params(c, task, mcfg, ref)
-    state = runner._init_population(setup, c, cells, init, ref, mesh)
+    setup, _, state, hp = runner.build_population(c, cells, reference_dir=sys.argv[1] + "/ref")
     key = runner.ProgramCache.key(setup, 2, state, hp)
     print("PATH", runner.ProgramCache.disk_path(key, state, hp))
 """)
@@ -184,9 +176,10 @@ def test_program_key_is_the_same_in_another_process(tmp_path):
     paths = []
     for seed in ("1", "2"):
         env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONHASHSEED=seed)
+        env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here)])
         env.pop("GRPO_JAX_PROGRAM_CACHE", None)
         out = subprocess.run(
-            [sys.executable, "-c", _KEY_CHILD, str(tmp_path), here],
+            [sys.executable, "-c", _KEY_CHILD, str(tmp_path)],
             env=env,
             capture_output=True,
             text=True,

@@ -4,7 +4,7 @@ GRPO config, its reference and one population member."""
 import jax
 import ml_collections
 
-from configs import grpo as grpo_config
+from grpo_jax.configs import grpo as grpo_config
 from grpo_jax.models import model
 from grpo_jax.run import runner
 

@@ -22,6 +22,11 @@ from grpo_jax.core import losses
 NONE_NAME = "none"
 
 
+# The study's control arm: an entropy bonus with no KL (swept like beta). Not a KL choice;
+# a name in the same vocabulary of arms.
+ENTROPY_ARM = "entropy"
+
+
 @dataclasses.dataclass(frozen=True)
 class KLChoice:
     """An (estimator, placement) pair; ``KLChoice.none()`` is the no-KL baseline."""

@@ -1,20 +1,12 @@
-"""Reference pretraining: supervised next-token cross-entropy on a task's reference data,
-and the one format in which every reference is saved and restored.
+"""Reference pretraining: supervised next-token cross-entropy on a task's reference data.
 
     params, report = pretrain_reference(model_config, task, key, steps=..., ...)
-    save_reference(directory, step, params, task_config=..., model_config=..., report=...)
-    task, model_config, params, metadata = restore_reference(directory)
 
-A saved reference is an orbax checkpoint (checkpoint.py) whose JSON metadata is
-`reference_metadata(...)`: {"task": task config (name + fields), "model": ModelConfig
-fields, "pretrain": the pretraining settings, "report": the fit (reference_fit.py)}.
-The GRPO runner's cached references and experiments/pretrain.py both write it, and
-`restore_reference` reads either.
+Saving and restoring a reference (files) is `grpo_jax.run.reference`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Mapping
 
@@ -23,8 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from grpo_jax.run import checkpoint
-from grpo_jax.run import config_utils
 from grpo_jax.models import model as model_lib
 from grpo_jax.rl import reference_fit
 
@@ -172,48 +162,3 @@ def model_config_for(
         max_len=task.prompt_len + task.completion_len,
         **fields,
     )
-
-
-def reference_metadata(
-    task_config: Mapping[str, Any],
-    model_config: model_lib.ModelConfig,
-    report: Mapping[str, Any] | None = None,
-    pretrain: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The metadata every saved reference carries (see the module docstring)."""
-    task_config = dict(task_config.to_dict() if hasattr(task_config, "to_dict") else task_config)
-    return {
-        "task": task_config,
-        "model": dataclasses.asdict(model_config),
-        "pretrain": dict(pretrain or {}),
-        "report": dict(report or {}),
-    }
-
-
-def save_reference(
-    directory: str, step: int, params, *, task_config, model_config, report=None, pretrain=None
-) -> dict[str, Any]:
-    """Save a reference with `reference_metadata`; returns the metadata written."""
-    meta = reference_metadata(task_config, model_config, report, pretrain)
-    checkpoint.save(directory, int(step), params, meta)
-    return meta
-
-
-def restore_reference(directory: str, step: int | None = None):
-    """Load a reference saved by `save_reference` (runner cache or experiments/pretrain.py).
-
-    Returns (task, model_config, params, metadata). A checkpoint without the reference
-    metadata is a ValueError naming the directory and the keys it does have.
-    """
-    meta = checkpoint.read_metadata(directory, step)
-    missing = [k for k in ("task", "model") if k not in meta]
-    if missing:
-        raise ValueError(
-            f"{directory}: not a reference checkpoint (metadata lacks "
-            f"{missing}; has {sorted(meta)})"
-        )
-    task = config_utils.make_task(meta["task"])
-    model_config = model_lib.ModelConfig(**meta["model"])
-    target = model_lib.abstract_params(model_config)
-    params, meta = checkpoint.restore(directory, target, step)
-    return task, model_config, params, meta

@@ -1,6 +1,6 @@
 """Host-side orchestration of GRPO runs: config -> objects -> chunked jitted training.
 
-This is the thin layer between a `configs/grpo.py` ConfigDict and the pure functions of
+This is the thin layer between a `grpo_jax/configs/grpo.py` ConfigDict and the pure functions of
 `train.py`. It owns the host loop: validate the config (before anything compiles), build the
 task, model, mesh and hyperparameters, restore or pretrain the reference, then run the RL
 steps in chunks of `config.train.chunk_steps` (one `lax.scan` per jit call) and, between
@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import serialize_executable
 
-from grpo_jax.run import checkpoint, config_utils, jsonio, rundir, sharding
+from grpo_jax.run import checkpoint, config_utils, jsonio, reference, rundir, sharding
 from grpo_jax.core import losses
 from grpo_jax.rl import pretrain
 from grpo_jax.models import policies
@@ -336,91 +336,6 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
 
 
 # ------------------------------------------------------------------------------------------
-# Reference
-# ------------------------------------------------------------------------------------------
-
-
-def _pretrain_settings(config) -> dict[str, Any]:
-    r = config.reference
-    return {k: r[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")}
-
-
-def _check_reference(directory: str, config, model_config, cached: bool) -> None:
-    """Refuse a saved reference whose task or model differs from the run's, with a diff
-    (and, for the run's own cache, whose pretraining settings differ)."""
-    meta = checkpoint.read_metadata(directory)
-    if "task" not in meta or "model" not in meta:
-        raise ValueError(
-            f"{directory}: not a reference checkpoint (metadata keys "
-            f"{sorted(meta)}; want task, model)"
-        )
-    want = pretrain.reference_metadata(
-        config.task, model_config, pretrain=_pretrain_settings(config)
-    )
-    saved = dict(meta)
-    try:  # fields added to ModelConfig later take their defaults in an older reference
-        saved["model"] = dataclasses.asdict(model_lib.ModelConfig(**meta["model"]))
-    except TypeError:
-        pass  # an unknown field: left as saved, so the diff shows it
-    keys = ("task", "model", "pretrain") if cached else ("task", "model")
-    diff = rundir.config_diff({k: saved.get(k, {}) for k in keys}, {k: want[k] for k in keys})
-    if diff:
-        raise rundir.ConfigMismatchError(
-            f"the reference in {directory} was made for another run:\n"
-            f"{rundir.format_diff(diff)}\n"
-            + (
-                "Use a new --workdir (or --overwrite) for a different task or model."
-                if cached
-                else "Point config.reference.checkpoint at a reference of this "
-                "task and model, or leave it empty to pretrain one."
-            )
-        )
-
-
-def load_or_pretrain_reference(config, task, model_config, directory: str | None, log=print) -> Any:
-    """Reference parameters: restored from `config.reference.checkpoint` (or the cache
-    `directory`), else pretrained on the task's reference data and saved in `directory`.
-    A saved reference of another task, model or pretraining is refused with a diff.
-    One-token policies ("tabular", "gaussian") need none of this: their reference is the
-    task's exact distribution (`policies.reference_params`)."""
-    if config.policy != "transformer":
-        return policies.reference_params(task)
-    target = jax.eval_shape(lambda: model_lib.init(model_config, jax.random.PRNGKey(0)))
-    explicit = config.reference.checkpoint
-    for path, cached in ((explicit, False), (directory, True)):
-        if path and checkpoint.latest_step(path) is not None:
-            _check_reference(path, config, model_config, cached)
-            params, _ = checkpoint.restore(path, target)
-            log(f"reference restored from {path}")
-            return params
-        if path and not cached:
-            raise FileNotFoundError(f"config.reference.checkpoint {path!r} holds no " f"checkpoint")
-    t0 = time.time()
-    settings = _pretrain_settings(config)
-    params, report = pretrain.pretrain_reference(
-        model_config,
-        task,
-        jax.random.PRNGKey(int(settings["seed"])),
-        steps=int(settings["steps"]),
-        batch_size=int(settings["batch_size"]),
-        lr=float(settings["lr"]),
-        chunk_steps=int(settings["chunk_steps"]),
-    )
-    log(f"reference pretrained in {time.time() - t0:.1f}s: {report}")
-    if directory and jax.process_index() == 0:
-        pretrain.save_reference(
-            directory,
-            report["steps"],
-            params,
-            task_config=config.task,
-            model_config=model_config,
-            report=report,
-            pretrain=settings,
-        )
-    return params
-
-
-# ------------------------------------------------------------------------------------------
 # Compiled programs
 # ------------------------------------------------------------------------------------------
 
@@ -589,14 +504,16 @@ def _init_population(setup, config, cells, init_params, ref_params, mesh):
 def build_population(config, cells, ref_params=None, reference_dir=None, log=print):
     """(setup, task, initial population state, stacked hparams) of `config` and its member
     `cells`: what the chunk program is compiled for. `ref_params` default:
-    `load_or_pretrain_reference` (cached in `reference_dir`)."""
+    `reference.load_or_pretrain_reference` (cached in `reference_dir`)."""
     task = make_task(config)
     mcfg = make_model_config(config, task)
     mesh = sharding.make_mesh(config.mesh)
     setup = make_setup(config, task, mcfg, mesh, population_kl_choices(config, cells))
     hp = population_hparams(config, cells)
     if ref_params is None:
-        ref_params = load_or_pretrain_reference(config, task, mcfg, reference_dir, log=log)
+        ref_params = reference.load_or_pretrain_reference(
+            config, task, mcfg, reference_dir, log=log
+        )
     start = initial_params(config, task, mcfg, ref_params)
     state = _init_population(setup, config, cells, start, ref_params, mesh)
     return setup, task, state, hp
@@ -665,7 +582,7 @@ def run_population(
       workdir: run directory: `config.json`, `metrics.jsonl` (one line per step and
         member), `tb/`, `checkpoints/` (resumed from if present), `reference/` (when
         pretrained here).
-      ref_params: reference parameters (default: `load_or_pretrain_reference`).
+      ref_params: reference parameters (default: `reference.load_or_pretrain_reference`).
       overwrite: discard a run of another config in `workdir` instead of refusing it.
 
     Multi-host (`config.mesh.multihost`): every process runs this same function; the mesh

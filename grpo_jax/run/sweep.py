@@ -1,6 +1,6 @@
 """Sweeps: expand a grid of configs, group cells that share a compiled program, cache results.
 
-A sweep definition is a Python file (conventionally ``configs/sweeps/NAME.py``) with::
+A sweep definition is a Python file (conventionally ``grpo_jax/configs/sweeps/NAME.py``) with::
 
     def get_sweep(arg=None) -> tuple[ConfigDict, list[Axis]]:
         ...

@@ -1,6 +1,6 @@
-"""The study's grid, group runner and records (configs/study.py declares the design).
+"""The study's grid, group runner and records (grpo_jax/configs/study.py declares the design).
 
-    base, axes = configs.study.grid(study_config)      # the sweep (configs/study.py)
+    base, axes = configs.study.grid(study_config)      # the sweep (grpo_jax/configs/study.py)
     records = sweep.run_sweep(sweep.expand(base, axes), study.run_group, ...)
 
 One group = one (modality, policy class): every arm x strength x seed x replicate of it is a
@@ -35,10 +35,10 @@ import ml_collections
 import numpy as np
 
 from grpo_jax.run import config_utils, runner, sweep
+from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.study.report import analysis
 from grpo_jax.tasks.bandit import bandit_optimum
 
-ENTROPY_ARM = analysis.ENTROPY_ARM
 # Cells of one group differ only in these: the population's members.
 GROUP_KEYS = runner.VMAPPABLE_KEYS + ("eval.arm", "eval.replicate")
 

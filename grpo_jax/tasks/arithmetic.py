@@ -26,7 +26,7 @@ ceiling, so every GRPO group has equal rewards, zero advantages, and training me
 optimiser drift, not the regulariser (docs/design.md, 'The math'). With the slips the
 reference's exact expected reward is (1 - e) * E[1 + bonus [mode = preferred]] against a
 ceiling of 1 (1 + bonus with a preference): 1 - e = 0.6 of the ceiling at the default e = 0.4,
-in every preset of configs/tasks.py. The slips leave the dial intact: the first-digit
+in every preset of grpo_jax/configs/tasks.py. The slips leave the dial intact: the first-digit
 distribution, hence the mode structure, is the one above; the per-position entropy is
 [H(pi_a), h(e)] with h the binary entropy; each mode's share is (1 - e) times its share
 without slips. e = 0 gives back the all-correct reference (at the ceiling).

@@ -24,7 +24,7 @@ Why the slips: a reference that only writes well-formed right answers already si
 reward ceiling, so every GRPO group has equal rewards, zero advantages, and training measures
 optimiser drift, not the regulariser (docs/design.md, 'The math'). With them the reference's
 exact expected reward is 1 - e against a ceiling of 1: 0.6 of it at the default e = 0.4, in
-every preset of configs/tasks.py. The dial is intact: the two formats keep the ratio
+every preset of grpo_jax/configs/tasks.py. The dial is intact: the two formats keep the ratio
 w_0 : w_1, each mode's share is (1 - e) w_k, and the slips branch off late, so the exact
 per-position entropy is [h(w_0), 0, 0, w_1 h(e), w_0 h(e)] (h: binary entropy). e = 0 gives
 back the all-well-formed reference (at the ceiling).

@@ -1,7 +1,7 @@
 """The study's analysis: matched-strength outcomes, seed-paired contrasts, interactions,
 Holm families, verdicts, the robustness replicate, power, and the side questions.
 
-Input: the study's records (grpo_jax/study.py) and its config (configs/study.py). Output: a
+Input: the study's records (grpo_jax/study.py) and its config (grpo_jax/configs/study.py). Output: a
 JSON-serialisable dict (`analyse`) that markdown.py and figures.py render. Plain NumPy.
 """
 
@@ -13,10 +13,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.study.report import inference as inf
 
 UNIMODAL = "1 mode"
-ENTROPY_ARM = "entropy"
 
 
 def outcome_order(config) -> list[str]:
@@ -202,7 +202,7 @@ def _family(st: _Study, policy, pairs, replicate):
 
 
 def _combine_points(points) -> tuple[str, str]:
-    """One baseline's verdict from its multimodal points (configs/study.py): REFUTED if the
+    """One baseline's verdict from its multimodal points (grpo_jax/configs/study.py): REFUTED if the
     unimodal difference exceeds its margin or every point is refuted; HOLDS if some point
     holds and none is refuted with the opposite sign; otherwise UNDECIDED."""
     beyond = [p for p in points if "exceeds its margin" in p["reason"]]

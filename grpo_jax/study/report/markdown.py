@@ -116,7 +116,7 @@ def _design_section(config, notes) -> list[str]:
     m = config["match"]
     return (
         [
-            "## Design (declared in configs/study.py before the run)",
+            "## Design (declared in grpo_jax/configs/study.py before the run)",
             "",
             f"**Question.** {config['question']}",
             "",

@@ -86,5 +86,5 @@ def task_config(name: str = "bandit", **overrides) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """`--config configs/tasks.py:bandit_bimodal` gives that preset's task config."""
+    """`--config grpo_jax/configs/tasks.py:bandit_bimodal` gives that preset's task config."""
     return task_config(arg or "bandit")

@@ -1,8 +1,8 @@
 """The study: does the KL *direction* matter only when the reference is multimodal?
 
   pip install -e . && python experiments/study.py --workdir runs/study          # CPU default
-  python experiments/study.py --workdir runs/study-full --config configs/study.py:full  # GPU
-  python experiments/study.py --workdir /tmp/s --config configs/study.py:tiny        # tests
+  python experiments/study.py --workdir runs/study-full --config grpo_jax/configs/study.py:full  # GPU
+  python experiments/study.py --workdir /tmp/s --config grpo_jax/configs/study.py:tiny        # tests
 
 Everything a verdict depends on is declared here, before the run, and printed in the report.
 
@@ -60,9 +60,9 @@ import math
 import ml_collections
 import numpy as np
 
-from configs import grpo as grpo_config
-from configs import tasks as task_configs
-from grpo_jax.study import groups as study_lib
+from grpo_jax.configs import grpo as grpo_config
+from grpo_jax.configs import tasks as task_configs
+from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.run.config_utils import parse_arg
 from grpo_jax.run.sweep import zip_axis
 
@@ -213,7 +213,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.replicate_lr_factor = 1.0 + 1e-6  # the robustness replicate: same grid, lr perturbed
     c.tv_target = 0.05
 
-    # ---- training (configs/grpo.py fields) -----------------------------------------------
+    # ---- training (grpo_jax/configs/grpo.py fields) -----------------------------------------------
     # Gumbel draws: the inverse-CDF draw (2x faster populations) resolves token probabilities
     # only to ~1.2e-7, too coarse for a study of sampled KL estimators in the tails.
     c.grpo = dict(num_prompts=1, group_size=32 if full else 16, one_token_draw="gumbel")
@@ -226,7 +226,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         skip_zero_grad=True,
     )
     c.loss = dict(advantage_estimator="rloo", eps_low=0.2, eps_high=0.2)
-    c.gaussian = {}  # overrides of configs/gaussian_kl.py for the report's toy figure
+    c.gaussian = {}  # overrides of grpo_jax/configs/gaussian_kl.py for the report's toy figure
     if tiny:
         c.gaussian = dict(mu2=(2.5, 7.5), steps=20, init_m_fraction=(0.0, 0.5), init_s=(1.0,))
         c.baselines = ["1 mode"]
@@ -251,11 +251,11 @@ def arms(study: ml_collections.ConfigDict) -> list[str]:
     if study.with_secondary:
         out += [study.secondary[0]] + list(study.secondary[1])
     out += list(study.get("q2_extra", []))
-    return out + [study_lib.ENTROPY_ARM]
+    return out + [ENTROPY_ARM]
 
 
 def base_config(study: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """configs/grpo.py with the study's shared settings and an `eval` section."""
+    """grpo_jax/configs/grpo.py with the study's shared settings and an `eval` section."""
     c = grpo_config.get_config("task=bandit")
     c.grpo.update(study.grpo.to_dict())
     c.optim.update(study.optim.to_dict())
@@ -288,7 +288,7 @@ def grid(study: ml_collections.ConfigDict):
     )
     rows = []  # (kl_choice, beta, entropy_coef, arm)
     for arm in arms(study):
-        if arm == study_lib.ENTROPY_ARM:
+        if arm == ENTROPY_ARM:
             rows += [(study.primary[1], 0.0, float(a), arm) for a in study.entropy_coefs]
         else:
             rows += [(arm, float(b), 0.0, arm) for b in study.betas]

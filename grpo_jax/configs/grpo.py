@@ -3,9 +3,9 @@
 Run (the argument after ':' is a comma-separated list: `task=NAME`, `quick`, `full`; an
 unknown argument is an error listing the valid ones):
 
-  python experiments/train_grpo.py --config configs/grpo.py:task=bandit \
+  python experiments/train_grpo.py --config grpo_jax/configs/grpo.py:task=bandit \
       --config.loss.kl_estimator=k2 --workdir runs/bandit-k2
-  python experiments/train_grpo.py --config configs/grpo.py:task=arithmetic,quick --workdir runs/q
+  python experiments/train_grpo.py --config grpo_jax/configs/grpo.py:task=arithmetic,quick --workdir runs/q
 
 Any field can be overridden with `--config.FIELD=VALUE`; the config is locked, so a misspelt
 field fails at parse time, and `runner.validate_config` checks the values (estimator names,
@@ -14,7 +14,7 @@ sizes, ...) before anything compiles, naming the bad field.
 
 import ml_collections
 
-from configs import tasks as task_configs
+from grpo_jax.configs import tasks as task_configs
 from grpo_jax.run.config_utils import parse_arg
 
 

@@ -1,7 +1,7 @@
 """Config of GRPO on the real model (experiments/grpo_lm.py).
 
-  python experiments/grpo_lm.py --config configs/grpo_lm.py --workdir runs/grpo_lm
-  python experiments/grpo_lm.py --config configs/grpo_lm.py:full --workdir runs/grpo_lm_full
+  python experiments/grpo_lm.py --config grpo_jax/configs/grpo_lm.py --workdir runs/grpo_lm
+  python experiments/grpo_lm.py --config grpo_jax/configs/grpo_lm.py:full --workdir runs/grpo_lm_full
 
 SmolLM2-135M-Instruct (GGUF) on the prime-number text task (grpo_jax/tasks/number_text.py),
 regularised by each of exact_fwd/loss, exact_rev/loss, k3/loss, k2/loss. The default is a

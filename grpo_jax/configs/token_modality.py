@@ -1,7 +1,7 @@
 """Config of the premise measurement (experiments/token_modality.py).
 
-  python experiments/token_modality.py --config configs/token_modality.py --workdir runs/tm
-  python experiments/token_modality.py --config configs/token_modality.py:full --workdir ...
+  python experiments/token_modality.py --config grpo_jax/configs/token_modality.py --workdir runs/tm
+  python experiments/token_modality.py --config grpo_jax/configs/token_modality.py:full --workdir ...
 
 Default: CPU-sized (a few minutes on 2 cores). ``full``: a few hundred prompts, more samples
 and longer chat completions, for a GPU (or a patient CPU).

@@ -1,7 +1,7 @@
 """Config of the gradient audit (experiments/gradient_audit.py).
 
-  python experiments/gradient_audit.py --config configs/gradient_audit.py --workdir runs/audit
-  python experiments/gradient_audit.py --config configs/gradient_audit.py:seed=3 \
+  python experiments/gradient_audit.py --config grpo_jax/configs/gradient_audit.py --workdir runs/audit
+  python experiments/gradient_audit.py --config grpo_jax/configs/gradient_audit.py:seed=3 \
       --config.token.vocab_size=8 --workdir runs/audit-v8
 
 The argument after ':' is a comma-separated list of `key=value` overrides of top-level

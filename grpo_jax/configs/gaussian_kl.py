@@ -1,6 +1,6 @@
 """Config of the Gaussian fit (experiments/gaussian_kl.py).
 
-  python experiments/gaussian_kl.py --config configs/gaussian_kl.py --workdir runs/gaussian_kl
+  python experiments/gaussian_kl.py --config grpo_jax/configs/gaussian_kl.py --workdir runs/gaussian_kl
 
 Fits q = N(m, s) to p = 0.5 N(0, 1) + 0.5 N(mu2, 1) by forward and reverse KL.
 """

@@ -1,23 +1,23 @@
 """Pretrain a reference policy on a task's reference data (experiments/pretrain.py).
 
 Run (the argument after ':' is a comma-separated list: `task=NAME` (a task or preset of
-configs/tasks.py), `quick` (tiny model, few steps: a smoke test)):
+grpo_jax/configs/tasks.py), `quick` (tiny model, few steps: a smoke test)):
 
-  python experiments/pretrain.py --config configs/pretrain.py:task=bandit_bimodal \
+  python experiments/pretrain.py --config grpo_jax/configs/pretrain.py:task=bandit_bimodal \
       --workdir runs/ref-bandit-bimodal
-  python experiments/pretrain.py --config configs/pretrain.py:task=format_90_10,quick \
+  python experiments/pretrain.py --config grpo_jax/configs/pretrain.py:task=format_90_10,quick \
       --workdir /tmp/ref-q
 
 Override any field with `--config.FIELD=VALUE` (locked config: misspelt fields fail).
-The workdir receives the checkpoint (orbax, restorable with `pretrain.restore_reference(workdir)`
-and usable as `--config.reference.checkpoint` of configs/grpo.py), metrics.jsonl and
+The workdir receives the checkpoint (orbax, restorable with `reference.restore_reference(workdir)`
+and usable as `--config.reference.checkpoint` of grpo_jax/configs/grpo.py), metrics.jsonl and
 report.json (the fit: exact KL[data || model], entropies, mode shares vs the data).
 The model section must match the GRPO config's model to be restored there.
 """
 
 import ml_collections
 
-from configs import tasks as task_configs
+from grpo_jax.configs import tasks as task_configs
 from grpo_jax.run.config_utils import parse_arg
 
 

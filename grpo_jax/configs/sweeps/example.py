@@ -2,8 +2,8 @@
 
 Run (finishes in about a second; a re-run finds every cell cached)::
 
-  python experiments/sweep.py --sweep configs/sweeps/example.py --workdir runs/sweep-example \
-      --runner configs.sweeps.example:closed_form_bandit_runner
+  python experiments/sweep.py --sweep grpo_jax/configs/sweeps/example.py --workdir runs/sweep-example \
+      --runner grpo_jax.configs.sweeps.example:closed_form_bandit_runner
 
 ``:small`` shrinks the grid (used by the tests). Cells differing only in ``seed`` and
 ``loss.beta`` (the runner's ``vmappable_keys``) form one population, so the grid below is
