@@ -96,8 +96,6 @@ def main(argv):
                 XLA_FLAGS=xla,
                 PYTHONPATH=os.pathsep.join([root, os.path.join(root, "benchmarks")]),
             )
-            if not is_tree:
-                env["GRPO_JAX_XLA_FLAGS"] = "0"
             cmd = [
                 sys.executable,
                 "-P",  # not this script's folder first: the variant's benchmarks/ and tree

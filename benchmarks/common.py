@@ -16,11 +16,11 @@ import sys
 import time
 from typing import Callable
 
-# The library's XLA CPU flags must be in XLA_FLAGS before jax initialises its backends.
-from grpo_jax.run import xla_setup  # noqa: E402
+# The process settings the entry points use (CPU: host memory reuse), before jax starts its
+# backends; no compilation cache, so compile times are measured.
+from grpo_jax.run import launch  # noqa: E402
 
-xla_setup.apply_xla_flags()
-xla_setup.reuse_host_memory()
+launch.configure(compilation_cache=False)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -61,13 +61,14 @@ def _rl_workload(name: str):
 def _population_program(config, cells):
     from grpo_jax.models import model as model_lib  # noqa: PLC0415
     from grpo_jax.run import runner  # noqa: PLC0415
+    from grpo_jax.run import build
     from grpo_jax.rl import train
 
     ref = None
     if config.policy == "transformer":  # a random reference: its values do not change the cost
-        task = runner.make_task(config)
-        ref = model_lib.init(runner.make_model_config(config, task), jax.random.PRNGKey(0))
-    setup, _, state, hp = runner.build_population(config, cells, ref_params=ref)
+        task = build.make_task(config)
+        ref = model_lib.init(build.make_model_config(config, task), jax.random.PRNGKey(0))
+    setup, _, state, hp = build.build_population(config, cells, ref_params=ref)
     chunk = int(config.train.chunk_steps)
     return train.make_rl_chunk(setup, chunk, population=True), (state, hp)
 
@@ -81,7 +82,7 @@ def _study(policy: str):
     groups = sweep.group_cells(cells, study_lib.GROUP_KEYS)
     group = next(g for g in groups if cells[g.indices[0]].policy == policy)
     members = [
-        {k: config_utils.get_value(cells[i], k) for k in runner.VMAPPABLE_KEYS}
+        {k: config_utils.get_value(cells[i], k) for k in build.VMAPPABLE_KEYS}
         for i in group.indices
     ]
     return _population_program(cells[group.indices[0]], members)

@@ -1,4 +1,4 @@
-"""Throughput of the whole GRPO RL step on the W1 / W2 workloads (DESIGN.md §5).
+"""Throughput of the whole GRPO RL step on the W1 / W2 workloads (docs/design.md, 'Benchmark workloads').
 
     PYTHONPATH=. python benchmarks/rl_step.py --workload=all --quick   # CPU-sized run
     PYTHONPATH=. python benchmarks/rl_step.py --workload=W1 --steps=10 --repeats=5
@@ -82,7 +82,8 @@ KL_CHOICES = (("k1", "reward"), ("k2", "loss"), ("k3", "loss"), ("k3", "reward")
 @dataclasses.dataclass(frozen=True)
 class TokenCountTask:
     """Benchmark task: prompts are uniform ordinary tokens; reward = fraction of completion
-    tokens equal to `target` (DESIGN.md §5). One mode (every completion is labelled 0)."""
+    tokens equal to `target` (docs/design.md, 'Benchmark workloads'). One mode (every completion is labelled 0).
+    """
 
     prompt_len: int
     completion_len: int
@@ -249,7 +250,7 @@ def bench_w1(steps: int, repeats: int, compute_dtype: str = "float32") -> dict:
     print(
         "  FLOPs per step (from the model sizes): "
         + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in flops.items())
-        + " (DESIGN.md §5: ~258 G)"
+        + " (docs/design.md, 'Benchmark workloads': ~258 G)"
     )
     print(
         f"  float32 matmul peak ({n}x{n} jnp.dot): {peak / 1e9:.1f} GFLOP/s; step reaches "

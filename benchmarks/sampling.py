@@ -1,4 +1,4 @@
-"""Sampling throughput: KV-cache sampler vs a naive no-cache loop (DESIGN.md §5 workloads).
+"""Sampling throughput: KV-cache sampler vs a naive no-cache loop (docs/design.md, 'Benchmark workloads' workloads).
 
     PYTHONPATH=. python benchmarks/sampling.py            # W1 (or `pip install -e .` first)
     PYTHONPATH=. python benchmarks/sampling.py --workload=w2 --repeats=20

@@ -1,32 +1,22 @@
 """grpo_jax: GRPO and its KL penalty in JAX.
 
-Modules (docs/design.md describes the math, the layout and the data flow):
+The folders are layers; imports go one way (tests/test_layers.py), and importing any of them
+changes nothing process-wide (entry points apply process settings with `run.launch`).
+docs/design.md describes the math, the layout and the data flow.
 
-  The math (pure functions, jit/vmap/grad-safe)
-    kl            KL estimators (registry), exact KL from logits, clamps
-    kl_choice     KLChoice: one vocabulary for (estimator, placement) and "none"
-    advantages    group-relative advantage estimators (registry)
-    losses        the GRPO policy loss, composed of small named parts
-    audit         exact-enumeration expected gradients
-    metrics       exact KL, entropy, mode coverage, pass@k
-  Models and data
-    model         small decoder-only transformer (flax.nnx)
-    sampling      jitted KV-cache sampling
-    tasks         synthetic reward tasks with a modality dial
-  Training
-    pretrain      reference pretraining; save / restore a reference
-    reference_fit the exact fit report of a pretrained reference
-    train         the GRPO step: rollout, loss function, inner updates, metrics
-    evaluate      final evaluation (exact by enumeration where possible)
-  Orchestration (host side; I/O only here)
-    runner        config -> objects -> chunked jitted training, checkpoints, metrics
-    sweep         grid expansion, grouping into populations, cell cache
-    study         the study: exact one-token outcomes, records, group runner
-    report        statistics, verdicts, figures and markdown of the study
-    rundir        run-directory config check, lock, log recovery
-    checkpoint    orbax save / restore;  writers: JSONL, TensorBoard, progress
-    config_utils  strict config arguments, dotted keys;  jsonio: JSON at the edges
-    sharding      mesh and sharding rules; multi-host start-up
+  core/     the math, pure and jit/vmap/grad-safe: kl (estimators, exact KL), kl_choice,
+            advantages, losses, audit (exact expected gradients), stats, checks
+  models/   model (flax.nnx decoder), sampling (jitted KV-cache sampler), policies
+            (one-token tabular / Gaussian), gguf and tokenizer (SmolLM2 from a GGUF file)
+  tasks/    synthetic reward tasks with a modality dial; enumeration (exact quantities of a
+            model over a task's completions)
+  rl/       train (the GRPO step and chunked scans), pretrain, reference_fit, evaluate
+  run/      the host side, the only layer with I/O: runner (populations, the chunk loop),
+            reference, sweep, rundir, checkpoint, writers, config_utils, jsonio, sharding,
+            launch and xla_setup (process settings)
+  study/    groups (the study's group runner and exact records), report/ (statistics,
+            verdicts, figures, markdown)
+  configs/  ml_collections configs, run by path (--config grpo_jax/configs/NAME.py)
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """Test set-up: CPU with 8 virtual devices, so sharded code runs in CI, and the persistent
 compilation cache, so a second run of the suite loads its compiled programs instead of
 recompiling them (`GRPO_JAX_COMPILATION_CACHE=0` turns it off; `GRPO_JAX_CACHE_DIR` moves it,
-default ~/.cache/grpo_jax/jax_cache; see grpo_jax/xla_setup.py).
+default ~/.cache/grpo_jax/jax_cache; see grpo_jax/run/xla_setup.py).
 
 The tests compile the CPU code with LLVM optimisation level 0
 (`--xla_backend_optimization_level=0`; XLA's own HLO passes run as usual): the suite is mostly

@@ -70,14 +70,15 @@ def main(argv=None):
 
     from grpo_jax.models import model
     from grpo_jax.run import runner
+    from grpo_jax.run import build
 
-    task = runner.make_task(config)
-    mcfg = runner.make_model_config(config, task)
+    task = build.make_task(config)
+    mcfg = build.make_model_config(config, task)
     ref = model.init(mcfg, jax.random.PRNGKey(7))
     workdir = args.workdir or os.path.join(os.path.dirname(args.out), f"w{args.process_id}")
     log = lambda *a: print(f"[{time.time() - T0:.1f}s]", *a, flush=True)
     out = runner.run_population(
-        config, runner.population_cells(config), workdir, ref_params=ref, log=log
+        config, build.population_cells(config), workdir, ref_params=ref, log=log
     )
     log("trained")
     leaves = jax.tree.leaves(out.state.params)

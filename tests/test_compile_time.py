@@ -25,12 +25,13 @@ import jax
 from grpo_jax.configs import transformer_population as pop
 from grpo_jax.models import model
 from grpo_jax.run import runner
+from grpo_jax.run import build
 from grpo_jax.rl import train
 
 config = pop.get_config("small")
-task = runner.make_task(config)
-ref = model.init(runner.make_model_config(config, task), jax.random.PRNGKey(0))
-setup, _, state, hp = runner.build_population(config, pop.member_cells(config), ref_params=ref)
+task = build.make_task(config)
+ref = model.init(build.make_model_config(config, task), jax.random.PRNGKey(0))
+setup, _, state, hp = build.build_population(config, pop.member_cells(config), ref_params=ref)
 chunk = train.make_rl_chunk(setup, int(config.train.chunk_steps), population=True)
 lowered = chunk.lower(state, hp)
 t0 = time.perf_counter()

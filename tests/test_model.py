@@ -286,8 +286,7 @@ def test_gqa_config_validation():
 
 
 def test_dense_and_gated_mlp_match_autodiff():
-    """The 2D `dense` helper equals `jnp.dot`, and `gated_mlp`'s hand-written VJP (issue 13:
-    the backward as 2D GEMMs, d_gate_up written in one pass) equals autodiff of the plain
+    """The 2D `dense` helper equals `jnp.dot`, and `gated_mlp`'s hand-written VJP (the backward as 2D GEMMs, d_gate_up written in one pass) equals autodiff of the plain
     formula, for the value and all three gradients, under jit and vmap."""
     k = jax.random.split(jax.random.key(7), 5)
     n, d, m = 10, 16, 24

@@ -14,6 +14,7 @@ import pytest
 from grpo_jax.configs import grpo as grpo_config
 from grpo_jax.configs import tasks as task_configs
 from grpo_jax.run import checkpoint, config_utils, jsonio, reference, rundir, runner, sweep
+from grpo_jax.run import build
 from grpo_jax.models import model
 from grpo_jax.rl import pretrain
 from grpo_jax.run import writers
@@ -154,8 +155,8 @@ def _tiny_reference(seed: int):
     c = _config()
     c.task = task_configs.task_config("bandit", num_tokens=16, sigma=2.0)
     c.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
-    task = runner.make_task(c)
-    mcfg = runner.make_model_config(c, task)
+    task = build.make_task(c)
+    mcfg = build.make_model_config(c, task)
     return c, task, mcfg, model.init(mcfg, jax.random.PRNGKey(seed))
 
 
@@ -181,10 +182,10 @@ def test_reference_of_another_task_is_refused(tmp_path):
     )
     other.model.update(num_layers=1, width=16, num_heads=2, mlp_width=32)
     with pytest.raises(rundir.ConfigMismatchError, match=r"(?s)task.num_modes: 1 -> 2"):
-        reference.load_or_pretrain_reference(other, runner.make_task(other), mcfg, ref_dir)
+        reference.load_or_pretrain_reference(other, build.make_task(other), mcfg, ref_dir)
     other.reference.checkpoint = ref_dir  # an explicit reference of another task, too
     with pytest.raises(rundir.ConfigMismatchError, match="task.num_modes"):
-        reference.load_or_pretrain_reference(other, runner.make_task(other), mcfg, None)
+        reference.load_or_pretrain_reference(other, build.make_task(other), mcfg, None)
 
 
 @pytest.mark.parametrize(

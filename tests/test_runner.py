@@ -8,6 +8,8 @@ import jax
 import numpy as np
 import pytest
 
+
+from grpo_jax.run import build
 from grpo_jax.run import checkpoint, rundir, runner, writers
 from train_helpers import member, reference, tiny_config
 
@@ -28,7 +30,7 @@ def test_one_and_eight_devices_agree(tmp_path):
         _, _, ref = reference(c)
         out = runner.run_population(
             c,
-            runner.population_cells(c),
+            build.population_cells(c),
             str(tmp_path / f"{devices}-{shard_params}"),
             ref_params=ref,
             log=lambda *_: None,
@@ -50,17 +52,17 @@ def test_kill_and_resume_equals_uninterrupted_bit_for_bit(tmp_path):
     _, _, ref = reference(c)
     quiet = lambda *_: None
     full = runner.run_population(
-        c, runner.population_cells(c), str(tmp_path / "full"), ref_params=ref, log=quiet
+        c, build.population_cells(c), str(tmp_path / "full"), ref_params=ref, log=quiet
     )
     # "Killed" after 2 of 3 chunks, then the same command again resumes from the checkpoint.
     c_cut = tiny_config(steps=4, chunk=2)
     runner.run_population(
-        c_cut, runner.population_cells(c_cut), str(tmp_path / "cut"), ref_params=ref, log=quiet
+        c_cut, build.population_cells(c_cut), str(tmp_path / "cut"), ref_params=ref, log=quiet
     )
     assert checkpoint.latest_step(str(tmp_path / "cut" / "checkpoints")) == 4
     logs = []
     resumed = runner.run_population(
-        c, runner.population_cells(c), str(tmp_path / "cut"), ref_params=ref, log=logs.append
+        c, build.population_cells(c), str(tmp_path / "cut"), ref_params=ref, log=logs.append
     )
     assert resumed.start_step == 4 and any("resumed" in line for line in logs)
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
@@ -102,11 +104,11 @@ def test_population_equals_separate_runs(tmp_path):
 def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     # Fault injection: beta = inf per member makes the loss non-finite (the member check,
     # which would refuse it before compiling, is switched off for this test).
-    monkeypatch.setattr(runner, "check_member", lambda *_: None)
+    monkeypatch.setattr(build, "check_member", lambda *_: None)
     c = tiny_config(steps=2, chunk=2)
     _, _, ref = reference(c)
     quiet = lambda *_: None
-    runner.run_population(c, runner.population_cells(c), str(tmp_path), ref_params=ref, log=quiet)
+    runner.run_population(c, build.population_cells(c), str(tmp_path), ref_params=ref, log=quiet)
     good = checkpoint.latest_step(str(tmp_path / "checkpoints"))
     bad = tiny_config(steps=4, chunk=2)
     bad_cells = [{"train.seed": 0, "loss.beta": float("inf")}]

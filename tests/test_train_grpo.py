@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+
+from grpo_jax.run import build
 from grpo_jax.run import runner, writers
 from grpo_jax.tasks import enumeration
 from grpo_jax.tasks.bandit import bandit_optimum
@@ -60,7 +62,7 @@ def bandit_population(tmp_path_factory):
 
 def test_bandit_optima_match_the_gradient_audit(bandit_population):
     """k2 in the loss -> reverse-KL optimum; exact forward KL -> forward optimum; and k3 in the
-    loss also lands on the *forward* optimum (DESIGN.md §2)."""
+    loss also lands on the *forward* optimum (docs/design.md, 'The math')."""
     _, task, mcfg, ref, choices, out = bandit_population
     q = policy_probs(mcfg, task, ref)
     rev, fwd, _ = optima(task, q, BETA)
@@ -88,9 +90,9 @@ def test_bandit_reward_rises_and_reference_is_frozen(bandit_population):
 
 def test_member_values_are_validated():
     with pytest.raises(ValueError, match=r"loss.beta = inf is not a finite number in \[0.0, "):
-        runner.population_hparams(tiny_config(), [{"train.seed": 0, "loss.beta": float("inf")}])
+        build.population_hparams(tiny_config(), [{"train.seed": 0, "loss.beta": float("inf")}])
     with pytest.raises(ValueError, match=r"optim.lr = 0.0 .*\(and > 0\)"):
-        runner.population_hparams(tiny_config(), [{"train.seed": 0, "optim.lr": 0.0}])
+        build.population_hparams(tiny_config(), [{"train.seed": 0, "optim.lr": 0.0}])
 
 
 @pytest.mark.parametrize(
@@ -117,7 +119,7 @@ def test_invalid_config_names_the_field(field, value, match):
     section, key = field.split(".")
     c[section][key] = value
     with pytest.raises(ValueError, match=match):
-        runner.validate_config(c)
+        build.validate_config(c)
 
 
 def test_metrics_jsonl_has_the_promised_fields(tmp_path):
@@ -165,7 +167,7 @@ def test_replayed_policy_forward_equals_recomputed():
     ]
     assert [s.replays for s in setups] == [True, False]
     state = train.init_rl_state(setups[0], ref, ref, jax.random.PRNGKey(3))
-    hp = train.Hparams(loss=runner.make_loss_config(c), lr=jnp.float32(1e-2))
+    hp = train.Hparams(loss=build.make_loss_config(c), lr=jnp.float32(1e-2))
     both = jax.jit(lambda s, h: [train.rl_step(setup, s, h) for setup in setups])(state, hp)
     out = dict(zip((True, False), both))
     (s1, m1), (s0, m0) = out[True], out[False]

@@ -35,7 +35,6 @@ _CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     from grpo_jax.run import xla_setup
-    xla_setup.apply_xla_flags()
     cache = xla_setup.enable_compilation_cache(sys.argv[2] or None,
                                                enable=bool(sys.argv[2]))
     import jax, jax.numpy as jnp
@@ -105,23 +104,24 @@ def test_program_cache_on_disk_loads_the_same_program(tmp_path, monkeypatch):
     import jax  # noqa: PLC0415
     import pytest  # noqa: PLC0415
 
-    from grpo_jax.run import runner  # noqa: PLC0415
+    from grpo_jax.run import build
+    from grpo_jax.run import programs, runner  # noqa: PLC0415
 
     c, cells = _tiny_population()
-    programs = tmp_path / "programs"
+    program_dir = tmp_path / "programs"
     logs = []
 
     def run(name, directory):
         monkeypatch.setattr(xla_setup, "program_cache_dir", lambda: directory)
-        runner.PROGRAMS.clear()  # forget the in-memory programs: only the disk remains
+        programs.PROGRAMS.clear()  # forget the in-memory programs: only the disk remains
         logs.clear()
         out = runner.run_population(c, cells, str(tmp_path / name), log=logs.append)
         return out, [line.split()[0] for line in logs if "population program" in line]
 
     off, off_log = run("off", None)
-    cold, cold_log = run("cold", str(programs))
-    (stored,) = os.listdir(programs)
-    warm, warm_log = run("warm", str(programs))
+    cold, cold_log = run("cold", str(program_dir))
+    (stored,) = os.listdir(program_dir)
+    warm, warm_log = run("warm", str(program_dir))
     assert (off_log, cold_log, warm_log) == (["compiled"], ["compiled"], ["reused"])
     for other in (cold, warm):
         for a, b in zip(jax.tree.leaves(off.state), jax.tree.leaves(other.state)):
@@ -129,10 +129,10 @@ def test_program_cache_on_disk_loads_the_same_program(tmp_path, monkeypatch):
         assert off.history.keys() == other.history.keys()
         for k in set(off.history) - {"step_time", "tokens_per_s"}:  # not the clocks
             np.testing.assert_array_equal(off.history[k], other.history[k], err_msg=k)
-    (programs / stored).write_bytes(b"not a program")
+    (program_dir / stored).write_bytes(b"not a program")
     with pytest.warns(UserWarning, match="cached program not loaded"):
-        again, again_log = run("again", str(programs))
-    assert again_log == ["compiled"] and (programs / stored).read_bytes() != b"not a program"
+        again, again_log = run("again", str(program_dir))
+    assert again_log == ["compiled"] and (program_dir / stored).read_bytes() != b"not a program"
     np.testing.assert_array_equal(again.history["loss"], off.history["loss"])
 
 
@@ -159,13 +159,13 @@ _KEY_CHILD = textwrap.dedent("""
     from grpo_jax.run import xla_setup
     xla_setup.enable_compilation_cache(sys.argv[1], enable=True)  # whatever the caller's env
     import jax
-    from grpo_jax.run import runner
+    from grpo_jax.run import build, programs
     from test_xla_setup import _tiny_population  # tests/ is on PYTHONPATH
 
     c, cells = _tiny_population()
-    setup, _, state, hp = runner.build_population(c, cells, reference_dir=sys.argv[1] + "/ref")
-    key = runner.ProgramCache.key(setup, 2, state, hp)
-    print("PATH", runner.ProgramCache.disk_path(key, state, hp))
+    setup, _, state, hp = build.build_population(c, cells, reference_dir=sys.argv[1] + "/ref")
+    key = programs.ProgramCache.key(setup, 2, state, hp)
+    print("PATH", programs.ProgramCache.disk_path(key, state, hp))
 """)
 
 

@@ -7,6 +7,7 @@ import ml_collections
 from grpo_jax.configs import grpo as grpo_config
 from grpo_jax.models import model
 from grpo_jax.run import runner
+from grpo_jax.run import build
 
 
 def tiny_config(steps=8, chunk=4, **loss):
@@ -22,8 +23,8 @@ def tiny_config(steps=8, chunk=4, **loss):
 
 
 def reference(config):
-    task = runner.make_task(config)
-    mcfg = runner.make_model_config(config, task)
+    task = build.make_task(config)
+    mcfg = build.make_model_config(config, task)
     return task, mcfg, model.init(mcfg, jax.random.PRNGKey(0))
 
 

@@ -8,7 +8,7 @@ unknown argument is an error listing the valid ones):
   python experiments/train_grpo.py --config grpo_jax/configs/grpo.py:task=arithmetic,quick --workdir runs/q
 
 Any field can be overridden with `--config.FIELD=VALUE`; the config is locked, so a misspelt
-field fails at parse time, and `runner.validate_config` checks the values (estimator names,
+field fails at parse time, and `build.validate_config` checks the values (estimator names,
 sizes, ...) before anything compiles, naming the bad field.
 """
 

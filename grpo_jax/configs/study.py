@@ -21,7 +21,7 @@ interaction I = Delta(multimodal) - Delta(unimodal). Prediction (`prediction`): 
 primary outcome (forward keeps mass on answers the reward abandons; reverse drops it), with
 Delta(unimodal) equivalent to 0.
 
-Decision rule (grpo_jax/report/inference.py), per multimodal point and unimodal baseline:
+Decision rule (grpo_jax/study/report/inference.py), per multimodal point and unimodal baseline:
 HOLDS if I's Holm-adjusted interval excludes 0 with the predicted sign and Delta(unimodal)
 is equivalent to 0 (TOST, `margin`); REFUTED if I is equivalent to 0 or Delta(unimodal)
 exceeds its margin (or I has the opposite sign); otherwise UNDECIDED, with the seeds that

@@ -1,12 +1,12 @@
 """A small Llama-style decoder-only transformer in flax.nnx, with a KV cache.
 
-Architecture (DESIGN.md §5): token embedding -> ``num_layers`` pre-norm blocks
+Architecture (docs/design.md, 'Benchmark workloads'): token embedding -> ``num_layers`` pre-norm blocks
 ``x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x))`` -> RMSNorm -> untied linear head.
 RMSNorm eps 1e-6, rotary position embeddings (theta 10000, rotate-half form), SiLU-gated
 MLP ``W_down(silu(W_gate x) * W_up x)``, no biases anywhere, every weight initialised
 N(0, 0.02^2) (RMSNorm scales start at 1).
 
-Options for pretrained Llama-family checkpoints (``grpo_jax/gguf.py``), each off by default
+Options for pretrained Llama-family checkpoints (``grpo_jax/models/gguf.py``), each off by default
 so the defaults are the model above bit for bit: grouped-query attention
 (``num_kv_heads < num_heads``: each key/value head serves ``num_heads // num_kv_heads``
 consecutive query heads), tied embeddings (``tie_embeddings``: the head is the embedding
@@ -134,7 +134,7 @@ def dense(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
 
     The same products as ``jnp.dot(x, w)``; flattening the leading axes first makes the
     weight gradient a plain ``x2d.T @ g2d`` that XLA CPU runs as one GEMM, without first
-    copying (transposing) the activation gradient, as it does for a 3D ``x`` (issue 13).
+    copying (transposing) the activation gradient, as it does for a 3D ``x``.
     """
     lead = x.shape[:-1]
     y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), w.astype(dtype))
@@ -169,7 +169,7 @@ def _gated_mlp_bwd(res, dy):
     dw_down = jnp.dot((act * up).T, dy)
     d_gate = dh * up * (sig * (1 + gate * (1 - sig)))
     # One concatenation fusion writes d_gate and d_up side by side: the [N, 2M] layout of
-    # d_gu (13% faster on the W1 shapes than a select over an [N, 2, M] view, issue 13).
+    # d_gu (13% faster on the W1 shapes than a select over an [N, 2, M] view).
     d_gu = jnp.concatenate([d_gate, dh * act], axis=-1)
     return jnp.dot(d_gu, w_gate_up.T), jnp.dot(x.T, d_gu), dw_down
 
@@ -229,7 +229,7 @@ class Tape:
     `replayed_gated_mlp`), while its gradient is the matmul's. A pass replayed with the
     parameters and inputs it was recorded with therefore computes the same values as a
     plain pass, up to rounding, without the matmul FLOPs of its forward: the policy
-    forward of an on-policy GRPO step replays the sampler's (DESIGN.md §5; docs/design.md,
+    forward of an on-policy GRPO step replays the sampler's (docs/design.md,
     "Shared prompts and replay").
     """
 
@@ -278,7 +278,7 @@ def rope_table(max_len: int, head_dim: int, theta: float):
 
     A table read by position instead of ``jnp.cos``/``jnp.sin`` in the program: XLA fuses the
     angle's cosine into every consumer, recomputing it per element of q and k (a third of
-    the W1 decode step's elementwise time, issue 13).
+    the W1 decode step's elementwise time).
     """
     half = head_dim // 2
     freq = float(theta) ** (-np.arange(half, dtype=np.float64) * 2.0 / head_dim)

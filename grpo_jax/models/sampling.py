@@ -101,17 +101,17 @@ def sampling_logits(
 
 def inverse_cdf_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
     """One draw per row from ``softmax(logits [..., V])`` -> ``[...]`` int32, by inverting
-    the CDF at one uniform ``u ~ U(0, 1]`` per row (`inverse_cdf_index`).
+     the CDF at one uniform ``u ~ U(0, 1]`` per row (`inverse_cdf_index`).
 
-    `jax.random.categorical` draws V Gumbels per row and takes two logs of each; this draws
-    one number: in the study's bandit populations a chunk takes 1.05 s instead of 2.0 s
-    (issue 13). The price is resolution in the tails: ``u`` lies on a grid of 2^-23 and the
-    CDF is float32 (spacing ~6e-8 near 1), so a token's probability is represented only to
-    ~1.2e-7: a token far below that is drawn either never or at ~1.2e-7 (e.g. 100x too often
-    at p = 1e-9), where Gumbels draw it about right down to ~1e-8 of the largest. Sampled
-    tail-sensitive estimators (k3 with a tiny pi) can then see rare huge ratios, so the
-    one-token policies keep Gumbels by default (`policies.sample`, config key
-    `grpo.one_token_draw`); use this where tokens below ~1e-7 do not matter.
+     `jax.random.categorical` draws V Gumbels per row and takes two logs of each; this draws
+     one number: in the study's bandit populations a chunk takes 1.05 s instead of 2.0 s
+    . The price is resolution in the tails: ``u`` lies on a grid of 2^-23 and the
+     CDF is float32 (spacing ~6e-8 near 1), so a token's probability is represented only to
+     ~1.2e-7: a token far below that is drawn either never or at ~1.2e-7 (e.g. 100x too often
+     at p = 1e-9), where Gumbels draw it about right down to ~1e-8 of the largest. Sampled
+     tail-sensitive estimators (k3 with a tiny pi) can then see rare huge ratios, so the
+     one-token policies keep Gumbels by default (`policies.sample`, config key
+     `grpo.one_token_draw`); use this where tokens below ~1e-7 do not matter.
     """
     u = 1.0 - jax.random.uniform(key, logits.shape[:-1], jnp.float32)  # (0, 1]
     return inverse_cdf_index(logits, u)
@@ -372,7 +372,7 @@ def _sample(
         if record:  # ONE record buffer per chain, [rows, T-1, sum of widths], every site side
             # by side, so that a decode step writes one slab per chain (fewer in-place
             # updates: -1.5 to -3.5 % W1 step; a buffer per chain lets the chains' writes run
-            # side by side, issue 13); split per site afterwards, in the row order of a
+            # side by side); split per site afterwards, in the row order of a
             # teacher-forced pass over tokens[:, :T-1] (`model.completion_logits`).
             shapes = jax.eval_shape(
                 lambda: _step_records(model, tok0[:rows], prefixes[0], cache[0])

@@ -8,7 +8,7 @@ Saving and restoring a reference (files) is `grpo_jax.run.reference`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp

@@ -189,7 +189,7 @@ def _constrain(x, setup: RLSetup):
     return jax.lax.with_sharding_constraint(x, setup.data_sharding)
 
 
-def sampling_logits(setup: RLSetup, logits: jax.Array) -> jax.Array:
+def step_logits(setup: RLSetup, logits: jax.Array) -> jax.Array:
     """The distribution the sampler draws from: logits / temperature, specials banned
     (-1e9: probability exactly 0). [B, T, V] float32."""
     return stats.ban_tokens(logits / setup.temperature, tuple(setup.task.special_ids))
@@ -207,7 +207,7 @@ def completion_logits(model, params, prompts: jax.Array, tokens: jax.Array, repl
 def policy_logits(
     setup: RLSetup, params, prompts: jax.Array, tokens: jax.Array, model=None, replay=None
 ) -> jax.Array:
-    """Teacher-forced `sampling_logits` of `tokens` [B, T] under `model` (default: the
+    """Teacher-forced `step_logits` of `tokens` [B, T] under `model` (default: the
     policy's); `prompts` [N, P] holds one prompt per group of `setup.group_size` rows."""
     model = setup.model if model is None else model
     if prompts.shape[0] * setup.group_size != tokens.shape[0]:
@@ -215,7 +215,7 @@ def policy_logits(
             f"prompts [N, P] must have one row per group of {setup.group_size} rows of tokens "
             f"[B, T]; got prompts {prompts.shape}, tokens {tokens.shape}."
         )
-    return sampling_logits(setup, completion_logits(model, params, prompts, tokens, replay))
+    return step_logits(setup, completion_logits(model, params, prompts, tokens, replay))
 
 
 def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
@@ -255,7 +255,7 @@ def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
         tokens=tokens,
         mask=_constrain(out.mask.astype(jnp.float32), setup),
         old_logp=jax.lax.stop_gradient(out.logp),
-        old_logits=sampling_logits(setup, out.logits),
+        old_logits=step_logits(setup, out.logits),
         rewards=task.reward(prompts, tokens).astype(jnp.float32),
         record=out.record if setup.replays else None,
     )

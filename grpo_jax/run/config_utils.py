@@ -171,22 +171,27 @@ def run_app(main, flag: str = "config") -> None:
 
     * a misspelt `--config.KEY=VALUE` override ends with one line naming the bad key and
       the valid keys (ml_collections alone raises a bare traceback);
-    * the library's XLA CPU flags are applied, freed host memory is kept for the next call
-      (`xla_setup.reuse_host_memory`), and the persistent compilation cache is on
-      (grpo_jax/xla_setup.py; `--nocompilation_cache` or GRPO_JAX_COMPILATION_CACHE=0 turn
-      it off), so a second run loads its compiled programs instead of recompiling.
+    * the process settings are applied (`launch.configure`, one line on stderr): on the CPU
+      freed host memory is kept for the next call and the persistent compilation cache is
+      on, so a second run loads its compiled programs; `--nohost_memory_reuse` and
+      `--nocompilation_cache` turn them off.
     """
     import sys  # pylint: disable=import-outside-toplevel
 
     from absl import app, flags  # pylint: disable=import-outside-toplevel
 
-    from grpo_jax.run import xla_setup  # pylint: disable=import-outside-toplevel
+    from grpo_jax.run import launch  # pylint: disable=import-outside-toplevel
 
-    xla_setup.apply_xla_flags()
-    xla_setup.reuse_host_memory()
     if "compilation_cache" not in flags.FLAGS:
         flags.DEFINE_boolean(
             "compilation_cache", True, "Persistent XLA compilation cache under ~/.cache/grpo_jax."
+        )
+    if "host_memory_reuse" not in flags.FLAGS:
+        flags.DEFINE_boolean(
+            "host_memory_reuse",
+            True,
+            "On the CPU: keep freed host memory for the next call (glibc) and run CPU "
+            "programs on the calling thread.",
         )
 
     def parse(argv):
@@ -210,12 +215,11 @@ def run_app(main, flag: str = "config") -> None:
                 sys.exit(f"FATAL config error: {bad}")
             sys.exit(f"FATAL config error: {e}")
 
-    def main_with_cache(argv):
-        cache = xla_setup.enable_compilation_cache(
-            enable=None if flags.FLAGS.compilation_cache else False
+    def main_with_settings(argv):
+        launch.configure(
+            host_memory_reuse=flags.FLAGS.host_memory_reuse,
+            compilation_cache=flags.FLAGS.compilation_cache,
         )
-        if cache:
-            print(f"compilation cache: {cache}", file=sys.stderr)
         return main(argv)
 
-    app.run(main_with_cache, flags_parser=parse)
+    app.run(main_with_settings, flags_parser=parse)

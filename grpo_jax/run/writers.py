@@ -42,7 +42,7 @@ def member_rows(
     of member s at step `steps[i]` (default every step), values as Python numbers / lists.
 
     Each array is converted once (`tolist` of the selected steps), not value by value: for a
-    population of 640 members x 100 steps the other way took seconds per chunk (issue 13).
+    population of 640 members x 100 steps the other way took seconds per chunk.
     """
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     if not arrays:

@@ -1,24 +1,11 @@
-"""XLA CPU flags and the persistent compilation cache, set in one place.
+"""The process settings' primitives: host memory reuse and the persistent compilation cache.
 
-Three process-level settings that speed up grpo_jax on the CPU; everything else in the
-library stays pure. Call them at the top of an entry point (experiments, benchmarks, the test
-conftest; `config_utils.run_app` does), before the first computation:
+Nothing here runs on import, and no library function calls these: entry points apply them
+through `launch.configure` (which does so only on the CPU and says what it set), the test
+conftest directly.
 
-    from grpo_jax.run import xla_setup
-    xla_setup.apply_xla_flags()          # before jax initialises its CPU backend
-    xla_setup.reuse_host_memory()        # likewise (glibc malloc, synchronous CPU dispatch)
-    xla_setup.enable_compilation_cache() # any time before the first compile
-
-`apply_xla_flags` appends `CPU_FLAGS` to the `XLA_FLAGS` environment variable. XLA reads
-that variable once, when the first backend is created; later calls change nothing (the
-function says so in its return value). Flags the user already set in `XLA_FLAGS` win: a flag
-named there is not added again. `GRPO_JAX_XLA_FLAGS=0` turns the defaults off.
-
-Which flags, and where they were measured (benchmarks/README.md has the figures):
-  jaxlib 0.10.2, CPU backend only, on a 2-core Intel Xeon (AVX-512, no AMX) and checked on
-  the W1 step (benchmarks/vs_trl.py) as a whole, not on a single matmul. Flags are names from
-  that jaxlib; a newer jaxlib that drops one fails loudly at start-up ("Unknown flag"), so
-  re-measure and edit `CPU_FLAGS` when upgrading.
+    reuse_host_memory()        # before jax creates its CPU backend (glibc malloc, sync dispatch)
+    enable_compilation_cache() # any time before the first compile
 
 `enable_compilation_cache` points `jax_compilation_cache_dir` at
 `$GRPO_JAX_CACHE_DIR` or `~/.cache/grpo_jax/jax_cache` (XDG_CACHE_HOME respected) and lowers
@@ -30,7 +17,7 @@ program, the flags and the devices, so results are the same with the cache on or
 
 On top of it, `program_cache_dir` (`<cache dir>/programs`, on whenever the compilation cache
 is) keeps whole serialized executables of the population chunk programs
-(`runner.ProgramCache`): jax's cache still traces and lowers a program to find its key (about
+(`programs.ProgramCache`): jax's cache still traces and lowers a program to find its key (about
 1.2 s for each of the study's 12 programs, a tenth of a second run), while these are keyed
 without tracing, by `program_key`: a fingerprint of the grpo_jax sources, the versions of
 the libraries that build the program, the jax configuration, XLA_FLAGS, the devices and the
@@ -42,10 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-# Flags appended to XLA_FLAGS by `apply_xla_flags` (see the module docstring for where they
-# were measured). Each entry is "--name=value".
-CPU_FLAGS: tuple[str, ...] = ()
-
 _FALSE = ("0", "false", "no", "off")
 
 
@@ -53,7 +36,7 @@ def _flag_name(flag: str) -> str:
     return flag.lstrip("-").split("=", 1)[0]
 
 
-def xla_flags_with_defaults(current: str, flags: tuple[str, ...] = CPU_FLAGS) -> str:
+def xla_flags_with_defaults(current: str, flags: tuple[str, ...]) -> str:
     """`current` XLA_FLAGS plus each of `flags` whose name `current` does not set already."""
     present = {_flag_name(f) for f in current.split()}
     extra = [f for f in flags if _flag_name(f) not in present]
@@ -68,22 +51,6 @@ def backends_initialised() -> bool:
     return bool(xb is not None and getattr(xb, "_backends", None))
 
 
-def apply_xla_flags(flags: tuple[str, ...] | None = None) -> bool:
-    """Append the library's XLA CPU flags to `XLA_FLAGS` (once, before backends exist).
-
-    Returns True if the flags can still take effect (no backend created yet), False if jax
-    had already initialised its backends or `GRPO_JAX_XLA_FLAGS` is off.
-    """
-    if os.environ.get("GRPO_JAX_XLA_FLAGS", "1").lower() in _FALSE:
-        return False
-    if backends_initialised():
-        return False
-    os.environ["XLA_FLAGS"] = xla_flags_with_defaults(
-        os.environ.get("XLA_FLAGS", ""), CPU_FLAGS if flags is None else tuple(flags)
-    )
-    return True
-
-
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
@@ -94,7 +61,7 @@ def reuse_host_memory(enable: bool | None = None) -> bool:
     XLA's CPU runtime allocates each call's temporary buffers (733 MB for the W1 step) and
     frees them when the call ends. glibc maps blocks that large with mmap and unmaps them on
     free, so every call page-faults its temporaries in afresh as zeroed pages: 179,000 minor
-    faults and 0.3 CPU seconds of kernel time per W1 step on 2 cores (issue 13). Here glibc
+    faults and 0.3 CPU seconds of kernel time per W1 step on 2 cores. Here glibc
     serves large blocks from the heap (`M_MMAP_MAX` 0) and never trims it
     (`M_TRIM_THRESHOLD` at its maximum), and jax runs CPU programs on the calling thread
     (`jax_cpu_enable_async_dispatch` False): the allocation then comes from the main thread's
@@ -220,7 +187,7 @@ def program_cache_dir() -> str | None:
 def persistent_cache_off():
     """Compile inside this context without jax's persistent cache (restored afterwards).
 
-    For programs that `runner.ProgramCache` serializes: an executable that jax loaded from
+    For programs that `programs.ProgramCache` serializes: an executable that jax loaded from
     its own cache serializes without its compiled kernels on the CPU (jaxlib 0.10.2: the
     reloaded program fails with "Function ... not found"), so those are compiled afresh.
     """

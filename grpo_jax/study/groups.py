@@ -34,13 +34,15 @@ import jax
 import ml_collections
 import numpy as np
 
+
+from grpo_jax.run import build
 from grpo_jax.run import config_utils, runner, sweep
 from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.study.report import analysis
 from grpo_jax.tasks.bandit import bandit_optimum
 
 # Cells of one group differ only in these: the population's members.
-GROUP_KEYS = runner.VMAPPABLE_KEYS + ("eval.arm", "eval.replicate")
+GROUP_KEYS = build.VMAPPABLE_KEYS + ("eval.arm", "eval.replicate")
 
 
 # ------------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def run_group(
     if keep_checkpoints:  # every checkpoint kept; not part of the cells' config (hash)
         config_utils.set_value(config, "train.max_to_keep", 0)
     workdir = workdir or static_config.eval.get("workdir", "") or tempfile.mkdtemp("study")
-    members = [{k: config_utils.get_value(c, k) for k in runner.VMAPPABLE_KEYS} for c in cells]
+    members = [{k: config_utils.get_value(c, k) for k in build.VMAPPABLE_KEYS} for c in cells]
     group_dir = os.path.join(
         workdir, "groups", sweep.cell_hash({"static": static_config, "members": members})
     )

@@ -7,5 +7,5 @@ Run one with::
   python experiments/sweep.py --sweep grpo_jax/configs/sweeps/NAME.py[:arg] --workdir DIR \
       --runner package.module:function
 
-See ``grpo_jax/sweep.py`` for grouping into vmapped populations and the result cache.
+See ``grpo_jax/run/sweep.py`` for grouping into vmapped populations and the result cache.
 """

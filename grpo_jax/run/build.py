@@ -1,0 +1,335 @@
+"""Config -> objects: the checks of a GRPO config and what a population is built from.
+
+`validate_config(config)` names a bad field and its valid values before anything compiles;
+`build_population(config, cells)` turns a config and its member cells (per-member values of
+`VMAPPABLE_KEYS`) into the static `train.RLSetup`, the task, the initial population state
+and the stacked `train.Hparams` that `runner.run_population` compiles and runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from grpo_jax import tasks
+from grpo_jax.core import losses
+from grpo_jax.core.kl_choice import KLChoice
+from grpo_jax.models import policies
+from grpo_jax.rl import pretrain, train
+from grpo_jax.run import checkpoint, config_utils, reference, sharding
+
+# Keys of a config that may differ between members of one population (pytree leaves of the
+# train state / hyperparameters); everything else changes the compiled program.
+VMAPPABLE_KEYS = (
+    "train.seed",
+    "loss.beta",
+    "loss.eps_low",
+    "loss.eps_high",
+    "optim.lr",
+    "loss.kl_choice",
+    "loss.entropy_coef",
+)
+
+NONFINITE_MODES = ("stop", "skip")
+
+
+def _require(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"config.{field}: {msg}")
+
+
+def _require_number(
+    config, field: str, low: float, high: float = math.inf, low_open: bool = False
+) -> None:
+    """config.<field> is a finite number in [low, high] ((low, high] with low_open)."""
+    v = config_utils.get_value(config, field)
+    bound = f"{'(' if low_open else '['}{low}, {high}{']' if math.isfinite(high) else ')'}"
+    ok = (
+        isinstance(v, (int, float))
+        and math.isfinite(v)
+        and v <= high
+        and (v > low if low_open else v >= low)
+    )
+    _require(ok, field, f"{v!r} is not a finite number in {bound}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Check every field a run depends on; raise `ValueError` naming the bad field and its
+    valid values or range. Runs before anything is traced or compiled."""
+    _require(
+        config.task.name in tasks.TASKS,
+        "task.name",
+        f"{config.task.name!r} is not a task; valid: {', '.join(tasks.TASKS)}",
+    )
+    _require_number(config, "loss.beta", 0.0)
+    _require_number(config, "loss.entropy_coef", 0.0)
+    _require_number(config, "loss.eps_low", 0.0, 1.0)
+    _require_number(config, "loss.eps_high", 0.0)
+    try:
+        make_loss_config(config)
+        kl_choice_of(config)
+    except ValueError as e:  # re-raise with the config path
+        raise ValueError(f"config.loss: {e}") from None
+    _require(
+        config.policy in ("transformer",) + tuple(policies.POLICIES),
+        "policy",
+        f"{config.policy!r}; valid: transformer, {', '.join(policies.POLICIES)}",
+    )
+    if config.policy != "transformer":
+        _require(
+            config.task.name == "bandit",
+            "policy",
+            f"{config.policy!r} is for one-token tasks (bandit), not {config.task.name!r}",
+        )
+    for field in ("num_layers", "width", "num_heads", "mlp_width"):
+        _require(int(config.model[field]) >= 1, f"model.{field}", "must be >= 1")
+    _require(
+        config.model.width % config.model.num_heads == 0,
+        "model.width",
+        f"{config.model.width} is not divisible by model.num_heads " f"{config.model.num_heads}",
+    )
+    _require(
+        config.model.dtype in ("float32", "bfloat16"),
+        "model.dtype",
+        f"{config.model.dtype!r}; valid: float32, bfloat16",
+    )
+    for field in ("num_prompts", "group_size", "inner_steps"):
+        _require(int(config.grpo[field]) >= 1, f"grpo.{field}", "must be >= 1")
+    _require(
+        config.grpo.group_size >= 2,
+        "grpo.group_size",
+        "group-relative advantages need at least 2 completions per prompt",
+    )
+    _require_number(config, "grpo.temperature", 0.0, low_open=True)
+    _require(
+        config.grpo.get("one_token_draw", "gumbel") in policies.DRAWS,
+        "grpo.one_token_draw",
+        f"{config.grpo.get('one_token_draw')!r}; valid: {', '.join(policies.DRAWS)}",
+    )
+    _require_number(config, "optim.lr", 0.0, low_open=True)
+    _validate_train_and_mesh(config)
+
+
+def _validate_train_and_mesh(config: ml_collections.ConfigDict) -> None:
+    """`validate_config`'s checks of `config.train`, the reference checkpoint and the mesh."""
+    t = config.train
+    for field in (
+        "num_steps",
+        "chunk_steps",
+        "num_seeds",
+        "checkpoint_every_chunks",
+        "log_every_steps",
+    ):
+        _require(int(t[field]) >= 1, f"train.{field}", f"{t[field]!r}; must be >= 1")
+    _require(
+        int(t.num_steps) % int(t.chunk_steps) == 0,
+        "train.num_steps",
+        f"{t.num_steps} is not a multiple of "
+        f"train.chunk_steps {t.chunk_steps} (every jit call runs a whole chunk)",
+    )
+    _require(
+        int(t.max_to_keep) >= 0,
+        "train.max_to_keep",
+        f"{t.max_to_keep!r}; must be >= 0 (0 keeps every checkpoint)",
+    )
+    _require_number(config, "train.max_skipped_frac", 0.0, 1.0)
+    _require(
+        t.on_nonfinite in NONFINITE_MODES,
+        "train.on_nonfinite",
+        f"{t.on_nonfinite!r}; valid: {', '.join(NONFINITE_MODES)}",
+    )
+    ref = config.reference.checkpoint
+    _require(
+        not ref or checkpoint.latest_step(ref) is not None,
+        "reference.checkpoint",
+        f"{ref!r} holds no checkpoint (a typo? leave it empty to pretrain one)",
+    )
+    n_dev = len(jax.devices())
+    data = int(config.mesh.data)
+    _require(
+        data == -1 or 1 <= data <= n_dev,
+        "mesh.data",
+        f"{data}; must be -1 (all) or between 1 and {n_dev}",
+    )
+    size = n_dev if data == -1 else data
+    batch = config.grpo.num_prompts * config.grpo.group_size
+    _require(
+        batch % size == 0,
+        "grpo.num_prompts",
+        f"batch num_prompts*group_size = {batch} must be divisible by the {size} "
+        f"devices of the data axis (config.mesh.data)",
+    )
+
+
+def make_task(config) -> Any:
+    return config_utils.make_task(config.task)
+
+
+def make_model_config(config, task):
+    """The policy's model: a transformer `ModelConfig` (`config.policy == "transformer"`) or
+    a one-token policy of policies.py ("tabular", "gaussian")."""
+    if config.policy != "transformer":
+        return policies.make(config.policy, task)
+    return pretrain.model_config_for(task, **dict(config.model))
+
+
+def initial_params(config, task, model_config, ref_params):
+    """Where the policy starts: the reference itself (transformer, tabular), or for the
+    Gaussian policy the maximum-likelihood fit to the reference (moment matching)."""
+    if config.policy == "gaussian":
+        probs = np.exp(np.asarray(ref_params["logits"], np.float64))[list(task.ordinary_ids)]
+        return model_config.fit_to(probs / probs.sum())
+    return ref_params
+
+
+def kl_choice_of(config, cell: Mapping[str, Any] | None = None) -> KLChoice:
+    """The KL choice of a cell: its `loss.kl_choice`, else the config's, else the config's
+    `loss.kl_estimator`/`loss.kl_placement` names. (beta = 0 is still this choice here;
+    `KLChoice.of(choice, beta)` names what the run actually does.)"""
+    cell = cell or {}
+    choice = cell.get("loss.kl_choice", config.loss.get("kl_choice", ""))
+    return (
+        KLChoice.parse(choice)
+        if choice
+        else KLChoice(config.loss.kl_estimator, config.loss.kl_placement)
+    )
+
+
+def make_loss_config(config, choice: KLChoice | None = None, **numeric) -> losses.LossConfig:
+    """`losses.LossConfig` from `config.loss` with the KL choice `choice` (default: the
+    config's); `numeric` overrides leaves (e.g. beta=array)."""
+    fields = dict(config.loss)
+    fields.pop("kl_choice", None)
+    fields.update((choice or kl_choice_of(config)).loss_fields())
+    fields.update(numeric)
+    return losses.make_config(**fields)
+
+
+def population_kl_choices(config, cells) -> tuple[KLChoice, ...]:
+    """The distinct KL choices of a population, in first-seen order; () when there is only
+    one (then the choice stays static and no switch is compiled)."""
+    choices = tuple(dict.fromkeys(kl_choice_of(config, c) for c in cells))
+    return () if len(choices) == 1 else choices
+
+
+def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RLSetup:
+    g, o = config.grpo, config.optim
+    return train.RLSetup(
+        model=model_config,
+        task=task,
+        num_prompts=int(g.num_prompts),
+        group_size=int(g.group_size),
+        inner_steps=int(g.inner_steps),
+        temperature=float(g.temperature),
+        one_token_draw=str(g.get("one_token_draw", "gumbel")),  # absent: as before the key
+        grad_clip=float(o.grad_clip),
+        adam_b1=float(o.b1),
+        adam_b2=float(o.b2),
+        adam_eps=float(o.eps),
+        skip_zero_grad=bool(config.train.skip_zero_grad),
+        data_sharding=None if mesh is None else sharding.data_sharding(mesh),
+        kl_choices=tuple(kl_choices),
+        ref_model=(None if config.policy == "transformer" else policies.make("tabular", task)),
+    )
+
+
+def cell_value(config, cell: Mapping[str, Any], key: str):
+    """A cell's value for the dotted `key`, else the config's (looked up only then)."""
+    return cell[key] if key in cell else config_utils.get_value(config, key)
+
+
+def population_cells(config) -> list[dict[str, Any]]:
+    """The members of `config`'s own population: `num_seeds` consecutive seeds."""
+    base = {k: config_utils.get_value(config, k) for k in VMAPPABLE_KEYS}
+    return [
+        dict(base, **{"train.seed": int(config.train.seed) + i})
+        for i in range(int(config.train.num_seeds))
+    ]
+
+
+MEMBER_RANGES = (
+    ("loss.beta", 0.0, math.inf),
+    ("loss.entropy_coef", 0.0, math.inf),
+    ("loss.eps_low", 0.0, 1.0),
+    ("loss.eps_high", 0.0, math.inf),
+    ("optim.lr", 0.0, math.inf),
+)
+
+
+def check_member(cell: Mapping[str, Any], value: Callable[[str], float]) -> None:
+    """A population member's numeric values are finite and in range (as `validate_config`
+    checks the config's own): a ValueError names the cell, the key and the range."""
+    for key, low, high in MEMBER_RANGES:
+        v = value(key)
+        if not (math.isfinite(v) and low <= v <= high) or (key == "optim.lr" and v <= 0):
+            raise ValueError(
+                f"cell {dict(cell)}: {key} = {v!r} is not a finite number in "
+                f"[{low}, {high}]" + (" (and > 0)" if key == "optim.lr" else "")
+            )
+
+
+def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hparams:
+    """Numeric hyperparameters of `cells`, every leaf stacked along a leading axis [S]."""
+    choices = population_kl_choices(config, cells)
+    # Every member's LossConfig has the same static names (a stacked pytree); with a switch
+    # they are those of the first choice, and `kl_choice` indexes the member's own.
+    static_choice = choices[0] if choices else kl_choice_of(config, cells[0])
+
+    def one(cell):
+        value = lambda k: float(cell_value(config, cell, k))
+        check_member(cell, value)
+        choice = kl_choice_of(config, cell)
+        loss_cfg = make_loss_config(
+            config,
+            static_choice,
+            beta=value("loss.beta"),
+            eps_low=value("loss.eps_low"),
+            eps_high=value("loss.eps_high"),
+            entropy_coef=value("loss.entropy_coef"),
+        )
+        return train.Hparams(
+            loss=loss_cfg,
+            lr=np.float32(value("optim.lr")),
+            kl_choice=np.int32(choices.index(choice) if choices else 0),
+        )
+
+    def stack(*xs):  # on the host, one transfer per leaf (not one per member and leaf)
+        dtype = jnp.asarray(xs[0]).dtype  # the leaf's jax dtype (Python float -> float32)
+        return jnp.asarray(np.stack([np.asarray(x, dtype) for x in xs]))
+
+    return jax.tree.map(stack, *[one(c) for c in cells])
+
+
+def _init_population(setup, config, cells, init_params, ref_params, mesh):
+    def init(start, ref, keys):
+        return jax.vmap(lambda k: train.init_rl_state(setup, start, ref, k))(keys)
+
+    keys = jnp.stack([jax.random.PRNGKey(int(cell_value(config, c, "train.seed"))) for c in cells])
+    shape = jax.eval_shape(init, init_params, ref_params, keys)
+    shardings = sharding.param_shardings(
+        shape, mesh, bool(config.mesh.shard_params), leading_axes=1
+    )
+    return jax.jit(init, out_shardings=shardings)(init_params, ref_params, keys)
+
+
+def build_population(config, cells, ref_params=None, reference_dir=None, log=print):
+    """(setup, task, initial population state, stacked hparams) of `config` and its member
+    `cells`: what the chunk program is compiled for. `ref_params` default:
+    `reference.load_or_pretrain_reference` (cached in `reference_dir`)."""
+    task = make_task(config)
+    mcfg = make_model_config(config, task)
+    mesh = sharding.make_mesh(config.mesh)
+    setup = make_setup(config, task, mcfg, mesh, population_kl_choices(config, cells))
+    hp = population_hparams(config, cells)
+    if ref_params is None:
+        ref_params = reference.load_or_pretrain_reference(
+            config, task, mcfg, reference_dir, log=log
+        )
+    start = initial_params(config, task, mcfg, ref_params)
+    state = _init_population(setup, config, cells, start, ref_params, mesh)
+    return setup, task, state, hp

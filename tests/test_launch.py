@@ -1,0 +1,98 @@
+"""Process settings belong to entry points: importing the library changes nothing
+process-wide, and `launch.configure` sets the CPU tuning only on the CPU, saying so."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_IMPORT_ALL = textwrap.dedent("""
+    import ctypes, importlib, json, os, pkgutil
+    calls = []
+    class Recorder:  # any glibc call through ctypes (mallopt) is recorded, not made
+        def __init__(self, *a, **k): pass
+        def __getattr__(self, name):
+            return lambda *a: calls.append(name) or 1
+    ctypes.CDLL = Recorder
+    import jax
+    keys = ("jax_cpu_enable_async_dispatch", "jax_enable_compilation_cache",
+            "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    def state():
+        return {"XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+                **{k: jax.config.values.get(k) for k in keys}}
+    before = state()
+    import grpo_jax
+    names = [m.name for m in pkgutil.walk_packages(grpo_jax.__path__, "grpo_jax.")]
+    for name in names:
+        importlib.import_module(name)
+    print(json.dumps({"before": before, "after": state(), "calls": calls,
+                      "modules": len(names)}))
+""")
+
+
+def _child(code: str, **env) -> subprocess.CompletedProcess:
+    full = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_cpu_fake_probe=1", **env)
+    full.pop("GRPO_JAX_COMPILATION_CACHE", None)
+    full.pop("GRPO_JAX_REUSE_MEMORY", None)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=240
+    )
+
+
+def test_importing_every_module_changes_no_process_setting():
+    import json  # noqa: PLC0415
+
+    out = _child(_IMPORT_ALL, JAX_PLATFORMS="cpu")
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["modules"] > 40  # every subpackage and module was imported
+    assert got["after"] == got["before"]
+    assert got["calls"] == []  # no mallopt (nor any other glibc call) on import
+
+
+_CONFIGURE = textwrap.dedent("""
+    import jax
+    from grpo_jax.run import launch
+    got = launch.configure(host_memory_reuse={memory}, compilation_cache={cache})
+    print("GOT", got["cpu"], got["host_memory_reuse"], bool(got["compilation_cache"]),
+          jax.config.values["jax_cpu_enable_async_dispatch"],
+          jax.config.values["jax_enable_compilation_cache"])
+""")
+
+
+def test_configure_sets_the_cpu_tuning_and_says_so(tmp_path):
+    out = _child(
+        _CONFIGURE.format(memory=True, cache=True),
+        JAX_PLATFORMS="cpu",
+        GRPO_JAX_CACHE_DIR=str(tmp_path),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("process settings")]
+    assert len(lines) == 1 and "host memory reuse on" in lines[0] and str(tmp_path) in lines[0]
+    assert "GOT True True True False True" in out.stdout
+
+
+def test_configure_flags_turn_each_setting_off():
+    out = _child(_CONFIGURE.format(memory=False, cache=False), JAX_PLATFORMS="cpu")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "host memory reuse off, compilation cache off" in out.stderr
+    assert "GOT True False False True False" in out.stdout
+
+
+def test_configure_sets_nothing_off_the_cpu():
+    """JAX_PLATFORMS naming an accelerator first: nothing is set (the backend is never
+    created here, so no accelerator is needed)."""
+    code = textwrap.dedent("""
+        import jax
+        from grpo_jax.run import launch
+        before = dict(jax.config.values)
+        got = launch.configure()
+        print("GOT", got["cpu"], got["host_memory_reuse"], got["compilation_cache"],
+              dict(jax.config.values) == before)
+    """)
+    out = _child(code, JAX_PLATFORMS="cuda,cpu")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "process settings: none (not on the CPU)" in out.stderr
+    assert "GOT False False None True" in out.stdout
