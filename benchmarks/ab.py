@@ -38,12 +38,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def child(root: str) -> None:
     import common  # noqa: PLC0415
     import jax  # noqa: PLC0415
-    import rl_step  # noqa: PLC0415
-    from grpo_jax.rl.train import make_rl_chunk  # noqa: PLC0415
+    import rl_step  # noqa: PLC0415  (the variant tree's; its make_rl_chunk too)
 
     setup = rl_step.make_setup(FLAGS.workload, compute_dtype=FLAGS.compute_dtype)
     state, hp = rl_step.init_population(setup, 0)
-    run, compile_s = common.compile_seconds(make_rl_chunk(setup, 1), state, hp)
+    run, compile_s = common.compile_seconds(rl_step.make_rl_chunk(setup, 1), state, hp)
     box = [state]
 
     def call():

@@ -60,9 +60,8 @@ def _rl_workload(name: str):
 
 def _population_program(config, cells):
     from grpo_jax.models import model as model_lib  # noqa: PLC0415
-    from grpo_jax.run import runner  # noqa: PLC0415
-    from grpo_jax.run import build
-    from grpo_jax.rl import train
+    from grpo_jax.rl import train  # noqa: PLC0415
+    from grpo_jax.run import build  # noqa: PLC0415
 
     ref = None
     if config.policy == "transformer":  # a random reference: its values do not change the cost
@@ -75,7 +74,7 @@ def _population_program(config, cells):
 
 def _study(policy: str):
     from grpo_jax.configs import study as study_config  # noqa: PLC0415
-    from grpo_jax.run import config_utils, runner, sweep  # noqa: PLC0415
+    from grpo_jax.run import build, config_utils, sweep  # noqa: PLC0415
     from grpo_jax.study import groups as study_lib  # noqa: PLC0415
 
     cells = sweep.expand(*study_config.grid(study_config.get_config()))
@@ -113,7 +112,7 @@ def _lm():
     return train.make_rl_chunk(setup, config.chunk_steps), (state, hp)
 
 
-def build(name: str):
+def program_of(name: str):
     """(jitted program, its arguments) of a program name."""
     if name in ("W1", "W2"):
         return _rl_workload(name)
@@ -131,7 +130,7 @@ def build(name: str):
 
 def measure(name: str) -> dict:
     jax.config.update("jax_enable_compilation_cache", False)
-    program, args = build(name)
+    program, args = program_of(name)
     t0 = time.perf_counter()
     lowered = program.lower(*args)
     t1 = time.perf_counter()

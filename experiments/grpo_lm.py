@@ -7,16 +7,17 @@ Task: ``tasks.number_text.prime_task`` ("Name a prime number between lo and hi",
 written up to the number; reward 1 for a prime inside the range; several valid answers).
 Policy and reference: the GGUF model (``gguf.load``; grouped-query attention, tied
 embeddings). Regularisers (``config.choices``): exact forward KL, exact reverse KL, k3 and k2
-in the loss, beta ``config.beta``; one compiled ``train.make_rl_chunk`` with the choice as
-data (``RLSetup.kl_choices``), run per choice (CPU) or as one vmapped population (``full``).
+in the loss, beta ``config.beta``: one vmapped population, a member per choice, trained by
+the shared host loop (``runner.run_population`` with the GGUF model and the task given).
 
-Logged per step and regulariser (``<workdir>/metrics.jsonl``): reward, exact per-position
+Logged per step and member (``<workdir>/metrics.jsonl``, the runner's rows): reward, exact per-position
 full-vocabulary KL of pi_old against the reference in both directions and entropy
 (``train.step_metrics``), and the share of each valid answer among the samples. Before and
 after training, the exact answer distribution of each prompt (the policy's probability of
 every number 0..99 as the 2-token completion, by enumeration): the mass on valid answers,
 the share of each valid answer, and the effective number of valid answers exp(H).
-Writes ``<workdir>/report.md``. Disk: under 1 MB.
+Writes ``<workdir>/report.md`` and ``answers.json``; no checkpoints by default
+(``config.checkpoint_every_chunks``).
 """
 
 from __future__ import annotations
@@ -25,19 +26,17 @@ import functools
 import json
 import os
 import platform
-import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from grpo_jax.models import gguf  # noqa: E402
-from grpo_jax.core import losses
-from grpo_jax.rl import train
-from grpo_jax.models import model as model_lib  # noqa: E402
-from grpo_jax.tasks import number_text  # noqa: E402
+from grpo_jax.configs import grpo as grpo_config
+from grpo_jax.models import gguf, tokenizer
+from grpo_jax.models import model as model_lib
+from grpo_jax.run import runner
+from grpo_jax.tasks import number_text
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -79,106 +78,31 @@ def answer_summary(probs: np.ndarray, task) -> dict:
     return out
 
 
-def main(argv):
-    del argv
-    config = _CONFIG.value
-    workdir = _WORKDIR.value
-    os.makedirs(workdir, exist_ok=True)
-    t0 = time.time()
-    path = gguf.fetch_smollm2(config.cache_dir or None)
-    from grpo_jax.models import tokenizer  # pylint: disable=import-outside-toplevel
+def lm_grpo_config(config):
+    """The GRPO config (grpo_jax/configs/grpo.py's fields) of this experiment; the task and
+    the model come from the GGUF file, not from it."""
+    c = grpo_config.get_config()
+    c.grpo.update(num_prompts=int(config.num_prompts), group_size=int(config.group_size))
+    c.loss.beta = float(config.beta)
+    c.optim.lr = float(config.lr)
+    c.train.update(num_steps=int(config.steps), chunk_steps=int(config.chunk_steps))
+    c.train.update(
+        seed=int(config.seed), checkpoint_every_chunks=int(config.checkpoint_every_chunks)
+    )
+    c.train.update(tensorboard=False, max_to_keep=1)
+    return c
 
-    tok = tokenizer.from_gguf(path)
-    task = number_text.prime_task(tok, ranges=tuple(tuple(r) for r in config.ranges))
-    cfg, params, _ = gguf.load(
-        path, max_len=task.prompt_len + task.completion_len, dtype=config.dtype
-    )
-    print(
-        f"loaded in {time.time() - t0:.1f} s; prompt length {task.prompt_len}; "
-        f"{task.num_modes} valid answers overall"
-    )
-    choices = tuple(config.choices)
-    setup = train.RLSetup(
-        model=cfg,
-        task=task,
-        num_prompts=config.num_prompts,
-        group_size=config.group_size,
-        kl_choices=choices,
-    )
-    digit_ids = jnp.asarray(task.digit_ids, jnp.int32)
-    special = jnp.asarray(task.special_ids, jnp.int32)
-    prompts = task.all_prompts()
-    ref_answers = answer_summary(
-        np.asarray(answer_probs(cfg, params, prompts, digit_ids, special)), task
-    )
-    run = train.make_rl_chunk(setup, config.chunk_steps, population=config.population)
-    loss_cfg = losses.LossConfig(beta=config.beta)
-    results = {}
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    open(metrics_path, "w").close()
 
-    def log_chunk(names, metrics, offset):
-        with open(metrics_path, "a") as fh:
-            for m, name in enumerate(names):
-                for s in range(config.chunk_steps):
-                    row = {"choice": name, "step": offset + s + 1}
-                    for k in ("reward_mean", "exact_kl_fwd", "exact_kl_rev", "entropy", "loss"):
-                        row[k] = float(metrics[k][m, s])
-                    shares = np.asarray(metrics["mode_shares"][m, s])
-                    row["answer_shares"] = {
-                        int(a): float(x) for a, x in zip(task.answers, shares) if x > 0
-                    }
-                    fh.write(json.dumps(row) + "\n")
-                    print(json.dumps(row))
-
-    timing = {}
-    if config.population:
-        s = len(choices)
-        stack = lambda t: jax.tree.map(lambda x: jnp.stack([x] * s), t)
-        keys = jax.random.split(jax.random.key(config.seed), s)
-        state = jax.vmap(lambda p, r, k: train.init_rl_state(setup, p, r, k))(
-            stack(params), stack(params), keys
-        )
-        hp = train.Hparams(
-            loss=stack(loss_cfg), lr=jnp.full((s,), config.lr, jnp.float32), kl_choice=jnp.arange(s)
-        )
-        t1 = time.time()
-        for c in range(config.steps // config.chunk_steps):
-            state, metrics = run(state, hp)
-            log_chunk(choices, jax.device_get(metrics), c * config.chunk_steps)
-        timing["all"] = time.time() - t1
-        for m, name in enumerate(choices):
-            final = jax.tree.map(lambda x: x[m], state.params)
-            results[name] = answer_summary(
-                np.asarray(answer_probs(cfg, final, prompts, digit_ids, special)), task
-            )
-    else:
-        for m, name in enumerate(choices):
-            # The state is donated: the reference gets its own buffers each run.
-            ref = jax.tree.map(jnp.copy, params)
-            state = train.init_rl_state(setup, params, ref, jax.random.key(config.seed))
-            hp = train.Hparams(loss=loss_cfg, lr=jnp.float32(config.lr), kl_choice=jnp.int32(m))
-            t1 = time.time()
-            for c in range(config.steps // config.chunk_steps):
-                state, metrics = run(state, hp)
-                log_chunk(
-                    [name],
-                    jax.device_get(jax.tree.map(lambda x: x[None], metrics)),
-                    c * config.chunk_steps,
-                )
-            timing[name] = time.time() - t1
-            results[name] = answer_summary(
-                np.asarray(answer_probs(cfg, state.params, prompts, digit_ids, special)), task
-            )
-            del state
-    rows = [json.loads(line) for line in open(metrics_path)]
+def report(config, task, history, ref_answers, results, seconds) -> str:
+    """report.md: the last step's metrics and the exact answer distributions per member."""
+    mean = lambda rs, k: float(np.mean([r[k] for r in rs]))
     lines = [
         "# GRPO on SmolLM2-135M-Instruct: prime numbers, four regularisers",
         "",
         f"`experiments/grpo_lm.py` ({platform.machine()} CPU, {os.cpu_count()} cores, "
         f"jax {jax.__version__}, devices {jax.devices()[0].platform}); {config.steps} steps, "
         f"{config.num_prompts} prompts x {config.group_size} samples, beta {config.beta}, "
-        f"lr {config.lr}; wall time {time.time() - t0:.0f} s ({timing}).",
+        f"lr {config.lr}; wall time {seconds:.0f} s.",
         "",
         "Prompts: " + "; ".join(repr(t) for t in task.texts),
         "",
@@ -186,19 +110,15 @@ def main(argv):
         "valid mass (exact, mean over prompts) | effective valid answers exp(H) | "
         "top answer share |",
         "|---|---|---|---|---|---|---|---|",
-    ]
-    mean = lambda rs, k: float(np.mean([r[k] for r in rs]))
-    lines.append(
         f"| reference | - | 0 | 0 | - | {mean(ref_answers, 'valid_mass'):.3f} | "
-        f"{mean(ref_answers, 'effective_valid'):.2f} | "
-        f"{mean(ref_answers, 'top_share'):.3f} |"
-    )
-    for name in choices:
-        last = [r for r in rows if r["choice"] == name][-1]
+        f"{mean(ref_answers, 'effective_valid'):.2f} | {mean(ref_answers, 'top_share'):.3f} |",
+    ]
+    last = lambda k, m: float(np.asarray(history[k])[m, -1])
+    for m, name in enumerate(config.choices):
         rs = results[name]
         lines.append(
-            f"| {name} | {last['reward_mean']:.3f} | {last['exact_kl_fwd']:.2e} | "
-            f"{last['exact_kl_rev']:.2e} | {last['entropy']:.3f} | "
+            f"| {name} | {last('reward_mean', m):.3f} | {last('exact_kl_fwd', m):.2e} | "
+            f"{last('exact_kl_rev', m):.2e} | {last('entropy', m):.3f} | "
             f"{mean(rs, 'valid_mass'):.3f} | {mean(rs, 'effective_valid'):.2f} | "
             f"{mean(rs, 'top_share'):.3f} |"
         )
@@ -208,15 +128,41 @@ def main(argv):
         "reference on that step's batch, nats per token). Answer columns: exact, by "
         "enumerating every number 0..99 as the 2-token completion.",
         "",
-        "Reference answer shares (first prompt): "
-        + ", ".join(f"{a}: {s:.3f}" for a, s in ref_answers[0]["shares"].items()),
     ]
-    for name in choices:
-        lines.append(
-            f"{name} answer shares (first prompt): "
-            + ", ".join(f"{a}: {s:.3f}" for a, s in results[name][0]["shares"].items())
-        )
-    text = "\n".join(lines) + "\n"
+    for name, rs in [("reference", ref_answers)] + [(n, results[n]) for n in config.choices]:
+        shares = ", ".join(f"{a}: {s:.3f}" for a, s in rs[0]["shares"].items())
+        lines.append(f"{name} answer shares (first prompt): {shares}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    t0 = time.time()
+    path = config.gguf_path or gguf.fetch_smollm2(config.cache_dir or None)
+    task = number_text.prime_task(
+        tokenizer.from_gguf(path), ranges=tuple(tuple(r) for r in config.ranges)
+    )
+    cfg, params, _ = gguf.load(
+        path, max_len=task.prompt_len + task.completion_len, dtype=config.dtype
+    )
+    print(f"loaded in {time.time() - t0:.1f} s; prompt length {task.prompt_len}")
+    digit_ids = jnp.asarray(task.digit_ids, jnp.int32)
+    special = jnp.asarray(task.special_ids, jnp.int32)
+    prompts = task.all_prompts()
+    answers = lambda p: answer_summary(
+        np.asarray(answer_probs(cfg, p, prompts, digit_ids, special)), task
+    )
+    ref_answers = answers(params)
+    cells = [{"loss.kl_choice": choice} for choice in config.choices]
+    out = runner.run_population(
+        lm_grpo_config(config), cells, workdir, ref_params=params, task=task, model_config=cfg
+    )
+    results = {
+        name: answers(jax.tree.map(lambda x, m=m: x[m], out.state.params))
+        for m, name in enumerate(config.choices)
+    }
+    text = report(config, task, out.history, ref_answers, results, time.time() - t0)
     with open(os.path.join(workdir, "report.md"), "w") as fh:
         fh.write(text)
     with open(os.path.join(workdir, "answers.json"), "w") as fh:

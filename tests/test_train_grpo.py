@@ -107,7 +107,7 @@ def test_member_values_are_validated():
         ("train.on_nonfinite", "ignore", "config.train.on_nonfinite.*stop, skip"),
         ("task.name", "chess", "config.task.name.*bandit"),
         ("train.num_steps", 10, "config.train.num_steps.*multiple of train.chunk_steps"),
-        ("train.checkpoint_every_chunks", 0, "config.train.checkpoint_every_chunks.*>= 1"),
+        ("train.checkpoint_every_chunks", -1, "config.train.checkpoint_every_chunks.*>= 0"),
         ("loss.beta", float("inf"), r"config.loss.beta: inf is not a finite number in \[0.0, "),
         ("loss.beta", -1.0, r"config.loss.beta: -1.0 is not a finite number in \[0.0, inf\)"),
         ("train.max_skipped_frac", 1.5, r"config.train.max_skipped_frac.*\[0.0, 1.0\]"),

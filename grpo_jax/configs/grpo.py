@@ -78,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(
             num_steps=200,
             chunk_steps=25,  # RL steps per jit call (one lax.scan); host logs between
-            checkpoint_every_chunks=1,
+            checkpoint_every_chunks=1,  # 0: no checkpoints (no resume)
             log_every_steps=1,  # metrics.jsonl rows: every k-th step (and the last)
             seed=0,
             num_seeds=1,  # > 1: a vmapped population over seeds seed, seed+1, ...

@@ -58,11 +58,12 @@ def _require_number(
     _require(ok, field, f"{v!r} is not a finite number in {bound}")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
+def validate_config(config: ml_collections.ConfigDict, task_given: bool = False) -> None:
     """Check every field a run depends on; raise `ValueError` naming the bad field and its
-    valid values or range. Runs before anything is traced or compiled."""
+    valid values or range. Runs before anything is traced or compiled. `task_given`: the run
+    gets its task object from the caller, so `config.task` is not read."""
     _require(
-        config.task.name in tasks.TASKS,
+        task_given or config.task.name in tasks.TASKS,
         "task.name",
         f"{config.task.name!r} is not a task; valid: {', '.join(tasks.TASKS)}",
     )
@@ -82,7 +83,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
     if config.policy != "transformer":
         _require(
-            config.task.name == "bandit",
+            not task_given and config.task.name == "bandit",
             "policy",
             f"{config.policy!r} is for one-token tasks (bandit), not {config.task.name!r}",
         )
@@ -122,10 +123,14 @@ def _validate_train_and_mesh(config: ml_collections.ConfigDict) -> None:
         "num_steps",
         "chunk_steps",
         "num_seeds",
-        "checkpoint_every_chunks",
         "log_every_steps",
     ):
         _require(int(t[field]) >= 1, f"train.{field}", f"{t[field]!r}; must be >= 1")
+    _require(
+        int(t.checkpoint_every_chunks) >= 0,
+        "train.checkpoint_every_chunks",
+        f"{t.checkpoint_every_chunks!r}; must be >= 0 (0: no checkpoints, no resume)",
+    )
     _require(
         int(t.num_steps) % int(t.chunk_steps) == 0,
         "train.num_steps",
@@ -317,12 +322,15 @@ def _init_population(setup, config, cells, init_params, ref_params, mesh):
     return jax.jit(init, out_shardings=shardings)(init_params, ref_params, keys)
 
 
-def build_population(config, cells, ref_params=None, reference_dir=None, log=print):
+def build_population(
+    config, cells, ref_params=None, reference_dir=None, log=print, task=None, model_config=None
+):
     """(setup, task, initial population state, stacked hparams) of `config` and its member
     `cells`: what the chunk program is compiled for. `ref_params` default:
-    `reference.load_or_pretrain_reference` (cached in `reference_dir`)."""
-    task = make_task(config)
-    mcfg = make_model_config(config, task)
+    `reference.load_or_pretrain_reference` (cached in `reference_dir`). `task` and
+    `model_config` (e.g. a GGUF model's) replace `config.task` and `config.model`."""
+    task = make_task(config) if task is None else task
+    mcfg = make_model_config(config, task) if model_config is None else model_config
     mesh = sharding.make_mesh(config.mesh)
     setup = make_setup(config, task, mcfg, mesh, population_kl_choices(config, cells))
     hp = population_hparams(config, cells)

@@ -118,6 +118,8 @@ def run_population(
     ref_params=None,
     log=print,
     overwrite: bool = False,
+    task=None,
+    model_config=None,
 ) -> PopulationResult:
     """Train one vmapped population (one compiled program); return a `PopulationResult`.
 
@@ -129,6 +131,9 @@ def run_population(
         pretrained here).
       ref_params: reference parameters (default: `reference.load_or_pretrain_reference`).
       overwrite: discard a run of another config in `workdir` instead of refusing it.
+      task, model_config: the task object and the policy's model (a transformer
+        `ModelConfig`, e.g. a GGUF model's, with `ref_params` its weights) when they do not
+        come from `config.task` and `config.model`.
 
     Multi-host (`config.mesh.multihost`): every process runs this same function; the mesh
     spans all processes' devices. `workdir` must be on a filesystem all processes share:
@@ -137,16 +142,17 @@ def run_population(
     bar belong to process 0.
     """
     sharding.maybe_initialize_distributed(config.mesh)  # before any other JAX call
-    build.validate_config(config)
+    build.validate_config(config, task_given=task is not None)
     lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    given = dict(ref_params=ref_params, task=task, model_config=model_config)
     if not lead:
-        return _run_locked(config, cells, workdir, ref_params, log, overwrite, lead)
+        return _run_locked(config, cells, workdir, given, log, overwrite, lead)
     with rundir.lock(workdir, log=log):
-        return _run_locked(config, cells, workdir, ref_params, log, overwrite, lead)
+        return _run_locked(config, cells, workdir, given, log, overwrite, lead)
 
 
-def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> PopulationResult:
+def _run_locked(config, cells, workdir, given, log, overwrite, lead) -> PopulationResult:
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if lead:
         rundir.check_config(
@@ -159,7 +165,9 @@ def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> Pop
             for name in ("checkpoints", "metrics.jsonl", "tb", "reference"):
                 _remove(os.path.join(workdir, name))
     reference_dir = os.path.join(workdir, "reference")
-    setup, task, state, hp = build.build_population(config, cells, ref_params, reference_dir, log)
+    setup, task, state, hp = build.build_population(
+        config, cells, reference_dir=reference_dir, log=log, **given
+    )
     total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
     state, start = _resume(ckpt_dir, state, total, log)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -173,8 +181,10 @@ def _run_locked(config, cells, workdir, ref_params, log, overwrite, lead) -> Pop
         f"{'reused' if cached else 'compiled'} a {len(cells)}-member population program, "
         f"{chunk} steps per chunk, in {compile_s:.1f}s"
     )
+    meta = {"config": config.to_dict(), "cells": [dict(c) for c in cells]}
+    seeds = [int(build.cell_value(config, cell, "train.seed")) for cell in cells]
     state, history = _train_chunks(
-        config, cells, setup, task, state, hp, run_chunk, start, workdir, lead
+        LoopSettings.of(config), meta, seeds, setup, state, hp, run_chunk, start, workdir, lead
     )
     if start > 0 and lead:  # resumed: the whole history is in the JSONL
         hist = writers.stacked_history(workdir, len(cells))
@@ -204,24 +214,51 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workdir, lead):
-    """The chunk loop: run, check finiteness, log, checkpoint, progress. -> (state, history)."""
-    total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """What the chunk loop needs from a config (`of(config)`), and nothing else."""
+
+    total: int  # train.num_steps
+    chunk: int  # train.chunk_steps
+    checkpoint_every: int  # chunks (0: never)
+    log_every: int  # steps
+    max_to_keep: int | None
+    on_nonfinite: str
+    tensorboard: bool
+    progress: bool
+
+    @classmethod
+    def of(cls, config) -> "LoopSettings":
+        t = config.train
+        return cls(
+            total=int(t.num_steps),
+            chunk=int(t.chunk_steps),
+            checkpoint_every=int(t.checkpoint_every_chunks),
+            log_every=int(t.log_every_steps),
+            max_to_keep=int(t.max_to_keep) or None,
+            on_nonfinite=str(t.on_nonfinite),
+            tensorboard=bool(t.tensorboard),
+            progress=bool(t.progress),
+        )
+
+
+def _train_chunks(
+    loop: LoopSettings, meta, seeds, setup, state, hp, run_chunk, start, workdir, lead
+):
+    """The chunk loop: run, check finiteness, log, checkpoint, progress. -> (state, history).
+    `meta`: what each checkpoint records ({"config", "cells"}); `seeds`: one per member."""
+    total, chunk, every, log_every = loop.total, loop.chunk, loop.checkpoint_every, loop.log_every
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    every = int(config.train.checkpoint_every_chunks)
-    log_every = int(config.train.log_every_steps)
-    keep = int(config.train.max_to_keep) or None
-    meta = {"config": config.to_dict(), "cells": [dict(c) for c in cells]}
+    cells = meta["cells"]
     history: list[dict[str, np.ndarray]] = []
-    seeds = [int(build.cell_value(config, cell, "train.seed")) for cell in cells]
     bar = writers.Progress(
         total,
         initial=start,
-        desc=f"grpo {config.task.name}",
-        disable=not (config.train.progress and lead),
+        desc=f"grpo {setup.task.name}",
+        disable=not (loop.progress and lead),
     )
     writer = (
-        writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
+        writers.MetricWriter(workdir, tensorboard=loop.tensorboard)
         if lead
         else writers.NullWriter()
     )
@@ -233,14 +270,14 @@ def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workd
             metrics = jax.device_get(metrics)  # [S, chunk, ...]
             seconds = time.perf_counter() - t0
             ok = np.asarray(metrics["nonfinite"]) == 0
-            if config.train.on_nonfinite == "stop" and not ok.all():
+            if loop.on_nonfinite == "stop" and not ok.all():
                 member, bad = np.argwhere(~ok)[0]
                 bar.close()
                 raise NonFiniteError(
                     _nonfinite_message(step + int(bad), member, cells[member], ckpt_dir)
                 )
             state = new_state
-            tokens = len(cells) * setup.batch_size * task.completion_len * chunk
+            tokens = len(cells) * setup.batch_size * setup.task.completion_len * chunk
             metrics["step_time"] = np.full(ok.shape, seconds / chunk)
             metrics["tokens_per_s"] = np.full(ok.shape, tokens / seconds)
             history.append(metrics)
@@ -254,9 +291,13 @@ def _train_chunks(config, cells, setup, task, state, hp, run_chunk, start, workd
                         writer.write(step + i, dict(row, member=m, seed=seed))
             writer.flush()
             step += chunk
-            if (step // chunk) % every == 0 or step >= total:
+            if every and ((step // chunk) % every == 0 or step >= total):
                 checkpoint.save(
-                    ckpt_dir, step, _policy_part(state), dict(meta, step=step), max_to_keep=keep
+                    ckpt_dir,
+                    step,
+                    _policy_part(state),
+                    dict(meta, step=step),
+                    max_to_keep=loop.max_to_keep,
                 )
             bar.update(
                 chunk,
