@@ -383,9 +383,13 @@ def inner_updates(
         )
         return carry, stats
 
-    (params, opt_state, num_skipped), stats = jax.lax.scan(
-        inner, (params, opt_state, num_skipped), None, length=setup.inner_steps
-    )
+    carry = (params, opt_state, num_skipped)
+    if setup.inner_steps == 1:  # no loop of one iteration (a smaller program to compile)
+        carry, stats = inner(carry, None)
+        stats = jax.tree.map(lambda x: x[None], stats)
+    else:
+        carry, stats = jax.lax.scan(inner, carry, None, length=setup.inner_steps)
+    params, opt_state, num_skipped = carry
     return params, opt_state, num_skipped, stats
 
 
