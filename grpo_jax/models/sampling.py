@@ -285,31 +285,19 @@ def _sample(
     decode_plan,
 ) -> SampleOutput:
     """The jitted body of ``sample`` (arguments already validated)."""
-    n, p = prompts.shape
+    n = prompts.shape[0]
     b = n * group_size
     t_len = max_new_tokens
     model = model_lib.module(config, params)
     temperature = jnp.asarray(temperature, jnp.float32)
-    greedy = temperature <= 0
-
-    def choose(raw, noise, done):
-        """raw [B, V], noise [B, V] (the step's Gumbel draws) -> (token [B] int32, logp [B]
-        f32, done [B] bool) for one step."""
-        z = sampling_logits(raw, temperature, top_k, top_p, banned_tokens)
-        logpi = jax.nn.log_softmax(z, axis=-1)
-        # = jax.random.categorical(step_key, z): argmax of Gumbel noise + logits (greedy:
-        # of the logits alone). One argmax, never of `z` alone: at step 0 `z` is a broadcast
-        # of the N prompt rows to B, and XLA:CPU's LLVM backend takes many minutes to compile
-        # an argmax of such a broadcast when V is not a power of two (benchmarks/compile.py).
-        tok = jnp.argmax(z + jnp.where(greedy, 0.0, noise), axis=-1).astype(jnp.int32)
-        lp = jnp.take_along_axis(logpi, tok[:, None], axis=-1)[:, 0]
-        lp = jnp.where(greedy, 0.0, lp)
-        if eos_id is not None:
-            tok = jnp.where(done, eos_id, tok)
-            lp = jnp.where(done, 0.0, lp)
-            done = done | (tok == eos_id)
-        return tok, lp, done
-
+    choose = functools.partial(
+        _choose,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        banned_tokens=banned_tokens,
+        eos_id=eos_id,
+    )
     prompt_tape = model_lib.Tape() if record else None
     first, prefix = model.prompt_pass(prompts.astype(jnp.int32), prompt_tape)
     raw0 = jnp.repeat(first, group_size, axis=0)  # [B, V]
@@ -325,105 +313,135 @@ def _sample(
     def noise_of(draw):
         return draw if before else jax.random.gumbel(draw, raw0.shape, jnp.float32)
 
-    done0 = jnp.zeros((b,), bool)
-    tok0, lp0, done0 = choose(raw0, noise_of(draws[0]), done0)
-    steps = t_len - 1
+    tok0, lp0, done0 = choose(raw0, noise_of(draws[0]), jnp.zeros((b,), bool))
     tokens, logp, logits = tok0[:, None], lp0[:, None], raw0[:, None]
-    completion_records = ()
-    if steps:
-        # The decode runs as `streams` independent chains of B / streams rows (whole groups
-        # each; the runtime can overlap one chain's small ops with the other's). Sampling
-        # draws once for all rows, so the tokens are the same.
-        streams = decode_plan.num_streams(n)
-        rows, groups = b // streams, n // streams
-        prefixes = [
-            tuple({k: v[i * groups : (i + 1) * groups] for k, v in kv.items()} for kv in prefix)
-            for i in range(streams)
-        ]
-        # The self cache grows by segments: steps a..z-1 attend over z slots, not all T-1
-        # (masked slots cost as much as used ones).
-        segments = decode_plan.segment_bounds(steps)
-        cache = tuple(model_lib.init_cache(config, rows, segments[0][1]) for _ in range(streams))
-
-        def step(carry, xs):
-            caches, tok, done, records = carry
-            index, step_draw = xs
-            raws, new_caches, new_records = [], [], []
-            for i in range(streams):
-                tape = model_lib.Tape() if record else None
-                raw, c = model.extend(
-                    tok[i * rows : (i + 1) * rows, None], prefixes[i], caches[i], index, tape
-                )
-                raws.append(raw[:, 0])
-                new_caches.append(c)
-                if record:  # all sites side by side, written in place at the step's slot
-                    update = jnp.concatenate([tape.records[k] for k in names], axis=1)
-                    new_records.append(
-                        jax.lax.dynamic_update_slice(records[i], update[:, None], (0, index, 0))
-                    )
-            raw = jnp.concatenate(raws, axis=0) if streams > 1 else raws[0]
-            tok, lp, done = choose(raw, noise_of(step_draw), done)
-            return (tuple(new_caches), tok, done, tuple(new_records)), (
-                tok,
-                lp,
-                raw if return_logits else None,
-            )
-
-        if record:  # ONE record buffer per chain, [rows, T-1, sum of widths], every site side
-            # by side, so that a decode step writes one slab per chain (fewer in-place
-            # updates: -1.5 to -3.5 % W1 step; a buffer per chain lets the chains' writes run
-            # side by side); split per site afterwards, in the row order of a
-            # teacher-forced pass over tokens[:, :T-1] (`model.completion_logits`).
-            shapes = jax.eval_shape(
-                lambda: _step_records(model, tok0[:rows], prefixes[0], cache[0])
-            )  # name -> [rows, N]
-            names = sorted(shapes)
-            widths = [shapes[k].shape[-1] for k in names]
-            dtype = shapes[names[0]].dtype
-            completion_records = tuple(
-                jnp.zeros((rows, steps, sum(widths)), dtype) for _ in range(streams)
-            )
-        carry = (cache, tok0, done0, completion_records)
-        ys = []
-        for start, stop in segments:
-            caches = tuple(_grow_cache(c, stop) for c in carry[0])
-            xs = (jnp.arange(start, stop, dtype=jnp.int32), draws[1 + start : 1 + stop])
-            carry, y = jax.lax.scan(step, (caches, *carry[1:]), xs)
-            ys.append(y)
-        completion_records = carry[3]
-        toks, lps, raws = (
-            jnp.concatenate(y, axis=0) if y[0] is not None else None for y in zip(*ys)
-        )  # [T-1, B, ...]
+    completion = {}
+    if t_len > 1:
+        toks, lps, raws, completion = _decode(
+            model,
+            config,
+            prefix,
+            (tok0, done0),
+            draws,
+            lambda raw, draw, done: choose(raw, noise_of(draw), done),
+            num_prompts=n,
+            decode_plan=decode_plan,
+            record=record,
+            return_logits=return_logits,
+        )
         tokens = jnp.concatenate([tokens, toks.T], axis=1)  # [B, T]
         logp = jnp.concatenate([logp, lps.T], axis=1)
         if return_logits:
             logits = jnp.concatenate([logits, jnp.swapaxes(raws, 0, 1)], axis=1)
-    rec = None
-    if record:
-        completion = {}
-        if steps:  # split each chain's buffer into its sites, chains one after the other
-            # (one copy per site: a concatenation of the chains' buffers first would be a
-            # second copy of them all, 19 ms on the W1 shapes)
-            columns = [
-                jnp.split(
-                    chain.reshape(rows * steps, -1),
-                    list(itertools.accumulate(widths))[:-1],
-                    axis=1,
-                )
-                for chain in completion_records
-            ]
-            completion = {
-                k: jnp.concatenate([c[j] for c in columns], axis=0) for j, k in enumerate(names)
-            }
-        rec = {"prompt": prompt_tape.records, "completion": completion}
-    mask = completion_mask(tokens, eos_id)
+    rec = {"prompt": prompt_tape.records, "completion": completion} if record else None
     return SampleOutput(
         tokens=tokens,
         logp=logp,
-        mask=mask,
+        mask=completion_mask(tokens, eos_id),
         logits=logits if return_logits else None,
         record=rec,
     )
+
+
+def _choose(raw, noise, done, *, temperature, top_k, top_p, banned_tokens, eos_id):
+    """raw [B, V], noise [B, V] (the step's Gumbel draws) -> (token [B] int32, logp [B] f32,
+    done [B] bool) for one step."""
+    greedy = temperature <= 0
+    z = sampling_logits(raw, temperature, top_k, top_p, banned_tokens)
+    logpi = jax.nn.log_softmax(z, axis=-1)
+    # = jax.random.categorical(step_key, z): argmax of Gumbel noise + logits (greedy: of the
+    # logits alone). One argmax, never of `z` alone: at step 0 `z` is a broadcast of the N
+    # prompt rows to B, and XLA:CPU's LLVM backend takes many minutes to compile an argmax of
+    # such a broadcast when V is not a power of two (benchmarks/README.md, compile time).
+    tok = jnp.argmax(z + jnp.where(greedy, 0.0, noise), axis=-1).astype(jnp.int32)
+    lp = jnp.take_along_axis(logpi, tok[:, None], axis=-1)[:, 0]
+    lp = jnp.where(greedy, 0.0, lp)
+    if eos_id is not None:
+        tok = jnp.where(done, eos_id, tok)
+        lp = jnp.where(done, 0.0, lp)
+        done = done | (tok == eos_id)
+    return tok, lp, done
+
+
+def _decode(
+    model, config, prefix, first, draws, choose, *, num_prompts, decode_plan, record, return_logits
+):
+    """Decode steps 1..T-1 after the first token: `first` = (token [B], done [B]), `draws`
+    [T, ...] the steps' draws, `choose(raw, draw, done)` one step's choice. Returns
+    (tokens [T-1, B], logp [T-1, B], raw logits [T-1, B, V] or None, completion records)."""
+    tok0, done0 = first
+    b, steps = tok0.shape[0], draws.shape[0] - 1
+    # The decode runs as `streams` independent chains of B / streams rows (whole groups
+    # each; the runtime can overlap one chain's small ops with the other's). Sampling
+    # draws once for all rows, so the tokens are the same.
+    streams = decode_plan.num_streams(num_prompts)
+    rows, groups = b // streams, num_prompts // streams
+    prefixes = [
+        tuple({k: v[i * groups : (i + 1) * groups] for k, v in kv.items()} for kv in prefix)
+        for i in range(streams)
+    ]
+    # The self cache grows by segments: steps a..z-1 attend over z slots, not all T-1
+    # (masked slots cost as much as used ones).
+    segments = decode_plan.segment_bounds(steps)
+    cache = tuple(model_lib.init_cache(config, rows, segments[0][1]) for _ in range(streams))
+    names, widths, buffers = [], [], ()
+    if record:  # ONE record buffer per chain, [rows, T-1, sum of widths], every site side
+        # by side, so that a decode step writes one slab per chain (fewer in-place updates;
+        # a buffer per chain lets the chains' writes run side by side); split per site
+        # afterwards (`_split_records`).
+        shapes = jax.eval_shape(lambda: _step_records(model, tok0[:rows], prefixes[0], cache[0]))
+        names = sorted(shapes)
+        widths = [shapes[k].shape[-1] for k in names]
+        dtype = shapes[names[0]].dtype
+        buffers = tuple(jnp.zeros((rows, steps, sum(widths)), dtype) for _ in range(streams))
+
+    def step(carry, xs):
+        caches, tok, done, records = carry
+        index, step_draw = xs
+        raws, new_caches, new_records = [], [], []
+        for i in range(streams):
+            tape = model_lib.Tape() if record else None
+            raw, c = model.extend(
+                tok[i * rows : (i + 1) * rows, None], prefixes[i], caches[i], index, tape
+            )
+            raws.append(raw[:, 0])
+            new_caches.append(c)
+            if record:  # all sites side by side, written in place at the step's slot
+                update = jnp.concatenate([tape.records[k] for k in names], axis=1)
+                new_records.append(
+                    jax.lax.dynamic_update_slice(records[i], update[:, None], (0, index, 0))
+                )
+        raw = jnp.concatenate(raws, axis=0) if streams > 1 else raws[0]
+        tok, lp, done = choose(raw, step_draw, done)
+        carry = (tuple(new_caches), tok, done, tuple(new_records))
+        return carry, (tok, lp, raw if return_logits else None)
+
+    carry = (cache, tok0, done0, buffers)
+    ys = []
+    for start, stop in segments:
+        caches = tuple(_grow_cache(c, stop) for c in carry[0])
+        xs = (jnp.arange(start, stop, dtype=jnp.int32), draws[1 + start : 1 + stop])
+        carry, y = jax.lax.scan(step, (caches, *carry[1:]), xs)
+        ys.append(y)
+    toks, lps, raws = (
+        jnp.concatenate(y, axis=0) if y[0] is not None else None for y in zip(*ys)
+    )  # [T-1, B, ...]
+    completion = _split_records(carry[3], names, widths) if record else {}
+    return toks, lps, raws, completion
+
+
+def _split_records(buffers, names, widths) -> dict:
+    """Each chain's record buffer [rows, T-1, sum(widths)] split into its sites, chains one
+    after the other: {name: [B (T-1), width]}, the row order of a teacher-forced pass over
+    tokens[:, :T-1] (`model.completion_logits`). One copy per site: concatenating the chains'
+    buffers first would be a second copy of them all."""
+    columns = [
+        jnp.split(
+            chain.reshape(-1, chain.shape[-1]), list(itertools.accumulate(widths))[:-1], axis=1
+        )
+        for chain in buffers
+    ]
+    return {k: jnp.concatenate([c[j] for c in columns], axis=0) for j, k in enumerate(names)}
 
 
 # The sampler draws every step's Gumbel noise before its decode loop while it takes at most
