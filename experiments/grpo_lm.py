@@ -33,8 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax.configs import grpo as grpo_config
-from grpo_jax.models import gguf, tokenizer
-from grpo_jax.models import model as model_lib
+from grpo_jax.models import gguf, model as model_lib, tokenizer
 from grpo_jax.run import runner
 from grpo_jax.tasks import number_text
 
@@ -135,9 +134,9 @@ def report(config, task, history, ref_answers, results, seconds) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    del argv
-    config, workdir = _CONFIG.value, _WORKDIR.value
+def run(config, workdir: str) -> str:
+    """Train the regularisers' population on the config's GGUF model; write report.md and
+    answers.json in `workdir`; return the report."""
     t0 = time.time()
     path = config.gguf_path or gguf.fetch_smollm2(config.cache_dir or None)
     task = number_text.prime_task(
@@ -167,7 +166,12 @@ def main(argv):
         fh.write(text)
     with open(os.path.join(workdir, "answers.json"), "w") as fh:
         json.dump({"reference": ref_answers, **results}, fh)
-    print(text)
+    return text
+
+
+def main(argv):
+    del argv
+    print(run(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ import time
 import jax
 from grpo_jax.configs import transformer_population as pop
 from grpo_jax.models import model
-from grpo_jax.run import runner
-from grpo_jax.run import build
+from grpo_jax.run import build, runner
 from grpo_jax.rl import train
 
 config = pop.get_config("small")

@@ -2,8 +2,7 @@
 
 import pytest
 
-from grpo_jax.configs import grpo as grpo_config
-from grpo_jax.configs import study as study_config
+from grpo_jax.configs import grpo as grpo_config, study as study_config
 
 
 def test_grpo_parse_arg():

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from grpo_jax.core import kl
-from grpo_jax.core import losses as L
+from grpo_jax.core import kl, losses as L
 from test_advantages import _np_advantages
 
 G, B, T, V = 4, 16, 6, 5

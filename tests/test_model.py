@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax.models import kernels
-from grpo_jax.models import model as M
+from grpo_jax.models import kernels, model as M
 
 CFG = M.ModelConfig(vocab_size=11, num_layers=2, width=16, num_heads=2, mlp_width=24, max_len=16)
 forward = jax.jit(M.forward, static_argnums=0)

@@ -11,13 +11,20 @@ import ml_collections
 import numpy as np
 import pytest
 
-from grpo_jax.configs import grpo as grpo_config
-from grpo_jax.configs import tasks as task_configs
-from grpo_jax.run import checkpoint, config_utils, jsonio, reference, rundir, runner, sweep
-from grpo_jax.run import build
+from grpo_jax.configs import grpo as grpo_config, tasks as task_configs
+from grpo_jax.run import (
+    build,
+    checkpoint,
+    config_utils,
+    jsonio,
+    reference,
+    rundir,
+    runner,
+    sweep,
+    writers,
+)
 from grpo_jax.models import model
 from grpo_jax.rl import pretrain
-from grpo_jax.run import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

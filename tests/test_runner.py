@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 
-from grpo_jax.run import build
-from grpo_jax.run import checkpoint, rundir, runner, writers
+from grpo_jax.run import build, checkpoint, rundir, runner, writers
 from train_helpers import member, reference, tiny_config
 
 

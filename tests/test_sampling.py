@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grpo_jax.models import model as M
-from grpo_jax.models import sampling as S
+from grpo_jax.models import model as M, sampling as S
 
 CFG = M.ModelConfig(vocab_size=6, num_layers=2, width=16, num_heads=2, mlp_width=32, max_len=12)
 forward = jax.jit(M.forward, static_argnums=0)

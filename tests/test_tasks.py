@@ -10,8 +10,7 @@ import pytest
 
 from grpo_jax.configs import tasks as task_configs
 from grpo_jax import tasks
-from grpo_jax.tasks import bandit as bandit_lib
-from grpo_jax.tasks import format as fmt
+from grpo_jax.tasks import bandit as bandit_lib, format as fmt
 
 EQ, PLUS, DOT = fmt.EQ, fmt.PLUS, fmt.DOT
 

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 
-from grpo_jax.run import build
-from grpo_jax.run import runner, writers
+from grpo_jax.run import build, runner, writers
 from grpo_jax.tasks import enumeration
 from grpo_jax.tasks.bandit import bandit_optimum
 from train_helpers import member, reference, tiny_config

@@ -6,8 +6,7 @@ import ml_collections
 
 from grpo_jax.configs import grpo as grpo_config
 from grpo_jax.models import model
-from grpo_jax.run import runner
-from grpo_jax.run import build
+from grpo_jax.run import build, runner
 
 
 def tiny_config(steps=8, chunk=4, **loss):

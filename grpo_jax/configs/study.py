@@ -60,8 +60,7 @@ import math
 import ml_collections
 import numpy as np
 
-from grpo_jax.configs import grpo as grpo_config
-from grpo_jax.configs import tasks as task_configs
+from grpo_jax.configs import grpo as grpo_config, tasks as task_configs
 from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.run.config_utils import parse_arg
 from grpo_jax.run.sweep import zip_axis

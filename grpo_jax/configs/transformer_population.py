@@ -13,8 +13,7 @@ members are `member_cells(config)` (one per KL choice), for `runner.run_populati
 
 import ml_collections
 
-from grpo_jax.configs import grpo as grpo_config
-from grpo_jax.configs import tasks as task_configs
+from grpo_jax.configs import grpo as grpo_config, tasks as task_configs
 
 KL_CHOICES = ("k2/loss", "k3/loss", "k1/reward", "k3_st/loss", "exact_rev/loss", "exact_fwd/loss")
 

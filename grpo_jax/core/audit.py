@@ -51,9 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from grpo_jax.core import advantages as adv_lib
-from grpo_jax.core import checks
-from grpo_jax.core import kl
+from grpo_jax.core import advantages as adv_lib, checks, kl
 from grpo_jax.core.checks import check_name
 
 __all__ = [

@@ -47,10 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax.core import advantages as adv_lib
-from grpo_jax.core import checks
-from grpo_jax.core import kl
-from grpo_jax.core import stats
+from grpo_jax.core import advantages as adv_lib, checks, kl, stats
 from grpo_jax.core.checks import check_name, masked_mean
 
 sg = jax.lax.stop_gradient

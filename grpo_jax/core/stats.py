@@ -17,8 +17,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from grpo_jax.core import checks
-from grpo_jax.core import kl as kl_lib
+from grpo_jax.core import checks, kl as kl_lib
 from grpo_jax.core.checks import masked_mean  # noqa: F401  (re-exported)
 
 Array = jax.Array

@@ -18,8 +18,7 @@ import numpy as np
 
 from grpo_jax.core import stats
 from grpo_jax.tasks import enumeration
-from grpo_jax.models import model as model_lib
-from grpo_jax.models import sampling
+from grpo_jax.models import model as model_lib, sampling
 
 
 def _answer_table_logprobs(model_config, params, task):

@@ -34,12 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from grpo_jax.core import kl_choice as kl_choice_lib
-from grpo_jax.core import losses
-from grpo_jax.core import stats
-from grpo_jax.models import model as model_lib
-from grpo_jax.models import policies
-from grpo_jax.models import sampling
+from grpo_jax.core import kl_choice as kl_choice_lib, losses, stats
+from grpo_jax.models import model as model_lib, policies, sampling
 
 
 @flax.struct.dataclass

@@ -19,8 +19,7 @@ from typing import Any, Mapping
 
 import jax
 
-from grpo_jax.models import model as model_lib
-from grpo_jax.models import policies
+from grpo_jax.models import model as model_lib, policies
 from grpo_jax.rl import pretrain
 from grpo_jax.run import checkpoint, config_utils, rundir
 

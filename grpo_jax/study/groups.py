@@ -35,8 +35,7 @@ import ml_collections
 import numpy as np
 
 
-from grpo_jax.run import build
-from grpo_jax.run import config_utils, runner, sweep
+from grpo_jax.run import build, config_utils, runner, sweep
 from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.study.report import analysis
 from grpo_jax.tasks.bandit import bandit_optimum
