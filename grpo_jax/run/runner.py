@@ -1,10 +1,11 @@
 """The host loop of GRPO runs: a population, chunked jitted training, the run directory.
 
-This is the thin layer between a `grpo_jax/configs/grpo.py` ConfigDict and the pure functions of
-`train.py`. It owns the host loop: validate the config (before anything compiles), build the
-task, model, mesh and hyperparameters, restore or pretrain the reference, then run the RL
+`run_population(config, cells, workdir)`: validate the config (build.py, before anything
+compiles), build the population (task, model, mesh, hyperparameters, the reference from
+reference.py or the caller), get its compiled chunk program (programs.py), then run the RL
 steps in chunks of `config.train.chunk_steps` (one `lax.scan` per jit call) and, between
-chunks, write metrics (writers.py), save checkpoints (checkpoint.py) and move the progress bar.
+chunks, write metrics (writers.py), save checkpoints (checkpoint.py) and move the progress
+bar. The chunk loop itself reads no config: `LoopSettings` holds what it needs.
 
 Every run is a *population*: `S >= 1` members (seeds and numeric hyperparameters) vmapped
 into one compiled program. A single run is the population of one.
