@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from grpo_jax.core import kl, losses as L
+from grpo_jax.core import kl, losses as L, stats
 from test_advantages import _np_advantages
 
 G, B, T, V = 4, 16, 6, 5
@@ -449,7 +449,7 @@ def test_building_blocks_hand_computed():
     np.testing.assert_allclose(
         L.clipped_surrogate(rho, adv, 0.2, 0.28), [[-1.28, 0.8, 3.0, 1.1]], rtol=1e-6
     )
-    diag = L.ratio_diagnostics(rho, adv, jnp.ones((1, 4)), 0.2, 0.28, 2.0)
+    diag = stats.ratio_diagnostics(rho, adv, jnp.ones((1, 4)), 0.2, 0.28, 2.0)
     assert float(diag["clip_frac_high"]) == pytest.approx(0.25)
     assert float(diag["clip_frac_low"]) == pytest.approx(0.25)
     assert float(diag["dual_clip_frac"]) == pytest.approx(0.25)

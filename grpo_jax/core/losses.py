@@ -23,7 +23,7 @@ math'):
      ``kl_term``            D (a ``kl.estimate`` estimator, optionally importance-weighted,
                             or the exact per-position KL ``kl.exact`` from logits);
      ``aggregate``          ``loss = sum_it w_it l_it / den`` as a sum and a denominator;
-     ``ratio_diagnostics``, ``logit_diagnostics``  clip fractions, ratio range, entropy
+     ``stats.ratio_diagnostics``, ``logit_diagnostics``  clip fractions, ratio range, entropy
                             and exact KL both ways.
 
    The KL term is never added in the loss for ``kl_placement="reward"``.
@@ -351,34 +351,6 @@ def aggregate(pg, d, mask, cfg: LossConfig, add_kl: bool, h=None):
     )
 
 
-def ratio_diagnostics(rho, advantages, mask, eps_low, eps_high, dual_clip=None):
-    """Clip fractions and the range of the (detached) ratio over the masked tokens.
-
-    ``clip_frac_low``: fraction of tokens with ``A < 0`` and ``rho < 1 - eps_low``;
-    ``clip_frac_high``: ``A > 0`` and ``rho > 1 + eps_high``; ``dual_clip_frac``: ``A < 0``
-    and ``rho > dual_clip``; ``ratio_min``, ``ratio_mean``, ``ratio_max``.
-
-    Args:
-      rho, advantages, mask: ``[B, T]`` (mask float; rho finite everywhere).
-      eps_low, eps_high, dual_clip: as ``clipped_surrogate``.
-    """
-    valid = mask > 0
-    negative = advantages < 0
-    if dual_clip is None:
-        dual_active = jnp.zeros_like(valid)
-    else:
-        dual_active = negative & (rho > dual_clip)
-    frac = lambda x: masked_mean(x.astype(jnp.float32), mask)
-    return dict(
-        clip_frac_low=frac(negative & (rho < 1.0 - eps_low)),
-        clip_frac_high=frac((advantages > 0) & (rho > 1.0 + eps_high)),
-        dual_clip_frac=frac(dual_active),
-        ratio_min=jnp.min(jnp.where(valid, rho, jnp.inf)),
-        ratio_mean=masked_mean(rho, mask),
-        ratio_max=jnp.max(jnp.where(valid, rho, -jnp.inf)),
-    )
-
-
 def logit_diagnostics(logits, ref_logits, mask):
     """Token-mean entropy of the policy (``stats.entropy``) and, given ``ref_logits``, the
     token-mean exact KL in both directions (``kl.exact``), all detached.
@@ -557,7 +529,7 @@ def grpo_loss(
         else jnp.where(valid, stats.entropy(_clean_logits(logits, valid)), 0.0)
     )
     aux = aggregate(pg, d, m, cfg, add_kl, h)
-    aux.update(ratio_diagnostics(sg(rho), adv, m, cfg.eps_low, cfg.eps_high, cfg.dual_clip))
+    aux.update(stats.ratio_diagnostics(sg(rho), adv, m, cfg.eps_low, cfg.eps_high, cfg.dual_clip))
     aux["kl_mean"] = masked_mean(sg(d), m)
     aux.update(adv_lib.advantage_stats(adv, m))
     if logits is not None:

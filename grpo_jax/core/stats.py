@@ -1,4 +1,5 @@
-"""Exact metrics: KL both ways, entropy, mode shares and coverage, pass@k, distinct answers.
+"""Exact metrics: KL both ways, entropy, mode shares and coverage, pass@k, distinct answers,
+and the loss's clip diagnostics.
 
 Pure functions of arrays (float32 math), safe under jit / vmap. What runs a model over an
 enumerable completion space is `grpo_jax.tasks.enumeration`.
@@ -184,3 +185,36 @@ def distinct_correct(completions: Array, correct: Array) -> Array:
     earlier = jnp.arange(k)[None, :] < jnp.arange(k)[:, None]  # [i, j]: j < i
     dup = jnp.any(same & earlier[None] & correct[:, None, :], axis=-1)  # [N, k]
     return jnp.sum(correct & ~dup, axis=-1).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------------------
+# Loss diagnostics
+# ------------------------------------------------------------------------------------------
+
+
+def ratio_diagnostics(rho, advantages, mask, eps_low, eps_high, dual_clip=None):
+    """Clip fractions and the range of the (detached) ratio over the masked tokens.
+
+    ``clip_frac_low``: fraction of tokens with ``A < 0`` and ``rho < 1 - eps_low``;
+    ``clip_frac_high``: ``A > 0`` and ``rho > 1 + eps_high``; ``dual_clip_frac``: ``A < 0``
+    and ``rho > dual_clip``; ``ratio_min``, ``ratio_mean``, ``ratio_max``.
+
+    Args:
+      rho, advantages, mask: ``[B, T]`` (mask float; rho finite everywhere).
+      eps_low, eps_high, dual_clip: as ``losses.clipped_surrogate``.
+    """
+    valid = mask > 0
+    negative = advantages < 0
+    if dual_clip is None:
+        dual_active = jnp.zeros_like(valid)
+    else:
+        dual_active = negative & (rho > dual_clip)
+    frac = lambda x: masked_mean(x.astype(jnp.float32), mask)
+    return dict(
+        clip_frac_low=frac(negative & (rho < 1.0 - eps_low)),
+        clip_frac_high=frac((advantages > 0) & (rho > 1.0 + eps_high)),
+        dual_clip_frac=frac(dual_active),
+        ratio_min=jnp.min(jnp.where(valid, rho, jnp.inf)),
+        ratio_mean=masked_mean(rho, mask),
+        ratio_max=jnp.max(jnp.where(valid, rho, -jnp.inf)),
+    )
