@@ -59,14 +59,10 @@ def _rl_workload(name: str):
 
 
 def _population_program(config, cells):
-    from grpo_jax.models import model as model_lib  # noqa: PLC0415
     from grpo_jax.rl import train  # noqa: PLC0415
     from grpo_jax.run import build  # noqa: PLC0415
 
-    ref = None
-    if config.policy == "transformer":  # a random reference: its values do not change the cost
-        task = build.make_task(config)
-        ref = model_lib.init(build.make_model_config(config, task), jax.random.PRNGKey(0))
+    ref = build.random_reference(config) if config.policy == "transformer" else None
     setup, _, state, hp = build.build_population(config, cells, ref_params=ref)
     chunk = int(config.train.chunk_steps)
     return train.make_rl_chunk(setup, chunk, population=True), (state, hp)

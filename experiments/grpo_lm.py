@@ -84,11 +84,14 @@ def lm_grpo_config(config):
     c.grpo.update(num_prompts=int(config.num_prompts), group_size=int(config.group_size))
     c.loss.beta = float(config.beta)
     c.optim.lr = float(config.lr)
-    c.train.update(num_steps=int(config.steps), chunk_steps=int(config.chunk_steps))
     c.train.update(
-        seed=int(config.seed), checkpoint_every_chunks=int(config.checkpoint_every_chunks)
+        num_steps=int(config.steps),
+        chunk_steps=int(config.chunk_steps),
+        seed=int(config.seed),
+        checkpoint_every_chunks=int(config.checkpoint_every_chunks),
+        tensorboard=False,
+        max_to_keep=1,
     )
-    c.train.update(tensorboard=False, max_to_keep=1)
     return c
 
 

@@ -21,15 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROGRAM = """
 import time
-import jax
 from grpo_jax.configs import transformer_population as pop
-from grpo_jax.models import model
-from grpo_jax.run import build, runner
 from grpo_jax.rl import train
+from grpo_jax.run import build
 
 config = pop.get_config("small")
-task = build.make_task(config)
-ref = model.init(build.make_model_config(config, task), jax.random.PRNGKey(0))
+ref = build.random_reference(config)
 setup, _, state, hp = build.build_population(config, pop.member_cells(config), ref_params=ref)
 chunk = train.make_rl_chunk(setup, int(config.train.chunk_steps), population=True)
 lowered = chunk.lower(state, hp)

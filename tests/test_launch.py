@@ -23,6 +23,7 @@ _IMPORT_ALL = textwrap.dedent("""
         return {"XLA_FLAGS": os.environ.get("XLA_FLAGS"),
                 **{k: jax.config.values.get(k) for k in keys}}
     before = state()
+    calls.clear()  # only what importing grpo_jax does counts
     import grpo_jax
     names = [m.name for m in pkgutil.walk_packages(grpo_jax.__path__, "grpo_jax.")]
     for name in names:

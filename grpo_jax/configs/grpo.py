@@ -18,6 +18,46 @@ from grpo_jax.configs import tasks as task_configs
 from grpo_jax.run.config_utils import parse_arg
 
 
+def _loss_config() -> ml_collections.ConfigDict:
+    """The GRPO loss: KL choice and strength, clipping, aggregation, advantages."""
+    return ml_collections.ConfigDict(
+        dict(
+            kl_estimator="k3",  # kl.ESTIMATORS or an exact regulariser (losses)
+            kl_placement="loss",  # "loss" | "reward"
+            kl_choice="",  # 'ESTIMATOR/PLACEMENT' overrides the two names above;
+            # populations mixing choices share one program (switch)
+            kl_reward_to_go=False,  # reward placement: per-token future-KL reward-to-go
+            beta=0.04,
+            entropy_coef=0.0,  # entropy bonus (no reference): the study's control
+            eps_low=0.2,
+            eps_high=0.2,
+            aggregation="seq_mean_token_mean",
+            advantage_estimator="grpo",  # "grpo" | "drgrpo" | "rloo"
+            is_level="token",  # "token" | "sequence" (GSPO)
+        )
+    )
+
+
+def _train_config() -> ml_collections.ConfigDict:
+    """The host loop: steps, chunks, checkpoints, logging, seeds, non-finite handling."""
+    return ml_collections.ConfigDict(
+        dict(
+            num_steps=200,
+            chunk_steps=25,  # RL steps per jit call (one lax.scan); host logs between
+            checkpoint_every_chunks=1,  # 0: no checkpoints (no resume)
+            log_every_steps=1,  # metrics.jsonl rows: every k-th step (and the last)
+            seed=0,
+            num_seeds=1,  # > 1: a vmapped population over seeds seed, seed+1, ...
+            on_nonfinite="stop",  # "stop" (keep last good checkpoint) | "skip" (count)
+            max_skipped_frac=0.1,  # "skip": a member skipping more fails the run
+            skip_zero_grad=False,  # no optimiser update when the gradient is exactly 0
+            max_to_keep=2,  # checkpoints kept (0: all)
+            tensorboard=True,
+            progress=True,
+        )
+    )
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     opts = parse_arg(arg, task="bandit", quick=False, full=False)
     task_name = opts["task"]
@@ -55,41 +95,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
 
-    c.loss = ml_collections.ConfigDict(
-        dict(
-            kl_estimator="k3",  # kl.ESTIMATORS or an exact regulariser (losses)
-            kl_placement="loss",  # "loss" | "reward"
-            kl_choice="",  # 'ESTIMATOR/PLACEMENT' overrides the two names above;
-            # populations mixing choices share one program (switch)
-            kl_reward_to_go=False,  # reward placement: per-token future-KL reward-to-go
-            beta=0.04,
-            entropy_coef=0.0,  # entropy bonus (no reference): the study's control
-            eps_low=0.2,
-            eps_high=0.2,
-            aggregation="seq_mean_token_mean",
-            advantage_estimator="grpo",  # "grpo" | "drgrpo" | "rloo"
-            is_level="token",  # "token" | "sequence" (GSPO)
-        )
-    )
+    c.loss = _loss_config()
 
     c.optim = ml_collections.ConfigDict(dict(lr=1e-3, grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8))
 
-    c.train = ml_collections.ConfigDict(
-        dict(
-            num_steps=200,
-            chunk_steps=25,  # RL steps per jit call (one lax.scan); host logs between
-            checkpoint_every_chunks=1,  # 0: no checkpoints (no resume)
-            log_every_steps=1,  # metrics.jsonl rows: every k-th step (and the last)
-            seed=0,
-            num_seeds=1,  # > 1: a vmapped population over seeds seed, seed+1, ...
-            on_nonfinite="stop",  # "stop" (keep last good checkpoint) | "skip" (count)
-            max_skipped_frac=0.1,  # "skip": a member skipping more fails the run
-            skip_zero_grad=False,  # no optimiser update when the gradient is exactly 0
-            max_to_keep=2,  # checkpoints kept (0: all)
-            tensorboard=True,
-            progress=True,
-        )
-    )
+    c.train = _train_config()
 
     # Sharding as data: mesh axes and which arrays go where (sharding.py reads these).
     c.mesh = ml_collections.ConfigDict(

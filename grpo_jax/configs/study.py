@@ -121,28 +121,10 @@ def _modalities(full: bool, tiny: bool):
     return uni + two + four
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """arg: "" (default: CPU, about 8 minutes on 2 cores), "full" (one GPU), "tiny" (tests)."""
-    opts = parse_arg(arg, full=False, tiny=False)
-    full, tiny = opts["full"], opts["tiny"]
-    c = ml_collections.ConfigDict()
-    c.name = "full" if full else "tiny" if tiny else "default"
-
-    # ---- declared before the run -------------------------------------------------------
-    c.question = (
-        "At matched strength, does the KL direction (forward vs reverse) change "
-        "what GRPO keeps only when the reference is multimodal?"
-    )
-    c.prediction = (
-        "Delta = forward - reverse is equivalent to 0 on the unimodal reference "
-        "and > 0 on multimodal ones: the interaction I = Delta(multi) - "
-        "Delta(uni) is > 0 on the primary outcome"
-    )
-    c.sign = 1
-    c.primary_outcome = "off_target"
-    c.alpha = 0.05
-    # name: (margin, low, high, description); ranges clip the intervals
-    c.outcomes = ml_collections.ConfigDict(
+def _outcomes() -> ml_collections.ConfigDict:
+    """The declared outcomes: name -> (margin, low, high, description); the ranges clip the
+    intervals."""
+    return ml_collections.ConfigDict(
         {
             "off_target": dict(margin=0.02, low=0.0, high=1.0, text="mass on zero-reward answers"),
             "entropy": dict(
@@ -179,6 +161,47 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ),
         }
     )
+
+
+def _shrink_to_tiny(c: ml_collections.ConfigDict) -> None:
+    """The "tiny" grid of the tests: one baseline, the tabular policy, 3 seeds, 40 steps."""
+    c.gaussian = dict(mu2=(2.5, 7.5), steps=20, init_m_fraction=(0.0, 0.5), init_s=(1.0,))
+    c.baselines = ["1 mode"]
+    c.policies = ["tabular"]
+    c.betas = [0.05, 0.2, 0.8]
+    c.entropy_coefs = [0.02, 0.1]
+    c.num_seeds = 3
+    c.with_secondary = False
+    c.train = dict(
+        num_steps=40,
+        chunk_steps=20,
+        log_every_steps=20,
+        checkpoint_every_chunks=1,
+        skip_zero_grad=True,
+    )
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """arg: "" (default: CPU, about 8 minutes on 2 cores), "full" (one GPU), "tiny" (tests)."""
+    opts = parse_arg(arg, full=False, tiny=False)
+    full, tiny = opts["full"], opts["tiny"]
+    c = ml_collections.ConfigDict()
+    c.name = "full" if full else "tiny" if tiny else "default"
+
+    # ---- declared before the run -------------------------------------------------------
+    c.question = (
+        "At matched strength, does the KL direction (forward vs reverse) change "
+        "what GRPO keeps only when the reference is multimodal?"
+    )
+    c.prediction = (
+        "Delta = forward - reverse is equivalent to 0 on the unimodal reference "
+        "and > 0 on multimodal ones: the interaction I = Delta(multi) - "
+        "Delta(uni) is > 0 on the primary outcome"
+    )
+    c.sign = 1
+    c.primary_outcome = "off_target"
+    c.alpha = 0.05
+    c.outcomes = _outcomes()
     c.match = dict(by="reward", fraction=0.5, check_by="exact_kl_rev")
     # The unimodal references every interaction is measured against: the plain one and the
     # matched-tail control (same zero-reward mass as 2 modes 8 sigma apart). A policy class
@@ -227,20 +250,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss = dict(advantage_estimator="rloo", eps_low=0.2, eps_high=0.2)
     c.gaussian = {}  # overrides of grpo_jax/configs/gaussian_kl.py for the report's toy figure
     if tiny:
-        c.gaussian = dict(mu2=(2.5, 7.5), steps=20, init_m_fraction=(0.0, 0.5), init_s=(1.0,))
-        c.baselines = ["1 mode"]
-        c.policies = ["tabular"]
-        c.betas = [0.05, 0.2, 0.8]
-        c.entropy_coefs = [0.02, 0.1]
-        c.num_seeds = 3
-        c.with_secondary = False
-        c.train = dict(
-            num_steps=40,
-            chunk_steps=20,
-            log_every_steps=20,
-            checkpoint_every_chunks=1,
-            skip_zero_grad=True,
-        )
+        _shrink_to_tiny(c)
     return c
 
 

@@ -101,17 +101,16 @@ def sampling_logits(
 
 def inverse_cdf_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
     """One draw per row from ``softmax(logits [..., V])`` -> ``[...]`` int32, by inverting
-     the CDF at one uniform ``u ~ U(0, 1]`` per row (`inverse_cdf_index`).
+    the CDF at one uniform ``u ~ U(0, 1]`` per row (`inverse_cdf_index`).
 
-     `jax.random.categorical` draws V Gumbels per row and takes two logs of each; this draws
-     one number: in the study's bandit populations a chunk takes 1.05 s instead of 2.0 s
-    . The price is resolution in the tails: ``u`` lies on a grid of 2^-23 and the
-     CDF is float32 (spacing ~6e-8 near 1), so a token's probability is represented only to
-     ~1.2e-7: a token far below that is drawn either never or at ~1.2e-7 (e.g. 100x too often
-     at p = 1e-9), where Gumbels draw it about right down to ~1e-8 of the largest. Sampled
-     tail-sensitive estimators (k3 with a tiny pi) can then see rare huge ratios, so the
-     one-token policies keep Gumbels by default (`policies.sample`, config key
-     `grpo.one_token_draw`); use this where tokens below ~1e-7 do not matter.
+    `jax.random.categorical` draws V Gumbels per row and takes two logs of each; this draws
+    one number (about half the study's chunk time; benchmarks/README.md). The price is resolution in the tails: ``u`` lies on a grid of 2^-23 and the
+    CDF is float32 (spacing ~6e-8 near 1), so a token's probability is represented only to
+    ~1.2e-7: a token far below that is drawn either never or at ~1.2e-7 (e.g. 100x too often
+    at p = 1e-9), where Gumbels draw it about right down to ~1e-8 of the largest. Sampled
+    tail-sensitive estimators (k3 with a tiny pi) can then see rare huge ratios, so the
+    one-token policies keep Gumbels by default (`policies.sample`, config key
+    `grpo.one_token_draw`); use this where tokens below ~1e-7 do not matter.
     """
     u = 1.0 - jax.random.uniform(key, logits.shape[:-1], jnp.float32)  # (0, 1]
     return inverse_cdf_index(logits, u)

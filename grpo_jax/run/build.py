@@ -19,6 +19,7 @@ import numpy as np
 from grpo_jax import tasks
 from grpo_jax.core import losses
 from grpo_jax.core.kl_choice import KLChoice
+from grpo_jax.models import model as model_lib
 from grpo_jax.models import policies
 from grpo_jax.rl import pretrain, train
 from grpo_jax.run import checkpoint, config_utils, reference, sharding
@@ -320,6 +321,13 @@ def _init_population(setup, config, cells, init_params, ref_params, mesh):
         shape, mesh, bool(config.mesh.shard_params), leading_axes=1
     )
     return jax.jit(init, out_shardings=shardings)(init_params, ref_params, keys)
+
+
+def random_reference(config, seed: int = 0):
+    """`config`'s transformer at a random init: a reference whose values do not change the
+    shapes or the cost of a program (benchmarks, compile checks)."""
+    task = make_task(config)
+    return model_lib.init(make_model_config(config, task), jax.random.PRNGKey(seed))
 
 
 def build_population(
