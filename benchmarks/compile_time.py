@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/compile_time.py                     # every program
     PYTHONPATH=. python benchmarks/compile_time.py --programs=W1,population --timeout=900
+    PYTHONPATH=. python benchmarks/compile_time.py --programs=lm --lm_layers=6   # scaling
 
 Each program is lowered and compiled in a fresh process (the persistent compilation cache
 off, XLA_FLAGS as the caller set them: empty means XLA's default optimisation level), so one
@@ -26,6 +27,7 @@ Targets on 2 CPU cores: every program at most 60 s, W1 at most 15 s.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -46,6 +48,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("programs", list(PROGRAMS), f"Programs to compile ({', '.join(PROGRAMS)}).")
 flags.DEFINE_integer("timeout", 600, "Seconds one program may compile before it is stopped.")
 flags.DEFINE_string("one", None, "Internal: compile this one program and print a JSON line.")
+flags.DEFINE_integer(
+    "lm_layers", 0, "lm: cut SmolLM2 to this many layers (random weights); 0 = all 30."
+)
 
 
 def _rl_workload(name: str):
@@ -85,9 +90,10 @@ def _study(policy: str):
 
 def _lm():
     from grpo_jax.configs import grpo_lm as lm_config  # noqa: PLC0415
-    from grpo_jax.models import gguf, tokenizer  # noqa: PLC0415
-    from grpo_jax.rl import train
     from grpo_jax.core import losses  # noqa: PLC0415
+    from grpo_jax.models import gguf, tokenizer  # noqa: PLC0415
+    from grpo_jax.models import model as model_lib  # noqa: PLC0415
+    from grpo_jax.rl import train  # noqa: PLC0415
     from grpo_jax.tasks import number_text  # noqa: PLC0415
 
     config = lm_config.get_config()
@@ -96,6 +102,9 @@ def _lm():
         tokenizer.from_gguf(path), ranges=tuple(tuple(r) for r in config.ranges)
     )
     cfg, params, _ = gguf.load(path, max_len=task.prompt_len + task.completion_len)
+    if FLAGS.lm_layers:  # how compile time grows with the layers (the shapes are SmolLM2's)
+        cfg = dataclasses.replace(cfg, num_layers=FLAGS.lm_layers)
+        params = model_lib.init(cfg, jax.random.PRNGKey(0))
     setup = train.RLSetup(
         model=cfg,
         task=task,
@@ -156,7 +165,12 @@ def main(argv):
         f"{'StableHLO chars':>16}{'HLO instrs':>12}"
     )
     for name in FLAGS.programs:
-        cmd = [sys.executable, os.path.abspath(__file__), f"--one={name}"]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            f"--one={name}",
+            f"--lm_layers={FLAGS.lm_layers}",
+        ]
         target = TARGETS_S.get(name, DEFAULT_TARGET_S)
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=FLAGS.timeout)

@@ -364,7 +364,7 @@ def inner_updates(
         zero = (grad_norm == 0) if setup.skip_zero_grad else jnp.zeros((), bool)
         apply = finite & ~zero
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
-        stats = dict(
+        step_stats = dict(
             aux,
             loss=loss,
             grad_norm=grad_norm,
@@ -377,16 +377,16 @@ def inner_updates(
             keep(new_opt_state, opt_state),
             skipped + (1 - finite.astype(jnp.int32)),
         )
-        return carry, stats
+        return carry, step_stats
 
     carry = (params, opt_state, num_skipped)
     if setup.inner_steps == 1:  # no loop of one iteration (a smaller program to compile)
-        carry, stats = inner(carry, None)
-        stats = jax.tree.map(lambda x: x[None], stats)
+        carry, per_step = inner(carry, None)
+        per_step = jax.tree.map(lambda x: x[None], per_step)
     else:
-        carry, stats = jax.lax.scan(inner, carry, None, length=setup.inner_steps)
+        carry, per_step = jax.lax.scan(inner, carry, None, length=setup.inner_steps)
     params, opt_state, num_skipped = carry
-    return params, opt_state, num_skipped, stats
+    return params, opt_state, num_skipped, per_step
 
 
 # Taken at the first inner step, where params = pi_old: they describe the sampling policy.
@@ -436,13 +436,13 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
         logits = policy_logits(setup, params, batch.group_prompts, batch.tokens, None, batch.record)
         return loss_of_logits(model_lib.token_logprobs(logits, batch.tokens), logits)
 
-    params, opt_state, skipped, stats = inner_updates(
+    params, opt_state, skipped, per_step = inner_updates(
         setup, hp, loss_fn, state.params, state.opt_state, state.num_skipped
     )
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, num_skipped=skipped
     )
-    return new_state, step_metrics(setup, batch, stats, params, zero_var)
+    return new_state, step_metrics(setup, batch, per_step, params, zero_var)
 
 
 def make_rl_chunk(setup: RLSetup, chunk_steps: int, population: bool = False):
