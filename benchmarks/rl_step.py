@@ -1,4 +1,5 @@
-"""Throughput of the whole GRPO RL step on the W1 / W2 workloads (docs/design.md, 'Benchmark workloads').
+"""Throughput of the whole GRPO RL step on the W1 / W2 workloads (docs/design.md, 'Benchmark
+workloads').
 
     PYTHONPATH=. python benchmarks/rl_step.py --workload=all --quick   # CPU-sized run
     PYTHONPATH=. python benchmarks/rl_step.py --workload=W1 --steps=10 --repeats=5
@@ -82,7 +83,8 @@ KL_CHOICES = (("k1", "reward"), ("k2", "loss"), ("k3", "loss"), ("k3", "reward")
 @dataclasses.dataclass(frozen=True)
 class TokenCountTask:
     """Benchmark task: prompts are uniform ordinary tokens; reward = fraction of completion
-    tokens equal to `target` (docs/design.md, 'Benchmark workloads'). One mode (every completion is labelled 0).
+    tokens equal to `target` (docs/design.md, 'Benchmark workloads'). One mode (every
+    completion is labelled 0).
     """
 
     prompt_len: int

@@ -1,4 +1,5 @@
-"""Sampling throughput: KV-cache sampler vs a naive no-cache loop (docs/design.md, 'Benchmark workloads' workloads).
+"""Sampling throughput: KV-cache sampler vs a naive no-cache loop (docs/design.md, 'Benchmark
+workloads' workloads).
 
     PYTHONPATH=. python benchmarks/sampling.py            # W1 (or `pip install -e .` first)
     PYTHONPATH=. python benchmarks/sampling.py --workload=w2 --repeats=20
@@ -9,7 +10,8 @@ Both paths are one jit each, float32, temperature 1, the 4 specials banned, no E
   [B, P+T] buffer at every step and reads the row it needs (O(T) times the work).
 Compile time (lower + compile) is reported separately; run time is the median of
 ``--repeats`` calls after one warm-up (``--naive_repeats`` for the naive loop, which is
-~T times slower: on 2 CPU cores one W1 naive call takes tens of seconds). Both use the same per-step keys, so their tokens agree
+~T times slower: on 2 CPU cores one W1 naive call takes tens of seconds). Both use the same
+per-step keys, so their tokens agree
 up to float32 near-ties; the agreement fraction is printed as a sanity check.
 """
 

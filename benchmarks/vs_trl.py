@@ -5,7 +5,8 @@
     PYTHONPATH=. python benchmarks/vs_trl.py --workloads=W1 --rounds=3 --steps=4
     PYTHONPATH=. python benchmarks/vs_trl.py --compute_dtype=bfloat16   # grpo_jax bf16 matmuls
 
-Both sides run docs/design.md, 'Benchmark workloads' exactly: Llama-style decoder with the workload's sizes, float32
+Both sides run docs/design.md, 'Benchmark workloads' exactly: Llama-style decoder with the
+workload's sizes, float32
 weights, vocabulary 68 (64 ordinary tokens + 4 specials that are never sampled, so every
 completion has full length), temperature 1, GRPO beta 0.04, k3 KL in the loss, eps 0.2,
 one Adam step (lr 1e-4, no weight decay, no gradient clipping) per batch, reward = fraction

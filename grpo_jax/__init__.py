@@ -6,16 +6,17 @@ docs/design.md describes the math, the layout and the data flow.
 
   core/     the math, pure and jit/vmap/grad-safe: kl (estimators, exact KL), kl_choice,
             advantages, losses, audit (exact expected gradients), stats, checks
-  models/   model (flax.nnx decoder), sampling (jitted KV-cache sampler), policies
+  models/   model (flax.nnx decoder), sampling (the one jitted KV-cache sampler), policies
             (one-token tabular / Gaussian), gguf and tokenizer (SmolLM2 from a GGUF file)
   tasks/    synthetic reward tasks with a modality dial; enumeration (exact quantities of a
             model over a task's completions)
-  rl/       train (the GRPO step and chunked scans), pretrain, reference_fit, evaluate
+  rl/       train (the GRPO step and chunked scans), pretrain, reference_fit, evaluate (the
+            one final evaluator)
   run/      the host side, the only layer with I/O: runner (populations, the chunk loop),
             reference, sweep, rundir, checkpoint, writers, config_utils, jsonio, sharding,
             launch and xla_setup (process settings)
-  study/    groups (the study's group runner and exact records), report/ (statistics,
-            verdicts, figures, markdown)
+  study/    groups (the study's group runner and exact records), token_modality (the
+            premise on SmolLM2), report/ (statistics, verdicts, figures, markdown)
   configs/  ml_collections configs, run by path (--config grpo_jax/configs/NAME.py)
 """
 

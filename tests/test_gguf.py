@@ -505,13 +505,13 @@ def test_grpo_lm_experiment_runs_through_the_shared_loop(tiny, tmp_path):
     experiment writes its report (what the population's step does is checked above)."""
     import json  # noqa: PLC0415
 
-    from experiments import grpo_lm  # noqa: PLC0415
+    from grpo_jax.study import grpo_lm  # noqa: PLC0415
     from grpo_jax.configs import grpo_lm as lm_config  # noqa: PLC0415
 
     config = lm_config.get_config()
     config.update(gguf_path=tiny[0], steps=2, lr=0.01)
     workdir = tmp_path / "lm"
-    report = grpo_lm.run(config, str(workdir))
+    report = grpo_lm.run(config, lm_config.grpo_config(config), str(workdir))
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert sorted((r["step"], r["member"]) for r in rows) == [
         (s, m) for s in (0, 1) for m in range(4)

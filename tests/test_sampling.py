@@ -414,3 +414,59 @@ def test_noise_drawn_before_or_inside_the_loop_is_categoricals(params, prompts, 
         outs.append(run(params, jax.random.key(13)))
     np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
     np.testing.assert_array_equal(outs[0].logp, outs[1].logp)
+
+
+def test_prompts_of_different_lengths_equal_each_prompt_alone(params):
+    """Right-padded prompts with `prompt_lengths`: every row's logits equal one teacher-forced
+    pass over its own prompt (padding dropped) and its completion; whatever the padding holds,
+    the same tokens; `step_stats` equals the statistics of the returned logits."""
+    from grpo_jax.core import stats  # pylint: disable=import-outside-toplevel
+
+    lengths, g = np.array([2, 4, 3]), 2
+    real = np.asarray(jax.random.randint(jax.random.key(11), (3, 4), 0, CFG.vocab_size))
+    padded = {}
+    for fill in (0, 5):
+        padded[fill] = np.where(np.arange(4)[None] < lengths[:, None], real, fill)
+    outs = {
+        fill: S.sample(
+            CFG,
+            params,
+            jnp.asarray(p),
+            jax.random.key(12),
+            max_new_tokens=T,
+            return_logits=True,
+            group_size=g,
+            prompt_lengths=lengths,
+            step_stats=stats.next_token_stats,
+        )
+        for fill, p in padded.items()
+    }
+    out = outs[0]
+    np.testing.assert_array_equal(out.tokens, outs[5].tokens)
+    tf = completion_logits(CFG, params, jnp.asarray(padded[5]), out.tokens, None, lengths)
+    for row in range(3 * g):
+        n = row // g
+        seq = jnp.concatenate([real[n, : lengths[n]], out.tokens[row]])[None]
+        full = forward(CFG, params, seq)[0, lengths[n] - 1 : lengths[n] + T - 1]
+        np.testing.assert_allclose(out.logits[row], full, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(tf[row], full, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(
+            out.logp[row], M.token_logprobs(full, out.tokens[row]), atol=1e-5, rtol=1e-5
+        )
+    want = stats.next_token_stats(out.logits)
+    for k in ("entropy", "top1", "ratio21"):
+        np.testing.assert_allclose(out.stats[k], want[k], atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(out.stats["top_ids"][..., 0], want["top_ids"][..., 0])
+    for bad, match in (
+        (lengths[:2], r"prompt_lengths must be \[N\]"),
+        (np.array([0, 4, 3]), r"prompt_lengths must be in \[1, P=4\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            S.sample(
+                CFG,
+                params,
+                jnp.asarray(real),
+                jax.random.key(0),
+                max_new_tokens=2,
+                prompt_lengths=bad,
+            )

@@ -58,6 +58,23 @@ def test_one_token_outcomes_by_hand():
     assert np.isfinite(far["exact_kl_fwd"]) and far["exact_kl_fwd"] > 100
 
 
+def test_mode_coverage_is_the_stats_one_with_the_study_thresholds():
+    """One meaning of `mode_coverage`: the study's outcome is `stats.mode_coverage` with
+    every reference mode eligible (tau 0) and 5% of its reference share kept (eps 0.05)."""
+    from grpo_jax.core import stats  # pylint: disable=import-outside-toplevel
+
+    task = _bandit(num_modes=3, separation=8.0)
+    vec = study.task_vectors(task)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        logp = rng.normal(size=64) * 4
+        out = study.one_token_outcomes(logp, vec)
+        p = np.exp(logp - np.logaddexp.reduce(logp))
+        shares = np.asarray([p[vec["labels"] == k].sum() for k in range(3)])
+        want, _ = stats.mode_coverage(shares, vec["ref_shares"], tau=0.0, eps=0.05)
+        assert out["mode_coverage"] == pytest.approx(float(want))
+
+
 def test_every_study_reference_starts_below_its_reward_ceiling():
     for config in (study_config.get_config(), study_config.get_config("full")):
         for m in config.modalities:

@@ -150,6 +150,12 @@ def test_metrics_jsonl_has_the_promised_fields(tmp_path):
     assert os.listdir(tmp_path / "tb")
     summary = json.load(open(tmp_path / "summary.json"))
     assert summary["kl"] == "k3/loss" and len(summary["final"]["reward_mean"]) == 1
+    ev = summary["evaluation"]  # exact, sequence level (bandit: 16 completions per prompt)
+    assert ev["eval_method"] == "exact" and ev["members"] == 1
+    for key in ("reward", "exact_kl_rev", "exact_kl_fwd", "entropy", "mode_coverage"):
+        assert len(ev[key]) == 1 and np.isfinite(ev[key][0]), key
+    assert ev["exact_kl_rev"][0] > 0 and ev["exact_kl_fwd"][0] > 0  # it moved off the ref
+    assert 0.0 <= ev["pass_at_k"][0][0] <= ev["pass_at_k"][0][1] <= 1.0
 
 
 def test_replayed_policy_forward_equals_recomputed():

@@ -11,6 +11,8 @@ this repository yet. Either way the four regularisers are one vmapped population
 
 import ml_collections
 
+from grpo_jax.configs import grpo
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -36,4 +38,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.checkpoint_every_chunks = 5
     elif arg not in (None, "", "default"):
         raise ValueError(f"unknown grpo_lm config {arg!r}; use '' or 'full'")
+    return c
+
+
+def grpo_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The GRPO config (grpo_jax/configs/grpo.py's fields) of this experiment; the task and
+    the model come from the GGUF file, not from it."""
+    c = grpo.get_config()
+    c.grpo.update(num_prompts=int(config.num_prompts), group_size=int(config.group_size))
+    c.loss.beta = float(config.beta)
+    c.optim.lr = float(config.lr)
+    c.train.update(
+        num_steps=int(config.steps),
+        chunk_steps=int(config.chunk_steps),
+        seed=int(config.seed),
+        checkpoint_every_chunks=int(config.checkpoint_every_chunks),
+        tensorboard=False,
+        max_to_keep=1,
+    )
     return c

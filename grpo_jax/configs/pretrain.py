@@ -25,7 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     opts = parse_arg(arg, task="bandit", quick=False)
     c = ml_collections.ConfigDict()
     c.task = task_configs.task_config(opts["task"])
-    # W2-scale Llama-style decoder (docs/design.md, 'Benchmark workloads'); vocab and max_len come from the task.
+    # W2-scale Llama-style decoder (docs/design.md, 'Benchmark workloads'); vocab and max_len
+    # come from the task.
     c.model = ml_collections.ConfigDict(
         dict(num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32")
     )

@@ -235,7 +235,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.replicate_lr_factor = 1.0 + 1e-6  # the robustness replicate: same grid, lr perturbed
     c.tv_target = 0.05
 
-    # ---- training (grpo_jax/configs/grpo.py fields) -----------------------------------------------
+    # ---- training (grpo_jax/configs/grpo.py fields) ---------------------------------------
     # Gumbel draws: the inverse-CDF draw (2x faster populations) resolves token probabilities
     # only to ~1.2e-7, too coarse for a study of sampled KL estimators in the tails.
     c.grpo = dict(num_prompts=1, group_size=32 if full else 16, one_token_draw="gumbel")

@@ -4,7 +4,8 @@ A task config holds `name` (one of grpo_jax.tasks.TASKS) and every field of that
 dataclass, so any field can be overridden from the command line
 (`--config.task.separation=3.0`). `make_task(cfg)` builds the (hashable) task.
 
-Presets put the modality dial at named positions (docs/design.md, 'The math': for two equal Gaussian modes,
+Presets put the modality dial at named positions (docs/design.md, 'The math': for two equal
+Gaussian modes,
 reverse KL stops straddling them at about 5.6 standard deviations of separation):
 
   bandit                 the Bandit defaults: one discretised Gaussian (unimodal)

@@ -51,6 +51,24 @@ def entropy(logits: Array) -> Array:
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
+def next_token_stats(logits: Array, top: int = 8) -> dict[str, Array]:
+    """How spread one position's distribution is: logits [..., V] -> per position the
+    entropy (nats), the top-1 mass ``top1``, ``ratio21`` = p2 / p1, ``within10x`` = the
+    number of tokens with p >= 0.1 p1, and the ``top`` most likely ids and masses
+    (``top_ids``, ``top_p`` [..., min(top, V)])."""
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    p = jnp.exp(logp)
+    top_p, top_ids = jax.lax.top_k(p, min(top, p.shape[-1]))
+    return {
+        "entropy": -jnp.sum(p * logp, axis=-1),
+        "top1": top_p[..., 0],
+        "ratio21": top_p[..., 1] / top_p[..., 0],
+        "within10x": jnp.sum(p >= 0.1 * top_p[..., :1], axis=-1).astype(jnp.int32),
+        "top_ids": top_ids.astype(jnp.int32),
+        "top_p": top_p,
+    }
+
+
 # ------------------------------------------------------------------------------------------
 # Sequence-level quantities over an enumerated completion space
 # ------------------------------------------------------------------------------------------

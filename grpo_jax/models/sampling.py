@@ -37,7 +37,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +56,7 @@ class SampleOutput(NamedTuple):
       mask: ``[B, T]`` float32, 1 up to and including the first EOS, 0 after.
       logits: ``[B, T, V]`` float32 raw model logits at each sampled position (row t is the
         model's prediction for ``tokens[:, t]``), or None unless ``return_logits``.
+      stats: ``step_stats`` of those raw logits, each leaf ``[B, T, ...]``, or None.
       record: ``{"prompt": records, "completion": records}`` (`model.Tape` records, the
         argument ``replay`` of `model.completion_logits`), or None unless ``record``.
     """
@@ -63,6 +66,7 @@ class SampleOutput(NamedTuple):
     mask: jax.Array
     logits: jax.Array | None
     record: dict | None = None
+    stats: Any = None
 
 
 def sampling_logits(
@@ -104,7 +108,8 @@ def inverse_cdf_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
     the CDF at one uniform ``u ~ U(0, 1]`` per row (`inverse_cdf_index`).
 
     `jax.random.categorical` draws V Gumbels per row and takes two logs of each; this draws
-    one number (about half the study's chunk time; benchmarks/README.md). The price is resolution in the tails: ``u`` lies on a grid of 2^-23 and the
+    one number (about half the study's chunk time; benchmarks/README.md). The price is
+    resolution in the tails: ``u`` lies on a grid of 2^-23 and the
     CDF is float32 (spacing ~6e-8 near 1), so a token's probability is represented only to
     ~1.2e-7: a token far below that is drawn either never or at ~1.2e-7 (e.g. 100x too often
     at p = 1e-9), where Gumbels draw it about right down to ~1e-8 of the largest. Sampled
@@ -165,7 +170,7 @@ class DecodePlan:
         return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens):
+def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens, prompt_lengths):
     if not isinstance(config, model_lib.ModelConfig):
         raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}.")
     if prompts.ndim != 2 or prompts.shape[1] < 1:
@@ -186,6 +191,22 @@ def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens):
         raise ValueError(f"banned_tokens must be in [0, {v}), got {banned_tokens}.")
     if len(set(banned_tokens)) >= v:
         raise ValueError("banned_tokens exclude the whole vocabulary.")
+    if prompt_lengths is not None:
+        if jnp.shape(prompt_lengths) != prompts.shape[:1]:
+            raise ValueError(
+                f"prompt_lengths must be [N] for prompts [N, P]; got prompt_lengths "
+                f"{jnp.shape(prompt_lengths)}, prompts {prompts.shape}."
+            )
+        try:
+            lengths = np.asarray(prompt_lengths)
+        except jax.errors.TracerArrayConversionError:
+            lengths = None  # traced: checked by the caller
+        if lengths is not None and lengths.size:
+            if not (lengths.min() >= 1 and lengths.max() <= prompts.shape[1]):
+                raise ValueError(
+                    f"prompt_lengths must be in [1, P={prompts.shape[1]}], got "
+                    f"{lengths.min()} .. {lengths.max()}."
+                )
 
 
 def sample(
@@ -204,6 +225,8 @@ def sample(
     group_size: int = 1,
     record: bool = False,
     decode_plan: DecodePlan = DecodePlan(),
+    prompt_lengths: jax.Array | None = None,
+    step_stats: Callable[[jax.Array], Any] | None = None,
 ) -> SampleOutput:
     """Sample ``T = max_new_tokens`` tokens after ``prompts [N, P]``, ``group_size`` rows per
     prompt, with a KV cache.
@@ -211,7 +234,7 @@ def sample(
     Args:
       config: the model's ``ModelConfig`` (static).
       params: parameter pytree from ``model.init``.
-      prompts: ``[N, P]`` int tokens; all rows share the length P (no padding).
+      prompts: ``[N, P]`` int tokens; all rows share the length P unless ``prompt_lengths``.
       key: PRNG key; the same key gives the same output.
       max_new_tokens: T (static); every row runs the full T steps.
       temperature: scalar; ``<= 0`` is greedy decoding (logp 0).
@@ -225,13 +248,18 @@ def sample(
       record: also return the matmul records for `model.completion_logits(replay=...)`
         (static).
       decode_plan: the decode loop's layout (`DecodePlan`, static).
+      prompt_lengths: ``[N]`` int, prompts of different lengths right-padded to P (row n's
+        completion starts after its ``prompt_lengths[n]`` tokens), or None.
+      step_stats: a function of one step's raw logits ``[B, V]`` -> a pytree of ``[B, ...]``
+        (static; e.g. `stats.next_token_stats`), collected as ``stats`` without the ``[B, T,
+        V]`` logits leaving the jit; or None.
 
     Returns:
       ``SampleOutput(tokens [B, T] int32, logp [B, T] f32, mask [B, T] f32, logits, record)``.
     Pure and jitted; vmappable over (params, key), and the batch may be sharded.
     """
     banned_tokens = tuple(sorted(set(int(t) for t in banned_tokens)))
-    _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens)
+    _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens, prompt_lengths)
     if int(group_size) < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}.")
     return _sample(
@@ -249,6 +277,8 @@ def sample(
         group_size=int(group_size),
         record=bool(record),
         decode_plan=decode_plan,
+        prompt_lengths=None if prompt_lengths is None else jnp.asarray(prompt_lengths, jnp.int32),
+        step_stats=step_stats,
     )
 
 
@@ -264,6 +294,7 @@ def sample(
         "group_size",
         "record",
         "decode_plan",
+        "step_stats",
     ),
 )
 def _sample(
@@ -282,6 +313,8 @@ def _sample(
     group_size,
     record,
     decode_plan,
+    prompt_lengths=None,
+    step_stats=None,
 ) -> SampleOutput:
     """The jitted body of ``sample`` (arguments already validated)."""
     n = prompts.shape[0]
@@ -298,7 +331,7 @@ def _sample(
         eos_id=eos_id,
     )
     prompt_tape = model_lib.Tape() if record else None
-    first, prefix = model.prompt_pass(prompts.astype(jnp.int32), prompt_tape)
+    first, prefix = model.prompt_pass(prompts.astype(jnp.int32), prompt_tape, prompt_lengths)
     raw0 = jnp.repeat(first, group_size, axis=0)  # [B, V]
     # Step t draws with key t, as `jax.random.categorical(keys[t], z)` would. While small
     # (`NOISE_BEFORE_LOOP_BYTES`), every step's noise is drawn before the loop (one
@@ -312,11 +345,15 @@ def _sample(
     def noise_of(draw):
         return draw if before else jax.random.gumbel(draw, raw0.shape, jnp.float32)
 
+    def observe(raw):  # what a step keeps of its raw logits [B, V]
+        return (raw if return_logits else None, step_stats(raw) if step_stats else None)
+
     tok0, lp0, done0 = choose(raw0, noise_of(draws[0]), jnp.zeros((b,), bool))
-    tokens, logp, logits = tok0[:, None], lp0[:, None], raw0[:, None]
+    tokens, logp = tok0[:, None], lp0[:, None]
+    observed = jax.tree.map(lambda x: x[:, None], observe(raw0))  # [B, 1, ...]
     completion = {}
     if t_len > 1:
-        toks, lps, raws, completion = _decode(
+        toks, lps, rest, completion = _decode(
             model,
             config,
             prefix,
@@ -326,19 +363,23 @@ def _sample(
             num_prompts=n,
             decode_plan=decode_plan,
             record=record,
-            return_logits=return_logits,
+            observe=observe,
+            prompt_lengths=prompt_lengths,
         )
         tokens = jnp.concatenate([tokens, toks.T], axis=1)  # [B, T]
         logp = jnp.concatenate([logp, lps.T], axis=1)
-        if return_logits:
-            logits = jnp.concatenate([logits, jnp.swapaxes(raws, 0, 1)], axis=1)
+        observed = jax.tree.map(
+            lambda a, r: jnp.concatenate([a, jnp.swapaxes(r, 0, 1)], axis=1), observed, rest
+        )
     rec = {"prompt": prompt_tape.records, "completion": completion} if record else None
+    logits, stats = observed
     return SampleOutput(
         tokens=tokens,
         logp=logp,
         mask=completion_mask(tokens, eos_id),
-        logits=logits if return_logits else None,
+        logits=logits,
         record=rec,
+        stats=stats,
     )
 
 
@@ -363,11 +404,23 @@ def _choose(raw, noise, done, *, temperature, top_k, top_p, banned_tokens, eos_i
 
 
 def _decode(
-    model, config, prefix, first, draws, choose, *, num_prompts, decode_plan, record, return_logits
+    model,
+    config,
+    prefix,
+    first,
+    draws,
+    choose,
+    *,
+    num_prompts,
+    decode_plan,
+    record,
+    observe,
+    prompt_lengths,
 ):
     """Decode steps 1..T-1 after the first token: `first` = (token [B], done [B]), `draws`
-    [T, ...] the steps' draws, `choose(raw, draw, done)` one step's choice. Returns
-    (tokens [T-1, B], logp [T-1, B], raw logits [T-1, B, V] or None, completion records)."""
+    [T, ...] the steps' draws, `choose(raw, draw, done)` one step's choice, `observe(raw)`
+    what a step keeps of its raw logits. Returns (tokens [T-1, B], logp [T-1, B], what
+    `observe` kept, each leaf [T-1, B, ...], completion records)."""
     tok0, done0 = first
     b, steps = tok0.shape[0], draws.shape[0] - 1
     # The decode runs as `streams` independent chains of B / streams rows (whole groups
@@ -379,6 +432,10 @@ def _decode(
         tuple({k: v[i * groups : (i + 1) * groups] for k, v in kv.items()} for kv in prefix)
         for i in range(streams)
     ]
+    lengths = [
+        None if prompt_lengths is None else prompt_lengths[i * groups : (i + 1) * groups]
+        for i in range(streams)
+    ]
     # The self cache grows by segments: steps a..z-1 attend over z slots, not all T-1
     # (masked slots cost as much as used ones).
     segments = decode_plan.segment_bounds(steps)
@@ -388,7 +445,9 @@ def _decode(
         # by side, so that a decode step writes one slab per chain (fewer in-place updates;
         # a buffer per chain lets the chains' writes run side by side); split per site
         # afterwards (`_split_records`).
-        shapes = jax.eval_shape(lambda: _step_records(model, tok0[:rows], prefixes[0], cache[0]))
+        shapes = jax.eval_shape(
+            lambda: _step_records(model, tok0[:rows], prefixes[0], cache[0], lengths[0])
+        )
         names = sorted(shapes)
         widths = [shapes[k].shape[-1] for k in names]
         dtype = shapes[names[0]].dtype
@@ -401,7 +460,12 @@ def _decode(
         for i in range(streams):
             tape = model_lib.Tape() if record else None
             raw, c = model.extend(
-                tok[i * rows : (i + 1) * rows, None], prefixes[i], caches[i], index, tape
+                tok[i * rows : (i + 1) * rows, None],
+                prefixes[i],
+                caches[i],
+                index,
+                tape,
+                lengths[i],
             )
             raws.append(raw[:, 0])
             new_caches.append(c)
@@ -413,7 +477,7 @@ def _decode(
         raw = jnp.concatenate(raws, axis=0) if streams > 1 else raws[0]
         tok, lp, done = choose(raw, step_draw, done)
         carry = (tuple(new_caches), tok, done, tuple(new_records))
-        return carry, (tok, lp, raw if return_logits else None)
+        return carry, (tok, lp, observe(raw))
 
     carry = (cache, tok0, done0, buffers)
     ys = []
@@ -422,11 +486,9 @@ def _decode(
         xs = (jnp.arange(start, stop, dtype=jnp.int32), draws[1 + start : 1 + stop])
         carry, y = jax.lax.scan(step, (caches, *carry[1:]), xs)
         ys.append(y)
-    toks, lps, raws = (
-        jnp.concatenate(y, axis=0) if y[0] is not None else None for y in zip(*ys)
-    )  # [T-1, B, ...]
+    toks, lps, kept = jax.tree.map(lambda *y: jnp.concatenate(y, axis=0), *ys)  # [T-1, B, ..]
     completion = _split_records(carry[3], names, widths) if record else {}
-    return toks, lps, raws, completion
+    return toks, lps, kept, completion
 
 
 def _split_records(buffers, names, widths) -> dict:
@@ -463,10 +525,10 @@ def _grow_cache(cache, length: int):
     )
 
 
-def _step_records(model, tok, prefix, cache) -> dict:
+def _step_records(model, tok, prefix, cache, prefix_lengths) -> dict:
     """The `model.Tape` records of one decode step (for their shapes)."""
     tape = model_lib.Tape()
-    model.extend(tok[:, None], prefix, cache, 0, tape)
+    model.extend(tok[:, None], prefix, cache, 0, tape, prefix_lengths)
     return tape.records
 
 
@@ -478,3 +540,17 @@ def completion_mask(tokens: jax.Array, eos_id: int | None) -> jax.Array:
     is_eos = (tokens == eos_id).astype(jnp.int32)
     eos_before = jnp.cumsum(is_eos, axis=-1) - is_eos  # number of EOS strictly before t
     return (eos_before == 0).astype(jnp.float32)
+
+
+def pad_prompts(token_lists, pad_id: int = 0, length: int | None = None):
+    """``(prompts [N, P] int32, lengths [N] int32)``: token lists right-padded with ``pad_id``
+    to ``length`` (default: the longest), for `sample(..., prompt_lengths=lengths)`."""
+    pmax = max(len(t) for t in token_lists) if length is None else length
+    if any(len(t) > pmax or not t for t in token_lists):
+        raise ValueError(
+            f"every prompt needs 1..{pmax} tokens; got lengths " f"{[len(t) for t in token_lists]}."
+        )
+    out = np.full((len(token_lists), pmax), pad_id, np.int32)
+    for i, t in enumerate(token_lists):
+        out[i, : len(t)] = t
+    return jnp.asarray(out), jnp.asarray([len(t) for t in token_lists], jnp.int32)

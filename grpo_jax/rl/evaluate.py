@@ -25,7 +25,7 @@ Evaluation (pure, jitted, vmapped over the population):
 mode_coverage compares the policy's mode shares with the *reference model's* (not the data's),
 via `stats.mode_coverage(tau, eps)`.
 
-Pure evaluation only: the study's records and group runner are in study.py.
+Pure evaluation only; `run.runner.final_evaluation` runs it on a trained population.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Config helpers shared by every entry point: dotted get/set, the strict `:arg` parser, and
 the task built from a task config.
 
-Config files are Python (`grpo_jax/configs/*.py`, `get_config(arg) -> ConfigDict`, big_vision style).
+Config files are Python (`grpo_jax/configs/*.py`, `get_config(arg) -> ConfigDict`, big_vision
+style).
 The string after the file's ':' (`grpo_jax/configs/grpo.py:task=arithmetic,quick`) is parsed by
 `parse_arg` against the argument names the config declares, with their defaults' types:
 

@@ -25,10 +25,12 @@ import time
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax.core.kl_choice import KLChoice
-from grpo_jax.rl import train
+from grpo_jax.models import policies
+from grpo_jax.rl import evaluate, train
 from grpo_jax.run import build, checkpoint, jsonio, programs, rundir, sharding, writers
 
 
@@ -315,7 +317,8 @@ def _train_chunks(
 def train_and_evaluate(
     config, workdir: str, ref_params=None, log=print, overwrite: bool = False
 ) -> PopulationResult:
-    """Train `config`'s population (`train.num_seeds` seeds) and write `summary.json`."""
+    """Train `config`'s population (`train.num_seeds` seeds), evaluate every member's final
+    policy (`final_evaluation`) and write both to `summary.json`."""
     out = run_population(
         config,
         build.population_cells(config),
@@ -333,6 +336,7 @@ def train_and_evaluate(
         "steps_run": int(np.asarray(out.state.step)[0]),
         "final": {k: np.asarray(v)[:, -1].tolist() for k, v in hist.items()} if hist else {},
     }
+    summary["evaluation"] = final_evaluation(out)
     if jax.process_index() == 0:
         jsonio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     if hist:
@@ -344,3 +348,26 @@ def train_and_evaluate(
             )
         )
     return out
+
+
+def final_evaluation(out: PopulationResult, ks: Sequence[int] = (1, 4)) -> dict | None:
+    """Every member's final policy against the reference at the sequence level
+    (`rl.evaluate`: exact over an enumerable task, else exact pass@k and Rao-Blackwellised
+    reward, KL and entropy): ``{metric: [S] or [S, ...] lists, "eval_method": str}``. None for
+    one-token policies (their exact outcomes are the study's, `grpo_jax.study.groups`) and
+    when the population spans several processes (its parameters are not all here)."""
+    if policies.is_policy(out.setup.model) or jax.process_count() > 1:
+        return None
+    params = out.state.params
+    s = jax.tree.leaves(params)[0].shape[0]
+    ref = jax.tree.map(
+        lambda r, p: r if r.shape == p.shape else jnp.broadcast_to(r, p.shape),
+        out.state.ref_params,
+        params,
+    )
+    result = evaluate.evaluate_population(out.setup.model, out.task, params, ref, ks)
+    return {
+        k: (v if isinstance(v, str) else np.asarray(v).tolist())
+        for k, v in result.items()
+        if k not in ("logp", "ref_logp")
+    } | {"ks": list(ks), "members": s}

@@ -101,6 +101,8 @@ def one_token_outcomes(logp: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict[
         "pass_at_1": p_best,
         "pass_at_4": 1.0 - (1.0 - p_best) ** 4,
         "fwd_kl_per_reward": kl_fwd / gain if gain > 0.01 else float("nan"),
+        # = stats.mode_coverage(shares, ref_shares, tau=0, eps=0.05), in float64: the share
+        # of the reference's modes that keep >= 5% of their reference mass.
         "mode_coverage": float(np.mean(shares >= 0.05 * vec["ref_shares"])),
     }
 

@@ -1,7 +1,8 @@
 """The study's analysis: matched-strength outcomes, seed-paired contrasts, interactions,
 Holm families, verdicts, the robustness replicate, power, and the side questions.
 
-Input: the study's records (grpo_jax/study/groups.py) and its config (grpo_jax/configs/study.py). Output: a
+Input: the study's records (grpo_jax/study/groups.py) and its config
+(grpo_jax/configs/study.py). Output: a
 JSON-serialisable dict (`analyse`) that markdown.py and figures.py render. Plain NumPy.
 """
 
