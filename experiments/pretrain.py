@@ -14,14 +14,13 @@ a metrics line per step (about 150 bytes).
 """
 
 import os
-import sys
 
 
-from absl import flags, logging  # noqa: E402
-import jax  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags, logging
+import jax
+from ml_collections import config_flags
 
-from grpo_jax.run import config_utils, jsonio, reference, writers  # noqa: E402
+from grpo_jax.run import config_utils, jsonio, reference, writers
 from grpo_jax.rl import pretrain
 
 

@@ -13,11 +13,10 @@ few KB); a second process on the same workdir is refused (the sweep's lock).
 """
 
 import os
-import sys
 
 from absl import app, flags, logging
 
-from grpo_jax.run import sweep  # noqa: E402
+from grpo_jax.run import sweep
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, 'path/to/sweep.py[:arg]'.", required=True)
 _WORKDIR = flags.DEFINE_string(

@@ -12,14 +12,10 @@ max_to_keep checkpoints of the population's policy and Adam state (3x the parame
 member: 0.5 MB per member for the default W2-scale model).
 """
 
-import os
-import sys
+from absl import flags, logging
+from ml_collections import config_flags
 
-
-from absl import flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from grpo_jax.run import config_utils, runner  # noqa: E402
+from grpo_jax.run import config_utils, runner
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "grpo_jax/configs/grpo.py", "GRPO config file.", lock_config=True

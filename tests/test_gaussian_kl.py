@@ -1,18 +1,10 @@
-"""experiments/gaussian_kl.py: forward fit = moment matching; reverse fit locks on a mode."""
-
-import importlib.util
-import os
+"""grpo_jax.study.gaussian_kl: forward fit = moment matching; reverse fit locks on a mode."""
 
 import jax
 import numpy as np
 import pytest
 
-_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "gaussian_kl.py"
-)
-_spec = importlib.util.spec_from_file_location("gaussian_kl_experiment", _PATH)
-gaussian_kl = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gaussian_kl)
+from grpo_jax.study import gaussian_kl
 
 
 def test_forward_fit_is_moment_matching_and_reverse_fit_locks_on_a_mode():

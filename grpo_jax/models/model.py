@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from grpo_jax.models.kernels import Tape, _dense_site, _sub, gated_mlp, rope
+from grpo_jax.models.kernels import Tape, _dense_site, _sub, attend, gated_mlp, rope
 
 DTYPES = ("float32", "bfloat16")
 
@@ -212,84 +212,6 @@ class Attention(nnx.Module):
             }
         y = attend(c, q, new_kv["k"], new_kv["v"], index, prefix, prefix_lengths)
         return _dense_site(tape, "o", y, self.o.kernel[...], dt), new_kv
-
-
-def attend(
-    config: ModelConfig,
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    index: jax.Array | int = 0,
-    prefix: dict | None = None,
-    prefix_lengths: jax.Array | None = None,
-) -> jax.Array:
-    """Causal softmax attention, optionally over a shared prefix as well.
-
-    ``q [B, L, H, Dh]`` (rotated) at self slots ``index .. index+L-1``; ``k, v
-    [B, Hkv, S, Dh]`` at slots ``0 .. S-1``; query l sees the slots ``<= index + l``, and every
-    key of ``prefix`` (``{"k", "v"}: [N, Hkv, P, Dh]``, row n shared by the ``G = B // N``
-    rows ``n G .. n G + G - 1``; with ``prefix_lengths [N]``, only the first
-    ``prefix_lengths[n]`` keys of row n: prompts of different lengths, right-padded).
-    Grouped-query: query head ``h`` reads key/value head
-    ``h // (H / Hkv)``. Scores and softmax in float32. Returns ``y [B, L, H Dh]`` in the
-    compute dtype.
-    """
-    c = config
-    dt = c.compute_dtype
-    b, l = q.shape[:2]
-    hkv, grp, dh = c.kv_heads, c.num_heads // c.kv_heads, c.head_dim
-    qh = jnp.swapaxes(q, 1, 2).reshape(b, hkv, grp, l, dh)  # [B, Hkv, grp, L, Dh]
-    scale = jnp.sqrt(jnp.float32(dh))
-    p = 0
-    prefix_ok = None  # [B, 1, 1, 1, P]: which prefix keys each row may see
-    if prefix is not None and prefix_lengths is not None:
-        n, p = prefix["k"].shape[0], prefix["k"].shape[2]
-        lengths = jnp.repeat(jnp.asarray(prefix_lengths, jnp.int32), b // max(n, 1), axis=0)
-        prefix_ok = (jnp.arange(p)[None] < lengths[:, None])[:, None, None, None, :]
-        p = 0
-    if prefix is not None and l > 1:
-        # Teacher-forced: each row's prefix copied in front of its own keys (the copy is
-        # small next to the separate prefix attention's transposes and score concatenation).
-        n, p = prefix["k"].shape[0], prefix["k"].shape[2]
-        if b % n:
-            raise ValueError(f"attend: {b} query rows are not a multiple of {n} prefix rows.")
-        k, v = (
-            jnp.concatenate([jnp.repeat(prefix[x].astype(t.dtype), b // n, axis=0), t], axis=2)
-            for x, t in (("k", k), ("v", v))
-        )
-        prefix = None
-    scores = (
-        jnp.einsum("bkgld,bksd->bkgls", qh, k.astype(qh.dtype), preferred_element_type=jnp.float32)
-        / scale
-    )
-    slots = jnp.arange(k.shape[2]) - p  # prefix slots < 0: always visible
-    allowed = slots[None, :] <= (index + jnp.arange(l))[:, None]  # [L, S]
-    if prefix_ok is not None and p:  # the prefix keys are the first p of the S slots
-        self_ok = jnp.ones(prefix_ok.shape[:-1] + (k.shape[2] - p,), bool)
-        allowed = allowed[None, None, None] & jnp.concatenate([prefix_ok, self_ok], axis=-1)
-    scores = jnp.where(allowed, scores, -jnp.inf)
-    if prefix is None:
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        y = jnp.einsum("bkgls,bksd->blkgd", probs, v.astype(dt))
-        return y.reshape(b, l, c.width)
-    kp, vp = prefix["k"], prefix["v"]
-    n, p = kp.shape[0], kp.shape[2]
-    if b % n:  # a decode step: the prefix attended apart (no per-step copy of it)
-        raise ValueError(f"attend: {b} query rows are not a multiple of {n} prefix rows.")
-    qn = qh.reshape(n, b // n, hkv, grp, l, dh)
-    pre = (
-        jnp.einsum(
-            "njkgld,nkpd->njkglp", qn, kp.astype(qh.dtype), preferred_element_type=jnp.float32
-        )
-        / scale
-    ).reshape(b, hkv, grp, l, p)
-    if prefix_ok is not None:
-        pre = jnp.where(prefix_ok, pre, -jnp.inf)
-    probs = jax.nn.softmax(jnp.concatenate([pre, scores], axis=-1), axis=-1).astype(dt)
-    p_pre = probs[..., :p].reshape(n, b // n, hkv, grp, l, p)
-    y_pre = jnp.einsum("njkglp,nkpd->njlkgd", p_pre, vp.astype(dt)).reshape(b, l, hkv, grp, dh)
-    y = jnp.einsum("bkgls,bksd->blkgd", probs[..., p:], v.astype(dt)) + y_pre
-    return y.reshape(b, l, c.width)
 
 
 class MLP(nnx.Module):

@@ -333,17 +333,7 @@ def _sample(
     prompt_tape = model_lib.Tape() if record else None
     first, prefix = model.prompt_pass(prompts.astype(jnp.int32), prompt_tape, prompt_lengths)
     raw0 = jnp.repeat(first, group_size, axis=0)  # [B, V]
-    # Step t draws with key t, as `jax.random.categorical(keys[t], z)` would. While small
-    # (`NOISE_BEFORE_LOOP_BYTES`), every step's noise is drawn before the loop (one
-    # vectorised draw; the loop body keeps no RNG of its own), else each step draws its own:
-    # the same noise either way.
-    draws = jax.random.split(key, t_len)
-    before = t_len * raw0.size * 4 <= NOISE_BEFORE_LOOP_BYTES
-    if before:
-        draws = gumbel_draws(draws, raw0.shape)  # [T, B, V]
-
-    def noise_of(draw):
-        return draw if before else jax.random.gumbel(draw, raw0.shape, jnp.float32)
+    draws, noise_of = _step_noise(key, t_len, raw0.shape)
 
     def observe(raw):  # what a step keeps of its raw logits [B, V]
         return (raw if return_logits else None, step_stats(raw) if step_stats else None)
@@ -381,6 +371,19 @@ def _sample(
         record=rec,
         stats=stats,
     )
+
+
+def _step_noise(key, steps: int, shape: tuple[int, ...]):
+    """(draws [T, ...], noise_of(draw) -> the step's Gumbel noise of `shape`). Step t draws
+    with key t, as `jax.random.categorical(keys[t], z)` would. While small
+    (`NOISE_BEFORE_LOOP_BYTES`), every step's noise is drawn before the loop (one vectorised
+    draw; the loop body keeps no RNG of its own), else each step draws its own: the same
+    noise either way."""
+    draws = jax.random.split(key, steps)
+    before = steps * int(np.prod(shape)) * 4 <= NOISE_BEFORE_LOOP_BYTES
+    if before:
+        draws = gumbel_draws(draws, shape)  # [T, B, V]
+    return draws, lambda draw: draw if before else jax.random.gumbel(draw, shape, jnp.float32)
 
 
 def _choose(raw, noise, done, *, temperature, top_k, top_p, banned_tokens, eos_id):
@@ -428,30 +431,17 @@ def _decode(
     # draws once for all rows, so the tokens are the same.
     streams = decode_plan.num_streams(num_prompts)
     rows, groups = b // streams, num_prompts // streams
-    prefixes = [
-        tuple({k: v[i * groups : (i + 1) * groups] for k, v in kv.items()} for kv in prefix)
-        for i in range(streams)
-    ]
-    lengths = [
-        None if prompt_lengths is None else prompt_lengths[i * groups : (i + 1) * groups]
-        for i in range(streams)
-    ]
+    chain = lambda x, i: None if x is None else x[i * groups : (i + 1) * groups]
+    prefixes = [jax.tree.map(functools.partial(chain, i=i), prefix) for i in range(streams)]
+    lengths = [chain(prompt_lengths, i) for i in range(streams)]
     # The self cache grows by segments: steps a..z-1 attend over z slots, not all T-1
     # (masked slots cost as much as used ones).
     segments = decode_plan.segment_bounds(steps)
     cache = tuple(model_lib.init_cache(config, rows, segments[0][1]) for _ in range(streams))
     names, widths, buffers = [], [], ()
-    if record:  # ONE record buffer per chain, [rows, T-1, sum of widths], every site side
-        # by side, so that a decode step writes one slab per chain (fewer in-place updates;
-        # a buffer per chain lets the chains' writes run side by side); split per site
-        # afterwards (`_split_records`).
-        shapes = jax.eval_shape(
-            lambda: _step_records(model, tok0[:rows], prefixes[0], cache[0], lengths[0])
-        )
-        names = sorted(shapes)
-        widths = [shapes[k].shape[-1] for k in names]
-        dtype = shapes[names[0]].dtype
-        buffers = tuple(jnp.zeros((rows, steps, sum(widths)), dtype) for _ in range(streams))
+    if record:
+        step_records = lambda: _step_records(model, tok0[:rows], prefixes[0], cache[0], lengths[0])
+        names, widths, buffers = _record_buffers(jax.eval_shape(step_records), steps, streams)
 
     def step(carry, xs):
         caches, tok, done, records = carry
@@ -489,6 +479,18 @@ def _decode(
     toks, lps, kept = jax.tree.map(lambda *y: jnp.concatenate(y, axis=0), *ys)  # [T-1, B, ..]
     completion = _split_records(carry[3], names, widths) if record else {}
     return toks, lps, kept, completion
+
+
+def _record_buffers(shapes: dict, steps: int, streams: int):
+    """ONE record buffer per chain, [rows, T-1, sum of widths], every site side by side, so
+    that a decode step writes one slab per chain (fewer in-place updates; a buffer per chain
+    lets the chains' writes run side by side); split per site afterwards (`_split_records`).
+    `shapes`: one step's records. Returns (site names, their widths, the buffers)."""
+    names = sorted(shapes)
+    widths = [shapes[k].shape[-1] for k in names]
+    rows, dtype = shapes[names[0]].shape[0], shapes[names[0]].dtype
+    buffers = tuple(jnp.zeros((rows, steps, sum(widths)), dtype) for _ in range(streams))
+    return names, widths, buffers
 
 
 def _split_records(buffers, names, widths) -> dict:

@@ -1,5 +1,9 @@
 """The study: does the KL direction matter only for multimodal references?
 
-groups   exact one-token outcomes, records, the group runner of the sweep
-report/  statistics, verdicts, figures and markdown of the study
+pipeline         run the grid, report it, publish results.md to the README
+groups           exact one-token outcomes, records, the group runner of the sweep
+gaussian_kl      the Gaussian toy: one Gaussian fitted to two by forward / reverse KL
+token_modality   the premise on SmolLM2: how spread its next-token distributions are
+grpo_lm          GRPO on SmolLM2 under four regularisers, exact answer tables
+report/          statistics, verdicts, figures and markdown
 """

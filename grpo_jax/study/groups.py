@@ -37,7 +37,6 @@ import numpy as np
 
 from grpo_jax.run import build, config_utils, runner, sweep
 from grpo_jax.core.kl_choice import ENTROPY_ARM
-from grpo_jax.study.report import analysis
 from grpo_jax.tasks.bandit import bandit_optimum
 
 # Cells of one group differ only in these: the population's members.

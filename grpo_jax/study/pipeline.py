@@ -1,0 +1,188 @@
+"""The study end to end: run (or resume) the grid, report it, publish the results.
+
+`run` runs the cells through `sweep.run_sweep` with the group runner `groups.run_group` (one
+vmapped population per (modality, policy class); finished cells cached by config hash, so a
+rerun, or a run after a crash, redoes only the unfinished ones), then writes
+`<workdir>/report/` (`report.write_report`: report.md, results.md, report.json, the figures)
+with the Gaussian toy figure. `publish` puts results.md into the README. Entry point:
+experiments/study.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import shutil
+import time
+
+import jax
+import ml_collections
+
+from grpo_jax.run import config_utils, jsonio, rundir, sweep
+from grpo_jax.study import gaussian_kl, groups, report
+from grpo_jax.study.report.markdown import README_BEGIN, README_END, readme_block
+
+
+def publish(report_dir: str, root: str, docs: str = "docs/results") -> str:
+    """results.md and the figures it shows -> `<root>/<docs>/`; its text, with figure paths
+    under `docs`, replaces the block of `<root>/README.md` between the results markers.
+    Returns the README block."""
+    text = open(os.path.join(report_dir, "results.md"), encoding="utf-8").read()
+    os.makedirs(os.path.join(root, docs), exist_ok=True)
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        shutil.copy(os.path.join(report_dir, name), os.path.join(root, docs, name))
+    jsonio.write_text_atomic(os.path.join(root, docs, "results.md"), text)
+    block = readme_block(text, docs)
+    readme = os.path.join(root, "README.md")
+    old = open(readme, encoding="utf-8").read()
+    if README_BEGIN not in old or README_END not in old:
+        raise ValueError(f"{readme} has no results markers ({README_BEGIN} ... {README_END})")
+    head, rest = old.split(README_BEGIN, 1)
+    jsonio.write_text_atomic(
+        readme,
+        head + README_BEGIN + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1],
+    )
+    return block
+
+
+def gaussian_figure(outdir: str, gaussian_config, log=print) -> list[str]:
+    """The Gaussian toy figure (`grpo_jax.study.gaussian_kl`, the config
+    grpo_jax/configs/gaussian_kl.py with the study config's `gaussian` overrides), in float32;
+    [] with a log line if it fails."""
+    try:
+        path = os.path.join(outdir, "gaussian_kl.png")
+        gaussian_kl.plot(gaussian_kl.run_all(gaussian_config), path)
+    except Exception as e:  # noqa: BLE001  the figure is optional; say why it is absent
+        log(f"gaussian toy figure failed: {e!r}")
+        return []
+    return [path]
+
+
+def _stored_config(workdir: str, config, log):
+    """`--report_only`: the config the stored cells were run with, and a warning with the
+    diff when the given one differs (the report describes the data, not the flags)."""
+    path = os.path.join(workdir, rundir.CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir} holds no study to report")
+    stored = jsonio.read_json(path)
+    diff = rundir.config_diff(stored, config)
+    if diff:
+        log(
+            f"warning: the report describes the stored cells, which were run with the config "
+            f"in {path}, not the one given:\n{rundir.format_diff(diff)}"
+        )
+    return ml_collections.ConfigDict(stored)
+
+
+def _notes(config, workdir, wall_s, missing, cells, machine) -> dict:
+    arg = "" if config.name == "default" else f" --config grpo_jax/configs/study.py:{config.name}"
+    notes = {
+        "command": f"python experiments/study.py --workdir {workdir}{arg}",
+        "machine": machine,
+        "wall time": (
+            "not recorded"
+            if wall_s is None
+            else f"{wall_s:.0f} s for the run that computed the cells (compiles "
+            f"included; cells found in the cache cost 0)"
+        ),
+        "scale": (
+            f"{config.name}: {len(config.modalities)} modalities x "
+            f"{len(config.policies)} policy classes, {len(config.betas)} betas and "
+            f"{len(config.entropy_coefs)} entropy coefficients, {config.num_seeds} "
+            f"seeds, 2 replicates, {config.train.num_steps} GRPO steps (group "
+            f"{config.grpo.group_size}, Adam lr {config.optim.lr}): {cells} runs"
+            + (
+                ""
+                if config.name == "full"
+                else "; `full` (GPU) adds separations 1-8σ in steps of 1 plus 5.6σ, 4 modes "
+                "at 3σ, 32 seeds, 1000 steps, group 32, the k1/reward arm of the "
+                "secondary contrast and Q2's k1/loss and k3/reward arms"
+            )
+        ),
+    }
+    if missing:
+        notes["missing cells"] = (
+            f"{missing} cells of the grid have no result; the verdicts "
+            f"cover only the finished ones"
+        )
+    return notes
+
+
+def run(
+    workdir: str,
+    config,
+    grid,
+    gaussian_config,
+    report_only: bool = False,
+    overwrite: bool = False,
+    keep_checkpoints: bool = False,
+    log=print,
+) -> dict:
+    """Run (or resume) the study of `config` (grpo_jax/configs/study.py) and write its report;
+    returns the report's result. `grid(config)` gives the cells (`sweep.expand` of the
+    config's grid); `gaussian_config` is the Gaussian toy's config, which the study config's
+    `gaussian` field overrides."""
+    t0 = time.time()
+    sweep_dir = os.path.join(workdir, "sweep")
+    timing = os.path.join(workdir, "run_seconds.json")
+    with rundir.lock(workdir, log=log):
+        if report_only:
+            config = _stored_config(workdir, config, log)
+            records, missing = sweep.load_results(sweep_dir)
+            log(f"report from {len(records)} finished cells ({missing} missing)")
+            run_s = jsonio.read_json(timing)["seconds"] if os.path.exists(timing) else None
+        else:
+            # Every key of the study config is computational here: a cell's hash covers it.
+            rundir.check_config(
+                workdir, config, what="study", overwrite=overwrite, safe=(), log=log
+            )
+            if overwrite:
+                for name in ("sweep", "groups", "report"):
+                    shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+            cells = grid(config)
+            runner = functools.partial(
+                groups.run_group, workdir=workdir, log=log, keep_checkpoints=keep_checkpoints
+            )
+            records = sweep.run_sweep(cells, runner, sweep_dir, groups.GROUP_KEYS, log=log)
+            missing = 0
+            run_s = time.time() - t0
+            jsonio.write_json_atomic(timing, {"seconds": run_s})
+        return _report(workdir, config, records, missing, run_s, t0, gaussian_config, log)
+
+
+def _report(workdir, config, records, missing, run_s, t0, gaussian_config, log) -> dict:
+    """The report of `records` (with the closed-form optima and the Gaussian toy figure)."""
+    optima = {}
+    for m in config.modalities:
+        fields = dict(m["task"])
+        task = config_utils.make_task(fields)
+        optima[m["label"]] = groups.optimum_curves(task)
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} on "
+        f"{jax.devices()[0].platform}"
+    )
+    outdir = os.path.join(workdir, "report")
+    notes = _notes(config, workdir, run_s, missing, len(records), machine)
+    result = report.write_report(records, config.to_dict(), outdir, notes, optima)
+    gaussian_config = gaussian_config.copy_and_resolve_references()
+    gaussian_config.update(dict(config.get("gaussian", {})))
+    figs = gaussian_figure(outdir, gaussian_config, log=log)
+    if figs:
+        with open(result["paths"]["report_md"], "a", encoding="utf-8") as f:
+            f.write(
+                "\n## Gaussian toy: forward vs reverse KL fit of one Gaussian to two\n\n"
+                + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in figs)
+                + "\n"
+            )
+    log("")
+    for name, c in result["q1"].items():
+        log(f"=== Q1 {name}: {c['overall'].upper()}")
+        for p, v in c["policies"].items():
+            log(f"  {p:<9} {v['verdict'].upper():<9} {v['reason'][:140]}")
+    log(
+        f"report: {result['paths']['report_md']} ({len(records)} runs, "
+        f"{time.time() - t0:.0f} s)"
+    )
+    return dict(result, records=records, gaussian=figs, seconds=time.time() - t0)
