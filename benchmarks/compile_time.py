@@ -113,7 +113,7 @@ def _lm():
         kl_choices=tuple(config.choices),
     )
     state = train.init_rl_state(setup, params, params, jax.random.key(0))
-    hp = train.Hparams(loss=losses.LossConfig(beta=config.beta), lr=1e-5, kl_choice=0)
+    hp = train.Hparams(loss=losses.LossConfig(beta=config.beta), lr=1e-5, kl_index=0)
     return train.make_rl_chunk(setup, config.chunk_steps), (state, hp)
 
 

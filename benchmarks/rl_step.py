@@ -141,7 +141,7 @@ def make_hparams(estimator: str = "k3", placement: str = "loss", kl_choice: int 
         kl_estimator=estimator, kl_placement=placement, beta=0.04, eps_low=0.2, eps_high=0.2
     )
     loss = jax.tree.map(jnp.float32, loss)
-    return Hparams(loss=loss, lr=jnp.float32(1e-4), kl_choice=jnp.int32(kl_choice))
+    return Hparams(loss=loss, lr=jnp.float32(1e-4), kl_index=jnp.int32(kl_choice))
 
 
 def init_population(setup: RLSetup, seeds, hparams: list[Hparams] | None = None):

@@ -484,7 +484,7 @@ def test_grpo_population_of_the_four_regularisers_on_8_devices(tiny):
     hp = train.Hparams(
         loss=stack(losses.LossConfig(beta=0.1)),
         lr=jnp.full((4,), 1e-2, jnp.float32),
-        kl_choice=jnp.arange(4),
+        kl_index=jnp.arange(4),
     )
     state, metrics = train.make_rl_chunk(setup, chunk_steps=2, population=True)(state, hp)
     np.testing.assert_array_equal(state.step, [2, 2, 2, 2])

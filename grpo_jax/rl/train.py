@@ -44,12 +44,12 @@ class Hparams:
 
     loss: a `losses.LossConfig` (beta, eps_low, eps_high, ... are leaves; names are static).
     lr:   learning rate (scalar).
-    kl_choice: index into `RLSetup.kl_choices` (ignored when that is empty).
+    kl_index: index into `RLSetup.kl_choices` (ignored when that is empty).
     """
 
     loss: Any
     lr: jax.Array
-    kl_choice: jax.Array = 0
+    kl_index: jax.Array = 0
 
 
 @flax.struct.dataclass
@@ -93,7 +93,7 @@ class RLSetup:
       decode_plan: the sampler's decode layout (`sampling.DecodePlan`): chains and
         segments of the decode loop, each one more loop body to compile.
       kl_choices: optional tuple of `kl_choice.KLChoice`. Non-empty, the KL choice becomes
-        data: `Hparams.kl_choice` indexes it through `lax.switch` (a select under vmap), so
+        data: `Hparams.kl_index` indexes it through `lax.switch` (a select under vmap), so
         runs with different estimators and placements share one compiled program and one
         population. Empty, `Hparams.loss` names the choice statically.
     """
@@ -259,7 +259,7 @@ def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
 
 def _loss_of_logits(setup: RLSetup, hp: Hparams, batch: Rollout, ref_logits, ref_logp):
     """`(loss_of_logits(logp, logits) -> (loss, aux), zero_var_group_frac)` for the step's
-    KL choice: static (`hp.loss`), or `hp.kl_choice` of `setup.kl_choices` by `lax.switch`.
+    KL choice: static (`hp.loss`), or `hp.kl_index` of `setup.kl_choices` by `lax.switch`.
 
     The KL path in one place: placement "reward" shapes the rewards inside
     `losses.compute_advantages`; placement "loss" adds beta * D_t inside `losses.grpo_loss`.
@@ -300,7 +300,7 @@ def _loss_of_logits(setup: RLSetup, hp: Hparams, batch: Rollout, ref_logits, ref
 
 
 def _switch_kl_choice(advantages_for, loss_for, kl_choices, hp: Hparams, logits_like, tokens_like):
-    """Loss as a function of (logp, logits) for the KL choice `hp.kl_choice`, by `lax.switch`.
+    """Loss as a function of (logp, logits) for the KL choice `hp.kl_index`, by `lax.switch`.
 
     The switch covers only the element-wise advantage and loss math; the model forward and
     backward stay outside it and are shared. Under vmap the switch becomes a select, so a
@@ -309,7 +309,7 @@ def _switch_kl_choice(advantages_for, loss_for, kl_choices, hp: Hparams, logits_
     Returns (loss_of_logits(logp, logits) -> (loss, aux), zero_var_group_frac).
     """
     cfgs = [hp.loss.replace(**c.loss_fields()) for c in kl_choices]
-    index = jnp.clip(jnp.asarray(hp.kl_choice, jnp.int32), 0, len(cfgs) - 1)
+    index = jnp.clip(jnp.asarray(hp.kl_index, jnp.int32), 0, len(cfgs) - 1)
     advs, zero_vars = zip(*(advantages_for(c) for c in cfgs))
     logp_like = jax.ShapeDtypeStruct(tokens_like.shape, jnp.float32)
     aux_keys = [

@@ -283,7 +283,7 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
     """Numeric hyperparameters of `cells`, every leaf stacked along a leading axis [S]."""
     choices = population_kl_choices(config, cells)
     # Every member's LossConfig has the same static names (a stacked pytree); with a switch
-    # they are those of the first choice, and `kl_choice` indexes the member's own.
+    # they are those of the first choice, and `kl_index` indexes the member's own.
     static_choice = choices[0] if choices else kl_choice_of(config, cells[0])
 
     def one(cell):
@@ -301,7 +301,7 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
         return train.Hparams(
             loss=loss_cfg,
             lr=np.float32(value("optim.lr")),
-            kl_choice=np.int32(choices.index(choice) if choices else 0),
+            kl_index=np.int32(choices.index(choice) if choices else 0),
         )
 
     def stack(*xs):  # on the host, one transfer per leaf (not one per member and leaf)
