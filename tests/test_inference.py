@@ -76,6 +76,25 @@ def test_matched_strength_recovers_a_known_crossing():
     assert inf.at_matched(betas, noisy, fwd, 0.5) == pytest.approx(0.25, abs=0.05)
 
 
+def test_matchability_drops_a_chord_across_a_jump_and_keeps_a_smooth_sweep():
+    """A sweep that jumps across r* (a policy that stays near its start at large beta and
+    locks on one step down) has no realised run near r*: not comparable (NaN). A smooth
+    sweep through the same r* is kept, with the same value as without the limits."""
+    betas = np.geomspace(0.05, 1.0, 8)
+    smooth = np.linspace(0.9, 0.15, 8)  # reward falls by ~0.11 per beta step
+    jump = np.where(np.arange(8) < 4, 0.85, 0.15)  # 0.85 ... then 0.15 ...
+    outcome = np.linspace(0.0, 1.0, 8)
+    limits = dict(max_distance=0.1, max_gap=0.2)
+    for target in (0.3, 0.5, 0.7):
+        plain = inf.at_matched(betas, smooth, outcome, target)
+        assert inf.at_matched(betas, smooth, outcome, target, **limits) == pytest.approx(plain)
+        assert np.isfinite(inf.at_matched(betas, jump, outcome, target))  # the chord
+        assert math.isnan(inf.at_matched(betas, jump, outcome, target, **limits))
+    # On a realised run the distance is 0 and its own bracket has no gap: kept.
+    on_run = inf.at_matched(betas, jump, outcome, 0.85, **limits)
+    assert np.isfinite(on_run) and on_run == inf.at_matched(betas, jump, outcome, 0.85)
+
+
 def _simulate(delta_uni, delta_multi, seeds, rng, sd=0.5, margin=0.5):
     uni = rng.normal(delta_uni, sd, size=seeds)
     multi = rng.normal(delta_multi, sd, size=seeds)

@@ -73,13 +73,18 @@ def target_reward(cv, policy, modality, primary, seeds, fraction, by="reward") -
     return {"r_lo": r_lo, "r_hi": r_hi, "target": r_lo + fraction * (r_hi - r_lo)}
 
 
-def matched(cv, policy, modality, arm, seeds, replicate, outcome, by, target) -> np.ndarray:
-    """Per-seed `outcome` at `by` = target (NaN where a seed's sweep does not reach it)."""
+def matched(
+    cv, policy, modality, arm, seeds, replicate, outcome, by, target, limits=(math.inf,) * 2
+) -> np.ndarray:
+    """Per-seed `outcome` at `by` = target (NaN where a seed's sweep does not reach it, or
+    does not realise a run near it: `limits` = (max_distance, max_gap), `inf.at_matched`)."""
     out = []
     for s in seeds:
         c = cv.get((policy, modality, arm, s, replicate))
         out.append(
-            math.nan if c is None else inf.at_matched(c["strength"], c[by], c[outcome], target)
+            math.nan
+            if c is None
+            else inf.at_matched(c["strength"], c[by], c[outcome], target, *limits)
         )
     return np.asarray(out)
 
@@ -102,6 +107,10 @@ class _Study:
         self.missing_baselines = [b for b in self.baselines if b not in present]
         self.by = config["match"]["by"]
         self.check_by = config["match"]["check_by"]
+        # Matchability (declared in the config; absent: every bracket counts).
+        self.limits = tuple(
+            float(config["match"].get(k, math.inf)) for k in ("max_distance", "max_gap")
+        )
         frac = float(config["match"]["fraction"])
         self.targets = {
             (p, m[0]): target_reward(self.cv, p, m[0], self.primary, self.seeds, frac, self.by)
@@ -119,9 +128,12 @@ class _Study:
         or, for the check, at the `match.check_by` value the primary arms reach there."""
         by = by or self.by
         t = self.targets[(policy, modality)]["target"]
-        if by != self.by:
+        if by != self.by:  # the check at matched KL: brackets in KL units, not reward's
             t = self._check_target(policy, modality, replicate, by)
-        return matched(self.cv, policy, modality, arm, self.seeds, replicate, outcome, by, t)
+            return matched(self.cv, policy, modality, arm, self.seeds, replicate, outcome, by, t)
+        return matched(
+            self.cv, policy, modality, arm, self.seeds, replicate, outcome, by, t, self.limits
+        )
 
     def _check_target(self, policy, modality, replicate, by):
         ks = [np.nanmedian(self.values(policy, modality, a, by, replicate)) for a in self.primary]
@@ -153,7 +165,8 @@ def _family(st: _Study, policy, pairs, replicate):
     difference, and the interaction (seed-paired) of each multimodal point against it, on
     every declared outcome. Two Holm families: the primary outcome's tests (they decide)
     and the other outcomes' (reported). A point where fewer than `min_matched_fraction` of
-    the seeds reach the matched reward is not estimable and left out (listed as such)."""
+    the seeds reach the matched reward with a realised run near it (`at_matched`'s
+    matchability limits) is not comparable there and left out (listed as such)."""
     rows, skipped = [], []
     need = max(2, math.ceil(float(st.config.get("min_matched_fraction", 0.0)) * len(st.seeds)))
     for a, b in pairs:

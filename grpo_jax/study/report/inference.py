@@ -172,7 +172,12 @@ def decreasing_fit(y: Sequence[float]) -> np.ndarray:
 
 
 def at_matched(
-    strength: Sequence[float], matched: Sequence[float], outcome: Sequence[float], target: float
+    strength: Sequence[float],
+    matched: Sequence[float],
+    outcome: Sequence[float],
+    target: float,
+    max_distance: float = math.inf,
+    max_gap: float = math.inf,
 ) -> float:
     """The outcome at `matched` = `target` along a beta sweep (sorted by ascending beta).
 
@@ -180,15 +185,24 @@ def at_matched(
     that, so it is first made non-increasing (`decreasing_fit`). The outcome is interpolated
     linearly in `matched` between the two betas that bracket `target`; NaN when `target` is
     outside the sweep's range (the seed then drops out, and the count is reported).
+
+    Matchability: NaN as well when no run of the sweep lies within `max_distance` of
+    `target`, or when the bracketing runs are more than `max_gap` apart in `matched` (a jump
+    across the target: the interpolated value would be a chord between two different
+    policies, not a policy the sweep realised).
     """
     order = np.argsort(np.asarray(strength, np.float64))
     m = decreasing_fit(np.asarray(matched, np.float64)[order])
     o = np.asarray(outcome, np.float64)[order]
     if not (m.min() <= target <= m.max()):
         return math.nan
+    if np.min(np.abs(m - target)) > max_distance:
+        return math.nan
     for i in range(len(m) - 1):
         hi, lo = m[i], m[i + 1]
         if lo <= target <= hi:
+            if hi - lo > max_gap:
+                return math.nan
             if hi == lo:
                 return float(0.5 * (o[i] + o[i + 1]))
             w = (hi - target) / (hi - lo)

@@ -230,7 +230,10 @@ def _tests_section(result, name) -> list[str]:
         )
         if skipped:
             out += [
-                f"Not estimable (fewer than half the seeds reach r*): " f"{', '.join(skipped)}.",
+                "Not comparable at matched reward (fewer than half the seeds have both arms' "
+                "sweeps reach r* with a realised run near it, `match.max_distance` / "
+                f"`max_gap`; the frontier figures show these arms instead): "
+                f"{', '.join(skipped)}.",
                 "",
             ]
     return out
