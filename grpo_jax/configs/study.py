@@ -30,7 +30,8 @@ some point is refuted and none holds; HOLDS if some point holds and none is refu
 the opposite sign; else UNDECIDED. Per policy class: HOLDS if it holds against every
 baseline (`baselines`: the plain unimodal reference and the matched-tail control), REFUTED
 if refuted against any. Overall: REFUTED if any policy class refutes, HOLDS if all hold.
-Points where fewer than half the seeds reach the matched reward are not estimable.
+Points where fewer than half the seeds reach the matched reward with a realised run near it
+(`match.max_distance`, `match.max_gap`) are not comparable there.
 
 Tasks: the one-token bandit (ordinary tokens 0..63, reference = a mixture of discretised
 Gaussians, sigma 3 tokens; reward max(0, 1 - d / 6) with d the distance to the centre of the
@@ -214,7 +215,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # HOLDS only if it holds against both, and is REFUTED if refuted against either.
     c.baselines = ["1 mode", "1 mode + floor"]
     # A (modality, contrast) point counts only if at least this fraction of the seeds reach
-    # the matched reward r* along their sweep; otherwise it is listed as not estimable.
+    # the matched reward r* along their sweep (matchably); otherwise it is listed as not
+    # comparable at r*.
     c.min_matched_fraction = 0.5
     # Disclosed: one pilot run of the default grid (to measure its cost) came before these
     # last two rules were fixed.

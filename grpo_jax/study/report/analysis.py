@@ -224,7 +224,7 @@ def _combine_points(points) -> tuple[str, str]:
     refuted = [p for p in points if p["verdict"] == "refuted"]
     opposite = [p for p in refuted if "opposite" in p["reason"]]
     if not points:
-        return "undecided", "no multimodal point is estimable"
+        return "undecided", "no multimodal point is comparable at matched reward"
     if beyond:
         return "refuted", beyond[0]["reason"]
     if len(refuted) == len(points):
