@@ -40,7 +40,7 @@ from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.tasks.bandit import bandit_optimum
 
 # Cells of one group differ only in these: the population's members.
-GROUP_KEYS = build.VMAPPABLE_KEYS + ("eval.arm", "eval.replicate")
+GROUP_KEYS = build.VMAPPABLE_KEYS + ("eval.arm", "eval.replicate", "eval.seed")
 
 
 # ------------------------------------------------------------------------------------------
@@ -147,7 +147,8 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
                 "num_modes": int(cell.task.num_modes),
                 "arm": arm,
                 "strength": strength,
-                "seed": int(cell.train.seed),
+                "seed": int(cell.eval.seed),  # pairs the arms; train.seed is the RNG's
+                "train_seed": int(cell.train.seed),
                 "replicate": int(cell.eval.replicate),
                 "final": one_token_outcomes(logp[m], vec),
                 "tv_to_optimum": None if opt is None else float(0.5 * np.abs(probs[m] - opt).sum()),

@@ -83,7 +83,7 @@ def _verdicts_section(result) -> list[str]:
     rob = result.get("robustness")
     if rob is not None:
         out += [
-            f"Robustness replicate (learning rate × (1 + 1e-6), same grid): "
+            "Robustness replicate (an independent block of seeds, the same grid): "
             f"{'every verdict survives' if rob['all_same'] else 'SOME VERDICTS CHANGE'}"
             f" ({sum(r['same'] for r in rob['rows'])} of {len(rob['rows'])} equal"
             + (
