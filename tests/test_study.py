@@ -75,6 +75,34 @@ def test_mode_coverage_is_the_stats_one_with_the_study_thresholds():
         assert out["mode_coverage"] == pytest.approx(float(want))
 
 
+def test_closed_form_delta_at_matched_reward_by_bisection():
+    """The report's closed-form Δ at r* (interpolated along the optimum curves) equals the
+    optima found by bisecting beta until each direction's reward is r* exactly."""
+    from grpo_jax.study.report import analysis  # pylint: disable=import-outside-toplevel
+    from grpo_jax.tasks.bandit import bandit_optimum  # pylint: disable=import-outside-toplevel
+
+    task = _bandit(num_modes=2, separation=8.0)
+    vec = study.task_vectors(task)
+
+    def at_reward(direction, target, outcome):
+        lo, hi = 1e-3, 50.0  # reward falls as beta grows
+        for _ in range(80):
+            mid = np.sqrt(lo * hi)
+            p = bandit_optimum(vec["reward"], vec["ref"], np.asarray([mid]), direction)[0]
+            lo, hi = (mid, hi) if float(p @ vec["reward"]) > target else (lo, mid)
+        with np.errstate(divide="ignore"):
+            return study.one_token_outcomes(np.log(p), vec)[outcome]
+
+    curves = study.optimum_curves(task, betas=np.geomspace(0.005, 5.0, 400))
+    for target in (0.5, 0.7):
+        got = analysis.closed_form_delta(curves, "off_target", target)
+        want = at_reward("forward", target, "off_target") - at_reward(
+            "reverse", target, "off_target"
+        )
+        assert got == pytest.approx(want, abs=2e-3) and want > 0.01
+    assert np.isnan(analysis.closed_form_delta(curves, "off_target", 2.0))  # out of range
+
+
 def test_every_study_reference_starts_below_its_reward_ceiling():
     for config in (study_config.get_config(), study_config.get_config("full")):
         for m in config.modalities:

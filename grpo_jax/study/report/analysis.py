@@ -89,6 +89,20 @@ def matched(
     return np.asarray(out)
 
 
+def closed_form_delta(curves: Mapping[str, Mapping[str, Sequence[float]]], outcome, target):
+    """Forward - reverse `outcome` of the closed-form KL-regularised optima at reward =
+    `target` (`groups.optimum_curves`: each direction's outcomes along an ascending beta
+    grid, reward among them), interpolated like the runs (`inf.at_matched`); NaN when
+    `target` is outside a curve's reward range. The tabular class's systematic reference:
+    what the full simplex gives exactly at the same r*."""
+    vals = []
+    for direction in ("forward", "reverse"):
+        c = curves[direction]
+        order = np.arange(len(c["reward"]))  # the curves run along ascending beta
+        vals.append(inf.at_matched(order, c["reward"], c[outcome], target))
+    return vals[0] - vals[1]
+
+
 class _Study:
     """Everything `analyse` needs, computed once: config, curves, seeds, targets."""
 

@@ -4,6 +4,7 @@ includes) and report.json (the analysis); it returns what it wrote."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -353,21 +354,19 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
     lines = ["### Verdicts", ""] + _verdicts_section(result)[2:]
     o = config["primary_outcome"]
     lines += [f"### Key effects: {o}, forward − reverse at matched reward (primary contrast)", ""]
+    closed = result.get("closed_form") or {}
     for p, r in result["q1"]["primary"]["policies"].items():
+        exact = p == "tabular" and bool(closed)  # the closed form at the same r*
         rows = [
-            [
-                t["kind"],
-                t["baseline"],
-                t["modality"],
-                ci(t["estimate"]),
-                fmt(t["estimate"]["p_adj"], 2),
-            ]
+            [t["kind"], t["baseline"], t["modality"], ci(t["estimate"])]
+            + ([_closed_form_of(t, closed)] if exact else [])
+            + [fmt(t["estimate"]["p_adj"], 2)]
             for t in r["tests"]
             if t["outcome"] == o
         ]
-        lines += [f"**{p}**", ""] + table(
-            ["test", "baseline", "modality", "estimate [Holm interval]", "p (Holm)"], rows
-        )
+        header = ["test", "baseline", "modality", "estimate [Holm interval]"]
+        header += ["closed form at r*"] if exact else []
+        lines += [f"**{p}**", ""] + table(header + ["p (Holm)"], rows)
     lines += [f"![glance]({prefix}{os.path.basename(figs['glance'][0])})", ""]
     lines += [
         f"*{notes.get('command', '')}* — {notes.get('machine', '')}; "
@@ -377,6 +376,27 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
     if notes.get("missing cells"):
         lines += [f"**Missing cells:** {notes['missing cells']}.", ""]
     return "\n".join(lines)
+
+
+def _closed_form(result, config, optima) -> dict[str, float]:
+    """{modality: closed-form forward - reverse primary outcome at the tabular r*}."""
+    out = {}
+    for t in result.get("targets", []):
+        if t["policy"] == "tabular" and t["modality"] in optima:
+            delta = analysis.closed_form_delta(
+                optima[t["modality"]], config["primary_outcome"], t["target"]
+            )
+            out[t["modality"]] = None if math.isnan(delta) else float(delta)
+    return out
+
+
+def _closed_form_of(test, closed) -> str:
+    """The closed-form counterpart of a key-effect row: Δ for a unimodal row, Δ(multimodal)
+    - Δ(baseline) for an interaction."""
+    mine, base = closed.get(test["modality"]), closed.get(test["baseline"])
+    if mine is None or (test["kind"] == "interaction" and base is None):
+        return "–"
+    return fmt(mine - base if test["kind"] == "interaction" else mine, 3)
 
 
 def write_report(
@@ -393,6 +413,7 @@ def write_report(
     notes = dict(notes or {})
     result = analysis.analyse(records, config)
     result["primary_outcome"] = config["primary_outcome"]
+    result["closed_form"] = _closed_form(result, config, optima or {})
     figs = figures.make_figures(records, result, outdir, optima)
     sections = [
         ["# The study: does the KL direction matter only for multimodal " "references?", ""],
