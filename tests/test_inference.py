@@ -137,3 +137,27 @@ def test_undecided_says_how_many_seeds_would_decide():
     v = inf.decide(i, u, margin_interaction=0.05, margin_unimodal=0.5)
     assert v.verdict == "undecided" and v.seeds_to_decide > 4
     assert inf.seeds_for_halfwidth(1.0, 0.5) > inf.seeds_for_halfwidth(1.0, 1.0) > 2
+
+
+def test_seed_claims_marked_by_the_sign_their_interval_excludes():
+    """Each of the seed's claims is read per reference: ✓ when the interval excludes 0 with
+    the claim's sign, ✗ when it excludes 0 with the other, nothing when it covers 0."""
+    from grpo_jax.study.report import markdown  # pylint: disable=import-outside-toplevel
+
+    def d(modality, low, high):
+        est = dict(mean=(low + high) / 2, low=low, high=high)
+        return dict(policy="tabular", modality=modality, estimate=est)
+
+    result = {
+        "deltas": {
+            "off_target": [d("a", 0.01, 0.03), d("b", -0.03, -0.01), d("c", -0.01, 0.01)],
+            "entropy": [d("a", 0.01, 0.03)],
+            "pass_at_4": [d("a", 0.01, 0.03)],  # predicted negative: the opposite
+        }
+    }
+    text = "\n".join(markdown._claims_section(result))  # pylint: disable=protected-access
+    covers = next(line for line in text.splitlines() if "forward covers" in line)
+    assert "a: +0.02✓" in covers and "b: -0.02✗" in covers and "c: +0 |" in covers
+    assert "1 as predicted, 1 opposite, 1 neither" in covers
+    best = next(line for line in text.splitlines() if "best answer" in line)
+    assert "0 as predicted, 1 opposite" in best

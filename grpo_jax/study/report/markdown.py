@@ -367,6 +367,7 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
         header = ["test", "baseline", "modality", "estimate [Holm interval]"]
         header += ["closed form at r*"] if exact else []
         lines += [f"**{p}**", ""] + table(header + ["p (Holm)"], rows)
+    lines += _claims_section(result)
     lines += [f"![glance]({prefix}{os.path.basename(figs['glance'][0])})", ""]
     lines += [
         f"*{notes.get('command', '')}* — {notes.get('machine', '')}; "
@@ -376,6 +377,49 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
     if notes.get("missing cells"):
         lines += [f"**Missing cells:** {notes['missing cells']}.", ""]
     return "\n".join(lines)
+
+
+# The seed's three specific claims, each as (claim, outcome, predicted sign of forward -
+# reverse at matched reward).
+SEED_CLAIMS = (
+    ("reverse sharpens: lower entropy", "entropy", +1),
+    ("reverse sharpens: more mass on the best answer", "pass_at_4", -1),
+    ("forward covers: more mass on answers the reward abandons", "off_target", +1),
+    ("forward explores between modes: more mass between them", "between", +1),
+)
+
+
+def _claims_section(result) -> list[str]:
+    """Each of the seed's claims on its own line per policy class: forward - reverse at
+    matched reward at every comparable reference (95 % interval, not adjusted), marked
+    ✓ where the interval excludes 0 with the predicted sign and ✗ with the other sign."""
+    deltas = result.get("deltas", {})
+    out = [
+        "### The seed's claims, one by one (forward − reverse at matched reward; ✓ as "
+        "predicted, ✗ the opposite, 95 % interval not adjusted)",
+        "",
+    ]
+    rows = []
+    for claim, outcome, sign in SEED_CLAIMS:
+        by_policy = {}
+        for d in deltas.get(outcome, []):
+            by_policy.setdefault(d["policy"], []).append(d)
+        for policy, ds in by_policy.items():
+            cells, tally = [], {"✓": 0, "✗": 0, "": 0}
+            for d in ds:
+                e = d["estimate"]
+                if not e:
+                    continue
+                mark = (
+                    "✓"
+                    if sign * e["low"] > 0 and sign * e["high"] > 0
+                    else "✗" if sign * e["low"] < 0 and sign * e["high"] < 0 else ""
+                )
+                tally[mark] += 1
+                cells.append(f"{d['modality']}: {e['mean']:+.3g}{mark}")
+            reading = f"{tally['✓']} as predicted, {tally['✗']} opposite, {tally['']} neither"
+            rows.append([claim, policy, "; ".join(cells) or "not comparable", reading])
+    return out + table(["claim", "policy class", "per reference", "reading"], rows)
 
 
 def _closed_form(result, config, optima) -> dict[str, float]:
@@ -418,6 +462,7 @@ def write_report(
     sections = [
         ["# The study: does the KL direction matter only for multimodal " "references?", ""],
         _verdicts_section(result),
+        _claims_section(result),
         _design_section(config, notes),
         _targets_section(result),
         _deltas_section(result, config),
