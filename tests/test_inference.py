@@ -161,3 +161,25 @@ def test_seed_claims_marked_by_the_sign_their_interval_excludes():
     assert "1 as predicted, 1 opposite, 1 neither" in covers
     best = next(line for line in text.splitlines() if "best answer" in line)
     assert "0 as predicted, 1 opposite" in best
+
+
+@pytest.mark.parametrize(
+    "uni,multi,want",
+    [
+        (0.0, 2.0, {"unimodal": "no", "multimodal_adds": "yes"}),  # the seed's claim
+        (2.0, 2.0, {"unimodal": "yes", "multimodal_adds": "no"}),  # matters everywhere alike
+        (2.0, 4.0, {"unimodal": "yes", "multimodal_adds": "yes"}),  # matters, more so
+        (0.0, -2.0, {"unimodal": "no", "multimodal_adds": "opposite"}),
+    ],
+)
+def test_two_answers_separate_the_meanings_of_refuted(uni, multi, want):
+    """The one verdict's two questions answered apart on planted effects (40 seeds, sd 0.5,
+    margin 0.5): a unimodal effect beyond the margin with no interaction is 'matters: yes,
+    adds: no', where the one verdict would say REFUTED either way."""
+    rng = np.random.default_rng(0)
+    u_seeds = rng.normal(uni, 0.5, size=40)
+    m_seeds = rng.normal(multi, 0.5, size=40)
+    i, u = inf.paired(m_seeds - u_seeds), inf.paired(u_seeds)
+    inf.apply_holm([i, u])
+    assert inf.two_answers([i], u, 0.5, 0.5) == want
+    assert inf.two_answers([], u, 0.5, 0.5)["multimodal_adds"] == "not comparable"

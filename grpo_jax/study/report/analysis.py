@@ -261,7 +261,7 @@ def _verdict(st: _Study, rows, primary_outcome) -> dict[str, Any]:
     sign = int(st.config["sign"])
     per_base, points = {}, []
     for base in st.baselines:
-        pts = []
+        pts, answers = [], {"unimodal": "not comparable", "multimodal_adds": "not comparable"}
         for pair in dict.fromkeys(r["pair"] for r in rows):
             sel = [
                 r
@@ -269,15 +269,22 @@ def _verdict(st: _Study, rows, primary_outcome) -> dict[str, Any]:
                 if r["outcome"] == primary_outcome and r["pair"] == pair and r["baseline"] == base
             ]
             uni = [r for r in sel if r["kind"] == "unimodal"]
-            for r in (r for r in sel if r["kind"] == "interaction" and uni):
+            inter = [r for r in sel if r["kind"] == "interaction" and uni]
+            for r in inter:
                 v = inf.decide(r["est"], uni[0]["est"], margin, margin, alpha, sign)
                 pts.append(dict(baseline=base, modality=r["modality"], pair=list(pair), **vars(v)))
+            if uni and answers["unimodal"] == "not comparable":  # the contrast's first pair
+                ests = [r["est"] for r in inter]
+                answers = inf.two_answers(ests, uni[0]["est"], margin, margin, alpha, sign)
         verdict, reason = _combine_points(pts)
         if base in st.missing_baselines:
             verdict, reason = "undecided", f"the baseline {base!r} is not in the records"
         need = max([p["seeds_to_decide"] for p in pts] + [-1])
         per_base[base] = dict(
-            verdict=verdict, reason=reason, seeds_to_decide=need if verdict == "undecided" else -1
+            verdict=verdict,
+            reason=reason,
+            seeds_to_decide=need if verdict == "undecided" else -1,
+            answers=answers,
         )
         points += pts
     verdict = inf.overall([v["verdict"] for v in per_base.values()])

@@ -280,6 +280,48 @@ def decide(
     )
 
 
+def two_answers(
+    interactions: Sequence[Estimate],
+    unimodal: Estimate,
+    margin_interaction: float,
+    margin_unimodal: float,
+    alpha: float = 0.05,
+    sign: int = 1,
+) -> dict[str, str]:
+    """The two questions the one verdict mixes, answered apart (Holm-adjusted estimates):
+
+    unimodal: does the direction matter on the unimodal reference? "yes" when its interval
+      lies beyond the margin, "no" when it is equivalent to 0 within the margin (TOST),
+      else "undecided".
+    multimodal_adds: does multimodality add to it? "yes" when some interaction is
+      significant with the predicted sign and none with the other, "no" when every
+      interaction is equivalent to 0 within its margin, "opposite" when some is significant
+      with the other sign and none with the predicted one, else "undecided" ("not
+      comparable" without interactions).
+    """
+    u = unimodal
+    if u.low > margin_unimodal or u.high < -margin_unimodal:
+        uni = "yes"
+    elif u.tost_p(margin_unimodal) < alpha:
+        uni = "no"
+    else:
+        uni = "undecided"
+    sig = [i for i in interactions if i.p_adj < alpha]
+    pred = [i for i in sig if np.sign(i.mean) == sign]
+    other = [i for i in sig if np.sign(i.mean) == -sign]
+    if not interactions:
+        adds = "not comparable"
+    elif pred and not other:
+        adds = "yes"
+    elif all(i.tost_p(margin_interaction) < alpha for i in interactions):
+        adds = "no"
+    elif other and not pred:
+        adds = "opposite"
+    else:
+        adds = "undecided"
+    return {"unimodal": uni, "multimodal_adds": adds}
+
+
 def overall(verdicts: Sequence[str]) -> str:
     """Across tasks: refuted if any task refutes; holds if every task holds; else undecided."""
     if any(v == "refuted" for v in verdicts):

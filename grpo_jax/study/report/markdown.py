@@ -367,7 +367,7 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
         header = ["test", "baseline", "modality", "estimate [Holm interval]"]
         header += ["closed form at r*"] if exact else []
         lines += [f"**{p}**", ""] + table(header + ["p (Holm)"], rows)
-    lines += _claims_section(result)
+    lines += _answers_section(result) + _claims_section(result)
     lines += [f"![glance]({prefix}{os.path.basename(figs['glance'][0])})", ""]
     lines += [
         f"*{notes.get('command', '')}* — {notes.get('machine', '')}; "
@@ -387,6 +387,32 @@ SEED_CLAIMS = (
     ("forward covers: more mass on answers the reward abandons", "off_target", +1),
     ("forward explores between modes: more mass between them", "between", +1),
 )
+
+
+def _answers_section(result) -> list[str]:
+    """Per contrast, policy class and baseline, the two questions one verdict mixes
+    (`inference.two_answers`): does the direction matter on the unimodal reference, and
+    does multimodality add to it."""
+    rows = []
+    for name, c in result["q1"].items():
+        for p, v in c["policies"].items():
+            for b, bv in v.get("baselines", {}).items():
+                a = bv.get("answers") or {}
+                rows.append(
+                    [f"Q1 {name}", p, b, a.get("unimodal", "–"), a.get("multimodal_adds", "–")]
+                )
+    header = [
+        "question",
+        "policy class",
+        "baseline",
+        "direction matters on it?",
+        "multimodality adds to it?",
+    ]
+    return [
+        "### Two questions, answered apart (primary outcome; margins and Holm as in the "
+        "verdicts)",
+        "",
+    ] + table(header, rows)
 
 
 def _claims_section(result) -> list[str]:
@@ -462,6 +488,7 @@ def write_report(
     sections = [
         ["# The study: does the KL direction matter only for multimodal " "references?", ""],
         _verdicts_section(result),
+        _answers_section(result),
         _claims_section(result),
         _design_section(config, notes),
         _targets_section(result),
