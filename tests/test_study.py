@@ -103,6 +103,28 @@ def test_closed_form_delta_at_matched_reward_by_bisection():
     assert np.isnan(analysis.closed_form_delta(curves, "off_target", 2.0))  # out of range
 
 
+def test_ratio_laws_hold_at_the_closed_form_optima_and_fail_off_them():
+    """GX-Chen et al.'s answer-ratio laws: the closed-form reverse optimum gives beta_hat =
+    beta and both optima keep the reference's ratios among zero-reward answers; a policy
+    with multiplicative noise on its probabilities fails both within the declared 0.1."""
+    from grpo_jax.study.report import analysis  # pylint: disable=import-outside-toplevel
+    from grpo_jax.tasks.bandit import bandit_optimum  # pylint: disable=import-outside-toplevel
+
+    vec = study.task_vectors(_bandit(num_modes=2, separation=8.0))
+    for beta in (0.1, 0.5):
+        for direction, arm in (("reverse", "exact_rev/loss"), ("forward", "exact_fwd/loss")):
+            p = bandit_optimum(vec["reward"], vec["ref"], np.asarray([beta]), direction)[0]
+            law = analysis.ratio_laws(p, vec["reward"], vec["ref"], arm, beta)
+            assert law["spread"] < 1e-6
+            if direction == "reverse":
+                assert law["beta_ratio"] == pytest.approx(1.0, abs=1e-6)
+            else:
+                assert law["beta_ratio"] is None
+    noisy = p * np.exp(np.random.default_rng(0).normal(0, 0.3, p.shape))
+    law = analysis.ratio_laws(noisy / noisy.sum(), vec["reward"], vec["ref"], "exact_rev/loss", 0.5)
+    assert law["spread"] > 0.1
+
+
 def test_every_study_reference_starts_below_its_reward_ceiling():
     for config in (study_config.get_config(), study_config.get_config("full")):
         for m in config.modalities:

@@ -234,6 +234,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the matched reward r* along their sweep (matchably); otherwise it is listed as not
     # comparable at r*.
     c.min_matched_fraction = 0.5
+    # The answer-ratio laws of the closed-form optima checked on the trained tabular
+    # policies (report only): |beta_hat / beta - 1| and the spread of log(pi / ref) over
+    # the zero-reward answers (nats) within these.
+    c.ratio_laws_tol = dict(beta_ratio=0.1, spread=0.1)
     # Disclosed: one pilot run of the default grid (to measure its cost) came before these
     # last two rules were fixed.
     c.design_history = DESIGN_HISTORY

@@ -154,18 +154,19 @@ def run(
 
 def _report(workdir, config, records, missing, run_s, t0, gaussian_config, log) -> dict:
     """The report of `records` (with the closed-form optima and the Gaussian toy figure)."""
-    optima = {}
+    optima, vectors = {}, {}
     for m in config.modalities:
         fields = dict(m["task"])
         task = config_utils.make_task(fields)
         optima[m["label"]] = groups.optimum_curves(task)
+        vectors[m["label"]] = groups.task_vectors(task)
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} on "
         f"{jax.devices()[0].platform}"
     )
     outdir = os.path.join(workdir, "report")
     notes = _notes(config, workdir, run_s, missing, len(records), machine)
-    result = report.write_report(records, config.to_dict(), outdir, notes, optima)
+    result = report.write_report(records, config.to_dict(), outdir, notes, optima, vectors)
     gaussian_config = gaussian_config.copy_and_resolve_references()
     gaussian_config.update(dict(config.get("gaussian", {})))
     figs = gaussian_figure(outdir, gaussian_config, log=log)

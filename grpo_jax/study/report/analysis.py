@@ -442,6 +442,50 @@ def power(st: _Study, q1_result) -> list[dict]:
     return rows
 
 
+def ratio_laws(probs, reward, ref, arm: str, beta: float, min_p: float = 1e-6) -> dict:
+    """The answer-ratio laws of the KL-regularised optima (GX-Chen et al., arXiv
+    2510.20817) on one final tabular policy `probs` [A] (`reward`, `ref` [A]): under the
+    reverse KL log(pi/ref) = R / beta - log Z, so the slope of log(pi/ref) on R over the
+    answers the policy holds (pi > min_p) gives beta_hat (reported as beta_hat / beta);
+    under either KL, answers of equal reward keep the reference's ratios, so log(pi/ref) is
+    flat over the zero-reward answers (`spread`: its standard deviation, nats)."""
+    p, r, q = (np.asarray(x, np.float64) for x in (probs, reward, ref))
+    held = (p > min_p) & (q > 0)
+    y = np.log(p[held]) - np.log(q[held])
+    zero = held & (r == 0)
+    spread = float(np.std(np.log(p[zero]) - np.log(q[zero]))) if zero.sum() > 1 else None
+    ratio = None
+    if arm.startswith("exact_rev") and np.ptp(r[held]) > 0:
+        slope = np.polyfit(r[held], y, 1)[0]
+        ratio = float(1.0 / (slope * beta)) if slope > 0 else math.inf
+    return {"beta_ratio": ratio, "spread": spread}
+
+
+def ratio_check(records, vectors: Mapping[str, Mapping[str, Any]], tol) -> list[dict]:
+    """`ratio_laws` on every tabular primary-arm run (replicate 0) of a modality in
+    `vectors` ({label: `groups.task_vectors`}), summarised per modality and arm (medians
+    over seeds and betas) against the declared tolerances `tol` = {"beta_ratio": relative,
+    "spread": nats}."""
+    rows = {}
+    for r in records:
+        if r["policy"] != "tabular" or r["replicate"] != 0 or r["modality"] not in vectors:
+            continue
+        if not r["arm"].startswith(("exact_rev", "exact_fwd")):
+            continue
+        v = vectors[r["modality"]]
+        law = ratio_laws(r["policy_probs"], v["reward"], v["ref"], r["arm"], r["strength"])
+        rows.setdefault((r["modality"], r["arm"]), []).append(law)
+    out = []
+    for (modality, arm), laws in rows.items():
+        med = lambda k: (float(np.median([x[k] for x in laws])) if laws[0][k] is not None else None)
+        b, sp = med("beta_ratio"), med("spread")
+        ok = (sp is None or sp <= tol["spread"]) and (
+            b is None or abs(b - 1.0) <= tol["beta_ratio"]
+        )
+        out.append(dict(modality=modality, arm=arm, beta_ratio=b, spread=sp, runs=len(laws), ok=ok))
+    return out
+
+
 def training_quality(records, tv_target: float = 0.05) -> dict[str, Any]:
     """How close the tabular primary runs came to their closed-form optima, and how often
     an update was skipped for an exactly zero gradient."""

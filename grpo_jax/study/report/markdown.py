@@ -367,7 +367,7 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
         header = ["test", "baseline", "modality", "estimate [Holm interval]"]
         header += ["closed form at r*"] if exact else []
         lines += [f"**{p}**", ""] + table(header + ["p (Holm)"], rows)
-    lines += _answers_section(result) + _claims_section(result)
+    lines += _answers_section(result) + _claims_section(result) + _ratio_laws_section(result)
     lines += [f"![glance]({prefix}{os.path.basename(figs['glance'][0])})", ""]
     lines += [
         f"*{notes.get('command', '')}* — {notes.get('machine', '')}; "
@@ -413,6 +413,34 @@ def _answers_section(result) -> list[str]:
         "verdicts)",
         "",
     ] + table(header, rows)
+
+
+def _ratio_laws_section(result) -> list[str]:
+    """The answer-ratio laws of the closed-form optima on the trained tabular policies."""
+    rows = [
+        [
+            r["modality"],
+            r["arm"],
+            fmt(r["beta_ratio"], 3),
+            fmt(r["spread"], 3),
+            r["runs"],
+            "passes" if r["ok"] else "FAILS",
+        ]
+        for r in result.get("ratio_laws", [])
+    ]
+    if not rows:
+        return []
+    tol = result["ratio_laws_tol"]
+    return [
+        "### Answer-ratio laws (GX-Chen et al., arXiv 2510.20817), tabular policy",
+        "",
+        "Under the reverse KL, log(π/π_ref) = R/β − log Z: the slope over the answers the "
+        "policy holds gives β̂ (β̂/β should be 1); under either KL, answers of equal reward "
+        "keep the reference's ratios: log(π/π_ref) is flat over the zero-reward answers "
+        f"(spread, nats). Medians over seeds and β; declared tolerances |β̂/β − 1| ≤ "
+        f"{tol['beta_ratio']}, spread ≤ {tol['spread']}.",
+        "",
+    ] + table(["reference", "arm", "β̂/β", "spread", "runs", "check"], rows)
 
 
 def _claims_section(result) -> list[str]:
@@ -475,6 +503,7 @@ def write_report(
     outdir: str,
     notes: Mapping[str, str] | None = None,
     optima: Mapping[str, Any] | None = None,
+    vectors: Mapping[str, Any] | None = None,
     results_prefix: str = "",
 ) -> dict[str, Any]:
     """Analyse `records` under the declared `config`, write report.md, results.md,
@@ -484,12 +513,16 @@ def write_report(
     result = analysis.analyse(records, config)
     result["primary_outcome"] = config["primary_outcome"]
     result["closed_form"] = _closed_form(result, config, optima or {})
+    tol = dict(config.get("ratio_laws_tol") or {"beta_ratio": 0.1, "spread": 0.1})
+    result["ratio_laws"] = analysis.ratio_check(records, vectors or {}, tol)
+    result["ratio_laws_tol"] = tol
     figs = figures.make_figures(records, result, outdir, optima)
     sections = [
         ["# The study: does the KL direction matter only for multimodal " "references?", ""],
         _verdicts_section(result),
         _answers_section(result),
         _claims_section(result),
+        _ratio_laws_section(result),
         _design_section(config, notes),
         _targets_section(result),
         _deltas_section(result, config),
