@@ -208,8 +208,8 @@ def attend(
     ``q [B, L, H, Dh]`` (rotated) at self slots ``index .. index+L-1``; ``k, v
     [B, Hkv, S, Dh]`` at slots ``0 .. S-1``; query l sees the slots ``<= index + l``, and every
     key of ``prefix`` (``{"k", "v"}: [N, Hkv, P, Dh]``, row n shared by the ``G = B // N``
-    rows ``n G .. n G + G - 1``; with ``prefix_lengths [N]``, only the first
-    ``prefix_lengths[n]`` keys of row n: prompts of different lengths, right-padded).
+    rows ``n G .. n G + G - 1``; with ``prefix_lengths [B]``, query row b sees only the first
+    ``prefix_lengths[b]`` keys of its prefix: prompts of different lengths, right-padded).
     Grouped-query: query head ``h`` reads key/value head
     ``h // (H / Hkv)``. Scores and softmax in float32. Returns ``y [B, L, H Dh]`` in the
     compute dtype.
@@ -223,10 +223,8 @@ def attend(
     p = 0
     prefix_ok = None  # [B, 1, 1, 1, P]: which prefix keys each row may see
     if prefix is not None and prefix_lengths is not None:
-        n, p = prefix["k"].shape[0], prefix["k"].shape[2]
-        lengths = jnp.repeat(jnp.asarray(prefix_lengths, jnp.int32), b // max(n, 1), axis=0)
-        prefix_ok = (jnp.arange(p)[None] < lengths[:, None])[:, None, None, None, :]
-        p = 0
+        keys = jnp.arange(prefix["k"].shape[2])[None]
+        prefix_ok = (keys < prefix_lengths[:, None])[:, None, None, None, :]
     if prefix is not None and l > 1:
         # Teacher-forced: each row's prefix copied in front of its own keys (the copy is
         # small next to the separate prefix attention's transposes and score concatenation).

@@ -174,7 +174,8 @@ class Attention(nnx.Module):
         ``index .. index+L-1`` first. Query l (slot ``index + l``) attends to self slots
         ``<= index + l``, and to every key of ``prefix`` (``{"k", "v"}: [N, Hkv, P, Dh]``,
         shared by each run of ``B // N`` consecutive rows: a prompt's keys, computed once
-        for its group; with ``prefix_lengths [N]``, only its first ``prefix_lengths[n]`` keys).
+        for its group; with ``prefix_lengths [B]``, row b sees only its first
+        ``prefix_lengths[b]``).
         Returns ``(y [B, L, D], {"k", "v"} self keys/values)``.
 
         q, k and v come from ONE matmul with the three kernels side by side (``[D, 3D]``;
@@ -370,16 +371,17 @@ class Transformer(nnx.Module):
         b, l = tokens.shape
         p = prefix[0]["k"].shape[2]
         index = jnp.asarray(index, jnp.int32)
-        start = p
-        if prefix_lengths is not None:
+        start, row_lengths = p, None
+        if prefix_lengths is not None:  # each row's prompt length, once for every layer
             n = prefix[0]["k"].shape[0]
-            start = jnp.repeat(jnp.asarray(prefix_lengths, jnp.int32), b // n)[:, None]
+            row_lengths = jnp.repeat(jnp.asarray(prefix_lengths, jnp.int32), b // n)
+            start = row_lengths[:, None]
         positions = jnp.broadcast_to(start + index + jnp.arange(l, dtype=jnp.int32)[None], (b, l))
         x = self.embed(tokens)
         caches = (None,) * len(self.blocks) if cache is None else cache
         new_cache = []
         for i, (block, kv, pre) in enumerate(zip(self.blocks, caches, prefix)):
-            x, kv = block(x, positions, kv, index, pre, _sub(tape, i), prefix_lengths)
+            x, kv = block(x, positions, kv, index, pre, _sub(tape, i), row_lengths)
             new_cache.append(kv)
         return self._logits(x, tape), tuple(new_cache)
 
