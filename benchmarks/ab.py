@@ -12,6 +12,8 @@ Each subprocess compiles the workload's step (`make_rl_chunk`, one step per call
 one warm-up call and `--steps` timed calls; the figure per variant is the median over
 all rounds, with the process CPU seconds per step (user + system, both cores; less
 sensitive to other processes' load than wall time) and the compile time's median beside it.
+A variant's `plan=S,G` word sets the step's `sampling.DecodePlan(streams=S, segments=G)`
+(trees with DecodePlan only): `--variants='p11=@.;p24=@. plan=2,4'`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ flags.DEFINE_integer("steps", 3, "Timed steps per subprocess.")
 flags.DEFINE_enum("workload", "W1", ["W1", "W2"], "Workload.")
 flags.DEFINE_string("compute_dtype", "float32", "Model compute dtype.")
 flags.DEFINE_string("child", None, "Internal: run one measurement in this process.")
+flags.DEFINE_string("decode_plan", "", "Internal: the child's DecodePlan 'streams,segments'.")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,6 +44,14 @@ def child(root: str) -> None:
     import rl_step  # noqa: PLC0415  (the variant tree's; its make_rl_chunk too)
 
     setup = rl_step.make_setup(FLAGS.workload, compute_dtype=FLAGS.compute_dtype)
+    if FLAGS.decode_plan:  # a tree with sampling.DecodePlan (bb6303d and later)
+        import dataclasses  # noqa: PLC0415
+
+        from grpo_jax.models import sampling  # noqa: PLC0415
+
+        streams, segments = (int(x) for x in FLAGS.decode_plan.split(","))
+        plan = sampling.DecodePlan(streams=streams, segments=segments)
+        setup = dataclasses.replace(setup, decode_plan=plan)
     state, hp = rl_step.init_population(setup, 0)
     run, compile_s = common.compile_seconds(rl_step.make_rl_chunk(setup, 1), state, hp)
     box = [state]
@@ -76,7 +87,9 @@ def parse_variants(spec: str):
         if rest.startswith("@"):
             path, _, xla = rest[1:].partition(" ")
             root = os.path.abspath(path)
-        out.append((name, root, xla.strip(), rest.startswith("@")))
+        plan = [w for w in xla.split() if w.startswith("plan=")]
+        xla = " ".join(w for w in xla.split() if not w.startswith("plan="))
+        out.append((name, root, xla, plan[0][5:] if plan else ""))
     return out
 
 
@@ -89,7 +102,7 @@ def main(argv):
     compiles = {name: [] for name, *_ in variants}
     cpus = {name: [] for name, *_ in variants}
     for r in range(FLAGS.rounds):
-        for name, root, xla, is_tree in variants:
+        for name, root, xla, plan in variants:
             env = dict(
                 os.environ,
                 XLA_FLAGS=xla,
@@ -103,6 +116,7 @@ def main(argv):
                 f"--steps={FLAGS.steps}",
                 f"--workload={FLAGS.workload}",
                 f"--compute_dtype={FLAGS.compute_dtype}",
+                f"--decode_plan={plan}",
             ]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
