@@ -78,7 +78,7 @@ def _study(policy: str):
     from grpo_jax.run import build, config_utils, sweep  # noqa: PLC0415
     from grpo_jax.study import groups as study_lib  # noqa: PLC0415
 
-    cells = sweep.expand(*study_config.grid(study_config.get_config()))
+    cells = study_config.cells(study_config.get_config())
     groups = sweep.group_cells(cells, study_lib.GROUP_KEYS)
     group = next(g for g in groups if cells[g.indices[0]].policy == policy)
     members = [

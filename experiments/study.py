@@ -27,7 +27,7 @@ from ml_collections import config_flags
 
 from grpo_jax.configs import gaussian_kl as gaussian_config
 from grpo_jax.configs import study as study_config
-from grpo_jax.run import config_utils, sweep
+from grpo_jax.run import config_utils
 from grpo_jax.study import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -69,7 +69,7 @@ def run(
     return pipeline.run(
         workdir,
         study_config.get_config() if config is None else config,
-        lambda c: sweep.expand(*study_config.grid(c)),
+        study_config.cells,
         gaussian_config.get_config(),
         report_only=report_only,
         overwrite=overwrite,

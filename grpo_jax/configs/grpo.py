@@ -82,6 +82,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(checkpoint="", steps=600, batch_size=256, lr=3e-3, chunk_steps=100, seed=1234)
     )
 
+    # Where the policy starts (run/build.py STARTS): "fit" = the reference itself (its
+    # moment-matched fit for the Gaussian policy); the Gaussian policy also has
+    # "rewarded_mode" and "middle" (a member key: one population may mix them).
+    c.init = ml_collections.ConfigDict(dict(start="fit"))
+
     c.grpo = ml_collections.ConfigDict(
         dict(
             num_prompts=8,

@@ -64,6 +64,7 @@ import numpy as np
 from grpo_jax.configs import grpo as grpo_config, tasks as task_configs
 from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.run.config_utils import parse_arg
+from grpo_jax.run import sweep
 from grpo_jax.run.sweep import zip_axis
 
 PRIMARY = ("exact_fwd/loss", "exact_rev/loss")  # (forward, reverse)
@@ -84,24 +85,36 @@ def _bandit(label, multimodal, separation, **fields):
     return dict(label=label, multimodal=multimodal, separation=float(separation), task=task)
 
 
-def matched_tail_background(num_tokens=64, sigma=3.0, separation=8.0, width=6.0) -> float:
-    """The uniform-floor weight b of a 1-mode reference whose zero-reward mass equals the
-    2-mode reference's (reward on the last mode's centre +- width): solved in closed form."""
+def _component(y, centre, sigma):
+    p = np.exp(-0.5 * ((y - centre) / sigma) ** 2)
+    return p / p.sum()
+
+
+def floor_weight(z0: float, num_tokens=64, sigma=3.0, width=6.0) -> float:
+    """The uniform-floor weight b of a 1-mode reference (rewarded at its centre +- width)
+    whose zero-reward mass is `z0`: solved in closed form (Z0 is linear in b)."""
     y = np.arange(num_tokens, dtype=np.float64)
+    mid = (num_tokens - 1) / 2
+    zero = np.abs(y - round(mid)) >= width
+    z_mode, z_floor = float(_component(y, mid, sigma)[zero].sum()), float(zero.mean())
+    return (z0 - z_mode) / (z_floor - z_mode)
 
-    def comp(c):
-        p = np.exp(-0.5 * ((y - c) / sigma) ** 2)
-        return p / p.sum()
 
+def matched_tail_background(num_tokens=64, sigma=3.0, separation=8.0, width=6.0) -> float:
+    """The floor weight of the 1-mode reference whose zero-reward mass equals the 2-mode
+    reference's (reward on the last mode's centre +- width)."""
+    y = np.arange(num_tokens, dtype=np.float64)
     mid = (num_tokens - 1) / 2
     centres = [mid - separation * sigma / 2, mid + separation * sigma / 2]
-    two = 0.5 * comp(centres[0]) + 0.5 * comp(centres[1])
+    two = 0.5 * _component(y, centres[0], sigma) + 0.5 * _component(y, centres[1], sigma)
     zero2 = np.abs(y - round(centres[1])) >= width
-    target = float(two[zero2].sum())
-    one = comp(mid)
-    zero1 = np.abs(y - round(mid)) >= width
-    z_mode, z_floor = float(one[zero1].sum()), float(zero1.mean())
-    return (target - z_mode) / (z_floor - z_mode)
+    return floor_weight(float(two[zero2].sum()), num_tokens, sigma, width)
+
+
+# The Z0 dial: unimodal references whose floors give these zero-reward masses, beside the
+# plain one (0.069) and the matched-tail control (0.535); the multimodal references have
+# 0.47-0.77, so Z0 and modality are not confounded in the regression (frontier.py).
+Z0_DIAL = (0.25, 0.77)
 
 
 def _modalities(full: bool, tiny: bool):
@@ -109,6 +122,10 @@ def _modalities(full: bool, tiny: bool):
     uni = [
         _bandit("1 mode", False, 0.0, num_modes=1),
         _bandit("1 mode + floor", False, 0.0, num_modes=1, background=floor),
+    ]
+    dial = [
+        _bandit(f"1 mode, Z0 {z:g}", False, 0.0, num_modes=1, background=round(floor_weight(z), 4))
+        for z in Z0_DIAL
     ]
     seps = (1.0, 2.0, 3.0, 4.0, 5.0, 5.6, 6.0, 7.0, 8.0) if full else (3.0, 5.6, 8.0)
     # Two equal Gaussians make a density with one peak up to 2 sigma apart: those points
@@ -119,7 +136,7 @@ def _modalities(full: bool, tiny: bool):
     ]
     if tiny:
         return [uni[0], two[-1]]
-    return uni + two + four
+    return uni + dial + two + four
 
 
 def _outcomes() -> ml_collections.ConfigDict:
@@ -194,8 +211,31 @@ DESIGN_HISTORY = (
     "match.max_gap 0.2, in reward units) were then fixed from the reward scale and the "
     "8-point beta grid, before the rerun that applies them; in the same rerun the "
     "robustness replicate became an independent block of seeds (it had been the same "
-    "seeds with the learning rate times 1 + 1e-6, a near copy)."
+    "seeds with the learning rate times 1 + 1e-6, a near copy). Then, from the closed "
+    "forms (Delta at matched reward about proportional to Z0 for every reference), before "
+    "the rerun that applies them: the Z0 dial (unimodal references with Z0 0.25 and 0.77), "
+    "the frontier fractions, the Z0 regression and its relative margin, and the Gaussian "
+    "policy's extra betas and starting points."
 )
+
+
+def _dial_and_gaussian_class(c: ml_collections.ConfigDict) -> None:
+    """The Z0 frontier analysis and the Gaussian class's extra cells (declared before the run)."""
+    # The Gaussian policy's extra cells (`cells`): its KL arms at betas between the grid's
+    # largest four (its sweeps jump there), and its primary arms from two more starting
+    # points (run/build.py STARTS), replicate 0, every beta. Its exact optima over (mean,
+    # log-std) (grpo_jax/study/gaussian_optima.py) along `optima_betas` are drawn beside
+    # the runs, bistable betas marked.
+    c.gaussian_extra = dict(
+        betas=[0.29, 0.47, 0.78], starts=["rewarded_mode", "middle"], optima_betas=[]
+    )
+    c.gaussian_extra.optima_betas = [float(b) for b in np.geomspace(0.02, 1.5, 32)]
+    # Forward - reverse along the reward frontier (grpo_jax/study/report/frontier.py): at
+    # these fractions of each reference's attainable improvement E_ref[R] + f (1 - E_ref[R])
+    # (the same point for every reference), and Delta regressed on Z0 and a modality term at
+    # `z0_fraction`. `relative_margin`: |Delta| / Z0 below it counts as no direction effect
+    # (0.05 = the absolute margin 0.02 over a middling Z0 of 0.4).
+    c.frontier = dict(fractions=[0.3, 0.5, 0.7], z0_fraction=0.5, relative_margin=0.05)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -257,6 +297,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # learning rate is a separate sensitivity check (1.0: off).
     c.replicate_lr_factor = 1.0
     c.tv_target = 0.05
+    _dial_and_gaussian_class(c)
 
     # ---- training (grpo_jax/configs/grpo.py fields) ---------------------------------------
     # Gumbel draws: the inverse-CDF draw (2x faster populations) resolves token probabilities
@@ -318,30 +359,59 @@ def grid(study: ml_collections.ConfigDict):
             "eval.separation": [float(m["separation"]) for m in mods],
         }
     )
-    rows = []  # (kl_choice, beta, entropy_coef, arm)
+    rows = []  # (kl_choice, beta, entropy_coef, arm, start)
     for arm in arms(study):
         if arm == ENTROPY_ARM:
-            rows += [(study.primary[1], 0.0, float(a), arm) for a in study.entropy_coefs]
+            rows += [(study.primary[1], 0.0, float(a), arm, "fit") for a in study.entropy_coefs]
         else:
-            rows += [(arm, float(b), 0.0, arm) for b in study.betas]
-    arm_axis = zip_axis(
-        {
-            "loss.kl_choice": [r[0] for r in rows],
-            "loss.beta": [r[1] for r in rows],
-            "loss.entropy_coef": [r[2] for r in rows],
-            "eval.arm": [r[3] for r in rows],
-        }
-    )
+            rows += [(arm, float(b), 0.0, arm, "fit") for b in study.betas]
+    arm_axis = _arm_axis(rows)
+    return base, [modality_axis, ("policy", list(study.policies)), arm_axis, _seed_axis(study)]
+
+
+def _seed_axis(study, replicates=(0, 1)):
+    """train.seed n + r num_seeds for replicate r, paired across replicates by eval.seed."""
     # Replicate 1 is an independent block of seeds: train.seed n + num_seeds, paired with
     # replicate 0's seed n by `eval.seed` (the analysis pairs arms by it), the learning rate
     # times `replicate_lr_factor` (1: none; a float perturbation is a sensitivity check).
     n, lr = int(study.num_seeds), float(study.optim.lr)
-    seed_axis = zip_axis(
+    factor = {0: 1.0, 1: float(study.replicate_lr_factor)}
+    return zip_axis(
         {
-            "train.seed": list(range(2 * n)),
-            "eval.seed": list(range(n)) * 2,
-            "eval.replicate": [0] * n + [1] * n,
-            "optim.lr": [lr] * n + [lr * float(study.replicate_lr_factor)] * n,
+            "train.seed": [s + r * n for r in replicates for s in range(n)],
+            "eval.seed": list(range(n)) * len(replicates),
+            "eval.replicate": [r for r in replicates for _ in range(n)],
+            "optim.lr": [lr * factor[r] for r in replicates for _ in range(n)],
         }
     )
-    return base, [modality_axis, ("policy", list(study.policies)), arm_axis, seed_axis]
+
+
+def _arm_axis(rows):
+    """rows (kl_choice, beta, entropy_coef, arm, start) -> one zipped axis."""
+    keys = ("loss.kl_choice", "loss.beta", "loss.entropy_coef", "eval.arm", "init.start")
+    return zip_axis({k: [r[i] for r in rows] for i, k in enumerate(keys)})
+
+
+def cells(study: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """Every cell of the study: `grid`'s product, plus the Gaussian policy's extra cells
+    (`gaussian_extra`): its KL arms at the extra betas (where its sweeps jump), and its
+    primary arms from the other starting points (replicate 0), every beta."""
+    base, axes = grid(study)
+    out = sweep.expand(base, axes)
+    extra = study.get("gaussian_extra")
+    if not extra or "gaussian" not in study.policies:
+        return out
+    betas = [float(b) for b in extra.betas]
+    kl_arms = [a for a in arms(study) if a != ENTROPY_ARM]
+    more = [(a, b, 0.0, a, "fit") for a in kl_arms for b in betas]
+    out += sweep.expand(base, [axes[0], ("policy", ["gaussian"]), _arm_axis(more), axes[3]])
+    starts = [
+        (a, b, 0.0, a, s)
+        for s in extra.starts
+        for a in study.primary
+        for b in sorted([float(x) for x in study.betas] + betas)
+    ]
+    if starts:
+        axis = _seed_axis(study, replicates=(0,))
+        out += sweep.expand(base, [axes[0], ("policy", ["gaussian"]), _arm_axis(starts), axis])
+    return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from grpo_jax import tasks
 from grpo_jax.core import losses
+from grpo_jax.core.checks import check_name
 from grpo_jax.core.kl_choice import KLChoice
 from grpo_jax.models import model as model_lib
 from grpo_jax.models import policies
@@ -34,7 +35,14 @@ VMAPPABLE_KEYS = (
     "optim.lr",
     "loss.kl_choice",
     "loss.entropy_coef",
+    "init.start",
 )
+
+# Starting points (`init.start`): "fit" for every policy; the others for the Gaussian policy
+# only, each a discretised Gaussian of the reference's component width sigma: on the
+# rewarded answer, or midway between the outermost mode centres (the valley of a two-mode
+# reference; the centre of a one-mode one).
+STARTS = ("fit", "rewarded_mode", "middle")
 
 NONFINITE_MODES = ("stop", "skip")
 
@@ -81,6 +89,13 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
         config.policy in ("transformer",) + tuple(policies.POLICIES),
         "policy",
         f"{config.policy!r}; valid: transformer, {', '.join(policies.POLICIES)}",
+    )
+    start = config.init.start
+    _require(start in STARTS, "init.start", f"{start!r}; valid: {', '.join(STARTS)}")
+    _require(
+        start == "fit" or config.policy == "gaussian",
+        "init.start",
+        f"{start!r} is for the gaussian policy, not {config.policy!r}",
     )
     if config.policy != "transformer":
         _require(
@@ -184,13 +199,23 @@ def make_model_config(config, task):
     return pretrain.model_config_for(task, **dict(config.model))
 
 
-def initial_params(config, task, model_config, ref_params):
-    """Where the policy starts: the reference itself (transformer, tabular), or for the
-    Gaussian policy the maximum-likelihood fit to the reference (moment matching)."""
-    if config.policy == "gaussian":
+def initial_params(config, task, model_config, ref_params, start: str = "fit"):
+    """Where the policy starts (`STARTS`): the reference itself (transformer, tabular), or
+    for the Gaussian policy the maximum-likelihood fit to the reference (moment matching),
+    or a Gaussian of width sigma on the rewarded answer or between the outer modes."""
+    check_name("init.start", start, STARTS)
+    if start != "fit" and config.policy != "gaussian":
+        raise ValueError(f"init.start {start!r} is for the gaussian policy, not {config.policy!r}")
+    if config.policy != "gaussian":
+        return ref_params
+    if start == "fit":
         probs = np.exp(np.asarray(ref_params["logits"], np.float64))[list(task.ordinary_ids)]
         return model_config.fit_to(probs / probs.sum())
-    return ref_params
+    centres = np.asarray(task.centres, np.float64)
+    mean = (
+        task.target_tokens[0] if start == "rewarded_mode" else 0.5 * (centres.min() + centres.max())
+    )
+    return {"mean": jnp.float32(mean), "log_std": jnp.float32(math.log(task.sigma))}
 
 
 def kl_choice_of(config, cell: Mapping[str, Any] | None = None) -> KLChoice:
@@ -311,16 +336,30 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
     return jax.tree.map(stack, *[one(c) for c in cells])
 
 
-def _init_population(setup, config, cells, init_params, ref_params, mesh):
+def _init_population(setup, config, cells, task, model_config, ref_params, mesh):
+    """The population's initial state: each member from its `init.start` (one shared start
+    is broadcast; several are stacked per member)."""
+    names = [str(cell_value(config, c, "init.start")) for c in cells]
+    starts = {
+        n: initial_params(config, task, model_config, ref_params, n) for n in dict.fromkeys(names)
+    }
+    shared = len(starts) == 1
+    start = (
+        starts[names[0]]
+        if shared
+        else jax.tree.map(lambda *xs: jnp.stack(xs), *[starts[n] for n in names])
+    )
+
     def init(start, ref, keys):
-        return jax.vmap(lambda k: train.init_rl_state(setup, start, ref, k))(keys)
+        one = lambda s, k: train.init_rl_state(setup, s, ref, k)
+        return jax.vmap(one, in_axes=(None if shared else 0, 0))(start, keys)
 
     keys = jnp.stack([jax.random.PRNGKey(int(cell_value(config, c, "train.seed"))) for c in cells])
-    shape = jax.eval_shape(init, init_params, ref_params, keys)
+    shape = jax.eval_shape(init, start, ref_params, keys)
     shardings = sharding.param_shardings(
         shape, mesh, bool(config.mesh.shard_params), leading_axes=1
     )
-    return jax.jit(init, out_shardings=shardings)(init_params, ref_params, keys)
+    return jax.jit(init, out_shardings=shardings)(start, ref_params, keys)
 
 
 def random_reference(config, seed: int = 0):
@@ -346,6 +385,5 @@ def build_population(
         ref_params = reference.load_or_pretrain_reference(
             config, task, mcfg, reference_dir, log=log
         )
-    start = initial_params(config, task, mcfg, ref_params)
-    state = _init_population(setup, config, cells, start, ref_params, mesh)
+    state = _init_population(setup, config, cells, task, mcfg, ref_params, mesh)
     return setup, task, state, hp

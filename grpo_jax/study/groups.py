@@ -1,7 +1,7 @@
 """The study's grid, group runner and records (grpo_jax/configs/study.py declares the design).
 
-    base, axes = configs.study.grid(study_config)      # the sweep (grpo_jax/configs/study.py)
-    records = sweep.run_sweep(sweep.expand(base, axes), study.run_group, ...)
+    cells = configs.study.cells(study_config)           # the sweep (grpo_jax/configs/study.py)
+    records = sweep.run_sweep(cells, study.run_group, ...)
 
 One group = one (modality, policy class): every arm x strength x seed x replicate of it is a
 member of one vmapped population (the KL choice is a `lax.switch` index, the entropy bonus
@@ -16,7 +16,7 @@ Every member is evaluated exactly from its final policy over the 64 answers
 (`one_token_outcomes`); a record is one member:
 
   {"policy", "modality", "multimodal", "separation", "num_modes", "arm", "strength", "seed",
-   "replicate", "final": {outcome: float}, "tv_to_optimum": float | None,
+   "replicate", "start", "final": {outcome: float}, "tv_to_optimum": float | None,
    "zero_grad_frac": float, "policy_probs": [A] (final), "history": {"step", "reward",
    "mode_shares"}}
 """
@@ -150,6 +150,7 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
                 "seed": int(cell.eval.seed),  # pairs the arms; train.seed is the RNG's
                 "train_seed": int(cell.train.seed),
                 "replicate": int(cell.eval.replicate),
+                "start": str(cell.init.start),
                 "final": one_token_outcomes(logp[m], vec),
                 "tv_to_optimum": None if opt is None else float(0.5 * np.abs(probs[m] - opt).sum()),
                 "zero_grad_frac": float(np.mean(hist["zero_grad_skipped"][m])),

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from grpo_jax.core.kl_choice import ENTROPY_ARM
-from grpo_jax.study.report import inference as inf
+from grpo_jax.study.report import frontier, inference as inf
 
 UNIMODAL = "1 mode"
 
@@ -106,8 +106,16 @@ def closed_form_delta(curves: Mapping[str, Mapping[str, Sequence[float]]], outco
 class _Study:
     """Everything `analyse` needs, computed once: config, curves, seeds, targets."""
 
-    def __init__(self, records, config):
+    def __init__(self, records, config, vectors=None):
         self.config = config
+        # Per reference: Z0 (mass on zero-reward answers) and E_ref[R] (frontier.py).
+        self.refs = {
+            label: {
+                "z0": float(v["ref"][v["zero"]].sum()),
+                "ref_reward": float(v["ref"] @ v["reward"]),
+            }
+            for label, v in (vectors or {}).items()
+        }
         self.cv = curves(records)
         self.seeds = sorted({r["seed"] for r in records})
         self.policies = list(dict.fromkeys(r["policy"] for r in records))
@@ -137,11 +145,12 @@ class _Study:
         width = float(o["high"]) - float(o["low"])
         return (-order * width, order * width)
 
-    def values(self, policy, modality, arm, outcome, replicate=0, by=None):
-        """Per-seed `outcome` at matched strength: at the target of `match.by` (default),
-        or, for the check, at the `match.check_by` value the primary arms reach there."""
+    def values(self, policy, modality, arm, outcome, replicate=0, by=None, target=None):
+        """Per-seed `outcome` at matched strength: at the target of `match.by` (default:
+        r*, else `target`), or, for the check, at the `match.check_by` value the primary
+        arms reach at r*."""
         by = by or self.by
-        t = self.targets[(policy, modality)]["target"]
+        t = self.targets[(policy, modality)]["target"] if target is None else target
         if by != self.by:  # the check at matched KL: brackets in KL units, not reward's
             t = self._check_target(policy, modality, replicate, by)
             return matched(self.cv, policy, modality, arm, self.seeds, replicate, outcome, by, t)
@@ -154,11 +163,12 @@ class _Study:
         return float(np.mean(ks))
 
 
-def _delta(st: _Study, policy, modality, a, b, outcome, replicate=0, by=None):
-    """Seed-paired a - b at matched strength, or None when fewer than 2 seeds reach r*."""
+def _delta(st: _Study, policy, modality, a, b, outcome, replicate=0, by=None, target=None):
+    """Seed-paired a - b at matched strength (r*, or `target`), or None when fewer than 2
+    seeds reach it."""
     with np.errstate(invalid="ignore"):  # NaN where a seed does not reach r*
-        d = st.values(policy, modality, a, outcome, replicate, by) - st.values(
-            policy, modality, b, outcome, replicate, by
+        d = st.values(policy, modality, a, outcome, replicate, by, target) - st.values(
+            policy, modality, b, outcome, replicate, by, target
         )
     if np.isfinite(d).sum() < 2:
         return None, d
@@ -536,9 +546,37 @@ def robustness(base: Mapping[str, Any], replicate: Mapping[str, Any]) -> dict[st
     return {"rows": pairs, "all_same": all(p["same"] for p in pairs)}
 
 
-def analyse(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> dict:
-    """The whole analysis (see the module docstring)."""
-    st = _Study(records, config)
+def along_frontier(st: _Study) -> dict[str, Any]:
+    """Forward - reverse on the primary outcome at common fractions of the attainable
+    improvement (`config.frontier.fractions`), and the Z0 regression at the declared one
+    (frontier.py); empty without the references' vectors or the `frontier` section."""
+    spec = st.config.get("frontier")
+    if not spec or not st.refs:
+        return {}
+    o = st.config["primary_outcome"]
+    need = max(2, math.ceil(float(st.config.get("min_matched_fraction", 0.0)) * len(st.seeds)))
+
+    def delta(policy, modality, target):
+        est, _ = _delta(st, policy, modality, *st.primary, o, target=target)
+        return est if est is not None and est.n >= need else None
+
+    rows = frontier.frontier_rows(delta, st.policies, st.mods, st.refs, spec["fractions"])
+    margin = float(st.config["outcomes"][o]["margin"])
+    z0 = frontier.z0_rows(
+        rows,
+        float(spec["z0_fraction"]),
+        margin,
+        float(spec["relative_margin"]),
+        float(st.config["alpha"]),
+        int(st.config["sign"]),
+    )
+    return {"rows": rows, "z0": z0, "refs": st.refs}
+
+
+def analyse(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any], vectors=None) -> dict:
+    """The whole analysis (see the module docstring). `vectors`: {modality:
+    `groups.task_vectors`} for the frontier and Z0 analysis."""
+    st = _Study(records, config, vectors)
     main = q1(st, 0)
     out = {
         "targets": [dict(policy=p, modality=m, **t) for (p, m), t in st.targets.items()],
@@ -550,6 +588,7 @@ def analyse(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> 
         "power": power(st, main),
         "training": training_quality(records, float(config.get("tv_target", 0.05))),
         "seeds": len(st.seeds),
+        "frontier": along_frontier(st),
     }
     if 1 in st.replicates:
         out["robustness"] = robustness(main, q1(st, 1))

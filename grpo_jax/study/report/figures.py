@@ -5,7 +5,12 @@ pyplot global state).
               reward, y = off-target mass; forward and reverse KL as seed-banded curves over
               the dashed closed-form optima (tabular policy); a side panel with the
               interaction on the primary outcome and its adjusted interval against separation
-  frontier    reward against exact KL (both directions) for every arm, per policy class
+  frontier    reward against exact KL (both directions) for every arm, per policy class; for
+              the Gaussian class its exact optima (dashed: the global maximum along beta;
+              x: other local maxima)
+  delta_frontier  forward - reverse on the primary outcome against the fraction of the
+              attainable improvement, one line per reference coloured by Z0 (dashed: the
+              closed form, tabular class)
   mode_shares the shares of each mode over training at the middle strength (2-mode, 8 sigma)
 """
 
@@ -177,8 +182,22 @@ def plot_glance(
     return _save(fig, outdir, "glance.png")
 
 
-def plot_frontier(records, outdir) -> list[str]:
-    """Reward against exact reverse / forward KL for every arm, per policy (seed means)."""
+def _gaussian_optima(ax, summary, kl):
+    """The Gaussian class's exact maxima on a reward-KL panel: the global maximum of each
+    direction along beta (dashed), the other local maxima (x)."""
+    key = {"exact_kl_rev": "kl_rev", "exact_kl_fwd": "kl_fwd"}[kl]
+    for direction, arm in (("forward", "exact_fwd/loss"), ("reverse", "exact_rev/loss")):
+        g = summary[direction]
+        colour = ARM_COLOURS[arm]
+        ax.plot(g["global"][key], g["global"]["reward"], "--", lw=0.8, color=colour)
+        loc = np.asarray(g["local"], np.float64).reshape(-1, 6)  # beta, reward, kl_rev, ...
+        col = 2 if key == "kl_rev" else 3
+        ax.plot(loc[:, col], loc[:, 1], "x", ms=3, color=colour, alpha=0.6)
+
+
+def plot_frontier(records, outdir, gaussian_optima=None) -> list[str]:
+    """Reward against exact reverse / forward KL for every arm, per policy (seed means);
+    the Gaussian class's exact optima overlaid (`gaussian_optima`: {modality: summary})."""
     mods = analysis.modalities(records)
     paths = []
     for policy in dict.fromkeys(r["policy"] for r in records):
@@ -199,8 +218,11 @@ def plot_frontier(records, outdir) -> list[str]:
                             color=ARM_COLOURS.get(arm),
                             label=LABELS.get(arm, arm),
                         )
+                if policy == "gaussian" and label in (gaussian_optima or {}):
+                    _gaussian_optima(ax, gaussian_optima[label], kl)
                 ax.set_title(label, fontsize=8)
                 ax.set_xlabel(kl, fontsize=7)
+                ax.set_xscale("symlog", linthresh=0.1)
                 ax.tick_params(labelsize=6)
             axes[0, j].set_ylabel("reward", fontsize=7)
         axes[0, 0].legend(fontsize=6)
@@ -251,6 +273,58 @@ def plot_mode_shares(records, outdir, modality: str | None = None) -> list[str]:
     return [_save(fig, outdir, f"mode_shares_{_slug(modality)}.png")]
 
 
+def _closed_form_along(optima, refs, outcome, fractions) -> np.ndarray:
+    """Closed-form forward - reverse `outcome` at the rewards E_ref[R] + f (1 - E_ref[R])."""
+    r0 = refs["ref_reward"]
+    return np.asarray(
+        [analysis.closed_form_delta(optima, outcome, r0 + f * (1 - r0)) for f in fractions]
+    )
+
+
+def plot_delta_frontier(result, outdir, optima=None) -> list[str]:
+    """Forward - reverse on the primary outcome against the fraction of the attainable
+    improvement: per policy class a panel, a line per reference coloured by its Z0 (seed
+    means with 95 % intervals where matchable; dashed: the closed form, tabular)."""
+    from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
+
+    fr = result.get("frontier") or {}
+    if not fr.get("rows"):
+        return []
+    o = result.get("primary_outcome", "off_target")
+    policies = list(dict.fromkeys(r["policy"] for r in fr["rows"]))
+    fig, axes = _figure(1, len(policies), w=4.2, h=3.2)
+    cmap = colormaps["viridis"]
+    fine = np.linspace(0.05, 0.95, 19)
+    for ax, policy in zip(axes[0], policies):
+        for modality in dict.fromkeys(r["modality"] for r in fr["rows"]):
+            rs = [r for r in fr["rows"] if r["policy"] == policy and r["modality"] == modality]
+            colour = cmap(min(rs[0]["z0"] / 0.85, 1.0))
+            style = "-o" if rs[0]["multimodal"] else "-s"
+            pts = [(r["fraction"], r["estimate"]) for r in rs if r["estimate"]]
+            if pts:
+                f = np.asarray([p[0] for p in pts])
+                m = np.asarray([p[1]["mean"] for p in pts])
+                err = np.asarray(
+                    [[p[1]["mean"] - p[1]["low"], p[1]["high"] - p[1]["mean"]] for p in pts]
+                )
+                ax.errorbar(f, m, yerr=err.T, fmt=style, ms=3, lw=1, color=colour, capsize=2,
+                            label=f"{modality} (Z0 {rs[0]['z0']:.2f})")  # fmt: skip
+            if policy == "tabular" and optima and modality in optima:
+                cf = _closed_form_along(optima[modality], fr["refs"][modality], o, fine)
+                ax.plot(fine, cf, "--", lw=0.8, color=colour)
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.set_title(f"{policy}: {o}, forward − reverse", fontsize=8)
+        ax.set_xlabel("fraction of the attainable improvement in reward", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0, 0].set_ylabel(f"Δ {o}", fontsize=7)
+    axes[0, 0].legend(fontsize=5)
+    fig.suptitle(
+        "Forward − reverse along the frontier (o: multimodal, s: unimodal; colour: Z0)",
+        fontsize=9,
+    )
+    return [_save(fig, outdir, "delta_frontier.png")]
+
+
 def make_figures(records, result, outdir, optima=None) -> dict[str, list[str]]:
     """Every figure; returns {kind: [paths]}."""
     os.makedirs(outdir, exist_ok=True)
@@ -260,6 +334,7 @@ def make_figures(records, result, outdir, optima=None) -> dict[str, list[str]]:
                 records, result, outdir, optima, result.get("primary_outcome", "off_target")
             )
         ],
-        "frontier": plot_frontier(records, outdir),
+        "frontier": plot_frontier(records, outdir, result.get("gaussian_optima")),
+        "delta_frontier": plot_delta_frontier(result, outdir, optima),
         "mode_shares": plot_mode_shares(records, outdir),
     }

@@ -10,7 +10,8 @@ import re
 from typing import Any, Mapping, Sequence
 
 from grpo_jax.run import jsonio
-from grpo_jax.study.report import analysis, figures, inference
+from grpo_jax.study.report import analysis, figures, gaussian_class, inference, markdown_dial
+from grpo_jax.study.report.tables import ci, fmt, table
 
 README_BEGIN = "<!-- results.md: begin (written by experiments/study.py --publish) -->"
 README_END = "<!-- results.md: end -->"
@@ -19,28 +20,6 @@ README_END = "<!-- results.md: end -->"
 def readme_block(results_text: str, docs: str = "docs/results") -> str:
     """results.md's text as the README shows it: figure paths moved under `docs`."""
     return re.sub(r"(!\[[^\]]*\]\()([^)/]+\))", rf"\g<1>{docs}/\g<2>", results_text).strip()
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A Markdown table (every cell through `str`)."""
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out + [""]
-
-
-def fmt(x, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{digits}g}"
-    return str(x)
-
-
-def ci(e: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """'mean [low, high]' of an `inference.Estimate` dict, or '–'."""
-    if not e:
-        return "–"
-    return f"{e['mean']:+.{digits}g} [{e['low']:+.{digits}g}, {e['high']:+.{digits}g}]"
 
 
 def _verdicts_section(result) -> list[str]:
@@ -367,7 +346,9 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
         header = ["test", "baseline", "modality", "estimate [Holm interval]"]
         header += ["closed form at r*"] if exact else []
         lines += [f"**{p}**", ""] + table(header + ["p (Holm)"], rows)
-    lines += _answers_section(result) + _claims_section(result) + _ratio_laws_section(result)
+    lines += _answers_section(result) + _claims_section(result)
+    lines += markdown_dial.z0_section(result.get("frontier") or {})
+    lines += markdown_dial.gaussian_section(result) + _ratio_laws_section(result)
     lines += [f"![glance]({prefix}{os.path.basename(figs['glance'][0])})", ""]
     lines += [
         f"*{notes.get('command', '')}* — {notes.get('machine', '')}; "
@@ -488,6 +469,16 @@ def _closed_form(result, config, optima) -> dict[str, float]:
     return out
 
 
+def _frontier_closed_form(result, config, optima) -> None:
+    """The closed-form forward - reverse at each tabular frontier row's target (in place)."""
+    for r in (result.get("frontier") or {}).get("rows", []):
+        if r["policy"] == "tabular" and r["modality"] in optima:
+            d = analysis.closed_form_delta(
+                optima[r["modality"]], config["primary_outcome"], r["target"]
+            )
+            r["closed_form"] = None if math.isnan(d) else float(d)
+
+
 def _closed_form_of(test, closed) -> str:
     """The closed-form counterpart of a key-effect row: Δ for a unimodal row, Δ(multimodal)
     - Δ(baseline) for an interaction."""
@@ -510,18 +501,29 @@ def write_report(
     report.json and the figures to `outdir`; return the analysis plus "paths"."""
     os.makedirs(outdir, exist_ok=True)
     notes = dict(notes or {})
-    result = analysis.analyse(records, config)
+    vectors = vectors or {}
+    everything, records = records, [r for r in records if r.get("start", "fit") == "fit"]
+    result = analysis.analyse(records, config, vectors)
     result["primary_outcome"] = config["primary_outcome"]
     result["closed_form"] = _closed_form(result, config, optima or {})
+    _frontier_closed_form(result, config, optima or {})
     tol = dict(config.get("ratio_laws_tol") or {"beta_ratio": 0.1, "spread": 0.1})
-    result["ratio_laws"] = analysis.ratio_check(records, vectors or {}, tol)
+    result["ratio_laws"] = analysis.ratio_check(records, vectors, tol)
     result["ratio_laws_tol"] = tol
+    result["gaussian_basins"] = gaussian_class.basins(everything, vectors)
+    extra = config.get("gaussian_extra") or {}
+    if "gaussian" in config.get("policies", []) and extra.get("optima_betas"):
+        result["gaussian_optima"] = gaussian_class.optima_by_modality(
+            vectors, extra["optima_betas"]
+        )
     figs = figures.make_figures(records, result, outdir, optima)
     sections = [
         ["# The study: does the KL direction matter only for multimodal " "references?", ""],
         _verdicts_section(result),
         _answers_section(result),
         _claims_section(result),
+        markdown_dial.frontier_section(result),
+        markdown_dial.gaussian_section(result),
         _ratio_laws_section(result),
         _design_section(config, notes),
         _targets_section(result),
