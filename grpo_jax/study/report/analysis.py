@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -159,7 +160,11 @@ class _Study:
         )
 
     def _check_target(self, policy, modality, replicate, by):
-        ks = [np.nanmedian(self.values(policy, modality, a, by, replicate)) for a in self.primary]
+        with warnings.catch_warnings():  # all NaN where no seed reaches r*: NaN target
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ks = [
+                np.nanmedian(self.values(policy, modality, a, by, replicate)) for a in self.primary
+            ]
         return float(np.mean(ks))
 
 

@@ -114,32 +114,30 @@ def z0_section(fr: Mapping[str, Any]) -> list[str]:
 
 def gaussian_section(result: Mapping[str, Any]) -> list[str]:
     """Where the Gaussian class's primary runs end: at the global maximum of J over (mean,
-    log-std) at their beta, at another local maximum, or unsettled, by starting point."""
-    rows = [
-        [
-            r["modality"],
-            r["arm"],
-            r["start"],
-            r["runs"],
-            r["global"],
-            r["local"],
-            r["unsettled"],
-            _ranges(r["bistable"]) if r["bistable"] else "none",
-        ]
-        for r in result.get("gaussian_basins", [])
-    ]
-    if not rows:
+    log-std) at their beta, at another local maximum, or unsettled, by starting point (one
+    row per reference and arm, one column per start)."""
+    basins = result.get("gaussian_basins", [])
+    if not basins:
         return []
+    starts = list(dict.fromkeys(r["start"] for r in basins))
+    rows: dict[tuple, dict] = {}
+    for r in basins:
+        row = rows.setdefault((r["modality"], r["arm"]), {"bistable": r["bistable"]})
+        row[r["start"]] = f"{r['global']} / {r['local']} / {r['unsettled']} of {r['runs']}"
+    body = [
+        [m, a] + [row.get(s, "–") for s in starts]
+        + [_ranges(row["bistable"]) if row["bistable"] else "none"]
+        for (m, a), row in rows.items()
+    ]  # fmt: skip
     return [
         "### The Gaussian class against its exact optima, by starting point",
         "",
         "Each final run (replicate 0, every beta and seed) is assigned to the nearest "
-        "maximum of J = E[R] − β·D over (mean, log-std) at its β (exact grid, "
-        "grpo_jax/study/gaussian_optima.py; total variation; 'unsettled' beyond 0.1). "
-        "Bistable: the betas of the run grid where J has two or more maxima (a local "
-        "maximum on an unrewarded mode counts).",
+        "maximum of J = E[R] − β·D over (mean, log-std) at its β (exact, "
+        "grpo_jax/study/gaussian_optima.py; total variation; 'unsettled' beyond 0.1): "
+        "runs at the global / at a local maximum / unsettled, per start ('fit': the "
+        "reference's moment-matched Gaussian; 'rewarded_mode': on the rewarded answer; "
+        "'middle': between the outer modes). Bistable: the betas of the run grid where J "
+        "has two or more maxima (a local maximum on an unrewarded mode counts).",
         "",
-    ] + table(
-        ["reference", "arm", "start", "runs", "global", "local", "unsettled", "bistable betas"],
-        rows,
-    )
+    ] + table(["reference", "arm"] + [f"start: {s}" for s in starts] + ["bistable betas"], body)
