@@ -16,7 +16,8 @@ docs/design.md describes the math, the layout and the data flow.
             reference, sweep, rundir, checkpoint, writers, config_utils, jsonio, sharding,
             launch and xla_setup (process settings)
   study/    pipeline (the study end to end), groups (its group runner and exact
-            records), gaussian_kl (the Gaussian toy), token_modality (the premise on
+            records), gaussian_kl (the Gaussian toy), gaussian_optima (its class's exact
+            maxima), token_modality (the premise on
             SmolLM2), grpo_lm (GRPO on SmolLM2), report/ (statistics, verdicts, figures,
             markdown)
   configs/  ml_collections configs, run by path (--config grpo_jax/configs/NAME.py)

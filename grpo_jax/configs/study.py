@@ -45,15 +45,32 @@ reference starts below the reward ceiling (expected reward 0.15-0.61 of 1).
 Modality dial: 1 mode; the matched-tail control (1 mode over a uniform floor whose zero-reward
 mass equals the 2-mode, 8-sigma reference's, so "multimodal" is not confused with "how much
 mass the reward abandons"); 2 modes at increasing separation (the continuous lock-on point is
-about 5.6 sigma); 4 modes.
+about 5.6 sigma); 4 modes. Z0 dial (`Z0_DIAL`): two more unimodal references whose floors
+give a zero-reward mass Z0 of 0.25 and 0.77, so Z0 runs from 0.07 to 0.77 on unimodal
+references as on multimodal ones (0.47-0.77); `frontier` compares every reference at the
+same fraction of its attainable improvement and regresses Delta on Z0 and a modality term.
 
-Disk: one JSON result per cell (about 10 KB: 75 MB for the default's 7,680 cells, about
-1.1 GB for `full`'s 106,496) and, while a (modality, policy) population runs, its metrics
-(one row per member every 100 steps, about 0.7 KB a row: 2 MB for the default, 30 MB for
-`full`) and at most two checkpoints of its policy and Adam state; both are deleted once the
-population's records exist (`--keep_checkpoints` keeps them). The default run stays under
-100 MB (measured: see the README), `full` under 2 GB. (The first default run, which kept a
-row per step and member, wrote 2.8 GB.)
+The Gaussian class (`gaussian_extra`): its KL arms also at three betas between the grid's
+largest four (its sweeps jump there), its primary arms also from two other starting points
+(on the rewarded answer; between the outer modes), and its exact optima over (mean, log-std)
+beside the runs (grpo_jax/study/gaussian_optima.py), so a jump is read against the maxima
+of its own objective.
+
+Cost (2-core AMD EPYC, AVX2, jax 0.10.2, measured on the default run): about 40 us per
+member-step for both classes at group 16 (a 640-member tabular population, 400 steps, in
+14 s with a 4 s compile; a 1,184-member Gaussian one in 22 s), so the default's 14,592
+cells (16 populations) run in about 5 1/2 minutes, the whole command in 6 minutes cold.
+`full` has 164,160 cells, 1,000 steps, group 32: 1.6e8 member-steps at about twice the cost
+per member-step (twice the draws), about 3.6 hours on those 2 cores; on a GPU it is not
+yet measured (a 640-member step is a few small kernels, so expect launch-bound steps: time
+one population before the whole run).
+
+Disk: one JSON result per cell (about 10 KB: 148 MB for the default's 14,592 cells, about
+1.6 GB for `full`'s 164,160) and, while a (modality, policy) population runs, its metrics
+(one row per member every 100 steps, about 0.7 KB a row) and at most two checkpoints of its
+policy and Adam state; both are deleted once the population's records exist
+(`--keep_checkpoints` keeps them). (The first default run, which kept a row per step and
+member, wrote 2.8 GB.)
 """
 
 import math
@@ -239,7 +256,7 @@ def _dial_and_gaussian_class(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """arg: "" (default: CPU, about 8 minutes on 2 cores), "full" (one GPU), "tiny" (tests)."""
+    """arg: "" (default: CPU, about 6 minutes on 2 cores), "full" (one GPU), "tiny" (tests)."""
     opts = parse_arg(arg, full=False, tiny=False)
     full, tiny = opts["full"], opts["tiny"]
     c = ml_collections.ConfigDict()
