@@ -18,6 +18,7 @@ setup(
         "orbax-checkpoint>=0.6.4",
         "matplotlib>=3.8",
         "numpy>=1.26",
+        "scipy>=1.11",  # the study's statistics and the Gaussian class's optima
         "tensorboardX>=2.6",
         "tqdm>=4.66",
     ],
