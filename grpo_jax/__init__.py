@@ -5,11 +5,12 @@ changes nothing process-wide (entry points apply process settings with `run.laun
 docs/design.md describes the math, the layout and the data flow.
 
   core/     the math, pure and jit/vmap/grad-safe: kl (estimators, exact KL), kl_choice,
-            advantages, losses, audit (exact expected gradients), stats, checks
+            advantages, losses, audit (exact expected gradients), stats, checks, tables
   models/   model (flax.nnx decoder), sampling (the one jitted KV-cache sampler), policies
-            (one-token tabular / Gaussian), gguf and tokenizer (SmolLM2 from a GGUF file)
-  tasks/    synthetic reward tasks with a modality dial; enumeration (exact quantities of a
-            model over a task's completions)
+            (tabular / Gaussian, a tabular per prefix for sequences), gguf and tokenizer (SmolLM2 from a GGUF file)
+  tasks/    synthetic reward tasks with a modality dial (bandit, fork, ...); sequence_optima
+            (the fork's closed forms); enumeration (exact quantities of a model over a task's
+            completions)
   rl/       train (the GRPO step and chunked scans), pretrain, reference_fit, evaluate (the
             one final evaluator)
   run/      the host side, the only layer with I/O: runner (populations, the chunk loop),

@@ -27,7 +27,7 @@ def i32(x):
 
 
 def test_registry_and_validation():
-    assert tasks.TASKS == ("bandit", "arithmetic", "format")
+    assert tasks.TASKS == ("bandit", "fork", "arithmetic", "format")
     with pytest.raises(ValueError, match="valid tasks"):
         tasks.make("nope")
     with pytest.raises(ValueError, match="reward_kind"):
@@ -442,7 +442,9 @@ def test_every_reference_starts_below_its_reward_ceiling(label, task):
         assert task.name == "format" and ceiling == pytest.approx(1.0)
     assert ceiling > 0
     assert ref_reward <= 0.7 * ceiling, (label, ref_reward, ceiling)  # room to improve
-    if task.name != "bandit":  # the declared design: 1 - error_mass of the ceiling, or less
+    if task.name == "fork":  # 0/1 rewards: the reference earns 1 - Z0
+        assert ref_reward == pytest.approx(1 - task.zero_reward_mass(), abs=1e-6)
+    elif task.name != "bandit":  # the declared design: 1 - error_mass of the ceiling, or less
         assert ref_reward <= (1 - task.error_mass) * ceiling + 1e-9
 
 

@@ -7,4 +7,5 @@ advantages  group-relative advantage estimators (registry)
 losses      the GRPO policy loss, composed of small named parts
 audit       exact-enumeration expected gradients
 stats       exact KL, entropy, banned tokens, mode shares and coverage, pass@k
+tables      autoregressive tables of enumerable sequences (joint <-> conditionals)
 """

@@ -98,10 +98,12 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
         f"{start!r} is for the gaussian policy, not {config.policy!r}",
     )
     if config.policy != "transformer":
+        tabular_tasks = ("bandit", "fork") if config.policy == "tabular" else ("bandit",)
         _require(
-            not task_given and config.task.name == "bandit",
+            not task_given and config.task.name in tabular_tasks,
             "policy",
-            f"{config.policy!r} is for one-token tasks (bandit), not {config.task.name!r}",
+            f"{config.policy!r} is for the tasks {', '.join(tabular_tasks)} (an exact "
+            f"reference table), not {config.task.name!r}",
         )
     for field in ("num_layers", "width", "num_heads", "mlp_width"):
         _require(int(config.model[field]) >= 1, f"model.{field}", "must be >= 1")

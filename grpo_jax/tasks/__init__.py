@@ -14,19 +14,21 @@ Every task is a frozen, hashable dataclass (a valid static jit argument) with
               reference_answers() -> (answers [Np, A, T], probs [Np, A])
               enumerate_completions() -> [C, T] every ordinary-token completion
 
-Tasks: "bandit" (tasks.bandit.Bandit; closed-form optima: tasks.bandit.bandit_optimum), "arithmetic"
-(tasks.arithmetic.Arithmetic), "format" (tasks.format.FormatMixture).
+Tasks: "bandit" (tasks.bandit.Bandit; closed-form optima: tasks.bandit.bandit_optimum), "fork"
+(tasks.fork.Fork, short enumerable sequences; closed-form targets: tasks.sequence_optima),
+"arithmetic" (tasks.arithmetic.Arithmetic), "format" (tasks.format.FormatMixture).
 """
 
 from grpo_jax.core.checks import check_name
 from grpo_jax.tasks.arithmetic import Arithmetic
 from grpo_jax.tasks.bandit import Bandit, bandit_optimum
 from grpo_jax.tasks.base import TableTask
+from grpo_jax.tasks.fork import Fork
 from grpo_jax.tasks.format import FormatMixture
 
 Task = TableTask  # the common base of every task
 
-_REGISTRY = {"bandit": Bandit, "arithmetic": Arithmetic, "format": FormatMixture}
+_REGISTRY = {"bandit": Bandit, "fork": Fork, "arithmetic": Arithmetic, "format": FormatMixture}
 TASKS = tuple(_REGISTRY)
 
 
@@ -43,6 +45,7 @@ def make(name: str, **kwargs) -> TableTask:
 __all__ = [
     "Arithmetic",
     "Bandit",
+    "Fork",
     "FormatMixture",
     "Task",
     "TableTask",

@@ -59,34 +59,43 @@ def bandit_optimum(rewards, ref_probs, betas, direction: str, iters: int = 200) 
     Returns:
       ``[N, A]`` float64 optimal policies.
     """
-    kl.validate_direction(direction)
     r = np.asarray(rewards, np.float64)[None, :]
     p = np.asarray(ref_probs, np.float64)[None, :]
     b = np.asarray(betas, np.float64)[:, None]
+    return regularised_optimum(r, p, b, direction, iters)
+
+
+def regularised_optimum(values, ref_probs, beta, direction: str, iters: int = 200) -> np.ndarray:
+    """`bandit_optimum` row by row: ``values [..., A]``, ``ref_probs [..., A]`` (each row a
+    distribution) and ``beta`` broadcast against them (``[..., 1]`` or a scalar) -> the
+    maximiser of ``sum_a pi_a values_a - beta D(pi, ref)`` per row, float64 ``[..., A]``."""
+    kl.validate_direction(direction)
+    r, p = np.broadcast_arrays(np.asarray(values, np.float64), np.asarray(ref_probs, np.float64))
+    b = np.asarray(beta, np.float64)
     support = p > 0
     if direction == "reverse":
         with np.errstate(divide="ignore"):  # log 0 = -inf off the support
             z = np.log(p) + r / b
-        z = z - z.max(axis=1, keepdims=True)
+        z = z - z.max(axis=-1, keepdims=True)
         pi = np.exp(z)
-        return pi / pi.sum(axis=1, keepdims=True)
+        return pi / pi.sum(axis=-1, keepdims=True)
     # f(lam) = sum_a b p_a / (lam - R_a) decreases on (max R, inf); f -> inf as lam -> max R,
     # and f(max R + b) <= sum_a p_a = 1 since every lam - R_a >= b. So bisect on that bracket.
-    r_max = r[support].max()
-    lo = np.full_like(b, r_max)
+    r_max = np.max(np.where(support, r, -np.inf), axis=-1, keepdims=True)
+    lo = r_max + 0.0 * b
     hi = r_max + b
     with np.errstate(divide="ignore", invalid="ignore"):  # arms off the support give 0
         for _ in range(iters):
             mid = 0.5 * (lo + hi)
-            s = np.where(support, b * p / (mid - r), 0.0).sum(axis=1, keepdims=True)
+            s = np.where(support, b * p / (mid - r), 0.0).sum(axis=-1, keepdims=True)
             lo = np.where(s > 1, mid, lo)
             hi = np.where(s > 1, hi, mid)
         pi = np.where(support, b * p / (0.5 * (lo + hi) - r), 0.0)
-    return pi / pi.sum(axis=1, keepdims=True)
+    return pi / pi.sum(axis=-1, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class Bandit(base.MixtureWeights, base.TableTask):
+class Bandit(base.TokensThenBOS, base.MixtureWeights, base.TableTask):
     """One-token bandit with a mixture-of-Gaussians reference (see module docstring)."""
 
     num_tokens: int = 64
@@ -127,18 +136,6 @@ class Bandit(base.MixtureWeights, base.TableTask):
             raise ValueError(f"reward_width must be > 0, got {self.reward_width}")
 
     # ---------------------------------------------------------------- interface attributes
-    @property
-    def vocab_size(self) -> int:
-        return self.num_tokens + 1
-
-    @property
-    def bos_id(self) -> int:
-        return self.num_tokens
-
-    @property
-    def special_ids(self) -> tuple[int, ...]:
-        return (self.num_tokens,)
-
     @property
     def centres(self) -> tuple[float, ...]:
         """Mode centres c_k (token units)."""

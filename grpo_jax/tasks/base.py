@@ -198,3 +198,20 @@ class MixtureWeights:
         w = (1.0,) * self.num_modes if self.weights is None else tuple(self.weights)
         s = sum(w)
         return tuple(x / s for x in w)
+
+
+class TokensThenBOS:
+    """Mixin for tasks whose vocabulary is the ordinary tokens 0..num_tokens-1 followed by
+    BOS = num_tokens, the only special token (field ``num_tokens``)."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_tokens + 1
+
+    @property
+    def bos_id(self) -> int:
+        return self.num_tokens
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        return (self.num_tokens,)
