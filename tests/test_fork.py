@@ -243,3 +243,45 @@ def test_grpo_on_the_tabular_class_reaches_each_arms_own_closed_form(tmp_path):
         tv = {k: 0.5 * float(np.abs(joint - v).sum()) for k, v in targets.items()}
         assert tv[own] < bound, (arm, tv)
         assert min(v for k, v in tv.items() if k != own) > bound, (arm, tv)
+
+
+def test_targets_for_many_betas_equal_one_beta_at_a_time():
+    task = fork.Fork(num_prompts=2, reward_kind="near", partial_reward=0.5)
+    r, ref = task.rewards_np(), task.reference_np()
+    ref_tables = so.conditionals(ref, 8, 3)
+    betas = np.asarray([0.1, 0.5, 2.0])
+    for d in ("forward", "reverse"):
+        many = so.joint_from_tables(so.per_node_optimum(r, ref_tables, betas, d))
+        one = [so.joint_from_tables(so.per_node_optimum(r, ref_tables, b, d)) for b in betas]
+        np.testing.assert_allclose(many, np.stack(one), atol=1e-12)
+        np.testing.assert_allclose(
+            so.sequence_optimum(r, ref, betas, d),
+            np.stack([so.sequence_optimum(r, ref, b, d) for b in betas]),
+            atol=1e-12,
+        )
+    with pytest.raises(ValueError, match="1-D"):
+        so.sequence_optimum(r, ref, betas[None], "reverse")
+
+
+def test_stage0_predictions_a_01_reward_shows_no_sequence_level_gap():
+    # With a 0/1 reward both sequence optima scale each reward level by a constant, so at
+    # matched reward they coincide: forward - reverse is 0 at every fraction. A graded
+    # reward (one token off earns 0.5) separates them.
+    from grpo_jax.configs import sequence_predictions as cfg  # noqa: PLC0415
+    from grpo_jax.study import sequence_predictions as sp  # noqa: PLC0415
+
+    config = cfg.get_config("tiny")
+    config.rewards = [dict(name="0/1", reward_kind="exact", partial_reward=0.0)] + list(
+        config.rewards
+    )
+    rows = sp.predict(config)
+    assert len(rows) == 4 and {r["reward"] for r in rows} == {"0/1", "one token off 0.5"}
+    for r in rows:
+        assert len(r["deltas"]["node"]) == len(config.fractions)
+        if r["reward"] == "0/1":
+            assert np.allclose(r["deltas"]["sequence"], 0.0, atol=1e-9)
+            assert r["z0"] == pytest.approx(1 - r["ref_reward"], abs=1e-12)
+        else:
+            assert r["deltas"]["sequence"][1] > 1e-3  # forward keeps more off-target mass
+    text = sp.markdown(rows, config)
+    assert "one token off 0.5" in text and text.count("\n|") == 6  # header, rule, 4 rows

@@ -354,6 +354,7 @@ def test_format_reference_tables():
         ("bandit", dict(num_modes=3, sigma=3.0, separation=6.0, weights=(0.5, 0.3, 0.2))),
         ("arithmetic", dict(weights=(0.85, 0.05, 0.05, 0.05))),
         ("format", dict(format_weights=(0.9, 0.1))),
+        ("fork", dict(num_branches=4, fork_depth=1, slip=0.1)),
     ],
 )
 def test_reference_data_has_declared_modality(name, kwargs):
@@ -380,7 +381,7 @@ def test_reference_data_has_declared_modality(name, kwargs):
     assert not np.isin(np.asarray(comps), task.special_ids).any()
     ref = np.asarray(task.reference_mode_shares())
     np.testing.assert_allclose(shares, ref, atol=0.015)  # ~4 standard errors at n=20000
-    if name != "bandit":
+    if name not in ("bandit", "fork"):
         # Every labelled reference answer is correct; the unlabelled ones are the declared
         # slips (wrong, reward 0), drawn at the rate error_mass. (Before the slips existed the
         # reference answered correctly always, i.e. sat at its reward ceiling.)

@@ -55,6 +55,7 @@ PRESETS: dict[str, tuple[str, dict]] = {
         dict(num_modes=2, sigma=3.0, separation=8.0, weights=(0.9, 0.1)),
     ),
     "bandit_trimodal": ("bandit", dict(num_modes=3, sigma=3.0, separation=6.0)),
+    "fork": ("fork", {}),
     "arithmetic": ("arithmetic", {}),
     "arithmetic_canonical": ("arithmetic", dict(num_modes=1)),
     "arithmetic_dominant": ("arithmetic", dict(num_modes=4, weights=(0.85, 0.05, 0.05, 0.05))),

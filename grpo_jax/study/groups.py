@@ -36,7 +36,10 @@ import numpy as np
 
 
 from grpo_jax.run import build, config_utils, runner, sweep
+from grpo_jax.core.checks import check_name
 from grpo_jax.core.kl_choice import ENTROPY_ARM
+from grpo_jax.models import policies
+from grpo_jax.tasks import sequence_optima
 from grpo_jax.tasks.bandit import bandit_optimum
 
 # Cells of one group differ only in these: the population's members.
@@ -50,7 +53,11 @@ GROUP_KEYS = build.VMAPPABLE_KEYS + ("eval.arm", "eval.replicate", "eval.seed")
 
 def task_vectors(task) -> dict[str, np.ndarray]:
     """Per-answer constants of a bandit: reward [A], reference [A], zero-reward, between-mode
-    and best-answer masks [A], mode labels [A] and the reference's mode shares [K]."""
+    and best-answer masks [A], mode labels [A] and the reference's mode shares [K]. For the
+    fork task an "answer" is a (prompt, completion) pair, weighted by the prompt's
+    probability (`sequence_vectors`)."""
+    if task.name == "fork":
+        return sequence_vectors(task)
     a = task.num_tokens
     y = np.arange(a, dtype=np.float64)
     reward = np.asarray(task.reward_vector(), np.float64)[:a]
@@ -68,6 +75,27 @@ def task_vectors(task) -> dict[str, np.ndarray]:
         "best": reward >= reward.max(),
         "labels": labels,
         "ref_shares": ref_shares,
+    }
+
+
+def sequence_vectors(task) -> dict[str, np.ndarray]:
+    """`task_vectors` of a fork task over its Np x V^T (prompt, completion) pairs: the
+    reference is ``w_x ref(y | x)``, so the outcomes of a joint ``w_x pi(y | x)`` are the
+    prompt-averaged sequence outcomes (KLs and off-target mass exactly; the entropy plus the
+    constant H(x)). Nothing lies "between" branches (mask all False); the best answers are
+    the target branch's paths; labels are branches."""
+    w = np.asarray(task.table()["prompt_probs"], np.float64)
+    reward = task.rewards_np().ravel()
+    ref = (w[:, None] * task.reference_np()).ravel()
+    labels = np.asarray(task.table()["answer_modes"]).ravel()
+    return {
+        "reward": reward,
+        "ref": ref / ref.sum(),
+        "zero": reward <= 0,
+        "between": np.zeros(reward.shape, bool),
+        "best": reward >= reward.max(),
+        "labels": labels,
+        "ref_shares": np.asarray([ref[labels == k].sum() for k in range(task.num_modes)]),
     }
 
 
@@ -108,7 +136,17 @@ def one_token_outcomes(logp: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict[
 
 def final_logprobs(model, params) -> np.ndarray:
     """[S, A] answer log-probabilities of a population of one-token policies over the
-    ordinary tokens, normalised in float64 from the float32 logits."""
+    ordinary tokens, normalised in float64 from the float32 logits; for a
+    `SequenceTabularPolicy`, over its (prompt, completion) pairs (uniform prompts, as the
+    fork task's), [S, Np V^T]."""
+    if isinstance(model, policies.SequenceTabularPolicy):
+        a, n = len(model.support), len(model.prompts)
+        z = [np.asarray(params[f"t{t}"], np.float64)[..., :a] for t in range(model.length)]
+        logp = [x - np.logaddexp.reduce(x, axis=-1, keepdims=True) for x in z]
+        joint = logp[0].reshape(logp[0].shape[:2] + (-1,))  # [S, Np, A]
+        for table in logp[1:]:
+            joint = (joint[..., :, None] + table).reshape(joint.shape[:2] + (-1,))
+        return (joint - np.log(n)).reshape(joint.shape[0], -1)
     dummy = np.zeros((1, 1), np.int32)
     logits = jax.vmap(lambda p: model.completion_logits(p, dummy, dummy)[0, 0])(params)
     z = np.asarray(logits, np.float64)[:, list(model.support)]
@@ -120,11 +158,34 @@ def final_logprobs(model, params) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def _optimum(vec, arm: str, beta: float) -> np.ndarray | None:
+def arm_targets(task, betas, direction: str, vec=None, level: str = "node") -> np.ndarray:
+    """[len(betas), A] closed-form targets in `direction` over the answers of
+    `task_vectors`: the bandit's optima; for the fork task, prompt-weighted, the per-node
+    targets of the exact KL in the loss (`level` "node", the primary arms' targets) or the
+    sequence-level optima (`level` "sequence"; tasks.sequence_optima)."""
+    vec = task_vectors(task) if vec is None else vec
+    if task.name != "fork":
+        return bandit_optimum(vec["reward"], vec["ref"], np.asarray(betas), direction)
+    check_name("level", level, ("node", "sequence"))
+    w = np.asarray(task.table()["prompt_probs"], np.float64)[:, None]
+    ref = task.reference_np()
+    ref_tables = sequence_optima.conditionals(ref, task.num_tokens, task.length)
+    r = task.rewards_np()
+
+    betas = np.asarray(betas, np.float64)
+    if level == "sequence":
+        joints = sequence_optima.sequence_optimum(r, ref, betas, direction)
+    else:
+        tables = sequence_optima.per_node_optimum(r, ref_tables, betas, direction)
+        joints = sequence_optima.joint_from_tables(tables)  # [N, Np, V^T]
+    return (w[None] * joints).reshape(len(betas), -1)
+
+
+def _optimum(task, vec, arm: str, beta: float) -> np.ndarray | None:
     direction = {"exact_fwd/loss": "forward", "exact_rev/loss": "reverse"}.get(arm)
     if direction is None or beta <= 0:
         return None
-    return bandit_optimum(vec["reward"], vec["ref"], np.asarray([beta]), direction)[0]
+    return arm_targets(task, [beta], direction, vec)[0]
 
 
 def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec) -> list[dict]:
@@ -137,7 +198,11 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
     for m, cell in enumerate(cells):
         arm = str(cell.eval.arm)
         strength = float(cell.loss.entropy_coef if arm == ENTROPY_ARM else cell.loss.beta)
-        opt = _optimum(vec, arm, float(cell.loss.beta)) if config.policy == "tabular" else None
+        opt = (
+            _optimum(result.task, vec, arm, float(cell.loss.beta))
+            if config.policy == "tabular"
+            else None
+        )
         records.append(
             {
                 "policy": config.policy,
@@ -193,14 +258,15 @@ def run_group(
 run_group.vmappable_keys = GROUP_KEYS
 
 
-def optimum_curves(task, betas=None) -> dict[str, dict[str, list[float]]]:
-    """Closed-form KL-regularised optima of a bandit over a fine beta grid, as outcome
-    curves: {"forward" | "reverse": {outcome: [len(betas)]}} (the figure's dashed lines)."""
+def optimum_curves(task, betas=None, level: str = "node") -> dict[str, dict[str, list[float]]]:
+    """Closed-form KL-regularised optima of a bandit (or a fork task's targets at `level`,
+    `arm_targets`) over a fine beta grid, as outcome curves: {"forward" | "reverse":
+    {outcome: [len(betas)]}} (the figure's dashed lines)."""
     betas = np.geomspace(0.005, 5.0, 80) if betas is None else np.asarray(betas)
     vec = task_vectors(task)
     out = {}
     for direction in ("forward", "reverse"):
-        probs = bandit_optimum(vec["reward"], vec["ref"], betas, direction)
+        probs = arm_targets(task, betas, direction, vec, level)
         with np.errstate(divide="ignore"):
             rows = [one_token_outcomes(np.log(p), vec) for p in probs]
         out[direction] = {k: [r[k] for r in rows] for k in rows[0]}

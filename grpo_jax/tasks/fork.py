@@ -18,13 +18,16 @@ token is a uniformly chosen *other* token. So
 every one of the V^T completions has positive mass, and the autoregressive conditionals
 ref(y_t | x, y_<t) follow by marginalising (`tasks.sequence_optima.conditionals`).
 
-Reward: 1 for the target branch's path written without a slip (`target_branch`, default
-the last), `partial_reward` for another branch's path written without a slip, else 0. The
-reference's mass on zero-reward completions is then, for `partial_reward` = 0,
+Reward (`reward_kind`): "exact", 1 for the target branch's path written without a slip
+(`target_branch`, default the last), `partial_reward` for another branch's path written
+without a slip, else 0; "near", 1 for the target path, `partial_reward` for a completion one
+token away from it, else 0; "hamming", the fraction of positions where the completion
+writes the target path's token. The reference's mass on zero-reward completions is, for
+"exact" with `partial_reward` = 0,
 
     Z0 = 1 - [ w_tgt (1 - e)^T + (1 - w_tgt) (1 - e)^d (e / (V - 1))^(T - d) ]
 
-(`zero_reward_mass`): the slip rate sets Z0, and `slip_for_z0` inverts it so that
+(`zero_reward_mass` computes it by enumeration for any reward): the slip rate sets Z0, and `slip_for_z0` inverts it so that
 references of different K and d can be compared at the same abandoned mass.
 
 Paths: the trunk token at position t of prompt x is (x + 3 t + 1) mod V; from position d
@@ -43,7 +46,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grpo_jax.core.checks import check_name
 from grpo_jax.tasks import base
+
+REWARD_KINDS = ("exact", "near", "hamming")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +64,8 @@ class Fork(base.TokensThenBOS, base.TableTask):
     slip: float = 0.05
     weights: tuple[float, ...] | None = None  # branch weights (normalised); None = uniform
     target_branch: int = -1  # -1: the last branch
-    partial_reward: float = 0.0  # reward of another branch's path written without a slip
+    partial_reward: float = 0.0  # "exact": another branch's path; "near": one token off
+    reward_kind: str = "exact"
 
     name: ClassVar[str] = "fork"
     prompt_len: ClassVar[int] = 2
@@ -81,6 +88,7 @@ class Fork(base.TokensThenBOS, base.TableTask):
             raise ValueError(f"weights {self.weights} must be {k} positive numbers")
         if not -k <= self.target_branch < k:
             raise ValueError(f"target_branch must be in [-{k}, {k}), got {self.target_branch}")
+        check_name("reward_kind", self.reward_kind, REWARD_KINDS)
         if not 0.0 <= self.partial_reward <= 1.0:
             raise ValueError(f"partial_reward must be in [0, 1], got {self.partial_reward}")
 
@@ -137,9 +145,16 @@ class Fork(base.TokensThenBOS, base.TableTask):
 
     def rewards_np(self) -> np.ndarray:
         """R(x, y) for every prompt and completion: float64 [num_prompts, V^T]."""
-        labels = self._labels_np()
-        partial = np.where(labels >= 0, self.partial_reward, 0.0)
-        return np.where(labels == self.target, 1.0, partial)
+        if self.reward_kind == "exact":
+            labels = self._labels_np()
+            partial = np.where(labels >= 0, self.partial_reward, 0.0)
+            return np.where(labels == self.target, 1.0, partial)
+        target = self.paths()[:, self.target][:, None, :]  # [Np, 1, T]
+        hits = (self.completions_np()[None] == target).sum(-1)  # [Np, C]
+        if self.reward_kind == "hamming":
+            return hits / self.length
+        near = np.where(hits == self.length - 1, self.partial_reward, 0.0)
+        return np.where(hits == self.length, 1.0, near)
 
     def _build_table(self):
         c = self.completions_np()
@@ -191,7 +206,8 @@ class Fork(base.TokensThenBOS, base.TableTask):
 def zero_reward_mass_closed_form(
     num_tokens: int, length: int, fork_depth: int, slip: float, target_weight: float
 ) -> float:
-    """Z0 of a Fork reference with `partial_reward` = 0 (module docstring), in closed form."""
+    """Z0 of a Fork reference with the "exact" reward and `partial_reward` = 0 (module
+    docstring), in closed form."""
     e, v, t, d = slip, num_tokens, length, fork_depth
     other = (1.0 - e) ** d * (e / (v - 1)) ** (t - d)  # another branch writes the target path
     return 1.0 - (target_weight * (1.0 - e) ** t + (1.0 - target_weight) * other)

@@ -42,25 +42,40 @@ __all__ = [
 ]
 
 
-def sequence_optimum(rewards, ref, beta: float, direction: str) -> np.ndarray:
+def _betas(beta, rewards):
+    """(beta broadcastable to [N?, ..., rows, V], rewards with a leading N axis if beta is
+    an array of N values)."""
+    b = np.asarray(beta, np.float64)
+    r = np.asarray(rewards, np.float64)
+    if b.ndim == 0:
+        return b, r
+    if b.ndim != 1:
+        raise ValueError(f"beta must be a number or a 1-D array of betas, got shape {b.shape}")
+    return b.reshape(b.shape + (1,) * (r.ndim + 1)), np.broadcast_to(r, b.shape + r.shape)
+
+
+def sequence_optimum(rewards, ref, beta, direction: str) -> np.ndarray:
     """The maximiser of ``E_pi[R] - beta D(pi, ref)`` over joints (D the sequence KL in
-    `direction`), per prompt: ``rewards``, ``ref [..., V^T]`` -> ``[..., V^T]``."""
-    return regularised_optimum(rewards, ref, beta, direction)
+    `direction`), per prompt: ``rewards``, ``ref [..., V^T]`` -> ``[..., V^T]``; with
+    ``beta [N]``, one per beta: ``[N, ..., V^T]``."""
+    b, r = _betas(beta, rewards)
+    return regularised_optimum(r, ref, b[..., 0] if b.ndim else b, direction)
 
 
-def per_node_optimum(rewards, ref_tables, beta: float, direction: str) -> list[np.ndarray]:
+def per_node_optimum(rewards, ref_tables, beta, direction: str) -> list[np.ndarray]:
     """The stationary point of the KL placed in the loss (module docstring), by backward
     induction: at the last position ``pi(.|h)`` solves the one-step problem with the
     rewards; at position t with ``Q_R(h, y)`` = the value of the prefix h y under the
-    positions after t, already solved. Returns the policy's tables ``[..., V^t, V]``."""
+    positions after t, already solved. Returns the policy's tables ``[..., V^t, V]`` (with
+    ``beta [N]``: ``[N, ..., V^t, V]``, one policy per beta)."""
     kl.validate_direction(direction)
     v, length = ref_tables[0].shape[-1], len(ref_tables)
-    r = np.asarray(rewards, np.float64)
+    b, r = _betas(beta, rewards)
     batch = check_joint(r, v, length)
     tables: list = [None] * length
     q = r.reshape(batch + (v ** (length - 1), v))
     for t in range(length - 1, -1, -1):
-        tables[t] = regularised_optimum(q, ref_tables[t], beta, direction)
+        tables[t] = regularised_optimum(q, ref_tables[t], b, direction)
         if t:
             q = np.sum(tables[t] * q, axis=-1).reshape(batch + (v ** (t - 1), v))
     return tables
