@@ -1,4 +1,5 @@
-"""The study: does the KL *direction* matter only for multimodal references?
+"""The study: does the KL *direction* matter only for multimodal references? One-token
+policies first, then the study in sequences (the fork task) in `<workdir>/sequences`.
 
   pip install -e . && python experiments/study.py --workdir runs/study
   python experiments/study.py --workdir runs/study-full --config grpo_jax/configs/study.py:full
@@ -17,7 +18,10 @@ reports the stored cells with the stored config and lists missing cells. Disk: s
 docstring of grpo_jax/configs/study.py (default under 100 MB; `full` under 1 GB); population
 checkpoints are deleted once a group's records exist unless `--keep_checkpoints`.
 `--publish` copies results.md (and its figures) to docs/results/ and puts its text into the
-README between the results markers: the README's results are generated, never hand-copied.
+README between the results markers: the README's results are generated, never hand-copied
+(the sequence part to docs/results/sequences/ and its own markers). `--nosequences` runs
+the one-token part only; `--sequence_config` is the sequence part's config
+(grpo_jax/configs/sequence_study.py).
 """
 
 import os
@@ -26,6 +30,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from grpo_jax.configs import gaussian_kl as gaussian_config
+from grpo_jax.configs import sequence_study as sequence_config
 from grpo_jax.configs import study as study_config
 from grpo_jax.run import config_utils
 from grpo_jax.study import pipeline
@@ -36,6 +41,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "'grpo_jax/configs/study.py[:full|tiny]'.",
     lock_config=True,
 )
+_SEQUENCE_CONFIG = config_flags.DEFINE_config_file(
+    "sequence_config",
+    "grpo_jax/configs/sequence_study.py",
+    "'grpo_jax/configs/sequence_study.py[:tiny]', the study in sequences.",
+    lock_config=True,
+)
+_SEQUENCES = flags.DEFINE_boolean("sequences", True, "Also run the study in sequences.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/study", "Run directory.")
 _REPORT_ONLY = flags.DEFINE_boolean(
     "report_only", False, "Write the report from the finished cells; run nothing."
@@ -78,13 +90,50 @@ def run(
     )
 
 
+def run_sequences(
+    workdir: str,
+    config=None,
+    report_only: bool = False,
+    overwrite: bool = False,
+    keep_checkpoints: bool = False,
+    log=print,
+) -> dict:
+    """The study in sequences (default config: grpo_jax/configs/sequence_study.py) in
+    `<workdir>/sequences`; returns the report's result."""
+    config = sequence_config.get_config() if config is None else config
+    arg = "" if config.name == "default" else f" --sequence_config {SEQUENCE_FILE}:{config.name}"
+    return pipeline.run(
+        os.path.join(workdir, "sequences"),
+        config,
+        study_config.cells,
+        None,
+        report_only=report_only,
+        overwrite=overwrite,
+        keep_checkpoints=keep_checkpoints,
+        log=log,
+        command=f"python experiments/study.py --workdir {workdir}{arg}",
+    )
+
+
+SEQUENCE_FILE = "grpo_jax/configs/sequence_study.py"
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    out = run(_WORKDIR.value, _CONFIG.value, _REPORT_ONLY.value, _OVERWRITE.value, _KEEP.value)
+    flags_ = (_REPORT_ONLY.value, _OVERWRITE.value, _KEEP.value)
+    out = run(_WORKDIR.value, _CONFIG.value, *flags_)
+    seq = (
+        run_sequences(_WORKDIR.value, _SEQUENCE_CONFIG.value, *flags_) if _SEQUENCES.value else None
+    )
     if _PUBLISH.value:
         pipeline.publish(os.path.dirname(out["paths"]["report_md"]), ROOT)
         print("published results.md to docs/results/ and README.md")
+        if seq is not None:
+            markers = (pipeline.SEQUENCE_BEGIN, pipeline.SEQUENCE_END)
+            report_dir = os.path.dirname(seq["paths"]["report_md"])
+            pipeline.publish(report_dir, ROOT, "docs/results/sequences", markers)
+            print("published the sequence part to docs/results/sequences/ and README.md")
 
 
 if __name__ == "__main__":

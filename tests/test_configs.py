@@ -28,6 +28,28 @@ def test_study_variants():
         study_config.get_config("fast")
 
 
+def test_sequence_study_declares_matched_z0_and_a_reward_that_treats_references_alike():
+    from grpo_jax.configs import sequence_study  # noqa: PLC0415
+    from grpo_jax.run import config_utils  # noqa: PLC0415
+
+    c, tiny = sequence_study.get_config(), sequence_study.get_config("tiny")
+    assert c.policies == ["tabular"] and "between" not in c.outcomes
+    assert c.primary_outcome in c.outcomes and set(c.baselines) <= {
+        m["label"] for m in c.modalities
+    }
+    z0 = {}
+    for m in c.modalities:
+        task = config_utils.make_task(dict(m["task"]))
+        assert task.reward_kind == "near" and task.partial_reward == 0.5
+        z0[m["label"]] = task.zero_reward_mass()
+    # The matched-Z0 control abandons what the early forks abandon.
+    for fork in ("2 branches, d=0", "2 branches, d=1", "4 branches, d=1"):
+        assert abs(z0[fork] - z0["1 branch, Z0 0.5"]) < 0.01
+    assert len(tiny.modalities) == 2 and tiny.num_seeds < c.num_seeds
+    with pytest.raises(ValueError, match="valid: tiny"):
+        sequence_study.get_config("fast")
+
+
 _APP = """
 import sys
 from absl import flags

@@ -262,3 +262,33 @@ def test_tiny_run_disk_use_is_bounded(tiny_run):
     workdir, _, _ = tiny_run
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs)
     assert total < TINY_DISK_BOUND_MB * 2**20, total
+
+
+def test_tiny_sequence_study_runs_reports_and_publishes(tmp_path):
+    # The study in sequences through the same pipeline: per-prefix tabular policies on the
+    # fork task, records over the 512 completions, the frontier table with the per-node
+    # closed forms, and its own README block.
+    from grpo_jax.configs import sequence_study  # noqa: PLC0415
+    from grpo_jax.study import pipeline  # noqa: PLC0415
+
+    out = experiment.run_sequences(
+        str(tmp_path), sequence_study.get_config("tiny"), log=lambda s: None
+    )
+    recs = out["records"]
+    assert len(recs) == 96 and {r["modality"] for r in recs} == {"1 branch", "2 branches, d=1"}
+    assert all(len(r["policy_probs"]) == 512 for r in recs)
+    assert all(r["tv_to_optimum"] is not None for r in recs if r["arm"] == "exact_fwd/loss")
+    results = open(out["paths"]["results_md"]).read()
+    assert "### Verdicts" in results and "2 branches, d=1" in results
+    assert "--sequence_config grpo_jax/configs/sequence_study.py:tiny" in results
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "README.md").write_text(
+        f"a\n{pipeline.SEQUENCE_BEGIN}\nold\n{pipeline.SEQUENCE_END}\nb\n", encoding="utf-8"
+    )
+    report_dir = os.path.dirname(out["paths"]["results_md"])
+    markers = (pipeline.SEQUENCE_BEGIN, pipeline.SEQUENCE_END)
+    pipeline.publish(report_dir, str(root), "docs/results/sequences", markers)
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "old" not in readme and "docs/results/sequences/glance.png" in readme
+    assert (root / "docs/results/sequences/glance.png").exists()

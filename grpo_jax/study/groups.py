@@ -209,7 +209,7 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
                 "modality": str(cell.eval.label),
                 "multimodal": bool(cell.eval.multimodal),
                 "separation": float(cell.eval.separation),
-                "num_modes": int(cell.task.num_modes),
+                "num_modes": int(result.task.num_modes),
                 "arm": arm,
                 "strength": strength,
                 "seed": int(cell.eval.seed),  # pairs the arms; train.seed is the RNG's

@@ -22,13 +22,28 @@ import ml_collections
 
 from grpo_jax.run import config_utils, jsonio, rundir, sweep
 from grpo_jax.study import gaussian_kl, groups, report
-from grpo_jax.study.report.markdown import README_BEGIN, README_END, readme_block
+from grpo_jax.study.report.markdown import (
+    README_BEGIN,
+    README_END,
+    SEQUENCE_BEGIN,
+    SEQUENCE_END,
+    readme_block,
+)
+
+__all__ = ["README_BEGIN", "README_END", "SEQUENCE_BEGIN", "SEQUENCE_END", "publish", "run"]
 
 
-def publish(report_dir: str, root: str, docs: str = "docs/results") -> str:
+def publish(
+    report_dir: str,
+    root: str,
+    docs: str = "docs/results",
+    markers: tuple[str, str] = (README_BEGIN, README_END),
+) -> str:
     """results.md and the figures it shows -> `<root>/<docs>/`; its text, with figure paths
-    under `docs`, replaces the block of `<root>/README.md` between the results markers.
+    under `docs`, replaces the block of `<root>/README.md` between `markers` (the one-token
+    study's by default; `SEQUENCE_BEGIN`, `SEQUENCE_END` for the study in sequences).
     Returns the README block."""
+    begin, end = markers
     text = open(os.path.join(report_dir, "results.md"), encoding="utf-8").read()
     os.makedirs(os.path.join(root, docs), exist_ok=True)
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
@@ -37,12 +52,11 @@ def publish(report_dir: str, root: str, docs: str = "docs/results") -> str:
     block = readme_block(text, docs)
     readme = os.path.join(root, "README.md")
     old = open(readme, encoding="utf-8").read()
-    if README_BEGIN not in old or README_END not in old:
-        raise ValueError(f"{readme} has no results markers ({README_BEGIN} ... {README_END})")
-    head, rest = old.split(README_BEGIN, 1)
+    if begin not in old or end not in old:
+        raise ValueError(f"{readme} has no results markers ({begin} ... {end})")
+    head, rest = old.split(begin, 1)
     jsonio.write_text_atomic(
-        readme,
-        head + README_BEGIN + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1],
+        readme, head + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1]
     )
     return block
 
@@ -76,10 +90,19 @@ def _stored_config(workdir: str, config, log):
     return ml_collections.ConfigDict(stored)
 
 
-def _notes(config, workdir, wall_s, missing, cells, machine) -> dict:
+def _notes(config, workdir, wall_s, missing, cells, machine, command=None) -> dict:
     arg = "" if config.name == "default" else f" --config grpo_jax/configs/study.py:{config.name}"
+    sequences = config.modalities[0]["task"]["name"] == "fork"
+    if sequences:
+        full = "; no `full` config yet (the transformer arm comes first)"
+    else:
+        full = (
+            "; `full` (GPU) adds separations 1-8σ in steps of 1 plus 5.6σ, 4 modes "
+            "at 3σ, 32 seeds, 1000 steps, group 32, the k1/reward arm of the "
+            "secondary contrast and Q2's k1/loss and k3/reward arms"
+        )
     notes = {
-        "command": f"python experiments/study.py --workdir {workdir}{arg}",
+        "command": command or f"python experiments/study.py --workdir {workdir}{arg}",
         "machine": machine,
         "wall time": (
             "not recorded"
@@ -93,13 +116,7 @@ def _notes(config, workdir, wall_s, missing, cells, machine) -> dict:
             f"{len(config.entropy_coefs)} entropy coefficients, {config.num_seeds} "
             f"seeds, 2 replicates, {config.train.num_steps} GRPO steps (group "
             f"{config.grpo.group_size}, Adam lr {config.optim.lr}): {cells} runs"
-            + (
-                ""
-                if config.name == "full"
-                else "; `full` (GPU) adds separations 1-8σ in steps of 1 plus 5.6σ, 4 modes "
-                "at 3σ, 32 seeds, 1000 steps, group 32, the k1/reward arm of the "
-                "secondary contrast and Q2's k1/loss and k3/reward arms"
-            )
+            + ("" if config.name == "full" else full)
         ),
     }
     if missing:
@@ -119,11 +136,14 @@ def run(
     overwrite: bool = False,
     keep_checkpoints: bool = False,
     log=print,
+    command: str | None = None,
 ) -> dict:
-    """Run (or resume) the study of `config` (grpo_jax/configs/study.py) and write its report;
-    returns the report's result. `grid(config)` gives the cells (`sweep.expand` of the
-    config's grid); `gaussian_config` is the Gaussian toy's config, which the study config's
-    `gaussian` field overrides."""
+    """Run (or resume) the study of `config` (grpo_jax/configs/study.py, or
+    grpo_jax/configs/sequence_study.py) and write its report; returns the report's result.
+    `grid(config)` gives the cells (`sweep.expand` of the config's grid); `gaussian_config`
+    is the Gaussian toy's config, which the study config's `gaussian` field overrides (None:
+    no toy figure); `command` is the report's command line (default: the one-token
+    study's)."""
     t0 = time.time()
     sweep_dir = os.path.join(workdir, "sweep")
     timing = os.path.join(workdir, "run_seconds.json")
@@ -149,10 +169,10 @@ def run(
             missing = 0
             run_s = time.time() - t0
             jsonio.write_json_atomic(timing, {"seconds": run_s})
-        return _report(workdir, config, records, missing, run_s, t0, gaussian_config, log)
+        return _report(workdir, config, records, missing, run_s, t0, gaussian_config, log, command)
 
 
-def _report(workdir, config, records, missing, run_s, t0, gaussian_config, log) -> dict:
+def _report(workdir, config, records, missing, run_s, t0, gaussian_config, log, command) -> dict:
     """The report of `records` (with the closed-form optima and the Gaussian toy figure)."""
     optima, vectors = {}, {}
     for m in config.modalities:
@@ -165,11 +185,13 @@ def _report(workdir, config, records, missing, run_s, t0, gaussian_config, log) 
         f"{jax.devices()[0].platform}"
     )
     outdir = os.path.join(workdir, "report")
-    notes = _notes(config, workdir, run_s, missing, len(records), machine)
+    notes = _notes(config, workdir, run_s, missing, len(records), machine, command)
     result = report.write_report(records, config.to_dict(), outdir, notes, optima, vectors)
-    gaussian_config = gaussian_config.copy_and_resolve_references()
-    gaussian_config.update(dict(config.get("gaussian", {})))
-    figs = gaussian_figure(outdir, gaussian_config, log=log)
+    figs = []
+    if gaussian_config is not None:
+        gaussian_config = gaussian_config.copy_and_resolve_references()
+        gaussian_config.update(dict(config.get("gaussian", {})))
+        figs = gaussian_figure(outdir, gaussian_config, log=log)
     if figs:
         with open(result["paths"]["report_md"], "a", encoding="utf-8") as f:
             f.write(

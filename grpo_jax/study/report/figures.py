@@ -128,12 +128,16 @@ def _interaction_panel(ax, result, outcome):
                     label=f"{policy} vs {base}" if modes == 2 else None,
                 )
     ax.axhline(0.0, color="k", lw=0.8)
-    ax.axvline(5.6, color="gray", ls=":", lw=0.8)
-    ax.set_xlabel("mode separation (σ); diamonds: 4 modes", fontsize=7)
+    dial = result.get("dial_label")
+    if dial is None:  # the one-token study's dial: separation, lock-on near 5.6 sigma
+        ax.axvline(5.6, color="gray", ls=":", lw=0.8)
+    ax.set_xlabel(f"{dial or 'mode separation (σ)'}; diamonds: 4 modes", fontsize=7)
     ax.set_ylabel(f"interaction I on {outcome}", fontsize=7)
-    ax.set_title("I = Δ(multi) − Δ(baseline)\n(Holm intervals; dotted: 5.6σ)", fontsize=8)
+    title = "I = Δ(multi) − Δ(baseline)\n(Holm intervals" + ("" if dial else "; dotted: 5.6σ")
+    ax.set_title(title + ")", fontsize=8)
     ax.tick_params(labelsize=6)
-    ax.legend(fontsize=5)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=5)
 
 
 def plot_glance(

@@ -15,6 +15,9 @@ from grpo_jax.study.report.tables import ci, fmt, table
 
 README_BEGIN = "<!-- results.md: begin (written by experiments/study.py --publish) -->"
 README_END = "<!-- results.md: end -->"
+# The study in sequences' block (its own results.md, published beside the one-token one).
+SEQUENCE_BEGIN = "<!-- sequence results.md: begin (written by experiments/study.py --publish) -->"
+SEQUENCE_END = "<!-- sequence results.md: end -->"
 
 
 def readme_block(results_text: str, docs: str = "docs/results") -> str:
@@ -507,9 +510,10 @@ def write_report(
     result["primary_outcome"] = config["primary_outcome"]
     result["closed_form"] = _closed_form(result, config, optima or {})
     _frontier_closed_form(result, config, optima or {})
-    tol = dict(config.get("ratio_laws_tol") or {"beta_ratio": 0.1, "spread": 0.1})
-    result["ratio_laws"] = analysis.ratio_check(records, vectors, tol)
+    tol = config.get("ratio_laws_tol", {"beta_ratio": 0.1, "spread": 0.1})
+    result["ratio_laws"] = [] if tol is None else analysis.ratio_check(records, vectors, tol)
     result["ratio_laws_tol"] = tol
+    result["dial_label"] = config.get("dial_label")
     result["gaussian_basins"] = gaussian_class.basins(everything, vectors)
     extra = config.get("gaussian_extra") or {}
     if "gaussian" in config.get("policies", []) and extra.get("optima_betas"):
