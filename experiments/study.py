@@ -5,23 +5,15 @@ policies first, then the study in sequences (the fork task) in `<workdir>/sequen
   python experiments/study.py --workdir runs/study-full --config grpo_jax/configs/study.py:full
   python experiments/study.py --workdir runs/study --report_only --publish
 
-grpo_jax/configs/study.py declares the design (question, outcomes, margins, matched strength,
-decision rule, grid); any field can be overridden with `--config.FIELD=VALUE`. The pipeline
-(`grpo_jax.study.pipeline`): one vmapped population per (modality, policy class), finished
-cells cached by config hash (a rerun, or a run after a crash, redoes only the unfinished
-ones); then `<workdir>/report/`: report.md (everything), results.md (what the README
-includes), report.json and the figures, plus the Gaussian toy figure.
-
-The workdir records its config (`config.json`): a rerun with a config that changes the
+grpo_jax/configs/study.py and grpo_jax/configs/sequence_study.py (`--sequence_config`)
+declare the designs; override fields with `--config.FIELD=VALUE`. The pipeline
+(`grpo_jax.study.pipeline`) caches finished cells by config hash (a rerun or a run after a
+crash redoes only the unfinished ones) and writes `report/` (report.md, results.md,
+report.json, figures) in each part's workdir. A rerun with a config that changes the
 computation is refused with a diff (`--overwrite` discards the old run); `--report_only`
-reports the stored cells with the stored config and lists missing cells. Disk: see the
-docstring of grpo_jax/configs/study.py (default under 100 MB; `full` under 1 GB); population
-checkpoints are deleted once a group's records exist unless `--keep_checkpoints`.
-`--publish` copies results.md (and its figures) to docs/results/ and puts its text into the
-README between the results markers: the README's results are generated, never hand-copied
-(the sequence part to docs/results/sequences/ and its own markers). `--nosequences` runs
-the one-token part only; `--sequence_config` is the sequence part's config
-(grpo_jax/configs/sequence_study.py).
+reports the stored cells. Disk: see the configs' docstrings. `--publish` puts each part's
+results.md into the README between its markers (figures to docs/results/[sequences/]): the
+README's results are generated, never hand-copied. `--nosequences`: the one-token part only.
 """
 
 import os

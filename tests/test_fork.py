@@ -47,6 +47,8 @@ def test_slip_for_z0_inverts_the_closed_form_and_refuses_the_unreachable():
     assert np.all(np.diff(z) > 0)  # the bisection's premise
     with pytest.raises(ValueError, match="out of reach"):
         fork.slip_for_z0(0.2, 8, 3, 1, 0.5)  # below the 0.5 floor of the other branch
+    with pytest.raises(ValueError, match="out of reach|not monotone"):
+        fork.slip_for_z0(0.6, 2, 1, 0, 0.25)  # Z0 = 0.75 - e/2 falls with e here
 
 
 def test_reward_and_labels_on_device_match_the_tables():

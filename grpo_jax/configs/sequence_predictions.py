@@ -24,10 +24,12 @@ import numpy as np
 NUM_TOKENS, LENGTH = 8, 3
 
 
-def _reference(label, branches, depth, slip, target_weight=0.5) -> dict:
+def fork_fields(branches: int, depth: int, slip: float, target_weight: float = 0.5) -> dict:
+    """Fork task fields (one prompt, V = 8, T = 3): the target branch (the last) has weight
+    `target_weight` in a branching reference, the others share the rest equally."""
     w = 1.0 if branches == 1 else target_weight
     weights = [1.0] if branches == 1 else [(1 - w) / (branches - 1)] * (branches - 1) + [w]
-    fork = dict(
+    return dict(
         num_prompts=1,
         num_tokens=NUM_TOKENS,
         length=LENGTH,
@@ -36,6 +38,10 @@ def _reference(label, branches, depth, slip, target_weight=0.5) -> dict:
         slip=slip,
         weights=weights,
     )
+
+
+def _reference(label, branches, depth, slip) -> dict:
+    fork = fork_fields(branches, depth, slip)
     return dict(label=label, multimodal=branches > 1, fork=fork)
 
 

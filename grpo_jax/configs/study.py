@@ -56,14 +56,10 @@ largest four (its sweeps jump there), its primary arms also from two other start
 beside the runs (grpo_jax/study/gaussian_optima.py), so a jump is read against the maxima
 of its own objective.
 
-Cost (2-core AMD EPYC, AVX2, jax 0.10.2, measured on the default run): about 40 us per
-member-step for both classes at group 16 (a 640-member tabular population, 400 steps, in
-14 s with a 4 s compile; a 1,184-member Gaussian one in 22 s), so the default's 14,592
-cells (16 populations) run in about 5 1/2 minutes, the whole command in 6 minutes cold.
-`full` has 164,160 cells, 1,000 steps, group 32: 1.6e8 member-steps at about twice the cost
-per member-step (twice the draws), about 3.6 hours on those 2 cores; on a GPU it is not
-yet measured (a 640-member step is a few small kernels, so expect launch-bound steps: time
-one population before the whole run).
+Cost: about the same per member-step for both classes; the default's 14,592 cells run as 16
+populations of 400 steps, `full`'s 164,160 as 1,000 steps at group 32 (twice the draws per
+step): about 1.6e8 member-steps, 22 times the default's work. The README states both as
+measured, with the machine.
 
 Disk: one JSON result per cell (about 10 KB: 148 MB for the default's 14,592 cells, about
 1.6 GB for `full`'s 164,160) and, while a (modality, policy) population runs, its metrics

@@ -3,7 +3,7 @@
 A policy here is a frozen dataclass (a static jit argument) with
 
     init(key) -> params                                   a pytree
-    completion_logits(params, prompts [B, P], tokens [B, 1]) -> [B, 1, V] float32
+    completion_logits(params, prompts [B, P], tokens [B, T]) -> [B, T, V] float32   (T = 1 here)
 
 Two classes, the two ends of the capacity question (docs/design.md, 'The math'):
 
@@ -19,9 +19,10 @@ and, for short enumerable sequence tasks (tasks.fork), `SequenceTabularPolicy`: 
 softmax at every prefix of every prompt (the full simplex over completions; its targets
 are tasks.sequence_optima's closed forms).
 
-`reference_params(task)` gives the TabularPolicy whose distribution *is* the task's exact
+`reference_params(task)` gives the tabular params whose distribution *is* the task's exact
 reference (no pretraining, no fit error), so the KL terms of a run are to the data itself.
-`sample` draws one token per row, with the log-probabilities and logits the GRPO step needs.
+`sample` draws one completion per row, with the log-probabilities and logits the GRPO step
+needs.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ class SequenceTabularPolicy:
         }
 
     def prompt_index(self, prompts: jax.Array) -> jax.Array:
-        """[B] index of each row's prompt in `self.prompts` (0 where none matches)."""
+        """[B] index of each row's prompt in `self.prompts` (0 where none matches: rows
+        come from the task's own prompts, so none are unmatched in a GRPO step)."""
         table = jnp.asarray(self.prompts, jnp.int32)  # [Np, P]
         return jnp.argmax(jnp.all(prompts[:, None, :] == table[None, :, :], axis=-1), axis=-1)
 
@@ -187,6 +189,11 @@ def make(name: str, task, **kwargs):
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
     if task.completion_len != 1 and name == "tabular":
+        if task.num_completions() > 100_000:
+            raise ValueError(
+                f"a tabular policy over {task.name}'s {task.num_completions()} completions is "
+                "not enumerable (at most 100000)"
+            )
         prompts = tuple(tuple(int(v) for v in row) for row in task.table()["prompts"])
         return SequenceTabularPolicy(
             task.vocab_size, tuple(task.ordinary_ids), prompts, int(task.completion_len), **kwargs
@@ -223,7 +230,10 @@ def _sequence_reference_params(task, t) -> dict[str, jax.Array]:
     a, length = len(task.ordinary_ids), int(task.completion_len)
     answers = np.asarray(t["answers"])
     if answers.shape[1] != a ** length or not (answers == answers[:1]).all():
-        raise ValueError(f"{task.name}: the sequence reference needs every completion listed")
+        raise ValueError(
+            f"{task.name}: the sequence reference needs every one of the {a**length} completions "
+            f"listed once per prompt in lexicographic order; its table has answers {answers.shape}"
+        )
     order = np.ravel_multi_index(tuple(answers[0].T), (a,) * length)
     joint = np.zeros((answers.shape[0], a**length))
     joint[:, order] = np.asarray(t["answer_probs"], np.float64)

@@ -69,7 +69,7 @@ class RLSetup:
     """Static description of one compiled GRPO program (hashable, never traced).
 
     Attributes:
-      model: the policy: a transformer `model.ModelConfig`, or a one-token policy of
+      model: the policy: a transformer `model.ModelConfig`, or a tabular / Gaussian policy of
         policies.py (TabularPolicy, GaussianPolicy).
       ref_model: the reference's model when it differs from the policy's (e.g. a tabular
         reference holding a task's exact distribution under a Gaussian policy); None = model.
@@ -78,7 +78,7 @@ class RLSetup:
       group_size: G completions per prompt.
       inner_steps: mu, optimiser updates per batch of samples (pi_old = params at sampling).
       temperature: sampling and training temperature (logits / temperature).
-      one_token_draw: how a one-token policy draws its token (`policies.DRAWS`).
+      one_token_draw: how a policy of policies.py draws its tokens (`policies.DRAWS`).
       grad_clip: global-norm clip before Adam (<= 0 disables).
       adam_b1, adam_b2, adam_eps: Adam moments.
       replay: transformer policies with one inner step (mu = 1): the loss's policy forward
@@ -192,7 +192,7 @@ def step_logits(setup: RLSetup, logits: jax.Array) -> jax.Array:
 
 
 def completion_logits(model, params, prompts: jax.Array, tokens: jax.Array, replay=None):
-    """Raw teacher-forced logits [B, T, V] of a transformer config or a one-token policy;
+    """Raw teacher-forced logits [B, T, V] of a transformer config or a policy of policies.py;
     `prompts` [N, P], one per group of B // N consecutive rows of `tokens` [B, T]."""
     if policies.is_policy(model):
         g = tokens.shape[0] // prompts.shape[0]

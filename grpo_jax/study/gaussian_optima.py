@@ -11,8 +11,9 @@ a ramp over them). J can have two maxima (a wide state near the reference and a
 state locked onto the rewarded mode): then which one GRPO reaches depends on where it
 starts, and the beta range where both exist is *bistable*. Everything here is exact
 enumeration (plain NumPy, float64): a grid finds the candidates, a local search
-(Nelder-Mead, unconstrained in (mean, log-std)) polishes each; so a maximum off the grid (a
-ramp, the mean far outside the answers) is still found from the grid's edge:
+(Nelder-Mead, unconstrained in (mean, log-std)) polishes each; so a global maximum off the
+grid (a ramp, the mean far outside the answers) is still found from the grid's edge (local
+maxima are searched inside the grid only):
 
   objective_grid(reward, ref, means, log_stds) -> (reward, KL_rev, KL_fwd) per grid point
   optima(reward, ref, betas, direction)       -> per beta: the global maximum and every

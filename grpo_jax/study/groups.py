@@ -82,7 +82,8 @@ def sequence_vectors(task) -> dict[str, np.ndarray]:
     """`task_vectors` of a fork task over its Np x V^T (prompt, completion) pairs: the
     reference is ``w_x ref(y | x)``, so the outcomes of a joint ``w_x pi(y | x)`` are the
     prompt-averaged sequence outcomes (KLs and off-target mass exactly; the entropy plus the
-    constant H(x)). Nothing lies "between" branches (mask all False); the best answers are
+    constant H(x); pass@k from the prompt-averaged best mass, exact for one prompt, as the
+    study uses). Nothing lies "between" branches (mask all False); the best answers are
     the target branch's paths; labels are branches."""
     w = np.asarray(task.table()["prompt_probs"], np.float64)
     reward = task.rewards_np().ravel()

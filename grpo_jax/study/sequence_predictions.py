@@ -13,28 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from grpo_jax import tasks
 from grpo_jax.study import groups
+from grpo_jax.study.report.analysis import closed_form_delta
 from grpo_jax.study.report.frontier import common_target
 from grpo_jax.study.report.tables import fmt, table
 
 LEVELS = {"node": "per token, in the loss", "sequence": "sequence KL"}
-
-
-def delta_at(curves, target: float, outcome: str) -> float:
-    """forward - reverse in `outcome` at reward `target`, each interpolated along its beta
-    curve (reward sorted); NaN where a direction's curve does not reach `target`."""
-    out = []
-    for direction in ("forward", "reverse"):
-        r = np.asarray(curves[direction]["reward"])
-        o = np.asarray(curves[direction][outcome])
-        order = np.argsort(r)
-        if not r.min() <= target <= r.max():
-            return float("nan")
-        out.append(float(np.interp(target, r[order], o[order])))
-    return out[0] - out[1]
 
 
 def predict(config) -> list[dict[str, Any]]:
@@ -53,7 +39,9 @@ def predict(config) -> list[dict[str, Any]]:
             deltas = {}
             for level in LEVELS:
                 curves = groups.optimum_curves(task, config.betas, level)
-                deltas[level] = [delta_at(curves, t, config.outcome) for t in targets]
+                deltas[level] = [
+                    float(closed_form_delta(curves, config.outcome, t)) for t in targets
+                ]
             rows.append(
                 dict(
                     reference=ref["label"],
@@ -75,12 +63,14 @@ def markdown(rows: Sequence[Mapping[str, Any]], config) -> str:
     ]
     body = [
         [r["reward"], r["reference"], fmt(r["z0"], 3), fmt(r["ref_reward"], 3)]
-        + [f"{d:+.4f}" for level in LEVELS for d in r["deltas"][level]]
+        + [f"{round(d, 4) + 0.0:+.4f}" for level in LEVELS for d in r["deltas"][level]]
         for r in sorted(rows, key=lambda r: [w["name"] for w in config.rewards].index(r["reward"]))
     ]
+    f0 = config.references[0]["fork"]
     lines = [
         f"forward − reverse in {config.outcome} at fractions f of the attainable improvement "
-        "(closed forms, exact enumeration; fork task, V = 8, T = 3):",
+        f"(closed forms, exact enumeration; fork task, V = {f0['num_tokens']}, "
+        f"T = {f0['length']}):",
         "",
     ]
     return "\n".join(lines + table(head, body))

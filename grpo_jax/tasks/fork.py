@@ -214,8 +214,9 @@ def zero_reward_mass_closed_form(
 
 
 def slip_for_z0(z0: float, num_tokens: int, length: int, fork_depth: int, target_weight: float):
-    """The slip rate e in (0, 1/2] giving zero-reward mass `z0` (bisection: Z0 increases with
-    e there). Raises ValueError if `z0` is out of reach."""
+    """The slip rate e in (0, 1/2] giving zero-reward mass `z0` (bisection, which assumes Z0
+    increases with e there, as it does for the study's settings; the result is checked).
+    Raises ValueError if `z0` is out of reach or the bisection missed it."""
     args = (num_tokens, length, fork_depth)
     lo, hi = 1e-9, 0.5
     z_lo = zero_reward_mass_closed_form(*args, lo, target_weight)
@@ -228,4 +229,7 @@ def slip_for_z0(z0: float, num_tokens: int, length: int, fork_depth: int, target
             lo = mid
         else:
             hi = mid
-    return 0.5 * (lo + hi)
+    e = 0.5 * (lo + hi)
+    if abs(zero_reward_mass_closed_form(*args, e, target_weight) - z0) > 1e-9:
+        raise ValueError(f"Z0 is not monotone in the slip rate here; no slip found for {z0}")
+    return e

@@ -42,11 +42,17 @@ __all__ = [
 ]
 
 
-def _betas(beta, rewards):
-    """(beta broadcastable to [N?, ..., rows, V], rewards with a leading N axis if beta is
-    an array of N values)."""
+def _betas(beta, rewards, batch: tuple[int, ...]):
+    """(beta broadcastable to [N?, ..., rows, V], rewards broadcast to the reference's batch
+    shape `batch` [..., V^T], with a leading N axis if beta is an array of N values)."""
     b = np.asarray(beta, np.float64)
     r = np.asarray(rewards, np.float64)
+    try:
+        r = np.broadcast_to(r, batch + r.shape[-1:])
+    except ValueError:
+        raise ValueError(
+            f"rewards {r.shape} do not broadcast to the reference's batch {batch} + [V^T]"
+        ) from None
     if b.ndim == 0:
         return b, r
     if b.ndim != 1:
@@ -58,7 +64,8 @@ def sequence_optimum(rewards, ref, beta, direction: str) -> np.ndarray:
     """The maximiser of ``E_pi[R] - beta D(pi, ref)`` over joints (D the sequence KL in
     `direction`), per prompt: ``rewards``, ``ref [..., V^T]`` -> ``[..., V^T]``; with
     ``beta [N]``, one per beta: ``[N, ..., V^T]``."""
-    b, r = _betas(beta, rewards)
+    ref = np.asarray(ref, np.float64)
+    b, r = _betas(beta, rewards, ref.shape[:-1])
     return regularised_optimum(r, ref, b[..., 0] if b.ndim else b, direction)
 
 
@@ -70,7 +77,7 @@ def per_node_optimum(rewards, ref_tables, beta, direction: str) -> list[np.ndarr
     ``beta [N]``: ``[N, ..., V^t, V]``, one policy per beta)."""
     kl.validate_direction(direction)
     v, length = ref_tables[0].shape[-1], len(ref_tables)
-    b, r = _betas(beta, rewards)
+    b, r = _betas(beta, rewards, np.shape(ref_tables[0])[:-2])
     batch = check_joint(r, v, length)
     tables: list = [None] * length
     q = r.reshape(batch + (v ** (length - 1), v))

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from grpo_jax.study.report import analysis
+from grpo_jax.study.report import analysis, frontier
 
 ARM_COLOURS = {
     "exact_fwd/loss": "tab:blue",
@@ -281,7 +281,10 @@ def _closed_form_along(optima, refs, outcome, fractions) -> np.ndarray:
     """Closed-form forward - reverse `outcome` at the rewards E_ref[R] + f (1 - E_ref[R])."""
     r0 = refs["ref_reward"]
     return np.asarray(
-        [analysis.closed_form_delta(optima, outcome, r0 + f * (1 - r0)) for f in fractions]
+        [
+            analysis.closed_form_delta(optima, outcome, frontier.common_target(r0, f))
+            for f in fractions
+        ]
     )
 
 

@@ -11,7 +11,7 @@ from grpo_jax.study.report.tables import ci, fmt, table
 
 
 def _ranges(betas: Sequence[float]) -> str:
-    """'0.03-0.22, 0.61' style summary of a sorted list of betas."""
+    """A sorted list of betas: each one if at most 3 ('0.78, 1'), else 'first–last (n betas)'."""
     return ", ".join(f"{b:.2g}" for b in betas) if len(betas) <= 3 else (
         f"{betas[0]:.2g}–{betas[-1]:.2g} ({len(betas)} betas)"
     )  # fmt: skip
@@ -31,7 +31,7 @@ def frontier_section(result: Mapping[str, Any]) -> list[str]:
         "Each reference at the same fractions f of its attainable improvement, reward = "
         "E_ref[R] + f (1 − E_ref[R]) (95 % interval, seeds paired; – where too few seeds "
         "are matchable there). Z0: the reference's mass on zero-reward answers. For the "
-        "tabular class the closed form at the same point follows in brackets.",
+        "tabular class the closed form at the same point follows in parentheses.",
         "",
     ]
     for policy in dict.fromkeys(r["policy"] for r in fr["rows"]):
