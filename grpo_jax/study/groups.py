@@ -12,8 +12,8 @@ and beta are leaves), so a group is one compiled program. Arms:
   "entropy"                              the control: an entropy bonus, no KL (beta = 0,
                                          loss.entropy_coef = strength)
 
-Every member is evaluated exactly from its final policy over the 64 answers
-(`one_token_outcomes`); a record is one member:
+Every member is evaluated exactly from its final policy over the 64 answers (a fork task:
+over its completions, `sequence_vectors`) (`one_token_outcomes`); a record is one member:
 
   {"policy", "modality", "multimodal", "separation", "num_modes", "arm", "strength", "seed",
    "replicate", "start", "final": {outcome: float}, "tv_to_optimum": float | None,
