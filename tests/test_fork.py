@@ -287,3 +287,26 @@ def test_stage0_predictions_a_01_reward_shows_no_sequence_level_gap():
             assert r["deltas"]["sequence"][1] > 1e-3  # forward keeps more off-target mass
     text = sp.markdown(rows, config)
     assert "one token off 0.5" in text and text.count("\n|") == 6  # header, rule, 4 rows
+
+
+def test_study_records_of_a_sequence_population_are_its_exact_joint():
+    # groups.final_logprobs (log space, a population) against the policy's own tables.
+    from grpo_jax.models import policies  # noqa: PLC0415
+    from grpo_jax.study import groups  # noqa: PLC0415
+
+    task = fork.Fork(num_prompts=2, num_tokens=3, length=3)
+    policy = policies.make("tabular", task)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    params = {
+        k: jnp.stack([jax.random.normal(kk, v.shape) for kk in keys])
+        for k, v in policy.init(None).items()
+    }
+    logp = groups.final_logprobs(policy, params)
+    assert logp.shape == (2, 2 * 27)
+    for m in range(2):
+        member = jax.tree.map(lambda x: x[m], params)
+        joint = so.joint_from_tables(policy.tables(member))  # [Np, 27]
+        np.testing.assert_allclose(np.exp(logp[m]), 0.5 * joint.ravel(), atol=1e-6)
+    vec = groups.task_vectors(task)
+    assert vec["ref"].shape == (54,) and vec["ref"].sum() == pytest.approx(1.0)
+    assert vec["zero"].sum() == 2 * (27 - 1)  # one rewarded completion per prompt (0/1)
