@@ -60,63 +60,42 @@ _PUBLISH = flags.DEFINE_boolean(
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(
-    workdir: str,
-    config=None,
-    report_only: bool = False,
-    overwrite: bool = False,
-    keep_checkpoints: bool = False,
-    log=print,
-) -> dict:
-    """Run (or resume) the study (default config: grpo_jax/configs/study.py) and write its
-    report; returns the report's result (`pipeline.run`)."""
+def run(workdir: str, config=None, log=print, **kwargs) -> dict:
+    """Run (or resume) the one-token study (default config: grpo_jax/configs/study.py) and
+    write its report; returns the report's result (`pipeline.run`; `kwargs`: report_only,
+    overwrite, keep_checkpoints)."""
+    config = study_config.get_config() if config is None else config
     return pipeline.run(
-        workdir,
-        study_config.get_config() if config is None else config,
-        study_config.cells,
-        gaussian_config.get_config(),
-        report_only=report_only,
-        overwrite=overwrite,
-        keep_checkpoints=keep_checkpoints,
-        log=log,
-    )
-
-
-def run_sequences(
-    workdir: str,
-    config=None,
-    report_only: bool = False,
-    overwrite: bool = False,
-    keep_checkpoints: bool = False,
-    log=print,
-) -> dict:
-    """The study in sequences (default config: grpo_jax/configs/sequence_study.py) in
-    `<workdir>/sequences`; returns the report's result."""
-    config = sequence_config.get_config() if config is None else config
-    arg = "" if config.name == "default" else f" --sequence_config {SEQUENCE_FILE}:{config.name}"
-    return pipeline.run(
-        os.path.join(workdir, "sequences"),
-        config,
-        study_config.cells,
-        None,
-        report_only=report_only,
-        overwrite=overwrite,
-        keep_checkpoints=keep_checkpoints,
-        log=log,
-        command=f"python experiments/study.py --workdir {workdir}{arg}",
+        workdir, config, study_config.cells, gaussian_config.get_config(), log=log, **kwargs
     )
 
 
 SEQUENCE_FILE = "grpo_jax/configs/sequence_study.py"
 
 
+def run_sequences(workdir: str, config=None, log=print, **kwargs) -> dict:
+    """The study in sequences (default config: grpo_jax/configs/sequence_study.py) in
+    `<workdir>/sequences` (no Gaussian toy figure); the same `kwargs` as `run`."""
+    config = sequence_config.get_config() if config is None else config
+    arg = "" if config.name == "default" else f" --sequence_config {SEQUENCE_FILE}:{config.name}"
+    command = f"python experiments/study.py --workdir {workdir}{arg}"
+    workdir = os.path.join(workdir, "sequences")
+    return pipeline.run(
+        workdir, config, study_config.cells, None, log=log, command=command, **kwargs
+    )
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    flags_ = (_REPORT_ONLY.value, _OVERWRITE.value, _KEEP.value)
-    out = run(_WORKDIR.value, _CONFIG.value, *flags_)
+    kwargs = dict(
+        report_only=_REPORT_ONLY.value, overwrite=_OVERWRITE.value, keep_checkpoints=_KEEP.value
+    )
+    out = run(_WORKDIR.value, _CONFIG.value, **kwargs)
     seq = (
-        run_sequences(_WORKDIR.value, _SEQUENCE_CONFIG.value, *flags_) if _SEQUENCES.value else None
+        run_sequences(_WORKDIR.value, _SEQUENCE_CONFIG.value, **kwargs)
+        if _SEQUENCES.value
+        else None
     )
     if _PUBLISH.value:
         pipeline.publish(os.path.dirname(out["paths"]["report_md"]), ROOT)

@@ -244,7 +244,7 @@ def _dial_and_gaussian_class(c: ml_collections.ConfigDict) -> None:
     )
     c.gaussian_extra.optima_betas = [float(b) for b in np.geomspace(0.02, 1.5, 32)]
     # Forward - reverse along the reward frontier (grpo_jax/study/report/frontier.py): at
-    # these fractions of each reference's attainable improvement E_ref[R] + f (1 - E_ref[R])
+    # these fractions of each reference's attainable improvement E_ref[R] + f (max R - E_ref[R])
     # (the same point for every reference), and Delta regressed on Z0 and a modality term at
     # `z0_fraction`. `relative_margin`: |Delta| / Z0 below it counts as no direction effect
     # (0.05 = the absolute margin 0.02 over a middling Z0 of 0.4).

@@ -38,11 +38,18 @@ def conditionals(joint, vocab_size: int, length: int) -> list[np.ndarray]:
     return out
 
 
+def log_joint_from_tables(log_tables) -> np.ndarray:
+    """The log-joint ``[..., V^T]`` of log-conditional tables: a sum, so a sequence far below
+    float64's smallest probability keeps a finite log-probability."""
+    lp = np.asarray(log_tables[0], np.float64)  # [..., 1, V]
+    batch = lp.shape[:-2]
+    lp = lp.reshape(batch + (-1,))
+    for table in log_tables[1:]:
+        lp = (lp[..., :, None] + np.asarray(table, np.float64)).reshape(batch + (-1,))
+    return lp
+
+
 def joint_from_tables(tables) -> np.ndarray:
     """The joint ``[..., V^T]`` of tables (the inverse of `conditionals`)."""
-    p = np.asarray(tables[0], np.float64)  # [..., 1, V]
-    batch = p.shape[:-2]
-    p = p.reshape(batch + (-1,))
-    for table in tables[1:]:
-        p = (p[..., :, None] * np.asarray(table, np.float64)).reshape(batch + (-1,))
-    return p
+    with np.errstate(divide="ignore"):  # log 0 = -inf: those sequences get probability 0
+        return np.exp(log_joint_from_tables([np.log(np.asarray(t, np.float64)) for t in tables]))

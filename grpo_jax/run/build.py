@@ -18,7 +18,6 @@ import numpy as np
 
 from grpo_jax import tasks
 from grpo_jax.core import losses
-from grpo_jax.core.checks import check_name
 from grpo_jax.core.kl_choice import KLChoice
 from grpo_jax.models import model as model_lib
 from grpo_jax.models import policies
@@ -90,13 +89,7 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
         "policy",
         f"{config.policy!r}; valid: transformer, {', '.join(policies.POLICIES)}",
     )
-    start = config.init.start
-    _require(start in STARTS, "init.start", f"{start!r}; valid: {', '.join(STARTS)}")
-    _require(
-        start == "fit" or config.policy == "gaussian",
-        "init.start",
-        f"{start!r} is for the gaussian policy, not {config.policy!r}",
-    )
+    check_start(config.policy, config.init.start)
     if config.policy != "transformer":
         tabular_tasks = ("bandit", "fork") if config.policy == "tabular" else ("bandit",)
         _require(
@@ -201,13 +194,22 @@ def make_model_config(config, task):
     return pretrain.model_config_for(task, **dict(config.model))
 
 
+def check_start(policy: str, start: str) -> None:
+    """`init.start` is one of `STARTS`, and not "fit" only for the Gaussian policy (the
+    config's and every member's)."""
+    _require(start in STARTS, "init.start", f"{start!r}; valid: {', '.join(STARTS)}")
+    _require(
+        start == "fit" or policy == "gaussian",
+        "init.start",
+        f"{start!r} is for the gaussian policy, not {policy!r}",
+    )
+
+
 def initial_params(config, task, model_config, ref_params, start: str = "fit"):
     """Where the policy starts (`STARTS`): the reference itself (transformer, tabular), or
     for the Gaussian policy the maximum-likelihood fit to the reference (moment matching),
     or a Gaussian of width sigma on the rewarded answer or between the outer modes."""
-    check_name("init.start", start, STARTS)
-    if start != "fit" and config.policy != "gaussian":
-        raise ValueError(f"init.start {start!r} is for the gaussian policy, not {config.policy!r}")
+    check_start(config.policy, start)
     if config.policy != "gaussian":
         return ref_params
     if start == "fit":

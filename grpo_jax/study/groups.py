@@ -36,6 +36,7 @@ import numpy as np
 
 
 from grpo_jax.run import build, config_utils, runner, sweep
+from grpo_jax.core import tables
 from grpo_jax.core.checks import check_name
 from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.models import policies
@@ -144,9 +145,7 @@ def final_logprobs(model, params) -> np.ndarray:
         a, n = len(model.support), len(model.prompts)
         z = [np.asarray(params[f"t{t}"], np.float64)[..., :a] for t in range(model.length)]
         logp = [x - np.logaddexp.reduce(x, axis=-1, keepdims=True) for x in z]
-        joint = logp[0].reshape(logp[0].shape[:2] + (-1,))  # [S, Np, A]
-        for table in logp[1:]:
-            joint = (joint[..., :, None] + table).reshape(joint.shape[:2] + (-1,))
+        joint = tables.log_joint_from_tables(logp)  # [S, Np, A^T]
         return (joint - np.log(n)).reshape(joint.shape[0], -1)
     dummy = np.zeros((1, 1), np.int32)
     logits = jax.vmap(lambda p: model.completion_logits(p, dummy, dummy)[0, 0])(params)
@@ -177,8 +176,8 @@ def arm_targets(task, betas, direction: str, vec=None, level: str = "node") -> n
     if level == "sequence":
         joints = sequence_optima.sequence_optimum(r, ref, betas, direction)
     else:
-        tables = sequence_optima.per_node_optimum(r, ref_tables, betas, direction)
-        joints = sequence_optima.joint_from_tables(tables)  # [N, Np, V^T]
+        node_tables = sequence_optima.per_node_optimum(r, ref_tables, betas, direction)
+        joints = sequence_optima.joint_from_tables(node_tables)  # [N, Np, V^T]
     return (w[None] * joints).reshape(len(betas), -1)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 from grpo_jax import tasks
 from grpo_jax.study import groups
 from grpo_jax.study.report.analysis import closed_form_delta
-from grpo_jax.study.report.frontier import common_target
+from grpo_jax.study.report.frontier import reference_point, target_of
 from grpo_jax.study.report.tables import fmt, table
 
 LEVELS = {"node": "per token, in the loss", "sequence": "sequence KL"}
@@ -31,11 +31,8 @@ def predict(config) -> list[dict[str, Any]]:
         for reward in config.rewards:
             fields = {k: v for k, v in dict(reward).items() if k != "name"}
             task = tasks.make("fork", **dict(ref["fork"]), **fields)
-            vec = groups.task_vectors(task)
-            ref_reward = float(vec["ref"] @ vec["reward"])
-            targets = [
-                common_target(ref_reward, f, float(vec["reward"].max())) for f in config.fractions
-            ]
+            point = reference_point(groups.task_vectors(task))
+            targets = [target_of(point, f) for f in config.fractions]
             deltas = {}
             for level in LEVELS:
                 curves = groups.optimum_curves(task, config.betas, level)
@@ -47,8 +44,8 @@ def predict(config) -> list[dict[str, Any]]:
                     reference=ref["label"],
                     reward=reward["name"],
                     multimodal=bool(ref["multimodal"]),
-                    z0=task.zero_reward_mass(),
-                    ref_reward=ref_reward,
+                    z0=point["z0"],
+                    ref_reward=point["ref_reward"],
                     deltas=deltas,
                 )
             )

@@ -109,14 +109,8 @@ class _Study:
 
     def __init__(self, records, config, vectors=None):
         self.config = config
-        # Per reference: Z0 (mass on zero-reward answers) and E_ref[R] (frontier.py).
-        self.refs = {
-            label: {
-                "z0": float(v["ref"][v["zero"]].sum()),
-                "ref_reward": float(v["ref"] @ v["reward"]),
-            }
-            for label, v in (vectors or {}).items()
-        }
+        # Per reference: Z0 (mass on zero-reward answers), E_ref[R] and max R (frontier.py).
+        self.refs = {label: frontier.reference_point(v) for label, v in (vectors or {}).items()}
         self.cv = curves(records)
         self.seeds = sorted({r["seed"] for r in records})
         self.policies = list(dict.fromkeys(r["policy"] for r in records))

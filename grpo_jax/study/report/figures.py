@@ -277,14 +277,10 @@ def plot_mode_shares(records, outdir, modality: str | None = None) -> list[str]:
     return [_save(fig, outdir, f"mode_shares_{_slug(modality)}.png")]
 
 
-def _closed_form_along(optima, refs, outcome, fractions) -> np.ndarray:
-    """Closed-form forward - reverse `outcome` at the rewards E_ref[R] + f (1 - E_ref[R])."""
-    r0 = refs["ref_reward"]
+def _closed_form_along(optima, ref, outcome, fractions) -> np.ndarray:
+    """Closed-form forward - reverse `outcome` at the rewards E_ref[R] + f (max R - E_ref[R])."""
     return np.asarray(
-        [
-            analysis.closed_form_delta(optima, outcome, frontier.common_target(r0, f))
-            for f in fractions
-        ]
+        [analysis.closed_form_delta(optima, outcome, frontier.target_of(ref, f)) for f in fractions]
     )
 
 

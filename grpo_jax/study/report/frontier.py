@@ -44,6 +44,21 @@ def common_target(ref_reward: float, fraction: float, max_reward: float = 1.0) -
     return float(ref_reward + fraction * (max_reward - ref_reward))
 
 
+def reference_point(vec: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """{"z0", "ref_reward", "max_reward"} of a reference's answer vectors
+    (`groups.task_vectors`: "ref", "reward", "zero")."""
+    return {
+        "z0": float(vec["ref"][vec["zero"]].sum()),
+        "ref_reward": float(vec["ref"] @ vec["reward"]),
+        "max_reward": float(np.max(vec["reward"])),
+    }
+
+
+def target_of(ref: Mapping[str, float], fraction: float) -> float:
+    """`common_target` of a reference's {"ref_reward", "max_reward" (default 1)}."""
+    return common_target(ref["ref_reward"], fraction, ref.get("max_reward", 1.0))
+
+
 def regression(
     z0: Sequence[float],
     multimodal: Sequence[bool],
@@ -121,14 +136,14 @@ def frontier_rows(delta, policies, mods, refs, fractions) -> list[dict]:
 
     delta(policy, modality, target) -> `inference.Estimate` or None (fewer than the needed
     seeds matchable there); mods: (label, multimodal, separation, num_modes); refs:
-    {label: {"z0", "ref_reward"}}."""
+    {label: {"z0", "ref_reward", "max_reward"}}."""
     rows = []
     for p in policies:
         for label, multi, sep, k in mods:
             if label not in refs:
                 continue
             for f in fractions:
-                t = common_target(refs[label]["ref_reward"], float(f))
+                t = target_of(refs[label], float(f))
                 est = delta(p, label, t)
                 rows.append(
                     dict(

@@ -29,7 +29,7 @@ def frontier_section(result: Mapping[str, Any]) -> list[str]:
         f"### {o}: forward − reverse at common points of the frontier",
         "",
         "Each reference at the same fractions f of its attainable improvement, reward = "
-        "E_ref[R] + f (1 − E_ref[R]) (95 % interval, seeds paired; – where too few seeds "
+        "E_ref[R] + f (max R − E_ref[R]) (95 % interval, seeds paired; – where too few seeds "
         "are matchable there). Z0: the reference's mass on zero-reward answers. For the "
         "tabular class the closed form at the same point follows in parentheses.",
         "",
