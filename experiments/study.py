@@ -12,8 +12,12 @@ crash redoes only the unfinished ones) and writes `report/` (report.md, results.
 report.json, figures) in each part's workdir. A rerun with a config that changes the
 computation is refused with a diff (`--overwrite` discards the old run); `--report_only`
 reports the stored cells. Disk: see the configs' docstrings. `--publish` puts each part's
-results.md into the README between its markers (figures to docs/results/[sequences/]): the
-README's results are generated, never hand-copied. `--nosequences`: the one-token part only.
+results.md into the README between its markers (figures to docs/results/[<part>/]): the
+README's results are generated, never hand-copied. `--nosequences`: the one-token part only;
+`--noone_token`: the sequence part only, e.g. the transformer class:
+
+  python experiments/study.py --workdir runs/study --noone_token \
+      --sequence_config grpo_jax/configs/sequence_study.py:transformer
 """
 
 import os
@@ -39,7 +43,8 @@ _SEQUENCE_CONFIG = config_flags.DEFINE_config_file(
     "'grpo_jax/configs/sequence_study.py[:tiny]', the study in sequences.",
     lock_config=True,
 )
-_SEQUENCES = flags.DEFINE_boolean("sequences", True, "Also run the study in sequences.")
+_ONE_TOKEN = flags.DEFINE_boolean("one_token", True, "Run the one-token study.")
+_SEQUENCES = flags.DEFINE_boolean("sequences", True, "Run the study in sequences.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/study", "Run directory.")
 _REPORT_ONLY = flags.DEFINE_boolean(
     "report_only", False, "Write the report from the finished cells; run nothing."
@@ -75,11 +80,14 @@ SEQUENCE_FILE = "grpo_jax/configs/sequence_study.py"
 
 def run_sequences(workdir: str, config=None, log=print, **kwargs) -> dict:
     """The study in sequences (default config: grpo_jax/configs/sequence_study.py) in
-    `<workdir>/sequences` (no Gaussian toy figure); the same `kwargs` as `run`."""
+    `<workdir>/<config.subdir>` (`sequences`; `sequences-transformer` for the transformer
+    class) (no Gaussian toy figure); the same `kwargs` as `run`."""
     config = sequence_config.get_config() if config is None else config
     arg = "" if config.name == "default" else f" --sequence_config {SEQUENCE_FILE}:{config.name}"
-    command = f"python experiments/study.py --workdir {workdir}{arg}"
-    workdir = os.path.join(workdir, "sequences")
+    arg = arg.replace("transformer-tiny", "transformer,tiny")
+    only = " --noone_token" if config.policies == ["transformer"] else ""
+    command = f"python experiments/study.py --workdir {workdir}{arg}{only}"
+    workdir = os.path.join(workdir, config.subdir)
     return pipeline.run(
         workdir, config, study_config.cells, None, log=log, command=command, **kwargs
     )
@@ -91,20 +99,19 @@ def main(argv):
     kwargs = dict(
         report_only=_REPORT_ONLY.value, overwrite=_OVERWRITE.value, keep_checkpoints=_KEEP.value
     )
-    out = run(_WORKDIR.value, _CONFIG.value, **kwargs)
-    seq = (
-        run_sequences(_WORKDIR.value, _SEQUENCE_CONFIG.value, **kwargs)
-        if _SEQUENCES.value
-        else None
-    )
+    out = run(_WORKDIR.value, _CONFIG.value, **kwargs) if _ONE_TOKEN.value else None
+    seq_config = _SEQUENCE_CONFIG.value
+    seq = run_sequences(_WORKDIR.value, seq_config, **kwargs) if _SEQUENCES.value else None
     if _PUBLISH.value:
-        pipeline.publish(os.path.dirname(out["paths"]["report_md"]), ROOT)
-        print("published results.md to docs/results/ and README.md")
+        if out is not None:
+            pipeline.publish(os.path.dirname(out["paths"]["report_md"]), ROOT)
+            print("published results.md to docs/results/ and README.md")
         if seq is not None:
-            markers = (pipeline.SEQUENCE_BEGIN, pipeline.SEQUENCE_END)
+            markers = pipeline.part_markers(seq_config.subdir)
             report_dir = os.path.dirname(seq["paths"]["report_md"])
-            pipeline.publish(report_dir, ROOT, "docs/results/sequences", markers)
-            print("published the sequence part to docs/results/sequences/ and README.md")
+            docs = f"docs/results/{seq_config.subdir}"
+            pipeline.publish(report_dir, ROOT, docs, markers)
+            print(f"published the {seq_config.subdir} part to {docs}/ and README.md")
 
 
 if __name__ == "__main__":

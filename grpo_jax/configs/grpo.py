@@ -77,9 +77,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Reference policy: restored from `checkpoint` (an experiments/pretrain.py workdir) if set,
     # otherwise pretrained on the task's reference data at the start of the run (and saved
-    # under <workdir>/reference so a re-run reuses it).
+    # under <workdir>/reference so a re-run reuses it). `exact`: the transformer still
+    # starts from that fit, but its KL is to the task's exact reference table (an enumerable
+    # task: bandit, fork), so the regulariser is the data itself, not the fit.
     c.reference = ml_collections.ConfigDict(
-        dict(checkpoint="", steps=600, batch_size=256, lr=3e-3, chunk_steps=100, seed=1234)
+        dict(
+            checkpoint="",
+            steps=600,
+            batch_size=256,
+            lr=3e-3,
+            chunk_steps=100,
+            seed=1234,
+            exact=False,
+        )
     )
 
     # Where the policy starts (run/build.py STARTS): "fit" = the reference itself (its

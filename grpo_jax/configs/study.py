@@ -349,6 +349,8 @@ def base_config(study: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.update(tensorboard=False, progress=False, max_to_keep=2)
     c.loss.update(study.loss.to_dict())
     c.mesh.data = 1  # the population axis is the parallelism
+    c.model.update(study.get("model", {}))  # a transformer policy's sizes
+    c.reference.update(study.get("reference", {}))  # its pretraining; `exact`
     c.eval = ml_collections.ConfigDict(
         dict(arm="", replicate=0, seed=0, label="", multimodal=False, separation=0.0, workdir="")
     )

@@ -90,6 +90,13 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
         f"{config.policy!r}; valid: transformer, {', '.join(policies.POLICIES)}",
     )
     check_start(config.policy, config.init.start)
+    _require(
+        config.policy != "transformer"
+        or not exact_reference(config)
+        or (not task_given and config.task.name in ("bandit", "fork")),
+        "reference.exact",
+        f"needs a task with an exact reference table (bandit, fork), not {config.task.name!r}",
+    )
     if config.policy != "transformer":
         tabular_tasks = ("bandit", "fork") if config.policy == "tabular" else ("bandit",)
         _require(
@@ -194,6 +201,13 @@ def make_model_config(config, task):
     return pretrain.model_config_for(task, **dict(config.model))
 
 
+def exact_reference(config) -> bool:
+    """Whether the KL's reference is the task's exact table (`policies.reference_params`):
+    always for the one-token and tabular policies, and for a transformer with
+    `reference.exact` (it starts from its pretrained fit, regularised towards the data)."""
+    return config.policy != "transformer" or bool(config.reference.get("exact", False))
+
+
 def check_start(policy: str, start: str) -> None:
     """`init.start` is one of `STARTS`, and not "fit" only for the Gaussian policy (the
     config's and every member's)."""
@@ -269,7 +283,7 @@ def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RL
         skip_zero_grad=bool(config.train.skip_zero_grad),
         data_sharding=None if mesh is None else sharding.data_sharding(mesh),
         kl_choices=tuple(kl_choices),
-        ref_model=(None if config.policy == "transformer" else policies.make("tabular", task)),
+        ref_model=policies.make("tabular", task) if exact_reference(config) else None,
     )
 
 
@@ -342,11 +356,14 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
 
 def _init_population(setup, config, cells, task, model_config, ref_params, mesh):
     """The population's initial state: each member from its `init.start` (one shared start
-    is broadcast; several are stacked per member)."""
+    is broadcast; several are stacked per member); the KL's reference `ref_params`, or the
+    task's exact table (`exact_reference`)."""
     names = [str(cell_value(config, c, "init.start")) for c in cells]
     starts = {
         n: initial_params(config, task, model_config, ref_params, n) for n in dict.fromkeys(names)
     }
+    if config.policy == "transformer" and exact_reference(config):
+        ref_params = policies.reference_params(task)
     shared = len(starts) == 1
     start = (
         starts[names[0]]
@@ -378,7 +395,8 @@ def build_population(
 ):
     """(setup, task, initial population state, stacked hparams) of `config` and its member
     `cells`: what the chunk program is compiled for. `ref_params` default:
-    `reference.load_or_pretrain_reference` (cached in `reference_dir`). `task` and
+    `reference.load_or_pretrain_reference` (cached in `reference_dir`): the transformer's
+    start, and its KL's reference unless `exact_reference`. `task` and
     `model_config` (e.g. a GGUF model's) replace `config.task` and `config.model`."""
     task = make_task(config) if task is None else task
     mcfg = make_model_config(config, task) if model_config is None else model_config

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax.core.kl_choice import KLChoice
-from grpo_jax.models import policies
 from grpo_jax.rl import evaluate, train
 from grpo_jax.run import build, checkpoint, jsonio, programs, rundir, sharding, writers
 
@@ -354,9 +353,10 @@ def final_evaluation(out: PopulationResult, ks: Sequence[int] = (1, 4)) -> dict 
     """Every member's final policy against the reference at the sequence level
     (`rl.evaluate`: exact over an enumerable task, else exact pass@k and Rao-Blackwellised
     reward, KL and entropy): ``{metric: [S] or [S, ...] lists, "eval_method": str}``. None for
-    one-token policies (their exact outcomes are the study's, `grpo_jax.study.groups`) and
+    one-token policies and a transformer regularised towards the task's exact table
+    (`reference.exact`; their exact outcomes are the study's, `grpo_jax.study.groups`) and
     when the population spans several processes (its parameters are not all here)."""
-    if policies.is_policy(out.setup.model) or jax.process_count() > 1:
+    if out.setup.ref_model is not None or jax.process_count() > 1:
         return None
     params = out.state.params
     s = jax.tree.leaves(params)[0].shape[0]

@@ -40,7 +40,7 @@ from grpo_jax.core import tables
 from grpo_jax.core.checks import check_name
 from grpo_jax.core.kl_choice import ENTROPY_ARM
 from grpo_jax.models import policies
-from grpo_jax.tasks import sequence_optima
+from grpo_jax.tasks import enumeration, sequence_optima
 from grpo_jax.tasks.bandit import bandit_optimum
 
 # Cells of one group differ only in these: the population's members.
@@ -136,11 +136,19 @@ def one_token_outcomes(logp: np.ndarray, vec: Mapping[str, np.ndarray]) -> dict[
     }
 
 
-def final_logprobs(model, params) -> np.ndarray:
+def final_logprobs(model, params, task=None) -> np.ndarray:
     """[S, A] answer log-probabilities of a population of one-token policies over the
     ordinary tokens, normalised in float64 from the float32 logits; for a
     `SequenceTabularPolicy`, over its (prompt, completion) pairs (uniform prompts, as the
-    fork task's), [S, Np V^T]."""
+    fork task's), [S, Np V^T]; for a transformer on a fork `task`, the same pairs by
+    enumeration (`tasks.enumeration.enumerated_logprobs`, specials banned as the sampler
+    bans them), weighted by the prompts' probabilities."""
+    if not policies.is_policy(model):
+        logp = jax.jit(jax.vmap(lambda p: enumeration.enumerated_logprobs(model, p, task)))(params)
+        w = np.log(np.asarray(task.prompt_probs(), np.float64))[None, :, None]
+        logp = np.asarray(logp, np.float64)
+        logp = logp - np.logaddexp.reduce(logp, axis=-1, keepdims=True) + w
+        return logp.reshape(logp.shape[0], -1)
     if isinstance(model, policies.SequenceTabularPolicy):
         a, n = len(model.support), len(model.prompts)
         z = [np.asarray(params[f"t{t}"], np.float64)[..., :a] for t in range(model.length)]
@@ -190,7 +198,7 @@ def _optimum(task, vec, arm: str, beta: float) -> np.ndarray | None:
 
 def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec) -> list[dict]:
     """One record per population member (see the module docstring)."""
-    logp = final_logprobs(result.setup.model, result.state.params)
+    logp = final_logprobs(result.setup.model, result.state.params, result.task)
     probs = np.exp(logp)
     hist = result.history
     idx = np.unique(np.linspace(0, hist["reward_mean"].shape[1] - 1, 20).round().astype(int))
@@ -200,7 +208,7 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
         strength = float(cell.loss.entropy_coef if arm == ENTROPY_ARM else cell.loss.beta)
         opt = (
             _optimum(result.task, vec, arm, float(cell.loss.beta))
-            if config.policy == "tabular"
+            if config.policy != "gaussian"  # a transformer's: the capacity diagnostic
             else None
         )
         records.append(

@@ -30,7 +30,26 @@ from grpo_jax.study.report.markdown import (
     readme_block,
 )
 
-__all__ = ["README_BEGIN", "README_END", "SEQUENCE_BEGIN", "SEQUENCE_END", "publish", "run"]
+__all__ = [
+    "README_BEGIN",
+    "README_END",
+    "SEQUENCE_BEGIN",
+    "SEQUENCE_END",
+    "part_markers",
+    "publish",
+    "run",
+]
+
+
+def part_markers(subdir: str) -> tuple[str, str]:
+    """The README markers of a sequence part's results (`sequences`: `SEQUENCE_BEGIN`,
+    `SEQUENCE_END`; another part, e.g. `sequences-transformer`, its own pair)."""
+    if subdir == "sequences":
+        return SEQUENCE_BEGIN, SEQUENCE_END
+    return (
+        f"<!-- {subdir} results.md: begin (written by experiments/study.py --publish) -->",
+        f"<!-- {subdir} results.md: end -->",
+    )
 
 
 def publish(
@@ -94,7 +113,10 @@ def _notes(config, workdir, wall_s, missing, cells, machine, command=None) -> di
     arg = "" if config.name == "default" else f" --config grpo_jax/configs/study.py:{config.name}"
     sequences = config.modalities[0]["task"]["name"] == "fork"
     if sequences:
-        full = "; no `full` config yet (the transformer arm comes first)"
+        full = (
+            "; the GPU `full` config is sized in docs/design.md, 'The study in sequences' "
+            "(not yet run)"
+        )
     else:
         full = (
             "; `full` (GPU) adds separations 1-8σ in steps of 1 plus 5.6σ, 4 modes "

@@ -21,6 +21,11 @@ from grpo_jax.study.report import frontier, inference as inf
 UNIMODAL = "1 mode"
 
 
+# Policy classes whose target is the closed form (the transformer's at infinite capacity:
+# its distance to it is the capacity diagnostic); drawn and printed beside their runs.
+CLOSED_FORM_CLASSES = ("tabular", "transformer")
+
+
 def outcome_order(config) -> list[str]:
     """The declared outcomes, primary first."""
     primary = config["primary_outcome"]
@@ -496,7 +501,8 @@ def ratio_check(records, vectors: Mapping[str, Mapping[str, Any]], tol) -> list[
 
 
 def training_quality(records, tv_target: float = 0.05) -> dict[str, Any]:
-    """How close the tabular primary runs came to their closed-form optima, and how often
+    """How close the primary runs came to their closed-form optima (`CLOSED_FORM_CLASSES`),
+    and how often
     an update was skipped for an exactly zero gradient."""
     tv = np.asarray(
         [

@@ -155,7 +155,7 @@ def plot_glance(
                 pts = _band(records, policy, label, arm, "reward", outcome)
                 if pts is not None:
                     _curve(ax, pts, ARM_COLOURS[arm], LABELS[arm])
-            if policy == "tabular" and optima and label in optima:
+            if policy in analysis.CLOSED_FORM_CLASSES and optima and label in optima:
                 for d, arm in (("forward", "exact_fwd/loss"), ("reverse", "exact_rev/loss")):
                     c = optima[label][d]
                     ax.plot(c["reward"], c[outcome], "--", color=ARM_COLOURS[arm], lw=0.9)
@@ -312,7 +312,7 @@ def plot_delta_frontier(result, outdir, optima=None) -> list[str]:
                 )
                 ax.errorbar(f, m, yerr=err.T, fmt=style, ms=3, lw=1, color=colour, capsize=2,
                             label=f"{modality} (Z0 {rs[0]['z0']:.2f})")  # fmt: skip
-            if policy == "tabular" and optima and modality in optima:
+            if policy in analysis.CLOSED_FORM_CLASSES and optima and modality in optima:
                 cf = _closed_form_along(optima[modality], fr["refs"][modality], o, fine)
                 ax.plot(fine, cf, "--", lw=0.8, color=colour)
         ax.axhline(0.0, color="k", lw=0.5)

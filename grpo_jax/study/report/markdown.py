@@ -338,10 +338,10 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
     lines += [f"### Key effects: {o}, forward − reverse at matched reward (primary contrast)", ""]
     closed = result.get("closed_form") or {}
     for p, r in result["q1"]["primary"]["policies"].items():
-        exact = p == "tabular" and bool(closed)  # the closed form at the same r*
+        exact = bool(closed.get(p))  # the closed form at the class's r*
         rows = [
             [t["kind"], t["baseline"], t["modality"], ci(t["estimate"])]
-            + ([_closed_form_of(t, closed)] if exact else [])
+            + ([_closed_form_of(t, closed[p])] if exact else [])
             + [fmt(t["estimate"]["p_adj"], 2)]
             for t in r["tests"]
             if t["outcome"] == o
@@ -460,22 +460,25 @@ def _claims_section(result) -> list[str]:
     return out + table(["claim", "policy class", "per reference", "reading"], rows)
 
 
-def _closed_form(result, config, optima) -> dict[str, float]:
-    """{modality: closed-form forward - reverse primary outcome at the tabular r*}."""
+def _closed_form(result, config, optima) -> dict[str, dict[str, float]]:
+    """{policy: {modality: closed-form forward - reverse primary outcome at the class's r*}}
+    for the `analysis.CLOSED_FORM_CLASSES`."""
     out = {}
     for t in result.get("targets", []):
-        if t["policy"] == "tabular" and t["modality"] in optima:
+        if t["policy"] in analysis.CLOSED_FORM_CLASSES and t["modality"] in optima:
             delta = analysis.closed_form_delta(
                 optima[t["modality"]], config["primary_outcome"], t["target"]
             )
-            out[t["modality"]] = None if math.isnan(delta) else float(delta)
+            delta = None if math.isnan(delta) else float(delta)
+            out.setdefault(t["policy"], {})[t["modality"]] = delta
     return out
 
 
 def _frontier_closed_form(result, config, optima) -> None:
-    """The closed-form forward - reverse at each tabular frontier row's target (in place)."""
+    """The closed-form forward - reverse at each frontier row's target (in place), for the
+    `analysis.CLOSED_FORM_CLASSES`."""
     for r in (result.get("frontier") or {}).get("rows", []):
-        if r["policy"] == "tabular" and r["modality"] in optima:
+        if r["policy"] in analysis.CLOSED_FORM_CLASSES and r["modality"] in optima:
             d = analysis.closed_form_delta(
                 optima[r["modality"]], config["primary_outcome"], r["target"]
             )

@@ -31,7 +31,8 @@ def frontier_section(result: Mapping[str, Any]) -> list[str]:
         "Each reference at the same fractions f of its attainable improvement, reward = "
         "E_ref[R] + f (max R − E_ref[R]) (95 % interval, seeds paired; – where too few seeds "
         "are matchable there). Z0: the reference's mass on zero-reward answers. For the "
-        "tabular class the closed form at the same point follows in parentheses.",
+        "tabular class (and the transformer, whose target it is at infinite capacity) the "
+        "closed form at the same point follows in parentheses.",
         "",
     ]
     for policy in dict.fromkeys(r["policy"] for r in fr["rows"]):
