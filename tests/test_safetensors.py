@@ -233,3 +233,50 @@ def test_refusals_name_the_problem(checkpoints, tmp_path):
         json.dump(index, fh)
     with pytest.raises(FileNotFoundError, match="shard 'model-00001-of-00002.safetensors'"):
         hf_llama.read_tensors(str(broken))
+
+
+def test_grpo_config_takes_its_reference_from_a_safetensors_dir(tmp_path):
+    """`config.reference.safetensors_dir`: the checkpoint's config.json is the run's model
+    and its weights the reference and the policy's start, with no pretraining; a checkpoint
+    of another vocabulary, or set together with reference.checkpoint, is refused."""
+    import jax  # noqa: PLC0415
+
+    from grpo_jax.run import build, reference  # noqa: PLC0415
+    from train_helpers import tiny_config  # noqa: PLC0415
+
+    config = tiny_config(steps=1, chunk=1)
+    task = build.make_task(config)
+    sizes = Sizes(task.vocab_size, 16, 2, 1, 24, 1, 1e-6, 10000.0)
+    directory = str(tmp_path / "ref")
+    stored = write_checkpoint(
+        directory,
+        random_weights(sizes, 3),
+        vocab_size=task.vocab_size,
+        hidden_size=16,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+    )
+    config.reference.safetensors_dir = directory
+    build.validate_config(config)
+    mcfg = build.make_model_config(config, task)
+    assert (mcfg.width, mcfg.num_layers, mcfg.kv_heads, mcfg.tie_embeddings) == (16, 1, 1, True)
+    assert mcfg.max_len == task.prompt_len + task.completion_len
+    logs = []
+    _, _, state, _ = build.build_population(config, [{}], log=logs.append)
+    assert logs == [f"reference loaded from {directory}"]  # loaded, not pretrained
+    for params in (state.ref_params, state.params):  # the policy starts at the reference
+        embed = np.asarray(jax.tree.map(lambda x: x[0], params)["embed"]["embedding"][...])
+        np.testing.assert_array_equal(embed, stored["embed"])
+    config.reference.checkpoint = str(tmp_path)
+    with pytest.raises(ValueError, match=r"config\.reference\.safetensors_dir: .* both set"):
+        build.validate_config(config)
+    config.reference.checkpoint = ""
+    other = str(tmp_path / "other")
+    write_checkpoint(other, random_weights(S, 4))
+    config.reference.safetensors_dir = other
+    with pytest.raises(ValueError, match=f"vocab_size {S.vocab} is not the task's"):
+        reference.safetensors_model_config(config, task)

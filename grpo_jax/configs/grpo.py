@@ -76,10 +76,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     # Reference policy: restored from `checkpoint` (an experiments/pretrain.py workdir) if set,
-    # otherwise pretrained on the task's reference data at the start of the run (and saved
-    # under <workdir>/reference so a re-run reuses it).
+    # or loaded from `safetensors_dir` (a Hugging Face Llama checkpoint: config.json +
+    # *.safetensors, models/hf_llama.py; its config.json then gives the model, not
+    # `model` above, except model.dtype; its vocabulary must be the task's), otherwise
+    # pretrained on the task's reference data at the start of the run (and saved under
+    # <workdir>/reference so a re-run reuses it).
     c.reference = ml_collections.ConfigDict(
-        dict(checkpoint="", steps=600, batch_size=256, lr=3e-3, chunk_steps=100, seed=1234)
+        dict(
+            checkpoint="",
+            safetensors_dir="",
+            steps=600,
+            batch_size=256,
+            lr=3e-3,
+            chunk_steps=100,
+            seed=1234,
+        )
     )
 
     # Where the policy starts (run/build.py STARTS): "fit" = the reference itself (its

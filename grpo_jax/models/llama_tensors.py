@@ -6,21 +6,21 @@ layout; for GGUF, ``ne = [in, out]`` read back reversed); our kernels are ``[in,
 every matrix but the embedding is transposed. One row of ``LAYER`` per block tensor and of
 ``GLOBAL`` per model tensor, with its name in each format:
 
-    our path                   transpose  role  GGUF name                  HF name
-    embed/embedding            no         -     token_embd.weight          model.embed_tokens.weight
-    blocks/N/attn_norm/scale   no         -     blk.N.attn_norm.weight     model.layers.N.input_layernorm.weight
-    blocks/N/attn/q/kernel     yes        q     blk.N.attn_q.weight        model.layers.N.self_attn.q_proj.weight
-    blocks/N/attn/k/kernel     yes        k     blk.N.attn_k.weight        model.layers.N.self_attn.k_proj.weight
-    blocks/N/attn/v/kernel     yes        -     blk.N.attn_v.weight        model.layers.N.self_attn.v_proj.weight
-    blocks/N/attn/o/kernel     yes        -     blk.N.attn_output.weight   model.layers.N.self_attn.o_proj.weight
-    blocks/N/mlp_norm/scale    no         -     blk.N.ffn_norm.weight      model.layers.N.post_attention_layernorm.weight
-    blocks/N/mlp/gate/kernel   yes        -     blk.N.ffn_gate.weight      model.layers.N.mlp.gate_proj.weight
-    blocks/N/mlp/up/kernel     yes        -     blk.N.ffn_up.weight        model.layers.N.mlp.up_proj.weight
-    blocks/N/mlp/down/kernel   yes        -     blk.N.ffn_down.weight      model.layers.N.mlp.down_proj.weight
-    final_norm/scale           no         -     output_norm.weight         model.norm.weight
-    head/kernel                yes        -     output.weight              lm_head.weight   (untied only)
+    our path                  .T   role  GGUF name           HF name
+    embed/embedding           no   -     token_embd          model.embed_tokens
+    blocks/N/attn_norm/scale  no   -     blk.N.attn_norm     model.layers.N.input_layernorm
+    blocks/N/attn/q/kernel    yes  q     blk.N.attn_q        model.layers.N.self_attn.q_proj
+    blocks/N/attn/k/kernel    yes  k     blk.N.attn_k        model.layers.N.self_attn.k_proj
+    blocks/N/attn/v/kernel    yes  -     blk.N.attn_v        model.layers.N.self_attn.v_proj
+    blocks/N/attn/o/kernel    yes  -     blk.N.attn_output   model.layers.N.self_attn.o_proj
+    blocks/N/mlp_norm/scale   no   -     blk.N.ffn_norm      model.layers.N.post_attention_layernorm
+    blocks/N/mlp/gate/kernel  yes  -     blk.N.ffn_gate      model.layers.N.mlp.gate_proj
+    blocks/N/mlp/up/kernel    yes  -     blk.N.ffn_up        model.layers.N.mlp.up_proj
+    blocks/N/mlp/down/kernel  yes  -     blk.N.ffn_down      model.layers.N.mlp.down_proj
+    final_norm/scale          no   -     output_norm         model.norm
+    head/kernel               yes  -     output              lm_head        (untied only)
 
-The role marks the rows a format may store in another RoPE order (GGUF permutes q and k;
+Every name ends in ``.weight``. The role marks the rows a format may store in another RoPE order (GGUF permutes q and k;
 ``gguf.unpermute_qk``); a format's loader passes a ``transform(name, role, array)`` for that.
 Every check happens here, on the array as stored, before any transform: a missing tensor, a
 tensor the model has no place for, and a tensor of the wrong shape are ``ValueError``s naming
