@@ -180,9 +180,9 @@ def params_from_tensors(config: model_lib.ModelConfig, tensors: dict, *, where: 
     arrays (``llama_tensors.params_from_tensors``; q/k rows used as stored)."""
     tensors = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
     head = llama_tensors.head_name("hf")
-    if config.tie_embeddings and head in tensors:
-        embed = tensors.get("model.embed_tokens.weight")
-        if embed is None or not np.array_equal(tensors[head], embed):
+    embed = tensors.get("model.embed_tokens.weight")
+    if config.tie_embeddings and head in tensors and embed is not None:
+        if not np.array_equal(tensors[head], embed):
             raise ValueError(
                 f"{where}: tie_word_embeddings is true but {head!r} is not a copy of "
                 "'model.embed_tokens.weight'"
