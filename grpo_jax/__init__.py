@@ -7,7 +7,9 @@ docs/design.md describes the math, the layout and the data flow.
   core/     the math, pure and jit/vmap/grad-safe: kl (estimators, exact KL), kl_choice,
             advantages, losses, audit (exact expected gradients), stats, checks, tables
   models/   model (flax.nnx decoder), sampling (the one jitted KV-cache sampler), policies
-            (tabular / Gaussian, a tabular per prefix for sequences), gguf and tokenizer (SmolLM2 from a GGUF file)
+            (tabular / Gaussian, a tabular per prefix for sequences), gguf and tokenizer (SmolLM2 from a GGUF file),
+            hf_llama (Hugging Face Llama safetensors checkpoints), llama_tensors (the
+            tensor mapping both loaders share)
   tasks/    synthetic reward tasks with a modality dial (bandit, fork, ...); sequence_optima
             (the fork's closed forms); enumeration (exact quantities of a model over a task's
             completions)

@@ -4,8 +4,8 @@ grouped-query attention (4 query heads, 2 key/value heads), tied embeddings (no
 ``output.weight``), Q and K rows permuted for adjacent-pair RoPE, one Q8_0 and one Q4_1
 matrix, a byte-level BPE vocabulary with merges and control tokens, a chat template.
 
-The loaded model's logits are compared with two NumPy forwards written here: llama.cpp's
-(the file's raw rows, adjacent-pair RoPE) and Hugging Face's (the original rows,
+The loaded model's logits are compared with two NumPy forwards (tests/llama_numpy.py):
+llama.cpp's (the file's raw rows, adjacent-pair RoPE) and Hugging Face's (the original rows,
 rotate-half RoPE). Dropping the loader's Q/K un-permutation fails the comparison.
 The real SmolLM2 file (98 MB) is exercised by experiments/lm_greedy.py, not here.
 """
@@ -21,6 +21,7 @@ from grpo_jax.models import gguf as G  # noqa: E402
 from grpo_jax.models import model as M  # noqa: E402
 from grpo_jax.models import sampling  # noqa: E402
 from grpo_jax.models import tokenizer as T  # noqa: E402
+from llama_numpy import Sizes, numpy_forward as forward, random_weights, rope_adjacent, rope_half
 
 D, H, HKV, DH, MLP, LAYERS = 32, 4, 2, 8, 64, 2
 EPS, THETA, CTX = 1e-5, 500.0, 32
@@ -72,6 +73,7 @@ def tiny_vocab():
 
 
 V = len(tiny_vocab()[0])
+SIZES = Sizes(vocab=V, width=D, heads=H, kv_heads=HKV, mlp=MLP, layers=LAYERS, eps=EPS, theta=THETA)
 
 
 def converter_permute(w, n_head):
@@ -85,24 +87,7 @@ def converter_permute(w, n_head):
 
 def hf_weights(seed=0):
     """A random Llama checkpoint in Hugging Face layout (``nn.Linear.weight = [out, in]``)."""
-    rng = np.random.default_rng(seed)
-    n = lambda *s: (0.2 * rng.standard_normal(s)).astype(np.float32)
-    w = {"embed": n(V, D), "final_norm": (1 + n(D)).astype(np.float32), "layers": []}
-    for _ in range(LAYERS):
-        w["layers"].append(
-            dict(
-                attn_norm=(1 + n(D)).astype(np.float32),
-                q=n(H * DH, D),
-                k=n(HKV * DH, D),
-                v=n(HKV * DH, D),
-                o=n(D, H * DH),
-                ffn_norm=(1 + n(D)).astype(np.float32),
-                gate=n(MLP, D),
-                up=n(MLP, D),
-                down=n(D, MLP),
-            )
-        )
-    return w
+    return random_weights(SIZES, seed)
 
 
 def quantized(w, qtype):
@@ -186,52 +171,29 @@ def tiny(tmp_path_factory):
 # ------------------------------------------------------------------------------------------
 
 
-def rms(x, g):
-    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + EPS) * g
-
-
-def rope_adjacent(x, pos):
-    """llama.cpp LLAMA_ROPE_TYPE_NORM: pairs (2i, 2i+1). x [L, h, Dh]."""
-    i = np.arange(DH // 2)
-    a = pos[:, None, None] * THETA ** (-2.0 * i / DH)
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    out = np.empty_like(x)
-    out[..., 0::2] = x0 * np.cos(a) - x1 * np.sin(a)
-    out[..., 1::2] = x0 * np.sin(a) + x1 * np.cos(a)
-    return out
-
-
-def rope_half(x, pos):
-    """Hugging Face Llama / NeoX: pairs (i, i + Dh/2). x [L, h, Dh]."""
-    i = np.arange(DH // 2)
-    a = pos[:, None, None] * THETA ** (-2.0 * i / DH)
-    x1, x2 = x[..., : DH // 2], x[..., DH // 2 :]
-    return np.concatenate([x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)], -1)
+# Per block: GGUF name -> the role name of tests/llama_numpy.py.
+ROLES = {
+    "attn_norm": "attn_norm",
+    "attn_q": "q",
+    "attn_k": "k",
+    "attn_v": "v",
+    "attn_output": "o",
+    "ffn_norm": "ffn_norm",
+    "ffn_gate": "gate",
+    "ffn_up": "up",
+    "ffn_down": "down",
+}
 
 
 def numpy_forward(t, tokens, rope_fn):
-    """Logits [L, V] (float64) of one sequence; ``t`` GGUF-named arrays [out, in]."""
-    x = t["token_embd.weight"][tokens].astype(np.float64)
-    L = len(tokens)
-    pos = np.arange(L, dtype=np.float64)
-    causal = np.tril(np.ones((L, L), bool))
+    """Logits [L, V] (float64) of one sequence; ``t`` GGUF-named arrays [out, in]
+    (tests/llama_numpy.py's forward)."""
+    w = {"embed": t["token_embd.weight"], "final_norm": t["output_norm.weight"], "layers": []}
+    if "output.weight" in t:
+        w["head"] = t["output.weight"]
     for i in range(LAYERS):
-        g = lambda n: t[f"blk.{i}.{n}.weight"].astype(np.float64)
-        h = rms(x, g("attn_norm"))
-        q = rope_fn((h @ g("attn_q").T).reshape(L, H, DH), pos)
-        k = rope_fn((h @ g("attn_k").T).reshape(L, HKV, DH), pos)
-        v = (h @ g("attn_v").T).reshape(L, HKV, DH)
-        k, v = np.repeat(k, H // HKV, axis=1), np.repeat(v, H // HKV, axis=1)
-        s = np.einsum("lhd,shd->hls", q, k) / np.sqrt(DH)
-        s = np.where(causal[None], s, -np.inf)
-        p = np.exp(s - s.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
-        x = x + np.einsum("hls,shd->lhd", p, v).reshape(L, H * DH) @ g("attn_output").T
-        h = rms(x, g("ffn_norm"))
-        a = h @ g("ffn_gate").T
-        x = x + ((a / (1 + np.exp(-a))) * (h @ g("ffn_up").T)) @ g("ffn_down").T
-    head = t.get("output.weight", t["token_embd.weight"]).astype(np.float64)
-    return rms(x, t["output_norm.weight"].astype(np.float64)) @ head.T
+        w["layers"].append({r: t[f"blk.{i}.{g}.weight"] for g, r in ROLES.items()})
+    return forward(w, tokens, SIZES, rope_fn)
 
 
 def hf_tensors(w, expected):

@@ -76,13 +76,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     # Reference policy: restored from `checkpoint` (an experiments/pretrain.py workdir) if set,
-    # otherwise pretrained on the task's reference data at the start of the run (and saved
-    # under <workdir>/reference so a re-run reuses it). `exact`: the transformer still
-    # starts from that fit, but its KL is to the task's exact reference table (an enumerable
-    # task: bandit, fork), so the regulariser is the data itself, not the fit.
+    # or loaded from `safetensors_dir` (a Hugging Face Llama checkpoint: config.json +
+    # *.safetensors, models/hf_llama.py; its config.json then gives the model, not
+    # `model` above, except model.dtype; its vocabulary must be the task's), otherwise
+    # pretrained on the task's reference data at the start of the run (and saved under
+    # <workdir>/reference so a re-run reuses it). `exact`: the transformer still starts
+    # from that fit, but its KL is to the task's exact reference table (an enumerable task:
+    # bandit, fork), so the regulariser is the data itself, not the fit.
     c.reference = ml_collections.ConfigDict(
         dict(
             checkpoint="",
+            safetensors_dir="",
             steps=600,
             batch_size=256,
             lr=3e-3,

@@ -10,7 +10,8 @@ parameter pytree of ``model.ModelConfig`` (grouped-query attention, tied embeddi
 
 **Tensor names** (llama.cpp ``gguf-py/gguf/constants.py``, arch ``llama``). A GGUF tensor of
 ``ne = [in, out]`` is a NumPy array ``[out, in]`` (PyTorch's ``nn.Linear.weight`` layout);
-our kernels are ``[in, out]``, so every matrix but the embedding is transposed:
+our kernels are ``[in, out]``, so every matrix but the embedding is transposed (the
+mapping is ``llama_tensors.py``'s, shared with the safetensors loader ``hf_llama.py``):
 
     token_embd.weight           [V, D]          embed/embedding
     blk.N.attn_norm.weight      [D]             blocks/N/attn_norm/scale
@@ -58,10 +59,9 @@ import sys
 import zipfile
 from typing import Any
 
-import jax
 import numpy as np
 
-from grpo_jax.models import model as model_lib
+from grpo_jax.models import llama_tensors, model as model_lib
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -223,31 +223,11 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 # Tensors -> parameters
 # ------------------------------------------------------------------------------------------
 
-_LAYER = {  # GGUF name in block N -> (our path below blocks/N, transpose, permute heads)
-    "attn_norm.weight": (("attn_norm", "scale"), False, None),
-    "attn_q.weight": (("attn", "q", "kernel"), True, "q"),
-    "attn_k.weight": (("attn", "k", "kernel"), True, "k"),
-    "attn_v.weight": (("attn", "v", "kernel"), True, None),
-    "attn_output.weight": (("attn", "o", "kernel"), True, None),
-    "ffn_norm.weight": (("mlp_norm", "scale"), False, None),
-    "ffn_gate.weight": (("mlp", "gate", "kernel"), True, None),
-    "ffn_up.weight": (("mlp", "up", "kernel"), True, None),
-    "ffn_down.weight": (("mlp", "down", "kernel"), True, None),
-}
-
 
 def tensor_map(config: model_lib.ModelConfig) -> dict[str, tuple[tuple, bool, str | None]]:
-    """``{gguf name: (our parameter path, transpose, 'q' | 'k' | None)}`` for ``config``."""
-    out = {
-        "token_embd.weight": (("embed", "embedding"), False, None),
-        "output_norm.weight": (("final_norm", "scale"), False, None),
-    }
-    if not config.tie_embeddings:
-        out["output.weight"] = (("head", "kernel"), True, None)
-    for n in range(config.num_layers):
-        for name, (path, transpose, perm) in _LAYER.items():
-            out[f"blk.{n}.{name}"] = (("blocks", str(n)) + path, transpose, perm)
-    return out
+    """``{gguf name: (our parameter path, transpose, 'q' | 'k' | None)}`` for ``config``
+    (``llama_tensors.tensor_map``, the table shared with the safetensors loader)."""
+    return llama_tensors.tensor_map(config, "gguf")
 
 
 def params_from_tensors(
@@ -259,51 +239,19 @@ def params_from_tensors(
     allow_unused: bool = False,
 ):
     """The parameter pytree (float32 ``nnx.State``) of ``config`` from GGUF-named float32
-    arrays (``read_tensors``). ``unpermute=False`` skips the Q/K un-permutation (only to show
-    that it matters). Missing tensors, wrong shapes and (unless ``allow_unused``) tensors the
-    model has no place for are ``ValueError``s."""
-    mapping = tensor_map(config)
-    missing = [name for name in mapping if name not in tensors]
-    if missing:
-        raise ValueError(
-            f"{where}: missing tensor(s) {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''} for {config}"
-        )
-    unused = sorted(set(tensors) - set(mapping))
-    if unused and not allow_unused:
-        raise ValueError(
-            f"{where}: tensor(s) the model has no place for: {unused[:8]} " "(unsupported variant?)"
-        )
-    by_path = {}
-    for name, (path, transpose, perm) in mapping.items():
-        w = np.asarray(tensors[name], np.float32)
-        if perm is not None and unpermute:
-            n_head = config.num_heads if perm == "q" else config.kv_heads
-            if w.ndim != 2 or w.shape[0] % n_head or (w.shape[0] // n_head) % 2:
-                raise ValueError(
-                    f"{where}: tensor {name!r} has shape {w.shape}, which is not "
-                    f"[{n_head} heads x even head_dim, D]"
-                )
-            w = unpermute_qk(w, n_head)
-        by_path[path] = w.T if transpose else w
-    abstract = model_lib.abstract_params(config)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    leaves = []
-    inverse = {path: name for name, (path, _, _) in mapping.items()}
-    for path, leaf in flat:
-        key = model_lib._path_names(path)  # pylint: disable=protected-access
-        if key not in by_path:
-            raise ValueError(f"{where}: no GGUF tensor maps to parameter {'/'.join(key)}")
-        w = by_path[key]
-        if tuple(w.shape) != tuple(leaf.shape):
-            gguf_shape = tuple(reversed(w.T.shape if mapping[inverse[key]][1] else w.shape))
-            raise ValueError(
-                f"{where}: tensor {inverse[key]!r} has shape (ne) {gguf_shape}; "
-                f"parameter {'/'.join(key)} needs {tuple(leaf.shape)} for "
-                f"{config}"
-            )
-        leaves.append(jax.numpy.asarray(w, jax.numpy.float32))
-    return jax.tree.unflatten(treedef, leaves)
+    arrays (``read_tensors``), by ``llama_tensors.params_from_tensors``. ``unpermute=False``
+    skips the Q/K un-permutation (only to show that it matters). Missing tensors, wrong
+    shapes (as stored: ``[out, in]``) and (unless ``allow_unused``) tensors the model has no
+    place for are ``ValueError``s."""
+
+    def unpermute_rows(name, role, w):
+        if role is None or not unpermute:
+            return w
+        return unpermute_qk(w, config.num_heads if role == "q" else config.kv_heads)
+
+    return llama_tensors.params_from_tensors(
+        config, tensors, "gguf", where=where, transform=unpermute_rows, allow_unused=allow_unused
+    )
 
 
 def load(path: str, *, max_len: int | None = None, dtype: str = "float32", unpermute: bool = True):

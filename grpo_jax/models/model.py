@@ -7,7 +7,8 @@ RMSNorm eps 1e-6, rotary position embeddings (theta 10000, rotate-half form), Si
 MLP ``W_down(silu(W_gate x) * W_up x)``, no biases anywhere, every weight initialised
 N(0, 0.02^2) (RMSNorm scales start at 1).
 
-Options for pretrained Llama-family checkpoints (``grpo_jax/models/gguf.py``), each off by default
+Options for pretrained Llama-family checkpoints (``grpo_jax/models/gguf.py``,
+``grpo_jax/models/hf_llama.py``), each off by default
 so the defaults are the model above bit for bit: grouped-query attention
 (``num_kv_heads < num_heads``: each key/value head serves ``num_heads // num_kv_heads``
 consecutive query heads), tied embeddings (``tie_embeddings``: the head is the embedding

@@ -9,6 +9,7 @@ and the stacked `train.Hparams` that `runner.run_population` compiles and runs.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -19,7 +20,7 @@ import numpy as np
 from grpo_jax import tasks
 from grpo_jax.core import losses
 from grpo_jax.core.kl_choice import KLChoice
-from grpo_jax.models import model as model_lib
+from grpo_jax.models import hf_llama, model as model_lib
 from grpo_jax.models import policies
 from grpo_jax.rl import pretrain, train
 from grpo_jax.run import checkpoint, config_utils, reference, sharding
@@ -167,6 +168,23 @@ def _validate_train_and_mesh(config: ml_collections.ConfigDict) -> None:
         f"{t.on_nonfinite!r}; valid: {', '.join(NONFINITE_MODES)}",
     )
     ref = config.reference.checkpoint
+    hf_dir = reference.safetensors_dir(config)
+    _require(
+        not (hf_dir and ref),
+        "reference.safetensors_dir",
+        f"{hf_dir!r} and config.reference.checkpoint {ref!r} are both set; a reference "
+        "comes from one of them",
+    )
+    _require(
+        not hf_dir or config.policy == "transformer",
+        "reference.safetensors_dir",
+        f"{hf_dir!r} is for the transformer policy, not {config.policy!r}",
+    )
+    _require(
+        not hf_dir or os.path.isfile(os.path.join(hf_dir, hf_llama.CONFIG_FILE)),
+        "reference.safetensors_dir",
+        f"{hf_dir!r} holds no {hf_llama.CONFIG_FILE} (a Hugging Face Llama checkpoint)",
+    )
     _require(
         not ref or checkpoint.latest_step(ref) is not None,
         "reference.checkpoint",
@@ -194,10 +212,13 @@ def make_task(config) -> Any:
 
 
 def make_model_config(config, task):
-    """The policy's model: a transformer `ModelConfig` (`config.policy == "transformer"`) or
+    """The policy's model: a transformer `ModelConfig` (`config.policy == "transformer"`:
+    `config.model`, or the config.json of `config.reference.safetensors_dir`) or
     a one-token policy of policies.py ("tabular", "gaussian")."""
     if config.policy != "transformer":
         return policies.make(config.policy, task)
+    if reference.safetensors_dir(config):  # a Hugging Face checkpoint's own model
+        return reference.safetensors_model_config(config, task)
     return pretrain.model_config_for(task, **dict(config.model))
 
 

@@ -3,12 +3,19 @@
     save_reference(directory, step, params, task_config=..., model_config=..., report=...)
     task, model_config, params, metadata = restore_reference(directory)
     params = load_or_pretrain_reference(config, task, model_config, directory)
+    model_config = safetensors_model_config(config, task)   # config.reference.safetensors_dir
 
 A saved reference is an orbax checkpoint (checkpoint.py) whose JSON metadata is
 `reference_metadata(...)`: {"task": task config (name + fields), "model": ModelConfig
 fields, "pretrain": the pretraining settings, "report": the fit (rl/reference_fit.py)}.
 The GRPO runner's cached references and experiments/pretrain.py both write it, and
 `restore_reference` reads either.
+
+A reference may also be a Hugging Face Llama checkpoint (`config.reference.safetensors_dir`:
+config.json + safetensors, read by models/hf_llama.py, the safetensors counterpart of the
+GGUF loader models/gguf.py): its config.json is then the run's model
+(`safetensors_model_config`, which `build.make_model_config` calls) and its weights the
+reference, loaded on every start, never cached.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any, Mapping
 
 import jax
 
-from grpo_jax.models import model as model_lib, policies
+from grpo_jax.models import hf_llama, model as model_lib, policies
 from grpo_jax.rl import pretrain
 from grpo_jax.run import checkpoint, config_utils, rundir
 
@@ -69,6 +76,35 @@ def restore_reference(directory: str, step: int | None = None):
     return task, model_config, params, meta
 
 
+def safetensors_dir(config) -> str:
+    """`config.reference.safetensors_dir`, "" when unset (or absent from an older config)."""
+    return str(config.reference.get("safetensors_dir", "") or "")
+
+
+def safetensors_model_config(config, task) -> model_lib.ModelConfig:
+    """The model of the Hugging Face checkpoint in `config.reference.safetensors_dir`, sized
+    for `task` (max_len = prompt + completion length; compute dtype `config.model.dtype`).
+    A vocabulary other than the task's, or a task longer than the checkpoint's
+    max_position_embeddings, is a ValueError naming the field."""
+    directory = safetensors_dir(config)
+    hf = hf_llama.read_config(directory)
+    where = f"config.reference.safetensors_dir {directory!r}"
+    length = task.prompt_len + task.completion_len
+    mcfg = hf_llama.model_config_from_hf(
+        hf, where=where, max_len=length, dtype=config.model.get("dtype", "float32")
+    )
+    if mcfg.vocab_size != task.vocab_size:
+        raise ValueError(
+            f"{where}: vocab_size {mcfg.vocab_size} is not the task's {task.vocab_size}"
+        )
+    if length > int(hf["max_position_embeddings"]):
+        raise ValueError(
+            f"{where}: the task's prompt + completion length {length} exceeds "
+            f"max_position_embeddings {hf['max_position_embeddings']}"
+        )
+    return mcfg
+
+
 def _pretrain_settings(config) -> dict[str, Any]:
     r = config.reference
     return {k: r[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")}
@@ -105,13 +141,26 @@ def _check_reference(directory: str, config, model_config, cached: bool) -> None
 
 
 def load_or_pretrain_reference(config, task, model_config, directory: str | None, log=print) -> Any:
-    """Reference parameters: restored from `config.reference.checkpoint` (or the cache
+    """Reference parameters: loaded from `config.reference.safetensors_dir` (a Hugging Face
+    checkpoint) or restored from `config.reference.checkpoint` (or the cache
     `directory`), else pretrained on the task's reference data and saved in `directory`.
     A saved reference of another task, model or pretraining is refused with a diff.
     One-token policies ("tabular", "gaussian") need none of this: their reference is the
     task's exact distribution (`policies.reference_params`)."""
     if config.policy != "transformer":
         return policies.reference_params(task)
+    if safetensors_dir(config):
+        directory = safetensors_dir(config)
+        loaded, params, _ = hf_llama.load(
+            directory, max_len=model_config.max_len, dtype=model_config.dtype
+        )
+        if loaded != model_config:
+            raise ValueError(
+                f"config.reference.safetensors_dir {directory!r} holds {loaded}, not the "
+                f"run's model {model_config}"
+            )
+        log(f"reference loaded from {directory}")
+        return params
     target = jax.eval_shape(lambda: model_lib.init(model_config, jax.random.PRNGKey(0)))
     explicit = config.reference.checkpoint
     for path, cached in ((explicit, False), (directory, True)):
