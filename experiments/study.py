@@ -83,8 +83,8 @@ def run_sequences(workdir: str, config=None, log=print, **kwargs) -> dict:
     `<workdir>/<config.subdir>` (`sequences`; `sequences-transformer` for the transformer
     class) (no Gaussian toy figure); the same `kwargs` as `run`."""
     config = sequence_config.get_config() if config is None else config
-    arg = "" if config.name == "default" else f" --sequence_config {SEQUENCE_FILE}:{config.name}"
-    arg = arg.replace("transformer-tiny", "transformer,tiny")
+    name = config.name.replace("-", ",")  # "transformer-tiny": the arguments "transformer,tiny"
+    arg = "" if name == "default" else f" --sequence_config {SEQUENCE_FILE}:{name}"
     only = " --noone_token" if config.policies == ["transformer"] else ""
     command = f"python experiments/study.py --workdir {workdir}{arg}{only}"
     workdir = os.path.join(workdir, config.subdir)

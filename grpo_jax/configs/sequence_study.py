@@ -35,6 +35,13 @@ interaction equivalent to 0.
 
 Cost: 7 populations of 640 members and 400 steps, each compiled afresh (the fork task's
 tables are constants of its program); the README states the measured time.
+
+`transformer`: the transformer policy class (the W2 decoder pretrained on each reference,
+its KL to the exact table: `reference.exact`) on four references and the primary arms,
+outside the main job (about 20 minutes on 2 CPU cores), in `<workdir>/sequences-transformer`;
+its prediction and the pilot that chose its learning rate are declared in
+`_transformer_class`. `full` (GPU, not yet run; `transformer,full` for the transformer):
+sized in docs/design.md, 'The study in sequences'.
 """
 
 from __future__ import annotations
@@ -67,19 +74,24 @@ def _modalities(tiny: bool) -> list[dict]:
 TRANSFORMER_MODALITIES = ("1 branch", "1 branch, Z0 0.5", "2 branches, d=1", "2 branches, d=2")
 
 
-def _transformer_class(c: ml_collections.ConfigDict, tiny: bool) -> None:
+def _transformer_class(c: ml_collections.ConfigDict, tiny: bool, full: bool) -> None:
     """The transformer policy class (`transformer`): the W2 decoder pretrained on each
-    reference, regularised towards the exact table, on the primary arms."""
-    c.name = "transformer-tiny" if tiny else "transformer"
+    reference, regularised towards the exact table, on the primary arms (`full`: every
+    reference, the secondary contrast too, 16 seeds)."""
+    c.name = f"transformer-{c.name}" if tiny or full else "transformer"
     c.subdir = "sequences-transformer"
     c.policies = ["transformer"]
     keep = TRANSFORMER_MODALITIES[:1] + TRANSFORMER_MODALITIES[2:3]
-    c.modalities = [
-        m for m in c.modalities if m["label"] in (keep if tiny else TRANSFORMER_MODALITIES)
-    ]
-    c.with_secondary = False
+    if not full:
+        c.modalities = [
+            m for m in c.modalities if m["label"] in (keep if tiny else TRANSFORMER_MODALITIES)
+        ]
+    c.with_secondary = full
+    c.q2_extra = []
     c.entropy_coefs = []  # the entropy control is the tabular class's
-    c.num_seeds = 2 if tiny else 4
+    c.num_seeds = 2 if tiny else 16 if full else 4
+    c.train.num_steps = 40 if tiny else 400
+    c.grpo.group_size = 16
     # The W2 decoder (2 layers, width 64); its pretraining fit is in every group's log and
     # reference/ metadata; its KL is to the exact reference table, not to the fit.
     c.model = dict(num_layers=1, width=16, num_heads=2, mlp_width=32) if tiny else {}
@@ -108,10 +120,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """arg: "" (default: CPU, in the main job after the one-token study), "tiny" (tests),
     "transformer" (the transformer class: CPU, about 20 minutes, outside the main job;
     "transformer,tiny" for the tests)."""
-    opts = parse_arg(arg, tiny=False, transformer=False)
-    tiny = opts["tiny"]
-    c = study_config.get_config("tiny" if tiny else "")
-    c.name = "tiny" if tiny else "default"
+    opts = parse_arg(arg, tiny=False, transformer=False, full=False)
+    tiny, full = opts["tiny"], opts["full"]
+    if tiny and full:
+        raise ValueError(f"{arg!r}: 'tiny' and 'full' exclude each other")
+    c = study_config.get_config("tiny" if tiny else "full" if full else "")
+    c.name = "tiny" if tiny else "full" if full else "default"
     c.subdir = "sequences"  # the part's workdir under the study's
     c.question = (
         "At matched strength, does the KL direction (forward vs reverse, per token in the "
@@ -140,5 +154,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "chose the reward), before the first run of this grid."
     )
     if opts["transformer"]:
-        _transformer_class(c, tiny)
+        _transformer_class(c, tiny, full)
     return c
