@@ -211,8 +211,10 @@ def test_sequence_tabular_reference_is_the_exact_table_and_samples_score_themsel
 
 def test_grpo_on_the_tabular_class_reaches_each_arms_own_closed_form(tmp_path):
     # exact_rev/loss -> the per-node reverse target, exact_fwd/loss -> the per-node forward
-    # one, k1/reward -> the sequence reverse optimum; each nearer its own target than the
-    # declared bound and farther from the others (the nearest other is 0.026 away).
+    # one, k1/reward -> the sequence reverse optimum, exact_fwd/ref_samples (the exact
+    # per-position forward KL along reference samples) -> the sequence forward optimum;
+    # each nearer its own target than the declared bound and farther from the others (the
+    # nearest other is 0.026 away).
     from grpo_jax.configs import grpo as grpo_config  # noqa: PLC0415
     from grpo_jax.run import runner  # noqa: PLC0415
 
@@ -228,7 +230,12 @@ def test_grpo_on_the_tabular_class_reaches_each_arms_own_closed_form(tmp_path):
         tensorboard=False, progress=False, skip_zero_grad=True,
     )  # fmt: skip
     c.mesh.data = 1
-    arms = {"exact_rev/loss": "node_rev", "exact_fwd/loss": "node_fwd", "k1/reward": "seq_rev"}
+    arms = {
+        "exact_rev/loss": "node_rev",
+        "exact_fwd/loss": "node_fwd",
+        "k1/reward": "seq_rev",
+        "exact_fwd/ref_samples": "seq_fwd",
+    }
     cells = [{"loss.kl_choice": a, "loss.beta": beta, "train.seed": 0} for a in arms]
     res = runner.run_population(c, cells, str(tmp_path), log=lambda *a: None)
     task = res.task
@@ -238,6 +245,7 @@ def test_grpo_on_the_tabular_class_reaches_each_arms_own_closed_form(tmp_path):
         "node_rev": so.joint_from_tables(so.per_node_optimum(r, ref_tables, beta, "reverse")),
         "node_fwd": so.joint_from_tables(so.per_node_optimum(r, ref_tables, beta, "forward")),
         "seq_rev": so.sequence_optimum(r, ref, beta, "reverse"),
+        "seq_fwd": so.sequence_optimum(r, ref, beta, "forward"),
     }
     for m, (arm, own) in enumerate(arms.items()):
         params = jax.tree.map(lambda x: np.asarray(x[m]), res.state.params)

@@ -94,7 +94,11 @@ def _j(x):
 
 
 CASES = [
-    (agg, pl, "k3", "grpo", None, "token") for agg in L.AGGREGATIONS for pl in L.PLACEMENTS
+    # "ref_samples" takes exact estimators only: its own test below.
+    (agg, pl, "k3", "grpo", None, "token")
+    for agg in L.AGGREGATIONS
+    for pl in L.PLACEMENTS
+    if pl != "ref_samples"
 ] + [
     ("seq_mean_token_mean", "loss", "k1", "drgrpo", 1.5, "token"),
     ("token_mean", "reward", "k1", "rloo", 1.5, "token"),
@@ -367,6 +371,41 @@ def test_exact_kl_regulariser():
     np.testing.assert_allclose(
         float(aux_r["kl_reward_mean"]), (kl_rev * mk).sum(1).mean(), rtol=1e-5
     )
+
+
+def test_ref_samples_placement_adds_beta_times_the_exact_kl_on_reference_samples():
+    """Placement "ref_samples": the loss is the policy-gradient loss on the policy's
+    samples (no KL there) plus beta times the exact per-position KL aggregated over the
+    completions sampled from the reference; only exact estimators; the samples required."""
+    x = _inputs(11)
+    logits, ref_logits = (jnp.asarray(a) for a in _logits_inputs(12))
+    on_ref, ref_on_ref = (jnp.asarray(a) for a in _logits_inputs(13))
+    mask, old = jnp.asarray(x["mask"]), jnp.asarray(x["old"])
+    adv = jnp.asarray(x["rewards"])
+    common = dict(aggregation="token_mean", kl_estimator="exact_fwd")
+    cfg = L.make_config(beta=0.5, kl_placement="ref_samples", **common)
+    plain = L.make_config(beta=0.0, **common)
+    sample = (on_ref, ref_on_ref, mask)
+    loss, aux = L.grpo_loss(old, old, None, adv, mask, cfg, logits=logits, ref_logits=ref_logits,
+                            ref_sample=sample)  # fmt: skip
+    pg, _ = L.grpo_loss(old, old, None, adv, mask, plain, logits=logits, ref_logits=ref_logits)
+    lq = np.asarray(jax.nn.log_softmax(on_ref), np.float64)
+    lr = np.asarray(jax.nn.log_softmax(ref_on_ref), np.float64)
+    kl_fwd = (np.exp(lr) * (lr - lq)).sum(-1)
+    mk = x["mask"]
+    want = float(pg) + 0.5 * (kl_fwd * mk).sum() / mk.sum()
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(aux["kl_ref_samples"]), (kl_fwd * mk).sum() / mk.sum(), rtol=1e-5
+    )
+    # Its gradient reaches the policy's logits on the reference samples.
+    g = jax.grad(lambda z: L.grpo_loss(old, old, None, adv, mask, cfg, logits=logits,
+                 ref_logits=ref_logits, ref_sample=(z, ref_on_ref, mask))[0])(on_ref)  # fmt: skip
+    assert np.abs(np.asarray(g)[mk > 0]).sum() > 0
+    with pytest.raises(ValueError, match="ref_sample"):
+        L.grpo_loss(old, old, None, adv, mask, cfg, logits=logits, ref_logits=ref_logits)
+    with pytest.raises(ValueError, match="exact KL estimator"):
+        L.make_config(kl_estimator="k3", kl_placement="ref_samples")
 
 
 def test_importance_weighted_kl():

@@ -23,15 +23,21 @@ def test_readme_library_example_runs():
 
 
 def test_readme_results_are_the_published_results_md():
-    """The README's results block is docs/results/results.md (written by
-    `experiments/study.py --publish`), with figure paths under docs/results/: generated,
-    never hand-copied."""
+    """Each README results block (the one-token study, and each part of the study in
+    sequences) is its docs/results/[<part>/]results.md (written by `experiments/study.py
+    --publish`), with figure paths under that folder: generated, never hand-copied."""
+    from grpo_jax.study import pipeline  # pylint: disable=import-outside-toplevel
     from grpo_jax.study.report import markdown  # pylint: disable=import-outside-toplevel
 
     root = os.path.dirname(README)
     text = open(README, encoding="utf-8").read()
-    block = text.split(markdown.README_BEGIN, 1)[1].split(markdown.README_END, 1)[0].strip()
-    results = open(os.path.join(root, "docs", "results", "results.md"), encoding="utf-8").read()
-    assert block == markdown.readme_block(results)
-    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", block):
-        assert os.path.exists(os.path.join(root, name)), name
+    parts = [("", (markdown.README_BEGIN, markdown.README_END))]
+    parts += [(p, pipeline.part_markers(p)) for p in ("sequences", "sequences-transformer")]
+    for part, (begin, end) in parts:
+        assert begin in text and end in text, part
+        block = text.split(begin, 1)[1].split(end, 1)[0].strip()
+        docs = os.path.join("docs", "results", part).rstrip(os.sep)
+        results = open(os.path.join(root, docs, "results.md"), encoding="utf-8").read()
+        assert block == markdown.readme_block(results, docs.replace(os.sep, "/")), part
+        for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", block):
+            assert os.path.exists(os.path.join(root, name)), name

@@ -275,11 +275,14 @@ def test_tiny_sequence_study_runs_reports_and_publishes(tmp_path):
         str(tmp_path), sequence_study.get_config("tiny"), log=lambda s: None
     )
     recs = out["records"]
-    assert len(recs) == 96 and {r["modality"] for r in recs} == {"1 branch", "2 branches, d=1"}
+    assert len(recs) == 168 and {r["modality"] for r in recs} == {"1 branch", "2 branches, d=1"}
     assert all(len(r["policy_probs"]) == 512 for r in recs)
-    assert all(r["tv_to_optimum"] is not None for r in recs if r["arm"] == "exact_fwd/loss")
+    # Every KL arm has its closed-form target: per node (KL in the loss) or per sequence
+    # (k1 in the reward; the exact forward KL along reference samples).
+    assert all((r["tv_to_optimum"] is not None) == (r["arm"] != "entropy") for r in recs)
     results = open(out["paths"]["results_md"]).read()
     assert "### Verdicts" in results and "2 branches, d=1" in results
+    assert "Q1 sequence" in results  # the sequence-level contrast, decided like the others
     assert "--sequence_config grpo_jax/configs/sequence_study.py:tiny" in results
     root = tmp_path / "repo"
     root.mkdir()

@@ -149,6 +149,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.gaussian_extra = {}
     c.ratio_laws_tol = None  # the per-node targets do not obey the sequence-level laws
     c.dial_label = "fork depth d (tokens)"
+    # The sequence-level contrast (Q1 "sequence"): forward and reverse KL of the whole
+    # completion, `exact_fwd/ref_samples` (the exact per-position forward KL along samples
+    # of the reference: the sequence forward KL's gradient) minus `k1/reward` (the sequence
+    # reverse KL's); their targets are the sequence optima, not the per-node ones.
+    if full or tiny:
+        c.sequence_contrast = ["exact_fwd/ref_samples", "k1/reward"]
     c.design_history = (
         "Declared with the fork task, its closed forms and the stage-0 predictions (which "
         "chose the reward), before the first run of this grid."

@@ -337,6 +337,7 @@ def arms(study: ml_collections.ConfigDict) -> list[str]:
     if study.with_secondary:
         out += [study.secondary[0]] + list(study.secondary[1])
     out += list(study.get("q2_extra", []))
+    out += [a for a in study.get("sequence_contrast", []) if a not in out]
     return out + [ENTROPY_ARM]
 
 

@@ -52,7 +52,11 @@ from grpo_jax.core.checks import check_name, masked_mean
 
 sg = jax.lax.stop_gradient
 
-PLACEMENTS: tuple[str, ...] = ("loss", "reward")
+# "ref_samples": an exact_* KL evaluated along completions sampled from the *reference*
+# (``ref_sample_kl``), added to the loss; with exact_fwd its expected gradient is the sequence
+# forward KL's (maximum likelihood on reference samples), which "loss" placement, on the
+# policy's own prefixes, is not.
+PLACEMENTS: tuple[str, ...] = ("loss", "reward", "ref_samples")
 AGGREGATIONS: tuple[str, ...] = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
 IS_LEVELS: tuple[str, ...] = ("token", "sequence")
 #: The exact per-position KL regularisers: name -> ``kl.exact`` direction
@@ -85,7 +89,8 @@ class LossConfig:
 
     Static fields (names validated at construction, ValueError lists the valid ones):
       kl_estimator: one of ``KL_ESTIMATORS``.
-      kl_placement: "loss" | "reward".
+      kl_placement: "loss" | "reward" | "ref_samples" (an exact_* estimator on completions
+        sampled from the reference, ``ref_sample_kl``).
       aggregation: one of ``AGGREGATIONS``.
       is_level: "token" | "sequence" (GSPO).
       advantage_estimator: "grpo" | "drgrpo" | "rloo".
@@ -133,6 +138,12 @@ class LossConfig:
             raise ValueError("kl_reward_to_go=True needs kl_placement='reward'")
         if self.kl_importance_weight and self.kl_placement != "loss":
             raise ValueError("kl_importance_weight=True needs kl_placement='loss'")
+        if self.kl_placement == "ref_samples" and self.kl_estimator not in EXACT_KL:
+            raise ValueError(
+                f"kl_placement='ref_samples' needs an exact KL estimator "
+                f"({', '.join(EXACT_KL)}; exact_fwd: the sequence forward KL), got "
+                f"{self.kl_estimator!r}"
+            )
         if self.kl_importance_weight and self.kl_estimator in EXACT_KL:
             raise ValueError("kl_importance_weight does not apply to exact KL estimators")
 
@@ -239,6 +250,22 @@ def exact_token_kl(logits, ref_logits, valid, direction: str):
     and zeroed after (garbage there changes nothing)."""
     d = kl.exact(_clean_logits(logits, valid), _clean_logits(ref_logits, valid), direction)
     return jnp.where(valid, jnp.asarray(d, jnp.float32), 0.0)
+
+
+def ref_sample_kl(cfg: LossConfig, logits, ref_logits, mask):
+    """The KL term of placement "ref_samples": the exact per-position KL of
+    ``cfg.kl_estimator`` along completions sampled from the reference, aggregated as the
+    loss is (``aggregation_weights``). ``logits`` ``[B', T, V]`` (the policy's on those
+    completions, differentiated), ``ref_logits`` (detached), ``mask`` ``[B', T]``.
+
+    With exact_fwd and a sum over positions this is, in expectation, the sequence forward
+    KL(ref || pi) = sum_t E_{y<t ~ ref}[KL(ref_t || pi_t)] (its gradient exactly: maximum
+    likelihood on reference samples); the "loss" placement evaluates the same per-position
+    term on the policy's prefixes, whose gradient is not the sequence KL's."""
+    valid = mask > 0
+    d = exact_token_kl(logits, sg(ref_logits), valid, EXACT_KL[cfg.kl_estimator])
+    w, den = aggregation_weights(valid.astype(jnp.float32), cfg.aggregation, cfg.norm_len)
+    return _divide(jnp.sum(w * d), den)
 
 
 def kl_term(
@@ -467,7 +494,16 @@ def _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, logits, ref_l
 
 
 def grpo_loss(
-    logp, old_logp, ref_logp, advantages, mask, cfg: LossConfig, *, logits=None, ref_logits=None
+    logp,
+    old_logp,
+    ref_logp,
+    advantages,
+    mask,
+    cfg: LossConfig,
+    *,
+    logits=None,
+    ref_logits=None,
+    ref_sample=None,
 ):
     """GRPO clipped policy loss (see module docstring for the formula and aggregations).
 
@@ -482,6 +518,8 @@ def grpo_loss(
       logits: optional ``[B, T, V]`` policy logits (differentiated; needed by the exact KL
         regulariser; also gives entropy and exact-KL diagnostics).
       ref_logits: optional ``[B, T, V]`` reference logits.
+      ref_sample: placement "ref_samples" only: ``(logits, ref_logits, mask)`` of the policy
+        and the reference on completions sampled from the reference (``ref_sample_kl``).
 
     Returns:
       ``(loss [], aux)``. aux: ``loss, loss_num, loss_den, pg_loss, pg_num, kl_loss, kl_num``
@@ -529,6 +567,16 @@ def grpo_loss(
         else jnp.where(valid, stats.entropy(_clean_logits(logits, valid)), 0.0)
     )
     aux = aggregate(pg, d, m, cfg, add_kl, h)
+    if cfg.kl_placement == "ref_samples":
+        if ref_sample is None:
+            raise ValueError(
+                "kl_placement='ref_samples' needs ref_sample=(logits, ref_logits, mask) on "
+                "completions sampled from the reference"
+            )
+        kl_ref = ref_sample_kl(cfg, *ref_sample)
+        aux["loss"] = aux["loss"] + cfg.beta * kl_ref
+        aux["loss_num"] = aux["loss"] * aux["loss_den"]
+        aux["kl_ref_samples"] = sg(kl_ref)
     aux.update(stats.ratio_diagnostics(sg(rho), adv, m, cfg.eps_low, cfg.eps_high, cfg.dual_clip))
     aux["kl_mean"] = masked_mean(sg(d), m)
     aux.update(adv_lib.advantage_stats(adv, m))

@@ -257,12 +257,46 @@ def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
     )
 
 
+def needs_ref_samples(setup: RLSetup, hp: Hparams) -> bool:
+    """Whether the step's KL choice (any of `setup.kl_choices`, else `hp.loss`'s) has
+    placement "ref_samples", i.e. the step also samples completions from the reference."""
+    if setup.kl_choices:
+        return any(c.placement == "ref_samples" for c in setup.kl_choices)
+    return hp.loss.kl_placement == "ref_samples"
+
+
+def reference_rollout(setup: RLSetup, ref_params, group_prompts: jax.Array, key):
+    """(tokens [B, T], mask [B, T] float32): G completions of each of `group_prompts` [N, P]
+    sampled from the reference (`setup.ref_model`, or the policy's model with `ref_params`),
+    the prefixes along which placement "ref_samples" evaluates its KL."""
+    task = setup.task
+    model = setup.model if setup.ref_model is None else setup.ref_model
+    common = dict(temperature=setup.temperature, banned_tokens=tuple(task.special_ids))
+    if policies.is_policy(model):
+        prompts = jnp.repeat(group_prompts, setup.group_size, axis=0)
+        out = policies.sample(model, ref_params, prompts, key, draw=setup.one_token_draw, **common)
+    else:
+        out = sampling.sample(
+            model,
+            ref_params,
+            group_prompts,
+            key,
+            max_new_tokens=task.completion_len,
+            group_size=setup.group_size,
+            **common,
+        )
+    return _constrain(out.tokens, setup), _constrain(out.mask.astype(jnp.float32), setup)
+
+
 def _loss_of_logits(setup: RLSetup, hp: Hparams, batch: Rollout, ref_logits, ref_logp):
-    """`(loss_of_logits(logp, logits) -> (loss, aux), zero_var_group_frac)` for the step's
-    KL choice: static (`hp.loss`), or `hp.kl_index` of `setup.kl_choices` by `lax.switch`.
+    """`(loss_of_logits(logp, logits, ref_sample) -> (loss, aux), zero_var_group_frac)` for
+    the step's KL choice: static (`hp.loss`), or `hp.kl_index` of `setup.kl_choices` by
+    `lax.switch`. `ref_sample`: (policy logits, reference logits, mask) on completions
+    sampled from the reference, or None when no choice has placement "ref_samples".
 
     The KL path in one place: placement "reward" shapes the rewards inside
-    `losses.compute_advantages`; placement "loss" adds beta * D_t inside `losses.grpo_loss`.
+    `losses.compute_advantages`; placements "loss" and "ref_samples" add beta * D inside
+    `losses.grpo_loss`.
     """
 
     def advantages_for(loss_cfg):  # [B, T], []
@@ -279,7 +313,7 @@ def _loss_of_logits(setup: RLSetup, hp: Hparams, batch: Rollout, ref_logits, ref
         adv = jnp.broadcast_to(adv if adv.ndim == 2 else adv[:, None], batch.tokens.shape)
         return adv, aux["zero_var_group_frac"]
 
-    def loss_for(loss_cfg, advantages, logp, logits):
+    def loss_for(loss_cfg, advantages, logp, logits, ref_sample):
         return losses.grpo_loss(
             logp,
             batch.old_logp,
@@ -289,11 +323,12 @@ def _loss_of_logits(setup: RLSetup, hp: Hparams, batch: Rollout, ref_logits, ref
             loss_cfg,
             logits=logits,
             ref_logits=ref_logits,
+            ref_sample=ref_sample if loss_cfg.kl_placement == "ref_samples" else None,
         )
 
     if not setup.kl_choices:
         advantages, zero_var = advantages_for(hp.loss)
-        return (lambda logp, logits: loss_for(hp.loss, advantages, logp, logits)), zero_var
+        return (lambda *args: loss_for(hp.loss, advantages, *args)), zero_var
     return _switch_kl_choice(
         advantages_for, loss_for, setup.kl_choices, hp, ref_logits, batch.tokens
     )
@@ -306,16 +341,21 @@ def _switch_kl_choice(advantages_for, loss_for, kl_choices, hp: Hparams, logits_
     backward stay outside it and are shared. Under vmap the switch becomes a select, so a
     population mixing choices evaluates every branch's cheap math once per member. Aux keys
     are cut to those common to all branches so the branches return one structure.
-    Returns (loss_of_logits(logp, logits) -> (loss, aux), zero_var_group_frac).
+    Returns (loss_of_logits(logp, logits, ref_sample) -> (loss, aux), zero_var_group_frac).
     """
     cfgs = [hp.loss.replace(**c.loss_fields()) for c in kl_choices]
     index = jnp.clip(jnp.asarray(hp.kl_index, jnp.int32), 0, len(cfgs) - 1)
     advs, zero_vars = zip(*(advantages_for(c) for c in cfgs))
     logp_like = jax.ShapeDtypeStruct(tokens_like.shape, jnp.float32)
+    mask_like = jax.ShapeDtypeStruct(tokens_like.shape, jnp.float32)
+    sample_like = (logits_like, logits_like, mask_like)  # shapes only: the aux keys
     aux_keys = [
         set(
             jax.eval_shape(
-                lambda lp, lg, c=c, a=a: loss_for(c, a, lp, lg)[1], logp_like, logits_like
+                lambda lp, lg, rs, c=c, a=a: loss_for(c, a, lp, lg, rs)[1],
+                logp_like,
+                logits_like,
+                sample_like,
             )
         )
         for c, a in zip(cfgs, advs)
@@ -323,14 +363,17 @@ def _switch_kl_choice(advantages_for, loss_for, kl_choices, hp: Hparams, logits_
     common = sorted(set.intersection(*aux_keys))
 
     def branch(i):
-        def f(logp, logits):
-            loss, aux = loss_for(cfgs[i], advs[i], logp, logits)
+        def f(logp, logits, ref_sample):
+            loss, aux = loss_for(cfgs[i], advs[i], logp, logits, ref_sample)
             return loss, {k: aux[k] for k in common}
 
         return f
 
     branches = [branch(i) for i in range(len(cfgs))]
-    loss_of_logits = lambda logp, logits: jax.lax.switch(index, branches, logp, logits)
+
+    def loss_of_logits(logp, logits, ref_sample):
+        return jax.lax.switch(index, branches, logp, logits, ref_sample)
+
     return loss_of_logits, jnp.stack(zero_vars)[index]
 
 
@@ -423,6 +466,11 @@ def step_metrics(
     return metrics
 
 
+# fold_in index of the reference-sample stream (placement "ref_samples"), apart from the
+# policy's samples, which use the step key itself.
+_REF_SAMPLE_STREAM = 0x5EF
+
+
 def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]:
     """One GRPO step: rollout, reference, loss function, inner updates, metrics. Pure.
 
@@ -440,10 +488,22 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
     )
     ref_logp = model_lib.token_logprobs(ref_logits, batch.tokens)  # [B, T]
     loss_of_logits, zero_var = _loss_of_logits(setup, hp, batch, ref_logits, ref_logp)
+    ref_tokens = None
+    if needs_ref_samples(setup, hp):  # a second batch, sampled from the reference
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), _REF_SAMPLE_STREAM)
+        ref_tokens, ref_mask = reference_rollout(setup, state.ref_params, batch.group_prompts, key)
+        ref_model = setup.model if setup.ref_model is None else setup.ref_model
+        ref_on_ref = jax.lax.stop_gradient(
+            policy_logits(setup, state.ref_params, batch.group_prompts, ref_tokens, ref_model)
+        )
 
-    def loss_fn(params):  # one model forward per inner step, whatever the KL choice
+    def loss_fn(params):  # one model forward per inner step (two with "ref_samples")
         logits = policy_logits(setup, params, batch.group_prompts, batch.tokens, None, batch.record)
-        return loss_of_logits(model_lib.token_logprobs(logits, batch.tokens), logits)
+        ref_sample = None
+        if ref_tokens is not None:
+            on_ref = policy_logits(setup, params, batch.group_prompts, ref_tokens)
+            ref_sample = (on_ref, ref_on_ref, ref_mask)
+        return loss_of_logits(model_lib.token_logprobs(logits, batch.tokens), logits, ref_sample)
 
     params, opt_state, skipped, per_step = inner_updates(
         setup, hp, loss_fn, state.params, state.opt_state, state.num_skipped

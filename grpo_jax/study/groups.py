@@ -189,11 +189,22 @@ def arm_targets(task, betas, direction: str, vec=None, level: str = "node") -> n
     return (w[None] * joints).reshape(len(betas), -1)
 
 
+# The closed-form target of each arm that has one: (direction, level of `arm_targets`). The
+# KL in the loss reaches the per-node targets; k1 in the reward (the sequence reverse KL's
+# gradient) and the exact forward KL along reference samples reach the sequence optima.
+ARM_TARGETS = {
+    "exact_fwd/loss": ("forward", "node"),
+    "exact_rev/loss": ("reverse", "node"),
+    "k1/reward": ("reverse", "sequence"),
+    "exact_fwd/ref_samples": ("forward", "sequence"),
+}
+
+
 def _optimum(task, vec, arm: str, beta: float) -> np.ndarray | None:
-    direction = {"exact_fwd/loss": "forward", "exact_rev/loss": "reverse"}.get(arm)
-    if direction is None or beta <= 0:
+    if arm not in ARM_TARGETS or beta <= 0:
         return None
-    return arm_targets(task, [beta], direction, vec)[0]
+    direction, level = ARM_TARGETS[arm]
+    return arm_targets(task, [beta], direction, vec, level)[0]
 
 
 def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec) -> list[dict]:

@@ -180,11 +180,15 @@ def _delta(st: _Study, policy, modality, a, b, outcome, replicate=0, by=None, ta
 
 
 def contrasts(config) -> dict[str, list[tuple[str, str]]]:
-    """Q1's contrasts as (arm a, arm b) pairs, a - b: forward-type minus reverse-type."""
+    """Q1's contrasts as (arm a, arm b) pairs, a - b: forward-type minus reverse-type; the
+    study in sequences may add the sequence-level one (`sequence_contrast`: the exact
+    forward KL along reference samples minus k1 in the reward)."""
     out = {"primary": [tuple(config["primary"])]}
     if config.get("with_secondary", False):
         k3, revs = config["secondary"][0], config["secondary"][1]
         out["secondary"] = [(k3, r) for r in revs]
+    if config.get("sequence_contrast"):
+        out["sequence"] = [tuple(config["sequence_contrast"])]
     return out
 
 
