@@ -34,7 +34,8 @@ _IMPORT_ALL = textwrap.dedent("""
 
 
 def _child(code: str, **env) -> subprocess.CompletedProcess:
-    full = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_cpu_fake_probe=1", **env)
+    full = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_cpu_fake_probe=1")
+    full.update(env)
     full.pop("GRPO_JAX_COMPILATION_CACHE", None)
     full.pop("GRPO_JAX_REUSE_MEMORY", None)
     return subprocess.run(
@@ -73,6 +74,22 @@ def test_configure_sets_the_cpu_tuning_and_says_so(tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("process settings")]
     assert len(lines) == 1 and "host memory reuse on" in lines[0] and str(tmp_path) in lines[0]
     assert "GOT True True True False True" in out.stdout
+
+
+def test_a_cache_directory_that_cannot_be_created_turns_the_cache_off(tmp_path):
+    """A file where the cache directory should be: the run goes on without the cache, and
+    the settings line (the only one) says so, naming the path and the way out."""
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    code = _CONFIGURE.format(memory=False, cache=True) + "print('RAN', int(jax.jit(abs)(-3)))\n"
+    for cache_dir in (blocker, blocker / "jax_cache"):  # the directory itself, its parent
+        env = dict(JAX_PLATFORMS="cpu", GRPO_JAX_CACHE_DIR=str(cache_dir), XLA_FLAGS="")
+        out = _child(code, **env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "GOT True False False True False" in out.stdout and "RAN 3" in out.stdout
+        lines = [ln for ln in out.stderr.splitlines() if str(cache_dir) in ln]
+        assert len(lines) == 1 and lines[0].startswith("process settings"), out.stderr
+        assert "compilation cache off" in lines[0] and "GRPO_JAX_CACHE_DIR" in lines[0]
 
 
 def test_configure_flags_turn_each_setting_off():

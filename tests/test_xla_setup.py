@@ -83,6 +83,41 @@ def test_results_equal_with_cache_off_cold_and_warm(tmp_path):
             np.testing.assert_array_equal(off[k], other[k], err_msg=k)
 
 
+def test_empty_cache_entries_are_discarded_once_with_one_warning(tmp_path):
+    """A full disk leaves empty entries in jax's cache: the next start deletes them with one
+    warning naming the directory, and no compile warns "Error reading persistent compilation
+    cache entry" (each entry is compiled and stored again)."""
+    import warnings  # noqa: PLC0415
+
+    from jax.experimental.compilation_cache import compilation_cache  # noqa: PLC0415
+
+    keys = ("jax_enable_compilation_cache", "jax_compilation_cache_dir")
+    was = {k: jax.config.values[k] for k in keys}
+    x = np.arange(3, dtype=np.float32)
+    try:
+        xla_setup.enable_compilation_cache(str(tmp_path), enable=True)
+        compilation_cache.reset_cache()
+        jax.jit(lambda v: v * 3.0 + 17.0)(x)  # compiled and stored
+        entries = [p for p in tmp_path.iterdir() if p.name.endswith("-cache")]
+        assert entries
+        for p in entries:
+            p.write_bytes(b"")
+        with warnings.catch_warnings(record=True) as caught:  # the next run
+            warnings.simplefilter("always")
+            xla_setup.enable_compilation_cache(str(tmp_path), enable=True)
+            compilation_cache.reset_cache()
+            jax.jit(lambda v: v * 3.0 + 17.0)(x)  # a new function: not in memory
+        messages = [str(w.message) for w in caught]
+        assert not [m for m in messages if "Error reading persistent compilation" in m]
+        (line,) = [m for m in messages if str(tmp_path) in m]
+        assert f"deleted {len(entries)} empty or unreadable" in line
+        assert all(p.stat().st_size > 0 for p in entries)
+    finally:
+        for k, v in was.items():
+            jax.config.update(k, v)
+        compilation_cache.reset_cache()
+
+
 def _tiny_population():
     import ml_collections  # noqa: PLC0415
 

@@ -61,8 +61,11 @@ def configure(
     cpu = on_cpu()
     memory = bool(cpu and host_memory_reuse and xla_setup.reuse_host_memory())
     cache = None
+    notes: list[str] = []  # why the cache is off, or what was cleaned: in the same line
     if cpu:
-        cache = xla_setup.enable_compilation_cache(enable=None if compilation_cache else False)
+        cache = xla_setup.enable_compilation_cache(
+            enable=None if compilation_cache else False, log=notes.append
+        )
     if cpu:
         log(
             "process settings (CPU): host memory reuse "
@@ -70,6 +73,7 @@ def configure(
             + ", compilation cache "
             + (cache or "off")
             + " (--nohost_memory_reuse, --nocompilation_cache turn them off)"
+            + "".join(f"; {note}" for note in notes)
         )
     else:
         log("process settings: none (not on the CPU)")
