@@ -172,6 +172,28 @@ def test_program_cache_on_disk_loads_the_same_program(tmp_path, monkeypatch):
     np.testing.assert_array_equal(again.history["loss"], off.history["loss"])
 
 
+def test_damaged_program_file_is_discarded_before_it_runs(tmp_path):
+    """Bytes flipped inside a stored program are caught by its checksum before anything is
+    unpickled or loaded: a warning naming the file, the file deleted, and the caller
+    compiles again. (Unchecked, flipping the middle of this file aborts the process inside
+    LLVM while the executable loads.)"""
+    from grpo_jax.run import programs  # noqa: PLC0415
+
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    path = str(tmp_path / "chunk-test.pkl")
+    for where in (0.5, 0.78):
+        with xla_setup.persistent_cache_off():  # as ProgramCache.get compiles what it stores
+            programs._save_program(path, jax.jit(lambda a: a @ a.T + 1.0).lower(x).compile())
+        np.testing.assert_array_equal(programs._load_program(path)(x), x @ x.T + 1.0)
+        blob = bytearray(open(path, "rb").read())
+        at = int(where * len(blob))
+        blob[at : at + 8] = bytes(b ^ 0xFF for b in blob[at : at + 8])
+        open(path, "wb").write(bytes(blob))
+        with pytest.warns(UserWarning, match=r"chunk-test.pkl: cached program not loaded \(chec"):
+            assert programs._load_program(path) is None
+        assert not os.path.exists(path)
+
+
 def test_program_key_covers_its_inputs(monkeypatch):
     import numpy as np  # noqa: PLC0415
 
