@@ -92,6 +92,46 @@ def test_a_cache_directory_that_cannot_be_created_turns_the_cache_off(tmp_path):
         assert "compilation cache off" in lines[0] and "GRPO_JAX_CACHE_DIR" in lines[0]
 
 
+_FULL_DISK = textwrap.dedent("""
+    import atexit, errno, os, sys, threading
+    from grpo_jax.run import config_utils, jsonio
+
+    def main(argv):
+        # What a full disk brings at shutdown: exit handlers and threads failing as well.
+        atexit.register(lambda: print("Traceback (most recent call last): AT EXIT",
+                                      file=sys.stderr))
+        def late():
+            raise OSError(errno.ENOSPC, "No space left on device (IN A THREAD)")
+        threading.Timer(0.3, late).start()
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.fsync = full  # the disk fills while the summary is written
+        jsonio.write_json_atomic(os.environ["SUMMARY"], {"reward": 1.0})
+
+    config_utils.run_app(main)
+""")
+
+
+def test_a_full_disk_ends_the_run_with_one_line_naming_the_file(tmp_path):
+    """ENOSPC while writing a run's file: exit status 1 and the last line on stderr names
+    the file and ENOSPC; nothing of the failing shutdown (exit handlers, threads) follows,
+    and no temporary file is left."""
+    summary = tmp_path / "run" / "summary.json"
+    out = _child(
+        _FULL_DISK,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="",
+        SUMMARY=str(summary),
+        GRPO_JAX_COMPILATION_CACHE="0",
+        GRPO_JAX_REUSE_MEMORY="0",
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"FATAL: {summary}: No space left on device (ENOSPC)"), out.stderr
+    assert "AT EXIT" not in out.stderr and "IN A THREAD" not in out.stderr, out.stderr
+    assert os.listdir(summary.parent) == []
+
+
 def test_configure_flags_turn_each_setting_off():
     out = _child(_CONFIGURE.format(memory=False, cache=False), JAX_PLATFORMS="cpu")
     assert out.returncode == 0, out.stderr[-2000:]
