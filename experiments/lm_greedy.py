@@ -28,6 +28,7 @@ import numpy as np
 
 from grpo_jax.models import gguf, sampling
 from grpo_jax.models import model as model_lib
+from grpo_jax.run import launch
 
 PROMPTS = (
     "What is the capital of France?",
@@ -138,4 +139,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("cache_dir", None, "Model cache (default ~/.cache/grpo_jax).")
     flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per prompt.")
     FLAGS = flags.FLAGS
-    app.run(main)
+    app.run(lambda argv: launch.run_main(main, argv))  # a full disk: one line

@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags, logging
 
-from grpo_jax.run import sweep
+from grpo_jax.run import launch, sweep
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, 'path/to/sweep.py[:arg]'.", required=True)
 _WORKDIR = flags.DEFINE_string(
@@ -64,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(lambda argv: launch.run_main(main, argv))  # a full disk: one line

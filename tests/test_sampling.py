@@ -257,6 +257,35 @@ def test_validation(params, prompts):
         S.sample(CFG, params, prompts[0], jax.random.key(0), max_new_tokens=2)
 
 
+def test_bad_temperature_top_p_and_token_ids_are_refused(params, prompts):
+    """No silent greedy / T = 1 / NaN logits: concrete bad values are a ValueError naming the
+    setting and its range; traced ones (inside a caller's jit) make the affected rows' logp
+    NaN, and only those."""
+    key = jax.random.key(2)
+    for kw, match in [
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=-0.5), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=float("nan")), r"top_p must be in \(0, 1\]"),
+        (dict(temperature=float("nan")), "temperature must be a finite number"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _sample(params, prompts, key, **kw)
+    for bad_id in (CFG.vocab_size, -1):
+        with pytest.raises(ValueError, match=r"token ids in \[0, vocab_size=6\).*row 1"):
+            _sample(params, prompts.at[1, 2].set(bad_id), key)
+
+    @jax.jit
+    def traced(prompts, temperature, top_p):
+        return _sample(params, prompts, key, temperature=temperature, top_p=top_p).logp
+
+    good = np.asarray(traced(prompts, 1.0, 0.9))
+    assert np.isfinite(good).all()
+    for t, p in ((float("nan"), 0.9), (1.0, 0.0), (1.0, float("nan"))):
+        assert np.isnan(np.asarray(traced(prompts, t, p))).all(), (t, p)
+    rows = np.isnan(np.asarray(traced(prompts.at[1, 2].set(CFG.vocab_size), 1.0, 0.9)))
+    np.testing.assert_array_equal(rows.any(axis=1), np.arange(B) == 1)
+
+
 def test_bfloat16_compute_samples_float32_logprobs(params, prompts):
     """bf16 compute: log-probs and logits come back float32 and equal the bf16 model's own
     teacher-forced log-probs (up to bf16 cache rounding)."""

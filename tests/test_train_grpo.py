@@ -121,6 +121,33 @@ def test_invalid_config_names_the_field(field, value, match):
         build.validate_config(c)
 
 
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("optim.b1", 1.5, r"config.optim.b1: 1.5 is not a finite number in \[0.0, 1.0\)"),
+        ("optim.b2", -1.0, r"config.optim.b2: -1.0 is not a finite number in \[0.0, 1.0\)"),
+        ("task.sigma", float("nan"), r"config.task.sigma: nan is not finite"),
+        ("task.sigma", -1.0, r"config.task: sigma must be > 0, got -1.0"),
+        ("reference.chunk_steps", 0, r"config.reference.chunk_steps: 0; must be an integer >= 1"),
+        (
+            "optim.eps",
+            float("nan"),
+            r"config.optim.eps: nan is not a finite number in \(0.0, inf\)",
+        ),
+    ],
+)
+def test_bad_numbers_are_refused_before_anything_runs(tmp_path, field, value, match):
+    """A run with an out-of-range or non-finite number stops with a ValueError naming the key
+    and its range, before the run directory exists or anything compiles."""
+    c = tiny_config()
+    section, key = field.split(".")
+    c[section][key] = value
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        runner.run_population(c, [{"train.seed": 0}], str(workdir), log=lambda *_: None)
+    assert not workdir.exists()
+
+
 def test_metrics_jsonl_has_the_promised_fields(tmp_path):
     c = tiny_config(steps=2, chunk=2)
     c.train.tensorboard = True

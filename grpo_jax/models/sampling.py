@@ -30,6 +30,15 @@ Sampling distribution at each step, from the raw model logits ``z [B, V]`` (floa
 EOS: once a row has produced ``eos_id``, every later token is ``eos_id`` (fed back as is, so
 teacher-forced recomputation on the returned tokens sees exactly what the sampler saw), its
 ``logp`` is 0 and its mask is 0. ``mask[b, t] = 1`` up to and including the first EOS.
+
+Bad settings are refused, never replaced by greedy or T = 1: a NaN or infinite temperature,
+a ``top_p`` outside (0, 1], and prompt token ids outside ``[0, V)`` (the embedding would read
+NaN rows for ids >= V and wrap negative ones). ``sample`` checks them on the host, a
+``ValueError``, whenever they are concrete values (the entry point's prompts and settings).
+Inside a caller's jit they are tracers and cannot be checked there without checkify, so the
+jitted body marks them instead: every ``logp`` of a sample with a bad temperature or
+``top_p``, and of each row whose prompt holds a bad id, is NaN, which the training loop
+stops on (or skips) like any other non-finite value.
 """
 
 from __future__ import annotations
@@ -170,6 +179,47 @@ class DecodePlan:
         return list(zip(bounds[:-1], bounds[1:]))
 
 
+def _concrete(x) -> np.ndarray | None:
+    """`x` as a NumPy array, or None when it is traced inside a caller's jit."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_values(config, prompts, temperature, top_p) -> None:
+    """The host-side checks of the values that are not static (module doc): temperature
+    finite, top_p in (0, 1], prompt ids in [0, V); skipped for traced values."""
+    t = _concrete(temperature)
+    if t is not None and not np.all(np.isfinite(t)):
+        raise ValueError(
+            f"temperature must be a finite number (<= 0: greedy), got {temperature!r}."
+        )
+    p = None if top_p is None else _concrete(top_p)
+    if p is not None and not np.all((p > 0) & (p <= 1)):
+        raise ValueError(f"top_p must be in (0, 1] (None: no nucleus cut), got {top_p!r}.")
+    ids = _concrete(prompts)
+    v = config.vocab_size
+    if ids is not None and ids.size and not (ids.min() >= 0 and ids.max() < v):
+        row = int(np.argmax(np.any((ids < 0) | (ids >= v), axis=1)))
+        bad = ids[row][(ids[row] < 0) | (ids[row] >= v)]
+        raise ValueError(
+            f"prompts must hold token ids in [0, vocab_size={v}) (padding included); row "
+            f"{row} has {bad[:5].tolist()}: encode them with this model's tokenizer."
+        )
+
+
+def _bad_values(config, prompts, temperature, top_p, group_size) -> jax.Array:
+    """[B] bool, inside the jit: rows whose logp is made NaN (module doc)."""
+    temperature = jnp.asarray(temperature, jnp.float32)
+    bad = ~jnp.isfinite(temperature)
+    if top_p is not None:
+        top_p = jnp.asarray(top_p, jnp.float32)
+        bad = bad | ~((top_p > 0) & (top_p <= 1))
+    rows = jnp.any((prompts < 0) | (prompts >= config.vocab_size), axis=1)  # [N]
+    return jnp.repeat(rows, group_size) | bad
+
+
 def _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens, prompt_lengths):
     if not isinstance(config, model_lib.ModelConfig):
         raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}.")
@@ -234,10 +284,11 @@ def sample(
     Args:
       config: the model's ``ModelConfig`` (static).
       params: parameter pytree from ``model.init``.
-      prompts: ``[N, P]`` int tokens; all rows share the length P unless ``prompt_lengths``.
+      prompts: ``[N, P]`` int tokens in ``[0, V)``; all rows share the length P unless
+        ``prompt_lengths``.
       key: PRNG key; the same key gives the same output.
       max_new_tokens: T (static); every row runs the full T steps.
-      temperature: scalar; ``<= 0`` is greedy decoding (logp 0).
+      temperature: finite scalar; ``<= 0`` is greedy decoding (logp 0).
       top_k: keep the k most likely tokens (static), or None.
       top_p: nucleus mass in (0, 1], or None.
       eos_id: end-of-sequence id (static), or None.
@@ -260,6 +311,7 @@ def sample(
     """
     banned_tokens = tuple(sorted(set(int(t) for t in banned_tokens)))
     _validate(config, prompts, max_new_tokens, top_k, eos_id, banned_tokens, prompt_lengths)
+    _check_values(config, prompts, temperature, top_p)
     if int(group_size) < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}.")
     return _sample(
@@ -361,6 +413,8 @@ def _sample(
         observed = jax.tree.map(
             lambda a, r: jnp.concatenate([a, jnp.swapaxes(r, 0, 1)], axis=1), observed, rest
         )
+    bad = _bad_values(config, prompts, temperature, top_p, group_size)  # traced values
+    logp = jnp.where(bad[:, None], jnp.nan, logp)
     rec = {"prompt": prompt_tape.records, "completion": completion} if record else None
     logits, stats = observed
     return SampleOutput(

@@ -53,24 +53,49 @@ def _require(cond: bool, field: str, msg: str) -> None:
 
 
 def _require_number(
-    config, field: str, low: float, high: float = math.inf, low_open: bool = False
+    config,
+    field: str,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
 ) -> None:
-    """config.<field> is a finite number in [low, high] ((low, high] with low_open)."""
+    """config.<field> is a finite number in [low, high] (open at `low` with low_open, at
+    `high` with high_open; an infinite bound is always open)."""
     v = config_utils.get_value(config, field)
-    bound = f"{'(' if low_open else '['}{low}, {high}{']' if math.isfinite(high) else ')'}"
+    high_open = high_open or not math.isfinite(high)
+    bound = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     ok = (
         isinstance(v, (int, float))
+        and not isinstance(v, bool)
         and math.isfinite(v)
-        and v <= high
+        and (v < high if high_open else v <= high)
         and (v > low if low_open else v >= low)
     )
     _require(ok, field, f"{v!r} is not a finite number in {bound}")
 
 
+def _require_finite_numbers(config: ml_collections.ConfigDict) -> None:
+    """No NaN or infinity anywhere in the config (a float leaf, or inside a list/tuple leaf):
+    the first one is a ValueError naming its key. Ranges are checked key by key after this."""
+    for key, value in config_utils.flatten(config).items():
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        for x in items:
+            if isinstance(x, (float, np.floating)) and not math.isfinite(x):
+                raise ValueError(
+                    f"config.{key}: {value!r} is not finite; every number of a config must "
+                    f"be a finite number (set a finite value)"
+                )
+
+
 def validate_config(config: ml_collections.ConfigDict, task_given: bool = False) -> None:
     """Check every field a run depends on; raise `ValueError` naming the bad field and its
     valid values or range. Runs before anything is traced or compiled. `task_given`: the run
-    gets its task object from the caller, so `config.task` is not read."""
+    gets its task object from the caller, so `config.task` is not read.
+
+    Each key with a range is checked against it; then no number anywhere in the config may
+    be NaN or infinite (`_require_finite_numbers`); last, the task's fields are checked by
+    building the task (its dataclass's own checks, reported under `config.task`)."""
     _require(
         task_given or config.task.name in tasks.TASKS,
         "task.name",
@@ -132,7 +157,17 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
         f"{config.grpo.get('one_token_draw')!r}; valid: {', '.join(policies.DRAWS)}",
     )
     _require_number(config, "optim.lr", 0.0, low_open=True)
+    _require_number(config, "optim.b1", 0.0, 1.0, high_open=True)
+    _require_number(config, "optim.b2", 0.0, 1.0, high_open=True)
+    _require_number(config, "optim.eps", 0.0, low_open=True)
+    _require_number(config, "optim.grad_clip", -math.inf)  # <= 0: no clipping
     _validate_train_and_mesh(config)
+    _require_finite_numbers(config)
+    if not task_given:
+        try:
+            make_task(config)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config.task: {e}") from None
 
 
 def _validate_train_and_mesh(config: ml_collections.ConfigDict) -> None:
@@ -167,6 +202,14 @@ def _validate_train_and_mesh(config: ml_collections.ConfigDict) -> None:
         "train.on_nonfinite",
         f"{t.on_nonfinite!r}; valid: {', '.join(NONFINITE_MODES)}",
     )
+    for field in ("steps", "batch_size", "chunk_steps"):
+        value = config.reference[field]
+        _require(
+            isinstance(value, int) and value >= 1,
+            f"reference.{field}",
+            f"{value!r}; must be an integer >= 1 (pretraining the reference)",
+        )
+    _require_number(config, "reference.lr", 0.0, low_open=True)
     ref = config.reference.checkpoint
     hf_dir = reference.safetensors_dir(config)
     _require(

@@ -175,7 +175,9 @@ def run_app(main, flag: str = "config") -> None:
     * the process settings are applied (`launch.configure`, one line on stderr): on the CPU
       freed host memory is kept for the next call and the persistent compilation cache is
       on, so a second run loads its compiled programs; `--nohost_memory_reuse` and
-      `--nocompilation_cache` turn them off.
+      `--nocompilation_cache` turn them off;
+    * a full disk ends the run with one last line naming the file and ENOSPC
+      (`launch.run_main`), not under the tracebacks of a failing shutdown.
     """
     import sys  # pylint: disable=import-outside-toplevel
 
@@ -221,6 +223,6 @@ def run_app(main, flag: str = "config") -> None:
             host_memory_reuse=flags.FLAGS.host_memory_reuse,
             compilation_cache=flags.FLAGS.compilation_cache,
         )
-        return main(argv)
+        return launch.run_main(main, argv)  # a full disk: one last line, exit status 1
 
     app.run(main_with_settings, flags_parser=parse)

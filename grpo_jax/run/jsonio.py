@@ -53,9 +53,12 @@ def write_text_atomic(path: str, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # A write or fsync names no file (e.g. ENOSPC): name the one being written.
+            raise OSError(e.errno, e.strerror, path) from e
         raise
 
 

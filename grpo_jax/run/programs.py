@@ -9,6 +9,8 @@ on when the compilation cache is) has it.
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
 import os
 import pickle
 import tempfile
@@ -34,8 +36,10 @@ class ProgramCache:
     each compiled program is serialized (`jax.experimental.serialize_executable`) under a
     `xla_setup.program_key` of the same inputs plus the code and library fingerprints, and a
     later process loads it without tracing or lowering (0.1 s instead of ~1.2 s with jax's
-    cache alone, ~3.5 s cold, for a study program). A file that fails to load is recompiled
-    and replaced.
+    cache alone, ~3.5 s cold, for a study program). Each file carries the sha256 of its
+    contents, checked before anything in it is unpickled or run; a damaged file, or one that
+    fails to load, is deleted with a warning, recompiled and replaced (docs/design.md, 'Data
+    flow').
     """
 
     def __init__(self, max_size: int = 8):
@@ -107,33 +111,61 @@ def _sharding_devices(sharding) -> tuple[int, ...]:
     return tuple(sorted(int(d.id) for d in sharding.device_set))
 
 
+# The first line of a program file, then the sha256 (hex) of the pickle that follows it.
+_MAGIC = b"grpo_jax program v1\n"
+
+
+def _discard(path: str, why: str) -> None:
+    """Warn that the program at `path` is not used, and delete it (recompiled, then stored)."""
+    warnings.warn(f"{path}: cached program not loaded ({why}); deleted, compiling it again")
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
 def _load_program(path: str):
     """The executable serialized at `path` on the devices it was compiled for, or None
-    (absent, or unreadable: then it is compiled again)."""
-    if not os.path.exists(path):
-        return None
+    (absent; or damaged, unreadable: then it is deleted with a warning and compiled again).
+
+    Nothing is unpickled or handed to the runtime before the file's checksum matches its
+    contents: a damaged executable could crash the process in native code."""
     try:
         with open(path, "rb") as f:
-            payload, in_tree, out_tree, device_ids = pickle.load(f)
+            blob = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        _discard(path, f"unreadable: {e.strerror}")
+        return None
+    digest_end = len(_MAGIC) + 65  # 64 hex digits and a newline
+    if not blob.startswith(_MAGIC) or blob[digest_end - 1 : digest_end] != b"\n":
+        _discard(path, f"not a program file of this version ({len(blob)} bytes)")
+        return None
+    body = blob[digest_end:]
+    if hashlib.sha256(body).hexdigest().encode() != blob[len(_MAGIC) : digest_end - 1]:
+        _discard(path, "checksum mismatch: the file is damaged")
+        return None
+    try:
+        payload, in_tree, out_tree, device_ids = pickle.loads(body)
         by_id = {d.id: d for d in jax.devices()}
         devices = [by_id[i] for i in device_ids]
         return serialize_executable.deserialize_and_load(
             payload, in_tree, out_tree, execution_devices=devices
         )
     except Exception as e:  # pylint: disable=broad-except  # any failure: compile afresh
-        warnings.warn(f"{path}: cached program not loaded ({e!r}); compiling it again")
+        _discard(path, repr(e))
         return None
 
 
 def _save_program(path: str, program) -> None:
-    """Serialize `program` and its execution devices, in order, to `path` atomically (a
-    cache: a failure warns and leaves no file)."""
+    """Serialize `program` and its execution devices, in order, to `path` atomically, behind
+    the checksum `_load_program` verifies (a cache: a failure warns and leaves no file)."""
     tmp = None
     try:
         # The executable's device assignment (private API): loading on any other device
         # list, even in another order, gives a program that fails or aborts when called.
         device_ids = [d.id for d in program._executable.xla_executable.local_devices()]
-        blob = pickle.dumps((*serialize_executable.serialize(program), device_ids))
+        body = pickle.dumps((*serialize_executable.serialize(program), device_ids))
+        blob = _MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:

@@ -27,7 +27,10 @@ program's own static setup and abstract arguments. Change any of them and the ke
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import warnings
+from typing import Callable
 
 _FALSE = ("0", "false", "no", "off")
 
@@ -114,29 +117,81 @@ def default_cache_dir() -> str:
 
 
 def enable_compilation_cache(
-    cache_dir: str | None = None, enable: bool | None = None
+    cache_dir: str | None = None,
+    enable: bool | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> str | None:
     """Turn on jax's persistent compilation cache; returns the directory, or None when off.
+
+    A directory that cannot be created or written (a file in its place, no permission) is
+    no reason to stop a run: the cache stays off and one line says why. Entries that a full
+    disk left empty, or that cannot be read, are deleted here, once, with one line, instead
+    of jax warning about each of them at every compile of every later run
+    (`discard_broken_entries`).
 
     Args:
       cache_dir: where to keep compiled executables (default `default_cache_dir()`).
       enable: force on/off; None reads `GRPO_JAX_COMPILATION_CACHE` (default on; "0" = off).
+      log: where those lines go (default: `warnings.warn`).
     """
     import jax  # noqa: PLC0415
 
+    say = log or (lambda line: warnings.warn(line, stacklevel=3))
     if enable is None:
         enable = os.environ.get("GRPO_JAX_COMPILATION_CACHE", "1").lower() not in _FALSE
     if not enable:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
     cache_dir = cache_dir or default_cache_dir()
-    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        if not os.access(cache_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), cache_dir)
+    except OSError as e:
+        what = "a file is in its place" if isinstance(e, FileExistsError) else e.strerror
+        say(
+            f"compilation cache off: cannot use the directory {cache_dir} ({what}); set "
+            f"GRPO_JAX_CACHE_DIR to a writable directory (or --nocompilation_cache)"
+        )
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    removed = discard_broken_entries(cache_dir)
+    if removed:
+        say(
+            f"{cache_dir}: deleted {removed} empty or unreadable compilation cache "
+            f"entr{'y' if removed == 1 else 'ies'} (a full disk?); they are compiled again"
+        )
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     # Cache every program, however small or quick to compile (tests compile many small ones).
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return cache_dir
+
+
+def discard_broken_entries(cache_dir: str) -> int:
+    """Delete jax cache entries (`*-cache` files, with their `*-atime` files) of `cache_dir`
+    that are empty or not readable; returns how many. jax writes an entry in place, so a
+    full disk leaves it empty or cut; an empty one is found by its size without reading it
+    (a cut one is not: jax then warns when it reads it, and compiles afresh)."""
+    removed = 0
+    try:
+        entries = list(os.scandir(cache_dir))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.endswith("-cache"):
+            continue
+        try:
+            if not entry.is_file() or (entry.stat().st_size > 0 and os.access(entry.path, os.R_OK)):
+                continue
+            os.remove(entry.path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to delete
+        removed += 1
+        with contextlib.suppress(OSError):
+            os.remove(entry.path[: -len("-cache")] + "-atime")
+    return removed
 
 
 def disable_compilation_cache() -> None:

@@ -117,7 +117,7 @@ class Bandit(base.TokensThenBOS, base.MixtureWeights, base.TableTask):
     def __post_init__(self):
         if self.num_modes < 1:
             raise ValueError(f"num_modes must be >= 1, got {self.num_modes}")
-        if self.sigma <= 0:
+        if not self.sigma > 0:  # NaN too
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
         check_name("reward_kind", self.reward_kind, REWARD_KINDS)
         self._check_weights()
