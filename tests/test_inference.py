@@ -183,3 +183,27 @@ def test_two_answers_separate_the_meanings_of_refuted(uni, multi, want):
     inf.apply_holm([i, u])
     assert inf.two_answers([i], u, 0.5, 0.5) == want
     assert inf.two_answers([], u, 0.5, 0.5)["multimodal_adds"] == "not comparable"
+
+
+def test_an_interaction_whose_seeds_do_not_overlap_is_not_comparable(monkeypatch):
+    # Each point alone has two matchable seeds, but no seed is matchable at both: the
+    # seed-paired interaction has one finite difference and is listed as not comparable
+    # (it once raised from inference.paired and lost a finished study's report).
+    from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+
+    from grpo_jax.study.report import analysis  # pylint: disable=import-outside-toplevel
+
+    nan = float("nan")
+    deltas = {"uni": np.asarray([0.1, 0.2, nan, nan]), "multi": np.asarray([nan, 0.3, 0.4, 0.5])}
+    monkeypatch.setattr(
+        analysis, "_delta", lambda st, p, label, *a: (inf.paired(deltas[label]), deltas[label])
+    )
+    st = SimpleNamespace(
+        outcomes=["off_target"], baselines=["uni"], missing_baselines=[],
+        mods=[("uni", False, 0.0, 1), ("multi", True, 1.0, 2)], seeds=list(range(4)),
+        config={"min_matched_fraction": 0.5, "alpha": 0.05, "primary_outcome": "off_target"},
+        bounds=lambda o, order=1: (-1.0, 1.0),
+    )  # fmt: skip
+    rows, skipped = analysis._family(st, "tabular", [("a", "b")], 0)
+    assert [r["kind"] for r in rows] == ["unimodal"]
+    assert skipped == [dict(modality="multi", outcome="off_target", pair=["a", "b"])]

@@ -222,11 +222,12 @@ def _family(st: _Study, policy, pairs, replicate):
                     if not multi:
                         continue
                     dm, d_multi = _delta(st, policy, label, a, b, o, replicate)
-                    if dm is None or dm.n < need:
+                    with np.errstate(invalid="ignore"):
+                        d_int = d_multi - d_uni  # paired by seed: both must be matchable
+                    if dm is None or dm.n < need or np.isfinite(d_int).sum() < need:
                         skipped.append(dict(modality=label, outcome=o, pair=[a, b]))
                         continue
-                    with np.errstate(invalid="ignore"):
-                        est = inf.paired(d_multi - d_uni, st.bounds(o, order=2))
+                    est = inf.paired(d_int, st.bounds(o, order=2))
                     rows.append(
                         dict(
                             kind="interaction",
