@@ -509,14 +509,8 @@ def training_quality(records, tv_target: float = 0.05) -> dict[str, Any]:
     """How close the primary runs came to their closed-form optima (`CLOSED_FORM_CLASSES`),
     and how often
     an update was skipped for an exactly zero gradient."""
-    tv = np.asarray(
-        [
-            r["tv_to_optimum"]
-            for r in records
-            if r.get("tv_to_optimum") is not None and r["replicate"] == 0
-        ],
-        np.float64,
-    )
+    with_target = [r for r in records if r.get("tv_to_optimum") is not None and r["replicate"] == 0]
+    tv = np.asarray([r["tv_to_optimum"] for r in with_target], np.float64)
     zg = np.asarray([r["zero_grad_frac"] for r in records], np.float64)
     return {
         "tv_mean": float(tv.mean()) if tv.size else None,
@@ -524,6 +518,7 @@ def training_quality(records, tv_target: float = 0.05) -> dict[str, Any]:
         "tv_target": tv_target,
         "tv_within": float(np.mean(tv <= tv_target)) if tv.size else None,
         "tv_count": int(tv.size),
+        "classes": list(dict.fromkeys(r["policy"] for r in with_target)),
         "zero_grad_frac_mean": float(zg.mean()),
         "zero_grad_frac_max": float(zg.max()),
     }

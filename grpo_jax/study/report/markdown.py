@@ -311,9 +311,9 @@ def _training_section(result) -> list[str]:
     return [
         "## Training",
         "",
-        f"Tabular primary runs vs their closed-form optima: TV mean {fmt(t['tv_mean'])}, "
-        f"max {fmt(t['tv_max'])}; {fmt(t['tv_within'])} of {t['tv_count']} runs within "
-        f"TV {fmt(t['tv_target'])}. Updates skipped for an exactly zero gradient: mean "
+        f"Runs of the {', '.join(t.get('classes', ['tabular']))} class with a closed-form "
+        f"target vs it (replicate 0): TV mean {fmt(t['tv_mean'])}, max {fmt(t['tv_max'])}; "
+        f"{_within(t)} of {t['tv_count']} runs within TV {fmt(t['tv_target'])}. Updates skipped for an exactly zero gradient: mean "
         f"{fmt(t['zero_grad_frac_mean'])}, max {fmt(t['zero_grad_frac_max'])} of a run's "
         f"steps.",
         "",
@@ -492,6 +492,13 @@ def _closed_form_of(test, closed) -> str:
     if mine is None or (test["kind"] == "interaction" and base is None):
         return "–"
     return fmt(mine - base if test["kind"] == "interaction" else mine, 3)
+
+
+def _within(t) -> str:
+    """'n (fraction)' of the runs within the TV target (a count, then the fraction)."""
+    if t["tv_within"] is None:
+        return "–"
+    return f"{round(t['tv_within'] * t['tv_count'])} ({fmt(t['tv_within'])})"
 
 
 def write_report(
