@@ -130,6 +130,35 @@ def test_truncated_checkpoint_falls_back_to_the_previous_step(tmp_path):
         checkpoint.restore_newest_intact(d, tree, log=logs.append)
 
 
+def _garble_files(directory):
+    """Flip 16 bytes in the middle of the largest data file under `directory` (size kept)."""
+    paths = [os.path.join(r, n) for r, _, files in os.walk(directory) for n in files]
+    path = max(paths, key=os.path.getsize)
+    data = bytearray(open(path, "rb").read())
+    mid = len(data) // 2
+    data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_garbled_checkpoint_falls_back_to_the_previous_step(tmp_path):
+    """Bytes flipped in the newest checkpoint (its size kept) read back without an error
+    from orbax; the checksums saved with it catch them and the previous step is used."""
+    noise = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    tree = {"w": jnp.asarray(noise), "b": jnp.ones(4)}
+    d = str(tmp_path / "ckpt")
+    checkpoint.save(d, 1, tree, {"step": 1})
+    checkpoint.save(d, 2, jax.tree.map(lambda x: x + 1, tree), {"step": 2})
+    _garble_files(os.path.join(d, "2"))
+    logs = []
+    out, meta, step = checkpoint.restore_newest_intact(d, tree, log=logs.append)
+    assert step == 1 and meta == {"step": 1}
+    np.testing.assert_array_equal(out["w"], tree["w"])
+    assert any("step 2" in line and "checksum" in line for line in logs), logs
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="step 2.*checksum"):
+        checkpoint.restore(d, tree, step=2)
+
+
 def test_max_to_keep_bounds_the_checkpoints(tmp_path):
     d = str(tmp_path / "ckpt")
     for step in range(1, 5):
