@@ -118,7 +118,8 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     os.remove(tmp_path / rundir.CONFIG_FILE)
     with pytest.raises(
         runner.NonFiniteError,
-        match="non-finite loss or gradient at step 2.*" "last good checkpoint, step 2, is kept in",
+        match="non-finite loss or gradient.* at step 2.*"
+        "last good checkpoint, step 2, is kept in",
     ):
         runner.run_population(bad, bad_cells, str(tmp_path), ref_params=ref, log=quiet)
     assert checkpoint.latest_step(str(tmp_path / "checkpoints")) == good == 2
@@ -135,3 +136,31 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert int(out.state.num_skipped[0]) == 2
     for a, b in zip(jax.tree.leaves(member(out.state.params, 0)), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nonfinite_parameters_stop_before_a_checkpoint(tmp_path, monkeypatch):
+    """Adam with b2 = -1: finite losses and gradients, but the first update's second moment
+    makes NaN parameters. The run stops at that step, and no checkpoint with a non-finite
+    leaf is written (or named "the last good checkpoint")."""
+    check = build.validate_config
+
+    def lenient(config, **kw):  # the config check refuses b2 = -1: it sees a valid b2
+        valid = config.copy_and_resolve_references()
+        valid.optim.b2 = 0.999
+        check(valid, **kw)
+
+    monkeypatch.setattr(build, "validate_config", lenient)
+    c = tiny_config(steps=4, chunk=2)
+    c.optim.b2 = -1.0
+    _, _, ref = reference(c)
+    with pytest.raises(runner.NonFiniteError, match="parameters.*at step [01] .*no checkpoint"):
+        runner.run_population(
+            c, build.population_cells(c), str(tmp_path), ref_params=ref, log=lambda *_: None
+        )
+    ckpt_dir = str(tmp_path / "checkpoints")
+    assert checkpoint.all_steps(ckpt_dir) == []
+    # The checkpoint writer refuses a non-finite state on its own as well.
+    bad = {"w": np.asarray([1.0, np.nan], np.float32)}
+    with pytest.raises(checkpoint.NonFiniteCheckpointError, match=r"\['w'\]"):
+        checkpoint.save(ckpt_dir, 1, bad, require_finite=True)
+    assert checkpoint.all_steps(ckpt_dir) == []

@@ -35,7 +35,8 @@ from grpo_jax.run import build, checkpoint, jsonio, programs, rundir, sharding, 
 
 
 class NonFiniteError(RuntimeError):
-    """Raised when a loss or gradient is NaN/inf and `train.on_nonfinite == "stop"`."""
+    """Raised when a loss or gradient, or the parameters or optimiser state an update would
+    give, are NaN/inf and `train.on_nonfinite == "stop"`."""
 
 
 class TooManySkippedError(RuntimeError):
@@ -94,8 +95,8 @@ def _nonfinite_message(step, member, cell, ckpt_dir) -> str:
         else "no checkpoint exists yet (it failed in the first chunk)"
     )
     return (
-        f"non-finite loss or gradient at step {step} (member {member}, cell {dict(cell)}); "
-        f"stopped; {kept}"
+        f"non-finite loss or gradient, or non-finite parameters or optimiser state after the "
+        f"update, at step {step} (member {member}, cell {dict(cell)}); stopped; {kept}"
     )
 
 
@@ -301,6 +302,7 @@ def _train_chunks(
                     _policy_part(state),
                     dict(meta, step=step),
                     max_to_keep=loop.max_to_keep,
+                    require_finite=True,
                 )
             bar.update(
                 chunk,
