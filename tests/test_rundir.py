@@ -1,5 +1,6 @@
 """A run directory you can trust: config check, lock, damaged files, reference mismatch."""
 
+import errno
 import json
 import os
 import subprocess
@@ -91,6 +92,44 @@ def test_second_process_is_refused_and_stale_lock_taken_over(tmp_path):
     with rundir.lock(str(tmp_path), log=logs.append):
         pass
     assert any("stale lock" in line for line in logs)
+
+
+def test_unreadable_lock_is_taken_over_with_a_warning(tmp_path):
+    """An empty or damaged lock (its holder crashed, or the disk filled, while writing it)
+    names no process that could still hold it: taken over with a warning, as a stale one."""
+    for content in ("", '{"pid": 12'):
+        (tmp_path / rundir.LOCK_FILE).write_text(content)
+        logs = []
+        with rundir.lock(str(tmp_path), log=logs.append) as path:
+            assert jsonio.read_json(path)["pid"] == os.getpid()
+        assert any("taking over the lock" in line and "cannot be read" in line for line in logs)
+        assert not os.path.exists(tmp_path / rundir.LOCK_FILE)
+
+
+def test_full_disk_while_locking_says_so_and_leaves_no_lock(tmp_path, monkeypatch):
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, *args, **kwargs):
+            self._f = real_fdopen(fd, *args, **kwargs)
+
+        def write(self, _):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    with pytest.raises(OSError, match=r"no space left on device while writing the lock .*\.lock"):
+        with rundir.lock(str(tmp_path), log=lambda *_: None):
+            pass
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []  # neither a lock nor a temporary file
+    with rundir.lock(str(tmp_path), log=lambda *_: None):  # space freed: the rerun locks
+        pass
 
 
 def test_partial_last_jsonl_line_is_truncated_with_a_warning(tmp_path):
