@@ -116,6 +116,13 @@ def _computational(key: str, safe: Iterable[str]) -> bool:
     return not any(fnmatch.fnmatchcase(t, pattern) for t in tails for pattern in safe)
 
 
+def computational_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], safe: Iterable[str] = NON_COMPUTATIONAL
+) -> dict[str, tuple]:
+    """`config_diff` restricted to the keys that change the computation."""
+    return {k: v for k, v in config_diff(old, new).items() if _computational(k, safe)}
+
+
 def format_diff(diff: Mapping[str, tuple]) -> str:
     return "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
 
