@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -321,6 +322,26 @@ def test_runner_cached_reference_loads_through_restore_reference(tmp_path, monke
     assert t2 == task and m2 == mcfg and meta["report"]["data_kl_seq"] == 0.5
     for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_damaged_cached_reference_is_refused_naming_it_and_the_way_out(tmp_path, monkeypatch):
+    """A cached reference with flipped bytes (size kept) was trained against silently, a
+    truncated one died with a storage message; both now name the reference and the fix."""
+    c, task, mcfg, params = _tiny_reference(3)
+    monkeypatch.setattr(pretrain, "pretrain_reference", lambda *a, **k: (params, {"steps": 7}))
+    cache = str(tmp_path / "reference")
+    reference.load_or_pretrain_reference(c, task, mcfg, cache, log=lambda *_: None)
+    pristine = str(tmp_path / "pristine")
+    shutil.copytree(cache, pristine)
+    for damage in (_garble_files, _truncate_files):
+        shutil.rmtree(cache)
+        shutil.copytree(pristine, cache)
+        damage(os.path.join(cache, "7", "state"))
+        with pytest.raises(
+            reference.DamagedReferenceError,
+            match=f"the reference in {cache} is damaged.*delete {cache}.*pretrained again",
+        ):
+            reference.load_or_pretrain_reference(c, task, mcfg, cache, log=lambda *_: None)
 
 
 def test_reference_saved_before_new_model_fields_still_matches(tmp_path):
