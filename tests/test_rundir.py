@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from grpo_jax.configs import grpo as grpo_config, tasks as task_configs
@@ -197,6 +198,33 @@ def test_garbled_checkpoint_falls_back_to_the_previous_step(tmp_path):
     assert any("step 2" in line and "checksum" in line for line in logs), logs
     with pytest.raises(checkpoint.CorruptCheckpointError, match="step 2.*checksum"):
         checkpoint.restore(d, tree, step=2)
+
+
+def test_fallback_past_a_damaged_step_leaves_no_read_running(tmp_path, monkeypatch, capfd):
+    """Orbax reads a step's arrays concurrently and, at the first failure, closes its event
+    loop under the reads still running: each printed "RuntimeError: Event loop is closed"
+    when it finished, after a run that fell back and succeeded. A damaged step is now found
+    by reads that are all waited for, and never handed to orbax's reader."""
+    rng = np.random.default_rng(1)
+    tree = {f"w{i}": jnp.asarray(rng.standard_normal((32, 32)), jnp.float32) for i in range(40)}
+    d = str(tmp_path / "ckpt")
+    checkpoint.save(d, 1, tree)
+    checkpoint.save(d, 2, tree)
+    _truncate_files(os.path.join(d, "2", "state", "ocdbt.process_0"))  # the data, not the JSON
+    handed_to_orbax = []
+    restore = ocp.CheckpointManager.restore
+
+    def spy(self, step, *args, **kwargs):
+        if "state" in kwargs["args"].keys():
+            handed_to_orbax.append(step)
+        return restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", spy)
+    logs = []
+    _, _, step = checkpoint.restore_newest_intact(d, tree, log=logs.append)
+    assert step == 1 and handed_to_orbax == [1]
+    assert any("step 2" in line and "unreadable" in line for line in logs), logs
+    assert "Event loop is closed" not in capfd.readouterr().err
 
 
 def test_max_to_keep_bounds_the_checkpoints(tmp_path):

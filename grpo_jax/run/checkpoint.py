@@ -24,6 +24,7 @@ pytree with a NaN or infinite floating leaf before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zlib
@@ -175,6 +176,57 @@ def _abstract(x):
     return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
 
+def _read_every_array(directory: str, step: int) -> None:
+    """Read every array of step `step`'s OCDBT item directly with tensorstore, waiting for
+    each read, before orbax restores it: a damaged step fails here with the array named.
+
+    Orbax reads the arrays concurrently on an event loop of its own and closes the loop at
+    the first failure while the other reads are still in flight; each of them then printed
+    "RuntimeError: Event loop is closed" when it finished (dozens of tracebacks in a run
+    that fell back to an older checkpoint and succeeded). Here no read is left running."""
+    path = os.path.join(directory, str(step), "state")
+    if not os.path.exists(os.path.join(path, "manifest.ocdbt")):
+        return  # not OCDBT (an older layout): orbax alone
+    import tensorstore as ts  # pylint: disable=import-outside-toplevel
+
+    context = ts.Context()
+    kvstore = {"driver": "ocdbt", "base": f"file://{os.path.abspath(path)}"}
+    reads, name = [], "the index"
+    try:
+        keys = [
+            k.decode() for k in ts.KvStore.open(kvstore, context=context).result().list().result()
+        ]
+        for key in sorted(keys):
+            for meta_name, driver in ((".zarray", "zarr"), ("zarr.json", "zarr3")):
+                if key == meta_name or key.endswith("/" + meta_name):
+                    name = key[: -len(meta_name)]
+                    spec = {"driver": driver, "kvstore": dict(kvstore, path=name)}
+                    reads.append((name, ts.open(spec, context=context, open=True).result().read()))
+    except Exception as e:  # noqa: BLE001  tensorstore raises several types
+        for _, read in reads:
+            with contextlib.suppress(Exception):
+                read.result()
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} in {directory} is unreadable ({name}: {_first_line(e)})"
+        ) from e
+    errors = []
+    for name, read in reads:  # wait for every read, failed or not
+        try:
+            read.result()
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{name.rstrip('/')}: {_first_line(e)}")
+    if errors:
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} in {directory} is unreadable ({len(errors)} of "
+            f"{len(reads)} arrays; {errors[0]})"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def restore(directory: str, target: Any, step: int | None = None) -> tuple[Any, dict]:
     """Restore checkpoint `step` (default: the latest) into the structure of `target`.
 
@@ -209,6 +261,7 @@ def restore(directory: str, target: Any, step: int | None = None) -> tuple[Any, 
                         f": saved shape {tuple(saved[k].shape)} != target "
                         f"{tuple(a.shape)}"
                     )
+        _read_every_array(directory, step)
         out = mngr.restore(
             step,
             args=ocp.args.Composite(
@@ -267,7 +320,7 @@ def restore_newest_intact(
         except CheckpointMismatchError:
             raise
         except Exception as e:  # noqa: BLE001  orbax/tensorstore raise many types
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            first = _first_line(e)
             errors.append(f"step {step}: {type(e).__name__}: {first}")
             log(
                 f"warning: checkpoint step {step} in {directory} is unreadable ({first}); "
