@@ -296,7 +296,7 @@ def test_full_disk_mid_run_names_the_file_and_the_rerun_resumes(
     c = full["config"]
     with pytest.raises(
         OSError,
-        match=r"no space left on device while writing .*metrics.jsonl \(step 2\); free space",
+        match=r"no space left on device while writing .*metrics.jsonl \(step 2\) \(.*\); free space",
     ) as failed:
         runner.run_population(c, build.population_cells(c), d, ref_params=full["ref"], log=QUIET)
     assert failed.value.errno == errno.ENOSPC

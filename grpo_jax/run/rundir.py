@@ -93,7 +93,7 @@ def disk_full(what: str, way_out: str = "free space (or use another --workdir) a
         if not is_disk_full(e):
             raise
         raise DiskFullError(
-            errno.ENOSPC, f"no space left on device while writing {what}; {way_out}"
+            errno.ENOSPC, f"no space left on device while writing {what} ({e}); {way_out}"
         ) from e
 
 

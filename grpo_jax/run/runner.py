@@ -188,6 +188,7 @@ def _covered_step(ckpt_dir: str, metrics_path: str, log) -> int | None:
     if not steps:
         return None
     rows = rundir.recover_jsonl(metrics_path, log)
+    uncovered = False
     for step, meta in _readable_metadata(ckpt_dir):
         need = meta.get("metrics_rows")
         have = sum(1 for r in rows if int(r.get("step", -1)) < step)
@@ -198,11 +199,8 @@ def _covered_step(ckpt_dir: str, metrics_path: str, log) -> int | None:
             f"checkpoint step {step} (cut or damaged since); resuming from an earlier "
             f"checkpoint so that the missing rows are computed again"
         )
-    return (
-        -1
-        if any(m.get("metrics_rows") is not None for _, m in _readable_metadata(ckpt_dir))
-        else None
-    )
+        uncovered = True
+    return -1 if uncovered else None  # (None: no metadata reads back; the restore says so)
 
 
 def _from_lead(value: int | None) -> int | None:
@@ -278,7 +276,7 @@ def run_population(
     lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     given = dict(ref_params=ref_params, task=task, model_config=model_config)
-    with _StopOnSignal() as stop, rundir.disk_full(f"the run directory {workdir}"):
+    with _StopOnSignal() as stop, rundir.disk_full(f"the run in {workdir}"):
         if not lead:
             return _run_locked(config, cells, workdir, given, log, overwrite, lead, stop)
         with rundir.lock(workdir, log=log):
