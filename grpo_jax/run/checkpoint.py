@@ -322,10 +322,13 @@ def restore_newest_intact(
         except Exception as e:  # noqa: BLE001  orbax/tensorstore raise many types
             first = _first_line(e)
             errors.append(f"step {step}: {type(e).__name__}: {first}")
-            log(
-                f"warning: checkpoint step {step} in {directory} is unreadable ({first}); "
-                f"trying the previous step"
-            )
+            if isinstance(e, CorruptCheckpointError):  # its message names the step already
+                log(f"warning: {first}; trying the previous step")
+            else:
+                log(
+                    f"warning: checkpoint step {step} in {directory} is unreadable ({first}); "
+                    f"trying the previous step"
+                )
     raise RuntimeError(
         f"no intact checkpoint in {directory}: tried steps {list(reversed(steps))} and none "
         f"could be read ({'; '.join(errors) or 'no steps'}). Delete the directory (or use a "
