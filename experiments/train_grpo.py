@@ -7,7 +7,8 @@ Writes <workdir>/metrics.jsonl, TensorBoard events under <workdir>/tb, checkpoin
 <workdir>/checkpoints (a re-run resumes from the last one; the last `train.max_to_keep`
 are kept, `--config.train.max_to_keep=0` keeps every one) and <workdir>/summary.json. A rerun
 whose config changes the computation is refused with a diff (`--overwrite` starts afresh);
-a second process on the same workdir fails at once. Disk: the reference (once) plus
+a second process on the same workdir fails at once. SIGTERM (a scheduler's) saves a
+checkpoint, releases the workdir and exits with status 143; rerun the command to resume. Disk: the reference (once) plus
 max_to_keep checkpoints of the population's policy and Adam state (3x the parameters per
 member: 0.5 MB per member for the default W2-scale model).
 """

@@ -1,7 +1,9 @@
 """A run directory you can trust: config check, lock, damaged files, reference mismatch."""
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from grpo_jax.configs import grpo as grpo_config, tasks as task_configs
@@ -93,6 +96,44 @@ def test_second_process_is_refused_and_stale_lock_taken_over(tmp_path):
     assert any("stale lock" in line for line in logs)
 
 
+def test_unreadable_lock_is_taken_over_with_a_warning(tmp_path):
+    """An empty or damaged lock (its holder crashed, or the disk filled, while writing it)
+    names no process that could still hold it: taken over with a warning, as a stale one."""
+    for content in ("", '{"pid": 12'):
+        (tmp_path / rundir.LOCK_FILE).write_text(content)
+        logs = []
+        with rundir.lock(str(tmp_path), log=logs.append) as path:
+            assert jsonio.read_json(path)["pid"] == os.getpid()
+        assert any("taking over the lock" in line and "cannot be read" in line for line in logs)
+        assert not os.path.exists(tmp_path / rundir.LOCK_FILE)
+
+
+def test_full_disk_while_locking_says_so_and_leaves_no_lock(tmp_path, monkeypatch):
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, *args, **kwargs):
+            self._f = real_fdopen(fd, *args, **kwargs)
+
+        def write(self, _):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    with pytest.raises(OSError, match=r"no space left on device while writing the lock .*\.lock"):
+        with rundir.lock(str(tmp_path), log=lambda *_: None):
+            pass
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []  # neither a lock nor a temporary file
+    with rundir.lock(str(tmp_path), log=lambda *_: None):  # space freed: the rerun locks
+        pass
+
+
 def test_partial_last_jsonl_line_is_truncated_with_a_warning(tmp_path):
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": i, "x": float(i)} for i in range(3)]
@@ -128,6 +169,62 @@ def test_truncated_checkpoint_falls_back_to_the_previous_step(tmp_path):
     _truncate_files(os.path.join(d, "1"))
     with pytest.raises(RuntimeError, match=f"no intact checkpoint in {d}"):
         checkpoint.restore_newest_intact(d, tree, log=logs.append)
+
+
+def _garble_files(directory):
+    """Flip 16 bytes in the middle of the largest data file under `directory` (size kept)."""
+    paths = [os.path.join(r, n) for r, _, files in os.walk(directory) for n in files]
+    path = max(paths, key=os.path.getsize)
+    data = bytearray(open(path, "rb").read())
+    mid = len(data) // 2
+    data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_garbled_checkpoint_falls_back_to_the_previous_step(tmp_path):
+    """Bytes flipped in the newest checkpoint (its size kept) read back without an error
+    from orbax; the checksums saved with it catch them and the previous step is used."""
+    noise = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    tree = {"w": jnp.asarray(noise), "b": jnp.ones(4)}
+    d = str(tmp_path / "ckpt")
+    checkpoint.save(d, 1, tree, {"step": 1})
+    checkpoint.save(d, 2, jax.tree.map(lambda x: x + 1, tree), {"step": 2})
+    _garble_files(os.path.join(d, "2"))
+    logs = []
+    out, meta, step = checkpoint.restore_newest_intact(d, tree, log=logs.append)
+    assert step == 1 and meta == {"step": 1}
+    np.testing.assert_array_equal(out["w"], tree["w"])
+    assert any("step 2" in line and "checksum" in line for line in logs), logs
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="step 2.*checksum"):
+        checkpoint.restore(d, tree, step=2)
+
+
+def test_fallback_past_a_damaged_step_leaves_no_read_running(tmp_path, monkeypatch, capfd):
+    """Orbax reads a step's arrays concurrently and, at the first failure, closes its event
+    loop under the reads still running: each printed "RuntimeError: Event loop is closed"
+    when it finished, after a run that fell back and succeeded. A damaged step is now found
+    by reads that are all waited for, and never handed to orbax's reader."""
+    rng = np.random.default_rng(1)
+    tree = {f"w{i}": jnp.asarray(rng.standard_normal((32, 32)), jnp.float32) for i in range(40)}
+    d = str(tmp_path / "ckpt")
+    checkpoint.save(d, 1, tree)
+    checkpoint.save(d, 2, tree)
+    _truncate_files(os.path.join(d, "2", "state", "ocdbt.process_0"))  # the data, not the JSON
+    handed_to_orbax = []
+    restore = ocp.CheckpointManager.restore
+
+    def spy(self, step, *args, **kwargs):
+        if "state" in kwargs["args"].keys():
+            handed_to_orbax.append(step)
+        return restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", spy)
+    logs = []
+    _, _, step = checkpoint.restore_newest_intact(d, tree, log=logs.append)
+    assert step == 1 and handed_to_orbax == [1]
+    assert any("step 2" in line and "unreadable" in line for line in logs), logs
+    assert "Event loop is closed" not in capfd.readouterr().err
 
 
 def test_max_to_keep_bounds_the_checkpoints(tmp_path):
@@ -253,6 +350,26 @@ def test_runner_cached_reference_loads_through_restore_reference(tmp_path, monke
     assert t2 == task and m2 == mcfg and meta["report"]["data_kl_seq"] == 0.5
     for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_damaged_cached_reference_is_refused_naming_it_and_the_way_out(tmp_path, monkeypatch):
+    """A cached reference with flipped bytes (size kept) was trained against silently, a
+    truncated one died with a storage message; both now name the reference and the fix."""
+    c, task, mcfg, params = _tiny_reference(3)
+    monkeypatch.setattr(pretrain, "pretrain_reference", lambda *a, **k: (params, {"steps": 7}))
+    cache = str(tmp_path / "reference")
+    reference.load_or_pretrain_reference(c, task, mcfg, cache, log=lambda *_: None)
+    pristine = str(tmp_path / "pristine")
+    shutil.copytree(cache, pristine)
+    for damage in (_garble_files, _truncate_files):
+        shutil.rmtree(cache)
+        shutil.copytree(pristine, cache)
+        damage(os.path.join(cache, "7", "state"))
+        with pytest.raises(
+            reference.DamagedReferenceError,
+            match=f"the reference in {cache} is damaged.*delete {cache}.*pretrained again",
+        ):
+            reference.load_or_pretrain_reference(c, task, mcfg, cache, log=lambda *_: None)
 
 
 def test_reference_saved_before_new_model_fields_still_matches(tmp_path):

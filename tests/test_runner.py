@@ -2,14 +2,17 @@
 equal to separate runs, non-finite steps (split from test_train_grpo.py so the two files
 balance on two pytest-xdist workers)."""
 
+import errno
 import os
+import shutil
+import signal
 
 import jax
 import numpy as np
 import pytest
 
 
-from grpo_jax.run import build, checkpoint, rundir, runner, writers
+from grpo_jax.run import build, checkpoint, programs, rundir, runner, writers
 from train_helpers import member, reference, tiny_config
 
 
@@ -113,12 +116,14 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     bad_cells = [{"train.seed": 0, "loss.beta": float("inf")}]
     with pytest.raises(rundir.ConfigMismatchError, match="loss.beta"):  # a changed run
         runner.run_population(bad, bad_cells, str(tmp_path), ref_params=ref, log=quiet)
-    # Resume the good run with beta = inf on purpose (bypassing the run-config check) to put
-    # a non-finite loss in the middle of a run.
+    # Resume the good run with beta = inf on purpose (bypassing the run-config checks of
+    # config.json and of the checkpoints) to put a non-finite loss in the middle of a run.
     os.remove(tmp_path / rundir.CONFIG_FILE)
+    monkeypatch.setattr(runner, "_check_checkpoint_config", lambda *_: None)
     with pytest.raises(
         runner.NonFiniteError,
-        match="non-finite loss or gradient at step 2.*" "last good checkpoint, step 2, is kept in",
+        match="non-finite loss or gradient.* at step 2.*"
+        "last good checkpoint, step 2, is kept in",
     ):
         runner.run_population(bad, bad_cells, str(tmp_path), ref_params=ref, log=quiet)
     assert checkpoint.latest_step(str(tmp_path / "checkpoints")) == good == 2
@@ -135,3 +140,168 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert int(out.state.num_skipped[0]) == 2
     for a, b in zip(jax.tree.leaves(member(out.state.params, 0)), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nonfinite_parameters_stop_before_a_checkpoint(tmp_path, monkeypatch):
+    """Adam with b2 = -1: finite losses and gradients, but the first update's second moment
+    makes NaN parameters. The run stops at that step, and no checkpoint with a non-finite
+    leaf is written (or named "the last good checkpoint")."""
+    check = build.validate_config
+
+    def lenient(config, **kw):  # the config check refuses b2 = -1: it sees a valid b2
+        valid = config.copy_and_resolve_references()
+        valid.optim.b2 = 0.999
+        check(valid, **kw)
+
+    monkeypatch.setattr(build, "validate_config", lenient)
+    c = tiny_config(steps=4, chunk=2)
+    c.optim.b2 = -1.0
+    _, _, ref = reference(c)
+    with pytest.raises(runner.NonFiniteError, match="parameters.*at step [01] .*no checkpoint"):
+        runner.run_population(
+            c, build.population_cells(c), str(tmp_path), ref_params=ref, log=lambda *_: None
+        )
+    ckpt_dir = str(tmp_path / "checkpoints")
+    assert checkpoint.all_steps(ckpt_dir) == []
+    # The checkpoint writer refuses a non-finite state on its own as well.
+    bad = {"w": np.asarray([1.0, np.nan], np.float32)}
+    with pytest.raises(checkpoint.NonFiniteCheckpointError, match=r"\['w'\]"):
+        checkpoint.save(ckpt_dir, 1, bad, require_finite=True)
+    assert checkpoint.all_steps(ckpt_dir) == []
+
+
+# ------------------------------------------------------------------------------------------
+# Nothing lost, nothing silent: SIGTERM, a torn metrics row, another config, a full disk.
+# Each run is compared with one uninterrupted run of the same tiny config.
+# ------------------------------------------------------------------------------------------
+
+QUIET = lambda *_: None
+
+
+def _rows(workdir):
+    """metrics.jsonl without the timing columns (they differ between any two runs)."""
+    timing = ("step_time", "tokens_per_s")
+    return [{k: v for k, v in r.items() if k not in timing} for r in writers.read_metrics(workdir)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    c = tiny_config(steps=4, chunk=2)
+    _, _, ref = reference(c)
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    out = runner.run_population(c, build.population_cells(c), workdir, ref_params=ref, log=QUIET)
+    assert checkpoint.all_steps(os.path.join(workdir, "checkpoints")) == [2, 4]
+    return dict(config=c, ref=ref, out=out, rows=_rows(workdir), workdir=workdir)
+
+
+def _assert_same_run(full, out, workdir):
+    for a, b in zip(jax.tree.leaves(full["out"].state), jax.tree.leaves(out.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _rows(workdir) == full["rows"]  # every row, once, as the uninterrupted run wrote it
+
+
+def test_sigterm_checkpoints_releases_the_lock_and_the_rerun_resumes(
+    tmp_path, monkeypatch, uninterrupted
+):
+    full, d = uninterrupted, str(tmp_path)
+    c = tiny_config(steps=4, chunk=2)
+    c.train.checkpoint_every_chunks = 2  # no checkpoint at step 2 unless SIGTERM makes one
+    get = programs.PROGRAMS.get
+
+    def get_then_sigterm(*args, **kwargs):
+        run_chunk, cached = get(*args, **kwargs)
+
+        def run(state, hp):
+            out = run_chunk(state, hp)
+            os.kill(os.getpid(), signal.SIGTERM)  # what a cluster scheduler sends
+            return out
+
+        return run, cached
+
+    def not_handled(*_):
+        raise AssertionError("SIGTERM reached the handler installed before the run")
+
+    monkeypatch.setattr(programs.PROGRAMS, "get", get_then_sigterm)
+    before = signal.signal(signal.SIGTERM, not_handled)
+    try:
+        with pytest.raises(
+            runner.Terminated, match=f"SIGTERM: stopped at step 2 of 4; checkpoint step 2 is in"
+        ) as stopped:
+            runner.run_population(
+                c, build.population_cells(c), d, ref_params=full["ref"], log=QUIET
+            )
+        assert signal.getsignal(signal.SIGTERM) is not_handled  # the previous one, restored
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert not os.path.exists(os.path.join(d, rundir.LOCK_FILE))  # any host may rerun
+    assert checkpoint.all_steps(os.path.join(d, "checkpoints")) == [2]
+    monkeypatch.undo()
+    c = full["config"]
+    out = runner.run_population(c, build.population_cells(c), d, ref_params=full["ref"], log=QUIET)
+    assert out.start_step == 2
+    _assert_same_run(full, out, d)
+
+
+def test_torn_last_metrics_row_is_computed_again(tmp_path, uninterrupted):
+    """The last row torn after the run ended: the newest checkpoint (step 4) is ahead of the
+    rows, so the run resumes from step 2 and writes rows 2 and 3 again (11 of 12 rows
+    survived before)."""
+    full, d = uninterrupted, str(tmp_path / "run")
+    shutil.copytree(full["workdir"], d)
+    path = os.path.join(d, "metrics.jsonl")
+    text = open(path, encoding="utf-8").read()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text[:-20])  # a crash, or damage, in the middle of the last line
+    logs = []
+    c = full["config"]
+    out = runner.run_population(
+        c, build.population_cells(c), d, ref_params=full["ref"], log=logs.append
+    )
+    assert out.start_step == 2
+    assert any("holds 3 of the 4 rows written before checkpoint step 4" in x for x in logs), logs
+    _assert_same_run(full, out, d)
+
+
+def test_checkpoints_refuse_another_config_when_config_json_is_gone(tmp_path, uninterrupted):
+    full, d = uninterrupted, str(tmp_path / "run")
+    shutil.copytree(full["workdir"], d)
+    os.remove(os.path.join(d, rundir.CONFIG_FILE))
+    other = tiny_config(steps=6, chunk=2)
+    other.loss.beta = 0.5
+    with pytest.raises(
+        rundir.ConfigMismatchError,
+        match=r"(?s)checkpoints \(step 4\) of a run with a different config.*"
+        r"loss.beta: 0.04 -> 0.5.*--overwrite",
+    ):
+        runner.run_population(
+            other, build.population_cells(other), d, ref_params=full["ref"], log=QUIET
+        )
+    assert not os.path.exists(os.path.join(d, rundir.CONFIG_FILE))  # nothing taken as agreed
+    assert checkpoint.all_steps(os.path.join(d, "checkpoints")) == [2, 4]
+
+
+def test_full_disk_mid_run_names_the_file_and_the_rerun_resumes(
+    tmp_path, monkeypatch, uninterrupted
+):
+    full, d = uninterrupted, str(tmp_path)
+    write = writers.MetricWriter.write
+
+    def write_until_full(self, step, metrics):
+        if step >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, step, metrics)
+
+    monkeypatch.setattr(writers.MetricWriter, "write", write_until_full)
+    c = full["config"]
+    with pytest.raises(
+        OSError,
+        match=r"no space left on device while writing .*metrics.jsonl \(step 2\) \(.*\); free space",
+    ) as failed:
+        runner.run_population(c, build.population_cells(c), d, ref_params=full["ref"], log=QUIET)
+    assert failed.value.errno == errno.ENOSPC
+    assert not os.path.exists(os.path.join(d, rundir.LOCK_FILE))
+    monkeypatch.undo()
+    out = runner.run_population(c, build.population_cells(c), d, ref_params=full["ref"], log=QUIET)
+    assert out.start_step == 2
+    _assert_same_run(full, out, d)

@@ -16,7 +16,7 @@ parts:
                    here) as a function of the policy parameters; with several KL choices in
                    one program, a `lax.switch` over the element-wise math only
     inner updates  mu optimiser updates (Adam direction times -lr), each skipped when the
-                   loss or gradient is not finite, or (`skip_zero_grad`) when the gradient
+                   loss, gradient or updated parameters / Adam state are not finite, or (`skip_zero_grad`) when the gradient
                    is exactly zero, so Adam's momentum cannot drift the policy
     step metrics   reward, exact KL both ways and entropy of pi_old on this batch, norms
 
@@ -61,7 +61,7 @@ class RLState:
     opt_state: Any  # optax state of `params`
     ref_params: Any  # frozen reference parameters
     key: jax.Array  # base PRNG key; step keys are fold_in(key, step)
-    num_skipped: jax.Array  # int32: inner updates skipped because loss or grads were not finite
+    num_skipped: jax.Array  # int32: inner updates skipped as non-finite (loss, grads or result)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,8 +399,9 @@ def inner_updates(
 ):
     """`setup.inner_steps` optimiser updates of `loss_fn(params) -> (loss, aux)` in a scan.
 
-    An update is skipped (parameters and optimiser state unchanged) when the loss or a
-    gradient is not finite (counted in `num_skipped` and `nonfinite`), and, with
+    An update is skipped (parameters and optimiser state unchanged) when the loss, a
+    gradient, or the updated parameters or optimiser state are not finite (counted in
+    `num_skipped` and `nonfinite`), and, with
     `setup.skip_zero_grad`, when the gradient is exactly zero (`zero_grad_skipped`).
     Returns (params, opt_state, num_skipped, per-inner-step stats [inner_steps]).
     """
@@ -412,7 +413,15 @@ def inner_updates(
         direction, new_opt_state = opt.update(grads, opt_state, params)
         updates = jax.tree.map(lambda u: -hp.lr * u, direction)
         grad_norm = _global_norm(grads)
-        finite = jnp.isfinite(loss) & _tree_all_finite(grads)
+        new_params = optax.apply_updates(params, updates)
+        # Finite gradients can still give non-finite parameters or moments (e.g. Adam with
+        # b2 outside [0, 1)): the update's result is checked too.
+        finite = (
+            jnp.isfinite(loss)
+            & _tree_all_finite(grads)
+            & _tree_all_finite(new_params)
+            & _tree_all_finite(new_opt_state)
+        )
         zero = (grad_norm == 0) if setup.skip_zero_grad else jnp.zeros((), bool)
         apply = _computed_once(finite & ~zero)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
@@ -425,7 +434,7 @@ def inner_updates(
             zero_grad_skipped=(finite & zero).astype(jnp.float32),
         )
         carry = (
-            keep(optax.apply_updates(params, updates), params),
+            keep(new_params, params),
             keep(new_opt_state, opt_state),
             skipped + (1 - finite.astype(jnp.int32)),
         )

@@ -8,6 +8,14 @@ NamedTuples, dataclasses, optax states, integer-keyed dicts) round-trips; `resto
 it with the structure of `target`. Typed PRNG keys (`jax.random.key`) are stored as their
 raw key data and re-wrapped. Restoring is exact: bit-for-bit identical leaves.
 
+Integrity: `save` stores a CRC-32 of every leaf's bytes (with its dtype and shape) in the
+metadata under `INTEGRITY_KEY`, and `restore` recomputes them: a checkpoint whose bytes
+changed while its files kept their size (which orbax/OCDBT reads back without complaint)
+is a `CorruptCheckpointError`, and `restore_newest_intact` falls back past it as past a
+truncated one. Leaves that span several processes are not checksummed. The key is
+stripped from the metadata callers get back. `save(..., require_finite=True)` refuses a
+pytree with a NaN or infinite floating leaf before anything is written.
+
     save(directory, step, pytree, metadata)                   # blocks until written
     pytree, metadata = restore(directory, target, step=None)  # latest step by default
     latest_step(directory) -> int | None
@@ -16,8 +24,10 @@ raw key data and re-wrapped. Restoring is exact: bit-for-bit identical leaves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import zlib
 from typing import Any, Callable
 
 import jax
@@ -27,9 +37,19 @@ import orbax.checkpoint as ocp
 
 from grpo_jax.run import jsonio
 
+INTEGRITY_KEY = "_integrity"  # metadata key of the leaves' checksums (see the docstring)
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's structure or shapes differ from the restore target's."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint reads back, but its bytes differ from the ones saved (checksum)."""
+
+
+class NonFiniteCheckpointError(ValueError):
+    """`save(..., require_finite=True)` was given a NaN or infinite leaf."""
 
 
 def _manager(directory: str, read_only: bool = False) -> ocp.CheckpointManager:
@@ -49,21 +69,58 @@ def _flatten(pytree) -> dict[str, Any]:
     return {f"{i:06d}": (jax.random.key_data(x) if _is_key(x) else x) for i, x in enumerate(leaves)}
 
 
+def _host(x) -> np.ndarray | None:
+    """The leaf's bytes on this host, or None when it spans several processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return None
+    return np.asarray(x)
+
+
+def _checksum(arr: np.ndarray) -> dict[str, Any]:
+    arr = np.ascontiguousarray(arr)
+    return {"crc32": zlib.crc32(arr.tobytes()), "dtype": str(arr.dtype), "shape": list(arr.shape)}
+
+
+def _check_finite(directory: str, step: int, pytree: Any) -> None:
+    for path, x in jax.tree_util.tree_flatten_with_path(pytree)[0]:
+        if _is_key(x) or not jnp.issubdtype(getattr(x, "dtype", np.int32), jnp.inexact):
+            continue
+        arr = _host(x)
+        if arr is not None and not np.isfinite(arr).all():
+            raise NonFiniteCheckpointError(
+                f"not saving checkpoint step {step} under {directory}: leaf "
+                f"{jax.tree_util.keystr(path)} holds {int((~np.isfinite(arr)).sum())} NaN or "
+                f"infinite values"
+            )
+
+
 def save(
     directory: str,
     step: int,
     pytree: Any,
     metadata: dict | None = None,
     max_to_keep: int | None = None,
+    require_finite: bool = False,
 ) -> None:
     """Write `pytree` and JSON `metadata` as checkpoint `step` under `directory` (created if
     needed; an existing checkpoint with the same step is replaced). Blocks until done.
     With `max_to_keep`, older steps beyond the newest `max_to_keep` are deleted afterwards
     (orbax writes a step to a temporary directory and renames it, so a crash mid-save
-    leaves the previous steps intact)."""
+    leaves the previous steps intact). Every leaf's checksum goes into the metadata (see
+    the module docstring); `require_finite` refuses (`NonFiniteCheckpointError`, nothing
+    written) a pytree with a non-finite floating leaf."""
     metadata = jsonio.to_jsonable(dict(metadata or {}))
     json.dumps(metadata)  # fail here, before anything is written, if not serialisable
     step = int(step)
+    if require_finite:
+        _check_finite(directory, step, pytree)
+    flat = _flatten(pytree)
+    sums = {}
+    for k, x in flat.items():
+        arr = _host(x)
+        if arr is not None:
+            sums[k] = _checksum(arr)
+    metadata[INTEGRITY_KEY] = {"leaves": sums}
     with _manager(directory) as mngr:
         if step in mngr.all_steps():
             mngr.delete(step)
@@ -71,7 +128,7 @@ def save(
             step,
             force=True,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_flatten(pytree)), metadata=ocp.args.JsonSave(metadata)
+                state=ocp.args.StandardSave(flat), metadata=ocp.args.JsonSave(metadata)
             ),
         )
         mngr.wait_until_finished()
@@ -105,7 +162,9 @@ def read_metadata(directory: str, step: int | None = None) -> dict:
         raise FileNotFoundError(f"no checkpoint under {directory!r}")
     with _manager(directory, read_only=True) as mngr:
         out = mngr.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-    return dict(out["metadata"] or {})
+    meta = dict(out["metadata"] or {})
+    meta.pop(INTEGRITY_KEY, None)
+    return meta
 
 
 def _abstract(x):
@@ -115,6 +174,57 @@ def _abstract(x):
     if not isinstance(sharding, jax.sharding.Sharding):
         sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+
+def _read_every_array(directory: str, step: int) -> None:
+    """Read every array of step `step`'s OCDBT item directly with tensorstore, waiting for
+    each read, before orbax restores it: a damaged step fails here with the array named.
+
+    Orbax reads the arrays concurrently on an event loop of its own and closes the loop at
+    the first failure while the other reads are still in flight; each of them then printed
+    "RuntimeError: Event loop is closed" when it finished (dozens of tracebacks in a run
+    that fell back to an older checkpoint and succeeded). Here no read is left running."""
+    path = os.path.join(directory, str(step), "state")
+    if not os.path.exists(os.path.join(path, "manifest.ocdbt")):
+        return  # not OCDBT (an older layout): orbax alone
+    import tensorstore as ts  # pylint: disable=import-outside-toplevel
+
+    context = ts.Context()
+    kvstore = {"driver": "ocdbt", "base": f"file://{os.path.abspath(path)}"}
+    reads, name = [], "the index"
+    try:
+        keys = [
+            k.decode() for k in ts.KvStore.open(kvstore, context=context).result().list().result()
+        ]
+        for key in sorted(keys):
+            for meta_name, driver in ((".zarray", "zarr"), ("zarr.json", "zarr3")):
+                if key == meta_name or key.endswith("/" + meta_name):
+                    name = key[: -len(meta_name)]
+                    spec = {"driver": driver, "kvstore": dict(kvstore, path=name)}
+                    reads.append((name, ts.open(spec, context=context, open=True).result().read()))
+    except Exception as e:  # noqa: BLE001  tensorstore raises several types
+        for _, read in reads:
+            with contextlib.suppress(Exception):
+                read.result()
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} in {directory} is unreadable ({name}: {_first_line(e)})"
+        ) from e
+    errors = []
+    for name, read in reads:  # wait for every read, failed or not
+        try:
+            read.result()
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{name.rstrip('/')}: {_first_line(e)}")
+    if errors:
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} in {directory} is unreadable ({len(errors)} of "
+            f"{len(reads)} arrays; {errors[0]})"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def restore(directory: str, target: Any, step: int | None = None) -> tuple[Any, dict]:
@@ -151,6 +261,7 @@ def restore(directory: str, target: Any, step: int | None = None) -> tuple[Any, 
                         f": saved shape {tuple(saved[k].shape)} != target "
                         f"{tuple(a.shape)}"
                     )
+        _read_every_array(directory, step)
         out = mngr.restore(
             step,
             args=ocp.args.Composite(
@@ -158,11 +269,31 @@ def restore(directory: str, target: Any, step: int | None = None) -> tuple[Any, 
             ),
         )
     restored = [out["state"][f"{i:06d}"] for i in range(len(leaves))]
+    meta = dict(out["metadata"] or {})
+    _verify(directory, step, restored, meta.pop(INTEGRITY_KEY, None), target)
     restored = [
         jax.random.wrap_key_data(r, impl=t.dtype._impl) if _is_key(t) else r
         for r, t in zip(restored, leaves)
     ]
-    return jax.tree_util.tree_unflatten(treedef, restored), dict(out["metadata"] or {})
+    return jax.tree_util.tree_unflatten(treedef, restored), meta
+
+
+def _verify(directory, step, restored, integrity, target) -> None:
+    """Compare the restored leaves with the checksums saved with them (checkpoints written
+    before checksums existed have none: nothing to compare)."""
+    sums = (integrity or {}).get("leaves", {})
+    for i, x in enumerate(restored):
+        want = sums.get(f"{i:06d}")
+        arr = _host(x) if want is not None else None
+        if arr is None or str(arr.dtype) != want["dtype"]:
+            continue  # spans processes, or restored into another dtype
+        got = _checksum(arr)
+        if got != want:
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} in {directory} is damaged: leaf {i:06d} "
+                f"({jax.tree_util.keystr(_paths(target)[i])}) does not match the checksum "
+                f"saved with it"
+            )
 
 
 def _paths(tree):
@@ -170,16 +301,17 @@ def _paths(tree):
 
 
 def restore_newest_intact(
-    directory: str, target: Any, log: Callable[[str], Any] = print
+    directory: str, target: Any, log: Callable[[str], Any] = print, max_step: int | None = None
 ) -> tuple[Any, dict, int]:
     """Restore the newest checkpoint under `directory` that reads back, newest first.
 
-    An unreadable step (truncated files, a crash mid-write) is skipped with a warning naming
-    it. Returns (pytree, metadata, step). If no step is intact, raises `RuntimeError` with
+    An unreadable step (truncated files, a crash mid-write) or a damaged one (checksum) is
+    skipped with a warning naming it. With `max_step`, newer steps are not considered.
+    Returns (pytree, metadata, step). If no step is intact, raises `RuntimeError` with
     one paragraph naming the directory and the steps tried (shape mismatches, i.e. a
     different model, still raise `ValueError` at once).
     """
-    steps = all_steps(directory)
+    steps = [s for s in all_steps(directory) if max_step is None or s <= max_step]
     errors = []
     for step in reversed(steps):
         try:
@@ -188,12 +320,15 @@ def restore_newest_intact(
         except CheckpointMismatchError:
             raise
         except Exception as e:  # noqa: BLE001  orbax/tensorstore raise many types
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            first = _first_line(e)
             errors.append(f"step {step}: {type(e).__name__}: {first}")
-            log(
-                f"warning: checkpoint step {step} in {directory} is unreadable ({first}); "
-                f"trying the previous step"
-            )
+            if isinstance(e, CorruptCheckpointError):  # its message names the step already
+                log(f"warning: {first}; trying the previous step")
+            else:
+                log(
+                    f"warning: checkpoint step {step} in {directory} is unreadable ({first}); "
+                    f"trying the previous step"
+                )
     raise RuntimeError(
         f"no intact checkpoint in {directory}: tried steps {list(reversed(steps))} and none "
         f"could be read ({'; '.join(errors) or 'no steps'}). Delete the directory (or use a "

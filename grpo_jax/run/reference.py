@@ -9,7 +9,9 @@ A saved reference is an orbax checkpoint (checkpoint.py) whose JSON metadata is
 `reference_metadata(...)`: {"task": task config (name + fields), "model": ModelConfig
 fields, "pretrain": the pretraining settings, "report": the fit (rl/reference_fit.py)}.
 The GRPO runner's cached references and experiments/pretrain.py both write it, and
-`restore_reference` reads either.
+`restore_reference` reads either. A damaged reference (truncated, or bytes that no longer
+match the checksums saved with it, checkpoint.py) is a `DamagedReferenceError` naming it and
+the way out, never trained against.
 
 A reference may also be a Hugging Face Llama checkpoint (`config.reference.safetensors_dir`:
 config.json + safetensors, read by models/hf_llama.py, the safetensors counterpart of the
@@ -29,6 +31,26 @@ import jax
 from grpo_jax.models import hf_llama, model as model_lib, policies
 from grpo_jax.rl import pretrain
 from grpo_jax.run import checkpoint, config_utils, rundir
+
+
+class DamagedReferenceError(RuntimeError):
+    """A saved reference cannot be read back intact (truncated files, bytes that do not
+    match their checksums); the message names it and the way out."""
+
+
+def _restore_intact(directory: str, target, step=None, way_out: str = ""):
+    """`checkpoint.restore`, a damaged reference (any storage error, a checksum mismatch)
+    re-raised as `DamagedReferenceError` naming `directory` and `way_out`."""
+    try:
+        return checkpoint.restore(directory, target, step)
+    except (checkpoint.CheckpointMismatchError, FileNotFoundError):
+        raise
+    except Exception as e:  # noqa: BLE001  orbax / tensorstore raise many types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DamagedReferenceError(
+            f"the reference in {directory} is damaged ({type(e).__name__}: {first}); "
+            f"{way_out or 'save it again'}"
+        ) from e
 
 
 def reference_metadata(
@@ -72,7 +94,9 @@ def restore_reference(directory: str, step: int | None = None):
     task = config_utils.make_task(meta["task"])
     model_config = model_lib.ModelConfig(**meta["model"])
     target = model_lib.abstract_params(model_config)
-    params, meta = checkpoint.restore(directory, target, step)
+    params, meta = _restore_intact(
+        directory, target, step, "save it again (e.g. rerun experiments/pretrain.py)"
+    )
     return task, model_config, params, meta
 
 
@@ -110,10 +134,17 @@ def _pretrain_settings(config) -> dict[str, Any]:
     return {k: r[k] for k in ("steps", "batch_size", "lr", "chunk_steps", "seed")}
 
 
-def _check_reference(directory: str, config, model_config, cached: bool) -> None:
+def _check_reference(directory: str, config, model_config, cached: bool, way_out: str = "") -> None:
     """Refuse a saved reference whose task or model differs from the run's, with a diff
-    (and, for the run's own cache, whose pretraining settings differ)."""
-    meta = checkpoint.read_metadata(directory)
+    (and, for the run's own cache, whose pretraining settings differ), or whose metadata
+    does not read back (`DamagedReferenceError` with `way_out`)."""
+    try:
+        meta = checkpoint.read_metadata(directory)
+    except Exception as e:  # noqa: BLE001  orbax / tensorstore raise many types
+        raise DamagedReferenceError(
+            f"the reference in {directory} is damaged (its metadata does not read back: "
+            f"{type(e).__name__}); {way_out or 'save it again'}"
+        ) from e
     if "task" not in meta or "model" not in meta:
         raise ValueError(
             f"{directory}: not a reference checkpoint (metadata keys "
@@ -165,8 +196,15 @@ def load_or_pretrain_reference(config, task, model_config, directory: str | None
     explicit = config.reference.checkpoint
     for path, cached in ((explicit, False), (directory, True)):
         if path and checkpoint.latest_step(path) is not None:
-            _check_reference(path, config, model_config, cached)
-            params, _ = checkpoint.restore(path, target)
+            way_out = (
+                f"delete {path} (or pass --overwrite) and rerun: the reference is "
+                f"pretrained again"
+                if cached
+                else f"point config.reference.checkpoint at an intact reference (or leave "
+                f"it empty to pretrain one)"
+            )
+            _check_reference(path, config, model_config, cached, way_out)
+            params, _ = _restore_intact(path, target, way_out=way_out)
             log(f"reference restored from {path}")
             return params
         if path and not cached:

@@ -8,9 +8,14 @@
   config differs in a key that changes the computation stops with a diff and the two ways
   out (a new workdir or `--overwrite`); a change in a key that does not (more steps, logging,
   checkpoint cadence, the device mesh) resumes and says so.
-* `lock` writes `<workdir>/.lock` (PID, host, start time) with `O_EXCL`. A lock whose process
-  is dead (same host) is taken over with a warning; a live one is a `LockedError` naming its
-  holder.
+* `lock` writes `<workdir>/.lock` (PID, host, start time): written whole to a temporary
+  file, then linked to its name (which fails if the name exists), so a lock is never seen
+  half-written. A lock whose process is dead (same host), and a lock that cannot be read
+  (empty or damaged: a crash or a full disk under an older version), is taken over with a
+  warning; a live one is a `LockedError` naming its holder. The lock is removed when the
+  block ends, by an exception too (the runner turns SIGTERM into one).
+* `disk_full` turns a full disk (ENOSPC, EDQUOT) under it into a `DiskFullError` that says
+  "no space left on device" and names the file and the way out.
 * `recover_jsonl` truncates a partial or unparsable *last* line (a kill or a full disk during
   a write), warning with the file and line number; damage before the last line is an error
   naming both.
@@ -19,10 +24,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import json
 import os
 import socket
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -53,6 +60,43 @@ class LockedError(RuntimeError):
     """Another live process holds the run directory."""
 
 
+class DiskFullError(OSError):
+    """A write failed for want of space (ENOSPC / EDQUOT); the message names the file."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an exception it was raised from, is a full disk (also when a
+    storage library re-raised it as another type with the OS message)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _FULL:
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def disk_full(what: str, way_out: str = "free space (or use another --workdir) and rerun"):
+    """Re-raise a full disk inside the block as `DiskFullError` naming `what` (e.g. the file
+    being written) and `way_out`; other errors pass unchanged."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as e:  # noqa: BLE001  orbax / tensorstore wrap OSError in other types
+        if not is_disk_full(e):
+            raise
+        raise DiskFullError(
+            errno.ENOSPC, f"no space left on device while writing {what} ({e}); {way_out}"
+        ) from e
+
+
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple]:
     """`{dotted key: (old, new)}` over the keys whose values differ (absent = '<absent>')."""
     a = config_utils.flatten(jsonio.to_jsonable(old))
@@ -70,6 +114,13 @@ def _computational(key: str, safe: Iterable[str]) -> bool:
     parts = key.split(".")
     tails = [".".join(parts[i:]) for i in range(len(parts))]
     return not any(fnmatch.fnmatchcase(t, pattern) for t in tails for pattern in safe)
+
+
+def computational_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], safe: Iterable[str] = NON_COMPUTATIONAL
+) -> dict[str, tuple]:
+    """`config_diff` restricted to the keys that change the computation."""
+    return {k: v for k, v in config_diff(old, new).items() if _computational(k, safe)}
 
 
 def format_diff(diff: Mapping[str, tuple]) -> str:
@@ -124,6 +175,43 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _create_lock(path: str, me: Mapping[str, Any]) -> bool:
+    """Create `path` holding `me`, whole or not at all; False if it exists already."""
+    directory = os.path.dirname(path)
+    text = json.dumps(me)
+    with disk_full(f"the lock {path}", "free space and rerun"):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lock-")
+        try:
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+            except BaseException:
+                os.remove(tmp)
+                raise
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as e:  # a filesystem without hard links: O_EXCL, then write
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    return False
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        f.write(text)
+                except BaseException:
+                    os.remove(path)  # never leave an empty lock behind
+                    raise
+                return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+
 @contextlib.contextmanager
 def lock(workdir: str, log: Callable[[str], Any] = print):
     """Hold `<workdir>/.lock` for the duration of the block (see the module docstring)."""
@@ -131,34 +219,40 @@ def lock(workdir: str, log: Callable[[str], Any] = print):
     path = os.path.join(workdir, LOCK_FILE)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
     for _ in range(2):
+        if _create_lock(path, me):
+            break
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = jsonio.read_json(path)
-            except (jsonio.CorruptFileError, FileNotFoundError):
-                holder = {}
-            pid, host = int(holder.get("pid", -1)), holder.get("host", "?")
-            if pid == me["pid"] and host == me["host"]:
-                raise LockedError(
-                    f"{workdir} is already locked by this process "
-                    f"(PID {pid}); runs in one workdir cannot nest"
-                ) from None
-            if host == me["host"] and (pid <= 0 or not _alive(pid)):
-                log(
-                    f"warning: taking over the stale lock {path} (PID {pid} on {host} is "
-                    f"not running)"
-                )
+            holder = jsonio.read_json(path)
+        except FileNotFoundError:
+            continue  # released meanwhile
+        except (jsonio.CorruptFileError, UnicodeDecodeError, OSError):
+            holder = None
+        if not isinstance(holder, dict) or "pid" not in holder or "host" not in holder:
+            log(
+                f"warning: taking over the lock {path}: it cannot be read (empty or "
+                f"damaged: its holder crashed, or the disk was full, while writing it)"
+            )
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-                continue
+            continue
+        pid, host = int(holder["pid"]), holder["host"]
+        if pid == me["pid"] and host == me["host"]:
             raise LockedError(
-                f"{workdir} is in use by PID {pid} on host {host} (lock "
-                f"{path}); wait for it, or delete the lock if that process "
-                f"is gone"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
+                f"{workdir} is already locked by this process "
+                f"(PID {pid}); runs in one workdir cannot nest"
+            )
+        if host == me["host"] and (pid <= 0 or not _alive(pid)):
+            log(f"warning: taking over the stale lock {path} (PID {pid} on {host} is not running)")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            continue
+        raise LockedError(
+            f"{workdir} is in use by PID {pid} on host {host} (lock "
+            f"{path}); wait for it, or delete the lock if that process "
+            f"is gone"
+        )
+    else:
+        raise LockedError(f"{workdir}: could not take the lock {path}; another process races")
     try:
         yield path
     finally:

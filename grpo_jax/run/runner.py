@@ -14,6 +14,12 @@ The run directory (rundir.py) records its config and cells (`config.json`), is l
 while a process runs in it, and resumes only a run of the same computation. Checkpoints
 hold the policy state of every member; the frozen reference is saved once per run
 (`<workdir>/reference`, or wherever `config.reference.checkpoint` points), not per member.
+
+Nothing lost, nothing silent (docs/design.md, 'The run directory'): the metrics rows up to a
+checkpoint are made durable before it is saved, and a resume starts from a checkpoint the
+rows cover; a checkpoint records its run's config, and another config cannot continue it;
+SIGTERM checkpoints, releases the lock and exits (`Terminated`); a full disk is a
+`rundir.DiskFullError` naming the file.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Any, Mapping, Sequence
 
@@ -34,7 +42,60 @@ from grpo_jax.run import build, checkpoint, jsonio, programs, rundir, sharding, 
 
 
 class NonFiniteError(RuntimeError):
-    """Raised when a loss or gradient is NaN/inf and `train.on_nonfinite == "stop"`."""
+    """Raised when a loss or gradient, or the parameters or optimiser state an update would
+    give, are NaN/inf and `train.on_nonfinite == "stop"`."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM reached a run: it saved a checkpoint (unless checkpoints are off), released
+    its lock and stopped. A `SystemExit` with status 128 + SIGTERM, so an entry point exits
+    as a terminated process does, and `except Exception` (e.g. around one group of a
+    study) does not swallow it."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(128 + int(signum))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _StopOnSignal:
+    """While active (a `with` block, main thread only), SIGTERM sets `requested` and the
+    chunk loop checkpoints and stops at the next chunk boundary; a second SIGTERM raises
+    `Terminated` at once. The previous handler is restored on exit; elsewhere (another
+    thread, or outside the block) nothing is installed."""
+
+    def __init__(self, signals=(signal.SIGTERM,)):
+        self.signals = tuple(signals)
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        if self.requested is not None:
+            raise Terminated(f"{signal.Signals(signum).name} received twice: stopped at once")
+        self.requested = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous = {}
+
+    def agreed(self) -> int | None:
+        """The signal to stop on, agreed by every process (one stops, all stop)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+        got = multihost_utils.process_allgather(np.int32(self.requested or 0))
+        return int(np.max(got)) or None
 
 
 class TooManySkippedError(RuntimeError):
@@ -71,11 +132,17 @@ def _policy_part(state: train.RLState) -> train.RLState:
     return state.replace(ref_params=None)
 
 
-def _resume(ckpt_dir: str, state: train.RLState, total: int, log) -> tuple[Any, int]:
-    """Restore the newest intact checkpoint into `state` (reference kept); (state, step)."""
-    if not checkpoint.all_steps(ckpt_dir):
+def _resume(
+    ckpt_dir: str, state: train.RLState, total: int, log, max_step: int | None = None
+) -> tuple[Any, int]:
+    """Restore the newest intact checkpoint (at most `max_step`) into `state` (reference
+    kept); (state, step). No checkpoint (or none at most `max_step`): (state, 0)."""
+    steps = checkpoint.all_steps(ckpt_dir)
+    if not any(max_step is None or s <= max_step for s in steps):
         return state, 0
-    restored, _, step = checkpoint.restore_newest_intact(ckpt_dir, _policy_part(state), log)
+    restored, _, step = checkpoint.restore_newest_intact(
+        ckpt_dir, _policy_part(state), log, max_step=max_step
+    )
     if step > total:
         raise rundir.ConfigMismatchError(
             f"{ckpt_dir} holds step {step}, beyond train.num_steps = {total}; use a new "
@@ -83,6 +150,66 @@ def _resume(ckpt_dir: str, state: train.RLState, total: int, log) -> tuple[Any, 
         )
     log(f"resumed from {ckpt_dir} at step {step}")
     return restored.replace(ref_params=state.ref_params), step
+
+
+def _readable_metadata(ckpt_dir: str):
+    """(step, metadata) of every checkpoint whose metadata reads back, newest first."""
+    for step in reversed(checkpoint.all_steps(ckpt_dir)):
+        try:
+            yield step, checkpoint.read_metadata(ckpt_dir, step)
+        except Exception:  # noqa: BLE001  damaged: restore_newest_intact skips it too
+            continue
+
+
+def _check_checkpoint_config(ckpt_dir: str, run: Mapping[str, Any]) -> None:
+    """Refuse checkpoints made under another computational config than `run` ({"config",
+    "cells"}), whatever config.json says (it may be gone)."""
+    for step, meta in _readable_metadata(ckpt_dir):
+        if "config" not in meta:
+            continue
+        saved = {"config": meta["config"], "cells": meta.get("cells", [])}
+        hard = rundir.computational_diff(saved, run)
+        if hard:
+            raise rundir.ConfigMismatchError(
+                f"{ckpt_dir} holds checkpoints (step {step}) of a run with a different "
+                f"config; these keys change the computation:\n{rundir.format_diff(hard)}\n"
+                f"Use a new --workdir, or pass --overwrite to discard the old run."
+            )
+        return  # the newest readable one decides
+
+
+def _covered_step(ckpt_dir: str, metrics_path: str, log) -> int | None:
+    """The newest checkpoint step whose metrics rows are all in `metrics_path` (None: no
+    limit; -1: none is covered, start afresh). A checkpoint records how many rows the file
+    held when it was saved (`metrics_rows`); a file cut or damaged since (a torn last line
+    is cut here) holds fewer, and resuming there would lose them for good."""
+    steps = checkpoint.all_steps(ckpt_dir)
+    if not steps:
+        return None
+    rows = rundir.recover_jsonl(metrics_path, log)
+    uncovered = False
+    for step, meta in _readable_metadata(ckpt_dir):
+        need = meta.get("metrics_rows")
+        have = sum(1 for r in rows if int(r.get("step", -1)) < step)
+        if need is None or have >= int(need):
+            return step
+        log(
+            f"warning: {metrics_path} holds {have} of the {need} rows written before "
+            f"checkpoint step {step} (cut or damaged since); resuming from an earlier "
+            f"checkpoint so that the missing rows are computed again"
+        )
+        uncovered = True
+    return -1 if uncovered else None  # (None: no metadata reads back; the restore says so)
+
+
+def _from_lead(value: int | None) -> int | None:
+    """Process 0's `value`, on every process (they must all resume from the same step)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    got = int(multihost_utils.broadcast_one_to_all(np.int32(-2 if value is None else value)))
+    return None if got == -2 else got
 
 
 def _nonfinite_message(step, member, cell, ckpt_dir) -> str:
@@ -93,8 +220,8 @@ def _nonfinite_message(step, member, cell, ckpt_dir) -> str:
         else "no checkpoint exists yet (it failed in the first chunk)"
     )
     return (
-        f"non-finite loss or gradient at step {step} (member {member}, cell {dict(cell)}); "
-        f"stopped; {kept}"
+        f"non-finite loss or gradient, or non-finite parameters or optimiser state after the "
+        f"update, at step {step} (member {member}, cell {dict(cell)}); stopped; {kept}"
     )
 
 
@@ -148,21 +275,22 @@ def run_population(
     lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     given = dict(ref_params=ref_params, task=task, model_config=model_config)
-    if not lead:
-        return _run_locked(config, cells, workdir, given, log, overwrite, lead)
-    with rundir.lock(workdir, log=log):
-        return _run_locked(config, cells, workdir, given, log, overwrite, lead)
+    with _StopOnSignal() as stop, rundir.disk_full(f"the run in {workdir}"):
+        if not lead:
+            return _run_locked(config, cells, workdir, given, log, overwrite, lead, stop)
+        with rundir.lock(workdir, log=log):
+            return _run_locked(config, cells, workdir, given, log, overwrite, lead, stop)
 
 
-def _run_locked(config, cells, workdir, given, log, overwrite, lead) -> PopulationResult:
+def _run_locked(config, cells, workdir, given, log, overwrite, lead, stop) -> PopulationResult:
     ckpt_dir = os.path.join(workdir, "checkpoints")
+    run = {"config": config.to_dict(), "cells": [dict(c) for c in cells]}
     if lead:
-        rundir.check_config(
-            workdir,
-            {"config": config, "cells": [dict(c) for c in cells]},
-            overwrite=overwrite,
-            log=log,
-        )
+        if not overwrite:
+            _check_checkpoint_config(ckpt_dir, run)
+        path = os.path.join(workdir, rundir.CONFIG_FILE)
+        with rundir.disk_full(path):
+            rundir.check_config(workdir, run, overwrite=overwrite, log=log)
         if overwrite:
             for name in ("checkpoints", "metrics.jsonl", "tb", "reference"):
                 _remove(os.path.join(workdir, name))
@@ -171,10 +299,12 @@ def _run_locked(config, cells, workdir, given, log, overwrite, lead) -> Populati
         config, cells, reference_dir=reference_dir, log=log, **given
     )
     total, chunk = int(config.train.num_steps), int(config.train.chunk_steps)
-    state, start = _resume(ckpt_dir, state, total, log)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    limit = _from_lead(_covered_step(ckpt_dir, metrics_path, log) if lead else None)
+    state, start = _resume(ckpt_dir, state, total, log, max_step=limit)
     if lead:
-        writers.truncate_jsonl(metrics_path, start, log=log)
+        with rundir.disk_full(metrics_path):
+            writers.truncate_jsonl(metrics_path, start, log=log)
 
     t0 = time.perf_counter()
     run_chunk, cached = programs.PROGRAMS.get(setup, chunk, state, hp)
@@ -183,10 +313,20 @@ def _run_locked(config, cells, workdir, given, log, overwrite, lead) -> Populati
         f"{'reused' if cached else 'compiled'} a {len(cells)}-member population program, "
         f"{chunk} steps per chunk, in {compile_s:.1f}s"
     )
-    meta = {"config": config.to_dict(), "cells": [dict(c) for c in cells]}
     seeds = [int(build.cell_value(config, cell, "train.seed")) for cell in cells]
     state, history = _train_chunks(
-        LoopSettings.of(config), meta, seeds, setup, state, hp, run_chunk, start, workdir, lead
+        LoopSettings.of(config),
+        run,
+        seeds,
+        setup,
+        state,
+        hp,
+        run_chunk,
+        start,
+        workdir,
+        lead,
+        stop=stop,
+        log=log,
     )
     if start > 0 and lead:  # resumed: the whole history is in the JSONL
         hist = writers.stacked_history(workdir, len(cells))
@@ -245,12 +385,41 @@ class LoopSettings:
 
 
 def _train_chunks(
-    loop: LoopSettings, meta, seeds, setup, state, hp, run_chunk, start, workdir, lead
+    loop: LoopSettings,
+    meta,
+    seeds,
+    setup,
+    state,
+    hp,
+    run_chunk,
+    start,
+    workdir,
+    lead,
+    stop: _StopOnSignal | None = None,
+    log=print,
 ):
     """The chunk loop: run, check finiteness, log, checkpoint, progress. -> (state, history).
-    `meta`: what each checkpoint records ({"config", "cells"}); `seeds`: one per member."""
+    `meta`: what each checkpoint records ({"config", "cells"}, plus the step and how many
+    metrics rows precede it); `seeds`: one per member. The rows are fsynced before each
+    checkpoint. When `stop` says a SIGTERM came, the loop checkpoints the current step (if
+    not saved yet) at the next chunk boundary and raises `Terminated`."""
     total, chunk, every, log_every = loop.total, loop.chunk, loop.checkpoint_every, loop.log_every
     ckpt_dir = os.path.join(workdir, "checkpoints")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    way_out = "free space (or use another --workdir) and rerun the same command to resume"
+
+    def save(step: int) -> None:
+        with rundir.disk_full(f"checkpoint step {step} in {ckpt_dir}", way_out):
+            writer.sync()  # every row before the checkpoint is on disk first
+            checkpoint.save(
+                ckpt_dir,
+                step,
+                _policy_part(state),
+                dict(meta, step=step, metrics_rows=writer.rows),
+                max_to_keep=loop.max_to_keep,
+                require_finite=True,
+            )
+
     cells = meta["cells"]
     history: list[dict[str, np.ndarray]] = []
     bar = writers.Progress(
@@ -265,8 +434,25 @@ def _train_chunks(
         else writers.NullWriter()
     )
     with writer:
-        step = start
+        step, saved = start, start
         while step < total:
+            signum = stop.agreed() if stop is not None else None
+            if signum is not None:
+                bar.close()
+                if every and step > saved:
+                    save(step)
+                    saved = step
+                name = signal.Signals(signum).name
+                if every and saved > 0:
+                    where = (
+                        f"checkpoint step {saved} is in {ckpt_dir}; rerun the same command to "
+                        f"resume"
+                    )
+                else:
+                    where = "no checkpoint exists (a rerun starts afresh)"
+                message = f"{name}: stopped at step {step} of {total}; {where}"
+                log(message)
+                raise Terminated(message, signum)
             t0 = time.perf_counter()
             new_state, metrics = run_chunk(state, hp)
             metrics = jax.device_get(metrics)  # [S, chunk, ...]
@@ -286,21 +472,17 @@ def _train_chunks(
             logged = [
                 i for i in range(chunk) if (step + i + 1) % log_every == 0 or step + i + 1 == total
             ]
-            if logged and lead:  # (the other processes write nothing)
-                rows = writers.member_rows(metrics, logged)  # [member][logged step]
-                for m, seed in enumerate(seeds):
-                    for i, row in zip(logged, rows[m]):
-                        writer.write(step + i, dict(row, member=m, seed=seed))
-            writer.flush()
+            with rundir.disk_full(f"{metrics_path} (step {step})", way_out):
+                if logged and lead:  # (the other processes write nothing)
+                    rows = writers.member_rows(metrics, logged)  # [member][logged step]
+                    for m, seed in enumerate(seeds):
+                        for i, row in zip(logged, rows[m]):
+                            writer.write(step + i, dict(row, member=m, seed=seed))
+                writer.flush()
             step += chunk
             if every and ((step // chunk) % every == 0 or step >= total):
-                checkpoint.save(
-                    ckpt_dir,
-                    step,
-                    _policy_part(state),
-                    dict(meta, step=step),
-                    max_to_keep=loop.max_to_keep,
-                )
+                save(step)
+                saved = step
             bar.update(
                 chunk,
                 {

@@ -67,11 +67,18 @@ class MetricWriter:
 
     Vector metrics (e.g. `mode_shares`) are written whole to JSONL and per component to
     TensorBoard (`mode_shares/0`, ...). Re-opening an existing workdir appends (resume).
+    `rows` counts the file's rows (those there at opening included); `sync` makes every
+    row written so far durable (flush and fsync), which the runner does before each
+    checkpoint.
     """
 
     def __init__(self, workdir: str, tensorboard: bool = True, filename: str = "metrics.jsonl"):
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, filename)
+        self.rows = 0
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.rows = sum(1 for line in f if line.strip())
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
@@ -83,6 +90,7 @@ class MetricWriter:
         record = {"step": int(step)}
         record.update({k: _to_python(v) for k, v in metrics.items()})
         self._file.write(json.dumps(record) + "\n")
+        self.rows += 1
         if self._tb is not None:
             for name, value in record.items():
                 if name == "step":
@@ -104,9 +112,16 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.flush()
 
-    def close(self) -> None:
+    def sync(self) -> None:
+        """Flush, then fsync the JSONL file: its rows survive a crash of the machine."""
         self.flush()
-        self._file.close()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -121,12 +136,15 @@ class NullWriter(MetricWriter):
     """Writes nothing: for processes other than 0 in a multi-host run."""
 
     def __init__(self):  # pylint: disable=super-init-not-called
-        pass
+        self.rows = 0
 
     def write(self, step, metrics) -> None:
         del step, metrics
 
     def flush(self) -> None:
+        pass
+
+    def sync(self) -> None:
         pass
 
     def close(self) -> None:
