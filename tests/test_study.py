@@ -244,6 +244,23 @@ def test_tiny_rerun_reuses_every_cell(tiny_run):
     assert [r["final"] for r in again["records"]] == [r["final"] for r in out["records"]]
 
 
+def test_a_lost_cell_is_recomputed_with_its_group_and_equals_the_first_run(tiny_run):
+    # A truncated cell file: its whole group runs again (a one-member population is another
+    # program, whose rounding a training run amplifies), so the records are the first run's.
+    workdir, out, _ = tiny_run
+    cells = os.path.join(workdir, "sweep", "cells")
+    name = sorted(os.listdir(cells))[0]
+    with open(os.path.join(cells, name), "r+", encoding="utf-8") as f:
+        f.truncate(10)
+    lines = []
+    again = experiment.run(
+        workdir, study_config.get_config("tiny"), log=lambda s: lines.append(str(s))
+    )
+    assert any("finished cells run again with their groups" in line for line in lines)
+    assert [r["final"] for r in again["records"]] == [r["final"] for r in out["records"]]
+    assert [r["history"] for r in again["records"]] == [r["history"] for r in out["records"]]
+
+
 def test_report_only_with_another_config_reports_the_stored_one(tiny_run):
     workdir, _, _ = tiny_run
     other = study_config.get_config("tiny")

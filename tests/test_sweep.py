@@ -184,6 +184,24 @@ def test_interrupted_sweep_resumes_without_redoing_cells(tmp_path):
     assert sweep.load_results(workdir) == (results, 0)
 
 
+def test_whole_groups_reruns_a_group_with_any_unfinished_cell_whole(tmp_path):
+    # One cell file of a finished sweep lost: with whole_groups its whole group runs again
+    # (so its numbers come from the same program as before); other groups stay cached.
+    cells = sweep.expand(_base(), [("loss.estimator", ["k1", "k2"]), ("seed", [0, 1, 2])])
+    keys, workdir = {"seed"}, str(tmp_path / "run")
+    first = _CountingRunner()
+    results = sweep.run_sweep(cells, first, workdir, keys, log=lambda s: None)
+    assert sorted(len(c) for c in first.calls) == [3, 3]
+    os.remove(os.path.join(workdir, "cells", sweep.cell_hash(cells[1]) + ".json"))
+    only, whole = _CountingRunner(), _CountingRunner()
+    sweep.run_sweep(cells, only, workdir, keys, log=lambda s: None)
+    assert [len(c) for c in only.calls] == [1]  # default: the missing cell alone
+    os.remove(os.path.join(workdir, "cells", sweep.cell_hash(cells[1]) + ".json"))
+    again = sweep.run_sweep(cells, whole, workdir, keys, log=lambda s: None, whole_groups=True)
+    assert [sorted(c) for c in whole.calls] == [sorted(sweep.cell_hash(c) for c in cells[:3])]
+    assert again == results
+
+
 def test_run_sweep_checks_runner_output(tmp_path):
     cells = sweep.expand(_base(), [("seed", [0, 1])])
     with pytest.raises(ValueError, match="returned 1 results for 2 cells"):

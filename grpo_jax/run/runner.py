@@ -113,8 +113,9 @@ class PopulationResult:
     """What `run_population` returns.
 
     state: the final population `train.RLState` (leaves carry a leading [S] axis).
-    history: {metric: [S, steps, ...]} over every step of the run (read back from
-      metrics.jsonl when the run was resumed).
+    history: {metric: [S, steps, ...]} over the logged steps of the run (`logged_steps`:
+      every `train.log_every_steps`-th and the last; read back from metrics.jsonl when the
+      run was resumed, the same either way).
     """
 
     state: train.RLState
@@ -125,6 +126,11 @@ class PopulationResult:
     cells: list[dict[str, Any]]
     start_step: int
     compile_s: float
+
+
+def logged_steps(total: int, log_every: int) -> list[int]:
+    """The steps (1-based) with a metrics row: every `log_every`-th, and the last."""
+    return [s for s in range(1, total + 1) if s % log_every == 0 or s == total]
 
 
 def _policy_part(state: train.RLState) -> train.RLState:
@@ -330,9 +336,11 @@ def _run_locked(config, cells, workdir, given, log, overwrite, lead, stop) -> Po
     )
     if start > 0 and lead:  # resumed: the whole history is in the JSONL
         hist = writers.stacked_history(workdir, len(cells))
-    else:
+    else:  # the same logged steps as the JSONL holds, so a resumed run returns the same
+        keep = [s - start - 1 for s in logged_steps(total, int(config.train.log_every_steps))]
+        keep = np.asarray([i for i in keep if i >= 0], np.int64)
         hist = (
-            {k: np.concatenate([h[k] for h in history], axis=1) for k in history[0]}
+            {k: np.concatenate([h[k] for h in history], axis=1)[:, keep] for k in history[0]}
             if history
             else {}
         )
@@ -470,7 +478,7 @@ def _train_chunks(
             metrics["tokens_per_s"] = np.full(ok.shape, tokens / seconds)
             history.append(metrics)
             logged = [
-                i for i in range(chunk) if (step + i + 1) % log_every == 0 or step + i + 1 == total
+                s - step - 1 for s in logged_steps(total, log_every) if step < s <= step + chunk
             ]
             with rundir.disk_full(f"{metrics_path} (step {step})", way_out):
                 if logged and lead:  # (the other processes write nothing)

@@ -272,6 +272,7 @@ def run_sweep(
     vmappable_keys: Iterable[str] = (),
     log: Callable[[str], Any] = print,
     max_group_size: int | None = None,
+    whole_groups: bool = False,
 ) -> list[dict]:
     """Run every unfinished cell, group by group, and return all results in cell order.
 
@@ -287,14 +288,23 @@ def run_sweep(
     A second process on the same ``workdir`` fails at once (``rundir.lock``); a damaged cell
     file is run again with a warning naming it.
 
+    ``whole_groups``: a group with any unfinished cell is run again whole, its finished cells
+    recomputed (and rewritten) too. For runners whose numbers depend on which cells share
+    the group's program: a vmapped population compiled for one member is not the program
+    compiled for many, and its floating-point rounding differs (XLA drops a size-1 axis),
+    which a training run amplifies; run whole, a cell's result is the same whatever was
+    interrupted.
+
     Returns:
       ``results[i]`` is the result dict of ``cells[i]`` (read back from JSON, cached or new).
     """
     with rundir.lock(workdir, log=log):
-        return _run_sweep(cells, run_group_fn, workdir, vmappable_keys, log, max_group_size)
+        return _run_sweep(
+            cells, run_group_fn, workdir, vmappable_keys, log, max_group_size, whole_groups
+        )
 
 
-def _run_sweep(cells, run_group_fn, workdir, vmappable_keys, log, max_group_size):
+def _run_sweep(cells, run_group_fn, workdir, vmappable_keys, log, max_group_size, whole_groups):
     vmappable_keys = sorted(set(vmappable_keys))
     hashes = [cell_hash(c) for c in cells]
     dupes = sorted(h for h, k in collections.Counter(hashes).items() if k > 1)
@@ -329,6 +339,12 @@ def _run_sweep(cells, run_group_fn, workdir, vmappable_keys, log, max_group_size
         f"sweep: {len(cells)} cells in {len(all_groups)} groups; "
         f"{len(cells) - len(pending)} cached, {len(pending)} to run"
     )
+    if whole_groups:
+        unfinished = {group_of[i] for i in pending}
+        whole = [i for i in range(len(cells)) if group_of[i] in unfinished]
+        if len(whole) > len(pending):
+            log(f"sweep: {len(whole) - len(pending)} finished cells run again with their groups")
+        pending = whole
 
     groups = group_cells([cells[i] for i in pending], vmappable_keys, max_group_size)
     for gi, group in enumerate(groups):

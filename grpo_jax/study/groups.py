@@ -211,8 +211,13 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
     """One record per population member (see the module docstring)."""
     logp = final_logprobs(result.setup.model, result.state.params, result.task)
     probs = np.exp(logp)
-    hist = result.history
-    idx = np.unique(np.linspace(0, hist["reward_mean"].shape[1] - 1, 20).round().astype(int))
+    hist = result.history  # the logged steps, resumed or not
+    steps = runner.logged_steps(int(config.train.num_steps), int(config.train.log_every_steps))
+    if hist["reward_mean"].shape[1] != len(steps):
+        raise ValueError(
+            f"history has {hist['reward_mean'].shape[1]} steps; the config logs {len(steps)}"
+        )
+    idx = np.unique(np.linspace(0, len(steps) - 1, 20).round().astype(int))
     records = []
     for m, cell in enumerate(cells):
         arm = str(cell.eval.arm)
@@ -240,7 +245,7 @@ def make_records(config, cells: Sequence[ml_collections.ConfigDict], result, vec
                 "zero_grad_frac": float(np.mean(hist["zero_grad_skipped"][m])),
                 "policy_probs": probs[m].tolist(),
                 "history": {
-                    "step": (idx + 1).tolist(),
+                    "step": [steps[i] for i in idx],
                     "reward": np.asarray(hist["reward_mean"])[m, idx].tolist(),
                     "mode_shares": np.asarray(hist["mode_shares"])[m, idx].tolist(),
                 },

@@ -187,7 +187,10 @@ def run(
             runner = functools.partial(
                 groups.run_group, workdir=workdir, log=log, keep_checkpoints=keep_checkpoints
             )
-            records = sweep.run_sweep(cells, runner, sweep_dir, groups.GROUP_KEYS, log=log)
+            # whole_groups: a cell's numbers do not depend on what else was interrupted.
+            records = sweep.run_sweep(
+                cells, runner, sweep_dir, groups.GROUP_KEYS, log=log, whole_groups=True
+            )
             missing = 0
             run_s = time.time() - t0
             jsonio.write_json_atomic(timing, {"seconds": run_s})
