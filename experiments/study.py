@@ -21,6 +21,8 @@ README's results are generated, never hand-copied. `--nosequences`: the one-toke
 """
 
 import os
+import shlex
+import sys
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -68,7 +70,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run(workdir: str, config=None, log=print, **kwargs) -> dict:
     """Run (or resume) the one-token study (default config: grpo_jax/configs/study.py) and
     write its report; returns the report's result (`pipeline.run`; `kwargs`: report_only,
-    overwrite, keep_checkpoints)."""
+    overwrite, keep_checkpoints, command: the command line the report records)."""
     config = study_config.get_config() if config is None else config
     return pipeline.run(
         workdir, config, study_config.cells, gaussian_config.get_config(), log=log, **kwargs
@@ -86,18 +88,19 @@ def run_sequences(workdir: str, config=None, log=print, **kwargs) -> dict:
     name = config.name.replace("-", ",")  # "transformer-tiny": the arguments "transformer,tiny"
     arg = "" if name == "default" else f" --sequence_config {SEQUENCE_FILE}:{name}"
     only = " --noone_token" if config.policies == ["transformer"] else ""
-    command = f"python experiments/study.py --workdir {workdir}{arg}{only}"
+    kwargs.setdefault("command", f"python experiments/study.py --workdir {workdir}{arg}{only}")
     workdir = os.path.join(workdir, config.subdir)
-    return pipeline.run(
-        workdir, config, study_config.cells, None, log=log, command=command, **kwargs
-    )
+    return pipeline.run(workdir, config, study_config.cells, None, log=log, **kwargs)
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     kwargs = dict(
-        report_only=_REPORT_ONLY.value, overwrite=_OVERWRITE.value, keep_checkpoints=_KEEP.value
+        report_only=_REPORT_ONLY.value,
+        overwrite=_OVERWRITE.value,
+        keep_checkpoints=_KEEP.value,
+        command=shlex.join(["python"] + sys.argv),  # as typed, overrides and all
     )
     out = run(_WORKDIR.value, _CONFIG.value, **kwargs) if _ONE_TOKEN.value else None
     seq_config = _SEQUENCE_CONFIG.value

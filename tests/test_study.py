@@ -2,6 +2,7 @@
 ceiling, and the tiny end-to-end run (report, results.md, verdicts, figure, reuse, disk)."""
 
 import importlib.util
+import json
 import os
 
 import jax
@@ -259,6 +260,57 @@ def test_a_lost_cell_is_recomputed_with_its_group_and_equals_the_first_run(tiny_
     assert any("finished cells run again with their groups" in line for line in lines)
     assert [r["final"] for r in again["records"]] == [r["final"] for r in out["records"]]
     assert [r["history"] for r in again["records"]] == [r["history"] for r in out["records"]]
+
+
+def test_a_misspelt_design_key_fails_before_any_cell_runs(tmp_path):
+    for key, value, match in (
+        ("primary_outcome", "off_targt", "primary_outcome: 'off_targt' is not a declared"),
+        ("baselines", ["1 mod"], "baselines: '1 mod' is not a unimodal reference"),
+        ("primary", ["exact_fwd/loss", "exact_rev/los"], "unknown KL placement 'los'"),
+    ):
+        c = study_config.get_config("tiny")
+        c[key] = value
+        with pytest.raises(ValueError, match=match):
+            experiment.run(str(tmp_path / key), c, log=lambda s: None)
+        assert not os.path.exists(tmp_path / key / "sweep" / "cells")  # nothing trained
+
+
+def test_analysis_keys_change_without_recomputing_and_the_command_is_kept(tiny_run):
+    # An analysis-only key (alpha) re-reports the stored cells; --report_only reports the
+    # command that computed them (as typed, quoted), not its own.
+    workdir, _, _ = tiny_run
+    c = study_config.get_config("tiny")
+    c.alpha = 0.1
+    lines = []
+    typed = "python experiments/study.py --workdir 'a b' --config.alpha=0.1"
+    experiment.run(workdir, c, log=lambda s: lines.append(str(s)), command=typed)
+    assert any("96 cached, 0 to run" in line for line in lines)
+    assert any("do not alter the computation" in line and "alpha" in line for line in lines)
+    out = experiment.run(workdir, c, report_only=True, log=lambda s: None, command="other")
+    assert typed in open(out["paths"]["results_md"]).read()
+    experiment.run(workdir, study_config.get_config("tiny"), log=lambda s: None)  # as before
+
+
+def test_report_only_says_when_outcomes_are_not_finite(tiny_run):
+    workdir, _, _ = tiny_run
+    cells = os.path.join(workdir, "sweep", "cells")
+    path = os.path.join(cells, sorted(os.listdir(cells))[1])
+    saved = open(path, encoding="utf-8").read()
+    stored = json.loads(saved)
+    stored["result"]["final"]["off_target"] = float("nan")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(stored, f)
+    try:
+        lines = []
+        out = experiment.run(
+            workdir, study_config.get_config("tiny"), report_only=True,
+            log=lambda s: lines.append(str(s)),
+        )  # fmt: skip
+        assert any("warning: 1 runs have non-finite outcomes" in line for line in lines)
+        assert "**Non-finite outcomes:** 1 runs" in open(out["paths"]["results_md"]).read()
+    finally:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(saved)
 
 
 def test_report_only_with_another_config_reports_the_stored_one(tiny_run):

@@ -164,7 +164,8 @@ def run(
     grpo_jax/configs/sequence_study.py) and write its report; returns the report's result.
     `grid(config)` gives the cells (`sweep.expand` of the config's grid); `gaussian_config`
     is the Gaussian toy's config, which the study config's `gaussian` field overrides (None:
-    no toy figure); `command` is the report's command line (default: the one-token
+    no toy figure); `command` is the report's command line, saved with the run's wall time
+    so that `report_only` reports the command that computed the cells (default: the one-token
     study's)."""
     t0 = time.time()
     sweep_dir = os.path.join(workdir, "sweep")
@@ -174,16 +175,27 @@ def run(
             config = _stored_config(workdir, config, log)
             records, missing = sweep.load_results(sweep_dir)
             log(f"report from {len(records)} finished cells ({missing} missing)")
-            run_s = jsonio.read_json(timing)["seconds"] if os.path.exists(timing) else None
+            stored = jsonio.read_json(timing) if os.path.exists(timing) else {}
+            run_s = stored.get("seconds")
+            command = stored.get("command", command)  # the run that computed the cells
+            report.analysis.check_design(config, sorted({r["arm"] for r in records}))
         else:
-            # Every key of the study config is computational here: a cell's hash covers it.
+            cells = grid(config)
+            # The design against the grid before anything trains (a typo fails here).
+            report.analysis.check_design(config, sorted({str(c.eval.arm) for c in cells}))
+            # Keys only the analysis reads may change (the stored cells are re-reported);
+            # any other key is computational.
             rundir.check_config(
-                workdir, config, what="study", overwrite=overwrite, safe=(), log=log
+                workdir,
+                config,
+                what="study",
+                overwrite=overwrite,
+                safe=report.analysis.ANALYSIS_KEYS,
+                log=log,
             )
             if overwrite:
                 for name in ("sweep", "groups", "report"):
                     shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-            cells = grid(config)
             runner = functools.partial(
                 groups.run_group, workdir=workdir, log=log, keep_checkpoints=keep_checkpoints
             )
@@ -193,7 +205,7 @@ def run(
             )
             missing = 0
             run_s = time.time() - t0
-            jsonio.write_json_atomic(timing, {"seconds": run_s})
+            jsonio.write_json_atomic(timing, {"seconds": run_s, "command": command})
         return _report(workdir, config, records, missing, run_s, t0, gaussian_config, log, command)
 
 
@@ -211,6 +223,15 @@ def _report(workdir, config, records, missing, run_s, t0, gaussian_config, log, 
     )
     outdir = os.path.join(workdir, "report")
     notes = _notes(config, workdir, run_s, missing, len(records), machine, command)
+    bad = report.analysis.non_finite(records, config.to_dict())
+    if bad:
+        first = ", ".join(f"{b['modality']} {b['policy']} {b['arm']} at {b['strength']:g} "
+                          f"seed {b['seed']}" for b in bad[:3])  # fmt: skip
+        notes["non-finite outcomes"] = (
+            f"{len(bad)} runs have non-finite outcomes ({first}{', ...' if len(bad) > 3 else ''})"
+            f"; the analysis leaves them out as unmatchable"
+        )
+        log(f"warning: {notes['non-finite outcomes']}")
     result = report.write_report(records, config.to_dict(), outdir, notes, optima, vectors)
     figs = []
     if gaussian_config is not None:

@@ -360,6 +360,8 @@ def results_markdown(result, config, notes, figs, prefix="") -> str:
     ]
     if notes.get("missing cells"):
         lines += [f"**Missing cells:** {notes['missing cells']}.", ""]
+    if notes.get("non-finite outcomes"):
+        lines += [f"**Non-finite outcomes:** {notes['non-finite outcomes']}.", ""]
     return "\n".join(lines)
 
 
