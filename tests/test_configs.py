@@ -46,8 +46,10 @@ def test_sequence_study_declares_matched_z0_and_a_reward_that_treats_references_
     for fork in ("2 branches, d=0", "2 branches, d=1", "4 branches, d=1"):
         assert abs(z0[fork] - z0["1 branch, Z0 0.5"]) < 0.01
     assert len(tiny.modalities) == 2 and tiny.num_seeds < c.num_seeds
-    with pytest.raises(ValueError, match="valid: tiny"):
+    with pytest.raises(ValueError, match="valid: full, tiny, transformer"):
         sequence_study.get_config("fast")
+    with pytest.raises(ValueError, match="exclude each other"):
+        sequence_study.get_config("tiny,full")
 
 
 _APP = """
