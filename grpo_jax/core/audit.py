@@ -464,9 +464,10 @@ def find_row(result: dict[str, Any], **labels) -> dict[str, Any]:
 #: per-token rewards turned into returns-to-go (discount 1).
 FORMULA_PLACEMENTS: tuple[str, ...] = ("loss", "reward", "reward_to_go")
 #: Importance weights on a KL term in the loss (carrying gradient): none, per token
-#: ``exp(logp_t - sg(old_logp_t))``, or per sequence ``exp(mean_t (logp_t - sg(old_logp_t)))``
-#: broadcast onto every token.
-KL_WEIGHTS: tuple[str, ...] = ("none", "token", "sequence")
+#: ``exp(logp_t - sg(old_logp_t))``, per sequence ``exp(mean_t (logp_t - sg(old_logp_t)))``
+#: broadcast onto every token, or ``token_self``: ``exp(logp_t - sg(logp_t))`` whatever
+#: the sampler (value 1, gradient the score: the on-policy form applied to any samples).
+KL_WEIGHTS: tuple[str, ...] = ("none", "token", "sequence", "token_self")
 #: Policy-gradient ratios of the reward placements: per token ``exp(logp_t - logq_t)``, or
 #: the whole sequence's ``exp(sum_t (logp_t - logq_t))`` on the sequence's loss.
 PG_RATIOS: tuple[str, ...] = ("token", "sequence")
@@ -487,6 +488,9 @@ class KLFormula:
       clamp_log_ratio, clamp_value: passed to ``kl.estimate`` (None = off).
       weight: loss placement: one of ``KL_WEIGHTS`` (the weight carries gradient).
       ratio: reward placements: one of ``PG_RATIOS``.
+      clamp_value_after_weight: the value clamp applies to the weighted value ``w * v``
+        (zero gradient past it), and the weight is detached where the log-ratio clamp
+        bites; default False: the clamp applies to ``v`` before the weight.
 
     In the reward placements the value is the sampler's (``logq``: pi on policy, pi_old
     off policy), detached, as implementations compute it at rollout time; the advantage is
@@ -500,6 +504,7 @@ class KLFormula:
     clamp_value: float | None = None
     weight: str = "none"
     ratio: str = "token"
+    clamp_value_after_weight: bool = False
 
     def __post_init__(self):
         kl.validate_estimator(self.estimator)
@@ -510,6 +515,8 @@ class KLFormula:
             raise ValueError(f"weight={self.weight!r} applies to placement 'loss' only")
         if self.ratio == "sequence" and self.placement == "reward_to_go":
             raise ValueError("a sequence ratio has no per-token returns (reward_to_go)")
+        if self.clamp_value_after_weight and (self.clamp_value is None or self.placement != "loss"):
+            raise ValueError("clamp_value_after_weight needs clamp_value and placement 'loss'")
 
 
 def formula_surrogates(
@@ -521,7 +528,8 @@ def formula_surrogates(
     ``v_t = kl.estimate(., ref_logp, estimator, clamps)``:
 
     * loss: ``sum_t w_t v_t(logp)`` with ``w`` of ``formula.weight`` (1, ``exp(logp_t -
-      logq_t)``, or ``exp(mean_t (logp_t - logq_t))``; value 1 on policy, gradient not 0);
+      logq_t)``, ``exp(mean_t (logp_t - logq_t))`` or ``exp(logp_t - sg(logp_t))``; value 1
+      on policy, gradient not 0), clipped after the weight with ``clamp_value_after_weight``;
     * reward: ``sum_t rho_t * sum_u sg(v_u(logq))`` (token ratio) or
       ``exp(sum_t (logp_t - logq_t)) * sum_u sg(v_u(logq))`` (sequence ratio);
     * reward_to_go: ``sum_t rho_t * sum_{u >= t} sg(v_u(logq))``.
@@ -540,11 +548,21 @@ def formula_surrogates(
     logq = sg(logp) if sampling == "on" else sg(old_logp)
     clamps = dict(clamp_log_ratio=formula.clamp_log_ratio, clamp_value=formula.clamp_value)
     if formula.placement == "loss":
+        after = formula.clamp_value_after_weight
+        if after:
+            clamps = dict(clamp_log_ratio=formula.clamp_log_ratio)
         v = kl.estimate(logp, ref_logp, formula.estimator, **clamps)
-        if formula.weight == "token":
-            v = jnp.exp(logp - logq) * v
-        elif formula.weight == "sequence":
-            v = jnp.exp(jnp.mean(logp - logq, axis=-1, keepdims=True)) * v
+        w = {
+            "none": lambda: jnp.ones_like(logp),
+            "token": lambda: jnp.exp(logp - logq),
+            "sequence": lambda: jnp.exp(jnp.mean(logp - logq, axis=-1, keepdims=True)),
+            "token_self": lambda: jnp.exp(logp - sg(logp)),
+        }[formula.weight]()
+        if after and formula.clamp_log_ratio is not None:
+            w = jnp.where(jnp.abs(logp - ref_logp) <= formula.clamp_log_ratio, w, sg(w))
+        v = w * v
+        if after:
+            v = jnp.clip(v, -formula.clamp_value, formula.clamp_value)
         per_seq = jnp.sum(v, axis=-1)
         values = jnp.sum(v, axis=-1)
     else:

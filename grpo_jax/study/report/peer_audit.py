@@ -31,6 +31,7 @@ TRL = "TRL 1.16.0"
 VERL = "verl b178a3cd (0.8.0.dev)"
 OPENRLHF = "OpenRLHF v0.11.0 (3c3be623)"
 TUNIX = "tunix c7d8950f"
+NEMO_RL = "NeMo RL 7ea279ab (v0.1.0+1338)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +162,42 @@ PEERS: tuple[PeerRow, ...] = (
         KLFormula("k2", "loss", clamp_value=10.0),
     ),
     PeerRow(
+        "nemo_rl_grpo",
+        NEMO_RL,
+        "ClippedPGLossConfig defaults (reference_policy_kl_type='k3', clamps 20 / 10, "
+        "use_on_policy_kl_approximation=False)",
+        "nemo_rl/algorithms/utils.py:42-101; nemo_rl/algorithms/loss/loss_functions.py:"
+        "128-133, 153, 469-503",
+        "clamp(exp(logp - sg(logp)) * k3(logp, ref), +-10) with the log-ratio clamped to "
+        "+-20 (weight detached there), in the loss; the weight is 1 with the score's gradient "
+        "whatever the sampler",
+        "token-level: global token mean",
+        KLFormula(
+            "k3",
+            "loss",
+            clamp_log_ratio=20.0,
+            clamp_value=10.0,
+            weight="token_self",
+            clamp_value_after_weight=True,
+        ),
+    ),
+    PeerRow(
+        "nemo_rl_onpolicy_approx",
+        NEMO_RL,
+        "use_on_policy_kl_approximation=True",
+        "nemo_rl/algorithms/loss/loss_functions.py:477-503",
+        "as nemo_rl_grpo with the weight exp(logp - generation_logp) (the sampler's)",
+        "token-level: global token mean",
+        KLFormula(
+            "k3",
+            "loss",
+            clamp_log_ratio=20.0,
+            clamp_value=10.0,
+            weight="token",
+            clamp_value_after_weight=True,
+        ),
+    ),
+    PeerRow(
         "tunix_grpo",
         TUNIX,
         "GRPOConfig defaults (beta=0.04, kl_loss_mode='kl')",
@@ -181,8 +218,8 @@ PEERS: tuple[PeerRow, ...] = (
     ),
 )
 
-#: The rows whose expected gradient is not the reverse KL's on policy at the sequence
-#: level for a reason that vanishes or not near the reference: followed by ``bias_sweep``.
+#: The k3-in-the-loss rows followed by ``bias_sweep`` (their sequence-level expected
+#: gradient is not grad KL_rev, on policy).
 BIAS_ROWS: tuple[str, ...] = (
     "trl_grpo_nocorr",
     "trl_grpo",
