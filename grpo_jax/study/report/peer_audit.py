@@ -359,8 +359,9 @@ def markdown(config, results, sweep, eps, figure: str) -> str:
         "",
         f"Token level: one decision over V={t.vocab_size}; sequence level: a tabular "
         f"autoregressive policy, V={s.vocab_size}, T={s.length} ({s.vocab_size ** s.length} "
-        f"sequences); logits ~ N(0, 1), the older policy = logits + {t.old_scale} N(0, 1) "
-        f"(seed {config.seed}). 'off': samples from the older policy, the formula as written "
+        f"sequences); logits ~ {t.scale} N(0, 1) (sequence: {s.scale}), the older policy = "
+        f"logits + {t.old_scale} N(0, 1) (sequence: {s.old_scale}) (seed {config.seed}). "
+        "'off': samples from the older policy, the formula as written "
         "(its own weights and ratios are its only correction). Verdicts (tolerance "
         f"{config.match_tol:g}): reverse / forward = equals that KL's gradient; zero; mixed = a "
         "combination of both; biased = neither. Left out of the numbers: the PPO clip, "
