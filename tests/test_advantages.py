@@ -40,6 +40,10 @@ def _np_advantages(r, G, estimator, eps, batch_std_norm=False, ddof=0):
                 a, s = r[i] - mean, std + eps
             elif estimator == "drgrpo":
                 a, s = r[i] - mean, 1.0
+            elif estimator == "grpo_passk":
+                best = idx[vals.index(max(vals))]  # first index of the maximum
+                second = max(r[j] for j in idx if j != best)
+                a, s = (r[i] - second if i == best else 0.0), std + eps
             else:
                 a, s = r[i] - (sum(vals) - r[i]) / (G - 1), 1.0
             if batch_std_norm:
@@ -65,9 +69,9 @@ def test_group_advantages_match_loops(estimator, batch_std_norm, ddof):
 
 
 def test_registry_names():
-    assert A.ESTIMATORS == tuple(A.REGISTRY) == ("grpo", "drgrpo", "rloo")
+    assert A.ESTIMATORS == tuple(A.REGISTRY) == ("grpo", "drgrpo", "rloo", "grpo_passk")
     assert A.validate_estimator("rloo") == "rloo"
-    with pytest.raises(ValueError, match="valid names: grpo, drgrpo, rloo"):
+    with pytest.raises(ValueError, match="valid names: grpo, drgrpo, rloo, grpo_passk"):
         A.validate_estimator("ppo")
 
 
@@ -83,8 +87,15 @@ def test_every_registered_estimator(name, ddof):
         mean = sum(vals) / G
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (G - ddof))
         for i in range(G):
-            want_b = {"grpo": mean, "drgrpo": mean, "rloo": (sum(vals) - vals[i]) / (G - 1)}[name]
-            want_s = std + 1e-6 if name == "grpo" else 1.0
+            best = vals.index(max(vals))
+            passk = max(v for j, v in enumerate(vals) if j != best) if i == best else vals[i]
+            want_b = {
+                "grpo": mean,
+                "drgrpo": mean,
+                "rloo": (sum(vals) - vals[i]) / (G - 1),
+                "grpo_passk": passk,
+            }[name]
+            want_s = std + 1e-6 if name in ("grpo", "grpo_passk") else 1.0
             assert float(baseline[g, i]) == pytest.approx(want_b, abs=1e-6)
             assert float(scale[g, i]) == pytest.approx(want_s, rel=1e-5)
 
@@ -187,3 +198,53 @@ def test_bad_inputs_raise():
         A.group_advantages(r, 1, "rloo")
     with pytest.raises(ValueError, match=r"\[B\]"):
         A.group_advantages(jnp.zeros((B, 2)), G)
+
+
+def test_grpo_passk_only_the_best_learns():
+    """Pass@k: the best response gets (r_max - r_second) / (std + eps), every other exactly 0;
+    a tie at the top gives 0 to everyone (documented rule: r_second is the best among the
+    others, so it equals r_max)."""
+    r = jnp.asarray(
+        [
+            [0.0, 3.0, 1.0, 2.0],  # unique best at index 1: A = (3 - 2) / std
+            [1.0, 1.0, 0.0, 0.5],  # tie at the top: all zero
+            [2.0, 2.0, 2.0, 2.0],  # all equal: all zero
+            [-1.0, -3.0, -2.0, -1.5],  # negative rewards, best at index 0
+        ],
+        jnp.float32,
+    ).reshape(-1)
+    adv, aux = A.group_advantages(r, 4, "grpo_passk", eps=1e-6)
+    adv = np.asarray(adv).reshape(4, 4)
+    std0 = np.std([0.0, 3.0, 1.0, 2.0])
+    assert adv[0, 1] == pytest.approx(1.0 / (std0 + 1e-6), rel=1e-5)
+    assert adv[3, 0] == pytest.approx(0.5 / (np.std([-1.0, -3.0, -2.0, -1.5]) + 1e-6), rel=1e-5)
+    others = np.ones((4, 4), bool)
+    others[0, 1] = others[3, 0] = False
+    assert np.all(adv[others] == 0.0)  # exactly zero, not rounding
+    assert float(aux["zero_var_group_frac"]) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="grpo_passk.*group_size >= 2"):
+        A.group_advantages(r, 1, "grpo_passk")
+    with pytest.raises(ValueError, match="no per-token returns"):
+        A.reward_to_go_advantages(r, jnp.zeros((16, 3)), jnp.ones((16, 3)), 4, "grpo_passk")
+
+
+def test_grpo_passk_through_losses():
+    """Selectable by name in LossConfig / compute_advantages (KL in the reward too); a bad
+    name lists the valid ones."""
+    from grpo_jax.core import losses
+
+    r = jnp.asarray([0.0, 3.0, 1.0, 2.0, 1.0, 1.0, 0.0, 0.5])
+    cfg = losses.make_config(advantage_estimator="grpo_passk")
+    adv, _ = losses.compute_advantages(r, 4, cfg)
+    np.testing.assert_array_equal(np.asarray(adv) != 0, [0, 1, 0, 0, 0, 0, 0, 0])
+    cfg = losses.make_config(advantage_estimator="grpo_passk", kl_placement="reward", beta=1.0)
+    old = jnp.zeros((8, 2))
+    ref = jnp.zeros((8, 2)).at[1].set(5.0)  # k3 penalty on row 1 makes row 3 the best
+    adv, _ = losses.compute_advantages(r, 4, cfg, old_logp=old, ref_logp=ref, mask=jnp.ones((8, 2)))
+    assert np.flatnonzero(np.asarray(adv)).tolist() == [3]
+    with pytest.raises(ValueError, match="grpo, drgrpo, rloo, grpo_passk"):
+        losses.LossConfig(advantage_estimator="pass_at_k")
+    with pytest.raises(ValueError, match="kl_reward_to_go"):
+        losses.LossConfig(
+            advantage_estimator="grpo_passk", kl_placement="reward", kl_reward_to_go=True
+        )

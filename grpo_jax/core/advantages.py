@@ -9,6 +9,9 @@ Outcome supervision, for rewards ``R [B]`` and group ``g(i)``:
     drgrpo  A_i =  R_i - mean_g R                              (Dr. GRPO, Liu et al. 2025)
     rloo    A_i =  R_i - mean_{j in g, j != i} R_j
                = G/(G-1) (R_i - mean_g R)                       (Ahmadian et al. 2024)
+    grpo_passk  A_i = (R_max - R_second) / (std_g R + eps) for the best response i of the
+               group (the first index of the maximum), A_j = 0 for every other j
+               (pass@k training, Chen et al. 2025, arXiv 2503.19595; verl's "grpo_passk")
 
 ``batch_std_norm=True`` divides the centred rewards by the std of the whole batch instead of
 the group std (and adds it to drgrpo / rloo), as in Hu et al.'s REINFORCE++ and "Lite PPO".
@@ -82,12 +85,36 @@ def rloo_baseline_scale(r, *, eps=1e-6, std_ddof: int = 0):
     return (jnp.sum(r, axis=1, keepdims=True) - r) / (G - 1), jnp.ones_like(r)
 
 
+def grpo_passk_baseline_scale(r, *, eps=1e-6, std_ddof: int = 0):
+    """Pass@k: only the best response of a group learns, ``A = r_max - r_second``.
+
+    The best response is the first index of the group maximum; its baseline is the
+    second-largest reward ``r_second`` (the largest among the *other* responses, so a tie at
+    the top gives ``r_second = r_max`` and advantage 0 for everyone). Every other response
+    has baseline ``r_i`` itself, so its advantage is exactly 0. The scale is GRPO's
+    ``std_g r + eps`` (``std_ddof`` 0 or 1). G >= 2.
+    """
+    G = r.shape[1]
+    if G < 2:
+        raise ValueError("the grpo_passk estimator needs group_size >= 2")
+    best = jnp.argmax(r, axis=1)  # first index of the maximum
+    is_best = jnp.arange(G)[None, :] == best[:, None]  # [n, G]
+    second = jnp.max(jnp.where(is_best, -jnp.inf, r), axis=1, keepdims=True)  # [n, 1]
+    baseline = jnp.where(is_best, second, r)
+    _, scale = grpo_baseline_scale(r, eps=eps, std_ddof=std_ddof)
+    return baseline, scale
+
+
 #: name -> ``fn(r [n, G], *, eps, std_ddof) -> (baseline [n, G], scale [n, G])``.
 REGISTRY: dict[str, Callable] = {
     "grpo": grpo_baseline_scale,
     "drgrpo": drgrpo_baseline_scale,
     "rloo": rloo_baseline_scale,
+    "grpo_passk": grpo_passk_baseline_scale,
 }
+#: Estimators whose baseline is per response (not a group statistic of the totals), so
+#: per-token future-KL returns do not apply to them (``reward_to_go_advantages`` refuses).
+NO_REWARD_TO_GO: tuple[str, ...] = ("grpo_passk",)
 #: Every valid advantage estimator name.
 ESTIMATORS: tuple[str, ...] = tuple(REGISTRY)
 
@@ -163,7 +190,7 @@ def group_advantages(
     Args:
       rewards: ``[B]`` per-completion rewards, group-major.
       group_size: G (static int).
-      estimator: "grpo" | "drgrpo" | "rloo" (see module docstring for the formulas).
+      estimator: one of ``ESTIMATORS`` (see module docstring for the formulas).
       eps, batch_std_norm, std_ddof: see ``group_baseline_scale``.
 
     Returns:
@@ -224,6 +251,12 @@ def reward_to_go_advantages(
       ``(advantages [B, T], aux)``; ``aux`` as ``group_advantages`` (stats over valid tokens),
       computed on the totals ``Z``.
     """
+    validate_estimator(estimator)
+    if estimator in NO_REWARD_TO_GO:
+        raise ValueError(
+            f"advantage estimator {estimator!r} has no per-token returns (its baseline is "
+            "the response's own total for all but the best response); use the sequence reward"
+        )
     rewards = jnp.asarray(rewards, jnp.float32)
     token_penalty = jnp.asarray(token_penalty, jnp.float32)
     checks.assert_shape(

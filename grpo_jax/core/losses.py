@@ -93,7 +93,8 @@ class LossConfig:
         sampled from the reference, ``ref_sample_kl``).
       aggregation: one of ``AGGREGATIONS``.
       is_level: "token" | "sequence" (GSPO).
-      advantage_estimator: "grpo" | "drgrpo" | "rloo".
+      advantage_estimator: one of ``ADVANTAGE_ESTIMATORS`` ("grpo", "drgrpo", "rloo",
+        "grpo_passk"; ``grpo_jax/core/advantages.py``).
       batch_std_norm: scale advantages by the batch std instead of the group std.
       std_ddof: 0 (population std) or 1 (unbiased std, as torch in TRL / verl).
       kl_reward_to_go: reward placement only: per-token future-KL returns -> ``[B, T]``.
@@ -136,6 +137,11 @@ class LossConfig:
             raise ValueError(f"std_ddof must be 0 or 1, got {self.std_ddof!r}")
         if self.kl_reward_to_go and self.kl_placement != "reward":
             raise ValueError("kl_reward_to_go=True needs kl_placement='reward'")
+        if self.kl_reward_to_go and self.advantage_estimator in adv_lib.NO_REWARD_TO_GO:
+            raise ValueError(
+                f"kl_reward_to_go=True does not apply to advantage_estimator="
+                f"{self.advantage_estimator!r}"
+            )
         if self.kl_importance_weight and self.kl_placement != "loss":
             raise ValueError("kl_importance_weight=True needs kl_placement='loss'")
         if self.kl_placement == "ref_samples" and self.kl_estimator not in EXACT_KL:
