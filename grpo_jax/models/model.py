@@ -536,9 +536,10 @@ def is_adapter_path(names: tuple[str, ...]) -> bool:
     return any(n.endswith(LORA_SUFFIX) for n in names)
 
 
-def _keyed_leaves(params) -> dict[str, Any]:
+def _keyed_leaves(params) -> dict[tuple[str, ...], Any]:
+    """Leaves by their dict-key path (`_path_names`), whether or not wrapped in variables."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {jax.tree_util.keystr(path): leaf for path, leaf in flat}
+    return {_path_names(path): leaf for path, leaf in flat}
 
 
 def add_adapters(config: ModelConfig, base_params: nnx.State, key: jax.Array | None) -> nnx.State:
@@ -555,10 +556,9 @@ def add_adapters(config: ModelConfig, base_params: nnx.State, key: jax.Array | N
     for i, (path, x) in enumerate(flat):
         names = _path_names(path)
         if not is_adapter_path(names):
-            k = jax.tree_util.keystr(path)
-            if k not in base or base[k].shape != x.shape:
-                raise ValueError(f"add_adapters: base parameters lack {k} {x.shape}")
-            leaves.append(base[k])
+            if names not in base or base[names].shape != x.shape:
+                raise ValueError(f"add_adapters: base parameters lack {'/'.join(names)} {x.shape}")
+            leaves.append(base[names])
         elif names[-1] == "b" or key is None:
             leaves.append(jnp.zeros(x.shape, jnp.float32))
         else:
@@ -573,7 +573,7 @@ def merge_adapters(config: ModelConfig, params: nnx.State) -> nnx.State:
     rounding), e.g. to save, sample or serve the trained model without adapters."""
     if config.lora is None:
         return params
-    by_names = {_path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    by_names = _keyed_leaves(params)
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(base_config(config)))
     leaves = []
     for path, _ in flat:
