@@ -136,6 +136,8 @@ def test_gradients_reach_only_the_trainable_leaves():
     """The loss's gradient is taken with respect to the trainable dict alone, and each of its
     leaves gets one (b first: a's gradient is zero while b is)."""
     params = M.init(CFG, jax.random.key(0))
+    whole, none = trainable.split("all", CFG, params)  # "all": the pytree itself, no split
+    assert whole is params and none is None and trainable.join(whole, none) is params
     tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, CFG.vocab_size)
     for spec in ("last:1", "lora"):
         t, frozen = trainable.split(spec, CFG, params)
