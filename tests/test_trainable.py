@@ -172,7 +172,8 @@ def _lora_config(steps):
 
 def test_lora_run_resumes_bit_for_bit(tmp_path):
     """A LoRA population of two: killed after 2 of 3 chunks and resumed from its checkpoint,
-    it ends bit for bit where the uninterrupted run does; base weights never move."""
+    it ends bit for bit where the uninterrupted run does; base weights never move; the
+    final evaluation reads the adapted members against the base model."""
     quiet = lambda *_: None
     c = _lora_config(6)
     _, _, ref = reference(c)
@@ -198,6 +199,9 @@ def test_lora_run_resumes_bit_for_bit(tmp_path):
         assert any(np.any(v != 0) for k, v in p.items() if k.endswith("_lora/b"))
     a0, a1 = (_leaves(member(full.state.params, i))["blocks/0/attn/q_lora/a"] for i in (0, 1))
     assert not np.array_equal(a0, a1)  # each member draws its own adapters
+    ev = runner.final_evaluation(full)  # exact evaluation of the adapted members
+    assert ev["members"] == 2 and np.all(np.isfinite(ev["reward"]))
+    assert np.all(np.asarray(ev["exact_kl_rev"]) > 0)  # they moved off the base model
 
 
 @pytest.mark.parametrize(
