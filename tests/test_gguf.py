@@ -515,22 +515,27 @@ def test_grpo_population_of_the_four_regularisers_on_8_devices(tiny):
     assert len({float(x) for x in np.asarray(metrics["loss"][:, 0])}) == 4
 
 
-def test_grpo_lm_experiment_runs_through_the_shared_loop(tiny, tmp_path):
+@pytest.mark.parametrize("trainable", ["all", "lora"])
+def test_grpo_lm_experiment_runs_through_the_shared_loop(tiny, tmp_path, trainable):
     """experiments/grpo_lm.py on the tiny GGUF: the runner's population (one member per
     regulariser, the batch over the 8 CPU devices) writes its metrics rows and the
-    experiment writes its report (what the population's step does is checked above)."""
+    experiment writes its report (what the population's step does is checked above); with
+    LoRA adapters too (their answers read from the merged model)."""
     import json  # noqa: PLC0415
 
     from grpo_jax.study import grpo_lm  # noqa: PLC0415
     from grpo_jax.configs import grpo_lm as lm_config  # noqa: PLC0415
 
     config = lm_config.get_config()
-    config.update(gguf_path=tiny[0], steps=2, lr=0.01)
+    config.update(gguf_path=tiny[0], steps=2, lr=0.01, trainable=trainable)
+    if trainable == "lora":  # one member (no switch to compile): the adapters' path only
+        config.update(choices=("exact_fwd/loss",))
+        config.lora.update(rank=2, targets="q,v,gate")
     workdir = tmp_path / "lm"
     report = grpo_lm.run(config, lm_config.grpo_config(config), str(workdir))
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert sorted((r["step"], r["member"]) for r in rows) == [
-        (s, m) for s in (0, 1) for m in range(4)
+        (s, m) for s in (0, 1) for m in range(len(config.choices))
     ]
     for k in ("loss", "exact_kl_fwd", "exact_kl_rev", "entropy", "reward_mean", "update_norm"):
         assert all(np.isfinite(r[k]) for r in rows), k
