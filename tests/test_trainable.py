@@ -177,9 +177,12 @@ def test_lora_run_resumes_bit_for_bit(tmp_path):
     quiet = lambda *_: None
     c = _lora_config(6)
     _, _, ref = reference(c)
+    logs = []
     full = runner.run_population(
-        c, build.population_cells(c), str(tmp_path / "full"), ref_params=ref, log=quiet
+        c, build.population_cells(c), str(tmp_path / "full"), ref_params=ref, log=logs.append
     )
+    n_adapters = 2 * 2 * (32 + 32) + 2 * (32 + 64)  # q, v: 2 (D + D); up: 2 (D + M)
+    assert f"trainable lora: {n_adapters:,} of" in "\n".join(logs)
     assert full.setup.trainable == "lora" and full.setup.model.lora.targets == ("q", "v", "up")
     c_cut = _lora_config(4)
     runner.run_population(

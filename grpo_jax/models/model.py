@@ -536,6 +536,12 @@ def is_adapter_path(names: tuple[str, ...]) -> bool:
     return any(n.endswith(LORA_SUFFIX) for n in names)
 
 
+def has_adapters(params) -> bool:
+    """Whether a parameter pytree holds LoRA adapters."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return any(is_adapter_path(_path_names(path)) for path, _ in flat)
+
+
 def _keyed_leaves(params) -> dict[tuple[str, ...], Any]:
     """Leaves by their dict-key path (`_path_names`), whether or not wrapped in variables."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]

@@ -106,6 +106,12 @@ def join(trainable, frozen: Frozen | None):
     return jax.tree.unflatten(frozen.treedef, leaves)
 
 
+def count(spec: str, model: Any, params) -> tuple[int, int]:
+    """(trainable scalars, all scalars) of ``params`` under ``spec``."""
+    train = trainable_part(spec, model, params)
+    return model_lib.num_params(train), model_lib.num_params(params)
+
+
 def trainable_part(spec: str, model: Any, params):
     """The trainable leaves alone (`split`'s first half): what the optimiser state covers."""
     return split(spec, model, params)[0]

@@ -168,10 +168,9 @@ def init_rl_state(setup: RLSetup, params, ref_params, key) -> RLState:
     covers only the trainable leaves (`setup.trainable`)."""
     mcfg = setup.model
     if isinstance(mcfg, model_lib.ModelConfig) and mcfg.lora is not None:
-        n_policy = len(jax.tree.leaves(model_lib.abstract_params(mcfg)))
-        if len(jax.tree.leaves(params)) != n_policy:  # the base model's parameters
+        if not model_lib.has_adapters(params):  # the base model's parameters
             params = model_lib.add_adapters(mcfg, params, _adapter_init_key(key))
-        if setup.ref_model is None and len(jax.tree.leaves(ref_params)) != n_policy:
+        if setup.ref_model is None and not model_lib.has_adapters(ref_params):
             ref_params = model_lib.add_adapters(mcfg, ref_params, None)
     return RLState(
         step=jnp.zeros((), jnp.int32),

@@ -533,4 +533,8 @@ def build_population(
             config, task, mcfg, reference_dir, log=log
         )
     state = _init_population(setup, config, cells, task, setup.model, ref_params, mesh)
+    if setup.trainable != "all":
+        one = jax.tree.map(lambda x: x[0], state.params)
+        n_train, n_all = trainable_lib.count(setup.trainable, setup.model, one)
+        log(f"trainable {setup.trainable}: {n_train:,} of {n_all:,} parameters per member")
     return setup, task, state, hp
