@@ -51,6 +51,16 @@ def _train_config() -> ml_collections.ConfigDict:
             on_nonfinite="stop",  # "stop" (keep last good checkpoint) | "skip" (count)
             max_skipped_frac=0.1,  # "skip": a member skipping more fails the run
             skip_zero_grad=False,  # no optimiser update when the gradient is exactly 0
+            # Which transformer weights train (models/trainable.py): "all"; "last:K" (the
+            # last K blocks; embedding, earlier blocks, final norm and head frozen); "lora"
+            # (adapters W + (alpha/rank) A B on the `lora.targets` projections, B = 0 at
+            # the start so the policy starts as the reference; base weights frozen). The
+            # gradient and the Adam state cover only those leaves; the reference stays the
+            # base model.
+            trainable="all",
+            # LoRA adapters, read only with trainable="lora": rank r >= 1, alpha > 0,
+            # targets a comma-separated subset of q, k, v, o, gate, up, down.
+            lora=ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets="q,v")),
             max_to_keep=2,  # checkpoints kept (0: all)
             tensorboard=True,
             progress=True,

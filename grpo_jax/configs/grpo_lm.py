@@ -30,6 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.chunk_steps = 1
     c.checkpoint_every_chunks = 0  # 0: none (a 135M-parameter member's Adam state is 1.6 GB)
     c.dtype = "float32"
+    # Which weights train (grpo.py's train.trainable): "all", "last:K" or "lora"; the LoRA
+    # adapters (train.lora) when "lora": rank, alpha, targets (of q, k, v, o, gate, up,
+    # down). The Adam state then covers only the trainable leaves.
+    c.trainable = "all"
+    c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets="q,v"))
     if arg == "full":
         c.num_prompts = 8
         c.group_size = 8
@@ -55,5 +60,7 @@ def grpo_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         checkpoint_every_chunks=int(config.checkpoint_every_chunks),
         tensorboard=False,
         max_to_keep=1,
+        trainable=str(config.get("trainable", "all")),
     )
+    c.train.lora.update(dict(config.get("lora", {})))
     return c

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from grpo_jax.core import kl_choice as kl_choice_lib, losses, stats
-from grpo_jax.models import model as model_lib, policies, sampling
+from grpo_jax.models import model as model_lib, policies, sampling, trainable as trainable_lib
 
 
 @flax.struct.dataclass
@@ -58,7 +58,7 @@ class RLState:
 
     step: jax.Array  # int32 scalar: RL steps done
     params: Any  # policy parameters
-    opt_state: Any  # optax state of `params`
+    opt_state: Any  # optax state of the trainable part of `params` (RLSetup.trainable)
     ref_params: Any  # frozen reference parameters
     key: jax.Array  # base PRNG key; step keys are fold_in(key, step)
     num_skipped: jax.Array  # int32: inner updates skipped as non-finite (loss, grads or result)
@@ -96,6 +96,10 @@ class RLSetup:
         data: `Hparams.kl_index` indexes it through `lax.switch` (a select under vmap), so
         runs with different estimators and placements share one compiled program and one
         population. Empty, `Hparams.loss` names the choice statically.
+      trainable: which parameters train (`grpo_jax/models/trainable.py`): "all" (default),
+        "last:K" (the last K blocks) or "lora" (the adapters of `model.lora` only). The
+        gradient and the optimiser state cover only those leaves; the rest stay as they
+        started.
     """
 
     model: Any
@@ -115,8 +119,10 @@ class RLSetup:
     decode_plan: sampling.DecodePlan = sampling.DecodePlan()
     kl_choices: tuple = ()
     ref_model: Any = None
+    trainable: str = "all"
 
     def __post_init__(self):
+        trainable_lib.check(self.trainable, self.model)
         choices = tuple(
             (
                 kl_choice_lib.KLChoice.parse(c)
@@ -148,13 +154,30 @@ class RLSetup:
         return optax.chain(*parts)
 
 
+def _adapter_init_key(key):
+    return jax.random.fold_in(key, 0x10AA)
+
+
 def init_rl_state(setup: RLSetup, params, ref_params, key) -> RLState:
     """Policy starts at `params` (usually the reference itself). The policy gets its own
-    buffers, so the state can be donated even when `params is ref_params`."""
+    buffers, so the state can be donated even when `params is ref_params`.
+
+    A LoRA policy (`setup.model.lora`) given its base model's parameters gets fresh adapters
+    (`model.add_adapters`, ``a`` from `key`, ``b`` = 0), and a reference of the same model
+    gets all-zero ones: both compute the base model's logits exactly. The optimiser state
+    covers only the trainable leaves (`setup.trainable`)."""
+    mcfg = setup.model
+    if isinstance(mcfg, model_lib.ModelConfig) and mcfg.lora is not None:
+        if not model_lib.has_adapters(params):  # the base model's parameters
+            params = model_lib.add_adapters(mcfg, params, _adapter_init_key(key))
+        if setup.ref_model is None and not model_lib.has_adapters(ref_params):
+            ref_params = model_lib.add_adapters(mcfg, ref_params, None)
     return RLState(
         step=jnp.zeros((), jnp.int32),
         params=jax.tree.map(jnp.copy, params),
-        opt_state=setup.optimizer().init(params),
+        opt_state=setup.optimizer().init(
+            trainable_lib.trainable_part(setup.trainable, mcfg, params)
+        ),
         ref_params=ref_params,
         key=key,
         num_skipped=jnp.zeros((), jnp.int32),
@@ -403,13 +426,17 @@ def inner_updates(
     gradient, or the updated parameters or optimiser state are not finite (counted in
     `num_skipped` and `nonfinite`), and, with
     `setup.skip_zero_grad`, when the gradient is exactly zero (`zero_grad_skipped`).
+    Only the trainable leaves (`setup.trainable`, `trainable.split`) are differentiated and
+    updated; with "all" they are `params` itself.
     Returns (params, opt_state, num_skipped, per-inner-step stats [inner_steps]).
     """
     opt = setup.optimizer()
 
     def inner(carry, _):
-        params, opt_state, skipped = carry
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        all_params, opt_state, skipped = carry
+        params, frozen = trainable_lib.split(setup.trainable, setup.model, all_params)
+        of_trainable = lambda p: loss_fn(trainable_lib.join(p, frozen))
+        (loss, aux), grads = jax.value_and_grad(of_trainable, has_aux=True)(params)
         direction, new_opt_state = opt.update(grads, opt_state, params)
         updates = jax.tree.map(lambda u: -hp.lr * u, direction)
         grad_norm = _global_norm(grads)
@@ -434,7 +461,7 @@ def inner_updates(
             zero_grad_skipped=(finite & zero).astype(jnp.float32),
         )
         carry = (
-            keep(new_params, params),
+            trainable_lib.join(keep(new_params, params), frozen),
             keep(new_opt_state, opt_state),
             skipped + (1 - finite.astype(jnp.int32)),
         )

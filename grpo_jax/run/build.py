@@ -8,6 +8,7 @@ and the stacked `train.Hparams` that `runner.run_population` compiles and runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ from grpo_jax import tasks
 from grpo_jax.core import losses
 from grpo_jax.core.kl_choice import KLChoice
 from grpo_jax.models import hf_llama, model as model_lib
-from grpo_jax.models import policies
+from grpo_jax.models import policies, trainable as trainable_lib
 from grpo_jax.rl import pretrain, train
 from grpo_jax.run import checkpoint, config_utils, reference, sharding
 
@@ -162,6 +163,7 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
     _require_number(config, "optim.eps", 0.0, low_open=True)
     _require_number(config, "optim.grad_clip", -math.inf)  # <= 0: no clipping
     _validate_train_and_mesh(config)
+    _validate_trainable(config)
     _require_finite_numbers(config)
     if not task_given:
         try:
@@ -250,6 +252,58 @@ def _validate_train_and_mesh(config: ml_collections.ConfigDict) -> None:
     )
 
 
+# ------------------------------------------------------------------ trainable subsets
+
+
+def _validate_trainable(config: ml_collections.ConfigDict) -> None:
+    """`train.trainable` (`trainable.TRAINABLE`) and, for "lora", `train.lora`: one-line
+    ValueErrors naming the key and the valid values."""
+    spec = trainable_of(config)
+    try:
+        mode, k = trainable_lib.parse(spec)
+    except ValueError as e:
+        raise ValueError(f"config.train.trainable: {e}") from None
+    _require(
+        mode == "all" or config.policy == "transformer",
+        "train.trainable",
+        f"{spec!r} is for the transformer policy; {config.policy!r} trains all parameters",
+    )
+    _require(
+        mode != "last" or reference.safetensors_dir(config) or k <= int(config.model.num_layers),
+        "train.trainable",
+        f"{spec!r}: K = {k} exceeds model.num_layers = {config.model.num_layers}",
+    )
+    if mode == "lora":
+        lora_of(config)
+
+
+def trainable_of(config) -> str:
+    """The config's trainable subset (`train.trainable`; "all" when the key is absent)."""
+    return str(config.train.get("trainable", "all"))
+
+
+def lora_of(config) -> model_lib.LoRAConfig | None:
+    """The adapters of `train.lora` when `train.trainable` is "lora", else None."""
+    if trainable_of(config) != "lora":
+        return None
+    fields = dict(config.train.get("lora", {}))
+    unknown = sorted(set(fields) - {"rank", "alpha", "targets"})
+    _require(not unknown, "train.lora", f"unknown keys {unknown}; valid: rank, alpha, targets")
+    try:
+        return model_lib.LoRAConfig(**fields)
+    except ValueError as e:  # "lora.<field>: ..." with the config path
+        raise ValueError(f"config.train.{e}") from None
+
+
+def policy_model_config(config, model_config):
+    """The policy's model: `model_config` (the reference's) with `train.lora`'s adapters
+    when `train.trainable` is "lora"."""
+    lora = lora_of(config)
+    if lora is None or not isinstance(model_config, model_lib.ModelConfig):
+        return model_config
+    return dataclasses.replace(model_config, lora=lora)
+
+
 def make_task(config) -> Any:
     return config_utils.make_task(config.task)
 
@@ -331,9 +385,16 @@ def population_kl_choices(config, cells) -> tuple[KLChoice, ...]:
 
 
 def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RLSetup:
+    """The static `train.RLSetup` of `config`; `model_config` is the reference's model (the
+    policy's gets `train.lora`'s adapters, `policy_model_config`)."""
     g, o = config.grpo, config.optim
+    try:
+        trainable_lib.check(trainable_of(config), policy_model_config(config, model_config))
+    except ValueError as e:
+        raise ValueError(f"config.train.trainable: {e}") from None
     return train.RLSetup(
-        model=model_config,
+        model=policy_model_config(config, model_config),
+        trainable=trainable_of(config),
         task=task,
         num_prompts=int(g.num_prompts),
         group_size=int(g.group_size),
@@ -471,5 +532,9 @@ def build_population(
         ref_params = reference.load_or_pretrain_reference(
             config, task, mcfg, reference_dir, log=log
         )
-    state = _init_population(setup, config, cells, task, mcfg, ref_params, mesh)
+    state = _init_population(setup, config, cells, task, setup.model, ref_params, mesh)
+    if setup.trainable != "all":
+        one = jax.tree.map(lambda x: x[0], state.params)
+        n_train, n_all = trainable_lib.count(setup.trainable, setup.model, one)
+        log(f"trainable {setup.trainable}: {n_train:,} of {n_all:,} parameters per member")
     return setup, task, state, hp

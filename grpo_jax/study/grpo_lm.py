@@ -99,10 +99,10 @@ def run(config, grpo_config, workdir: str) -> str:
     out = runner.run_population(
         grpo_config, cells, workdir, ref_params=params, task=task, model_config=cfg
     )
-    results = {
-        name: answers(jax.tree.map(lambda x, m=m: x[m], out.state.params))
-        for m, name in enumerate(config.choices)
-    }
+    member = lambda m: model_lib.merge_adapters(  # LoRA: adapters folded into the base
+        out.setup.model, jax.tree.map(lambda x: x[m], out.state.params)
+    )
+    results = {name: answers(member(m)) for m, name in enumerate(config.choices)}
     text = report_lib.report(config, task, out.history, ref_answers, results, time.time() - t0)
     with open(os.path.join(workdir, "report.md"), "w") as fh:
         fh.write(text)
