@@ -50,15 +50,13 @@ def fmt(key, value):
     return str(value)
 
 
-def run_audit(config):
-    """Runs both levels; returns (rows as dicts of plain values, header lines)."""
-    key = jax.random.key(config.seed)
-    k_tok, k_seq = jax.random.split(key)
-    estimators = tuple(config.estimators)
+def problems(config):
+    """The token and sequence problems of an audit config (`config.seed`, `config.token`,
+    `config.sequence`: policy, reference and older policy), as `core.audit` draws them."""
+    k_tok, k_seq = jax.random.split(jax.random.key(config.seed))
     tok = audit.random_token_problem(
         k_tok, config.token.vocab_size, config.token.scale, config.token.old_scale
     )
-    res_tok = audit.token_audit(**tok, estimators=estimators)
     seq = audit.random_sequence_problem(
         k_seq,
         config.sequence.vocab_size,
@@ -66,6 +64,14 @@ def run_audit(config):
         config.sequence.scale,
         config.sequence.old_scale,
     )
+    return tok, seq
+
+
+def run_audit(config):
+    """Runs both levels; returns (rows as dicts of plain values, header lines)."""
+    estimators = tuple(config.estimators)
+    tok, seq = problems(config)
+    res_tok = audit.token_audit(**tok, estimators=estimators)
     res_seq = audit.sequence_audit(
         seq["logits"],
         seq["ref_logits"],
