@@ -128,6 +128,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict(dict(lr=1e-3, grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8))
 
+    # Target-KL controller (rl/train.py kl_controller_update): with `measure` set, beta
+    # starts at loss.beta and moves each step, log beta += rate * clip(KL / target - 1, -1, 1),
+    # to hold the KL per token at `target`: "exact_rev" / "exact_fwd" (the exact KL of the
+    # sampling policy on the batch) or "estimate" (the KL choice's own estimate). "" = off.
+    # `target` and `rate` are member keys (a population may hold several targets). rate 0.01:
+    # on the tabular bandit at lr 0.02, 0.1 overshoots into a limit cycle (tests/test_kl_control.py).
+    c.kl_control = ml_collections.ConfigDict(dict(measure="", target=0.0, rate=0.01))
+
     c.train = _train_config()
 
     # Sharding as data: mesh axes and which arrays go where (sharding.py reads these).

@@ -32,6 +32,7 @@ from typing import Any, Callable, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from grpo_jax.core import kl_choice as kl_choice_lib, losses, stats
@@ -50,6 +51,10 @@ class Hparams:
     loss: Any
     lr: jax.Array
     kl_index: jax.Array = 0
+    # The target-KL controller (`RLSetup.kl_control`; None when it is off): the KL per token
+    # to hold (<= 0: this member keeps its beta) and the rate of its steps on log beta.
+    kl_target: Any = None
+    kl_rate: Any = None
 
 
 @flax.struct.dataclass
@@ -62,6 +67,34 @@ class RLState:
     ref_params: Any  # frozen reference parameters
     key: jax.Array  # base PRNG key; step keys are fold_in(key, step)
     num_skipped: jax.Array  # int32: inner updates skipped as non-finite (loss, grads or result)
+    beta: Any = None  # float32: the controlled beta (`RLSetup.kl_control`); None when fixed
+
+
+# What the target-KL controller holds (`RLSetup.kl_control`): "" off, else the step metric.
+KL_CONTROL = {
+    "": None,
+    "exact_rev": "exact_kl_rev",
+    "exact_fwd": "exact_kl_fwd",
+    "estimate": "kl_mean",
+}
+# The controlled beta stays within these (positive and finite whatever the target).
+BETA_RANGE = (1e-6, 1e3)
+
+
+def kl_controller_update(beta, measured, target, rate):
+    """One step of the target-KL controller, proportional on log beta (the adaptive KL
+    controllers of PPO/verl/OpenRLHF, in log space):
+
+        log beta <- log beta + rate * clip(measured / target - 1, -1, 1),
+
+    beta kept in `BETA_RANGE`; unchanged where `target` <= 0 (a member with a fixed beta)
+    or `measured` is not finite. Pure and elementwise (vmap over a population)."""
+    target = jnp.asarray(target, jnp.float32)
+    ok = (target > 0) & jnp.isfinite(measured)
+    err = jnp.clip(measured / jnp.where(target > 0, target, 1.0) - 1.0, -1.0, 1.0)
+    log_b = jnp.log(beta) + rate * jnp.where(ok, err, 0.0)
+    lo, hi = (float(np.log(b)) for b in BETA_RANGE)
+    return jnp.where(ok, jnp.exp(jnp.clip(log_b, lo, hi)), beta).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +125,10 @@ class RLSetup:
         axis), or None for no constraint.
       decode_plan: the sampler's decode layout (`sampling.DecodePlan`): chains and
         segments of the decode loop, each one more loop body to compile.
+      kl_control: "" (beta fixed by `Hparams.loss.beta`), or what a target-KL controller
+        holds at `Hparams.kl_target` by moving beta (`RLState.beta`) each step
+        (`kl_controller_update`): "exact_rev" / "exact_fwd", the exact per-token KL of the
+        sampling policy on the step's batch, or "estimate", the KL choice's own estimate.
       kl_choices: optional tuple of `kl_choice.KLChoice`. Non-empty, the KL choice becomes
         data: `Hparams.kl_index` indexes it through `lax.switch` (a select under vmap), so
         runs with different estimators and placements share one compiled program and one
@@ -119,6 +156,7 @@ class RLSetup:
     decode_plan: sampling.DecodePlan = sampling.DecodePlan()
     kl_choices: tuple = ()
     ref_model: Any = None
+    kl_control: str = ""
     trainable: str = "all"
 
     def __post_init__(self):
@@ -137,6 +175,11 @@ class RLSetup:
                 "any estimator, not as a KL choice"
             )
         object.__setattr__(self, "kl_choices", choices)
+        if self.kl_control not in KL_CONTROL:
+            raise ValueError(
+                f"RLSetup.kl_control {self.kl_control!r}; valid: '' (off), "
+                f"{', '.join(repr(k) for k in KL_CONTROL if k)}"
+            )
 
     @property
     def batch_size(self) -> int:
@@ -158,14 +201,17 @@ def _adapter_init_key(key):
     return jax.random.fold_in(key, 0x10AA)
 
 
-def init_rl_state(setup: RLSetup, params, ref_params, key) -> RLState:
+def init_rl_state(setup: RLSetup, params, ref_params, key, beta=None) -> RLState:
     """Policy starts at `params` (usually the reference itself). The policy gets its own
     buffers, so the state can be donated even when `params is ref_params`.
 
     A LoRA policy (`setup.model.lora`) given its base model's parameters gets fresh adapters
     (`model.add_adapters`, ``a`` from `key`, ``b`` = 0), and a reference of the same model
     gets all-zero ones: both compute the base model's logits exactly. The optimiser state
-    covers only the trainable leaves (`setup.trainable`)."""
+    covers only the trainable leaves (`setup.trainable`). With `setup.kl_control`, `beta`
+    is the controlled beta's start (the member's `loss.beta`)."""
+    if setup.kl_control and beta is None:
+        raise ValueError("RLSetup.kl_control needs the starting beta (init_rl_state beta=)")
     mcfg = setup.model
     if isinstance(mcfg, model_lib.ModelConfig) and mcfg.lora is not None:
         if not model_lib.has_adapters(params):  # the base model's parameters
@@ -181,6 +227,7 @@ def init_rl_state(setup: RLSetup, params, ref_params, key) -> RLState:
         ref_params=ref_params,
         key=key,
         num_skipped=jnp.zeros((), jnp.int32),
+        beta=jnp.asarray(beta, jnp.float32) if setup.kl_control else None,
     )
 
 
@@ -512,6 +559,8 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
 
     Returns the new state and a dict of scalar metrics (plus `mode_shares [num_modes]`).
     """
+    if setup.kl_control:  # the controlled beta replaces the fixed one
+        hp = hp.replace(loss=hp.loss.replace(beta=state.beta))
     batch = rollout(setup, state.params, jax.random.fold_in(state.key, state.step))
     ref_logits = jax.lax.stop_gradient(
         policy_logits(
@@ -547,7 +596,13 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, num_skipped=skipped
     )
-    return new_state, step_metrics(setup, batch, per_step, params, zero_var)
+    metrics = step_metrics(setup, batch, per_step, params, zero_var)
+    if setup.kl_control:
+        measured = metrics[KL_CONTROL[setup.kl_control]]
+        metrics["beta"] = state.beta  # the beta this step used
+        beta = kl_controller_update(state.beta, measured, hp.kl_target, hp.kl_rate)
+        new_state = new_state.replace(beta=beta)
+    return new_state, metrics
 
 
 def make_rl_chunk(setup: RLSetup, chunk_steps: int, population: bool = False):

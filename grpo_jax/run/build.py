@@ -37,6 +37,8 @@ VMAPPABLE_KEYS = (
     "loss.kl_choice",
     "loss.entropy_coef",
     "init.start",
+    "kl_control.target",
+    "kl_control.rate",
 )
 
 # Starting points (`init.start`): "fit" for every policy; the others for the Gaussian policy
@@ -158,6 +160,14 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
         f"{config.grpo.get('one_token_draw')!r}; valid: {', '.join(policies.DRAWS)}",
     )
     _require_number(config, "optim.lr", 0.0, low_open=True)
+    _require(
+        config.kl_control.measure in train.KL_CONTROL,
+        "kl_control.measure",
+        f"{config.kl_control.measure!r}; valid: '' (off), "
+        + ", ".join(k for k in train.KL_CONTROL if k),
+    )
+    _require_number(config, "kl_control.target", 0.0)
+    _require_number(config, "kl_control.rate", 0.0, low_open=True)
     _require_number(config, "optim.b1", 0.0, 1.0, high_open=True)
     _require_number(config, "optim.b2", 0.0, 1.0, high_open=True)
     _require_number(config, "optim.eps", 0.0, low_open=True)
@@ -409,6 +419,7 @@ def make_setup(config, task, model_config, mesh=None, kl_choices=()) -> train.RL
         data_sharding=None if mesh is None else sharding.data_sharding(mesh),
         kl_choices=tuple(kl_choices),
         ref_model=policies.make("tabular", task) if exact_reference(config) else None,
+        kl_control=str(config.kl_control.measure),
     )
 
 
@@ -432,6 +443,8 @@ MEMBER_RANGES = (
     ("loss.eps_low", 0.0, 1.0),
     ("loss.eps_high", 0.0, math.inf),
     ("optim.lr", 0.0, math.inf),
+    ("kl_control.target", 0.0, math.inf),
+    ("kl_control.rate", 0.0, math.inf),
 )
 
 
@@ -466,10 +479,22 @@ def population_hparams(config, cells: Sequence[Mapping[str, Any]]) -> train.Hpar
             eps_high=value("loss.eps_high"),
             entropy_coef=value("loss.entropy_coef"),
         )
+        control = {}
+        if config.kl_control.measure:  # the target-KL controller's leaves
+            _require(
+                value("loss.beta") > 0,
+                "loss.beta",
+                f"cell {dict(cell)}: the target-KL controller starts from beta > 0 (log beta)",
+            )
+            control = dict(
+                kl_target=np.float32(value("kl_control.target")),
+                kl_rate=np.float32(value("kl_control.rate")),
+            )
         return train.Hparams(
             loss=loss_cfg,
             lr=np.float32(value("optim.lr")),
             kl_index=np.int32(choices.index(choice) if choices else 0),
+            **control,
         )
 
     def stack(*xs):  # on the host, one transfer per leaf (not one per member and leaf)
@@ -496,16 +521,18 @@ def _init_population(setup, config, cells, task, model_config, ref_params, mesh)
         else jax.tree.map(lambda *xs: jnp.stack(xs), *[starts[n] for n in names])
     )
 
-    def init(start, ref, keys):
-        one = lambda s, k: train.init_rl_state(setup, s, ref, k)
-        return jax.vmap(one, in_axes=(None if shared else 0, 0))(start, keys)
+    def init(start, ref, keys, betas):
+        one = lambda s, k, b: train.init_rl_state(setup, s, ref, k, b)
+        return jax.vmap(one, in_axes=(None if shared else 0, 0, 0))(start, keys, betas)
 
     keys = jnp.stack([jax.random.PRNGKey(int(cell_value(config, c, "train.seed"))) for c in cells])
-    shape = jax.eval_shape(init, start, ref_params, keys)
+    # The controlled beta's start (`kl_control`): each member's loss.beta.
+    betas = jnp.asarray([float(cell_value(config, c, "loss.beta")) for c in cells], jnp.float32)
+    shape = jax.eval_shape(init, start, ref_params, keys, betas)
     shardings = sharding.param_shardings(
         shape, mesh, bool(config.mesh.shard_params), leading_axes=1
     )
-    return jax.jit(init, out_shardings=shardings)(start, ref_params, keys)
+    return jax.jit(init, out_shardings=shardings)(start, ref_params, keys, betas)
 
 
 def random_reference(config, seed: int = 0):
