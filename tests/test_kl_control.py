@@ -72,3 +72,15 @@ def test_bad_controller_settings_are_refused_by_name():
     c.loss.beta = 0.0
     with pytest.raises(ValueError, match="starts from beta > 0"):
         build.population_hparams(c, [{"train.seed": 0}])
+
+
+def test_the_one_token_check_runs_every_arm_and_target(tmp_path):
+    from grpo_jax.configs import kl_control as kl_control_config  # noqa: PLC0415
+    from grpo_jax.study import kl_control  # noqa: PLC0415
+
+    c = kl_control_config.get_config("tiny")
+    rows = kl_control.run(c, str(tmp_path), log=lambda *a: None)
+    assert [(r["arm"], r["target"]) for r in rows] == [(a, 0.3) for a in c.arms]
+    assert all(np.isfinite(r["kl"]) and r["beta"] > 0 for r in rows)
+    text = kl_control.markdown(rows, c)
+    assert "Check: every member's final exact reverse KL within 15%" in text
