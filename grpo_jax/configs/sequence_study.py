@@ -38,7 +38,7 @@ tables are constants of its program); the README states the measured time.
 
 `transformer`: the transformer policy class (the W2 decoder pretrained on each reference,
 its KL to the exact table: `reference.exact`) on four references and the primary arms,
-outside the main job (about 20 minutes on 2 CPU cores), in `<workdir>/sequences-transformer`;
+outside the main job (about 10 minutes on 2 CPU cores), in `<workdir>/sequences-transformer`;
 its prediction and the pilot that chose its learning rate are declared in
 `_transformer_class`. `full` (GPU, not yet run; `transformer,full` for the transformer):
 sized in docs/design.md, 'The study in sequences'.
@@ -118,7 +118,7 @@ def _transformer_class(c: ml_collections.ConfigDict, tiny: bool, full: bool) -> 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """arg: "" (default: CPU, in the main job after the one-token study), "tiny" (tests),
-    "transformer" (the transformer class: CPU, about 20 minutes, outside the main job;
+    "transformer" (the transformer class: CPU, about 10 minutes, outside the main job;
     "transformer,tiny" for the tests)."""
     opts = parse_arg(arg, tiny=False, transformer=False, full=False)
     tiny, full = opts["tiny"], opts["full"]
