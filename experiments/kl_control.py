@@ -13,6 +13,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
+from grpo_jax.configs import kl_control as kl_control_config
 from grpo_jax.run import config_utils, jsonio
 from grpo_jax.study import kl_control
 
@@ -26,7 +27,13 @@ def main(argv):
     del argv
     start = time.time()
     config = _CONFIG.value
-    rows = kl_control.run(config, _WORKDIR.value, log=lambda *a: None)
+    rows = kl_control.run(
+        config,
+        _WORKDIR.value,
+        kl_control_config.population_config,
+        kl_control_config.members(config),
+        log=lambda *a: None,
+    )
     text = kl_control.markdown(rows, config)
     print(text)
     jsonio.write_text_atomic(os.path.join(_WORKDIR.value, "kl_control.md"), text + "\n")

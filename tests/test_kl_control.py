@@ -79,7 +79,8 @@ def test_the_one_token_check_runs_every_arm_and_target(tmp_path):
     from grpo_jax.study import kl_control  # noqa: PLC0415
 
     c = kl_control_config.get_config("tiny")
-    rows = kl_control.run(c, str(tmp_path), log=lambda *a: None)
+    cells = kl_control_config.members(c)
+    rows = kl_control.run(c, str(tmp_path), kl_control_config.population_config, cells)
     assert [(r["arm"], r["target"]) for r in rows] == [(a, 0.3) for a in c.arms]
     assert all(np.isfinite(r["kl"]) and r["beta"] > 0 for r in rows)
     text = kl_control.markdown(rows, c)

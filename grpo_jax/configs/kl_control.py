@@ -16,7 +16,7 @@ the difference at matched reverse KL, `deltas_at_matched_kl`).
 
 import ml_collections
 
-from grpo_jax.configs import study as study_config
+from grpo_jax.configs import grpo as grpo_config, study as study_config, tasks as task_configs
 from grpo_jax.run.config_utils import parse_arg
 
 
@@ -37,3 +37,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.group_size = 16 if tiny else 64
     c.tolerance = 0.15
     return c
+
+
+def population_config(config, task: dict, steps: int | None = None):
+    """The GRPO config of one reference's population (tabular policy, controller on)."""
+    c = grpo_config.get_config("task=bandit")
+    fields = dict(task)
+    c.task = task_configs.task_config(fields.pop("name"), **fields)
+    c.policy = "tabular"
+    c.grpo.update(num_prompts=1, group_size=int(config.group_size))
+    c.loss.update(beta=float(config.beta_start), advantage_estimator="rloo")
+    c.optim.lr = float(config.lr)
+    c.kl_control.update(measure="exact_rev", rate=float(config.rate))
+    steps = int(steps or config.num_steps)
+    c.train.update(
+        num_steps=steps, chunk_steps=steps, progress=False, tensorboard=False, log_every_steps=steps
+    )
+    c.mesh.data = 1
+    return c
+
+
+def members(config) -> list[dict]:
+    """arm x target x seed."""
+    return [
+        {"loss.kl_choice": a, "kl_control.target": float(t), "train.seed": s}
+        for a in config.arms
+        for t in config.targets
+        for s in range(int(config.num_seeds))
+    ]

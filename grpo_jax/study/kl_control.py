@@ -1,7 +1,7 @@
 """The target-KL controller as a way to match the KL arms (grpo_jax/configs/kl_control.py):
 one tabular population per reference, every arm x target x seed a member, evaluated exactly.
 
-    rows = kl_control.run(config, workdir)      # one row per (reference, arm, target)
+    rows = kl_control.run(config, workdir, population_config, members(config))
     text = kl_control.markdown(rows, config)
 """
 
@@ -11,46 +11,17 @@ import os
 
 import numpy as np
 
-from grpo_jax.configs import grpo as grpo_config, tasks as task_configs
 from grpo_jax.run import runner
 from grpo_jax.study import groups
 
 
-def population_config(config, task: dict, steps: int | None = None):
-    """The GRPO config of one reference's population (tabular policy, controller on)."""
-    c = grpo_config.get_config("task=bandit")
-    fields = dict(task)
-    c.task = task_configs.task_config(fields.pop("name"), **fields)
-    c.policy = "tabular"
-    c.grpo.update(num_prompts=1, group_size=int(config.group_size))
-    c.loss.update(beta=float(config.beta_start), advantage_estimator="rloo")
-    c.optim.lr = float(config.lr)
-    c.kl_control.update(measure="exact_rev", rate=float(config.rate))
-    steps = int(steps or config.num_steps)
-    c.train.update(
-        num_steps=steps, chunk_steps=steps, progress=False, tensorboard=False, log_every_steps=steps
-    )
-    c.mesh.data = 1
-    return c
-
-
-def members(config) -> list[dict]:
-    """arm x target x seed."""
-    return [
-        {"loss.kl_choice": a, "kl_control.target": float(t), "train.seed": s}
-        for a in config.arms
-        for t in config.targets
-        for s in range(int(config.num_seeds))
-    ]
-
-
-def run(config, workdir: str, log=print) -> list[dict]:
-    """Train every reference's population; one row per (reference, arm, target): the final
-    exact reverse KL (mean, max relative error to the target), off-target mass and reward
-    (means over seeds), the final beta (mean)."""
+def run(config, workdir: str, population_config, cells, log=print) -> list[dict]:
+    """Train every reference's population (`population_config(config, task)`: its GRPO
+    config; `cells`: the members, arm x target x seed; both in grpo_jax/configs/kl_control.py);
+    one row per (reference, arm, target): the final exact reverse KL (mean, max relative
+    error to the target), off-target mass and reward (means over seeds), the final beta."""
     rows = []
     for m in config.modalities:
-        cells = members(config)
         out = runner.run_population(
             population_config(config, m["task"]), cells, os.path.join(workdir, m["label"]), log=log
         )
