@@ -291,9 +291,9 @@ def run_sweep(
     ``whole_groups``: a group with any unfinished cell is run again whole, its finished cells
     recomputed (and rewritten) too. For runners whose numbers depend on which cells share
     the group's program: a vmapped population compiled for one member is not the program
-    compiled for many, and its floating-point rounding differs (XLA drops a size-1 axis),
-    which a training run amplifies; run whole, a cell's result is the same whatever was
-    interrupted.
+    compiled for many, and its floating-point rounding can differ (on the tiny study,
+    one-member reruns differed, five-member subsets did not), which training amplifies; run
+    whole, a cell's result is the same whatever was interrupted.
 
     Returns:
       ``results[i]`` is the result dict of ``cells[i]`` (read back from JSON, cached or new).
