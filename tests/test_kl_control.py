@@ -8,24 +8,24 @@ import numpy as np
 import pytest
 
 from grpo_jax.configs import grpo as grpo_config
-from grpo_jax.rl import train
+from grpo_jax.core import kl_control
 from grpo_jax.run import build, checkpoint, runner
 
 
 def test_controller_step_moves_beta_toward_the_target_and_stays_in_range():
-    up = train.kl_controller_update(jnp.float32(0.1), jnp.float32(0.3), 0.1, 0.1)  # KL too high
-    down = train.kl_controller_update(jnp.float32(0.1), jnp.float32(0.05), 0.1, 0.1)
+    up = kl_control.update(jnp.float32(0.1), jnp.float32(0.3), 0.1, 0.1)  # KL too high
+    down = kl_control.update(jnp.float32(0.1), jnp.float32(0.05), 0.1, 0.1)
     np.testing.assert_allclose(float(up), 0.1 * np.exp(0.1), rtol=1e-6)  # error clipped at 1
     np.testing.assert_allclose(float(down), 0.1 * np.exp(-0.05), rtol=1e-6)
-    off = train.kl_controller_update(jnp.float32(0.1), jnp.float32(5.0), 0.0, 0.1)
-    nan = train.kl_controller_update(jnp.float32(0.1), jnp.float32(np.nan), 0.1, 0.1)
+    off = kl_control.update(jnp.float32(0.1), jnp.float32(5.0), 0.0, 0.1)
+    nan = kl_control.update(jnp.float32(0.1), jnp.float32(np.nan), 0.1, 0.1)
     assert float(off) == float(nan) == np.float32(0.1)  # target 0 or a NaN KL: unchanged
-    step = lambda _, b, m: train.kl_controller_update(b, m, 1e-12, 5.0)
+    step = lambda _, b, m: kl_control.update(b, m, 1e-12, 5.0)
     run = jax.jit(lambda b, m: jax.lax.fori_loop(0, 5000, lambda i, x: step(i, x, m), b))
     beta = jnp.float32(0.1)
     for measured in (1e30, 0.0):  # an extreme, NaN-free target for 5000 steps each way
         beta = run(beta, jnp.float32(measured))
-        lo, hi = train.BETA_RANGE
+        lo, hi = kl_control.BETA_RANGE
         assert np.isfinite(float(beta)) and lo * (1 - 1e-6) <= float(beta) <= hi * (1 + 1e-6)
 
 

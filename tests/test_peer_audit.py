@@ -1,4 +1,4 @@
-"""The peer audit: KL terms as frameworks write them (audit.KLFormula), their exact expected
+"""The peer audit: KL terms as frameworks write them (KLFormula), their exact expected
 gradients against Monte Carlo and against TRL's own loss code, and the generated table."""
 
 import os
@@ -10,8 +10,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from grpo_jax.configs import peer_audit as peer_config
-from grpo_jax.core import audit
-from grpo_jax.core.audit import KLFormula
+from grpo_jax.core import audit, formula_audit
+from grpo_jax.core.formula_audit import KLFormula
 from grpo_jax.study.report import peer_audit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _token_rows(formulas):
     prob = audit.random_token_problem(jax.random.key(1), 5, old_scale=0.5)
-    res = audit.formula_token_audit(**prob, formulas=formulas)
+    res = formula_audit.formula_token_audit(**prob, formulas=formulas)
     return {(r["name"], r["sampling"]): r for r in res["rows"]}
 
 
@@ -56,11 +56,11 @@ def test_formula_verdicts_are_the_known_facts():
 
 def test_verdict_words():
     rev, fwd = np.array([1.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0])
-    assert audit.verdict(rev, rev, fwd) == "reverse"
-    assert audit.verdict(fwd, rev, fwd) == "forward"
-    assert audit.verdict(1e-9 * rev, rev, fwd) == "zero"
-    assert audit.verdict(rev - 0.5 * fwd, rev, fwd) == "mixed"
-    assert audit.verdict(np.array([1.0, 0.0, 0.0]), rev, fwd) == "biased"
+    assert formula_audit.verdict(rev, rev, fwd) == "reverse"
+    assert formula_audit.verdict(fwd, rev, fwd) == "forward"
+    assert formula_audit.verdict(1e-9 * rev, rev, fwd) == "zero"
+    assert formula_audit.verdict(rev - 0.5 * fwd, rev, fwd) == "mixed"
+    assert formula_audit.verdict(np.array([1.0, 0.0, 0.0]), rev, fwd) == "biased"
 
 
 def test_formulas_agree_with_the_estimator_audit():
@@ -82,7 +82,9 @@ def test_formulas_agree_with_the_estimator_audit():
             "k1_r": KLFormula("k1", "reward"),
             "k1_rtg": KLFormula("k1", "reward_to_go"),
         }
-        new = audit.formula_sequence_audit(p["logits"], p["ref_logits"], p["old_logits"], fs)
+        new = formula_audit.formula_sequence_audit(
+            p["logits"], p["ref_logits"], p["old_logits"], fs
+        )
     rows = {(r["name"], r["sampling"]): r["grad_mean"] for r in new["rows"]}
     pairs = [
         (("k3_w", "off"), dict(estimator="k3", placement="loss", sampling="off_is")),
@@ -124,13 +126,15 @@ def test_every_peer_row_matches_monte_carlo():
     fs = {name: f for f, name in distinct.items()}
     with jax.enable_x64(True):
         p = audit.random_sequence_problem(jax.random.key(3), 3, 2, old_scale=0.5)
-        exact = audit.formula_sequence_audit(p["logits"], p["ref_logits"], p["old_logits"], fs)
+        exact = formula_audit.formula_sequence_audit(
+            p["logits"], p["ref_logits"], p["old_logits"], fs
+        )
         flat, unravel = ravel_pytree(list(p["logits"]))
         seqs = audit.enumerate_sequences(3, 2)
         ref = audit.sequence_logprobs(p["ref_logits"], seqs)
         old = audit.sequence_logprobs(p["old_logits"], seqs)
         freq = {}
-        for s in audit.FORMULA_SAMPLINGS:
+        for s in formula_audit.FORMULA_SAMPLINGS:
             drawn = _sample_sequences(
                 jax.random.key(4), p["logits" if s == "on" else "old_logits"], m
             )
@@ -143,7 +147,9 @@ def test_every_peer_row_matches_monte_carlo():
         def mc_grads(x):
             def total(x, formula, s):
                 logp = audit.sequence_logprobs(unravel(x), seqs)
-                return jnp.sum(freq[s] * audit.formula_surrogates(logp, ref, old, formula, s)[0])
+                return jnp.sum(
+                    freq[s] * formula_audit.formula_surrogates(logp, ref, old, formula, s)[0]
+                )
 
             return [jax.grad(total)(x, fs[r["name"]], r["sampling"]) for r in rows]
 
@@ -234,7 +240,7 @@ def test_trl_rows_match_trls_own_loss():
             want_loss, want_grad = trl_grad(level, corr)
 
             def ours(lp, formula=rows[name]):
-                per_seq = audit.formula_surrogates(
+                per_seq = formula_audit.formula_surrogates(
                     lp, jnp.asarray(ref), jnp.asarray(old), formula, "off"
                 )[0]
                 return jnp.mean(per_seq / t)  # TRL "grpo": token mean, then sequence mean
@@ -252,7 +258,7 @@ def test_weight_modes_and_clamp_after_weight():
     ref = jnp.array([[-1.2, -0.1, -0.4]])
     old = jnp.array([[-0.7, -2.5, -0.5]])
     f = lambda formula, s="off": jax.grad(
-        lambda lp: audit.formula_surrogates(lp, ref, old, formula, s)[0].sum()
+        lambda lp: formula_audit.formula_surrogates(lp, ref, old, formula, s)[0].sum()
     )(logp)
     d = logp - ref
     k3 = jnp.expm1(-d) + d
@@ -267,7 +273,7 @@ def test_weight_modes_and_clamp_after_weight():
     g = np.asarray(f(after))
     assert float(jnp.exp(logp - old)[0, 1] * k3[0, 1]) > 3.0 and g[0, 1] == 0.0
     np.testing.assert_allclose(g[0, [0, 2]], (jnp.exp(logp - old) * d)[0, [0, 2]], rtol=1e-6)
-    value = audit.formula_surrogates(logp, ref, old, after, "off")[2]
+    value = formula_audit.formula_surrogates(logp, ref, old, after, "off")[2]
     want = float(jnp.sum(jnp.clip(jnp.exp(logp - old) * k3, -3.0, 3.0)))
     assert float(value[0]) == pytest.approx(want, rel=1e-6)
     # Log-ratio clamp 1.0 bites on token 1: value clip(delta) and detached weight, so the
@@ -294,7 +300,7 @@ def test_formula_validation():
     with pytest.raises(ValueError, match="needs clamp_value"):
         KLFormula("k3", clamp_value_after_weight=True)
     with pytest.raises(ValueError, match="needs the old policy"):
-        audit.formula_token_audit(jnp.zeros(3), jnp.ones(3), None, {"k1": KLFormula("k1")})
+        formula_audit.formula_token_audit(jnp.zeros(3), jnp.ones(3), None, {"k1": KLFormula("k1")})
 
 
 def test_peer_rows_and_table():
@@ -314,7 +320,7 @@ def test_peer_rows_and_table():
     assert len(table) == 2 + 2 * len(rows)
     for line in table[2:]:
         words = [c.strip("* ") for c in line.split("|") if "**" in c]
-        assert len(words) == 2 and all(w in audit.VERDICTS for w in words), line
+        assert len(words) == 2 and all(w in formula_audit.VERDICTS for w in words), line
 
 
 def test_readme_section_is_the_generated_file():

@@ -128,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict(dict(lr=1e-3, grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8))
 
-    # Target-KL controller (rl/train.py kl_controller_update): with `measure` set, beta
+    # Target-KL controller (core/kl_control.py): with `measure` set, beta
     # starts at loss.beta and moves each step, log beta += rate * clip(KL / target - 1, -1, 1),
     # to hold the KL per token at `target`: "exact_rev" / "exact_fwd" (the exact KL of the
     # sampling policy on the batch) or "estimate" (the KL choice's own estimate). "" = off.

@@ -32,10 +32,9 @@ from typing import Any, Callable, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from grpo_jax.core import kl_choice as kl_choice_lib, losses, stats
+from grpo_jax.core import kl_choice as kl_choice_lib, kl_control as kl_control_lib, losses, stats
 from grpo_jax.models import model as model_lib, policies, sampling, trainable as trainable_lib
 
 
@@ -70,33 +69,6 @@ class RLState:
     beta: Any = None  # float32: the controlled beta (`RLSetup.kl_control`); None when fixed
 
 
-# What the target-KL controller holds (`RLSetup.kl_control`): "" off, else the step metric.
-KL_CONTROL = {
-    "": None,
-    "exact_rev": "exact_kl_rev",
-    "exact_fwd": "exact_kl_fwd",
-    "estimate": "kl_mean",
-}
-# The controlled beta stays within these (positive and finite whatever the target).
-BETA_RANGE = (1e-6, 1e3)
-
-
-def kl_controller_update(beta, measured, target, rate):
-    """One step of the target-KL controller, proportional on log beta (the adaptive KL
-    controllers of PPO/verl/OpenRLHF, in log space):
-
-        log beta <- log beta + rate * clip(measured / target - 1, -1, 1),
-
-    beta kept in `BETA_RANGE`; unchanged where `target` <= 0 (a member with a fixed beta)
-    or `measured` is not finite. Pure and elementwise (vmap over a population)."""
-    target = jnp.asarray(target, jnp.float32)
-    ok = (target > 0) & jnp.isfinite(measured)
-    err = jnp.clip(measured / jnp.where(target > 0, target, 1.0) - 1.0, -1.0, 1.0)
-    log_b = jnp.log(beta) + rate * jnp.where(ok, err, 0.0)
-    lo, hi = (float(np.log(b)) for b in BETA_RANGE)
-    return jnp.where(ok, jnp.exp(jnp.clip(log_b, lo, hi)), beta).astype(jnp.float32)
-
-
 @dataclasses.dataclass(frozen=True)
 class RLSetup:
     """Static description of one compiled GRPO program (hashable, never traced).
@@ -127,7 +99,7 @@ class RLSetup:
         segments of the decode loop, each one more loop body to compile.
       kl_control: "" (beta fixed by `Hparams.loss.beta`), or what a target-KL controller
         holds at `Hparams.kl_target` by moving beta (`RLState.beta`) each step
-        (`kl_controller_update`): "exact_rev" / "exact_fwd", the exact per-token KL of the
+        (`core.kl_control.update`): "exact_rev" / "exact_fwd", the exact per-token KL of the
         sampling policy on the step's batch, or "estimate", the KL choice's own estimate.
       kl_choices: optional tuple of `kl_choice.KLChoice`. Non-empty, the KL choice becomes
         data: `Hparams.kl_index` indexes it through `lax.switch` (a select under vmap), so
@@ -175,10 +147,10 @@ class RLSetup:
                 "any estimator, not as a KL choice"
             )
         object.__setattr__(self, "kl_choices", choices)
-        if self.kl_control not in KL_CONTROL:
+        if self.kl_control not in kl_control_lib.KL_CONTROL:
             raise ValueError(
                 f"RLSetup.kl_control {self.kl_control!r}; valid: '' (off), "
-                f"{', '.join(repr(k) for k in KL_CONTROL if k)}"
+                f"{', '.join(repr(k) for k in kl_control_lib.KL_CONTROL if k)}"
             )
 
     @property
@@ -598,9 +570,9 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
     )
     metrics = step_metrics(setup, batch, per_step, params, zero_var)
     if setup.kl_control:
-        measured = metrics[KL_CONTROL[setup.kl_control]]
+        measured = metrics[kl_control_lib.KL_CONTROL[setup.kl_control]]
         metrics["beta"] = state.beta  # the beta this step used
-        beta = kl_controller_update(state.beta, measured, hp.kl_target, hp.kl_rate)
+        beta = kl_control_lib.update(state.beta, measured, hp.kl_target, hp.kl_rate)
         new_state = new_state.replace(beta=beta)
     return new_state, metrics
 

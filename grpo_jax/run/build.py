@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from grpo_jax import tasks
-from grpo_jax.core import losses
+from grpo_jax.core import kl_control, losses
 from grpo_jax.core.kl_choice import KLChoice
 from grpo_jax.models import hf_llama, model as model_lib
 from grpo_jax.models import policies, trainable as trainable_lib
@@ -161,10 +161,10 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
     )
     _require_number(config, "optim.lr", 0.0, low_open=True)
     _require(
-        config.kl_control.measure in train.KL_CONTROL,
+        config.kl_control.measure in kl_control.KL_CONTROL,
         "kl_control.measure",
         f"{config.kl_control.measure!r}; valid: '' (off), "
-        + ", ".join(k for k in train.KL_CONTROL if k),
+        + ", ".join(k for k in kl_control.KL_CONTROL if k),
     )
     _require_number(config, "kl_control.target", 0.0)
     _require_number(config, "kl_control.rate", 0.0, low_open=True)

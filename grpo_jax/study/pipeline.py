@@ -178,11 +178,11 @@ def run(
             stored = jsonio.read_json(timing) if os.path.exists(timing) else {}
             run_s = stored.get("seconds")
             command = stored.get("command", command)  # the run that computed the cells
-            report.analysis.check_design(config, sorted({r["arm"] for r in records}))
+            report.design.check_design(config, sorted({r["arm"] for r in records}))
         else:
             cells = grid(config)
             # The design against the grid before anything trains (a typo fails here).
-            report.analysis.check_design(config, sorted({str(c.eval.arm) for c in cells}))
+            report.design.check_design(config, sorted({str(c.eval.arm) for c in cells}))
             # Keys only the analysis reads may change (the stored cells are re-reported);
             # any other key is computational.
             rundir.check_config(
@@ -190,7 +190,7 @@ def run(
                 config,
                 what="study",
                 overwrite=overwrite,
-                safe=report.analysis.ANALYSIS_KEYS,
+                safe=report.design.ANALYSIS_KEYS,
                 log=log,
             )
             if overwrite:
@@ -223,7 +223,7 @@ def _report(workdir, config, records, missing, run_s, t0, gaussian_config, log, 
     )
     outdir = os.path.join(workdir, "report")
     notes = _notes(config, workdir, run_s, missing, len(records), machine, command)
-    bad = report.analysis.non_finite(records, config.to_dict())
+    bad = report.design.non_finite(records, config.to_dict())
     if bad:
         first = ", ".join(f"{b['modality']} {b['policy']} {b['arm']} at {b['strength']:g} "
                           f"seed {b['seed']}" for b in bad[:3])  # fmt: skip
