@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from grpo_jax.models import gguf as G  # noqa: E402
-from grpo_jax.models import model as M  # noqa: E402
+from grpo_jax.models import lora, model as M  # noqa: E402
 from grpo_jax.models import sampling  # noqa: E402
 from grpo_jax.models import tokenizer as T  # noqa: E402
 from llama_numpy import Sizes, numpy_forward as forward, random_weights, rope_adjacent, rope_half
@@ -558,7 +558,7 @@ def test_lora_on_the_gguf_model_starts_exact_and_trains_only_adapters(tiny):
     from grpo_jax.rl import train  # noqa: PLC0415
 
     setup, start, base = _grpo_setup(tiny[0])
-    lora_cfg = dataclasses.replace(setup.model, lora=M.LoRAConfig(rank=2, targets="q,k,v,up"))
+    lora_cfg = dataclasses.replace(setup.model, lora=lora.LoRAConfig(rank=2, targets="q,k,v,up"))
     lora_setup = dataclasses.replace(setup, model=lora_cfg, kl_choices=(), trainable="lora")
     state = train.init_rl_state(lora_setup, base, base, jax.random.PRNGKey(1))
     tokens = jnp.asarray([[1, 5, 9, 2, 7]], jnp.int32)
@@ -576,6 +576,6 @@ def test_lora_on_the_gguf_model_starts_exact_and_trains_only_adapters(tiny):
     ]
     assert any(moved)  # the adapters trained (folded into q, k, v, up) ...
     flat = jax.tree_util.tree_flatten_with_path(end.params)[0]
-    kept = [x for p, x in flat if not M.is_adapter_path(M._path_names(p))]
+    kept = [x for p, x in flat if not lora.is_adapter_path(lora.path_names(p))]
     for a, b in zip(kept, jax.tree.leaves(start)):  # ... and no base weight moved
         np.testing.assert_array_equal(a, b)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax.models import kernels, model as M
+from grpo_jax.models import kernels, lora, model as M
 
 CFG = M.ModelConfig(vocab_size=11, num_layers=2, width=16, num_heads=2, mlp_width=24, max_len=16)
 forward = jax.jit(M.forward, static_argnums=0)
@@ -245,7 +245,7 @@ GQA = M.ModelConfig(
 def test_gqa_tied_params_cache_and_mha_equivalence():
     p = M.init(GQA, jax.random.key(1))
     names = {
-        "/".join(M._path_names(path)) for path, _ in jax.tree_util.tree_flatten_with_path(p)[0]
+        "/".join(lora.path_names(path)) for path, _ in jax.tree_util.tree_flatten_with_path(p)[0]
     }
     assert not any(n.startswith("head") for n in names)
     assert p["blocks"][0]["attn"]["k"]["kernel"].shape == (24, 2 * 4)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from grpo_jax.configs import tasks as task_configs
-from grpo_jax.models import model as M, sampling, trainable
+from grpo_jax.models import lora, model as M, sampling, trainable
 from grpo_jax.rl import train
 from grpo_jax.run import build, checkpoint, runner
 from train_helpers import member, reference, tiny_config
 
 # The SmolLM2 options (grouped-query attention, tied embeddings) with every projection adapted.
-LORA = M.LoRAConfig(rank=2, alpha=4.0, targets=M.LORA_TARGETS)
+LORA = lora.LoRAConfig(rank=2, alpha=4.0, targets=lora.LORA_TARGETS)
 CFG = M.ModelConfig(
     vocab_size=13,
     num_layers=2,
@@ -34,7 +34,7 @@ BASE = M.base_config(CFG)
 
 def _leaves(tree):
     return {
-        "/".join(M._path_names(p)): np.asarray(x)
+        "/".join(lora.path_names(p)): np.asarray(x)
         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
 

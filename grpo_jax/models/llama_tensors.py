@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
-from grpo_jax.models import model as model_lib
+from grpo_jax.models import lora, model as model_lib
 
 FORMATS = ("gguf", "hf")
 
@@ -114,7 +114,7 @@ def params_from_tensors(
     flat, treedef = jax.tree_util.tree_flatten_with_path(model_lib.abstract_params(config))
     leaves = []
     for path, leaf in flat:
-        key = model_lib._path_names(path)  # pylint: disable=protected-access
+        key = lora.path_names(path)
         name = by_path.get(key)
         if name is None:
             raise ValueError(f"{where}: no tensor maps to parameter {'/'.join(key)}")

@@ -62,54 +62,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from grpo_jax.models.kernels import Tape, _dense_site, _sub, attend, gated_mlp, rope
+from grpo_jax.models import lora
+from grpo_jax.models.lora import LoRAConfig
 
 DTYPES = ("float32", "bfloat16")
 
 Cache = tuple  # tuple[dict[str, jax.Array], ...], one {"k", "v"} per layer.
-
-# The projections a LoRA adapter may target (attention q, k, v, o; MLP gate, up, down).
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
-LORA_SUFFIX = "_lora"  # an adapter of projection `q` is the submodule `q_lora` (a, b)
-
-
-@dataclasses.dataclass(frozen=True)
-class LoRAConfig:
-    """Low-rank adapters (Hu et al. 2021): ``W -> W + (alpha / rank) a b`` for each target.
-
-    Attributes:
-      rank: r >= 1, the adapters' inner width.
-      alpha: > 0; the update is scaled by ``alpha / rank``.
-      targets: projections adapted, a subset of ``LORA_TARGETS`` (a comma-separated string
-        is accepted); kept in ``LORA_TARGETS`` order so equal sets are equal configs.
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple = ("q", "v")
-
-    def __post_init__(self):
-        targets = self.targets
-        if isinstance(targets, str):
-            targets = [t.strip() for t in targets.split(",") if t.strip()]
-        targets = tuple(targets)
-        bad = [t for t in targets if t not in LORA_TARGETS]
-        if bad or not targets:
-            raise ValueError(
-                f"lora.targets: {self.targets!r} is not a non-empty subset of the "
-                f"projections; valid: {', '.join(LORA_TARGETS)}"
-            )
-        object.__setattr__(self, "targets", tuple(t for t in LORA_TARGETS if t in targets))
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"lora.rank: {self.rank!r}; must be an integer >= 1")
-        if isinstance(self.alpha, bool) or not (
-            isinstance(self.alpha, (int, float)) and 0 < self.alpha < float("inf")
-        ):
-            raise ValueError(f"lora.alpha: {self.alpha!r}; must be a finite number > 0")
-        object.__setattr__(self, "alpha", float(self.alpha))
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,34 +163,6 @@ def _linear_kwargs(config: ModelConfig, rngs: nnx.Rngs) -> dict:
     )
 
 
-class LoRA(nnx.Module):
-    """One projection's adapter: ``a [D_in, r]`` ~ N(0, 1/D_in), ``b [r, D_out]`` = 0."""
-
-    def __init__(self, d_in: int, d_out: int, rank: int, rngs: nnx.Rngs):
-        self.a = nnx.Param(_init(d_in**-0.5)(rngs.params(), (d_in, rank), jnp.float32))
-        self.b = nnx.Param(jnp.zeros((rank, d_out), jnp.float32))
-
-
-def _add_loras(owner: nnx.Module, config: "ModelConfig", shapes: dict, rngs: nnx.Rngs) -> None:
-    """Attach an adapter ``<name>_lora`` for each targeted projection in ``shapes``
-    (name -> (D_in, D_out)); nothing at all without ``config.lora`` (same graph as before)."""
-    if config.lora is None:
-        return
-    for name, (d_in, d_out) in shapes.items():
-        if name in config.lora.targets:
-            setattr(owner, name + LORA_SUFFIX, LoRA(d_in, d_out, config.lora.rank, rngs))
-
-
-def _kernel(owner: nnx.Module, name: str, config: "ModelConfig") -> jax.Array:
-    """Projection ``name``'s effective kernel ``[D_in, D_out]``: ``W``, plus
-    ``(alpha / r) a b`` when it carries an adapter."""
-    w = getattr(owner, name).kernel[...]
-    adapter = getattr(owner, name + LORA_SUFFIX, None)
-    if adapter is None:
-        return w
-    return w + config.lora.scale * jnp.dot(adapter.a[...], adapter.b[...])
-
-
 class Attention(nnx.Module):
     """Multi-head (or grouped-query) causal self-attention with RoPE, no biases."""
 
@@ -245,7 +175,7 @@ class Attention(nnx.Module):
         self.k = nnx.Linear(d, d_kv, **kw)
         self.v = nnx.Linear(d, d_kv, **kw)
         self.o = nnx.Linear(d, d, **kw)
-        _add_loras(self, config, dict(q=(d, d), k=(d, d_kv), v=(d, d_kv), o=(d, d)), rngs)
+        lora.add_loras(self, config, dict(q=(d, d), k=(d, d_kv), v=(d, d_kv), o=(d, d)), rngs)
 
     def __call__(
         self,
@@ -277,7 +207,9 @@ class Attention(nnx.Module):
         b, l, _ = x.shape
         dt = c.compute_dtype
         hkv = c.kv_heads
-        w_qkv = jnp.concatenate([_kernel(self, n, c) for n in ("q", "k", "v")], axis=1)  # [D, 3D]
+        w_qkv = jnp.concatenate(
+            [lora.kernel(self, n, c) for n in ("q", "k", "v")], axis=1
+        )  # [D, 3D]
         qkv = _dense_site(tape, "qkv", x, w_qkv, dt)  # [B, L, 3D]
         if hkv == c.num_heads:
             qkv = qkv.reshape(b, l, 3, c.num_heads, c.head_dim)
@@ -300,7 +232,7 @@ class Attention(nnx.Module):
                 for name, t in (("k", k), ("v", v))
             }
         y = attend(c, q, new_kv["k"], new_kv["v"], index, prefix, prefix_lengths)
-        return _dense_site(tape, "o", y, _kernel(self, "o", c), dt), new_kv
+        return _dense_site(tape, "o", y, lora.kernel(self, "o", c), dt), new_kv
 
 
 class MLP(nnx.Module):
@@ -313,16 +245,16 @@ class MLP(nnx.Module):
         self.gate = nnx.Linear(d, m, **kw)
         self.up = nnx.Linear(d, m, **kw)
         self.down = nnx.Linear(m, d, **kw)
-        _add_loras(self, config, dict(gate=(d, m), up=(d, m), down=(m, d)), rngs)
+        lora.add_loras(self, config, dict(gate=(d, m), up=(d, m), down=(m, d)), rngs)
 
     def __call__(self, x: jax.Array, tape: Tape | None = None) -> jax.Array:
         # gate and up as ONE matmul with the kernels side by side ([D, 2M]).
         dt = self.down.dtype
         c = self.config
-        w = jnp.concatenate([_kernel(self, "gate", c), _kernel(self, "up", c)], axis=1)
+        w = jnp.concatenate([lora.kernel(self, "gate", c), lora.kernel(self, "up", c)], axis=1)
         lead = x.shape[:-1]
         x2d = x.reshape(-1, x.shape[-1]).astype(dt)
-        args = (x2d, w.astype(dt), _kernel(self, "down", c).astype(dt))
+        args = (x2d, w.astype(dt), lora.kernel(self, "down", c).astype(dt))
         y = gated_mlp(*args) if tape is None else tape.gated_mlp("mlp", *args)
         return y.reshape(*lead, y.shape[-1])
 
@@ -513,7 +445,7 @@ def init(config: ModelConfig, key: jax.Array) -> nnx.State:
         return add_adapters(config, init(base_config(config), key), jax.random.fold_in(key, 1))
     abstract = abstract_params(config)
     paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    is_scale = ["scale" in _path_names(path) for path, _ in paths_and_leaves]  # RMSNorm
+    is_scale = ["scale" in lora.path_names(path) for path, _ in paths_and_leaves]  # RMSNorm
     sizes = [x.size for (_, x), s in zip(paths_and_leaves, is_scale) if not s]
     flat = 0.02 * jax.random.normal(key, (sum(sizes),), jnp.float32)
     leaves, offset = [], 0
@@ -531,69 +463,16 @@ def base_config(config: ModelConfig) -> ModelConfig:
     return dataclasses.replace(config, lora=None)
 
 
-def is_adapter_path(names: tuple[str, ...]) -> bool:
-    """Whether a parameter path (`_path_names`) lies inside a LoRA adapter."""
-    return any(n.endswith(LORA_SUFFIX) for n in names)
-
-
-def has_adapters(params) -> bool:
-    """Whether a parameter pytree holds LoRA adapters."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return any(is_adapter_path(_path_names(path)) for path, _ in flat)
-
-
-def _keyed_leaves(params) -> dict[tuple[str, ...], Any]:
-    """Leaves by their dict-key path (`_path_names`), whether or not wrapped in variables."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {_path_names(path): leaf for path, leaf in flat}
-
-
 def add_adapters(config: ModelConfig, base_params: nnx.State, key: jax.Array | None) -> nnx.State:
-    """The parameters of ``config`` (which has ``lora``) from those of ``base_config(config)``:
-    the base leaves as given, every adapter's ``b`` zero and its ``a`` ~ N(0, 1/D_in) from
-    ``key`` (one draw per adapter, ``fold_in(key, i)``), or zero with ``key=None`` (a model
-    that stays the base model whatever ``b`` is: the reference of a LoRA policy). Either way
-    the adapted model's logits are the base model's exactly. Pure (vmap over keys)."""
-    if config.lora is None:
-        raise ValueError("add_adapters: the config has no lora adapters (ModelConfig.lora).")
-    base = _keyed_leaves(base_params)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(config))
-    leaves = []
-    for i, (path, x) in enumerate(flat):
-        names = _path_names(path)
-        if not is_adapter_path(names):
-            if names not in base or base[names].shape != x.shape:
-                raise ValueError(f"add_adapters: base parameters lack {'/'.join(names)} {x.shape}")
-            leaves.append(base[names])
-        elif names[-1] == "b" or key is None:
-            leaves.append(jnp.zeros(x.shape, jnp.float32))
-        else:
-            std = x.shape[0] ** -0.5
-            leaves.append(std * jax.random.normal(jax.random.fold_in(key, i), x.shape))
-    return jax.tree.unflatten(treedef, leaves)
+    """`lora.add_adapters` for ``config`` (the base leaves as given, fresh or zero adapters)."""
+    return lora.add_adapters(config, base_params, key, abstract_params(config))
 
 
 def merge_adapters(config: ModelConfig, params: nnx.State) -> nnx.State:
-    """Fold every adapter into its kernel, ``W + (alpha / r) a b`` (the forward's effective
-    kernel): parameters of ``base_config(config)`` computing the same logits (up to
-    rounding), e.g. to save, sample or serve the trained model without adapters."""
+    """`lora.merge_adapters` into the parameters of ``base_config(config)``."""
     if config.lora is None:
         return params
-    by_names = _keyed_leaves(params)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(base_config(config)))
-    leaves = []
-    for path, _ in flat:
-        *owner, proj, leaf = _path_names(path)
-        w = by_names[(*owner, proj, leaf)]
-        if proj in config.lora.targets and leaf == "kernel":
-            a, b = (by_names[(*owner, proj + LORA_SUFFIX, x)] for x in ("a", "b"))
-            w = w + config.lora.scale * jnp.dot(a, b)
-        leaves.append(w)
-    return jax.tree.unflatten(treedef, leaves)
-
-
-def _path_names(path) -> tuple[str, ...]:
-    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+    return lora.merge_adapters(config, params, abstract_params(base_config(config)))
 
 
 def abstract_params(config: ModelConfig) -> nnx.State:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from grpo_jax.models import model as model_lib
+from grpo_jax.models import lora, model as model_lib
 
 TRAINABLE = ("all", "last:K", "lora")
 
@@ -65,12 +65,12 @@ def is_trainable(spec: str, model: Any, names: tuple[str, ...]) -> bool:
     if mode == "all":
         return True
     if mode == "lora":
-        return model_lib.is_adapter_path(names)
+        return lora.is_adapter_path(names)
     return (
         len(names) > 1
         and names[0] == "blocks"
         and int(names[1]) >= model.num_layers - k
-        and not model_lib.is_adapter_path(names)
+        and not lora.is_adapter_path(names)
     )
 
 
@@ -91,7 +91,7 @@ def split(spec: str, model: Any, params) -> tuple[Any, Frozen | None]:
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     train, rest, keys = {}, {}, []
     for path, leaf in flat:
-        names = model_lib._path_names(path)
+        names = lora.path_names(path)
         key = "/".join(names)
         keys.append(key)
         (train if is_trainable(spec, model, names) else rest)[key] = leaf

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from grpo_jax.core import kl_choice as kl_choice_lib, kl_control as kl_control_lib, losses, stats
-from grpo_jax.models import model as model_lib, policies, sampling, trainable as trainable_lib
+from grpo_jax.models import lora, model as model_lib, policies, sampling, trainable as trainable_lib
 
 
 @flax.struct.dataclass
@@ -186,9 +186,9 @@ def init_rl_state(setup: RLSetup, params, ref_params, key, beta=None) -> RLState
         raise ValueError("RLSetup.kl_control needs the starting beta (init_rl_state beta=)")
     mcfg = setup.model
     if isinstance(mcfg, model_lib.ModelConfig) and mcfg.lora is not None:
-        if not model_lib.has_adapters(params):  # the base model's parameters
+        if not lora.has_adapters(params):  # the base model's parameters
             params = model_lib.add_adapters(mcfg, params, _adapter_init_key(key))
-        if setup.ref_model is None and not model_lib.has_adapters(ref_params):
+        if setup.ref_model is None and not lora.has_adapters(ref_params):
             ref_params = model_lib.add_adapters(mcfg, ref_params, None)
     return RLState(
         step=jnp.zeros((), jnp.int32),

@@ -21,7 +21,7 @@ import numpy as np
 from grpo_jax import tasks
 from grpo_jax.core import kl_control, losses
 from grpo_jax.core.kl_choice import KLChoice
-from grpo_jax.models import hf_llama, model as model_lib
+from grpo_jax.models import hf_llama, lora, model as model_lib
 from grpo_jax.models import policies, trainable as trainable_lib
 from grpo_jax.rl import pretrain, train
 from grpo_jax.run import checkpoint, config_utils, reference, sharding
@@ -292,7 +292,7 @@ def trainable_of(config) -> str:
     return str(config.train.get("trainable", "all"))
 
 
-def lora_of(config) -> model_lib.LoRAConfig | None:
+def lora_of(config) -> lora.LoRAConfig | None:
     """The adapters of `train.lora` when `train.trainable` is "lora", else None."""
     if trainable_of(config) != "lora":
         return None
@@ -300,7 +300,7 @@ def lora_of(config) -> model_lib.LoRAConfig | None:
     unknown = sorted(set(fields) - {"rank", "alpha", "targets"})
     _require(not unknown, "train.lora", f"unknown keys {unknown}; valid: rank, alpha, targets")
     try:
-        return model_lib.LoRAConfig(**fields)
+        return lora.LoRAConfig(**fields)
     except ValueError as e:  # "lora.<field>: ..." with the config path
         raise ValueError(f"config.train.{e}") from None
 
