@@ -68,6 +68,29 @@ def _train_config() -> ml_collections.ConfigDict:
     )
 
 
+def _reference_config() -> ml_collections.ConfigDict:
+    # Reference policy: restored from `checkpoint` (an experiments/pretrain.py workdir) if set,
+    # or loaded from `safetensors_dir` (a Hugging Face Llama checkpoint: config.json +
+    # *.safetensors, models/hf_llama.py; its config.json then gives the model, not
+    # `model` above, except model.dtype; its vocabulary must be the task's), otherwise
+    # pretrained on the task's reference data at the start of the run (and saved under
+    # <workdir>/reference so a re-run reuses it). `exact`: the transformer still starts
+    # from that fit, but its KL is to the task's exact reference table (an enumerable task:
+    # bandit, fork), so the regulariser is the data itself, not the fit.
+    return ml_collections.ConfigDict(
+        dict(
+            checkpoint="",
+            safetensors_dir="",
+            steps=600,
+            batch_size=256,
+            lr=3e-3,
+            chunk_steps=100,
+            seed=1234,
+            exact=False,
+        )
+    )
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     opts = parse_arg(arg, task="bandit", quick=False, full=False)
     task_name = opts["task"]
@@ -85,26 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(num_layers=2, width=64, num_heads=2, mlp_width=256, dtype="float32")
     )
 
-    # Reference policy: restored from `checkpoint` (an experiments/pretrain.py workdir) if set,
-    # or loaded from `safetensors_dir` (a Hugging Face Llama checkpoint: config.json +
-    # *.safetensors, models/hf_llama.py; its config.json then gives the model, not
-    # `model` above, except model.dtype; its vocabulary must be the task's), otherwise
-    # pretrained on the task's reference data at the start of the run (and saved under
-    # <workdir>/reference so a re-run reuses it). `exact`: the transformer still starts
-    # from that fit, but its KL is to the task's exact reference table (an enumerable task:
-    # bandit, fork), so the regulariser is the data itself, not the fit.
-    c.reference = ml_collections.ConfigDict(
-        dict(
-            checkpoint="",
-            safetensors_dir="",
-            steps=600,
-            batch_size=256,
-            lr=3e-3,
-            chunk_steps=100,
-            seed=1234,
-            exact=False,
-        )
-    )
+    c.reference = _reference_config()
 
     # Where the policy starts (run/build.py STARTS): "fit" = the reference itself (its
     # moment-matched fit for the Gaussian policy); the Gaussian policy also has

@@ -113,27 +113,7 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
         kl_choice_of(config)
     except ValueError as e:  # re-raise with the config path
         raise ValueError(f"config.loss: {e}") from None
-    _require(
-        config.policy in ("transformer",) + tuple(policies.POLICIES),
-        "policy",
-        f"{config.policy!r}; valid: transformer, {', '.join(policies.POLICIES)}",
-    )
-    check_start(config.policy, config.init.start)
-    _require(
-        config.policy != "transformer"
-        or not exact_reference(config)
-        or (not task_given and config.task.name in ("bandit", "fork")),
-        "reference.exact",
-        f"needs a task with an exact reference table (bandit, fork), not {config.task.name!r}",
-    )
-    if config.policy != "transformer":
-        tabular_tasks = ("bandit", "fork") if config.policy == "tabular" else ("bandit",)
-        _require(
-            not task_given and config.task.name in tabular_tasks,
-            "policy",
-            f"{config.policy!r} is for the tasks {', '.join(tabular_tasks)} (an exact "
-            f"reference table), not {config.task.name!r}",
-        )
+    _validate_policy(config, task_given)
     for field in ("num_layers", "width", "num_heads", "mlp_width"):
         _require(int(config.model[field]) >= 1, f"model.{field}", "must be >= 1")
     _require(
@@ -159,6 +139,44 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
         "grpo.one_token_draw",
         f"{config.grpo.get('one_token_draw')!r}; valid: {', '.join(policies.DRAWS)}",
     )
+    _validate_optim_and_kl_control(config)
+    _validate_train_and_mesh(config)
+    _validate_trainable(config)
+    _require_finite_numbers(config)
+    if not task_given:
+        try:
+            make_task(config)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config.task: {e}") from None
+
+
+def _validate_policy(config: ml_collections.ConfigDict, task_given: bool) -> None:
+    """`validate_config`'s checks of the policy class, its start and its reference."""
+    _require(
+        config.policy in ("transformer",) + tuple(policies.POLICIES),
+        "policy",
+        f"{config.policy!r}; valid: transformer, {', '.join(policies.POLICIES)}",
+    )
+    check_start(config.policy, config.init.start)
+    _require(
+        config.policy != "transformer"
+        or not exact_reference(config)
+        or (not task_given and config.task.name in ("bandit", "fork")),
+        "reference.exact",
+        f"needs a task with an exact reference table (bandit, fork), not {config.task.name!r}",
+    )
+    if config.policy != "transformer":
+        tabular_tasks = ("bandit", "fork") if config.policy == "tabular" else ("bandit",)
+        _require(
+            not task_given and config.task.name in tabular_tasks,
+            "policy",
+            f"{config.policy!r} is for the tasks {', '.join(tabular_tasks)} (an exact "
+            f"reference table), not {config.task.name!r}",
+        )
+
+
+def _validate_optim_and_kl_control(config: ml_collections.ConfigDict) -> None:
+    """`validate_config`'s checks of `config.optim` and the target-KL controller."""
     _require_number(config, "optim.lr", 0.0, low_open=True)
     _require(
         config.kl_control.measure in kl_control.KL_CONTROL,
@@ -172,14 +190,6 @@ def validate_config(config: ml_collections.ConfigDict, task_given: bool = False)
     _require_number(config, "optim.b2", 0.0, 1.0, high_open=True)
     _require_number(config, "optim.eps", 0.0, low_open=True)
     _require_number(config, "optim.grad_clip", -math.inf)  # <= 0: no clipping
-    _validate_train_and_mesh(config)
-    _validate_trainable(config)
-    _require_finite_numbers(config)
-    if not task_given:
-        try:
-            make_task(config)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"config.task: {e}") from None
 
 
 def _validate_train_and_mesh(config: ml_collections.ConfigDict) -> None:

@@ -392,6 +392,42 @@ class LoopSettings:
         )
 
 
+def _stop_message(signum: int, step: int, total: int, saved: int, ckpt_dir: str) -> str:
+    """What a run stopped by a signal at `step` says (`saved`: its newest checkpoint, 0:
+    none)."""
+    if saved > 0:
+        where = f"checkpoint step {saved} is in {ckpt_dir}; rerun the same command to resume"
+    else:
+        where = "no checkpoint exists (a rerun starts afresh)"
+    return f"{signal.Signals(signum).name}: stopped at step {step} of {total}; {where}"
+
+
+def _write_rows(writer, metrics, seeds, step: int, chunk: int, total: int, log_every: int):
+    """The chunk's logged steps (`logged_steps`), one metrics row per member each."""
+    logged = [s - step - 1 for s in logged_steps(total, log_every) if step < s <= step + chunk]
+    if logged:
+        rows = writers.member_rows(metrics, logged)  # [member][logged step]
+        for m, seed in enumerate(seeds):
+            for i, row in zip(logged, rows[m]):
+                writer.write(step + i, dict(row, member=m, seed=seed))
+
+
+def _raise_nonfinite(ok: np.ndarray, step: int, cells, ckpt_dir: str) -> None:
+    """`NonFiniteError` naming the first member and step of a chunk whose `ok` [S, chunk]
+    is False."""
+    member, bad = np.argwhere(~ok)[0]
+    raise NonFiniteError(_nonfinite_message(step + int(bad), member, cells[member], ckpt_dir))
+
+
+def _postfix(metrics, seconds_per_step: float) -> dict[str, float]:
+    """The progress bar's figures after a chunk (means over members, last step)."""
+    return {
+        "reward": float(np.mean(metrics["reward_mean"][:, -1])),
+        "kl_rev": float(np.mean(metrics["exact_kl_rev"][:, -1])),
+        "s/step": seconds_per_step,
+    }
+
+
 def _train_chunks(
     loop: LoopSettings,
     meta,
@@ -450,15 +486,7 @@ def _train_chunks(
                 if every and step > saved:
                     save(step)
                     saved = step
-                name = signal.Signals(signum).name
-                if every and saved > 0:
-                    where = (
-                        f"checkpoint step {saved} is in {ckpt_dir}; rerun the same command to "
-                        f"resume"
-                    )
-                else:
-                    where = "no checkpoint exists (a rerun starts afresh)"
-                message = f"{name}: stopped at step {step} of {total}; {where}"
+                message = _stop_message(signum, step, total, saved if every else 0, ckpt_dir)
                 log(message)
                 raise Terminated(message, signum)
             t0 = time.perf_counter()
@@ -467,38 +495,22 @@ def _train_chunks(
             seconds = time.perf_counter() - t0
             ok = np.asarray(metrics["nonfinite"]) == 0
             if loop.on_nonfinite == "stop" and not ok.all():
-                member, bad = np.argwhere(~ok)[0]
                 bar.close()
-                raise NonFiniteError(
-                    _nonfinite_message(step + int(bad), member, cells[member], ckpt_dir)
-                )
+                _raise_nonfinite(ok, step, cells, ckpt_dir)
             state = new_state
             tokens = len(cells) * setup.batch_size * setup.task.completion_len * chunk
             metrics["step_time"] = np.full(ok.shape, seconds / chunk)
             metrics["tokens_per_s"] = np.full(ok.shape, tokens / seconds)
             history.append(metrics)
-            logged = [
-                s - step - 1 for s in logged_steps(total, log_every) if step < s <= step + chunk
-            ]
             with rundir.disk_full(f"{metrics_path} (step {step})", way_out):
-                if logged and lead:  # (the other processes write nothing)
-                    rows = writers.member_rows(metrics, logged)  # [member][logged step]
-                    for m, seed in enumerate(seeds):
-                        for i, row in zip(logged, rows[m]):
-                            writer.write(step + i, dict(row, member=m, seed=seed))
+                if lead:  # (the other processes write nothing)
+                    _write_rows(writer, metrics, seeds, step, chunk, total, log_every)
                 writer.flush()
             step += chunk
             if every and ((step // chunk) % every == 0 or step >= total):
                 save(step)
                 saved = step
-            bar.update(
-                chunk,
-                {
-                    "reward": float(np.mean(metrics["reward_mean"][:, -1])),
-                    "kl_rev": float(np.mean(metrics["exact_kl_rev"][:, -1])),
-                    "s/step": seconds / chunk,
-                },
-            )
+            bar.update(chunk, _postfix(metrics, seconds / chunk))
     bar.close()
     return state, history
 
