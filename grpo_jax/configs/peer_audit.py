@@ -9,6 +9,7 @@ scalar fields; any field can also be set with `--config.FIELD=VALUE`.
 
 import ml_collections
 
+from grpo_jax.configs import gradient_audit
 from grpo_jax.run.config_utils import parse_arg
 
 
@@ -17,19 +18,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     c.x64 = True  # exact enumeration in float64
 
-    # Token level: one decision; logits ~ scale * N(0, 1), the older policy = logits +
-    # old_scale * N(0, 1).
-    c.token = ml_collections.ConfigDict()
-    c.token.vocab_size = 5
-    c.token.scale = 1.0
-    c.token.old_scale = 0.5
-
-    # Sequence level: tabular autoregressive policy, all vocab_size**length sequences.
-    c.sequence = ml_collections.ConfigDict()
-    c.sequence.vocab_size = 3
-    c.sequence.length = 3
-    c.sequence.scale = 1.0
-    c.sequence.old_scale = 0.5
+    # The gradient audit's problems (grpo_jax/configs/gradient_audit.py): one decision over
+    # 5 tokens, and all 3**3 sequences of a tabular autoregressive policy, each with an
+    # older policy (old_scale); the formulas' own samplings replace the audit's.
+    base = gradient_audit.get_config()
+    c.token = ml_collections.ConfigDict(dict(base.token, vocab_size=5))
+    c.sequence = ml_collections.ConfigDict(
+        {k: v for k, v in base.sequence.items() if k != "samplings"}
+    )
 
     # Bias near the reference: logits = ref + eps * (policy - ref), sequence level, on policy.
     c.bias = ml_collections.ConfigDict()
