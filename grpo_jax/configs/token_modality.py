@@ -24,13 +24,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.max_new_tokens_number = 8  # arithmetic / multi completions
     c.max_new_tokens_chat = 24  # chat completions
     c.prompt_batch = 16  # prompts per jitted call (memory)
-    # The separation rule (answer level): numbers 0..99 whose canonical answer
-    # "N<|im_end|>" carries >= mode_threshold x the top number's probability are
-    # significant; significant numbers form one mode when every integer between them is
-    # significant too (a valley below the threshold separates modes).
-    c.mode_threshold = 0.1
+    # "Answers above 0.1 x the top answer" (answer level): how many numbers 0..99 carry at
+    # least answer_threshold x the most probable number's probability (no rule about
+    # adjacent integers: numerical closeness means nothing to the model).
+    c.answer_threshold = 0.1
     c.mass_fraction = 0.9  # "how many distinct answers carry 90% of the mass"
     c.ratio_threshold = 0.5  # per position: p2 / p1 > 0.5 counts as "two real modes"
+    # Per position, also over the top-entropy decile: the 10% of each kind's generated
+    # positions with the highest entropy (where RL moves mass).
+    c.top_entropy_fraction = 0.1
     if arg == "full":
         c.num_arithmetic = 100
         c.num_multi = 100

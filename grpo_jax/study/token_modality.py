@@ -18,12 +18,18 @@ top two tokens both carry real mass), and the number of tokens with p >= 0.1 p1.
 **Per answer.** ``arithmetic`` and ``multi`` prompts end with the start of the assistant's
 reply, written up to the number ("57 + 12 = ", "A prime number between 10 and 50 is "), so
 the answer is the next token(s). The answers are enumerated exactly (`number_logprobs`): for
-every N in 0..99, the probability that the reply continues with N and then a non-digit token
-(SmolLM2 writes each digit as its own token, so this is a 2-level tree: 1 + 10 + 100 forward
-rows per prompt). These events are disjoint; their total (the numeric mass, reported) is the
-probability of a 1- or 2-digit number right away. Over these numbers (renormalised): how
-many distinct answers carry 90% of the mass, and how many modes the separation rule finds
-(`separation_modes`). For every kind, the Monte Carlo sequence entropy ``H_seq =
+every N in 0..99, the probability p(N) that the reply continues with N and then a non-digit
+token (SmolLM2 writes each digit as its own token, so this is a 2-level tree: 1 + 10 + 100
+forward rows per prompt). These events are disjoint; their total (the numeric mass,
+reported) is the probability of a 1- or 2-digit number right away. Reported per prompt:
+how many numbers carry at least 0.1 x the top number's probability (`answers_above`; no
+notion of adjacent integers: the model does not see 41 and 42 as neighbours), how many
+distinct answers carry 90% of the numeric mass (`answers_for_mass`), the valid share within
+the numbers, and Z0 (`zero_reward_mass`): the reference's mass on zero-reward replies, 1 -
+sum of p over the valid numbers, where every other reply (another number, a 3-digit
+number, words) earns zero. The per-position statistics are also summarised over the
+top-entropy decile of each kind's positions (`top_entropy_stats`), the positions where RL
+moves mass. For every kind, the Monte Carlo sequence entropy ``H_seq =
 E[-log p(completion)]`` of the sampled completions (exact log-probabilities, an unbiased
 estimate) gives an effective number of distinct answers exp(H_seq); completions cut at the
 token limit count as their prefix.
@@ -176,11 +182,35 @@ def number_logprobs(config, params, prompts, lengths, digit_ids):
     return jax.vmap(one)(prompts, lengths.astype(jnp.int32))
 
 
-def separation_modes(p: np.ndarray, threshold: float) -> int:
-    """Modes by the separation rule: maximal runs of consecutive integers with
-    ``p >= threshold * max(p)``."""
-    sig = p >= threshold * p.max()
-    return int(np.sum(sig & ~np.concatenate([[False], sig[:-1]])))
+def answers_above(p: np.ndarray, fraction: float) -> int:
+    """How many answers have ``p >= fraction * max(p)`` (the top answer included)."""
+    p = np.asarray(p, np.float64)
+    return int(np.sum(p >= fraction * p.max()))
+
+
+def zero_reward_mass(p: np.ndarray, valid: np.ndarray) -> float:
+    """Z0: the mass on zero-reward replies, ``1 - sum(p[valid])`` with ``p [100]`` the
+    un-renormalised probabilities of the numbers (replies that are not a number 0..99 earn
+    zero too, so their mass ``1 - sum(p)`` counts)."""
+    return float(1.0 - np.asarray(p, np.float64)[np.asarray(valid, bool)].sum())
+
+
+def top_entropy_stats(h, top1, ratio21, within10x, fraction, ratio_threshold) -> dict:
+    """The per-position statistics over the ``fraction`` of positions with the highest
+    entropy ``h`` (``ceil(fraction * n)`` positions, at least one; ties broken by order):
+    their count, mean entropy, mean top-1 mass, share with p2/p1 > ``ratio_threshold``,
+    mean number of tokens with p >= 0.1 p1."""
+    h = np.asarray(h, np.float64)
+    n = max(1, int(np.ceil(fraction * h.size - 1e-9)))
+    idx = np.argsort(-h, kind="stable")[:n]
+    return {
+        "positions": n,
+        "H_mean": float(h[idx].mean()),
+        "H_min": float(h[idx].min()),
+        "top1_mean": float(np.asarray(top1, np.float64)[idx].mean()),
+        "ratio_gt": float((np.asarray(ratio21)[idx] > ratio_threshold).mean()),
+        "within10x_mean": float(np.asarray(within10x, np.float64)[idx].mean()),
+    }
 
 
 def answers_for_mass(p: np.ndarray, fraction: float) -> int:
@@ -261,13 +291,14 @@ def _sampled_record(prompt: dict, out: sampling.SampleOutput, j: int, tok) -> di
 
 
 def _answer_record(p: np.ndarray, valid: np.ndarray, config) -> dict:
-    """The answer level of one prompt from ``p [100]``, the exact probability of each
-    number, and ``valid [100]``, which numbers are right."""
+    """The answer level of one prompt from ``p [100]``, the exact (un-renormalised)
+    probability of each number, and ``valid [100]``, which numbers are right."""
     q = p / p.sum()
     return dict(
         canonical_mass=float(p.sum()),
         n90=answers_for_mass(p, config.mass_fraction),
-        modes=separation_modes(p, config.mode_threshold),
+        answers_above=answers_above(p, config.answer_threshold),
+        z0=zero_reward_mass(p, valid),
         valid_share=float(q[valid].sum()),
         num_valid=int(valid.sum()),
         valid_answers_5pct=int(np.sum(q[valid] >= 0.05)),
@@ -278,7 +309,8 @@ def _answer_record(p: np.ndarray, valid: np.ndarray, config) -> dict:
 
 
 def summarize(records, config) -> dict[str, dict]:
-    """The per-kind table of the report: means over positions, prompts and samples."""
+    """The per-kind table of the report: means over positions, prompts and samples; ``top``:
+    the same per-position statistics over the top-entropy decile (`top_entropy_stats`)."""
     table = {}
     for kind in KINDS:
         rs = [r for r in records if r["kind"] == kind]
@@ -307,14 +339,18 @@ def summarize(records, config) -> dict[str, dict]:
                 np.mean([r["ratio21"][0] > config.ratio_threshold for r in rs])
             ),
             "ended": float(np.mean([e for r in rs for e in r["ended"]])),
+            "top": top_entropy_stats(
+                h, p1, r21, w10, config.top_entropy_fraction, config.ratio_threshold
+            ),
         }
         if "n90" in rs[0]:
             row.update(
                 canonical_mass=float(np.mean([r["canonical_mass"] for r in rs])),
                 n90_mean=float(np.mean([r["n90"] for r in rs])),
                 n90_median=float(np.median([r["n90"] for r in rs])),
-                modes_mean=float(np.mean([r["modes"] for r in rs])),
-                multimodal_frac=float(np.mean([r["modes"] >= 2 for r in rs])),
+                above_mean=float(np.mean([r["answers_above"] for r in rs])),
+                above_median=float(np.median([r["answers_above"] for r in rs])),
+                z0=float(np.mean([r["z0"] for r in rs])),
                 valid_share=float(np.mean([r["valid_share"] for r in rs])),
                 valid_5pct=float(np.mean([r["valid_answers_5pct"] for r in rs])),
                 answer_H=float(np.mean([r["answer_entropy"] for r in rs])),

@@ -1,6 +1,6 @@
 """Report of the premise measurement (`grpo_jax.study.token_modality`): ``report.md`` (tables
 by prompt kind), ``positions.png`` (histograms of H, p1, p2/p1 by kind) and ``answers.png``
-(answers for 90% mass and modes per prompt)."""
+(per prompt: answers for 90% of the mass, answers above 0.1 x the top answer, Z0)."""
 
 from __future__ import annotations
 
@@ -47,21 +47,26 @@ def figures(records, workdir, config):
     fig.savefig(os.path.join(workdir, "positions.png"), dpi=100)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for kind in ("arithmetic", "multi"):
         rs = [r for r in records if r["kind"] == kind]
         if not rs:
             continue
-        n90 = [r["n90"] for r in rs]
-        modes = [r["modes"] for r in rs]
-        axes[0].hist(
-            n90, bins=np.arange(0.5, max(n90) + 1.5), histtype="step", linewidth=1.5, label=kind
-        )
-        axes[1].hist(
-            modes, bins=np.arange(0.5, max(modes) + 1.5), histtype="step", linewidth=1.5, label=kind
+        for ax, field in zip(axes[:2], ("n90", "answers_above")):
+            x = [r[field] for r in rs]
+            ax.hist(
+                x, bins=np.arange(0.5, max(x) + 1.5), histtype="step", linewidth=1.5, label=kind
+            )
+        axes[2].hist(
+            [r["z0"] for r in rs],
+            bins=np.linspace(0, 1, 21),
+            histtype="step",
+            linewidth=1.5,
+            label=kind,
         )
     axes[0].set_title(f"answers carrying {config.mass_fraction:.0%} of the mass (per prompt)")
-    axes[1].set_title(f"modes (separation rule, threshold {config.mode_threshold} x peak)")
+    axes[1].set_title(f"answers above {config.answer_threshold} x the top answer (per prompt)")
+    axes[2].set_title("Z0: mass on zero-reward replies (per prompt)")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "answers.png"), dpi=100)
@@ -119,6 +124,10 @@ def _position_tables(result, table, config) -> list[str]:
         "completions (Monte Carlo sequence entropy; an effective number of distinct "
         "completions). ended: fraction of samples that ended within the token limit.",
         "",
+    ]
+    lines += _decile_table(table, config)
+    lines += [
+        "",
         "The first generated position alone (for arithmetic and multi: the first digit of "
         "the answer):",
         "",
@@ -132,33 +141,57 @@ def _position_tables(result, table, config) -> list[str]:
     return lines
 
 
+def _decile_table(table, config) -> list[str]:
+    """All positions beside the top-entropy decile (`token_modality.top_entropy_stats`)."""
+    f, share = _fmt, f"{config.top_entropy_fraction:.0%}"
+    lines = [
+        f"The top-entropy decile: the {share} of each kind's generated positions with the "
+        "highest entropy (where RL moves mass), beside all positions (all / top):",
+        "",
+        f"| kind | positions (top {share}) | its lowest H | H mean | p1 mean | "
+        f"P(p2/p1 > {config.ratio_threshold}) | tokens >= 0.1 p1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, r in table.items():
+        t = r["top"]
+        lines.append(
+            f"| {kind} | {t['positions']} | {f(t['H_min'])} | {f(r['H_mean'])} / "
+            f"{f(t['H_mean'])} | {f(r['top1_mean'])} / {f(t['top1_mean'])} | "
+            f"{f(r['ratio_gt'])} / {f(t['ratio_gt'])} | {f(r['within10x_mean'], 2)} / "
+            f"{f(t['within10x_mean'], 2)} |"
+        )
+    return lines
+
+
 def _answer_table(table, config) -> list[str]:
     f = _fmt
     lines = [
         "",
         "## Per answer (exact, numbers 0..99)",
         "",
-        f"| kind | prompts | numeric mass | answers for {config.mass_fraction:.0%} (mean) | "
-        "(median) | modes (mean) | P(modes >= 2) | answer H (nats) | valid share | "
-        "valid answers >= 5% |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| kind | prompts | numeric mass | Z0 | answers above {config.answer_threshold} x top "
+        f"(mean) | (median) | answers for {config.mass_fraction:.0%} (mean) | (median) | "
+        "answer H (nats) | valid share | valid answers >= 5% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, r in table.items():
         if "n90_mean" in r:
             lines.append(
-                f"| {kind} | {r['prompts']} | {f(r['canonical_mass'])} | {f(r['n90_mean'], 2)} "
-                f"| {f(r['n90_median'], 1)} | {f(r['modes_mean'], 2)} | "
-                f"{f(r['multimodal_frac'], 2)} | {f(r['answer_H'])} | {f(r['valid_share'])} | "
+                f"| {kind} | {r['prompts']} | {f(r['canonical_mass'])} | {f(r['z0'])} | "
+                f"{f(r['above_mean'], 2)} | {f(r['above_median'], 1)} | {f(r['n90_mean'], 2)} "
+                f"| {f(r['n90_median'], 1)} | {f(r['answer_H'])} | {f(r['valid_share'])} | "
                 f"{f(r['valid_5pct'], 2)} |"
             )
     lines += [
         "",
         "numeric mass: total probability that the reply continues with a number 0..99 "
-        "(then a non-digit); the other answer columns renormalise over these 100 answers. "
-        f"Separation rule: numbers with p >= {config.mode_threshold} x the top number's "
-        "probability are significant; significant numbers form one mode when every integer "
-        "between them is significant too. valid share: mass on correct (arithmetic) or "
-        "valid (multi) numbers.",
+        "(then a non-digit). Z0: the reference's mass on zero-reward replies, 1 - the "
+        "probability of a correct (arithmetic) or valid (multi) number, over the whole "
+        "reply distribution (any other reply, a number or not, earns zero). answers above "
+        f"{config.answer_threshold} x top: how many numbers have at least "
+        f"{config.answer_threshold} x the most probable number's probability. The other "
+        "answer columns renormalise over the 100 numbers; valid share: the correct or valid "
+        "numbers' share of the numeric mass.",
         "",
         "![positions](positions.png) ![answers](answers.png)",
     ]
