@@ -44,12 +44,17 @@ setup(
         ],
         # benchmarks/vs_trl.py only (never needed by the tests). torch 2.13.0 is the CPU
         # wheel the CI machines carry; install it first so pip does not fetch a CUDA build.
+        # gguf and jinja2: W3 loads SmolLM2's GGUF file on both sides (transformers'
+        # `from_pretrained(..., gguf_file=...)` needs gguf >= 0.10; 0.19.0 tested) and renders
+        # its chat template.
         "bench": [
             "torch>=2.13.0,<2.14",
             "trl>=1.16,<2",
             "transformers>=5.0",
             "datasets>=5.0",
             "accelerate>=1.10",
+            "gguf>=0.10",
+            "jinja2>=3.1",
         ],
     },
 )

@@ -1,26 +1,36 @@
-"""grpo_jax against TRL's GRPOTrainer on the W1 / W2 workloads, side by side in one run.
+"""grpo_jax against TRL's GRPOTrainer on the W1 / W2 / W3 workloads, side by side in one run.
 
-    pip install -e '.[bench]'                      # torch, trl, transformers, datasets
+    pip install -e '.[bench]'                  # torch, trl, transformers, datasets, gguf
     PYTHONPATH=. python benchmarks/vs_trl.py                        # W1 and W2
     PYTHONPATH=. python benchmarks/vs_trl.py --workloads=W1 --rounds=3 --steps=4
+    PYTHONPATH=. python benchmarks/vs_trl.py --workloads=W3         # SmolLM2-135M-Instruct
     PYTHONPATH=. python benchmarks/vs_trl.py --compute_dtype=bfloat16   # grpo_jax bf16 matmuls
 
-Both sides run docs/design.md, 'Benchmark workloads' exactly: Llama-style decoder with the
-workload's sizes, float32
-weights, vocabulary 68 (64 ordinary tokens + 4 specials that are never sampled, so every
-completion has full length), temperature 1, GRPO beta 0.04, k3 KL in the loss, eps 0.2,
-one Adam step (lr 1e-4, no weight decay, no gradient clipping) per batch, reward = fraction
-of completion tokens equal to id 7.
+W1 and W2 run docs/design.md, 'Benchmark workloads' exactly: Llama-style decoder with the
+workload's sizes, float32 weights, vocabulary 68 (64 ordinary tokens + 4 specials that are
+never sampled, so every completion has full length), temperature 1, GRPO beta 0.04, k3 KL in
+the loss, eps 0.2, one Adam step (lr 1e-4, no weight decay, no gradient clipping) per batch,
+reward = fraction of completion tokens equal to id 7. TRL side: `LlamaForCausalLM` (RMSNorm
+eps 1e-6, rope theta 10000, untied head, init std 0.02, no biases, float32) and a local
+WordLevel tokenizer over the 68 ids.
 
-TRL side: `LlamaForCausalLM` (RMSNorm eps 1e-6, rope theta 10000, untied head, init std
-0.02, no biases, float32), a local WordLevel tokenizer over the 68 ids, `GRPOTrainer` with
-beta 0.04, epsilon 0.2, num_iterations 1, loss_type "grpo", scale_rewards "group",
-optim adamw_torch (weight decay 0, constant lr 1e-4, max_grad_norm 0 = no clipping), no
-gradient checkpointing, `suppress_tokens` = the 4 specials (the eos id is one of them, so no
-completion stops early), per-device batch = prompts x G (one optimiser step per generation).
-Each TRL step is timed by a `TrainerCallback` (on_step_begin -> on_step_end: generation,
-reference forward, policy forward, backward, optimiser); the first `--warmup` steps of each
-`trainer.train()` are dropped.
+W3 (benchmarks/w3.py): one GRPO step on SmolLM2-135M-Instruct, the GGUF file
+`grpo_jax.models.gguf.fetch_smollm2` caches (or `--w3_gguf`), dequantised to float32 on both
+sides: grpo_jax loads it with `gguf.load`, TRL with `AutoModelForCausalLM.from_pretrained(dir,
+gguf_file=name)` and the tokenizer likewise (the two models' logits on a prompt are compared
+before the rounds). 8 fixed prompts x G = 8, each prompt 48 tokens (a user turn of the chat
+template; TRL renders the same conversations with its tokenizer's template, the ids checked
+equal), 16 new tokens, lr 1e-6, reward = fraction of completion tokens that are a digit, the
+tokenizer's control tokens never sampled; the rest as W1.
+
+TRL, every workload: `GRPOTrainer` with beta 0.04, epsilon 0.2, num_iterations 1, loss_type
+"grpo", scale_rewards "group", optim adamw_torch (weight decay 0, constant lr, max_grad_norm
+0 = no clipping), no gradient checkpointing, `suppress_tokens` = the specials (the eos id is
+one of them, so no completion stops early; the prompt and completion lengths TRL generates
+with are recorded and checked), per-device batch = prompts x G (one optimiser step per
+generation). Each TRL step is timed by a `TrainerCallback` (on_step_begin -> on_step_end:
+generation, reference forward, policy forward, backward, optimiser); the first `--warmup`
+steps of each `trainer.train()` are dropped.
 
 grpo_jax side: `grpo_jax.train.make_rl_chunk` with one RL step per jitted call (the same
 unit TRL's step is), compile time (lower + compile) reported apart, `--warmup` calls
@@ -34,12 +44,13 @@ the median over all timed steps of all rounds, and the ratio is TRL s/step / grp
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
+from typing import Any, Callable
 
 from absl import app, flags
 
@@ -47,15 +58,17 @@ import common  # noqa: E402  (applies grpo_jax.xla_setup's XLA flags before jax 
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 import rl_step  # noqa: E402
-from grpo_jax.models import model as model_lib  # noqa: E402
+import w3  # noqa: E402
+from grpo_jax.models import gguf, model as model_lib, tokenizer as tokenizer_lib  # noqa: E402
 from grpo_jax.rl.train import make_rl_chunk  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workloads", ["W1", "W2"], "Workloads to run (W1, W2).")
+flags.DEFINE_list("workloads", ["W1", "W2"], "Workloads to run (W1, W2, W3).")
 flags.DEFINE_integer("rounds", 2, "Alternating rounds (grpo_jax then TRL) per workload.")
-flags.DEFINE_integer("steps", None, "Timed steps per side and round (default W1 3, W2 20).")
+flags.DEFINE_integer("steps", None, "Timed steps per side and round (default W1 3, W2 20, W3 2).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps at the start of each side's round.")
 flags.DEFINE_enum(
     "compute_dtype", "float32", model_lib.DTYPES, "grpo_jax compute dtype (TRL always float32)."
@@ -75,9 +88,32 @@ flags.DEFINE_bool(
     "Also time TRL's phases (generation, reference forward, "
     "policy forward, backward, optimiser) per step.",
 )
+flags.DEFINE_string(
+    "w3_gguf", "", "W3's GGUF file (default: SmolLM2-135M-Instruct, gguf.fetch_smollm2's cache)."
+)
 
 VOCAB, SPECIALS, REWARD_TOKEN = rl_step.VOCAB, rl_step.SPECIALS, rl_step.REWARD_TOKEN
-DEFAULT_STEPS = {"W1": 3, "W2": 20}
+DEFAULT_STEPS = {"W1": 3, "W2": 20, "W3": 2}
+
+
+def w3_path() -> str:
+    return FLAGS.w3_gguf or gguf.fetch_smollm2()
+
+
+def describe(name: str) -> str:
+    """One line: the workload's model and sizes."""
+    if name == "W3":
+        return (
+            f"{os.path.basename(w3_path())} (default SmolLM2-135M-Instruct) as float32, "
+            f"{w3.NUM_PROMPTS} x {w3.GROUP_SIZE}, prompt {w3.PROMPT_LEN} (chat template), "
+            f"{w3.COMPLETION_LEN} new tokens, lr {w3.LR:g}"
+        )
+    w = rl_step.WORKLOADS[name]
+    return (
+        f"{w['num_layers']} layers, width {w['width']}, {w['num_heads']} heads, "
+        f"MLP {w['mlp_width']}, {w['num_prompts']} x {w['group_size']}, prompt "
+        f"{w['prompt_len']}, {w['completion_len']} new tokens"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -88,12 +124,9 @@ DEFAULT_STEPS = {"W1": 3, "W2": 20}
 class JaxSide:
     """The workload as one compiled grpo_jax RL step, state carried between calls."""
 
-    def __init__(self, name: str, compute_dtype: str):
-        self.setup = rl_step.make_setup(name, compute_dtype=compute_dtype)
-        self.state, self.hp = rl_step.init_population(self.setup, 0)
-        self.run, self.compile_s = common.compile_seconds(
-            make_rl_chunk(self.setup, 1), self.state, self.hp
-        )
+    def __init__(self, setup, state, hp):
+        self.setup, self.state, self.hp = setup, state, hp
+        self.run, self.compile_s = common.compile_seconds(make_rl_chunk(setup, 1), state, hp)
 
     def steps(self, n: int, warmup: int) -> list[float]:
         times = []
@@ -104,12 +137,38 @@ class JaxSide:
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
         self.last_reward = float(metrics["reward_mean"][-1])
+        self.last_loss = float(metrics["loss"][-1])
         return times
+
+
+def jax_side(name: str, task: w3.DigitTask | None) -> JaxSide:
+    if name == "W3":
+        return JaxSide(*w3.make(w3_path(), task, compute_dtype=FLAGS.compute_dtype))
+    setup = rl_step.make_setup(name, compute_dtype=FLAGS.compute_dtype)
+    return JaxSide(setup, *rl_step.init_population(setup, 0))
 
 
 # ------------------------------------------------------------------------------------------
 # TRL
 # ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TRLWorkload:
+    """A workload as `TRLSide` runs it: the policy (float32, its initial weights), the
+    processing class, the dataset's prompt column for `(num_steps, seed)`, the reward function
+    (of `completion_ids`), the suppressed tokens and the sizes."""
+
+    model: Any
+    tokenizer: Any
+    prompts: Callable[[int, int], list]
+    reward: Callable
+    suppress: tuple
+    num_prompts: int
+    group_size: int
+    prompt_len: int
+    completion_len: int
+    lr: float
 
 
 def trl_tokenizer():
@@ -158,10 +217,77 @@ def trl_model(w: dict):
     return LlamaForCausalLM(cfg).to(torch.float32)
 
 
-def token7_reward(completion_ids, **kwargs):
-    """Fraction of completion tokens equal to id 7, one float per completion."""
-    del kwargs
-    return [sum(int(t) == REWARD_TOKEN for t in ids) / max(len(ids), 1) for ids in completion_ids]
+def token_fraction_reward(ids, name: str) -> Callable:
+    """A TRL reward function: the fraction of each completion's tokens that are in `ids`."""
+    ids = frozenset(int(i) for i in ids)
+
+    def reward(completion_ids, **kwargs):
+        del kwargs
+        return [sum(int(t) in ids for t in c) / max(len(c), 1) for c in completion_ids]
+
+    reward.__name__ = name
+    return reward
+
+
+def trl_w12(name: str) -> TRLWorkload:
+    """W1 / W2: a random-init Llama of the workload's sizes, random prompts for every step."""
+    w = rl_step.WORKLOADS[name]
+
+    def prompts(num_steps: int, seed: int) -> list:
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(0, SPECIALS[0], size=(w["num_prompts"] * num_steps, w["prompt_len"]))
+        return [" ".join(f"t{i}" for i in row) for row in ids]
+
+    return TRLWorkload(
+        model=trl_model(w),
+        tokenizer=trl_tokenizer(),
+        prompts=prompts,
+        reward=token_fraction_reward([REWARD_TOKEN], "token7_reward"),
+        suppress=tuple(SPECIALS),
+        num_prompts=w["num_prompts"],
+        group_size=w["group_size"],
+        prompt_len=w["prompt_len"],
+        completion_len=w["completion_len"],
+        lr=1e-4,
+    )
+
+
+def trl_w3(path: str, task: w3.DigitTask) -> TRLWorkload:
+    """W3: the GGUF file through transformers (float32); the task's 8 user texts as
+    conversational prompts, which TRL renders with the tokenizer's chat template (checked
+    here to give the task's ids); the same reward and suppressed tokens."""
+    import torch  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+    folder, name = os.path.split(os.path.abspath(path))
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # Its weights in a plain float32 model: transformers marks a model loaded from GGUF as
+    # quantized, and save_pretrained (TRLSide saves the reference) refuses such a model.
+    if hasattr(loaded.config, "quantization_config"):
+        del loaded.config.quantization_config
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    conversations = [[{"role": "user", "content": t}] for t in task.texts]
+    # The call GRPOTrainer._tokenize_prompts makes on conversational prompts.
+    ids = tok.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    if [list(i) for i in ids] != [list(p) for p in task.prompts]:
+        raise RuntimeError("W3: TRL's tokenizer renders the prompts to other ids than grpo_jax's")
+    return TRLWorkload(
+        model=model,
+        tokenizer=tok,
+        # The 8 prompts, each step (TRL's sampler takes num_prompts distinct rows per step).
+        prompts=lambda num_steps, seed: conversations,
+        reward=token_fraction_reward(task.digit_ids, "digit_reward"),
+        suppress=tuple(task.special_ids),
+        num_prompts=w3.NUM_PROMPTS,
+        group_size=w3.GROUP_SIZE,
+        prompt_len=task.prompt_len,
+        completion_len=task.completion_len,
+        lr=w3.LR,
+    )
 
 
 def trl_clock() -> float:
@@ -180,114 +306,133 @@ def trl_on_cpu() -> bool:
     return FLAGS.trl_device == "cpu" or not torch.cuda.is_available()
 
 
-class TRLSide:
-    """TRL's GRPOTrainer on the workload; `steps(n, warmup)` runs one `trainer.train()`."""
+def trl_args(wl: TRLWorkload, outdir: str, seed: int, total: int):
+    """The GRPOConfig of every workload (module docstring)."""
+    from trl import GRPOConfig  # noqa: PLC0415
 
-    def __init__(self, name: str):
+    return GRPOConfig(
+        output_dir=outdir,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        use_cpu=trl_on_cpu(),
+        bf16=False,
+        fp16=False,
+        seed=seed,
+        max_steps=total,
+        per_device_train_batch_size=wl.num_prompts * wl.group_size,
+        gradient_accumulation_steps=1,
+        num_generations=wl.group_size,
+        max_completion_length=wl.completion_len,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        generation_kwargs={"suppress_tokens": list(wl.suppress)},
+        beta=0.04,
+        epsilon=0.2,
+        num_iterations=1,
+        loss_type="grpo",
+        scale_rewards="group",
+        learning_rate=wl.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=0.0,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        log_completions=False,
+    )
+
+
+def step_timer(times: list, phases: list):
+    """A `TrainerCallback` appending each step's seconds to `times`, a dict of phase seconds
+    to `phases` (filled by `_instrument`) and timing the optimiser step."""
+    import transformers  # noqa: PLC0415
+
+    starts, opt_t0 = [], []
+
+    class StepTimer(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            phases.append(dict.fromkeys(TRL_PHASES, 0.0))
+            starts.append(trl_clock())
+
+        def on_pre_optimizer_step(self, args, state, control, **kw):
+            opt_t0.append(trl_clock())
+
+        def on_optimizer_step(self, args, state, control, **kw):
+            phases[-1]["optimiser"] += trl_clock() - opt_t0[-1]
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(trl_clock() - starts[-1])
+
+    return StepTimer()
+
+
+class TRLSide:
+    """TRL's GRPOTrainer on a `TRLWorkload`; `steps(n, warmup)` runs one `trainer.train()`."""
+
+    def __init__(self, wl: TRLWorkload):
         import torch  # noqa: PLC0415
 
         if FLAGS.torch_threads:
             torch.set_num_threads(FLAGS.torch_threads)
-        self.w = rl_step.WORKLOADS[name]
-        self.model = trl_model(self.w)
-        self.tokenizer = trl_tokenizer()
+        self.wl, self.model = wl, wl.model
         self.outdir = tempfile.mkdtemp(prefix="vs_trl_")
         # TRL builds the reference model from the policy's `name_or_path`: save the initial
         # weights there (the reference stays the initial model across rounds).
         ref_dir = os.path.join(self.outdir, "reference")
         self.model.save_pretrained(ref_dir)
-        self.tokenizer.save_pretrained(ref_dir)
+        wl.tokenizer.save_pretrained(ref_dir)
         self.model.config._name_or_path = ref_dir
         self.seed = 0
         self.phases = []
-
-    def _dataset(self, num_steps: int):
-        import datasets  # noqa: PLC0415
-        import numpy as np  # noqa: PLC0415
-
-        rng = np.random.default_rng(self.seed)
-        n = self.w["num_prompts"] * num_steps
-        ids = rng.integers(0, SPECIALS[0], size=(n, self.w["prompt_len"]))
-        return datasets.Dataset.from_dict(
-            {"prompt": [" ".join(f"t{i}" for i in row) for row in ids]}
-        )
+        self.lengths = {"prompt": set(), "completion": set()}  # as TRL generated
 
     def steps(self, n: int, warmup: int) -> list[float]:
-        import transformers  # noqa: PLC0415
-        from trl import GRPOConfig, GRPOTrainer  # noqa: PLC0415
+        import datasets  # noqa: PLC0415
+        from trl import GRPOTrainer  # noqa: PLC0415
 
-        times, starts, phases, opt_t0 = [], [], [], []
-
-        class StepTimer(transformers.TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):
-                phases.append(dict.fromkeys(TRL_PHASES, 0.0))
-                starts.append(trl_clock())
-
-            def on_pre_optimizer_step(self, args, state, control, **kw):
-                opt_t0.append(trl_clock())
-
-            def on_optimizer_step(self, args, state, control, **kw):
-                phases[-1]["optimiser"] += trl_clock() - opt_t0[-1]
-
-            def on_step_end(self, args, state, control, **kw):
-                times.append(trl_clock() - starts[-1])
-
-        w, total = self.w, warmup + n
+        wl, total, times, phases = self.wl, warmup + n, [], []
         self.seed += 1
-        args = GRPOConfig(
-            output_dir=self.outdir,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=10**6,
-            disable_tqdm=True,
-            use_cpu=trl_on_cpu(),
-            bf16=False,
-            fp16=False,
-            seed=self.seed,
-            max_steps=total,
-            per_device_train_batch_size=w["num_prompts"] * w["group_size"],
-            gradient_accumulation_steps=1,
-            num_generations=w["group_size"],
-            max_completion_length=w["completion_len"],
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            generation_kwargs={"suppress_tokens": list(SPECIALS)},
-            beta=0.04,
-            epsilon=0.2,
-            num_iterations=1,
-            loss_type="grpo",
-            scale_rewards="group",
-            learning_rate=1e-4,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            optim="adamw_torch",
-            weight_decay=0.0,
-            adam_beta1=0.9,
-            adam_beta2=0.999,
-            adam_epsilon=1e-8,
-            max_grad_norm=0.0,
-            gradient_checkpointing=False,
-            dataloader_num_workers=0,
-            log_completions=False,
-        )
         trainer = GRPOTrainer(
             model=self.model,
-            reward_funcs=token7_reward,
-            args=args,
-            train_dataset=self._dataset(total),
-            processing_class=self.tokenizer,
-            callbacks=[StepTimer()],
+            reward_funcs=wl.reward,
+            args=trl_args(wl, self.outdir, self.seed, total),
+            train_dataset=datasets.Dataset.from_dict({"prompt": wl.prompts(total, self.seed)}),
+            processing_class=wl.tokenizer,
+            callbacks=[step_timer(times, phases)],
         )
         if FLAGS.trl_phases:
             _instrument(trainer, phases)
+        _record_lengths(trainer, self.lengths)
         trainer.train()
         if FLAGS.trl_phases:
             self.phases += phases[warmup:]
         self.model = trainer.model  # carry the trained weights into the next round
         if len(times) != total:
             raise RuntimeError(f"TRL ran {len(times)} steps, expected {total}.")
+        expected = {"prompt": {wl.prompt_len}, "completion": {wl.completion_len}}
+        if self.lengths != expected:
+            raise RuntimeError(f"TRL generated with token lengths {self.lengths}, not {expected}")
         return times[warmup:]
+
+
+def _record_lengths(trainer, lengths: dict) -> None:
+    """Record the prompt and completion token lengths of each of the trainer's generations."""
+    generate = trainer._generate_single_turn
+
+    def wrapper(prompt_ids, *a, **kw):
+        out = generate(prompt_ids, *a, **kw)
+        lengths["prompt"].update(len(p) for p in prompt_ids)
+        lengths["completion"].update(len(c) for c in out[0])
+        return out
+
+    trainer._generate_single_turn = wrapper
 
 
 TRL_PHASES = ("generation", "reference forward", "policy forward", "backward", "optimiser")
@@ -333,52 +478,82 @@ def _instrument(trainer, phases: list) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+def w3_logit_difference(side: JaxSide, trl: TRLSide, task: w3.DigitTask) -> float:
+    """max |logit difference| between the two sides' initial models on the first prompt
+    (before any step: the grpo_jax step donates its state)."""
+    import torch  # noqa: PLC0415
+
+    ids = task.prompts[0]
+    ours = model_lib.forward(side.setup.model, side.state.ref_params, jnp.asarray([ids]))
+    with torch.no_grad():
+        theirs = trl.model(torch.tensor([ids], device=trl.model.device)).logits
+    return float(np.max(np.abs(np.asarray(ours, np.float32) - theirs.float().cpu().numpy())))
+
+
+def w3_checks(task: w3.DigitTask, jax_s: JaxSide | None, trl_s: TRLSide | None) -> None:
+    print(
+        f"  W3 prompts: {len(task.prompts)} x {task.prompt_len} tokens (grpo_jax tokenizer"
+        + (", the same ids from TRL's tokenizer)" if trl_s else ")")
+        + f"; first: {task.texts[0]!r}"
+    )
+    if jax_s and trl_s:
+        diff = w3_logit_difference(jax_s, trl_s, task)
+        print(f"  W3 same model: max |logit difference| on the first prompt {diff:.2e}")
+        if FLAGS.compute_dtype == "float32" and diff > 1e-2:
+            raise RuntimeError(f"W3: the two sides' models differ (max |logit diff| {diff})")
+
+
 def run_workload(name: str) -> dict:
     steps = FLAGS.steps or DEFAULT_STEPS[name]
-    w = rl_step.WORKLOADS[name]
     print(
-        f"\n== {name}: {w['num_layers']} layers, width {w['width']}, {w['num_heads']} heads, "
-        f"MLP {w['mlp_width']}, {w['num_prompts']} x {w['group_size']}, prompt "
-        f"{w['prompt_len']}, {w['completion_len']} new tokens; {FLAGS.rounds} rounds x "
-        f"{steps} timed steps (+{FLAGS.warmup} warm-up) per side"
+        f"\n== {name}: {describe(name)}; {FLAGS.rounds} rounds x {steps} timed steps "
+        f"(+{FLAGS.warmup} warm-up) per side"
     )
-    jax_side = None if FLAGS.skip_jax else JaxSide(name, FLAGS.compute_dtype)
-    trl_side = None if FLAGS.skip_trl else TRLSide(name)
-    if jax_side:
+    task = w3.digit_task(tokenizer_lib.from_gguf(w3_path())) if name == "W3" else None
+    jax_s = None if FLAGS.skip_jax else jax_side(name, task)
+    trl_s = None
+    if not FLAGS.skip_trl:
+        trl_s = TRLSide(trl_w3(w3_path(), task) if name == "W3" else trl_w12(name))
+    if jax_s:
         print(
-            f"  grpo_jax ({FLAGS.compute_dtype}): compile {jax_side.compile_s:.1f} s, "
-            f"params {model_lib.num_params(jax_side.state.params) / 1e6:.2f} M"
+            f"  grpo_jax ({FLAGS.compute_dtype}): compile {jax_s.compile_s:.1f} s, "
+            f"params {model_lib.num_params(jax_s.state.params) / 1e6:.2f} M"
         )
+    if task:
+        w3_checks(task, jax_s, trl_s)
     jt, tt = [], []
     for r in range(FLAGS.rounds):
-        if jax_side:
-            t = jax_side.steps(steps, FLAGS.warmup)
-            jt += t
-            print(
-                f"  round {r} grpo_jax s/step: {common.fmt_times(t, 4)}  [{common.load_average()}]"
-            )
-        if trl_side:
-            t = trl_side.steps(steps, FLAGS.warmup)
-            tt += t
-            print(
-                f"  round {r} TRL      s/step: {common.fmt_times(t, 4)}  [{common.load_average()}]"
-            )
+        for side, label, acc in ((jax_s, "grpo_jax", jt), (trl_s, "TRL     ", tt)):
+            if side:
+                t = side.steps(steps, FLAGS.warmup)
+                acc += t
+                print(
+                    f"  round {r} {label} s/step: {common.fmt_times(t, 4)}  "
+                    f"[{common.load_average()}]"
+                )
+    return report(name, jax_s, trl_s, jt, tt)
+
+
+def report(name: str, jax_s, trl_s, jt: list, tt: list) -> dict:
+    """Print the workload's medians, TRL's phases and the ratio; return them."""
     out = dict(workload=name)
     if jt:
-        out["jax_s"] = statistics.median(jt)
+        out["jax_s"], out["compile_s"] = statistics.median(jt), jax_s.compile_s
         print(
             f"  grpo_jax: {out['jax_s']:.4f} s/step (median of {len(jt)}; min {min(jt):.4f})"
-            f", compile {jax_side.compile_s:.1f} s, last reward {jax_side.last_reward:.3f}"
+            f", compile {jax_s.compile_s:.1f} s, last reward {jax_s.last_reward:.3f}"
+            f", last loss {jax_s.last_loss:.4g}"
         )
     if tt:
         out["trl_s"] = statistics.median(tt)
         where = "cpu" if trl_on_cpu() else "cuda"
         print(
             f"  TRL:      {out['trl_s']:.4f} s/step (median of {len(tt)}; min {min(tt):.4f})"
-            f", on {where}"
+            f", on {where}; generated with prompt {sorted(trl_s.lengths['prompt'])} and "
+            f"completion {sorted(trl_s.lengths['completion'])} tokens"
         )
-        if trl_side.phases:
-            med = {k: statistics.median(p[k] for p in trl_side.phases) for k in TRL_PHASES}
+        if trl_s.phases:
+            med = {k: statistics.median(p[k] for p in trl_s.phases) for k in TRL_PHASES}
             out["trl_phases"] = med
             print(
                 "  TRL phases (median s/step): "
@@ -397,12 +572,16 @@ def run_workload(name: str) -> dict:
 def main(argv):
     del argv
     warnings.filterwarnings("ignore", message=".*donated buffers.*")
+    unknown = [w for w in FLAGS.workloads if w not in DEFAULT_STEPS]
+    if unknown:
+        raise app.UsageError(f"unknown workloads {unknown}; valid: {', '.join(DEFAULT_STEPS)}")
     extra = {}
     if not FLAGS.skip_trl:
         import torch  # noqa: PLC0415
         import transformers  # noqa: PLC0415
         import trl  # noqa: PLC0415
 
+        transformers.logging.disable_progress_bar()  # loading bars, W3's GGUF conversion
         extra = dict(
             torch=torch.__version__,
             torch_threads=torch.get_num_threads(),
@@ -411,11 +590,13 @@ def main(argv):
         )
     print("machine:", common.describe_machine(extra))
     results = [run_workload(name) for name in FLAGS.workloads]
-    print("\nsummary (s/step, median):")
+    print("\nsummary (s/step, median; grpo_jax compile = lower + compile):")
+    nan = float("nan")
     for r in results:
         print(
-            f"  {r['workload']}: grpo_jax {r.get('jax_s', float('nan')):.4f}  "
-            f"TRL {r.get('trl_s', float('nan')):.4f}  ratio {r.get('ratio', float('nan')):.2f}x"
+            f"  {r['workload']}: grpo_jax {r.get('jax_s', nan):.4f} (compile "
+            f"{r.get('compile_s', nan):.1f} s)  TRL {r.get('trl_s', nan):.4f}  "
+            f"ratio {r.get('ratio', nan):.2f}x"
         )
     print("end:", common.load_average())
 
