@@ -8,7 +8,12 @@ A trainable subset is a string (``TRAINABLE``; config key ``train.trainable``,
 * ``"last:K"``: the last K decoder blocks (1 <= K <= num_layers; their norms, attention
   and MLP); the embedding, the earlier blocks, the final norm and the head are frozen;
 * ``"lora"``: only the LoRA adapters of the policy's ``ModelConfig.lora``
-  (`grpo_jax/models/model.py`, `LoRAConfig`); every base weight is frozen.
+  (`grpo_jax/models/model.py`, `LoRAConfig`); every base weight is frozen;
+* ``"lora:K"``: only the adapters of the last K blocks (the others keep ``b`` = 0, so
+  those blocks stay the base model's).
+
+`frozen_depth` is the number of leading blocks with nothing trainable: everything before
+them is a constant of the initial weights (models/answer_tree.py computes it once).
 
 The parameters stay one pytree (what the sampler, the replayed forward, evaluation and
 checkpoints read). `split` cuts it into the trainable leaves, a flat dict keyed by
@@ -26,20 +31,21 @@ import jax
 
 from grpo_jax.models import lora, model as model_lib
 
-TRAINABLE = ("all", "last:K", "lora")
+TRAINABLE = ("all", "last:K", "lora", "lora:K")
 
 
 def parse(spec: Any) -> tuple[str, int]:
-    """``(mode, k)``: ("all", 0), ("last", K) or ("lora", 0). A ValueError names the bad spec
-    and the valid ones."""
+    """``(mode, k)``: ("all", 0), ("last", K), ("lora", 0) or ("lora", K). A ValueError names
+    the bad spec and the valid ones."""
     if isinstance(spec, str):
         if spec in ("all", "lora"):
             return spec, 0
         head, _, k = spec.partition(":")
-        if head == "last" and k.isdigit() and int(k) >= 1:
-            return "last", int(k)
+        if head in ("last", "lora") and k.isdigit() and int(k) >= 1:
+            return head, int(k)
     raise ValueError(
-        f"{spec!r} is not a trainable subset; valid: all, last:K (K an integer >= 1), lora"
+        f"{spec!r} is not a trainable subset; valid: all, last:K, lora, lora:K "
+        "(K an integer >= 1)"
     )
 
 
@@ -52,7 +58,7 @@ def check(spec: Any, model: Any) -> None:
         return
     if not isinstance(model, model_lib.ModelConfig):
         raise ValueError(f"{spec!r} is for the transformer policy; others train all parameters")
-    if mode == "last" and k > model.num_layers:
+    if k > model.num_layers:
         raise ValueError(f"{spec!r}: K = {k} exceeds the model's {model.num_layers} layers")
     if mode == "lora" and model.lora is None:
         raise ValueError(f"{spec!r} needs a model with adapters (ModelConfig.lora)")
@@ -64,14 +70,17 @@ def is_trainable(spec: str, model: Any, names: tuple[str, ...]) -> bool:
     mode, k = parse(spec)
     if mode == "all":
         return True
+    in_last = len(names) > 1 and names[0] == "blocks" and int(names[1]) >= model.num_layers - k
     if mode == "lora":
-        return lora.is_adapter_path(names)
-    return (
-        len(names) > 1
-        and names[0] == "blocks"
-        and int(names[1]) >= model.num_layers - k
-        and not lora.is_adapter_path(names)
-    )
+        return lora.is_adapter_path(names) and (k == 0 or in_last)
+    return in_last and not lora.is_adapter_path(names)
+
+
+def frozen_depth(spec: str, model: Any) -> int:
+    """How many leading blocks hold nothing trainable (with the embedding frozen too):
+    ``L - K`` for "last:K" and "lora:K", 0 otherwise."""
+    mode, k = parse(spec)
+    return model.num_layers - k if k else 0
 
 
 class Frozen(NamedTuple):

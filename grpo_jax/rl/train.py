@@ -36,6 +36,7 @@ import optax
 
 from grpo_jax.core import kl_choice as kl_choice_lib, kl_control as kl_control_lib, losses, stats
 from grpo_jax.models import lora, model as model_lib, policies, sampling, trainable as trainable_lib
+from grpo_jax.rl import answer_tree
 
 
 @flax.struct.dataclass
@@ -530,7 +531,10 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
     """One GRPO step: rollout, reference, loss function, inner updates, metrics. Pure.
 
     Returns the new state and a dict of scalar metrics (plus `mode_shares [num_modes]`).
+    An answer-tree task (``task.exact_tree``) takes the exact step of rl/answer_tree.py.
     """
+    if getattr(setup.task, "exact_tree", False):
+        return answer_tree.exact_step(setup, state, hp, inner_updates)
     if setup.kl_control:  # the controlled beta replaces the fixed one
         hp = hp.replace(loss=hp.loss.replace(beta=state.beta))
     batch = rollout(setup, state.params, jax.random.fold_in(state.key, state.step))

@@ -289,7 +289,7 @@ def _validate_trainable(config: ml_collections.ConfigDict) -> None:
         f"{spec!r} is for the transformer policy; {config.policy!r} trains all parameters",
     )
     _require(
-        mode != "last" or reference.safetensors_dir(config) or k <= int(config.model.num_layers),
+        not k or reference.safetensors_dir(config) or k <= int(config.model.num_layers),
         "train.trainable",
         f"{spec!r}: K = {k} exceeds model.num_layers = {config.model.num_layers}",
     )
@@ -303,8 +303,8 @@ def trainable_of(config) -> str:
 
 
 def lora_of(config) -> lora.LoRAConfig | None:
-    """The adapters of `train.lora` when `train.trainable` is "lora", else None."""
-    if trainable_of(config) != "lora":
+    """The adapters of `train.lora` when `train.trainable` is "lora" or "lora:K", else None."""
+    if trainable_lib.parse(trainable_of(config))[0] != "lora":
         return None
     fields = dict(config.train.get("lora", {}))
     unknown = sorted(set(fields) - {"rank", "alpha", "targets"})
@@ -317,7 +317,7 @@ def lora_of(config) -> lora.LoRAConfig | None:
 
 def policy_model_config(config, model_config):
     """The policy's model: `model_config` (the reference's) with `train.lora`'s adapters
-    when `train.trainable` is "lora"."""
+    when `train.trainable` is "lora" or "lora:K"."""
     lora = lora_of(config)
     if lora is None or not isinstance(model_config, model_lib.ModelConfig):
         return model_config

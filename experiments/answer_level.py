@@ -1,0 +1,40 @@
+"""The real model at answer level: Stage 0 (closed-form predictions) and Stage 1
+(exact-gradient training against them) on SmolLM2-135M-Instruct's number answers.
+
+  python experiments/answer_level.py --workdir runs/answer_level --stage=predict
+  python experiments/answer_level.py --workdir runs/answer_level --stage=train
+  python experiments/answer_level.py --workdir runs/answer_level            # both
+
+What and how: grpo_jax/study/answer_level.py; the declared contrast, outcomes, margins and
+decision rule: grpo_jax/configs/answer_level.py. Writes ``predictions.{json,md,png}`` and
+``training.{json,md,png}`` in the workdir, one run directory per trainable subset.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from grpo_jax.configs import answer_level as al_config
+from grpo_jax.run import config_utils
+from grpo_jax.study import answer_level
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "grpo_jax/configs/answer_level.py", "Answer-level config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+_STAGE = flags.DEFINE_enum("stage", "all", ["predict", "train", "all"], "Which stage to run.")
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    loaded = answer_level.load(config)
+    if _STAGE.value in ("predict", "all"):
+        answer_level.run_predictions(config, _WORKDIR.value, loaded)
+        print(open(f"{_WORKDIR.value}/predictions.md").read())
+    if _STAGE.value in ("train", "all"):
+        answer_level.run_training(config, al_config.grpo_config, _WORKDIR.value, loaded)
+        print(open(f"{_WORKDIR.value}/training.md").read())
+
+
+if __name__ == "__main__":
+    config_utils.run_app(main)
