@@ -105,19 +105,21 @@ def _three_steps(spec: str, lora=None, replay=True):
     return setup, start, end, metrics
 
 
-@pytest.mark.parametrize("spec,lora", [("last:1", None), ("lora", LORA)])
+@pytest.mark.parametrize("spec,lora", [("last:1", None), ("lora", LORA), ("lora:1", LORA)])
 def test_only_trainable_leaves_move_and_adam_holds_only_them(spec, lora):
     """Three GRPO steps: every trainable leaf moved, every frozen one is bit for bit where it
     started (the reference too), and the Adam moments hold exactly the trainable leaves."""
     setup, start, end, metrics = _three_steps(spec, lora)
     before, after = _leaves(start.params), _leaves(end.params)
     want = {k for k in before if trainable.is_trainable(spec, setup.model, tuple(k.split("/")))}
-    expected = (
-        {k for k in before if k.startswith("blocks/1/")}
-        if spec == "last:1"
-        else {k for k in before if "_lora/" in k}
-    )
+    expected = {
+        "last:1": {k for k in before if k.startswith("blocks/1/")},
+        "lora": {k for k in before if "_lora/" in k},
+        "lora:1": {k for k in before if "_lora/" in k and k.startswith("blocks/1/")},
+    }[spec]
     assert want == expected and 0 < len(want) < len(before)
+    assert setup.model.num_layers == 2  # the blocks before frozen_depth hold nothing to train
+    assert trainable.frozen_depth(spec, setup.model) == {"last:1": 1, "lora": 0, "lora:1": 1}[spec]
     for k in before:
         moved = not np.array_equal(before[k], after[k])
         assert moved == (k in want), (k, moved)

@@ -29,7 +29,7 @@ def predictions_markdown(rows: Sequence[Mapping[str, Any]], fraction: float) -> 
         "Δ other",
         "Δ valid TV to ref",
         "Δ valid entropy",
-        "answer level max |Δ|",
+        "answer level, largest Δ",
     ]
     body = []
     for r in rows:
@@ -60,7 +60,7 @@ def predictions_markdown(rows: Sequence[Mapping[str, Any]], fraction: float) -> 
         "",
     ]
     fr = sorted({r["fraction"] for r in rows})
-    head = ["f", *(f"Δ {k}" for k in answer_level.OUTCOMES), "answer level max |Δ|"]
+    head = ["f", *(f"Δ {k}" for k in answer_level.OUTCOMES), "answer level, largest Δ"]
     body = []
     for f in fr:
         sel = [r for r in rows if r["fraction"] == f]
