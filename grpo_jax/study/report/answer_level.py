@@ -177,7 +177,8 @@ def training_figure(results: Mapping[str, Any], curves, config, path: str) -> No
             )
         ax.set_title(f"trainable {spec}")
         ax.set_xlabel("mean reward (training prompts)")
-    np.atleast_1d(axes)[0].set_ylabel(k.replace("_", " "))
+    short = {"valid_tv_to_ref": "valid answers' shares:\nTV to the reference's"}
+    np.atleast_1d(axes)[0].set_ylabel(short.get(k, k.replace("_", " ")))
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.suptitle("SmolLM2, exact-gradient GRPO objective vs its per-node closed forms")
     fig.tight_layout()
