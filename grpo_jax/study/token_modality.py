@@ -48,6 +48,7 @@ import numpy as np
 
 from grpo_jax.core import stats
 from grpo_jax.models import gguf, sampling
+from grpo_jax.tasks import answer_tree
 from grpo_jax.models import model as model_lib
 
 KINDS = ("arithmetic", "multi", "chat")
@@ -84,14 +85,6 @@ CHAT_TEMPLATES = (
 )
 
 
-def _primes(n=100):
-    s = np.ones(n, bool)
-    s[:2] = False
-    for i in range(2, int(n**0.5) + 1):
-        s[i * i :: i] = False
-    return s
-
-
 def make_prompts(config) -> list[dict]:
     """Prompt records ``{kind, text, valid [100] bool or None}`` (seeded)."""
     rng = np.random.default_rng(config.seed)
@@ -109,7 +102,7 @@ def make_prompts(config) -> list[dict]:
         out.append(
             {"kind": "arithmetic", "text": text + SUFFIX, "prefix": prefix, "valid": numbers == ans}
         )
-    primes = _primes()
+    primes = answer_tree.primes()
     for i in range(config.num_multi):
         form = i % 4
         if form == 0:

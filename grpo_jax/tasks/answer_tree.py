@@ -58,7 +58,8 @@ FAMILIES = {
 }
 
 
-def _primes(n: int = 100) -> np.ndarray:
+def primes(n: int = 100) -> np.ndarray:
+    """``[n]`` bool: which of 0..n-1 are prime."""
     s = np.ones(n, bool)
     s[:2] = False
     for i in range(2, int(n**0.5) + 1):
@@ -71,7 +72,7 @@ def valid_numbers(family: str, a: int, b: int = 0) -> np.ndarray:
     check_name("prompt family", family, tuple(FAMILIES))
     n = np.arange(100)
     valid = {
-        "prime": lambda: _primes() & (n > a) & (n < b),
+        "prime": lambda: primes() & (n > a) & (n < b),
         "even": lambda: (n % 2 == 0) & (n > a) & (n < b),
         "multiple": lambda: (n % max(int(a), 1) == 0) & (n > 0),
         "range": lambda: (n >= a) & (n <= b),
