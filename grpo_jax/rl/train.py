@@ -11,6 +11,7 @@ parts:
 
     rollout        prompts ~ task [N, P] -> repeated G times [B, P]; completions, old_logp,
                    mask ~ pi_old (cached sampling, one jit); rewards = task.reward [B]
+                   (rl/rollout.py, with the prompts' own lengths when the task pads them)
     reference      ref_logits, ref_logp = pi_ref(completions)     [B, T, V], [B, T]
     loss function  advantages (KL-in-reward goes here), then grpo_loss (KL-in-loss goes
                    here) as a function of the policy parameters; with several KL choices in
@@ -27,16 +28,26 @@ The reference parameters travel in the state and are never updated. Host orchest
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from grpo_jax.core import kl_choice as kl_choice_lib, kl_control as kl_control_lib, losses, stats
+from grpo_jax.core import kl_choice as kl_choice_lib, kl_control as kl_control_lib, losses
 from grpo_jax.models import lora, model as model_lib, policies, sampling, trainable as trainable_lib
-from grpo_jax.rl import answer_tree
+from grpo_jax.rl import answer_tree, rollout as rollout_lib
+
+# The rollout part of the step lives in rl/rollout.py; its names stay importable from here.
+Rollout = rollout_lib.Rollout
+_constrain = rollout_lib._constrain  # pylint: disable=protected-access
+step_logits = rollout_lib.step_logits
+completion_logits = rollout_lib.completion_logits
+policy_logits = rollout_lib.policy_logits
+rollout = rollout_lib.rollout
+needs_ref_samples = rollout_lib.needs_ref_samples
+reference_rollout = rollout_lib.reference_rollout
 
 
 @flax.struct.dataclass
@@ -207,128 +218,6 @@ def init_rl_state(setup: RLSetup, params, ref_params, key, beta=None) -> RLState
 # ------------------------------------------------------------------------------------------
 # The parts of one step
 # ------------------------------------------------------------------------------------------
-
-
-class Rollout(NamedTuple):
-    """One batch sampled from pi_old. B = num_prompts * group_size."""
-
-    group_prompts: jax.Array  # int32 [N, P], one row per group
-    prompts: jax.Array  # int32 [B, P] (each prompt repeated group_size times)
-    tokens: jax.Array  # int32 [B, T]
-    mask: jax.Array  # float32 [B, T]
-    old_logp: jax.Array  # float32 [B, T], stop-gradient
-    old_logits: jax.Array  # float32 [B, T, V], the sampling distribution's logits
-    rewards: jax.Array  # float32 [B]
-    record: Any = None  # the sampler's matmul records (`RLSetup.replays`), or None
-
-
-def _constrain(x, setup: RLSetup):
-    if setup.data_sharding is None:
-        return x
-    return jax.lax.with_sharding_constraint(x, setup.data_sharding)
-
-
-def step_logits(setup: RLSetup, logits: jax.Array) -> jax.Array:
-    """The distribution the sampler draws from: logits / temperature, specials banned
-    (-1e9: probability exactly 0). [B, T, V] float32."""
-    return stats.ban_tokens(logits / setup.temperature, tuple(setup.task.special_ids))
-
-
-def completion_logits(model, params, prompts: jax.Array, tokens: jax.Array, replay=None):
-    """Raw teacher-forced logits [B, T, V] of a transformer config or a policy of policies.py;
-    `prompts` [N, P], one per group of B // N consecutive rows of `tokens` [B, T]."""
-    if policies.is_policy(model):
-        g = tokens.shape[0] // prompts.shape[0]
-        return model.completion_logits(params, jnp.repeat(prompts, g, axis=0), tokens)
-    return model_lib.completion_logits(model, params, prompts, tokens, replay)
-
-
-def policy_logits(
-    setup: RLSetup, params, prompts: jax.Array, tokens: jax.Array, model=None, replay=None
-) -> jax.Array:
-    """Teacher-forced `step_logits` of `tokens` [B, T] under `model` (default: the
-    policy's); `prompts` [N, P] holds one prompt per group of `setup.group_size` rows."""
-    model = setup.model if model is None else model
-    if prompts.shape[0] * setup.group_size != tokens.shape[0]:
-        raise ValueError(
-            f"prompts [N, P] must have one row per group of {setup.group_size} rows of tokens "
-            f"[B, T]; got prompts {prompts.shape}, tokens {tokens.shape}."
-        )
-    return step_logits(setup, completion_logits(model, params, prompts, tokens, replay))
-
-
-def rollout(setup: RLSetup, params, key: jax.Array) -> Rollout:
-    """Sample prompts, G completions each from `params` (pi_old), and their rewards."""
-    task = setup.task
-    k_prompt, k_sample = jax.random.split(key)
-    group_prompts = task.sample_prompts(k_prompt, setup.num_prompts)  # [N, P]
-    prompts = _constrain(jnp.repeat(group_prompts, setup.group_size, axis=0), setup)  # [B, P]
-    if policies.is_policy(setup.model):
-        out = policies.sample(
-            setup.model,
-            params,
-            prompts,
-            k_sample,
-            temperature=setup.temperature,
-            banned_tokens=tuple(task.special_ids),
-            draw=setup.one_token_draw,
-        )
-    else:
-        out = sampling.sample(
-            setup.model,
-            params,
-            group_prompts,
-            k_sample,
-            max_new_tokens=task.completion_len,
-            temperature=setup.temperature,
-            banned_tokens=tuple(task.special_ids),
-            return_logits=True,
-            group_size=setup.group_size,
-            record=setup.replays,
-            decode_plan=setup.decode_plan,
-        )
-    tokens = _constrain(out.tokens, setup)
-    return Rollout(
-        group_prompts=group_prompts,
-        prompts=prompts,
-        tokens=tokens,
-        mask=_constrain(out.mask.astype(jnp.float32), setup),
-        old_logp=jax.lax.stop_gradient(out.logp),
-        old_logits=step_logits(setup, out.logits),
-        rewards=task.reward(prompts, tokens).astype(jnp.float32),
-        record=out.record if setup.replays else None,
-    )
-
-
-def needs_ref_samples(setup: RLSetup, hp: Hparams) -> bool:
-    """Whether the step's KL choice (any of `setup.kl_choices`, else `hp.loss`'s) has
-    placement "ref_samples", i.e. the step also samples completions from the reference."""
-    if setup.kl_choices:
-        return any(c.placement == "ref_samples" for c in setup.kl_choices)
-    return hp.loss.kl_placement == "ref_samples"
-
-
-def reference_rollout(setup: RLSetup, ref_params, group_prompts: jax.Array, key):
-    """(tokens [B, T], mask [B, T] float32): G completions of each of `group_prompts` [N, P]
-    sampled from the reference (`setup.ref_model`, or the policy's model with `ref_params`),
-    the prefixes along which placement "ref_samples" evaluates its KL."""
-    task = setup.task
-    model = setup.model if setup.ref_model is None else setup.ref_model
-    common = dict(temperature=setup.temperature, banned_tokens=tuple(task.special_ids))
-    if policies.is_policy(model):
-        prompts = jnp.repeat(group_prompts, setup.group_size, axis=0)
-        out = policies.sample(model, ref_params, prompts, key, draw=setup.one_token_draw, **common)
-    else:
-        out = sampling.sample(
-            model,
-            ref_params,
-            group_prompts,
-            key,
-            max_new_tokens=task.completion_len,
-            group_size=setup.group_size,
-            **common,
-        )
-    return _constrain(out.tokens, setup), _constrain(out.mask.astype(jnp.float32), setup)
 
 
 def _loss_of_logits(setup: RLSetup, hp: Hparams, batch: Rollout, ref_logits, ref_logp):
@@ -538,13 +427,16 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
     if setup.kl_control:  # the controlled beta replaces the fixed one
         hp = hp.replace(loss=hp.loss.replace(beta=state.beta))
     batch = rollout(setup, state.params, jax.random.fold_in(state.key, state.step))
+    lengths = batch.lengths  # [N] for right-padded prompts, else None (rl/rollout.py)
+    ref_model = setup.model if setup.ref_model is None else setup.ref_model
     ref_logits = jax.lax.stop_gradient(
         policy_logits(
             setup,
             state.ref_params,
             batch.group_prompts,
             batch.tokens,
-            setup.model if setup.ref_model is None else setup.ref_model,
+            ref_model,
+            prompt_lengths=lengths,
         )
     )
     ref_logp = model_lib.token_logprobs(ref_logits, batch.tokens)  # [B, T]
@@ -552,17 +444,24 @@ def rl_step(setup: RLSetup, state: RLState, hp: Hparams) -> tuple[RLState, dict]
     ref_tokens = None
     if needs_ref_samples(setup, hp):  # a second batch, sampled from the reference
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), _REF_SAMPLE_STREAM)
-        ref_tokens, ref_mask = reference_rollout(setup, state.ref_params, batch.group_prompts, key)
-        ref_model = setup.model if setup.ref_model is None else setup.ref_model
+        ref_tokens, ref_mask = reference_rollout(
+            setup, state.ref_params, batch.group_prompts, key, lengths
+        )
         ref_on_ref = jax.lax.stop_gradient(
-            policy_logits(setup, state.ref_params, batch.group_prompts, ref_tokens, ref_model)
+            policy_logits(
+                setup, state.ref_params, batch.group_prompts, ref_tokens, ref_model, None, lengths
+            )
         )
 
     def loss_fn(params):  # one model forward per inner step (two with "ref_samples")
-        logits = policy_logits(setup, params, batch.group_prompts, batch.tokens, None, batch.record)
+        logits = policy_logits(
+            setup, params, batch.group_prompts, batch.tokens, None, batch.record, lengths
+        )
         ref_sample = None
         if ref_tokens is not None:
-            on_ref = policy_logits(setup, params, batch.group_prompts, ref_tokens)
+            on_ref = policy_logits(
+                setup, params, batch.group_prompts, ref_tokens, None, None, lengths
+            )
             ref_sample = (on_ref, ref_on_ref, ref_mask)
         return loss_of_logits(model_lib.token_logprobs(logits, batch.tokens), logits, ref_sample)
 

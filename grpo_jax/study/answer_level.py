@@ -58,11 +58,16 @@ OUTCOMES = {
 }
 _V = tree_task.NUM_SYMBOLS
 
+# One compiled program per (task, model), whatever the caller (tasks and model configs are
+# hashable): evaluating a population after each of several segments compiles it once.
+_tree_logits = jax.jit(tree_rl.tree_logits, static_argnums=(0, 1))
+_answer_probs = jax.jit(tree_rl.answer_probs, static_argnums=(0, 1))
+
 
 def reference_tables(task, model, params) -> list[np.ndarray]:
     """The reference's lumped conditionals, float64: ``[root [N, 1, 11], second [N, 11,
     11]]`` (the row after "other" is uniform; nothing depends on it)."""
-    root, second = tree_rl.tree_logits(task, model, params)
+    root, second = _tree_logits(task, model, params)
     digits = task.arrays()["digit_ids"]
     l0 = np.asarray(tree_rl.lumped(root, digits), np.float64)
     l1 = np.asarray(tree_rl.lumped(second, digits), np.float64)
@@ -191,10 +196,10 @@ def tv(p, q) -> np.ndarray:
 
 def member_answers(params_stacked, task, model) -> np.ndarray:
     """``[S, N, 101]`` exact answer distributions of every member on ``task``'s prompts."""
-    fn = jax.jit(lambda p: tree_rl.answer_probs(task, model, p))
     n = jax.tree.leaves(params_stacked)[0].shape[0]
+    member = lambda m: jax.tree.map(lambda x: x[m], params_stacked)
     return np.stack(
-        [np.asarray(fn(jax.tree.map(lambda x: x[m], params_stacked)), np.float64) for m in range(n)]
+        [np.asarray(_answer_probs(task, model, member(m)), np.float64) for m in range(n)]
     )
 
 
@@ -245,16 +250,17 @@ def with_trunk(task, model, params, spec: str):
     return dataclasses.replace(task, depth=depth, trunk=constants)
 
 
-def load(config):
+def load(config, new_tokens: int = 1):
     """``(model config, params, training task, held-out task)`` of ``config``'s GGUF model
-    (SmolLM2-135M-Instruct unless ``gguf_path``) and prompts."""
+    (SmolLM2-135M-Instruct unless ``gguf_path``) and prompts; the model holds the longest
+    prompt and ``new_tokens`` more (1: the answer tree's digit; 2: a sampled answer)."""
     path = config.gguf_path or gguf.fetch_smollm2(config.cache_dir or None)
     tok = tokenizer.from_gguf(path)
     tasks = [
         tree_task.make(tok, config.train_prompts),
         tree_task.make(tok, config.held_out_prompts),
     ]
-    max_len = max(t.prompt_len for t in tasks) + 1
+    max_len = max(t.prompt_len for t in tasks) + int(new_tokens)
     cfg, params, _ = gguf.load(path, max_len=max_len, dtype=config.dtype)
     return cfg, params, tasks[0], tasks[1]
 
@@ -399,7 +405,7 @@ def run_training(config, make_grpo_config, workdir: str, loaded=None, log=print)
         grpo_config = make_grpo_config(config, spec, len(train_task.prompts))
         sub = os.path.join(workdir, spec.replace(":", "_"))
         res = train_subset(config, grpo_config, spec, loaded, sub, log=log)
-        res["trainable_params"] = _trainable_count(spec, cfg, params, grpo_config)
+        res["trainable_params"] = trainable_count(spec, cfg, params, grpo_config)
         res["seconds"] = time.time() - t0
         res["contrast"] = contrast(res["train"], curves, config.primary_outcome, config)
         results[spec] = res
@@ -410,7 +416,8 @@ def run_training(config, make_grpo_config, workdir: str, loaded=None, log=print)
     return results
 
 
-def _trainable_count(spec, cfg, params, grpo_config) -> int:
+def trainable_count(spec, cfg, params, grpo_config) -> int:
+    """Trainable parameters per member of subset ``spec`` under ``grpo_config``'s policy."""
     policy = build.policy_model_config(grpo_config, cfg)
     if policy.lora is not None:
         params = model_lib.add_adapters(policy, params, jax.random.PRNGKey(0))

@@ -19,9 +19,16 @@ verifiable reward with several valid answers. ``mode_labels`` is the index of th
 
 The task is a frozen, hashable dataclass (a static jit argument) that holds token ids only;
 it has the interface ``train.RLSetup`` uses (``sample_prompts``, ``reward``,
-``mode_labels``, ``num_modes``, ``special_ids``, ``completion_len``, ``vocab_size``). All
-prompts must tokenise to the same length (no padding in the sampler); a range set that does
-not is a ValueError. No exact answer table: the reference is the pretrained model.
+``mode_labels``, ``num_modes``, ``special_ids``, ``completion_len``, ``vocab_size``). No
+exact answer table: the reference is the pretrained model.
+
+Prompts of different token lengths are right-padded to one length P with their own lengths
+in ``lengths``; `NumberText.prompt_lengths` then gives the step each group's length
+(rl/rollout.py), and None when no prompt is padded (the step then runs as for a task without
+lengths). Without ``lengths`` every prompt must have the same length (`prime_task`'s
+two-digit ranges). `from_specs` builds the task of the answer-level prompt specs
+(tasks/answer_tree.py: the same families, texts, valid numbers and padding), `from_tree`
+from an `answer_tree.AnswerTree` of them: the number parse here is the tree's.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from grpo_jax.tasks import answer_tree
 
 PRIME_QUESTION = "Name a prime number between {lo} and {hi}. Reply with only the number."
 PRIME_REPLY = "A prime number between {lo} and {hi} is "
@@ -45,7 +54,8 @@ class NumberText:
     """See the module docstring.
 
     Attributes:
-      prompts: token ids of each prompt (all the same length P).
+      prompts: token ids of each prompt, all of one length P (right-padded when ``lengths``
+        says so; padded prompts must then differ as rows, so `prompt_index` finds each).
       valid: per prompt, the valid numbers (each in 0..99).
       digit_ids: the token of each digit 0..9.
       vocab_size: the model's vocabulary.
@@ -53,6 +63,7 @@ class NumberText:
       texts: each prompt's user text (for reports).
       completion_len: T (2: one- and two-digit numbers).
       name: task name.
+      lengths: each prompt's own length (default ``()``: every prompt is P long).
     """
 
     prompts: tuple
@@ -63,13 +74,26 @@ class NumberText:
     texts: tuple = ()
     completion_len: int = 2
     name: str = "number_text"
+    lengths: tuple = ()
 
     def __post_init__(self):
-        lengths = {len(p) for p in self.prompts}
-        if len(lengths) != 1:
+        sizes = {len(p) for p in self.prompts}
+        if len(sizes) != 1:
             raise ValueError(
-                f"{self.name}: prompts must share one token length, got " f"{sorted(lengths)}"
+                f"{self.name}: prompts must share one token length (right-pad them and give "
+                f"their lengths), got {sorted(sizes)}"
             )
+        p = sizes.pop()
+        if not self.lengths:
+            object.__setattr__(self, "lengths", (p,) * len(self.prompts))
+        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
+        if len(self.lengths) != len(self.prompts) or not all(1 <= n <= p for n in self.lengths):
+            raise ValueError(
+                f"{self.name}: lengths must hold one length in [1, {p}] per prompt, got "
+                f"{self.lengths}"
+            )
+        if self.padded and len(set(map(tuple, self.prompts))) != len(self.prompts):
+            raise ValueError(f"{self.name}: two padded prompts are the same row of ids")
         if len(self.valid) != len(self.prompts) or not all(self.valid):
             raise ValueError(f"{self.name}: every prompt needs a non-empty set of valid " "numbers")
         if len(self.digit_ids) != 10:
@@ -90,6 +114,11 @@ class NumberText:
     def num_modes(self) -> int:
         return len(self.answers)
 
+    @property
+    def padded(self) -> bool:
+        """Whether some prompt is shorter than P (right-padded)."""
+        return any(n < self.prompt_len for n in self.lengths)
+
     def all_prompts(self) -> jax.Array:
         return jnp.asarray(np.asarray(self.prompts, np.int32))
 
@@ -107,6 +136,13 @@ class NumberText:
         """[B, P] -> [B] index into ``prompts`` (0 for an unknown prompt)."""
         eq = jnp.all(prompts[:, None, :] == self.all_prompts()[None, :, :], axis=-1)
         return jnp.argmax(eq, axis=-1)
+
+    def prompt_lengths(self, prompts: jax.Array) -> jax.Array | None:
+        """[N, P] -> [N] int32: each prompt's own length; None when no prompt is padded (so
+        the step runs the programs of unpadded prompts)."""
+        if not self.padded:
+            return None
+        return jnp.asarray(self.lengths, jnp.int32)[self.prompt_index(prompts)]
 
     def numbers(self, completions: jax.Array) -> jax.Array:
         """[B, 2] tokens -> [B] int32: the number written, or -1 (module docstring)."""
@@ -156,3 +192,25 @@ def prime_task(
         special_ids=tuple(tok.special_ids),
         texts=tuple(texts),
     )
+
+
+def from_tree(tree: answer_tree.AnswerTree, name: str = "number_text") -> NumberText:
+    """The sampled task of an answer tree's prompts (the same padded token ids, lengths,
+    valid numbers and digits; no trunk: the sampler runs the whole model)."""
+    return NumberText(
+        prompts=tree.prompts,
+        lengths=tree.lengths,
+        valid=tree.valid,
+        digit_ids=tree.digit_ids,
+        vocab_size=tree.vocab_size,
+        special_ids=tree.special_ids,
+        texts=tree.texts,
+        name=name,
+    )
+
+
+def from_specs(tok, specs, *, pad_id: int = 0) -> NumberText:
+    """The task of the answer-level prompt specs (``(family, a, b)`` each,
+    tasks/answer_tree.py `FAMILIES`) rendered with ``tok``'s chat template, right-padded
+    with ``pad_id`` (`answer_tree.make`)."""
+    return from_tree(answer_tree.make(tok, specs, pad_id=pad_id))

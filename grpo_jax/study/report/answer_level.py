@@ -184,3 +184,62 @@ def training_figure(results: Mapping[str, Any], curves, config, path: str) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _trajectory(evaluations, split: str, member: int, key: str) -> str:
+    return " → ".join(f"{e[split][member][key]:.3f}" for e in evaluations)
+
+
+def sampled_markdown(result: Mapping[str, Any], config) -> str:
+    """Stage 2 (grpo_jax/study/answer_level_sampled.py): per member (KL choice, beta, seed),
+    reward and TV to its per-node target at each evaluation step, on the training and the
+    held-out prompts; then the means over seeds after training."""
+    evals, s = result["evaluations"], config.sampled
+    steps = " → ".join(str(e["step"]) for e in evals)
+    out = [
+        f"**Stage 2, sampled GRPO** (G = {s.group_size}, {s.num_prompts} prompts a step, "
+        f"{s.advantage_estimator} advantages, trainable `{result['trainable']}`: "
+        f"{result['trainable_params']:,} parameters per member; compile "
+        f"{result['compile_s']:.0f} s, {result['seconds']:.0f} s in all). Exact evaluation "
+        f"at steps {steps}: reward = expected reward over the prompts' answer trees, TV = "
+        "answer-level total variation to the member's per-node target (its direction and "
+        "beta), means over prompts; in parentheses the target's reward.",
+        "",
+    ]
+    for split, name in (("train", "training prompts"), ("held_out", "held-out prompts")):
+        head = ["KL", "target", "beta", "seed", f"reward ({steps})", f"TV to target ({steps})"]
+        body = [
+            [
+                m["kl_choice"],
+                m["direction"],
+                f"{m['beta']:g}",
+                m["seed"],
+                f"{_trajectory(evals, split, i, 'reward')} ({m['target_reward']:.3f})",
+                _trajectory(evals, split, i, "tv_to_target"),
+            ]
+            for i, m in enumerate(evals[-1][split])
+        ]
+        out += [f"*{name.capitalize()}:*", "", *table(head, body)]
+    head = ["KL", "beta", "reward", "TV to target", "held-out reward", "held-out TV to target"]
+    groups: dict = {}
+    for i, m in enumerate(evals[-1]["train"]):
+        groups.setdefault((m["kl_choice"], m["beta"]), []).append(i)
+    stat = lambda split, idx, key: np.asarray([evals[-1][split][i][key] for i in idx])
+    ms = lambda x: f"{x.mean():.3f} ± {x.std():.3f}"
+    body = [
+        [
+            kl,
+            f"{beta:g}",
+            ms(stat("train", idx, "reward")),
+            ms(stat("train", idx, "tv_to_target")),
+            ms(stat("held_out", idx, "reward")),
+            ms(stat("held_out", idx, "tv_to_target")),
+        ]
+        for (kl, beta), idx in groups.items()
+    ]
+    out += [
+        f"*After {evals[-1]['step']} steps, mean ± sd over seeds:*",
+        "",
+        *table(head, body),
+    ]
+    return "\n".join(out)
