@@ -15,6 +15,11 @@ through the shared population loop, both directions x 3 betas, one population pe
 subset, and evaluates each member's exact answer distribution on the training and the
 held-out prompts against its per-node target.
 
+The default config is the CPU run: both stages take about 25 minutes on 2 cores and 11.5 GB
+(the README's 'What GRPO's KL choice does on the real model, at answer level' states the
+machine and commit); the subsets "all" and "lora" (adapters in every block) run the whole
+backward and have no constant trunk, several times the cost per step: for a GPU.
+
 Declared before the first training run:
 
 * Prediction (from Stage 0's closed forms): with a 0/1 reward, the answer-level optima of
