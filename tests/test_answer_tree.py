@@ -57,9 +57,14 @@ def test_split_pass_equals_teacher_forced_rows():
         logits = model_lib.forward(CFG, params, rows)
         want_root.append(logits[0, n - 1])
         want_second.append(logits[:, n])
-    for depth in range(CFG.num_layers + 1):
+
+    def split(params, depth):
         hidden = tree_model.trunk(CFG, params, a["prompts"], a["lengths"], a["digit_ids"], depth)
-        root, second = tree_model.tree_logits(CFG, params, hidden, a["lengths"], depth)
+        return tree_model.tree_logits(CFG, params, hidden, a["lengths"], depth)
+
+    split = jax.jit(split, static_argnums=1)
+    for depth in range(CFG.num_layers + 1):
+        root, second = split(params, depth)
         np.testing.assert_allclose(root, jnp.stack(want_root), atol=2e-5)
         np.testing.assert_allclose(second, jnp.stack(want_second), atol=2e-5)
 
@@ -90,9 +95,8 @@ def test_objective_equals_sampled_expectation(forward):
     ref_root, ref_second = answer_tree.tree_logits(task, CFG, ref)
     beta = 0.3
     exact, _ = answer_tree.objective(task, root, second, ref_root, ref_second, beta, forward)
-    est, se = answer_tree.sampled_objective(
-        task, CFG, params, ref, beta, forward, jax.random.PRNGKey(2), 200_000
-    )
+    sampled = jax.jit(answer_tree.sampled_objective, static_argnums=(0, 1, 5, 7))
+    est, se = sampled(task, CFG, params, ref, beta, forward, jax.random.PRNGKey(2), 200_000)
     assert abs(float(exact) - float(est.mean())) < 4 * float(jnp.sqrt(jnp.mean(se**2) / 3))
 
 
@@ -114,7 +118,8 @@ def test_gradient_matches_finite_differences():
                 task, root, second, ref_root, ref_second, 0.3, forward, old
             )[0]
 
-        grad = jax.grad(j)(params)
+        grad = jax.jit(jax.grad(j))(params)
+        j = jax.jit(j)
         for seed in range(2):
             leaves, treedef = jax.tree.flatten(params)
             keys = jax.random.split(jax.random.PRNGKey(10 + seed), len(leaves))
