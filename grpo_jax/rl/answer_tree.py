@@ -9,8 +9,9 @@ trees of that module), the step's objective per prompt is
 with D the exact per-position full-vocabulary KL in the member's direction (``exact_rev``:
 KL(pi || ref), ``exact_fwd``: KL(ref || pi)), the second-position KL weighted by the
 *sampling* policy's probability of each digit prefix and not differentiated through it:
-exactly the expectation of GRPO's loss with the exact KL in the loss (placement "loss") on
-completions drawn from pi_old, whose stationary points are the per-node targets
+exactly the expectation, on completions drawn from pi_old, of the policy-gradient objective
+with the exact KL in the loss (placement "loss"; GRPO's per-group scaling of the reward
+aside, which RLOO advantages leave out), whose stationary points are the per-node targets
 (tasks/sequence_optima.py). E_pi[R] is summed over the tree's 121 leaves, so its gradient is
 the exact policy gradient. Positions after a non-digit first token ("other") are outside
 the tree: the answer is already decided (no number), and their KL is left out here and in
