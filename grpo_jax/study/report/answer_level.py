@@ -163,7 +163,9 @@ def training_figure(results: Mapping[str, Any], curves, config, path: str) -> No
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
     k = config.primary_outcome
-    fig, axes = plt.subplots(1, len(results), figsize=(4.4 * len(results), 3.6), sharey=True)
+    fig, axes = plt.subplots(
+        1, len(results), figsize=(max(4.4 * len(results), 7.5), 3.6), sharey=True
+    )
     for ax, (spec, res) in zip(np.atleast_1d(axes), results.items()):
         for d, color in (("forward", "C0"), ("reverse", "C3")):
             ax.plot(curves[d]["reward"], curves[d][k], color=color, label=f"{d}, closed form")
