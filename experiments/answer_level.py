@@ -5,6 +5,7 @@ SmolLM2-135M-Instruct's number answers.
   python experiments/answer_level.py --workdir runs/answer_level --stage=predict
   python experiments/answer_level.py --workdir runs/answer_level --stage=train
   python experiments/answer_level.py --workdir runs/answer_level            # both
+  python experiments/answer_level.py --workdir runs/answer_level --stage=report  # redraw
   python experiments/answer_level.py --workdir runs/answer_level_sampled \
       --config grpo_jax/configs/answer_level.py:sampled --stage=sampled    # Stage 2 (GPU)
 
@@ -27,7 +28,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _STAGE = flags.DEFINE_enum(
-    "stage", "all", ["predict", "train", "all", "sampled"], "Which stage to run."
+    "stage",
+    "all",
+    ["predict", "train", "all", "sampled", "report"],
+    "Which stage to run; report: redraw the tables and figures from the json files.",
 )
 
 
@@ -44,6 +48,9 @@ def main(argv):
         print(open(f"{_WORKDIR.value}/sampled.md").read())
         return
     loaded = answer_level.load(config)
+    if _STAGE.value == "report":
+        answer_level.write_reports(config, _WORKDIR.value, loaded=loaded)
+        return
     if _STAGE.value in ("predict", "all"):
         answer_level.run_predictions(config, _WORKDIR.value, loaded)
         print(open(f"{_WORKDIR.value}/predictions.md").read())

@@ -23,6 +23,7 @@ os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 from grpo_jax.run import xla_setup  # noqa: E402
 
@@ -30,3 +31,14 @@ from grpo_jax.run import xla_setup  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 xla_setup.enable_compilation_cache()
 xla_setup.reuse_host_memory()  # as the entry points do
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf_path(tmp_path_factory):
+    """A tiny GGUF file (tests/test_gguf.py's writer: grouped-query attention, tied
+    embeddings, byte-level BPE with single-token digits and a chat template)."""
+    from test_gguf import hf_weights, write_tiny  # noqa: PLC0415
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    write_tiny(path, hf_weights())
+    return str(path)

@@ -8,17 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from test_gguf import hf_weights, write_tiny
 
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    write_tiny(path, hf_weights())
-    return str(path)
-
-
-def test_sampled_stage_runs_in_resumed_segments_and_reports(tiny_path, tmp_path):
+def test_sampled_stage_runs_in_resumed_segments_and_reports(tiny_gguf_path, tmp_path):
     """``:sampled_smoke``: 4 members (both exact KLs x 2 seeds) on two prompts of different
     token lengths, evaluated at steps 0, 2, 4; the second segment resumes from the first's
     checkpoint and ends where one uninterrupted run does; a rerun skips what is done."""
@@ -27,7 +18,7 @@ def test_sampled_stage_runs_in_resumed_segments_and_reports(tiny_path, tmp_path)
     from grpo_jax.tasks import number_text  # noqa: PLC0415
 
     config = al_config.get_config("sampled_smoke")
-    config.gguf_path = tiny_path
+    config.gguf_path = tiny_gguf_path
     loaded = answer_level.load(config, new_tokens=2)
     assert number_text.from_tree(loaded[2]).padded  # the prompts have two token lengths
     logs = []

@@ -239,16 +239,7 @@ def test_predictions_match_reward_and_answer_level_optima_coincide():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    from test_gguf import hf_weights, write_tiny  # noqa: PLC0415
-
-    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    write_tiny(path, hf_weights())
-    return str(path)
-
-
-def test_experiment_stages_on_the_tiny_gguf(tiny_gguf, tmp_path):
+def test_experiment_stages_on_the_tiny_gguf(tiny_gguf_path, tmp_path):
     """experiments/answer_level.py's two stages on a tiny GGUF model through the shared
     population loop: the reports are written, every member's exact objective rises, and
     the forward member, whose per-node target is far from the reference here (TV 0.57;
@@ -257,7 +248,7 @@ def test_experiment_stages_on_the_tiny_gguf(tiny_gguf, tmp_path):
     from grpo_jax.study import answer_level  # noqa: PLC0415
 
     config = al_config.get_config("test")
-    config.update(gguf_path=tiny_gguf, steps=40, chunk_steps=10, log_every_steps=10)
+    config.update(gguf_path=tiny_gguf_path, steps=40, chunk_steps=10, log_every_steps=10)
     config.update(trainable=("all",), lrs=(1e-2,), betas=(0.3,))
     loaded = answer_level.load(config)
     rows = answer_level.run_predictions(config, str(tmp_path), loaded, log=lambda *a: None)

@@ -10,18 +10,10 @@ import pytest
 from benchmarks import w3
 from grpo_jax.models import tokenizer
 from grpo_jax.rl.train import make_rl_chunk
-from test_gguf import hf_weights, write_tiny
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("w3") / "tiny.gguf"
-    write_tiny(path, hf_weights())
-    return str(path)
-
-
-def test_w3_prompts_have_one_length_and_the_chat_template(tiny_path):
-    tok = tokenizer.from_gguf(tiny_path)
+def test_w3_prompts_have_one_length_and_the_chat_template(tiny_gguf_path):
+    tok = tokenizer.from_gguf(tiny_gguf_path)
     task = w3.digit_task(tok)
     assert len(task.prompts) == w3.NUM_PROMPTS == len(w3.INSTRUCTIONS)
     assert {len(p) for p in task.prompts} == {w3.PROMPT_LEN}
@@ -33,16 +25,16 @@ def test_w3_prompts_have_one_length_and_the_chat_template(tiny_path):
         w3.fit_prompt(tok, w3.INSTRUCTIONS[0], "12", w3.PROMPT_LEN)
 
 
-def test_w3_reward_is_the_digit_fraction(tiny_path):
-    task = w3.digit_task(tokenizer.from_gguf(tiny_path))
+def test_w3_reward_is_the_digit_fraction(tiny_gguf_path):
+    task = w3.digit_task(tokenizer.from_gguf(tiny_gguf_path))
     d = task.digit_ids
     completions = np.array([[d[0], d[9], 100, 101], [100, 101, 102, 103]], np.int32)
     np.testing.assert_allclose(task.reward(None, completions), [0.5, 0.0])
 
 
-def test_w3_step_runs_on_a_tiny_gguf(tiny_path):
-    task = w3.digit_task(tokenizer.from_gguf(tiny_path))
-    setup, state, hp = w3.make(tiny_path, task)
+def test_w3_step_runs_on_a_tiny_gguf(tiny_gguf_path):
+    task = w3.digit_task(tokenizer.from_gguf(tiny_gguf_path))
+    setup, state, hp = w3.make(tiny_gguf_path, task)
     assert setup.batch_size == w3.NUM_PROMPTS * w3.GROUP_SIZE
     assert setup.grad_clip == 0.0
     state, metrics = make_rl_chunk(setup, 1)(state, hp)

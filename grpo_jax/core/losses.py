@@ -409,6 +409,22 @@ def _add_ref_sample_kl(aux, cfg: LossConfig, ref_sample) -> None:
     aux["kl_ref_samples"] = sg(kl_ref)
 
 
+def _loss_kl(cfg: LossConfig, logp, ref_logp, valid, old_logp, logits, ref_logits):
+    """The per-token KL term ``[B, T]``: in the loss for placement "loss"; otherwise only
+    reported (detached) when its inputs are there, else zeros."""
+    add_kl = cfg.kl_placement == "loss"
+    have_inputs = (
+        ref_logp is not None
+        if cfg.kl_estimator not in EXACT_KL
+        else logits is not None and ref_logits is not None
+    )
+    if not (add_kl or have_inputs):
+        return jnp.zeros(logp.shape, jnp.float32)
+    iw_old = old_logp if (add_kl and cfg.kl_importance_weight) else None
+    d = kl_term(cfg, logp, ref_logp, valid, old_logp=iw_old, logits=logits, ref_logits=ref_logits)
+    return d if add_kl else sg(d)
+
+
 def grpo_loss(
     logp,
     old_logp,
@@ -459,22 +475,8 @@ def grpo_loss(
     pg = clipped_surrogate(rho, adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip)
     pg = jnp.where(valid, pg, 0.0)
 
-    # The KL term: in the loss for placement "loss"; otherwise only reported (detached),
-    # when its inputs are there.
     add_kl = cfg.kl_placement == "loss"
-    have_inputs = (
-        ref_logp is not None
-        if cfg.kl_estimator not in EXACT_KL
-        else logits is not None and ref_logits is not None
-    )
-    if add_kl or have_inputs:
-        iw_old = old_logp if (add_kl and cfg.kl_importance_weight) else None
-        d = kl_term(
-            cfg, logp, ref_logp, valid, old_logp=iw_old, logits=logits, ref_logits=ref_logits
-        )
-        d = d if add_kl else sg(d)
-    else:
-        d = jnp.zeros((B, T), jnp.float32)
+    d = _loss_kl(cfg, logp, ref_logp, valid, old_logp, logits, ref_logits)
 
     # The entropy bonus (exact per-position entropy, differentiated) needs the logits.
     h = (

@@ -87,7 +87,11 @@ def leaf_logprobs(task, root, second) -> jax.Array:
     """``[N, 11, 11]`` log-probabilities of the lumped leaves (the row after "other" is the
     first symbol's alone, spread uniformly: no answer depends on it)."""
     digits = task.arrays()["digit_ids"]
-    l0, l1 = lumped(root, digits), lumped(second, digits)  # [N, 11], [N, 10, 11]
+    return _leaves(lumped(root, digits), lumped(second, digits))
+
+
+def _leaves(l0: jax.Array, l1: jax.Array) -> jax.Array:
+    """`leaf_logprobs` from the lumped root ``[N, 11]`` and second ``[N, 10, 11]``."""
     after_other = jnp.full(l1.shape[:1] + (1, 11), -jnp.log(11.0))
     return l0[:, :, None] + jnp.concatenate([l1, after_other], axis=1)
 
@@ -104,11 +108,12 @@ def objective(task, root, second, ref_root, ref_second, beta, forward, old=None)
     docstring); ``forward`` a bool (scalar) choosing the KL's direction; ``old [N, 10]``
     the sampling policy's digit probabilities (default: the policy's own, not
     differentiated, i.e. theta_old = theta)."""
-    rewards = task.arrays()["rewards"]
-    leaves = jnp.exp(leaf_logprobs(task, root, second))  # [N, 11, 11]
-    expected = jnp.sum(leaves * rewards, axis=(1, 2))  # [N]
+    arrays = task.arrays()
+    l0 = lumped(root, arrays["digit_ids"])  # [N, 11]
+    leaves = jnp.exp(_leaves(l0, lumped(second, arrays["digit_ids"])))  # [N, 11, 11]
+    expected = jnp.sum(leaves * arrays["rewards"], axis=(1, 2))  # [N]
     if old is None:
-        old = jax.lax.stop_gradient(jnp.exp(lumped(root, task.arrays()["digit_ids"])[:, :10]))
+        old = jax.lax.stop_gradient(jnp.exp(l0[:, :10]))
     kls = {d: tree_kl(root, second, ref_root, ref_second, old, d) for d in kl.DIRECTIONS}
     penalty = jnp.where(forward, kls["forward"], kls["reverse"])
     root_logp = jax.nn.log_softmax(root, axis=-1)

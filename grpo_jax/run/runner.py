@@ -428,6 +428,23 @@ def _postfix(metrics, seconds_per_step: float) -> dict[str, float]:
     }
 
 
+_WAY_OUT = "free space (or use another --workdir) and rerun the same command to resume"
+
+
+def _terminate(signum: int, step: int, total: int, saved: int, ckpt_dir: str, log):
+    """Say where a stopped run stands and raise `Terminated`."""
+    message = _stop_message(signum, step, total, saved, ckpt_dir)
+    log(message)
+    raise Terminated(message, signum)
+
+
+def _add_timing(metrics, shape, seconds: float, chunk: int, members: int, setup) -> None:
+    """The chunk's seconds per step and generated tokens per second, one per member-step."""
+    tokens = members * setup.batch_size * setup.task.completion_len * chunk
+    metrics["step_time"] = np.full(shape, seconds / chunk)
+    metrics["tokens_per_s"] = np.full(shape, tokens / seconds)
+
+
 def _train_chunks(
     loop: LoopSettings,
     meta,
@@ -450,10 +467,9 @@ def _train_chunks(
     total, chunk, every, log_every = loop.total, loop.chunk, loop.checkpoint_every, loop.log_every
     ckpt_dir = os.path.join(workdir, "checkpoints")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    way_out = "free space (or use another --workdir) and rerun the same command to resume"
 
     def save(step: int) -> None:
-        with rundir.disk_full(f"checkpoint step {step} in {ckpt_dir}", way_out):
+        with rundir.disk_full(f"checkpoint step {step} in {ckpt_dir}", _WAY_OUT):
             writer.sync()  # every row before the checkpoint is on disk first
             checkpoint.save(
                 ckpt_dir,
@@ -486,9 +502,7 @@ def _train_chunks(
                 if every and step > saved:
                     save(step)
                     saved = step
-                message = _stop_message(signum, step, total, saved if every else 0, ckpt_dir)
-                log(message)
-                raise Terminated(message, signum)
+                _terminate(signum, step, total, saved if every else 0, ckpt_dir, log)
             t0 = time.perf_counter()
             new_state, metrics = run_chunk(state, hp)
             metrics = jax.device_get(metrics)  # [S, chunk, ...]
@@ -498,11 +512,9 @@ def _train_chunks(
                 bar.close()
                 _raise_nonfinite(ok, step, cells, ckpt_dir)
             state = new_state
-            tokens = len(cells) * setup.batch_size * setup.task.completion_len * chunk
-            metrics["step_time"] = np.full(ok.shape, seconds / chunk)
-            metrics["tokens_per_s"] = np.full(ok.shape, tokens / seconds)
+            _add_timing(metrics, ok.shape, seconds, chunk, len(cells), setup)
             history.append(metrics)
-            with rundir.disk_full(f"{metrics_path} (step {step})", way_out):
+            with rundir.disk_full(f"{metrics_path} (step {step})", _WAY_OUT):
                 if lead:  # (the other processes write nothing)
                     _write_rows(writer, metrics, seeds, step, chunk, total, log_every)
                 writer.flush()

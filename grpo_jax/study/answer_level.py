@@ -368,21 +368,15 @@ CURVE_BETAS = tuple(float(b) for b in np.geomspace(0.02, 5.0, 41))
 def run_predictions(config, workdir: str, loaded=None, log=print) -> list[dict]:
     """Stage 0 on the training and held-out prompts: writes ``predictions.json``,
     ``predictions.md`` (the table at the middle fraction) and ``predictions.png``."""
-    from grpo_jax.study.report import (
-        answer_level as report,
-    )  # pylint: disable=import-outside-toplevel
-
     t0 = time.time()
     cfg, params, train_task, held_task = loaded or load(config)
     rows = []
     for split, task in (("train", train_task), ("held_out", held_task)):
         for r in predict(task, reference_tables(task, cfg, params), config.fractions):
             rows.append(dict(r, split=split))
-    middle = sorted(config.fractions)[len(config.fractions) // 2]
     os.makedirs(workdir, exist_ok=True)
     _write(workdir, "predictions.json", json.dumps(rows, indent=1))
-    _write(workdir, "predictions.md", report.predictions_markdown(rows, middle))
-    report.predictions_figure(rows, os.path.join(workdir, "predictions.png"))
+    write_reports(config, workdir, parts=("predictions",))
     log(f"Stage 0: {len(rows)} rows in {time.time() - t0:.1f} s -> {workdir}/predictions.*")
     return rows
 
@@ -392,10 +386,6 @@ def run_training(config, make_grpo_config, workdir: str, loaded=None, log=print)
     ``<workdir>/<subset>``; ``make_grpo_config(config, subset, num_prompts)`` is
     grpo_jax/configs/answer_level.py's `grpo_config`. Writes ``training.json``,
     ``training.md`` and ``training.png``."""
-    from grpo_jax.study.report import (
-        answer_level as report,
-    )  # pylint: disable=import-outside-toplevel
-
     loaded = loaded or load(config)
     cfg, params, train_task, _ = loaded
     curves = closed_form_curve(reference_tables(train_task, cfg, params), train_task, CURVE_BETAS)
@@ -411,9 +401,35 @@ def run_training(config, make_grpo_config, workdir: str, loaded=None, log=print)
         results[spec] = res
         log(f"{spec}: {res['contrast']['decision']} in {res['seconds']:.0f} s")
     _write(workdir, "training.json", json.dumps({"results": results}, indent=1, default=float))
-    _write(workdir, "training.md", report.training_markdown(results, config))
-    report.training_figure(results, curves, config, os.path.join(workdir, "training.png"))
+    write_reports(config, workdir, parts=("training",), curves=curves)
     return results
+
+
+def write_reports(
+    config, workdir: str, parts=("predictions", "training"), loaded=None, curves=None
+):
+    """``<part>.md`` and ``<part>.png`` from ``<part>.json`` in ``workdir``, for each of
+    ``parts`` whose json is there (``--stage=report`` redraws them without rerunning);
+    the training figure's closed-form curves are computed from the model unless given."""
+    from grpo_jax.study.report import (
+        answer_level as report,
+    )  # pylint: disable=import-outside-toplevel
+
+    path = lambda name: os.path.join(workdir, name)
+    if "predictions" in parts and os.path.exists(path("predictions.json")):
+        with open(path("predictions.json")) as fh:
+            rows = json.load(fh)
+        middle = sorted(config.fractions)[len(config.fractions) // 2]
+        _write(workdir, "predictions.md", report.predictions_markdown(rows, middle))
+        report.predictions_figure(rows, path("predictions.png"))
+    if "training" in parts and os.path.exists(path("training.json")):
+        with open(path("training.json")) as fh:
+            results = json.load(fh)["results"]
+        if curves is None:
+            cfg, params, task, _ = loaded or load(config)
+            curves = closed_form_curve(reference_tables(task, cfg, params), task, CURVE_BETAS)
+        _write(workdir, "training.md", report.training_markdown(results, config))
+        report.training_figure(results, curves, config, path("training.png"))
 
 
 def trainable_count(spec, cfg, params, grpo_config) -> int:
