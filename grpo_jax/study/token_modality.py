@@ -52,7 +52,7 @@ from grpo_jax.tasks import answer_tree
 from grpo_jax.models import model as model_lib
 
 KINDS = ("arithmetic", "multi", "chat")
-SUFFIX = " Reply with only the number."
+SUFFIX = answer_tree.SUFFIX
 
 TOPICS = (
     "the ocean",
@@ -85,6 +85,23 @@ CHAT_TEMPLATES = (
 )
 
 
+def _multi_spec(form: int, rng) -> tuple[str, int, int]:
+    """A random many-answer prompt ``(family, a, b)`` of tasks/answer_tree.py's families:
+    a prime (at least 3 valid), an even number, a multiple of k, a number from 1 to hi."""
+    if form == 0:
+        while True:
+            lo = int(rng.integers(2, 80))
+            hi = int(rng.integers(lo + 10, 100))
+            if (answer_tree.primes() & (np.arange(100) > lo) & (np.arange(100) < hi)).sum() >= 3:
+                return "prime", lo, hi
+    if form == 1:
+        lo = int(rng.integers(1, 70))
+        return "even", lo, int(rng.integers(lo + 10, 100))
+    if form == 2:
+        return "multiple", int(rng.integers(3, 13)), 0
+    return "range", 1, int(rng.integers(10, 100))
+
+
 def make_prompts(config) -> list[dict]:
     """Prompt records ``{kind, text, valid [100] bool or None}`` (seeded)."""
     rng = np.random.default_rng(config.seed)
@@ -102,35 +119,11 @@ def make_prompts(config) -> list[dict]:
         out.append(
             {"kind": "arithmetic", "text": text + SUFFIX, "prefix": prefix, "valid": numbers == ans}
         )
-    primes = answer_tree.primes()
     for i in range(config.num_multi):
-        form = i % 4
-        if form == 0:
-            while True:
-                lo = int(rng.integers(2, 80))
-                hi = int(rng.integers(lo + 10, 100))
-                valid = primes & (numbers > lo) & (numbers < hi)
-                if valid.sum() >= 3:
-                    break
-            text = f"Name a prime number between {lo} and {hi}."
-            prefix = f"A prime number between {lo} and {hi} is "
-        elif form == 1:
-            lo = int(rng.integers(1, 70))
-            hi = int(rng.integers(lo + 10, 100))
-            valid = (numbers % 2 == 0) & (numbers > lo) & (numbers < hi)
-            text = f"Name an even number between {lo} and {hi}."
-            prefix = f"An even number between {lo} and {hi} is "
-        elif form == 2:
-            k = int(rng.integers(3, 13))
-            valid = (numbers % k == 0) & (numbers > 0)
-            text = f"Name a multiple of {k} that is less than 100."
-            prefix = f"A multiple of {k} that is less than 100 is "
-        else:
-            hi = int(rng.integers(10, 100))
-            valid = (numbers >= 1) & (numbers <= hi)
-            text = f"Pick a random number between 1 and {hi}."
-            prefix = f"My random number between 1 and {hi} is "
-        out.append({"kind": "multi", "text": text + SUFFIX, "prefix": prefix, "valid": valid})
+        spec = _multi_spec(i % 4, rng)
+        text, prefix = answer_tree.prompt_texts(*spec)  # the question ends with SUFFIX
+        valid = answer_tree.valid_numbers(*spec)
+        out.append({"kind": "multi", "text": text, "prefix": prefix, "valid": valid})
     for i in range(config.num_chat):
         t = CHAT_TEMPLATES[i % len(CHAT_TEMPLATES)]
         topic = TOPICS[int(rng.integers(len(TOPICS)))]
