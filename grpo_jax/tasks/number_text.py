@@ -45,10 +45,6 @@ PRIME_QUESTION = "Name a prime number between {lo} and {hi}. Reply with only the
 PRIME_REPLY = "A prime number between {lo} and {hi} is "
 
 
-def _is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
-
-
 @dataclasses.dataclass(frozen=True)
 class NumberText:
     """See the module docstring.
@@ -179,7 +175,9 @@ def prime_task(
         text = question.format(lo=lo, hi=hi)
         chat = tok.apply_chat_template([{"role": "user", "content": text}])
         prompts.append(tuple(tok.encode(chat + reply.format(lo=lo, hi=hi))))
-        valid.append(tuple(n for n in range(lo + 1, hi) if _is_prime(n) and n < 100))
+        valid.append(
+            tuple(int(n) for n in np.flatnonzero(answer_tree.valid_numbers("prime", lo, hi)))
+        )
         texts.append(text)
     digit_ids = tuple(tok.token_to_id(str(d)) for d in range(10))
     if any(i is None for i in digit_ids):
